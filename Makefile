@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make up` (the assistant on the embedded default) and `make test` (everything).
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap up test test-fast lint typecheck bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+bootstrap:  ## install Debian packages, .venv and the cached llama.cpp wheel (idempotent)
+	@scripts/bootstrap
+
+up: bootstrap  ## run the assistant, a local model server and a generic-IM inbox in the foreground
+	$(BIN)/ai-assistant up
+
+lint: bootstrap  ## ruff over everything, mypy --strict over service/
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check service tests bench
+	$(BIN)/mypy
+
+typecheck: lint
+
+test: bootstrap lint  ## every test: service, connectors, knowledge, monitoring, infra, roles in a Debian VM
+	@start=$$(date +%s); \
+	$(BIN)/pytest --durations=20 $(PYTEST_ARGS); rc=$$?; \
+	echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
+
+test-fast: bootstrap  ## everything except the VM tests
+	$(BIN)/pytest -m 'not vm' $(PYTEST_ARGS)
+
+bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)
+	$(BIN)/python bench/ack_bench.py
+
+clean:  ## remove the virtualenv and local state (the llama.cpp wheel cache is kept)
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache
