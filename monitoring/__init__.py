@@ -1,0 +1,1 @@
+"""Monitoring as code: rule generator and Grafana dashboards (see docs/monitoring.md)."""
