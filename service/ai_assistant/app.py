@@ -1,0 +1,181 @@
+"""The FastAPI factory. `create_app` builds every part from settings (so configuration errors surface before serving);
+the lifespan starts the workers and closes what was opened."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import __version__
+from .channels.notify import Notifier
+from .channels.reply import ReplyChannel
+from .connectors.base import Connector
+from .connectors.loader import load_connectors
+from .edge import WebhookEndpoint
+from .observability import register_secrets
+from .pipeline.adapters import InputAdapter
+from .pipeline.filters import SensitiveWordFilter
+from .pipeline.worker import Pipeline, export_queue_stats
+from .registry import Kind, Registry, default_registry
+from .settings import Settings, secret_values
+from .store import StateStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    """What the app is made of; tests and the CLI reach the parts through `app.state.parts`."""
+
+    settings: Settings
+    registry: Registry
+    store: StateStore
+    connectors: dict[str, Connector]
+    engine: Any
+    pipeline: Pipeline
+    notifier: Notifier
+
+
+def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
+    registry = registry or default_registry()
+    connectors = load_connectors(settings, registry)
+    register_secrets(secret_values(settings))
+    for connector in connectors.values():
+        register_secrets(connector.secrets())
+    try:
+        engine_factory = registry.get(Kind.ENGINE, settings.engine.name)
+    except LookupError as exc:
+        from .errors import ConfigError
+
+        raise ConfigError("assistant.yaml", "engine.name", str(exc)) from None
+    engine = engine_factory(settings.engine)
+    words = settings.resolve(settings.filters.words_file) if settings.filters.words_file else None
+    word_filter = SensitiveWordFilter.from_file(words, settings.filters.action)
+    adapters: dict[str, InputAdapter] = {}
+    for name in registry.names(Kind.INPUT_ADAPTER):
+        adapter = registry.get(Kind.INPUT_ADAPTER, name)()
+        for kind in adapter.kinds:
+            adapters[kind] = adapter
+    store = open_store(settings)
+    pipeline = Pipeline(
+        settings=settings,
+        store=store,
+        engine=engine,
+        connectors=connectors,
+        channel=ReplyChannel(connectors),
+        input_filter=word_filter,
+        output_filter=word_filter,
+        adapters=adapters,
+    )
+    return Parts(settings, registry, store, connectors, engine, pipeline, Notifier(connectors, store))
+
+
+def create_app(settings: Settings, registry: Registry | None = None, *, workers: bool = True) -> FastAPI:
+    parts = build_parts(settings, registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        for connector in parts.connectors.values():
+            connector.sink = _sink(parts)
+            await connector.start()
+        tasks = [asyncio.create_task(export_queue_stats(parts.store, stop), name="queue-stats")]
+        if workers:
+            tasks += [
+                asyncio.create_task(parts.pipeline.run(stop), name=f"worker-{i}")
+                for i in range(settings.worker.concurrency)
+            ]
+        log.info(
+            "assistant %s ready: %d connector(s), %d worker(s)", __version__, len(parts.connectors), len(tasks) - 1
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for connector in parts.connectors.values():
+                await connector.aclose()
+            close = getattr(parts.engine, "aclose", None)
+            if close is not None:
+                await close()
+            await parts.store.close()
+
+    app = FastAPI(title="ai-assistant", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.parts = parts
+
+    for connector in parts.connectors.values():
+        if connector.path is None:
+            continue
+        endpoint = WebhookEndpoint(
+            connector,
+            parts.store,
+            max_body_bytes=settings.server.max_body_bytes,
+            dedupe_ttl=settings.store.dedupe_ttl_seconds,
+            trusted_proxies=settings.server.trusted_proxies,
+        )
+        app.add_api_route(connector.path, endpoint, methods=list(connector.methods), include_in_schema=False)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            await parts.store.ping()
+            checks["store"] = "ok"
+        except Exception as exc:  # any driver error means "not ready", never a 500
+            checks["store"] = f"unavailable: {type(exc).__name__}"
+        checks["engine"] = "ok" if await parts.engine.ready() else "unavailable"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    if settings.server.metrics_port is None:
+        app.add_api_route("/metrics", metrics_endpoint, include_in_schema=False)
+
+    return app
+
+
+def _sink(parts: Parts) -> Any:
+    async def sink(message: Any) -> bool:
+        import time
+
+        message.received_at = message.received_at or time.time()
+        return await parts.store.enqueue(message, parts.settings.store.dedupe_ttl_seconds)
+
+    return sink
+
+
+def admin_dependency(settings: Settings) -> Any:
+    """A FastAPI dependency requiring `Authorization: Bearer <admin.token>`; without a token the admin API is off."""
+
+    async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        token = settings.admin.token.get_secret_value() if settings.admin.token else None
+        if token is None:
+            raise HTTPException(status_code=403, detail="admin API disabled: set admin.token")
+        supplied = (authorization or "").removeprefix("Bearer ").strip()
+        if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
+            raise HTTPException(status_code=401, detail="bad or missing admin token")
+
+    return Depends(require_admin)
+
+
+async def metrics_endpoint() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_app() -> FastAPI:
+    """The app for the internal metrics port: /metrics only."""
+    app = FastAPI(docs_url=None, redoc_url=None)
+    app.add_api_route("/metrics", metrics_endpoint, include_in_schema=False)
+    return app

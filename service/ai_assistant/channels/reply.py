@@ -1,0 +1,28 @@
+"""The default channel: answer in the chat the message came from, through the connector it came in on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..connectors.base import Connector
+from ..errors import DeliveryFailed
+from ..messages import OutboundText
+from ..observability import DELIVERIES
+
+
+class ReplyChannel:
+    name = "reply"
+
+    def __init__(self, connectors: Mapping[str, Connector]) -> None:
+        self._connectors = connectors
+
+    async def deliver(self, part: OutboundText) -> None:
+        connector = self._connectors.get(part.connector)
+        if connector is None:
+            raise DeliveryFailed(f"connector {part.connector!r} is not configured any more")
+        try:
+            await connector.send(part)
+        except DeliveryFailed:
+            DELIVERIES.labels(connector=part.connector, outcome="failed").inc()
+            raise
+        DELIVERIES.labels(connector=part.connector, outcome="sent").inc()

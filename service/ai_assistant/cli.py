@@ -1,0 +1,276 @@
+"""`ai-assistant`: the only place that parses argv."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import SplitResult, urlsplit
+
+import httpx
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import AssistantError, ConfigError
+from .localsecrets import ensure_local_secrets, load_local_secrets, new_webhook_secret
+from .runner import Listener
+from .settings import Settings, load_settings, read_connectors_file
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    name="ai-assistant",
+    help="Private enterprise AI assistant for company IM: run it, talk to it, manage its knowledge and plugins.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigDir = Annotated[
+    Path,
+    typer.Option(
+        "--config-dir", envvar="AI_ASSISTANT_CONFIG_DIR", help="directory with assistant.yaml and connectors.yaml"
+    ),
+]
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", envvar="AI_ASSISTANT_DATA_DIR", help="where state (queue, memory, secrets) is kept"),
+]
+Host = Annotated[str | None, typer.Option("--host", help="listen address (default: server.host)")]
+Port = Annotated[int | None, typer.Option("--port", help="listen port (default: server.port)")]
+
+
+def _settings(config_dir: Path, data_dir: Path, host: str | None = None, port: int | None = None) -> Settings:
+    load_local_secrets(data_dir)
+    return load_settings(config_dir, data_dir, **{"server.host": host, "server.port": port})
+
+
+def _listeners(settings: Settings, service_app: object) -> list[Listener]:
+    from .app import metrics_app
+
+    listeners = [Listener(service_app, settings.server.host, settings.server.port, "service")]
+    if settings.server.metrics_port is not None:
+        # Internal port: bound like the service address, kept off the public route by nginx and the firewall.
+        listeners.append(Listener(metrics_app(), settings.server.host, settings.server.metrics_port, "metrics"))
+    return listeners
+
+
+@app.command()
+def serve(
+    config_dir: ConfigDir = Path("config"), data_dir: DataDir = Path("data"), host: Host = None, port: Port = None
+) -> None:
+    """Run only the service (webhooks, workers, /healthz, /readyz, /metrics) against the engine the config names."""
+    from .app import create_app
+    from .observability import configure_logging
+    from .runner import serve_all
+
+    settings = _settings(config_dir, data_dir, host, port)
+    configure_logging(settings.server.log_level, settings.server.json_logs)
+    service = create_app(settings)
+    listeners = _listeners(settings, service)
+    asyncio.run(serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners)))
+
+
+@app.command()
+def up(
+    config_dir: ConfigDir = Path("config"), data_dir: DataDir = Path("data"), host: Host = None, port: Port = None
+) -> None:
+    """Run the embedded stack in the foreground: the local model server, the service and a local generic-IM inbox.
+    Ctrl-C (or SIGTERM) stops everything it started."""
+    from .app import create_app
+    from .engines.local_server import LocalModelServer
+    from .observability import configure_logging
+    from .runner import serve_all
+
+    ensure_local_secrets(data_dir)
+    settings = _settings(config_dir, data_dir, host, port)
+    configure_logging(settings.server.log_level, settings.server.json_logs)
+    model = LocalModelServer(settings.local_model, settings.data_dir / "logs" / "model-server.log")
+    settings = settings.model_copy(
+        update={"engine": settings.engine.model_copy(update={"base_url": model.base_url, "model": "local"})}
+    )
+    service = create_app(settings)  # configuration errors surface before anything starts
+    inbox_listener = _local_inbox(settings)
+    with console.status(f"Starting the local model server ({model.model_path.name}) ...") as status:
+        model.start()
+        started = time.monotonic()
+        try:
+            model.wait_ready(
+                on_tick=lambda: status.update(f"Loading {model.model_path.name} ... {time.monotonic() - started:.0f} s")
+            )
+        except RuntimeError as exc:
+            model.stop()
+            raise AssistantError(str(exc)) from None
+    console.print(f"model server ready at {model.base_url} in {time.monotonic() - started:.1f} s")
+    listeners = _listeners(settings, service) + ([inbox_listener] if inbox_listener else [])
+    try:
+        asyncio.run(serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners)))
+    finally:
+        model.stop()
+        console.print("stopped the model server, the service and the inbox")
+
+
+def _local_inbox(settings: Settings) -> Listener | None:
+    """An inbox for the first generic-IM connector whose reply_url is on this machine."""
+    from .inbox import Inbox, inbox_app
+    from .runner import Listener
+
+    _, raw = read_connectors_file(settings.config_dir)
+    for options in raw.values():
+        if options.get("platform") != "generic_im" or not options.get("reply_url"):
+            continue
+        url = urlsplit(str(options["reply_url"]))
+        if url.hostname in ("127.0.0.1", "localhost", "::1"):
+            inbox = Inbox(
+                str(options["app_secret"]),
+                log_file=settings.data_dir / "inbox.jsonl",
+                echo=lambda r: console.print(f"answer to {r['event_id']} ({r['part']}/{r['parts']}): {r['text']}"),
+            )
+            return Listener(inbox_app(inbox, url.path or "/"), url.hostname, url.port or 80, "inbox")
+    return None
+
+
+def _print_ready(settings: Settings, listeners: list[Listener]) -> None:
+    for lst in listeners:
+        console.print(f"{lst.name:>8}: listening on http://{lst.host}:{lst.port}")
+    out.print(f"ai-assistant {__version__} ready (Ctrl-C stops everything)", highlight=False)
+
+
+@app.command()
+def chat(
+    config_dir: ConfigDir = Path("config"),
+    data_dir: DataDir = Path("data"),
+    connector: Annotated[
+        str | None, typer.Option(help="generic_im connector to talk through (default: the first)")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="webhook URL to post to (default: the connector's webhook_url)")
+    ] = None,
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", help="send one message, print the answer, exit")
+    ] = None,
+    chat_id: Annotated[str, typer.Option(help="conversation id")] = "terminal",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 120.0,
+) -> None:
+    """Talk to the assistant from the terminal: sign and post messages as the generic IM platform, print the answers."""
+    from standardwebhooks.webhooks import Webhook
+
+    load_local_secrets(data_dir)
+    file, raw = read_connectors_file(config_dir)
+    generic = {n: o for n, o in raw.items() if o.get("platform") == "generic_im"}
+    if not generic:
+        raise ConfigError(file, "", "no connector with platform: generic_im to chat through")
+    name = connector or next(iter(generic))
+    if name not in generic:
+        raise ConfigError(file, name, "no such generic_im connector")
+    options = generic[name]
+    target = url or str(options.get("webhook_url", ""))
+    webhook = Webhook(str(options["app_secret"]))
+    reply = urlsplit(str(options["reply_url"]))
+    inbox_base = f"{reply.scheme}://{reply.netloc}"
+    _ensure_inbox(str(options["app_secret"]), reply, inbox_base)
+
+    def ask(text: str) -> None:
+        event_id = f"cli-{uuid.uuid4().hex[:12]}"
+        body = json.dumps(
+            {"type": "message", "event_id": event_id, "chat_id": chat_id, "user_id": "terminal", "text": text},
+            ensure_ascii=False,
+        )
+        now = datetime.now(tz=UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": webhook.sign(event_id, now, body),
+        }
+        try:
+            resp = httpx.post(target, content=body.encode(), headers=headers, timeout=10)
+        except httpx.HTTPError as exc:
+            raise AssistantError(f"cannot reach {target}: {exc} (is `ai-assistant up` running?)") from None
+        if resp.status_code >= 300:
+            raise AssistantError(f"{target} answered HTTP {resp.status_code}: {resp.text[:200]}")
+        with console.status("waiting for the answer ..."):
+            got = httpx.get(f"{inbox_base}/inbox/{event_id}", params={"wait": timeout}, timeout=timeout + 10).json()
+        if not got["parts"]:
+            console.print(f"no answer within {timeout:.0f} s")
+            return
+        out.print("".join(p["text"] for p in got["parts"]), highlight=False)
+
+    if message is not None:
+        ask(message)
+        return
+    console.print(f"chatting through {name} ({target}); Ctrl-D to leave")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if text:
+            ask(text)
+
+
+def _ensure_inbox(secret: str, reply: SplitResult, inbox_base: str) -> None:
+    """Use the inbox of a running `ai-assistant up`, or start one in this process."""
+    try:
+        httpx.get(f"{inbox_base}/inbox/none", timeout=2)
+        return
+    except httpx.HTTPError:
+        pass
+    import uvicorn
+
+    from .inbox import Inbox, inbox_app
+
+    inbox = Inbox(secret)
+    config = uvicorn.Config(
+        inbox_app(inbox, reply.path or "/"),
+        host=reply.hostname or "127.0.0.1",
+        port=reply.port or 80,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@app.command()
+def secret() -> None:
+    """Print a fresh Standard Webhooks secret (whsec_...) for a generic-IM connector."""
+    out.print(new_webhook_secret())
+
+
+@app.command("check-config")
+def check_config(config_dir: ConfigDir = Path("config"), data_dir: DataDir = Path("data")) -> None:
+    """Load and validate the configuration without starting anything."""
+    from .app import build_parts
+
+    settings = _settings(config_dir, data_dir)
+    parts = build_parts(settings)
+    for problem in parts.registry.problems:
+        console.print(f"warning: {problem}")
+    out.print(f"configuration OK: {len(parts.connectors)} connector(s): {', '.join(parts.connectors)}")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except AssistantError as exc:
+        console.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,88 @@
+"""The connector contract. A connector knows one platform's wire format: it turns a verified raw request into
+InboundMessages plus the ack the platform expects, and it sends text back through the platform's API."""
+
+from __future__ import annotations
+
+import ipaddress
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
+from .splitting import Measure, chars, split_text
+
+
+class ConnectorConfig(BaseModel):
+    """Keys every platform shares. Platform configs subclass this with the platform's own key names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    platform: str
+    webhook_url: str | None = Field(None, description="public URL the platform calls; the service routes its PATH")
+    bot_name: str = "AI Assistant"
+    api_base: str | None = Field(None, description="override the platform API base URL (proxies, tests)")
+    allowed_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list, description="if set, only these source networks may call the webhook"
+    )
+    group_mention_only: bool = True
+    retrieval: bool = True
+
+
+class Connector(ABC):
+    platform: ClassVar[str]
+    Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
+    # Outbound size limit of one message and how the platform measures it.
+    max_message_size: ClassVar[int] = 4000
+    measure: ClassVar[Measure] = chars
+    # HTTP methods the webhook route accepts (WeCom's URL check is a GET).
+    methods: ClassVar[tuple[str, ...]] = ("POST",)
+
+    def __init__(self, name: str, config: ConnectorConfig) -> None:
+        self.name = name
+        self.config = config
+        self._http: httpx.AsyncClient | None = None
+        # Set by the app before start(): long-connection modes feed messages into the same de-duplicated queue.
+        # Returns False when the message was a duplicate.
+        self.sink: Callable[[InboundMessage], Awaitable[bool]] | None = None
+
+    @property
+    def path(self) -> str | None:
+        """The local route for the webhook: the PATH of `webhook_url` (None for long-connection-only connectors)."""
+        if not self.config.webhook_url:
+            return None
+        return urlsplit(self.config.webhook_url).path or "/"
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        return self._http
+
+    def split(self, text: str) -> list[str]:
+        return split_text(text, self.max_message_size, type(self).measure)
+
+    @abstractmethod
+    async def verify(self, request: RawRequest) -> Verdict:
+        """Authenticate the raw request and read it. Raises a RejectedRequest subclass when it must not be processed."""
+
+    @abstractmethod
+    async def send(self, part: OutboundText) -> None:
+        """Deliver one part. Must be idempotent on `part.idempotency_key`. Raises DeliveryFailed on failure."""
+
+    async def start(self) -> None:  # noqa: B027 (an optional hook, empty on purpose)
+        """Open long-lived connections (long-connection modes). Webhook-only connectors need nothing."""
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def secrets(self) -> list[str]:
+        """Secret values of this connector, for the log scrubber."""
+        from ..settings import secret_values
+
+        return secret_values(self.config)

@@ -1,0 +1,131 @@
+"""The HTTP edge: raw bytes -> allowlist -> size limit -> connector.verify -> de-duplicate + durable enqueue -> ack.
+
+It never waits on a model: the ack goes out as soon as the message is durably queued (IM platforms re-deliver after
+1-5 s). Rejections are 4xx with a JSON body and queue nothing; a store outage is a 503 so the platform retries."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from .connectors.base import Connector
+from .errors import Forbidden, PayloadTooLarge, RejectedRequest
+from .messages import Ack, RawRequest
+from .observability import DUPLICATES, REJECTED, REQUESTS, RESPONSE_TIME, request_id
+from .store import StateStore
+
+log = logging.getLogger(__name__)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_address(request: Request, trusted_proxies: Sequence[Network]) -> str | None:
+    """The real client: the TCP peer or, behind trusted proxies, the right-most untrusted X-Forwarded-For hop."""
+    peer = request.client.host if request.client else None
+    if peer is None or not trusted_proxies:
+        return peer
+    chain = [peer]
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded:
+        chain = [h.strip() for h in forwarded.split(",") if h.strip()] + [peer]
+    for hop in reversed(chain):
+        try:
+            addr = ipaddress.ip_address(hop)
+        except ValueError:
+            return hop  # garbage in the header: treat as untrusted, and it will match no allowlist
+        if not any(addr in net for net in trusted_proxies):
+            return hop
+    return chain[0]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _response(ack: Ack) -> Response:
+    if isinstance(ack.body, str):
+        return PlainTextResponse(ack.body, status_code=ack.status_code, media_type=ack.media_type)
+    return JSONResponse(ack.body, status_code=ack.status_code)
+
+
+class WebhookEndpoint:
+    """One instance per connector, mounted at the PATH of the connector's webhook_url."""
+
+    def __init__(
+        self,
+        connector: Connector,
+        store: StateStore,
+        *,
+        max_body_bytes: int,
+        dedupe_ttl: float,
+        trusted_proxies: Sequence[Network],
+    ) -> None:
+        self.connector = connector
+        self.store = store
+        self.max_body_bytes = max_body_bytes
+        self.dedupe_ttl = dedupe_ttl
+        self.trusted_proxies = list(trusted_proxies)
+        self.allowed = list(connector.config.allowed_cidrs)
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        token = request_id.set(request.headers.get("x-request-id") or uuid.uuid4().hex[:16])
+        name = self.connector.name
+        try:
+            ip = client_address(request, self.trusted_proxies)
+            if self.allowed and not self._allowed(ip):
+                raise Forbidden(f"source address {ip} is not in this connector's allowed_cidrs")
+            body = await read_body(request, self.max_body_bytes)
+            raw = RawRequest(
+                method=request.method,
+                path=request.url.path,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                query=dict(request.query_params),
+                body=body,
+                client_ip=ip,
+            )
+            verdict = await self.connector.verify(raw)
+            received = time.time()
+            for message in verdict.messages:
+                if message.is_group and not message.mentioned and self.connector.config.group_mention_only:
+                    continue  # group etiquette: speak only when spoken to
+                message.received_at = received
+                if not await self.store.enqueue(message, self.dedupe_ttl):
+                    DUPLICATES.labels(connector=name).inc()
+                    log.info("duplicate delivery of %s acknowledged", message.event_id)
+            REQUESTS.labels(status="success").inc()
+            return _response(verdict.ack)
+        except RejectedRequest as exc:
+            REJECTED.labels(connector=name, reason=exc.reason).inc()
+            REQUESTS.labels(status="error").inc()
+            log.warning("rejected %s request: %s (%s)", name, exc.reason, exc.detail)
+            return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status_code)
+        except Exception:  # the store or a connector bug: never a traceback to the caller, and let the platform retry
+            REQUESTS.labels(status="error").inc()
+            log.exception("could not accept %s request", name)
+            return JSONResponse({"error": "unavailable", "detail": "try again"}, status_code=503)
+        finally:
+            RESPONSE_TIME.observe(time.perf_counter() - started)
+            request_id.reset(token)
+
+    def _allowed(self, ip: str | None) -> bool:
+        if ip is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.allowed)

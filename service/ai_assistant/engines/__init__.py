@@ -1,0 +1,1 @@
+"""Inference engines: anything that turns a conversation into an answer."""

@@ -1,0 +1,65 @@
+"""One root exception with specific subclasses; HTTP status codes are chosen only at the HTTP edge."""
+
+from __future__ import annotations
+
+
+class AssistantError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(AssistantError):
+    """Configuration that cannot be used. The message names the file and the key, on one line."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file, self.key, self.problem = file, key, problem
+        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
+
+
+class RejectedRequest(AssistantError):
+    """An inbound request that must not be processed. `reason` is a bounded metric label."""
+
+    status_code = 400
+    reason = "malformed"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class MalformedRequest(RejectedRequest):
+    status_code = 400
+    reason = "malformed"
+
+
+class SignatureInvalid(RejectedRequest):
+    """Bad or missing signature/token: the caller is not who it claims to be."""
+
+    status_code = 401
+    reason = "signature"
+
+
+class StaleRequest(RejectedRequest):
+    """Correctly signed but outside the replay window."""
+
+    status_code = 401
+    reason = "stale"
+
+
+class Forbidden(RejectedRequest):
+    """Authenticated but not allowed here (source address, foreign bot id, ...)."""
+
+    status_code = 403
+    reason = "forbidden"
+
+
+class PayloadTooLarge(RejectedRequest):
+    status_code = 413
+    reason = "too_large"
+
+
+class EngineUnavailable(AssistantError):
+    """The inference engine could not produce an answer after bounded retries."""
+
+
+class DeliveryFailed(AssistantError):
+    """An outbound send to the platform failed; the job is retried later."""

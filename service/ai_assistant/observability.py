@@ -1,0 +1,104 @@
+"""Metrics (prometheus-client) and structured JSON logs with a request id. Secrets are scrubbed before any log line."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from pythonjsonlogger.json import JsonFormatter
+
+from . import __version__
+
+# `_created` series double the exposition for nothing a dashboard uses.
+disable_created_metrics()
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics. Every name and label is documented in docs/metrics.md; labels only take values from bounded sets
+# (connector names come from config, reasons and outcomes are fixed here).
+# ---------------------------------------------------------------------------------------------------------------
+REQUESTS = Counter(
+    "ai_assistant_request", "Webhook requests at the HTTP edge (the seed's metric)", ["status"]
+)  # exposed as ai_assistant_request_total
+RESPONSE_TIME = Histogram(
+    "ai_assistant_response_time_seconds",
+    "Webhook acknowledgement latency",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0),
+)
+REJECTED = Counter(
+    "ai_assistant_webhook_rejected", "Webhook requests refused before anything was queued", ["connector", "reason"]
+)
+DUPLICATES = Counter(
+    "ai_assistant_duplicates", "Platform retries and replays acknowledged without a second answer", ["connector"]
+)
+QUEUE_DEPTH = Gauge("ai_assistant_queue_depth", "Messages waiting for or being answered")
+QUEUE_OLDEST_AGE = Gauge("ai_assistant_queue_oldest_age_seconds", "Age of the oldest unanswered message")
+ANSWERS = Counter("ai_assistant_answers", "Messages finished, by outcome", ["connector", "outcome"])
+ANSWER_DURATION = Histogram(
+    "ai_assistant_answer_duration_seconds",
+    "From message received to last answer part delivered",
+    ["connector"],
+    buckets=(0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
+ENGINE_DURATION = Histogram(
+    "ai_assistant_engine_request_duration_seconds",
+    "One inference call, retries included",
+    ["engine"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
+)
+ENGINE_ERRORS = Counter("ai_assistant_engine_errors", "Inference calls that failed after bounded retries", ["engine"])
+DELIVERIES = Counter("ai_assistant_deliveries", "Outbound platform API sends", ["connector", "outcome"])
+FEEDBACK = Counter("ai_assistant_feedback", "User feedback on answers", ["connector", "rating"])
+BUILD_INFO = Gauge("ai_assistant_build_info", "Version of the running assistant", ["version"])
+BUILD_INFO.labels(version=__version__).set(1)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logs
+# ---------------------------------------------------------------------------------------------------------------
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_secrets: set[str] = set()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Values that must never appear in a log line, whatever code tries to log them."""
+    _secrets.update(v for v in values if v and len(v) >= 6)
+
+
+def scrub(text: str) -> str:
+    for s in _secrets:
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        if _secrets:
+            record.msg = scrub(record.getMessage())
+            record.args = None
+        return True
+
+
+def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ContextFilter())
+    if json_logs:
+        handler.setFormatter(
+            JsonFormatter(
+                "{asctime}{levelname}{name}{message}{request_id}",
+                style="{",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn's access log would print query strings (WeCom puts signatures there): our edge logs what matters instead.
+    logging.getLogger("uvicorn.access").disabled = True
+    for noisy in ("httpx", "httpx2", "httpcore", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,150 @@
+"""The worker loop: claim -> input adapters -> filter -> memory -> (retrieval) -> engine -> filter -> channel -> done.
+
+Exactly-once answers across restarts: the queue lease makes a crashed worker's job visible again; the generated answer
+is checkpointed before anything is sent, so a resumed job resends the same text; each delivered part is recorded, and
+every part carries an idempotency key derived from the event id and part number for the platform to de-duplicate the
+one part that may have been sent just before a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..channels.base import OutputChannel
+from ..connectors.base import Connector
+from ..errors import DeliveryFailed, EngineUnavailable
+from ..messages import ChatTurn, InboundMessage, OutboundText
+from ..observability import ANSWER_DURATION, ANSWERS, QUEUE_DEPTH, QUEUE_OLDEST_AGE, request_id
+from ..settings import Settings
+from ..store import Job, StateStore
+from .adapters import InputAdapter, message_text
+from .filters import SensitiveWordFilter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What retrieval adds: extra system text, a sources footer, or a no-hit answer that replaces the model's."""
+
+    system: str = ""
+    footer: str = ""
+    no_hit_answer: str | None = None
+
+
+Retriever = Callable[[InboundMessage, str], Awaitable[Grounding]]
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: StateStore
+    engine: object  # an Engine (engines/base.py); typed loosely so third-party engines need not subclass anything
+    connectors: Mapping[str, Connector]
+    channel: OutputChannel
+    input_filter: SensitiveWordFilter
+    output_filter: SensitiveWordFilter
+    adapters: dict[str, InputAdapter] = field(default_factory=dict)
+    retriever: Retriever | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """One worker: poll the queue until `stop` is set."""
+        while not stop.is_set():
+            job = await self.store.claim(self.settings.worker.lease_seconds)
+            if job is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.worker.poll_interval_seconds)
+                continue
+            token = request_id.set(job.message.event_id)
+            try:
+                await self.process(job)
+            except Exception:  # one bad job must not kill the worker; the lease brings it back for another try
+                log.exception("job %s failed unexpectedly", job.id)
+                await self.store.release(job.id, self.settings.worker.retry_backoff_seconds, "unexpected error")
+            finally:
+                request_id.reset(token)
+
+    async def process(self, job: Job) -> None:
+        msg = job.message
+        if job.attempts > self.settings.worker.max_attempts:
+            await self.store.dead_letter(job.id, f"gave up after {job.attempts - 1} attempts")
+            ANSWERS.labels(connector=msg.connector, outcome="dead").inc()
+            log.error("job %s dead-lettered after %d attempts", job.id, job.attempts - 1)
+            return
+        answer, outcome = job.answer, job.outcome
+        if answer is None:
+            answer, outcome, turns = await self._answer(msg)
+            await self.store.save_answer(
+                job.id, answer, outcome, msg.conversation_key, turns, self.settings.memory.turns
+            )
+        connector = self.connectors.get(msg.connector)
+        parts = connector.split(answer) if connector else [answer]
+        for index in range(job.parts_sent, len(parts)):
+            part = OutboundText(
+                connector=msg.connector,
+                chat_id=msg.chat_id,
+                text=parts[index],
+                part=index + 1,
+                parts=len(parts),
+                idempotency_key=f"{msg.event_id}:{index + 1}",
+                in_reply_to=msg,
+            )
+            try:
+                await self.channel.deliver(part)
+            except DeliveryFailed as exc:
+                delay = self.settings.worker.retry_backoff_seconds * 2 ** (job.attempts - 1)
+                log.warning("delivery of %s part %d failed (%s); retrying in %.0f s", job.id, index + 1, exc, delay)
+                await self.store.release(job.id, delay, str(exc))
+                return
+            await self.store.mark_part_sent(job.id, index + 1)
+        await self.store.complete(job.id)
+        ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
+        ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
+        log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
+
+    async def _answer(self, msg: InboundMessage) -> tuple[str, str, list[ChatTurn]]:
+        """The answer text, its outcome label and the turns to remember."""
+        text = await message_text(msg, self.adapters)
+        checked = self.input_filter.apply(text)
+        if checked.blocked:
+            return self.settings.filters.block_message, "blocked", []
+        user_text = checked.text
+        system = self.settings.engine.system_prompt
+        footer = ""
+        connector = self.connectors.get(msg.connector)
+        if self.retriever is not None and (connector is None or connector.config.retrieval):
+            grounding = await self.retriever(msg, user_text)
+            if grounding.no_hit_answer is not None:
+                return grounding.no_hit_answer, "answered", []
+            system = f"{system}\n\n{grounding.system}" if grounding.system else system
+            footer = grounding.footer
+        history = await self.store.history(msg.conversation_key, self.settings.memory.turns)
+        turns = [ChatTurn("system", system), *history, ChatTurn("user", user_text)]
+        try:
+            raw = await self.engine.chat(turns)  # type: ignore[attr-defined]
+        except EngineUnavailable as exc:
+            log.warning("no answer for %s: %s", msg.event_id, exc)
+            return self.settings.engine.error_reply, "engine_error", []
+        checked_out = self.output_filter.apply(raw)
+        if checked_out.blocked:
+            return self.settings.filters.block_message, "blocked", []
+        answer = checked_out.text + (f"\n\n{footer}" if footer else "")
+        return answer, "answered", [ChatTurn("user", user_text), ChatTurn("assistant", checked_out.text)]
+
+
+async def export_queue_stats(store: StateStore, stop: asyncio.Event, every: float = 2.0) -> None:
+    """Keeps the queue gauges fresh for /metrics; errors here must never stop the service."""
+    while not stop.is_set():
+        try:
+            stats = await store.stats()
+            QUEUE_DEPTH.set(stats.depth)
+            QUEUE_OLDEST_AGE.set(stats.oldest_age_seconds)
+        except Exception:  # the store being down shows in /readyz; the gauges just keep their last value
+            log.debug("queue stats unavailable", exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)

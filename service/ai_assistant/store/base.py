@@ -1,0 +1,66 @@
+"""The state-store protocol. Two backends pass the same contract tests (tests/store/): SQLite for one host, Redis for
+two or more instances behind a load balancer (blue/green and two zones need shared state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..messages import ChatTurn, InboundMessage
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    message: InboundMessage
+    attempts: int  # including this claim
+    answer: str | None  # checkpointed once generated, so a restart resends the same text rather than a new one
+    outcome: str | None
+    parts_sent: int
+    enqueued_at: float
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int
+    oldest_age_seconds: float
+
+
+class StateStore(Protocol):
+    async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
+        """Atomically: if none of the message's dedupe keys was seen within the TTL, remember them all and queue the
+        message. Returns False for a duplicate (nothing queued). Durable when it returns."""
+
+    async def remember(self, key: str, ttl: float) -> bool:
+        """Set-if-absent with expiry: True the first time a key is seen within `ttl` seconds."""
+
+    async def forget(self, key: str) -> None:
+        """Drop a key set by `remember`."""
+
+    async def claim(self, lease_seconds: float) -> Job | None:
+        """Lease the oldest visible job. A job whose lease expires (its worker died) becomes visible again."""
+
+    async def save_answer(
+        self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int
+    ) -> None:
+        """Checkpoint the answer and append the exchange to the conversation memory, in one transaction."""
+
+    async def mark_part_sent(self, job_id: str, parts_sent: int) -> None: ...
+
+    async def complete(self, job_id: str) -> None:
+        """The answer is fully delivered: the job leaves the queue."""
+
+    async def release(self, job_id: str, delay_seconds: float, error: str) -> None:
+        """Give the job back to be retried after a delay (delivery failed)."""
+
+    async def dead_letter(self, job_id: str, error: str) -> None:
+        """Stop retrying; keep the job for inspection."""
+
+    async def history(self, conversation: str, limit: int) -> list[ChatTurn]: ...
+
+    async def stats(self) -> QueueStats: ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be used."""
+
+    async def close(self) -> None: ...

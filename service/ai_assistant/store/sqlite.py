@@ -1,0 +1,223 @@
+"""SQLite backend: the embedded default for one host. WAL journal; one writer connection used from worker threads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import anyio.to_thread
+
+from ..messages import ChatTurn, InboundMessage
+from .base import Job, QueueStats
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    message TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued',          -- queued | done | dead
+    visible_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    answer TEXT,
+    outcome TEXT,
+    parts_sent INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    finished_at REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_visible ON jobs (state, visible_at);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation TEXT NOT NULL,
+    role TEXT NOT NULL,
+    content TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_conversation ON history (conversation, id);
+"""
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._writes = 0
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return fn(self._db)
+
+        return await anyio.to_thread.run_sync(locked)
+
+    @staticmethod
+    def _tx(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
+        keys = message.dedupe_keys()
+        now = time.time()
+        self._writes += 1
+        prune = self._writes % 500 == 0
+
+        def body(db: sqlite3.Connection) -> bool:
+            if prune:
+                db.execute("DELETE FROM dedupe WHERE expires_at < ?", (now,))
+                db.execute("DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (now - dedupe_ttl,))
+            marks = ",".join("?" * len(keys))
+            seen = db.execute(
+                f"SELECT 1 FROM dedupe WHERE key IN ({marks}) AND expires_at >= ? LIMIT 1",  # noqa: S608 (placeholders)
+                (*keys, now),
+            ).fetchone()
+            if seen:
+                return False
+            db.executemany(
+                "INSERT OR REPLACE INTO dedupe (key, expires_at) VALUES (?, ?)", [(k, now + dedupe_ttl) for k in keys]
+            )
+            db.execute(
+                "INSERT INTO jobs (id, message, visible_at, enqueued_at) VALUES (?, ?, ?, ?)",
+                (uuid.uuid4().hex, message.model_dump_json(), now, message.received_at or now),
+            )
+            return True
+
+        return await self._run(lambda db: self._tx(db, body))
+
+    async def remember(self, key: str, ttl: float) -> bool:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT expires_at FROM dedupe WHERE key = ?", (key,)).fetchone()
+            if row and row[0] >= now:
+                return False
+            db.execute("INSERT OR REPLACE INTO dedupe (key, expires_at) VALUES (?, ?)", (key, now + ttl))
+            return True
+
+        return await self._run(lambda db: self._tx(db, body))
+
+    async def forget(self, key: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM dedupe WHERE key = ?", (key,)))
+
+    async def claim(self, lease_seconds: float) -> Job | None:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> Job | None:
+            row = db.execute(
+                "SELECT id, message, attempts, answer, outcome, parts_sent, enqueued_at FROM jobs "
+                "WHERE state = 'queued' AND visible_at <= ? ORDER BY visible_at, rowid LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET visible_at = ?, attempts = attempts + 1 WHERE id = ?", (now + lease_seconds, row[0])
+            )
+            return Job(
+                id=row[0],
+                message=InboundMessage.model_validate_json(row[1]),
+                attempts=row[2] + 1,
+                answer=row[3],
+                outcome=row[4],
+                parts_sent=row[5],
+                enqueued_at=row[6],
+            )
+
+        return await self._run(lambda db: self._tx(db, body))
+
+    async def save_answer(
+        self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int
+    ) -> None:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE jobs SET answer = ?, outcome = ? WHERE id = ?", (answer, outcome, job_id))
+            db.executemany(
+                "INSERT INTO history (conversation, role, content, at) VALUES (?, ?, ?, ?)",
+                [(conversation, t.role, t.content, now) for t in turns],
+            )
+            db.execute(
+                "DELETE FROM history WHERE conversation = ? AND id NOT IN "
+                "(SELECT id FROM history WHERE conversation = ? ORDER BY id DESC LIMIT ?)",
+                (conversation, conversation, keep_turns * 2),
+            )
+
+        await self._run(lambda db: self._tx(db, body))
+
+    async def mark_part_sent(self, job_id: str, parts_sent: int) -> None:
+        await self._run(lambda db: db.execute("UPDATE jobs SET parts_sent = ? WHERE id = ?", (parts_sent, job_id)))
+
+    async def complete(self, job_id: str) -> None:
+        now = time.time()
+        await self._run(
+            lambda db: db.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?", (now, job_id))
+        )
+
+    async def release(self, job_id: str, delay_seconds: float, error: str) -> None:
+        visible = time.time() + delay_seconds
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE jobs SET visible_at = ?, last_error = ? WHERE id = ?", (visible, error[:500], job_id)
+            )
+        )
+
+    async def dead_letter(self, job_id: str, error: str) -> None:
+        now = time.time()
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE jobs SET state = 'dead', finished_at = ?, last_error = ? WHERE id = ?",
+                (now, error[:500], job_id),
+            )
+        )
+
+    async def history(self, conversation: str, limit: int) -> list[ChatTurn]:
+        if limit <= 0:
+            return []
+
+        def body(db: sqlite3.Connection) -> list[ChatTurn]:
+            rows = db.execute(
+                "SELECT role, content FROM history WHERE conversation = ? ORDER BY id DESC LIMIT ?",
+                (conversation, limit * 2),
+            ).fetchall()
+            return [ChatTurn(role=r[0], content=r[1]) for r in reversed(rows)]
+
+        return await self._run(body)
+
+    async def stats(self) -> QueueStats:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> QueueStats:
+            depth, oldest = db.execute("SELECT COUNT(*), MIN(enqueued_at) FROM jobs WHERE state = 'queued'").fetchone()
+            return QueueStats(depth=depth, oldest_age_seconds=max(0.0, now - oldest) if oldest else 0.0)
+
+        return await self._run(body)
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        await self._run(lambda db: db.close())
+
+    def dump_jobs(self) -> list[dict[str, object]]:
+        """For operators and tests: every job row, newest last."""
+        with self._lock:
+            cur = self._db.execute("SELECT * FROM jobs ORDER BY rowid")
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, row, strict=True)) | {"message": json.loads(row[1])} for row in cur.fetchall()]
