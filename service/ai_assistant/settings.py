@@ -72,7 +72,9 @@ class LocalModelSettings(_Section):
 
 class WorkerSettings(_Section):
     concurrency: int = Field(2, ge=1, le=64)
-    lease_seconds: float = Field(300.0, gt=0)
+    # A worker renews its lease every third of this while it works; a crashed worker's message is picked up again
+    # by another worker (or after a restart) within this many seconds.
+    lease_seconds: float = Field(30.0, ge=1)
     max_attempts: int = Field(5, ge=1)
     poll_interval_seconds: float = Field(0.2, gt=0)
     retry_backoff_seconds: float = Field(2.0, gt=0)

@@ -13,7 +13,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
-from .splitting import Measure, chars, split_text
+from .splitting import chars, split_text
 
 
 class ConnectorConfig(BaseModel):
@@ -37,7 +37,7 @@ class Connector(ABC):
     Config: ClassVar[type[ConnectorConfig]] = ConnectorConfig
     # Outbound size limit of one message and how the platform measures it.
     max_message_size: ClassVar[int] = 4000
-    measure: ClassVar[Measure] = chars
+    measure = staticmethod(chars)
     # HTTP methods the webhook route accepts (WeCom's URL check is a GET).
     methods: ClassVar[tuple[str, ...]] = ("POST",)
 
@@ -63,7 +63,7 @@ class Connector(ABC):
         return self._http
 
     def split(self, text: str) -> list[str]:
-        return split_text(text, self.max_message_size, type(self).measure)
+        return split_text(text, self.max_message_size, self.measure)
 
     @abstractmethod
     async def verify(self, request: RawRequest) -> Verdict:

@@ -61,15 +61,26 @@ class Pipeline:
                     await asyncio.wait_for(stop.wait(), self.settings.worker.poll_interval_seconds)
                 continue
             token = request_id.set(job.message.event_id)
+            heartbeat = asyncio.create_task(self._heartbeat(job))
             try:
-                await self.process(job)
+                await self.process(job, heartbeat)
             except Exception:  # one bad job must not kill the worker; the lease brings it back for another try
                 log.exception("job %s failed unexpectedly", job.id)
                 await self.store.release(job.id, self.settings.worker.retry_backoff_seconds, "unexpected error")
             finally:
+                heartbeat.cancel()
                 request_id.reset(token)
 
-    async def process(self, job: Job) -> None:
+    async def _heartbeat(self, job: Job) -> None:
+        """Renews the lease while the job is worked on; ends (and so flags the loss) if another worker took it over."""
+        lease = self.settings.worker.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            if not await self.store.extend(job.id, job.lease_token, lease):
+                log.warning("lost the lease on %s; another worker has it", job.id)
+                return
+
+    async def process(self, job: Job, heartbeat: asyncio.Task[None] | None = None) -> None:
         msg = job.message
         if job.attempts > self.settings.worker.max_attempts:
             await self.store.dead_letter(job.id, f"gave up after {job.attempts - 1} attempts")
@@ -85,6 +96,8 @@ class Pipeline:
         connector = self.connectors.get(msg.connector)
         parts = connector.split(answer) if connector else [answer]
         for index in range(job.parts_sent, len(parts)):
+            if heartbeat is not None and heartbeat.done():
+                return  # our lease is gone: the worker that holds it now sends the rest
             part = OutboundText(
                 connector=msg.connector,
                 chat_id=msg.chat_id,

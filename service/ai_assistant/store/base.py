@@ -18,6 +18,7 @@ class Job:
     outcome: str | None
     parts_sent: int
     enqueued_at: float
+    lease_token: str = ""  # changes at every claim: a worker whose lease was taken over must stop
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class StateStore(Protocol):
 
     async def claim(self, lease_seconds: float) -> Job | None:
         """Lease the oldest visible job. A job whose lease expires (its worker died) becomes visible again."""
+
+    async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
+        """Renew the lease (the worker's heartbeat). False if another worker has claimed the job since."""
 
     async def save_answer(
         self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int

@@ -31,14 +31,23 @@ return 1
 """
 
 _CLAIM = """
--- KEYS: queue   ARGV: now, lease, prefix
+-- KEYS: queue   ARGV: now, lease, prefix, token
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
 if #ids == 0 then return nil end
 local id = ids[1]
 redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
 local key = ARGV[3] .. 'job:' .. id
 redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HSET', key, 'lease_token', ARGV[4])
 return {id, redis.call('HGETALL', key)}
+"""
+
+_EXTEND = """
+-- KEYS: queue, job key   ARGV: job id, token, visible_at
+if redis.call('HGET', KEYS[2], 'lease_token') ~= ARGV[2] then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
 """
 
 _SAVE_ANSWER = """
@@ -56,6 +65,7 @@ class RedisStore:
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._claim = self._r.register_script(_CLAIM)
         self._save = self._r.register_script(_SAVE_ANSWER)
+        self._extend = self._r.register_script(_EXTEND)
 
     async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
         job_id = uuid.uuid4().hex
@@ -77,7 +87,7 @@ class RedisStore:
         await self._r.delete(P + "dedupe:" + key)
 
     async def claim(self, lease_seconds: float) -> Job | None:
-        result = await self._claim(keys=[QUEUE], args=[time.time(), lease_seconds, P])
+        result = await self._claim(keys=[QUEUE], args=[time.time(), lease_seconds, P, uuid.uuid4().hex])
         if not result:
             return None
         job_id, flat = result
@@ -90,7 +100,12 @@ class RedisStore:
             outcome=fields.get("outcome"),
             parts_sent=int(fields.get("parts_sent", 0)),
             enqueued_at=float(fields["enqueued_at"]),
+            lease_token=fields["lease_token"],
         )
+
+    async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
+        keys = [QUEUE, P + "job:" + job_id]
+        return bool(await self._extend(keys=keys, args=[job_id, lease_token, time.time() + lease_seconds]))
 
     async def save_answer(
         self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int

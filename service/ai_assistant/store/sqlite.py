@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     parts_sent INTEGER NOT NULL DEFAULT 0,
     enqueued_at REAL NOT NULL,
     finished_at REAL,
-    last_error TEXT
+    last_error TEXT,
+    lease_token TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_visible ON jobs (state, visible_at);
 CREATE TABLE IF NOT EXISTS history (
@@ -127,8 +128,10 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 return None
+            token = uuid.uuid4().hex
             db.execute(
-                "UPDATE jobs SET visible_at = ?, attempts = attempts + 1 WHERE id = ?", (now + lease_seconds, row[0])
+                "UPDATE jobs SET visible_at = ?, attempts = attempts + 1, lease_token = ? WHERE id = ?",
+                (now + lease_seconds, token, row[0]),
             )
             return Job(
                 id=row[0],
@@ -138,9 +141,20 @@ class SQLiteStore:
                 outcome=row[4],
                 parts_sent=row[5],
                 enqueued_at=row[6],
+                lease_token=token,
             )
 
         return await self._run(lambda db: self._tx(db, body))
+
+    async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
+        visible = time.time() + lease_seconds
+        cur = await self._run(
+            lambda db: db.execute(
+                "UPDATE jobs SET visible_at = ? WHERE id = ? AND lease_token = ? AND state = 'queued'",
+                (visible, job_id, lease_token),
+            )
+        )
+        return cur.rowcount == 1
 
     async def save_answer(
         self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int
