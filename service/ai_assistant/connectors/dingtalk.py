@@ -1,0 +1,293 @@
+"""`platform: dingtalk`: a DingTalk enterprise-internal app robot, over HTTP ("消息接收地址") or DingTalk Stream.
+
+HTTP inbound: headers `timestamp` (ms) and `sign` = Base64(HMAC-SHA256(key=app_secret, timestamp + "\\n" + app_secret)),
+within DingTalk's 1-hour window. The signature does NOT cover the body: anyone holding one captured (timestamp, sign)
+pair could post any body for an hour. So the body's `robotCode` must be ours, `msgId` is de-duplicated, and answers
+only ever go to a `sessionWebhook` on DingTalk's own hosts (or this connector's api_base): an injected sessionWebhook
+cannot carry answers elsewhere (docs/adr/0071-im-connectors.md).
+
+Stream mode (`mode: stream`, no public URL needed): the official dingtalk-stream SDK's frames and handler classes on a
+WebSocket this connector opens to the gateway; each robot message is de-duplicated and durably queued through
+`sink` before its frame is acknowledged, so a redelivered frame is answered once.
+
+Outbound: the message's sessionWebhook while it is valid, else the robot OpenAPI (1:1 batchSend / group send) with an
+accessToken cached and refreshed 5 minutes early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote_plus, urlsplit
+
+import httpx
+import websockets
+from dingtalk_stream import AckMessage, CallbackMessage, ChatbotHandler, ChatbotMessage  # type: ignore[import-untyped]
+from pydantic import Field, SecretStr
+
+from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
+from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
+from .base import Connector, ConnectorConfig
+from .common import check_window, load_json, same
+from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after
+from .tokens import CachedToken
+
+log = logging.getLogger(__name__)
+
+DINGTALK_HOSTS = frozenset({"oapi.dingtalk.com", "api.dingtalk.com"})
+WINDOW = 3600  # DingTalk's documented window for the robot callback signature
+
+
+class DingTalkConfig(ConnectorConfig, OutboundOptions):
+    platform: Literal["dingtalk"] = "dingtalk"
+    app_key: str = Field(min_length=1, description="Credentials > Client ID (AppKey)")
+    app_secret: SecretStr = Field(description="Credentials > Client Secret (AppSecret)")
+    robot_code: str = Field(min_length=1, description="Robot configuration > RobotCode (usually the AppKey)")
+    corp_id: str | None = Field(None, description="pin chatbotCorpId to this organisation (ding...)")
+    mode: Literal["webhook", "stream"] = Field("webhook", description="stream: no public URL, a WebSocket to DingTalk")
+    rate_limit_per_second: float = Field(10.0, gt=0)
+    chat_rate_limit_per_second: float | None = Field(None, gt=0)
+
+
+class DingTalkConnector(Connector):
+    platform: ClassVar[str] = "dingtalk"
+    Config = DingTalkConfig
+    config: DingTalkConfig
+    max_message_size: ClassVar[int] = 5000  # characters; DingTalk does not publish a text limit for robots
+
+    def __init__(self, name: str, config: DingTalkConfig) -> None:
+        super().__init__(name, config)
+        self.api_base = (config.api_base or "https://api.dingtalk.com").rstrip("/")
+        self.api = PlatformAPI(name, config, lambda: self.http)
+        self.token = CachedToken(self._fetch_token, refresh_early=300)
+        hosts = set(DINGTALK_HOSTS)
+        if config.api_base:
+            hosts.add(urlsplit(config.api_base).netloc)
+        self._reply_hosts = frozenset(hosts)
+        self._stream: asyncio.Task[None] | None = None
+        self.stream_connected = asyncio.Event()
+
+    @property
+    def path(self) -> str | None:
+        return super().path if self.config.mode == "webhook" else None
+
+    # ------------------------------------------------------------------------------------------------ inbound
+    async def verify(self, request: RawRequest) -> Verdict:
+        ts = request.headers.get("timestamp")
+        check_window(ts, WINDOW, header="timestamp", millis=True)
+        secret = self.config.app_secret.get_secret_value()
+        expected = base64.b64encode(hmac.new(secret.encode(), f"{ts}\n{secret}".encode(), hashlib.sha256).digest())
+        if not same(expected, request.headers.get("sign", "")):
+            raise SignatureInvalid("sign does not match timestamp and app_secret")
+        message = self.read(load_json(request.body))
+        return Verdict(messages=[message] if message else [])
+
+    def read(self, data: dict[str, Any]) -> InboundMessage | None:
+        """A robot message body (HTTP body or Stream frame data) -> InboundMessage, with the pins that make up for the
+        unsigned body."""
+        if data.get("robotCode") != self.config.robot_code:
+            raise Forbidden("robotCode is not this connector's robot_code")
+        if self.config.corp_id and data.get("chatbotCorpId") != self.config.corp_id:
+            raise Forbidden("chatbotCorpId is not this connector's corp_id")
+        webhook = data.get("sessionWebhook")
+        if webhook is not None and not self._reply_allowed(webhook):
+            raise Forbidden("sessionWebhook is not on a DingTalk host")
+        msg = ChatbotMessage.from_dict(data)
+        if not msg.message_id or not msg.conversation_id:
+            raise MalformedRequest("msgId and conversationId are required")
+        if msg.message_type != "text" or msg.text is None or not isinstance(msg.text.content, str):
+            return None  # pictures, files, rich text: not handled by this connector
+        is_group = msg.conversation_type == "2"
+        text = msg.text.content.replace(f"@{self.config.bot_name}", "")
+        return InboundMessage(
+            connector=self.name,
+            event_id=str(msg.message_id),
+            chat_id=str(msg.conversation_id),
+            user_id=str(msg.sender_staff_id or msg.sender_id or "unknown"),
+            text=" ".join(text.split()),
+            is_group=is_group,
+            # DingTalk delivers group messages to a robot only when it is @-mentioned.
+            mentioned=bool(msg.is_in_at_list) or not is_group,
+            reply_context={
+                "session_webhook": webhook,
+                "session_webhook_expires_ms": data.get("sessionWebhookExpiredTime"),
+                "staff_id": msg.sender_staff_id,
+                "conversation_type": msg.conversation_type,
+            },
+        )
+
+    def _reply_allowed(self, url: Any) -> bool:
+        if not isinstance(url, str):
+            return False
+        parts = urlsplit(url)
+        official = parts.scheme == "https" and parts.hostname in DINGTALK_HOSTS
+        return official or (bool(self.config.api_base) and parts.netloc in self._reply_hosts)
+
+    # ------------------------------------------------------------------------------------------------ stream mode
+    async def start(self) -> None:
+        if self.config.mode == "stream" and self._stream is None:
+            self._stream = asyncio.create_task(self._run_stream(), name=f"dingtalk-stream-{self.name}")
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stream
+            self._stream = None
+        await super().aclose()
+
+    async def _run_stream(self) -> None:
+        """Connect, read frames, reconnect with capped back-off; one task, closed by aclose() so a restart never leaves
+        a stale connection stealing messages."""
+        handler = _StreamHandler(self)
+        delay = 1.0
+        while True:
+            try:
+                conn = await self.api.call(
+                    "POST",
+                    f"{self.api_base}/v1.0/gateway/connections/open",
+                    endpoint="gateway/connections/open",
+                    json={
+                        "clientId": self.config.app_key,
+                        "clientSecret": self.config.app_secret.get_secret_value(),
+                        "subscriptions": [{"type": "CALLBACK", "topic": ChatbotMessage.TOPIC}],
+                        "ua": "ai-assistant",
+                    },
+                    limited=False,
+                )
+                uri = f"{conn['endpoint']}?ticket={quote_plus(conn['ticket'])}"
+                async with websockets.connect(uri) as ws:
+                    self.stream_connected.set()
+                    delay = 1.0
+                    async for raw in ws:
+                        ack = await handler.route(raw)
+                        if ack is not None:
+                            await ws.send(json.dumps(ack.to_dict()))
+            except asyncio.CancelledError:
+                raise
+            except (DeliveryFailed, KeyError, TypeError, OSError, websockets.WebSocketException) as exc:
+                log.warning("%s: stream connection lost (%s); reconnecting in %.0f s", self.name, exc, delay)
+            self.stream_connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    # ------------------------------------------------------------------------------------------------ outbound
+    async def _fetch_token(self) -> tuple[str, float]:
+        body = await self.api.call(
+            "POST",
+            f"{self.api_base}/v1.0/oauth2/accessToken",
+            endpoint="oauth2/accessToken",
+            json={"appKey": self.config.app_key, "appSecret": self.config.app_secret.get_secret_value()},
+            check=_check,
+            limited=False,
+        )
+        token = body.get("accessToken")
+        if not isinstance(token, str):
+            raise Fatal("accessToken missing from the answer")
+        return token, float(body.get("expireIn", 7200))
+
+    async def send(self, part: OutboundText) -> None:
+        ctx = part.in_reply_to.reply_context if part.in_reply_to else {}
+        webhook, expires = ctx.get("session_webhook"), ctx.get("session_webhook_expires_ms")
+        fresh = isinstance(expires, int) and expires / 1000 > time.time() + 30
+        if webhook and fresh and self._reply_allowed(webhook):
+            await self.api.call(
+                "POST",
+                webhook,
+                endpoint="sessionWebhook",
+                chat=part.chat_id,
+                json={"msgtype": "text", "text": {"content": part.text}},
+                check=_check,
+            )
+            return
+        params = {"content": part.text}
+        if ctx.get("conversation_type") == "1" and ctx.get("staff_id"):
+            endpoint = "robot/oToMessages/batchSend"
+            body: dict[str, Any] = {"userIds": [ctx["staff_id"]]}
+        else:
+            endpoint = "robot/groupMessages/send"
+            body = {"openConversationId": part.chat_id}
+        body.update(robotCode=self.config.robot_code, msgKey="sampleText", msgParam=json.dumps(params))
+        await self.api.call(
+            "POST",
+            f"{self.api_base}/v1.0/{endpoint}",
+            endpoint=endpoint,
+            chat=part.chat_id,
+            token=self.token,
+            auth=lambda t: {"headers": {"x-acs-dingtalk-access-token": t}},
+            json=body,
+            check=_check,
+        )
+
+
+class _StreamHandler(ChatbotHandler):  # type: ignore[misc]
+    """The SDK's chatbot callback handler: frames in, AckMessage out."""
+
+    def __init__(self, connector: DingTalkConnector) -> None:
+        super().__init__()
+        self.connector = connector
+
+    async def route(self, raw: str | bytes) -> Any:
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            log.warning("%s: stream frame is not JSON; ignored", self.connector.name)
+            return None
+        if frame.get("type") != CallbackMessage.TYPE:
+            return None  # SYSTEM pings and disconnect notices need no ack
+        return await self.raw_process(CallbackMessage.from_dict(frame))
+
+    async def process(self, callback: Any) -> tuple[int, str]:
+        name = self.connector.name
+        try:
+            message = self.connector.read(callback.data if isinstance(callback.data, dict) else {})
+        except RejectedRequest as exc:
+            log.warning("%s: stream message refused: %s", name, exc.detail)
+            return AckMessage.STATUS_OK, "refused"  # acknowledged so DingTalk does not redeliver what we refuse
+        if message is None:
+            return AckMessage.STATUS_OK, "ignored"
+        if message.is_group and not message.mentioned and self.connector.config.group_mention_only:
+            return AckMessage.STATUS_OK, "not mentioned"
+        sink = self.connector.sink
+        if sink is None:
+            return AckMessage.STATUS_SYSTEM_EXCEPTION, "not ready"
+        try:
+            await sink(message)
+        except Exception:  # the store is down: a non-200 ack makes DingTalk redeliver later
+            log.exception("%s: could not queue stream message", name)
+            return AckMessage.STATUS_SYSTEM_EXCEPTION, "try again"
+        return AckMessage.STATUS_OK, "OK"
+
+
+def _check(resp: httpx.Response) -> Any:
+    if resp.status_code == 429:
+        raise Retry("HTTP 429", retry_after(resp), throttled=True)
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    code = body.get("code") if isinstance(body, dict) else None
+    if resp.status_code in (401, 403) and code in (
+        "InvalidAuthentication",
+        "Forbidden.AccessDenied.AccessTokenInvalid",
+    ):
+        raise TokenRejected(str(code))
+    if isinstance(code, str) and code.startswith("Throttling"):
+        raise Retry(code, throttled=True)
+    if resp.status_code >= 500:
+        raise Retry(f"HTTP {resp.status_code}")
+    if resp.status_code >= 300 or body is None:
+        raise Fatal(f"HTTP {resp.status_code} {code or ''}".strip())
+    errcode = body.get("errcode", 0)  # sessionWebhook answers use the old {errcode, errmsg} shape
+    if errcode == 130101:  # "send too fast"
+        raise Retry("errcode 130101", throttled=True)
+    if errcode != 0:
+        raise Fatal(f"errcode {errcode}: {str(body.get('errmsg', ''))[:200]}")
+    return body

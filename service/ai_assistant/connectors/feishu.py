@@ -1,0 +1,277 @@
+"""`platform: feishu` and `platform: lark`: Feishu/Lark event subscription v2.0 (webhook mode) and the IM v1 send API.
+
+Inbound, with an Encrypt Key (recommended):
+  body      {"encrypt": base64(IV16 || AES-256-CBC(key=SHA256(encrypt_key), PKCS#7(json)))}
+  signature X-Lark-Signature = hex(SHA256(X-Lark-Request-Timestamp + X-Lark-Request-Nonce + encrypt_key + raw body)):
+            a plain hash keyed by the encrypt key, not an HMAC and not the verification token.
+  The url_verification challenge may arrive encrypted but without the X-Lark-* headers (seen in the wild): it is
+  answered when it decrypts with our key and carries our verification token, and it queues nothing.
+Without an Encrypt Key Feishu signs nothing: the verification token in the body is the only check (docs say so).
+
+Feishu re-pushes an unacknowledged event at 15 s, 5 min, 1 h and 6 h, and the same message may come back under a new
+event_id, so messages are de-duplicated on `event_id` and on `message_id` (docs/adr/0071-im-connectors.md).
+
+Outbound: POST /open-apis/im/v1/messages/{message_id}/reply with a `uuid` derived from the inbound message id and the
+part number, so Feishu itself drops a re-sent part; tenant_access_token cached and refreshed 10 minutes early.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any, ClassVar, Literal
+
+import httpx
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from pydantic import Field, SecretStr
+
+from ..errors import Forbidden, MalformedRequest, SignatureInvalid
+from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
+from .base import Connector, ConnectorConfig
+from .common import check_window, load_json, obj, same
+from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, default_check, retry_after
+from .splitting import utf8_bytes
+from .tokens import CachedToken
+
+log = logging.getLogger(__name__)
+
+API_BASES = {"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"}
+# Stable namespace for idempotency uuids: the same inbound message and part always give the same uuid.
+_UUID_NS = uuid.UUID("5b0f3f3e-2d4a-4c1e-9a57-6f1c1e0a7c71")
+# Business codes: token invalid or expired; tenant/chat send-rate limits.
+_TOKEN_CODES = {99991661, 99991663, 99991668}
+_THROTTLE_CODES = {11232, 230020, 99991400}
+
+
+class FeishuConfig(ConnectorConfig, OutboundOptions):
+    platform: Literal["feishu", "lark"] = "feishu"
+    app_id: str = Field(min_length=1, description="App ID (cli_...) from Credentials & Basic Info")
+    app_secret: SecretStr = Field(description="App Secret from Credentials & Basic Info")
+    verification_token: SecretStr = Field(description="Events & Callbacks > Encryption Strategy > Verification Token")
+    encrypt_key: SecretStr | None = Field(None, description="Encryption Strategy > Encrypt Key (turns on signatures)")
+    bot_open_id: str | None = Field(None, description="the bot's open_id, to tell its @-mention from others")
+    # Retries come up to ~7.1 h after the first push; a request older than this is refused even when its event_id
+    # has left the de-duplication store (whose TTL must stay above this window).
+    replay_window_seconds: int = Field(27_000, ge=60, le=86_400)
+    reply_in_thread: bool = Field(True, description="answer group messages in a thread under the question")
+    rate_limit_per_second: float = Field(5.0, gt=0)  # "100/min, 5/sec" per app
+    chat_rate_limit_per_second: float | None = Field(5.0, gt=0)
+
+
+def _content_bytes(text: str) -> int:
+    """Size of a text part as Feishu receives it: JSON inside a JSON string, the way the 150 KB limit applies."""
+    return utf8_bytes(json.dumps(json.dumps({"text": text}, ensure_ascii=False), ensure_ascii=False))
+
+
+class FeishuConnector(Connector):
+    platform: ClassVar[str] = "feishu"
+    Config = FeishuConfig
+    config: FeishuConfig
+    max_message_size: ClassVar[int] = 150 * 1000  # request bodies up to 150 KB for text
+    measure = staticmethod(_content_bytes)
+
+    def __init__(self, name: str, config: FeishuConfig) -> None:
+        super().__init__(name, config)
+        self.api_base = (config.api_base or API_BASES[config.platform]).rstrip("/")
+        self.api = PlatformAPI(name, config, lambda: self.http)
+        self.token = CachedToken(self._fetch_token, refresh_early=600)
+        key = config.encrypt_key.get_secret_value() if config.encrypt_key else None
+        self._encrypt_key = key
+        self._aes_key = hashlib.sha256(key.encode()).digest() if key else None
+        if key is None:
+            log.warning("%s: no encrypt_key: Feishu will not sign requests; set one in the developer console", name)
+
+    # ------------------------------------------------------------------------------------------------ inbound
+    async def verify(self, request: RawRequest) -> Verdict:
+        signed = "x-lark-signature" in request.headers
+        if signed:
+            self._check_signature(request)
+        outer = load_json(request.body)
+        if self._aes_key is not None:
+            if "encrypt" not in outer:
+                raise SignatureInvalid("body is not encrypted, but this connector has an encrypt_key")
+            payload = load_json(self._decrypt(outer["encrypt"]), "decrypted body")
+        else:
+            if "encrypt" in outer:
+                raise SignatureInvalid("body is encrypted, but this connector has no encrypt_key")
+            payload = outer
+        header = payload.get("header") if isinstance(payload.get("header"), dict) else None
+        token = header.get("token") if header is not None else payload.get("token")
+        if not isinstance(token, str) or not same(token, self.config.verification_token.get_secret_value()):
+            raise SignatureInvalid("verification token does not match")
+        if payload.get("type") == "url_verification":
+            challenge = payload.get("challenge")
+            if not isinstance(challenge, str):
+                raise MalformedRequest("challenge: required field is missing")
+            return Verdict(ack=Ack(200, {"challenge": challenge}), handshake=True)
+        if self._aes_key is not None and not signed:
+            raise SignatureInvalid("X-Lark-Signature is missing")
+        if header is None:
+            raise MalformedRequest("header: only event subscription schema 2.0 is supported")
+        if header.get("app_id") != self.config.app_id:
+            raise Forbidden("header.app_id is not this connector's app_id")
+        if header.get("event_type") != "im.message.receive_v1":
+            return Verdict()  # other subscribed events are acknowledged and ignored
+        message = self._message(header, payload.get("event"))
+        return Verdict(messages=[message] if message else [])
+
+    def _check_signature(self, request: RawRequest) -> None:
+        if self._encrypt_key is None:
+            raise SignatureInvalid("signed request, but this connector has no encrypt_key to check it with")
+        ts = request.headers.get("x-lark-request-timestamp")
+        check_window(ts, self.config.replay_window_seconds, header="X-Lark-Request-Timestamp")
+        nonce = request.headers.get("x-lark-request-nonce", "")
+        expected = hashlib.sha256(f"{ts}{nonce}{self._encrypt_key}".encode() + request.body).hexdigest()
+        if not same(expected, request.headers["x-lark-signature"]):
+            raise SignatureInvalid("X-Lark-Signature does not match the body")
+
+    def _decrypt(self, encrypted: Any) -> bytes:
+        assert self._aes_key is not None
+        try:
+            raw = base64.b64decode(encrypted, validate=True)
+            if len(raw) < 32 or len(raw) % 16:
+                raise ValueError("bad length")
+            decryptor = Cipher(algorithms.AES(self._aes_key), modes.CBC(raw[:16])).decryptor()
+            padded = decryptor.update(raw[16:]) + decryptor.finalize()
+            unpadder = padding.PKCS7(128).unpadder()
+            return unpadder.update(padded) + unpadder.finalize()
+        except (TypeError, ValueError, binascii.Error):
+            raise SignatureInvalid("encrypt does not decrypt with this connector's encrypt_key") from None
+
+    def _message(self, header: dict[str, Any], event: Any) -> InboundMessage | None:
+        if not isinstance(event, dict) or not isinstance(event.get("message"), dict):
+            raise MalformedRequest("event.message: required field is missing")
+        msg = event["message"]
+        sender = obj(event, "sender")
+        if sender.get("sender_type") not in (None, "user"):
+            return None  # other bots and apps: never answer a machine
+        message_id, chat_id = msg.get("message_id"), msg.get("chat_id")
+        if not isinstance(message_id, str) or not isinstance(chat_id, str):
+            raise MalformedRequest("event.message: message_id and chat_id are required")
+        text = _text_of(msg)
+        if text is None:
+            return None  # images, files, stickers: not handled by this connector
+        mentioned = False
+        for mention in msg.get("mentions") or []:
+            if not isinstance(mention, dict):
+                continue
+            key, name = str(mention.get("key", "")), str(mention.get("name", ""))
+            open_id = obj(mention, "id").get("open_id")
+            is_bot = open_id == self.config.bot_open_id if self.config.bot_open_id else name == self.config.bot_name
+            mentioned = mentioned or is_bot
+            if key:
+                text = text.replace(key, "" if is_bot else f"@{name}")
+        is_group = msg.get("chat_type") == "group"
+        sender_ids = obj(sender, "sender_id")
+        return InboundMessage(
+            connector=self.name,
+            event_id=str(header.get("event_id") or message_id),
+            alias_ids=[f"message:{message_id}"],
+            chat_id=chat_id,
+            user_id=str(sender_ids.get("open_id") or sender_ids.get("user_id") or "unknown"),
+            text=" ".join(text.split()) if is_group else text.strip(),
+            is_group=is_group,
+            mentioned=mentioned or not is_group,
+            thread_id=msg.get("thread_id") or msg.get("root_id") or None,
+            reply_context={"message_id": message_id},
+        )
+
+    # ------------------------------------------------------------------------------------------------ outbound
+    async def _fetch_token(self) -> tuple[str, float]:
+        body = await self.api.call(
+            "POST",
+            f"{self.api_base}/open-apis/auth/v3/tenant_access_token/internal",
+            endpoint="tenant_access_token",
+            json={"app_id": self.config.app_id, "app_secret": self.config.app_secret.get_secret_value()},
+            check=_check,
+            limited=False,
+        )
+        token = body.get("tenant_access_token")
+        if not isinstance(token, str):
+            raise Fatal("tenant_access_token missing from the answer")
+        return token, float(body.get("expire", 7200))
+
+    async def send(self, part: OutboundText) -> None:
+        message_id = part.in_reply_to.reply_context.get("message_id") if part.in_reply_to else None
+        seed = f"{message_id}:{part.part}" if message_id else part.idempotency_key
+        body: dict[str, Any] = {
+            "msg_type": "text",
+            "content": json.dumps({"text": part.text}, ensure_ascii=False),
+            "uuid": str(uuid.uuid5(_UUID_NS, seed)),
+        }
+        if message_id:
+            url = f"{self.api_base}/open-apis/im/v1/messages/{message_id}/reply"
+            params: dict[str, str] = {}
+            reply = part.in_reply_to
+            body["reply_in_thread"] = bool(
+                reply and (reply.thread_id or (reply.is_group and self.config.reply_in_thread))
+            )
+        else:
+            url = f"{self.api_base}/open-apis/im/v1/messages"
+            params = {"receive_id_type": "chat_id"}
+            body["receive_id"] = part.chat_id
+        await self.api.call(
+            "POST",
+            url,
+            endpoint="send_message",
+            chat=part.chat_id,
+            token=self.token,
+            auth=lambda t: {"headers": {"Authorization": f"Bearer {t}"}},
+            json=body,
+            params=params,
+            check=_check,
+        )
+
+
+class LarkConnector(FeishuConnector):
+    """Lark (international): the same protocol on open.larksuite.com."""
+
+    platform: ClassVar[str] = "lark"
+
+
+def _text_of(msg: dict[str, Any]) -> str | None:
+    try:
+        content = json.loads(msg.get("content") or "{}")
+    except ValueError:
+        raise MalformedRequest("event.message.content is not valid JSON") from None
+    if not isinstance(content, dict):
+        return None
+    if msg.get("message_type") == "text":
+        text = content.get("text")
+        return text if isinstance(text, str) else None
+    if msg.get("message_type") == "post":  # rich text: keep the words, drop the layout
+        lines = content.get("content")
+        words = [
+            str(el.get("text", ""))
+            for line in (lines if isinstance(lines, list) else [])
+            if isinstance(line, list)
+            for el in line
+            if isinstance(el, dict) and el.get("tag") in ("text", "a", "md")
+        ]
+        title = content.get("title") or ""
+        return " ".join(w for w in [title, *words] if w) or None
+    return None
+
+
+def _check(resp: httpx.Response) -> Any:
+    if resp.status_code == 429:
+        raise Retry("HTTP 429", retry_after(resp, "x-ogw-ratelimit-reset"), throttled=True)
+    try:
+        body = resp.json()
+    except ValueError:
+        return default_check(resp)
+    code = body.get("code") if isinstance(body, dict) else None
+    if code == 0:
+        return body
+    if code in _TOKEN_CODES:
+        raise TokenRejected(f"code {code}")
+    if code in _THROTTLE_CODES:
+        raise Retry(f"code {code} (rate limited)", throttled=True)
+    if resp.status_code >= 500:
+        raise Retry(f"HTTP {resp.status_code}")
+    raise Fatal(f"code {code}: {str(body.get('msg', ''))[:200] if isinstance(body, dict) else ''}")
