@@ -270,7 +270,8 @@ def main() -> None:
     try:
         app()
     except AssistantError as exc:
-        console.print(f"error: {exc}", highlight=False, markup=False)
+        # Plain write, not rich: an error must stay one line whatever the terminal width.
+        sys.stderr.write(f"error: {' '.join(str(exc).split())}\n")
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
