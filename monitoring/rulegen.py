@@ -114,7 +114,9 @@ def load_config(path: Path = CONFIG) -> tuple[str, list[Slo]]:
             isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0
         ):
             raise ConfigError(f"{path}: slos.{name}.threshold_seconds: must be a positive number of seconds")
-        slos.append(Slo(name, float(objective), float(threshold) if needs_threshold else None))
+        slos.append(
+            Slo(name, float(objective), float(threshold) if needs_threshold and threshold is not None else None)
+        )
     unknown = sorted(set(slos_raw) - set(SLO_THRESHOLDS))
     if unknown:
         raise ConfigError(f"{path}: slos.{unknown[0]}: unknown SLO (known: {', '.join(SLO_THRESHOLDS)})")
@@ -135,7 +137,7 @@ def error_budget(objective: float) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 def _le(seconds: float) -> str:
     # The `le` label as prometheus-client writes it (60 -> "60.0"); Prometheus 2.x matches it as a string.
-    return floatToGoString(seconds)
+    return str(floatToGoString(seconds))  # type: ignore[no-untyped-call]
 
 
 def sli_error_ratio(slo: Slo, window: str) -> str:
@@ -154,7 +156,9 @@ def sli_error_ratio(slo: Slo, window: str) -> str:
             f"  - (sum(rate(ai_assistant_webhook_rejected_total[{window}])) or vector(0))\n"
             f")"
         )
-    metric = "ai_assistant_response_time_seconds" if slo.name == "ack_latency" else "ai_assistant_answer_duration_seconds"
+    metric = (
+        "ai_assistant_response_time_seconds" if slo.name == "ack_latency" else "ai_assistant_answer_duration_seconds"
+    )
     assert slo.threshold_seconds is not None
     le = _le(slo.threshold_seconds)
     return (
@@ -313,7 +317,9 @@ def model_server_file() -> RuleFile:
         ),
         Recording(
             "engine:ai_assistant_engine_request_duration_seconds:p95_rate5m",
-            "histogram_quantile(0.95, sum by (engine, le) (rate(ai_assistant_engine_request_duration_seconds_bucket[5m])))",
+            "histogram_quantile(\n"
+            "  0.95, sum by (engine, le) (rate(ai_assistant_engine_request_duration_seconds_bucket[5m]))\n"
+            ")",
         ),
     )
     alerts = (
@@ -355,7 +361,7 @@ def knowledge_file() -> RuleFile:
         ),
         Recording(
             "ai_assistant_kb_queries:hit_ratio_rate1h",
-            'sum(rate(ai_assistant_kb_queries_total{outcome="hit"}[1h])) / sum(rate(ai_assistant_kb_queries_total[1h]))',
+            'sum(rate(ai_assistant_kb_queries_total{outcome="hit"}[1h]))\n/\nsum(rate(ai_assistant_kb_queries_total[1h]))',
         ),
     )
     alerts = (
@@ -618,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stale = [name for name, text in files.items() if not (args.out / name).is_file() or (args.out / name).read_text() != text]
+    stale = [
+        name for name, text in files.items() if not (args.out / name).is_file() or (args.out / name).read_text() != text
+    ]
     extra = sorted(p.name for p in args.out.glob("*.rules.yml") if p.name not in files) if args.out.is_dir() else []
     if args.check:
         for name in stale:
