@@ -1,0 +1,208 @@
+"""A local stand-in for the five IM platforms' APIs (the one thing that cannot exist here), on 127.0.0.1.
+
+It answers like the real APIs do on the paths our connectors call (token endpoints included), checks the access
+token a send carries against the one it issued, and records every request. Tests can script failures (429, 5xx,
+revoked tokens) and, for DingTalk Stream, push CALLBACK frames down a real WebSocket and read the acks that come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+
+from tests.helpers import free_port, wait_until
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    at: float = field(default_factory=time.monotonic)
+
+    def text(self) -> str:
+        """The message text of a send call, whatever the platform's body shape."""
+        b = self.body
+        if "content" in b and isinstance(b["content"], str):  # Feishu: JSON inside JSON
+            return str(json.loads(b["content"])["text"])
+        if "msgParam" in b:  # DingTalk OpenAPI
+            return str(json.loads(b["msgParam"])["content"])
+        if isinstance(b.get("text"), dict):  # WeCom, DingTalk sessionWebhook
+            return str(b["text"]["content"])
+        return str(b["text"])  # Slack, Telegram
+
+
+SEND_PATHS = (
+    "/reply",  # Feishu reply
+    "/open-apis/im/v1/messages",
+    "/chat.postMessage",
+    "/sendMessage",
+    "/cgi-bin/message/send",
+    "/v1.0/robot/oToMessages/batchSend",
+    "/v1.0/robot/groupMessages/send",
+    "/robot/sendBySession",
+)
+TOKEN_PATHS = (
+    "/open-apis/auth/v3/tenant_access_token/internal",
+    "/cgi-bin/gettoken",
+    "/v1.0/oauth2/accessToken",
+)
+
+
+class PlatformStandIn:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.calls: list[Call] = []
+        self.scripted: dict[str, deque[tuple[int, Any, dict[str, str]]]] = {}
+        self.valid_tokens: set[str] = set()
+        self._numbers = itertools.count(1)
+        self.frames_out: asyncio.Queue[str] | None = None
+        self.acks: list[dict[str, Any]] = []
+        self.stream_connections = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.app = self._build()
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    # ------------------------------------------------------------------------------------------------ control
+    def start(self) -> PlatformStandIn:
+        self._thread.start()
+        wait_until(lambda: self.server.started, 10, "platform stand-in")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.scripted.clear()
+        self.valid_tokens.clear()
+        self.acks.clear()
+
+    def script(self, path_suffix: str, status: int, body: Any, headers: dict[str, str] | None = None, times: int = 1):
+        """The next `times` requests whose path ends with `path_suffix` get this answer instead of the normal one."""
+        queue = self.scripted.setdefault(path_suffix, deque())
+        for _ in range(times):
+            queue.append((status, body, headers or {}))
+
+    def revoke_tokens(self) -> None:
+        self.valid_tokens.clear()
+
+    def sends(self, chat: str | None = None) -> list[Call]:
+        out = [c for c in self.calls if c.path.endswith(SEND_PATHS) and c.method == "POST"]
+        if chat is not None:
+            out = [c for c in out if chat in json.dumps(c.body, ensure_ascii=False) or chat in c.path]
+        return out
+
+    def token_calls(self) -> list[Call]:
+        return [c for c in self.calls if c.path.endswith(TOKEN_PATHS)]
+
+    def push_frame(self, frame: dict[str, Any]) -> None:
+        """Send a DingTalk Stream frame down the open WebSocket."""
+        assert self._loop is not None and self.frames_out is not None, "no stream connection yet"
+        self._loop.call_soon_threadsafe(self.frames_out.put_nowait, json.dumps(frame))
+
+    # ------------------------------------------------------------------------------------------------ the API
+    def _issue(self, prefix: str) -> str:
+        token = f"{prefix}-{next(self._numbers)}"
+        self.valid_tokens.add(token)
+        return token
+
+    def _answer(self, method: str, path: str, query: dict[str, str], headers: dict[str, str]) -> tuple[int, Any]:
+        bearer = headers.get("authorization", "").removeprefix("Bearer ")
+        if path == "/open-apis/auth/v3/tenant_access_token/internal":
+            return 200, {"code": 0, "msg": "ok", "tenant_access_token": self._issue("t"), "expire": 7200}
+        if path.startswith("/open-apis/im/v1/messages"):
+            if bearer not in self.valid_tokens:
+                return 400, {"code": 99991663, "msg": "Invalid access token for authorization"}
+            return 200, {"code": 0, "msg": "success", "data": {"message_id": f"om_{next(self._numbers)}"}}
+        if path == "/api/chat.postMessage":
+            if not bearer.startswith("xoxb-"):
+                return 200, {"ok": False, "error": "invalid_auth"}
+            return 200, {"ok": True, "ts": f"{time.time():.6f}"}
+        if path.startswith("/bot") and path.endswith("/getMe"):
+            return 200, {"ok": True, "result": {"id": 42, "is_bot": True, "username": "assistant_bot"}}
+        if path.startswith("/bot") and path.endswith("/sendMessage"):
+            return 200, {"ok": True, "result": {"message_id": next(self._numbers)}}
+        if path == "/cgi-bin/gettoken":
+            return 200, {"errcode": 0, "errmsg": "ok", "access_token": self._issue("wx"), "expires_in": 7200}
+        if path == "/cgi-bin/message/send":
+            if query.get("access_token") not in self.valid_tokens:
+                return 200, {"errcode": 42001, "errmsg": "access_token expired"}
+            return 200, {"errcode": 0, "errmsg": "ok", "msgid": str(next(self._numbers))}
+        if path == "/v1.0/oauth2/accessToken":
+            return 200, {"accessToken": self._issue("dt"), "expireIn": 7200}
+        if path.startswith("/v1.0/robot/"):
+            if headers.get("x-acs-dingtalk-access-token") not in self.valid_tokens:
+                return 401, {"code": "InvalidAuthentication", "message": "token invalid"}
+            return 200, {"processQueryKey": f"q{next(self._numbers)}"}
+        if path.startswith("/robot/sendBySession"):
+            return 200, {"errcode": 0, "errmsg": "ok"}
+        if path == "/v1.0/gateway/connections/open":
+            return 200, {"endpoint": f"ws://127.0.0.1:{self.port}/stream", "ticket": "ticket-1"}
+        return 404, {"error": f"stand-in has no {method} {path}"}
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+        standin = self
+
+        @app.websocket("/stream")
+        async def stream(ws: WebSocket) -> None:
+            await ws.accept()
+            standin._loop = asyncio.get_running_loop()
+            standin.frames_out = asyncio.Queue()
+            standin.stream_connections += 1
+
+            async def pump() -> None:
+                assert standin.frames_out is not None
+                while True:
+                    await ws.send_text(await standin.frames_out.get())
+
+            task = asyncio.create_task(pump())
+            try:
+                while True:
+                    standin.acks.append(json.loads(await ws.receive_text()))
+            except WebSocketDisconnect:
+                pass
+            finally:
+                task.cancel()
+
+        @app.api_route("/{path:path}", methods=["GET", "POST"])
+        async def anything(path: str, request: Request) -> Response:
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode(errors="replace")
+            call = Call(
+                request.method,
+                "/" + path,
+                dict(request.query_params),
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+            )
+            standin.calls.append(call)
+            for suffix, queue in standin.scripted.items():
+                if call.path.endswith(suffix) and queue:
+                    status, answer, headers = queue.popleft()
+                    return JSONResponse(answer, status_code=status, headers=headers)
+            status, answer = standin._answer(call.method, call.path, call.query, call.headers)
+            return JSONResponse(answer, status_code=status)
+
+        return app
