@@ -14,6 +14,7 @@ operation removes.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -320,6 +321,8 @@ class PluginManager:
             return record
         finally:
             _rmtree(work)
+            with contextlib.suppress(OSError):
+                self.staging.rmdir()  # only when empty: another operation's area is never touched
 
 
 def _check_request(plugin_type: str, name: str, sha256: str | None) -> None:

@@ -117,4 +117,5 @@ def parse_manifest(data: bytes, where: str) -> PluginManifest:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"], err["msg"])
+        msg = msg.removeprefix("Value error, ")
         raise PluginError(f"{where}: {MANIFEST_FILE}: {key}: {msg}") from None
