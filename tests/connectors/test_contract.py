@@ -90,7 +90,9 @@ def test_answered_exactly_once_with_the_real_model(
     assert [state for _, state, _ in app.jobs()] == ["done"]
     sends = platform.sends()
     assert len(sends) == 1, [s.path for s in sends]
-    assert sends[0].text().strip()
+    answer = sends[0].text()
+    assert answer.strip()
+    assert answer != app.settings.engine.error_reply, "the model did not answer"
     # A platform with access tokens fetched exactly one for this answer.
     assert len(platform.token_calls()) <= 1
 
