@@ -1,0 +1,1 @@
+"""Pulumi program for the ai-assistant deployment (see docs/infra.md)."""

@@ -1,0 +1,419 @@
+"""Alibaba Cloud: VPC over two zones, security groups, ECS hosts, the weighted blue/green ALB and OSS backups."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pulumi
+import pulumi_alicloud as ali
+
+from infra import cloudinit
+from infra.config import COLORS, Color, InfraConfig, traffic_weights
+from infra.deployment import (
+    HTTPS,
+    MODEL_SERVER,
+    NODE_EXPORTER,
+    REDIS,
+    SSH,
+    WEAVIATE_GRPC,
+    WEAVIATE_HTTP,
+    Deployment,
+    zone_suffix,
+)
+from infra.inventory import Host
+from infra.tiers import CATALOGUE, GPU_DISK_GIB, NodeRole, instance_type
+
+WORLD_V4 = "0.0.0.0/0"
+TLS_POLICY = "tls_cipher_policy_1_2_strict_with_1_3"
+
+
+class Network(pulumi.ComponentResource):
+    """VPC, a public and a private vSwitch per zone, an enhanced NAT gateway whose EIP is the egress address."""
+
+    def __init__(self, name: str, conf: InfraConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ai-assistant:alicloud:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        cidrs = [str(n) for n in list(ipaddress.ip_network(conf.vpc_cidr).subnets(new_prefix=20))[:4]]
+        self.public_cidrs, self.private_cidrs = cidrs[0:2], cidrs[2:4]
+        self.vpc = ali.vpc.Network(f"{name}-vpc", vpc_name=f"{name}-vpc", cidr_block=conf.vpc_cidr, opts=child)
+        self.public: list[ali.vpc.Switch] = []
+        self.private: list[ali.vpc.Switch] = []
+        for i, zone in enumerate(conf.zones):
+            z = zone_suffix(zone)
+            self.public.append(
+                ali.vpc.Switch(
+                    f"{name}-public-{z}", vpc_id=self.vpc.id, cidr_block=self.public_cidrs[i], zone_id=zone, opts=child
+                )
+            )
+            self.private.append(
+                ali.vpc.Switch(
+                    f"{name}-private-{z}", vpc_id=self.vpc.id, cidr_block=self.private_cidrs[i], zone_id=zone, opts=child
+                )
+            )
+        self.nat = ali.vpc.NatGateway(
+            f"{name}-nat",
+            vpc_id=self.vpc.id,
+            vswitch_id=self.public[0].id,
+            nat_type="Enhanced",
+            payment_type="PayAsYouGo",
+            internet_charge_type="PayByLcu",
+            opts=child,
+        )
+        self.egress_eip = ali.ecs.EipAddress(
+            f"{name}-egress", internet_charge_type="PayByTraffic", bandwidth="100", opts=child
+        )
+        assoc = ali.ecs.EipAssociation(
+            f"{name}-egress", allocation_id=self.egress_eip.id, instance_id=self.nat.id, instance_type="Nat", opts=child
+        )
+        for i, sw in enumerate(self.private):
+            ali.vpc.SnatEntry(
+                f"{name}-snat-{zone_suffix(conf.zones[i])}",
+                snat_table_id=self.nat.snat_table_ids,
+                source_vswitch_id=sw.id,
+                snat_ip=self.egress_eip.ip_address,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[assoc]),
+            )
+        self.register_outputs({"vpc_id": self.vpc.id, "egress_ip": self.egress_eip.ip_address})
+
+
+class SecurityGroups(pulumi.ComponentResource):
+    """Same shape as on AWS: 443 to the ALB only; hosts from the ALB's vSwitches; SSH via the bastion."""
+
+    def __init__(self, name: str, conf: InfraConfig, net: Network, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ai-assistant:alicloud:SecurityGroups", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        def group(role: str) -> ali.ecs.SecurityGroup:
+            return ali.ecs.SecurityGroup(
+                f"{name}-{role}", security_group_name=f"{name}-{role}", vpc_id=net.vpc.id,
+                tags={"ai-assistant:role": role}, opts=child,
+            )
+
+        self.lb, self.assistant, self.data = group("lb"), group("assistant"), group("data")
+        self.inference, self.bastion = group("inference"), group("bastion")
+
+        def ingress(rule: str, sg: ali.ecs.SecurityGroup, port: int, *, cidr: str | None = None,
+                    src: ali.ecs.SecurityGroup | None = None) -> None:
+            ali.ecs.SecurityGroupRule(
+                f"{name}-{rule}",
+                type="ingress",
+                ip_protocol="tcp",
+                port_range=f"{port}/{port}",
+                security_group_id=sg.id,
+                cidr_ip=cidr,
+                source_security_group_id=src.id if src is not None else None,
+                nic_type="intranet",
+                policy="accept",
+                description=rule,
+                opts=child,
+            )
+
+        https_sources = list(conf.im_source_cidrs) + list(conf.admin_cidrs) if conf.im_source_cidrs else [WORLD_V4]
+        for i, cidr in enumerate(https_sources):
+            ingress(f"lb-https-{i}", self.lb, HTTPS, cidr=cidr)
+        # ALB reaches backends from addresses in its own vSwitches.
+        for i, cidr in enumerate(net.public_cidrs):
+            ingress(f"assistant-https-from-lb-{i}", self.assistant, HTTPS, cidr=cidr)
+        ingress("assistant-https-from-data", self.assistant, HTTPS, src=self.data)
+        ingress("assistant-metrics-from-data", self.assistant, NODE_EXPORTER, src=self.data)
+        for port, label in ((REDIS, "redis"), (WEAVIATE_HTTP, "weaviate"), (WEAVIATE_GRPC, "weaviate-grpc")):
+            ingress(f"data-{label}-from-assistant", self.data, port, src=self.assistant)
+            ingress(f"data-{label}-from-data", self.data, port, src=self.data)
+        ingress("inference-from-assistant", self.inference, MODEL_SERVER, src=self.assistant)
+        ingress("inference-metrics-from-data", self.inference, NODE_EXPORTER, src=self.data)
+        for sg, role in ((self.assistant, "assistant"), (self.data, "data"), (self.inference, "inference")):
+            ingress(f"{role}-ssh-from-bastion", sg, SSH, src=self.bastion)
+        for i, cidr in enumerate(conf.admin_cidrs):
+            ingress(f"bastion-ssh-{i}", self.bastion, SSH, cidr=cidr)
+        self.register_outputs({"lb": self.lb.id, "assistant": self.assistant.id})
+
+
+class BackupBuckets(pulumi.ComponentResource):
+    """Private, versioned, encrypted OSS bucket with lifecycle rules, replicated to the backup region."""
+
+    def __init__(self, name: str, conf: InfraConfig, replica_provider: ali.Provider,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ai-assistant:alicloud:BackupBuckets", name, None, opts)
+        self.bucket = self._bucket(f"{name}-primary", conf, pulumi.ResourceOptions(parent=self))
+        self.replica = self._bucket(
+            f"{name}-replica", conf, pulumi.ResourceOptions(parent=self, provider=replica_provider)
+        )
+        ali.oss.BucketReplication(
+            f"{name}-replication",
+            bucket=self.bucket.bucket,
+            action="PUT",  # copy new objects; deletions at home do not reach the off-site copy
+            historical_object_replication="enabled",
+            destination=ali.oss.BucketReplicationDestinationArgs(
+                bucket=self.replica.bucket, location=f"oss-{conf.backup_region}"
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.register_outputs({"bucket": self.bucket.bucket, "replica": self.replica.bucket})
+
+    @staticmethod
+    def _bucket(name: str, conf: InfraConfig, opts: pulumi.ResourceOptions) -> ali.oss.Bucket:
+        bucket = ali.oss.Bucket(
+            name,
+            versioning=ali.oss.BucketVersioningArgs(status="Enabled"),
+            server_side_encryption_rule=ali.oss.BucketServerSideEncryptionRuleArgs(sse_algorithm="AES256"),
+            lifecycle_rules=[
+                ali.oss.BucketLifecycleRuleArgs(
+                    id="retention",
+                    enabled=True,
+                    prefix="",
+                    expirations=[ali.oss.BucketLifecycleRuleExpirationArgs(days=conf.backup_retention_days)],
+                    noncurrent_version_expirations=[
+                        ali.oss.BucketLifecycleRuleNoncurrentVersionExpirationArgs(days=conf.backup_retention_days)
+                    ],
+                    abort_multipart_uploads=[ali.oss.BucketLifecycleRuleAbortMultipartUploadArgs(days=7)],
+                )
+            ],
+            opts=opts,
+        )
+        o = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[bucket]))
+        ali.oss.BucketAcl(name, bucket=bucket.bucket, acl="private", opts=o)
+        ali.oss.BucketPublicAccessBlock(name, bucket=bucket.bucket, block_public_access=True, opts=o)
+        return bucket
+
+
+class LoadBalancer(pulumi.ComponentResource):
+    """ALB (HTTPS 443) with one server group per (colour, zone); a catch-all rule forwards with the weights."""
+
+    def __init__(self, name: str, conf: InfraConfig, net: Network, groups: SecurityGroups,
+                 members: dict[tuple[Color, int], list[ali.ecs.Instance]],
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ai-assistant:alicloud:LoadBalancer", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.alb = ali.alb.LoadBalancer(
+            f"{name}-alb",
+            load_balancer_name=f"{name}-alb",
+            address_type="Internet",
+            load_balancer_edition="Standard",
+            load_balancer_billing_config=ali.alb.LoadBalancerLoadBalancerBillingConfigArgs(pay_type="PayAsYouGo"),
+            vpc_id=net.vpc.id,
+            zone_mappings=[
+                ali.alb.LoadBalancerZoneMappingArgs(vswitch_id=sw.id, zone_id=zone)
+                for sw, zone in zip(net.public, conf.zones, strict=True)
+            ],
+            opts=child,
+        )
+        ali.alb.LoadBalancerSecurityGroupAttachment(
+            f"{name}-alb-sg", load_balancer_id=self.alb.id, security_group_id=groups.lb.id, opts=child
+        )
+        self.server_groups: dict[tuple[Color, int], ali.alb.ServerGroup] = {}
+        for color in COLORS:
+            for zi, zone in enumerate(conf.zones):
+                self.server_groups[(color, zi)] = ali.alb.ServerGroup(
+                    f"sg-{color}-{zone_suffix(zone)}",
+                    server_group_name=f"{color}-{zone_suffix(zone)}",
+                    protocol="HTTPS",
+                    vpc_id=net.vpc.id,
+                    server_group_type="Instance",
+                    health_check_config=ali.alb.ServerGroupHealthCheckConfigArgs(
+                        health_check_enabled=True,
+                        health_check_path="/readyz",
+                        health_check_protocol="HTTPS",
+                        health_check_codes=["http_2xx"],
+                        health_check_interval=15,
+                        healthy_threshold=2,
+                        unhealthy_threshold=3,
+                    ),
+                    servers=[
+                        ali.alb.ServerGroupServerArgs(server_id=i.id, server_type="Ecs", port=HTTPS, weight=100)
+                        for i in members.get((color, zi), [])
+                    ],
+                    tags={"ai-assistant:color": color, "ai-assistant:zone": zone},
+                    opts=child,
+                )
+        weights = traffic_weights(conf)
+        listener = ali.alb.Listener(
+            f"{name}-https",
+            load_balancer_id=self.alb.id,
+            listener_port=HTTPS,
+            listener_protocol="HTTPS",
+            security_policy_id=TLS_POLICY,
+            certificates=ali.alb.ListenerCertificatesArgs(certificate_id=str(conf.certificate_id)),
+            default_actions=[
+                ali.alb.ListenerDefaultActionArgs(
+                    type="ForwardGroup",
+                    forward_group_config=ali.alb.ListenerDefaultActionForwardGroupConfigArgs(
+                        server_group_tuples=[
+                            ali.alb.ListenerDefaultActionForwardGroupConfigServerGroupTupleArgs(
+                                server_group_id=self.server_groups[(conf.active_color, 0)].id
+                            )
+                        ]
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        # The listener's default action cannot carry weights; a catch-all rule in front of it does.
+        ali.alb.Rule(
+            f"{name}-weighted",
+            rule_name="blue-green-weighted",
+            listener_id=listener.id,
+            priority=1,
+            rule_conditions=[
+                ali.alb.RuleRuleConditionArgs(
+                    type="Path", path_config=ali.alb.RuleRuleConditionPathConfigArgs(values=["/*"])
+                )
+            ],
+            rule_actions=[
+                ali.alb.RuleRuleActionArgs(
+                    order=1,
+                    type="ForwardGroup",
+                    forward_group_config=ali.alb.RuleRuleActionForwardGroupConfigArgs(
+                        server_group_tuples=[
+                            ali.alb.RuleRuleActionForwardGroupConfigServerGroupTupleArgs(
+                                server_group_id=sg.id, weight=weights[key]
+                            )
+                            for key, sg in self.server_groups.items()
+                        ]
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        if conf.dns_zone:
+            rr = conf.domain.removesuffix(f".{conf.dns_zone}") if conf.domain != conf.dns_zone else "@"
+            ali.dns.AlidnsRecord(
+                f"{name}-dns", domain_name=conf.dns_zone, rr=rr, type="CNAME", value=self.alb.dns_name, ttl=600,
+                opts=child,
+            )
+        self.register_outputs({"dns_name": self.alb.dns_name})
+
+
+def _backup_role(name: str, bucket: ali.oss.Bucket, opts: pulumi.ResourceOptions) -> ali.ram.Role:
+    """RAM role for data hosts: put and get backups in their bucket, nothing else."""
+    role = ali.ram.Role(
+        name,
+        role_name=name,
+        assume_role_policy_document=json.dumps(
+            {
+                "Version": "1",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": ["ecs.aliyuncs.com"]}}
+                ],
+            }
+        ),
+        opts=opts,
+    )
+    policy = ali.ram.Policy(
+        name,
+        policy_name=name,
+        policy_document=bucket.bucket.apply(
+            lambda b: json.dumps(
+                {
+                    "Version": "1",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": ["oss:ListObjects"], "Resource": [f"acs:oss:*:*:{b}"]},
+                        {"Effect": "Allow", "Action": ["oss:PutObject", "oss:GetObject"],
+                         "Resource": [f"acs:oss:*:*:{b}/*"]},
+                    ],
+                }
+            )
+        ),
+        opts=opts,
+    )
+    ali.ram.RolePolicyAttachment(
+        name, policy_name=policy.policy_name, policy_type="Custom", role_name=role.role_name, opts=opts
+    )
+    return role
+
+
+def build(conf: InfraConfig, stack: str) -> Deployment:
+    provider = ali.Provider("alicloud", region=conf.region)
+    replica_provider = ali.Provider("alicloud-backup", region=conf.backup_region)
+    popts = pulumi.ResourceOptions(provider=provider)
+    tier = CATALOGUE[conf.tier]
+    net = Network("net", conf, popts)
+    groups = SecurityGroups("sg", conf, net, popts)
+    backups = BackupBuckets("backup", conf, replica_provider, popts)
+    hosts_parent = HostsGroup("hosts", popts)
+    child = pulumi.ResourceOptions(parent=hosts_parent)
+    image = conf.image_id or ali.ecs.get_images_output(
+        name_regex="^debian_12", owners="system", most_recent=True, opts=pulumi.InvokeOptions(provider=provider)
+    ).images[0].id
+    key = ali.ecs.EcsKeyPair("admin", key_pair_name=f"{stack}-admin", public_key=conf.ssh_public_key, opts=child) \
+        if conf.ssh_public_key else None
+    backup_role = _backup_role(f"{stack}-data-backup", backups.bucket, child)
+    tags = {"ai-assistant:stack": stack, "ai-assistant:managed-by": "pulumi"}
+    hosts: list[Host] = []
+    ready: list[pulumi.Resource] = [net.nat]
+
+    def instance(host: str, role: NodeRole, zi: int, sg: ali.ecs.SecurityGroup, disk_gib: int,
+                 color: Color | None = None, *, public: bool = False, ssh_sources: list[str] | None = None,
+                 https_sources: list[str] | None = None, role_name: pulumi.Input[str] | None = None) -> ali.ecs.Instance:
+        inst = ali.ecs.Instance(
+            host,
+            instance_name=host,
+            host_name=host,
+            availability_zone=conf.zones[zi],
+            vswitch_id=(net.public if public else net.private)[zi].id,
+            security_groups=[sg.id],
+            instance_type=instance_type(conf.cloud, conf.tier, role),
+            image_id=image,
+            key_name=key.key_pair_name if key else None,
+            system_disk_category="cloud_essd",
+            system_disk_size=20,
+            system_disk_encrypted=True,
+            data_disks=[
+                ali.ecs.InstanceDataDiskArgs(
+                    name=f"{host}-data", size=disk_gib, category="cloud_essd", encrypted=True, delete_with_instance=True
+                )
+            ] if role != "bastion" else None,
+            http_tokens="required",  # metadata service in security-hardening (token) mode, like IMDSv2
+            internet_max_bandwidth_out=10 if public else 0,
+            role_name=role_name,
+            user_data=cloudinit.user_data(
+                "alicloud", ssh_public_key=conf.ssh_public_key, ssh_sources=ssh_sources or net.public_cidrs,
+                https_sources=https_sources or [], data_disk=role != "bastion",
+            ),
+            tags={**tags, "ai-assistant:role": role, "ai-assistant:zone": conf.zones[zi],
+                  **({"ai-assistant:color": color} if color else {})},
+            opts=child,
+        )
+        if role != "bastion":
+            hosts.append(Host(host, role, conf.zones[zi], color, inst.private_ip, inst))
+        ready.append(inst)
+        return inst
+
+    members: dict[tuple[Color, int], list[ali.ecs.Instance]] = {}
+    for color in conf.deploy_colors:
+        for zi, zone in enumerate(conf.zones):
+            z = zone_suffix(zone)
+            members[(color, zi)] = [
+                instance(f"assistant-{color}-{z}{n + 1}", "assistant", zi, groups.assistant,
+                         tier.assistant.data_disk_gib, color, https_sources=net.public_cidrs)
+                for n in range(tier.assistant_per_zone)
+            ]
+    for zi, zone in enumerate(conf.zones):
+        instance(f"data-{zone_suffix(zone)}", "data", zi, groups.data, tier.data.data_disk_gib,
+                 role_name=backup_role.role_name)
+    if conf.inference.mode == "gpu":
+        instance(f"inference-{zone_suffix(conf.zones[0])}", "inference", 0, groups.inference, GPU_DISK_GIB)
+    bastion_ip: pulumi.Output[str] | None = None
+    if conf.admin_cidrs:
+        bastion = instance("bastion", "bastion", 0, groups.bastion, 0, public=True, ssh_sources=list(conf.admin_cidrs))
+        bastion_ip = bastion.public_ip
+    lb = LoadBalancer("lb", conf, net, groups, members, popts)
+    hosts_parent.register_outputs({"hosts": [h.name for h in hosts]})
+    return Deployment(
+        hosts=hosts,
+        lb_address=lb.alb.dns_name,
+        egress_ip=net.egress_eip.ip_address,
+        bastion_ip=bastion_ip,
+        backup_bucket=backups.bucket.bucket,
+        backup_replica_bucket=backups.replica.bucket,
+        public_cidrs=net.public_cidrs,
+        private_cidrs=net.private_cidrs,
+        ready=ready,
+    )
+
+
+class HostsGroup(pulumi.ComponentResource):
+    """Parent of the ECS hosts, their key pair and the data hosts' RAM role."""
+
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ai-assistant:alicloud:Compute", name, None, opts)

@@ -1,0 +1,730 @@
+"""AWS: network over two zones, security groups, instances, the weighted blue/green ALB and the backup buckets."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import cloudinit
+from infra.config import COLORS, Color, InfraConfig, traffic_weights
+from infra.deployment import (
+    HTTPS,
+    MODEL_SERVER,
+    NODE_EXPORTER,
+    REDIS,
+    SSH,
+    WEAVIATE_GRPC,
+    WEAVIATE_HTTP,
+    Deployment,
+    zone_suffix,
+)
+from infra.inventory import Host
+from infra.tiers import GPU_DISK_GIB, CATALOGUE, NodeRole, instance_type, node_size
+
+WORLD_V4 = "0.0.0.0/0"
+DEBIAN_OWNER = "136693071363"  # Debian's official AWS account (wiki.debian.org/Cloud/AmazonEC2Image)
+TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
+
+def _subnets(vpc_cidr: str) -> list[str]:
+    import ipaddress
+
+    return [str(n) for n in list(ipaddress.ip_network(vpc_cidr).subnets(new_prefix=20))[:4]]
+
+
+class Network(pulumi.ComponentResource):
+    """VPC with a public and a private subnet in each zone; one NAT gateway whose Elastic IP is the egress address."""
+
+    def __init__(self, name: str, conf: InfraConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ai-assistant:aws:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        cidrs = _subnets(conf.vpc_cidr)
+        self.vpc = aws.ec2.Vpc(
+            f"{name}-vpc", cidr_block=conf.vpc_cidr, enable_dns_hostnames=True, enable_dns_support=True, opts=child
+        )
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, opts=child)
+        public_rt = aws.ec2.RouteTable(
+            f"{name}-public",
+            vpc_id=self.vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block=WORLD_V4, gateway_id=igw.id)],
+            opts=child,
+        )
+        self.public_cidrs = cidrs[0:2]
+        self.private_cidrs = cidrs[2:4]
+        self.public_subnets: list[aws.ec2.Subnet] = []
+        self.private_subnets: list[aws.ec2.Subnet] = []
+        for i, zone in enumerate(conf.zones):
+            z = zone_suffix(zone)
+            pub = aws.ec2.Subnet(
+                f"{name}-public-{z}",
+                vpc_id=self.vpc.id,
+                cidr_block=self.public_cidrs[i],
+                availability_zone=zone,
+                map_public_ip_on_launch=False,
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(f"{name}-public-{z}", subnet_id=pub.id, route_table_id=public_rt.id, opts=child)
+            priv = aws.ec2.Subnet(
+                f"{name}-private-{z}",
+                vpc_id=self.vpc.id,
+                cidr_block=self.private_cidrs[i],
+                availability_zone=zone,
+                map_public_ip_on_launch=False,
+                opts=child,
+            )
+            self.public_subnets.append(pub)
+            self.private_subnets.append(priv)
+        # One NAT gateway: one stable egress IP to paste into the IM platforms' allow-lists (docs/adr/0031).
+        self.egress_eip = aws.ec2.Eip(f"{name}-egress", domain="vpc", opts=child)
+        nat = aws.ec2.NatGateway(
+            f"{name}-nat",
+            allocation_id=self.egress_eip.id,
+            subnet_id=self.public_subnets[0].id,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+        )
+        private_rt = aws.ec2.RouteTable(
+            f"{name}-private",
+            vpc_id=self.vpc.id,
+            routes=[aws.ec2.RouteTableRouteArgs(cidr_block=WORLD_V4, nat_gateway_id=nat.id)],
+            opts=child,
+        )
+        for i, priv in enumerate(self.private_subnets):
+            aws.ec2.RouteTableAssociation(
+                f"{name}-private-{zone_suffix(conf.zones[i])}",
+                subnet_id=priv.id,
+                route_table_id=private_rt.id,
+                opts=child,
+            )
+        self.nat = nat
+        self.register_outputs(
+            {
+                "vpc_id": self.vpc.id,
+                "egress_ip": self.egress_eip.public_ip,
+                "private_subnet_ids": [s.id for s in self.private_subnets],
+            }
+        )
+
+
+class SecurityGroups(pulumi.ComponentResource):
+    """443 from the world (or the IM platforms' ranges) to the load balancer only; instances only from the LB;
+    SSH only from the bastion, and to the bastion only from the admin CIDRs."""
+
+    def __init__(
+        self, name: str, conf: InfraConfig, vpc: aws.ec2.Vpc, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("ai-assistant:aws:SecurityGroups", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        def group(role: str, description: str) -> aws.ec2.SecurityGroup:
+            return aws.ec2.SecurityGroup(
+                f"{name}-{role}",
+                vpc_id=vpc.id,
+                description=description,
+                tags={"ai-assistant:role": role},
+                opts=child,
+            )
+
+        self.lb = group("lb", "HTTPS load balancer")
+        self.assistant = group("assistant", "assistant hosts: HTTPS from the LB only")
+        self.data = group("data", "Redis and Weaviate: from assistant hosts only")
+        self.inference = group("inference", "GPU model server: from assistant hosts only")
+        self.bastion = group("bastion", "SSH jump host: admin CIDRs only")
+
+        def ingress(rule: str, sg: aws.ec2.SecurityGroup, port: int, *, cidr: str | None = None, src: Any = None) -> None:
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-{rule}",
+                security_group_id=sg.id,
+                ip_protocol="tcp",
+                from_port=port,
+                to_port=port,
+                cidr_ipv4=cidr,
+                referenced_security_group_id=src.id if src is not None else None,
+                description=rule,
+                opts=child,
+            )
+
+        def egress_all(sg: aws.ec2.SecurityGroup, role: str) -> None:
+            # Hosts reach the IM platforms' APIs, package mirrors and an external model endpoint through the NAT.
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-{role}-egress", security_group_id=sg.id, ip_protocol="-1", cidr_ipv4=WORLD_V4, opts=child
+            )
+
+        https_sources = list(conf.im_source_cidrs) + list(conf.admin_cidrs) if conf.im_source_cidrs else [WORLD_V4]
+        for i, cidr in enumerate(https_sources):
+            ingress(f"lb-https-{i}", self.lb, HTTPS, cidr=cidr)
+        aws.vpc.SecurityGroupEgressRule(
+            f"{name}-lb-to-assistant",
+            security_group_id=self.lb.id,
+            ip_protocol="tcp",
+            from_port=HTTPS,
+            to_port=HTTPS,
+            referenced_security_group_id=self.assistant.id,
+            opts=child,
+        )
+        ingress("assistant-https-from-lb", self.assistant, HTTPS, src=self.lb)
+        ingress("assistant-https-from-data", self.assistant, HTTPS, src=self.data)  # Alertmanager -> the assistant
+        ingress("assistant-metrics-from-data", self.assistant, NODE_EXPORTER, src=self.data)
+        for port, label in ((REDIS, "redis"), (WEAVIATE_HTTP, "weaviate"), (WEAVIATE_GRPC, "weaviate-grpc")):
+            ingress(f"data-{label}-from-assistant", self.data, port, src=self.assistant)
+            ingress(f"data-{label}-from-data", self.data, port, src=self.data)  # replication between the two zones
+        ingress("inference-from-assistant", self.inference, MODEL_SERVER, src=self.assistant)
+        ingress("inference-metrics-from-data", self.inference, NODE_EXPORTER, src=self.data)
+        for sg, role in ((self.assistant, "assistant"), (self.data, "data"), (self.inference, "inference")):
+            ingress(f"{role}-ssh-from-bastion", sg, SSH, src=self.bastion)
+            egress_all(sg, role)
+        for i, cidr in enumerate(conf.admin_cidrs):
+            ingress(f"bastion-ssh-{i}", self.bastion, SSH, cidr=cidr)
+        egress_all(self.bastion, "bastion")
+        self.register_outputs({"lb": self.lb.id, "assistant": self.assistant.id, "data": self.data.id})
+
+
+class BackupBuckets(pulumi.ComponentResource):
+    """Private, versioned, encrypted bucket with lifecycle rules, replicated to the backup region."""
+
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        replica_provider: aws.Provider,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ai-assistant:aws:BackupBuckets", name, None, opts)
+        primary = self._bucket(f"{name}-primary", conf, pulumi.ResourceOptions(parent=self))
+        replica = self._bucket(f"{name}-replica", conf, pulumi.ResourceOptions(parent=self, provider=replica_provider))
+        role = aws.iam.Role(
+            f"{name}-replication",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                    ],
+                }
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        aws.iam.RolePolicy(
+            f"{name}-replication",
+            role=role.id,
+            policy=pulumi.Output.all(primary[0].arn, replica[0].arn).apply(
+                lambda arns: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Effect": "Allow",
+                                "Action": ["s3:GetReplicationConfiguration", "s3:ListBucket"],
+                                "Resource": [arns[0]],
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": [
+                                    "s3:GetObjectVersionForReplication",
+                                    "s3:GetObjectVersionAcl",
+                                    "s3:GetObjectVersionTagging",
+                                ],
+                                "Resource": [f"{arns[0]}/*"],
+                            },
+                            {
+                                "Effect": "Allow",
+                                "Action": ["s3:ReplicateObject", "s3:ReplicateDelete", "s3:ReplicateTags"],
+                                "Resource": [f"{arns[1]}/*"],
+                            },
+                        ],
+                    }
+                )
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        aws.s3.BucketReplicationConfig(
+            f"{name}-replication",
+            bucket=primary[0].id,
+            role=role.arn,
+            rules=[
+                aws.s3.BucketReplicationConfigRuleArgs(
+                    id="offsite-daily",
+                    status="Enabled",
+                    filter=aws.s3.BucketReplicationConfigRuleFilterArgs(prefix=""),
+                    delete_marker_replication=aws.s3.BucketReplicationConfigRuleDeleteMarkerReplicationArgs(
+                        status="Disabled"  # a deletion at home must not erase the off-site copy
+                    ),
+                    destination=aws.s3.BucketReplicationConfigRuleDestinationArgs(
+                        bucket=replica[0].arn, storage_class="STANDARD_IA"
+                    ),
+                )
+            ],
+            # Replication needs versioning on both sides first.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[primary[1], replica[1]]),
+        )
+        self.bucket = primary[0]
+        self.replica = replica[0]
+        self.register_outputs({"bucket": primary[0].bucket, "replica": replica[0].bucket})
+
+    @staticmethod
+    def _bucket(name: str, conf: InfraConfig, opts: pulumi.ResourceOptions) -> tuple[aws.s3.Bucket, pulumi.Resource]:
+        bucket = aws.s3.Bucket(name, force_destroy=False, opts=opts)
+        o = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[bucket]))
+        aws.s3.BucketPublicAccessBlock(
+            name,
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=o,
+        )
+        aws.s3.BucketOwnershipControls(
+            name,
+            bucket=bucket.id,
+            rule=aws.s3.BucketOwnershipControlsRuleArgs(object_ownership="BucketOwnerEnforced"),
+            opts=o,
+        )
+        versioning = aws.s3.BucketVersioning(
+            name,
+            bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+            opts=o,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            name,
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                        sse_algorithm="AES256"
+                    ),
+                )
+            ],
+            opts=o,
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            name,
+            bucket=bucket.id,
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="retention",
+                    status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                    expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=conf.backup_retention_days),
+                    noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                        noncurrent_days=conf.backup_retention_days
+                    ),
+                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=7
+                    ),
+                )
+            ],
+            opts=pulumi.ResourceOptions.merge(o, pulumi.ResourceOptions(depends_on=[versioning])),
+        )
+        aws.s3.BucketPolicy(
+            name,
+            bucket=bucket.id,
+            policy=bucket.arn.apply(
+                lambda arn: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Sid": "DenyInsecureTransport",
+                                "Effect": "Deny",
+                                "Principal": "*",
+                                "Action": "s3:*",
+                                "Resource": [arn, f"{arn}/*"],
+                                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                            }
+                        ],
+                    }
+                )
+            ),
+            opts=o,
+        )
+        return bucket, versioning
+
+
+def _block_devices(disk_gib: int) -> tuple[Any, list[Any]]:
+    root = aws.ec2.InstanceRootBlockDeviceArgs(volume_type="gp3", volume_size=20, encrypted=True)
+    data = [
+        aws.ec2.InstanceEbsBlockDeviceArgs(
+            device_name="/dev/sdf", volume_type="gp3", volume_size=disk_gib, encrypted=True, delete_on_termination=True
+        )
+    ]
+    return root, data
+
+
+METADATA = aws.ec2.InstanceMetadataOptionsArgs(
+    http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1, instance_metadata_tags="disabled"
+)
+
+
+class LoadBalancer(pulumi.ComponentResource):
+    """ALB with HTTPS, /readyz health checks and one target group per (colour, zone), weighted from the config."""
+
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        network: Network,
+        groups: SecurityGroups,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ai-assistant:aws:LoadBalancer", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.alb = aws.lb.LoadBalancer(
+            f"{name}-alb",
+            load_balancer_type="application",
+            internal=False,
+            subnets=[s.id for s in network.public_subnets],
+            security_groups=[groups.lb.id],
+            drop_invalid_header_fields=True,
+            idle_timeout=120,
+            opts=child,
+        )
+        self.target_groups: dict[tuple[Color, int], aws.lb.TargetGroup] = {}
+        for color in COLORS:
+            for zi, zone in enumerate(conf.zones):
+                self.target_groups[(color, zi)] = aws.lb.TargetGroup(
+                    f"tg-{color}-{zone_suffix(zone)}",
+                    port=HTTPS,
+                    protocol="HTTPS",
+                    target_type="instance",
+                    vpc_id=network.vpc.id,
+                    deregistration_delay=30,
+                    health_check=aws.lb.TargetGroupHealthCheckArgs(
+                        enabled=True,
+                        path="/readyz",
+                        protocol="HTTPS",
+                        matcher="200",
+                        interval=15,
+                        healthy_threshold=2,
+                        unhealthy_threshold=3,
+                    ),
+                    tags={"ai-assistant:color": color, "ai-assistant:zone": zone},
+                    opts=child,
+                )
+        cert_arn = conf.certificate_id or self._certificate(name, conf, child)
+        weights = traffic_weights(conf)
+        self.listener = aws.lb.Listener(
+            f"{name}-https",
+            load_balancer_arn=self.alb.arn,
+            port=HTTPS,
+            protocol="HTTPS",
+            ssl_policy=TLS_POLICY,
+            certificate_arn=cert_arn,
+            default_actions=[
+                aws.lb.ListenerDefaultActionArgs(
+                    type="forward",
+                    forward=aws.lb.ListenerDefaultActionForwardArgs(
+                        target_groups=[
+                            aws.lb.ListenerDefaultActionForwardTargetGroupArgs(arn=tg.arn, weight=weights[key])
+                            for key, tg in self.target_groups.items()
+                        ]
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        if conf.dns_zone:
+            aws.route53.Record(
+                f"{name}-dns",
+                zone_id=conf.dns_zone,
+                name=conf.domain,
+                type="A",
+                aliases=[
+                    aws.route53.RecordAliasArgs(
+                        name=self.alb.dns_name, zone_id=self.alb.zone_id, evaluate_target_health=True
+                    )
+                ],
+                opts=child,
+            )
+        self.register_outputs({"dns_name": self.alb.dns_name, "weights": {f"{c}-{z}": w for (c, z), w in weights.items()}})
+
+    def _certificate(self, name: str, conf: InfraConfig, child: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        cert = aws.acm.Certificate(f"{name}-cert", domain_name=conf.domain, validation_method="DNS", opts=child)
+        record = aws.route53.Record(
+            f"{name}-cert-validation",
+            zone_id=str(conf.dns_zone),
+            name=cert.domain_validation_options[0].resource_record_name,
+            type=cert.domain_validation_options[0].resource_record_type,
+            records=[cert.domain_validation_options[0].resource_record_value],
+            ttl=300,
+            allow_overwrite=True,
+            opts=child,
+        )
+        validation = aws.acm.CertificateValidation(
+            f"{name}-cert", certificate_arn=cert.arn, validation_record_fqdns=[record.fqdn], opts=child
+        )
+        return validation.certificate_arn
+
+
+def _ami(conf: InfraConfig, provider: aws.Provider) -> str | pulumi.Output[str]:
+    if conf.image_id:
+        return conf.image_id
+    ami = aws.ec2.get_ami_output(
+        most_recent=True,
+        owners=[DEBIAN_OWNER],
+        filters=[
+            aws.ec2.GetAmiFilterArgs(name="name", values=["debian-12-amd64-*"]),
+            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+        ],
+        opts=pulumi.InvokeOptions(provider=provider),
+    )
+    return ami.id
+
+
+def build(conf: InfraConfig, stack: str) -> Deployment:
+    provider = aws.Provider(
+        "aws", region=conf.region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack))
+    )
+    replica_provider = aws.Provider(
+        "aws-backup", region=conf.backup_region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack))
+    )
+    popts = pulumi.ResourceOptions(provider=provider)
+    network = Network("net", conf, popts)
+    groups = SecurityGroups("sg", conf, network.vpc, popts)
+    lb = LoadBalancer("lb", conf, network, groups, popts)
+    backups = BackupBuckets("backup", conf, replica_provider, popts)
+    compute = Compute("hosts", conf, network, groups, lb, backups, provider, popts)
+    return Deployment(
+        hosts=compute.hosts,
+        lb_address=lb.alb.dns_name,
+        egress_ip=network.egress_eip.public_ip,
+        bastion_ip=compute.bastion_ip,
+        backup_bucket=backups.bucket.bucket,
+        backup_replica_bucket=backups.replica.bucket,
+        public_cidrs=network.public_cidrs,
+        private_cidrs=network.private_cidrs,
+        dynamic_inventory=compute.dynamic_inventory,
+        ready=[network.nat, *compute.ready],
+    )
+
+
+def _tags(stack: str) -> dict[str, str]:
+    return {"ai-assistant:stack": stack, "ai-assistant:managed-by": "pulumi"}
+
+
+class Compute(pulumi.ComponentResource):
+    """Assistant hosts per colour and zone (or autoscaling groups), data hosts per zone, GPU node, bastion."""
+
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        network: Network,
+        groups: SecurityGroups,
+        lb: LoadBalancer,
+        backups: BackupBuckets,
+        provider: aws.Provider,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ai-assistant:aws:Compute", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tier = CATALOGUE[conf.tier]
+        ami = _ami(conf, provider)
+        key = (
+            aws.ec2.KeyPair(f"{name}-admin", public_key=conf.ssh_public_key, opts=child) if conf.ssh_public_key else None
+        )
+        key_name = key.key_name if key else None
+        vpc_ssh = [*network.public_cidrs]  # the bastion lives there
+        vpc_all = [*network.public_cidrs, *network.private_cidrs]
+        self.hosts: list[Host] = []
+        self.ready: list[pulumi.Resource] = []
+        self.dynamic_inventory: pulumi.Output[str] | None = None
+
+        profile = self._backup_profile(name, backups, child)
+
+        def instance(
+            host: str,
+            role: NodeRole,
+            zi: int,
+            sg: aws.ec2.SecurityGroup,
+            disk_gib: int,
+            color: Color | None = None,
+            https_from: list[str] | None = None,
+            iam_profile: aws.iam.InstanceProfile | None = None,
+        ) -> aws.ec2.Instance:
+            root, data = _block_devices(disk_gib)
+            inst = aws.ec2.Instance(
+                host,
+                ami=ami,
+                instance_type=instance_type(conf.cloud, conf.tier, role),
+                subnet_id=network.private_subnets[zi].id,
+                vpc_security_group_ids=[sg.id],
+                key_name=key_name,
+                metadata_options=METADATA,
+                root_block_device=root,
+                ebs_block_devices=data,
+                iam_instance_profile=iam_profile.name if iam_profile else None,
+                user_data=cloudinit.user_data(
+                    "aws", ssh_public_key=conf.ssh_public_key, ssh_sources=vpc_ssh, https_sources=https_from or []
+                ),
+                user_data_replace_on_change=False,
+                tags={"Name": host, "ai-assistant:role": role, "ai-assistant:zone": conf.zones[zi],
+                      **({"ai-assistant:color": color} if color else {})},
+                opts=child,
+            )
+            self.hosts.append(Host(host, role, conf.zones[zi], color, inst.private_ip, inst))
+            self.ready.append(inst)
+            return inst
+
+        for color in conf.deploy_colors:
+            for zi, zone in enumerate(conf.zones):
+                z = zone_suffix(zone)
+                if conf.autoscaling:
+                    self._autoscaling_group(f"{name}-{color}-{z}", conf, network, groups, lb, ami, key_name, color, zi)
+                    continue
+                for n in range(tier.assistant_per_zone):
+                    inst = instance(
+                        f"assistant-{color}-{z}{n + 1}", "assistant", zi, groups.assistant,
+                        tier.assistant.data_disk_gib, color=color, https_from=vpc_all,
+                    )
+                    aws.lb.TargetGroupAttachment(
+                        f"assistant-{color}-{z}{n + 1}",
+                        target_group_arn=lb.target_groups[(color, zi)].arn,
+                        target_id=inst.id,
+                        port=HTTPS,
+                        opts=child,
+                    )
+        for zi, zone in enumerate(conf.zones):
+            instance(f"data-{zone_suffix(zone)}", "data", zi, groups.data, tier.data.data_disk_gib, iam_profile=profile)
+        if conf.inference.mode == "gpu":
+            instance(f"inference-{zone_suffix(conf.zones[0])}", "inference", 0, groups.inference, GPU_DISK_GIB)
+
+        self.bastion_ip: pulumi.Output[str] | None = None
+        if conf.admin_cidrs:
+            bastion = aws.ec2.Instance(
+                "bastion",
+                ami=ami,
+                instance_type=instance_type(conf.cloud, conf.tier, "bastion"),
+                subnet_id=network.public_subnets[0].id,
+                associate_public_ip_address=True,
+                vpc_security_group_ids=[groups.bastion.id],
+                key_name=key_name,
+                metadata_options=METADATA,
+                root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(volume_type="gp3", volume_size=10, encrypted=True),
+                user_data=cloudinit.user_data(
+                    "aws", ssh_public_key=conf.ssh_public_key, ssh_sources=conf.admin_cidrs, data_disk=False
+                ),
+                tags={"Name": "bastion", "ai-assistant:role": "bastion"},
+                opts=child,
+            )
+            self.bastion_ip = bastion.public_ip
+            self.ready.append(bastion)
+        self.register_outputs({"hosts": [h.name for h in self.hosts]})
+
+    def _backup_profile(self, name: str, backups: BackupBuckets, child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
+        """Data hosts may write and read backups in their bucket, nothing else (no delete: versioning keeps history)."""
+        role = aws.iam.Role(
+            f"{name}-data",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                    ],
+                }
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-data-backup",
+            role=role.id,
+            policy=backups.bucket.arn.apply(
+                lambda arn: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [arn]},
+                            {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": [f"{arn}/*"]},
+                        ],
+                    }
+                )
+            ),
+            opts=child,
+        )
+        return aws.iam.InstanceProfile(f"{name}-data", role=role.name, opts=child)
+
+    def _autoscaling_group(
+        self,
+        name: str,
+        conf: InfraConfig,
+        network: Network,
+        groups: SecurityGroups,
+        lb: LoadBalancer,
+        ami: Any,
+        key_name: Any,
+        color: Color,
+        zi: int,
+    ) -> None:
+        tier = CATALOGUE[conf.tier]
+        child = pulumi.ResourceOptions(parent=self)
+        user_data = cloudinit.user_data(
+            "aws",
+            ssh_public_key=conf.ssh_public_key,
+            ssh_sources=network.public_cidrs,
+            https_sources=[*network.public_cidrs, *network.private_cidrs],
+        )
+        template = aws.ec2.LaunchTemplate(
+            name,
+            image_id=ami,
+            instance_type=instance_type(conf.cloud, conf.tier, "assistant"),
+            key_name=key_name,
+            vpc_security_group_ids=[groups.assistant.id],
+            user_data=base64.b64encode(user_data.encode()).decode(),
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(volume_size=20, volume_type="gp3", encrypted="true"),
+                ),
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/sdf",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=tier.assistant.data_disk_gib, volume_type="gp3", encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                ),
+            ],
+            opts=child,
+        )
+        aws.autoscaling.Group(
+            name,
+            vpc_zone_identifiers=[network.private_subnets[zi].id],
+            min_size=tier.assistant_per_zone,
+            desired_capacity=tier.assistant_per_zone,
+            max_size=tier.assistant_max_per_zone,
+            health_check_type="ELB",
+            health_check_grace_period=600,
+            target_group_arns=[lb.target_groups[(color, zi)].arn],
+            launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=template.id, version="$Latest"),
+            tags=[
+                aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
+                for k, v in {"ai-assistant:role": "assistant", "ai-assistant:color": color,
+                             "ai-assistant:zone": conf.zones[zi]}.items()
+            ],
+            opts=child,
+        )
+        self.dynamic_inventory = pulumi.Output.from_input(_aws_ec2_inventory(conf))
+
+
+def _aws_ec2_inventory(conf: InfraConfig) -> str:
+    """amazon.aws.aws_ec2 inventory source for the autoscaled assistant hosts, grouped like the static inventory."""
+    doc = {
+        "plugin": "amazon.aws.aws_ec2",
+        "regions": [conf.region],
+        "filters": {"tag:ai-assistant:role": "assistant", "instance-state-name": "running"},
+        "keyed_groups": [
+            {"key": "tags['ai-assistant:role']", "separator": "", "prefix": ""},
+            {"key": "tags['ai-assistant:color']", "prefix": "color"},
+            {"key": "placement.availability_zone | replace('-', '_')", "prefix": "zone"},
+        ],
+        "hostnames": ["instance-id"],
+        "compose": {"ansible_host": "private_ip_address", "ai_assistant_color": "tags['ai-assistant:color']",
+                    "ai_assistant_zone": "placement.availability_zone"},
+    }
+    return json.dumps(doc, indent=2)

@@ -1,0 +1,282 @@
+"""Typed stack configuration: every key the program reads, validated before any resource is declared.
+
+Errors are one line naming the key (``ai-assistant:tier: ...``) and raised as ``pulumi.RunError`` so that
+``pulumi preview`` prints the message without a Python traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+from urllib.parse import urlparse
+
+import pulumi
+
+from infra.tiers import CLOUDS, TIERS, Cloud, TierName
+
+NAMESPACE = "ai-assistant"
+Color = Literal["blue", "green"]
+COLORS: tuple[Color, ...] = ("blue", "green")
+
+# Names shared with the Ansible roles (tests/infra/test_cloudinit.py compares them with roles/*/defaults).
+SERVICE_ACCOUNT = "ai-assistant"  # roles/base: base_service_accounts[0]
+SERVICE_HOME = "/var/lib/ai-assistant"
+ADMIN_USER = "ansible"  # the account Ansible logs in with (sudo); the base role keeps root logins key-only
+DATA_MOUNT = "/data"  # roles/volumes: volumes_mount_point
+DATA_LABEL = "aidata"  # roles/volumes: volumes_fs_label
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( \S.*)?$")
+
+
+class ConfigError(pulumi.RunError):
+    """Bad stack configuration; the message is one line that starts with the key."""
+
+
+@dataclass(frozen=True)
+class Inference:
+    mode: Literal["gpu", "external"]
+    url: str | None = None  # external: the OpenAI-compatible or TGI endpoint
+
+
+@dataclass(frozen=True)
+class AlertReceiver:
+    name: str
+    email: str
+
+
+@dataclass(frozen=True)
+class InfraConfig:
+    cloud: Cloud
+    tier: TierName
+    region: str
+    zones: tuple[str, str]  # (primary, same-city standby)
+    domain: str
+    backup_region: str
+    inference: Inference
+    admin_cidrs: tuple[str, ...] = ()
+    im_source_cidrs: tuple[str, ...] = ()
+    active_color: Color = "blue"
+    deploy_colors: tuple[Color, ...] = ("blue",)
+    standby_weight: int = 20
+    canary_weight: int = 0
+    backup_retention_days: int = 30
+    alert_receivers: tuple[AlertReceiver, ...] = ()
+    handoff: bool = True
+    autoscaling: bool = False
+    ssh_public_key: str | None = None
+    certificate_id: str | None = None
+    dns_zone: str | None = None
+    image_id: str | None = None
+    vpc_cidr: str = "10.40.0.0/16"
+    # Secrets the operator sets with `pulumi config set --secret`; never read as plain values.
+    im_secrets: pulumi.Output[Any] | None = field(default=None, compare=False)
+    inference_api_key: pulumi.Output[str] | None = field(default=None, compare=False)
+
+    @property
+    def standby_color(self) -> Color:
+        return "green" if self.active_color == "blue" else "blue"
+
+
+def _key(name: str) -> str:
+    return f"{NAMESPACE}:{name}"
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{_key(name)}: unknown value {value!r} (expected one of {', '.join(allowed)})")
+    return cast(str, value)
+
+
+def _cidr(name: str, value: object, *, allow_world: bool) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{_key(name)}: {value!r} is not a CIDR string like 203.0.113.0/24")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as e:
+        raise ConfigError(f"{_key(name)}: {value!r} is not a valid CIDR ({e})") from None
+    if net.prefixlen == 0 and not allow_world:
+        raise ConfigError(f"{_key(name)}: {value!r} opens the port to the whole internet; list your admin networks")
+    return str(net)
+
+
+def _cidr_list(cfg: pulumi.Config, name: str, *, allow_world: bool) -> tuple[str, ...]:
+    raw = _object(cfg, name, [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{_key(name)}: expected a list of CIDRs, got {type(raw).__name__}")
+    return tuple(_cidr(name, v, allow_world=allow_world) for v in raw)
+
+
+def _object(cfg: pulumi.Config, name: str, default: Any) -> Any:
+    try:
+        value = cfg.get_object(name)
+    except Exception as e:  # pulumi raises its own JSON/type errors without naming the key
+        raise ConfigError(f"{_key(name)}: not valid JSON/YAML ({e})") from None
+    return default if value is None else value
+
+
+def _int(cfg: pulumi.Config, name: str, default: int, lo: int, hi: int) -> int:
+    raw = cfg.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{_key(name)}: {raw!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{_key(name)}: {value} is out of range ({lo}..{hi})")
+    return value
+
+
+def _bool(cfg: pulumi.Config, name: str, default: bool) -> bool:
+    raw = cfg.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    raise ConfigError(f"{_key(name)}: {raw!r} is not true or false")
+
+
+def _require(cfg: pulumi.Config, name: str) -> str:
+    value = cfg.get(name)
+    if not value:
+        raise ConfigError(f"{_key(name)}: required (pulumi config set {name} ...)")
+    return value
+
+
+def _zones(cfg: pulumi.Config, region: str) -> tuple[str, str]:
+    raw = _object(cfg, "zones", None)
+    if raw is None:
+        raise ConfigError(f"{_key('zones')}: required, a list of two zones of {region} (primary first)")
+    if not isinstance(raw, list) or not all(isinstance(z, str) for z in raw):
+        raise ConfigError(f"{_key('zones')}: expected a list of two zone names, got {raw!r}")
+    if len(raw) != 2 or raw[0] == raw[1]:
+        raise ConfigError(f"{_key('zones')}: exactly two distinct zones are required, got {raw!r}")
+    for z in raw:
+        if not z.startswith(region):
+            raise ConfigError(f"{_key('zones')}: zone {z!r} is not in region {region!r}")
+    return (raw[0], raw[1])
+
+
+def _inference(cfg: pulumi.Config) -> Inference:
+    raw = _object(cfg, "inference", None)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{_key('inference')}: required, {{mode: gpu}} or {{mode: external, url: https://...}}")
+    mode = _choice("inference.mode", raw.get("mode"), ("gpu", "external"))
+    url = raw.get("url")
+    if mode == "external":
+        parsed = urlparse(str(url or ""))
+        if parsed.scheme != "https" or not parsed.hostname:
+            raise ConfigError(f"{_key('inference.url')}: an https:// URL is required for external inference")
+        if parsed.username or parsed.password:
+            raise ConfigError(f"{_key('inference.url')}: put credentials in the secret inferenceApiKey, not the URL")
+        return Inference("external", str(url))
+    if url is not None:
+        raise ConfigError(f"{_key('inference.url')}: only used with mode external")
+    return Inference("gpu")
+
+
+def _receivers(cfg: pulumi.Config) -> tuple[AlertReceiver, ...]:
+    raw = _object(cfg, "alertReceivers", [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{_key('alertReceivers')}: expected a list of {{name, email}}")
+    out = []
+    for i, r in enumerate(raw):
+        if not isinstance(r, Mapping) or not r.get("name") or not _EMAIL.match(str(r.get("email", ""))):
+            raise ConfigError(f"{_key(f'alertReceivers[{i}]')}: needs a name and a valid email, got {r!r}")
+        out.append(AlertReceiver(str(r["name"]), str(r["email"])))
+    return tuple(out)
+
+
+def load(cfg: pulumi.Config | None = None) -> InfraConfig:
+    """Read and validate the stack's configuration; raises ConfigError with a one-line message."""
+    cfg = cfg or pulumi.Config(NAMESPACE)
+    cloud = cast(Cloud, _choice("cloud", cfg.get("cloud"), CLOUDS))
+    tier = cast(TierName, _choice("tier", cfg.get("tier"), TIERS))
+    region = _require(cfg, "region")
+    zones = _zones(cfg, region)
+    domain = _require(cfg, "domain").lower()
+    if not _HOSTNAME.match(domain):
+        raise ConfigError(f"{_key('domain')}: {domain!r} is not a DNS name like assistant.example.com")
+    backup_region = _require(cfg, "backupRegion")
+    if backup_region == region:
+        raise ConfigError(f"{_key('backupRegion')}: must differ from region {region!r} (off-site daily backups)")
+
+    active = cast(Color, _choice("activeColor", cfg.get("activeColor") or "blue", COLORS))
+    colors_raw = _object(cfg, "deployColors", [active])
+    if not isinstance(colors_raw, list) or not colors_raw:
+        raise ConfigError(f"{_key('deployColors')}: expected a non-empty list of blue/green")
+    colors = tuple(cast(Color, _choice("deployColors", c, COLORS)) for c in dict.fromkeys(colors_raw))
+    if active not in colors:
+        raise ConfigError(f"{_key('activeColor')}: {active} has no instances; add it to deployColors first")
+    canary = _int(cfg, "canaryWeight", 0, 0, 100)
+    if canary and len(colors) < 2:
+        raise ConfigError(f"{_key('canaryWeight')}: needs both colours in deployColors")
+
+    admin_cidrs = _cidr_list(cfg, "adminCidrs", allow_world=False)
+    ssh_key = cfg.get("sshPublicKey")
+    if ssh_key is not None and not _SSH_KEY.match(ssh_key.strip()):
+        raise ConfigError(f"{_key('sshPublicKey')}: not an OpenSSH public key (ssh-ed25519 AAAA...)")
+    if admin_cidrs and not ssh_key:
+        raise ConfigError(f"{_key('sshPublicKey')}: required when adminCidrs allows SSH")
+    handoff = _bool(cfg, "handoff", True)
+    if handoff and not admin_cidrs:
+        raise ConfigError(f"{_key('handoff')}: Ansible needs SSH; set adminCidrs or handoff: false")
+
+    autoscaling = _bool(cfg, "autoscaling", False)
+    if autoscaling and cloud != "aws":
+        raise ConfigError(f"{_key('autoscaling')}: only implemented for cloud aws so far (docs/infra.md)")
+
+    certificate_id = cfg.get("certificateId")
+    dns_zone = cfg.get("dnsZone")
+    if not certificate_id and not (cloud == "aws" and dns_zone):
+        need = "certificateId (ACM ARN) or dnsZone" if cloud == "aws" else "certificateId (SSL Certificates Service id)"
+        raise ConfigError(f"{_key('certificateId')}: required: {need}")
+
+    return InfraConfig(
+        cloud=cloud,
+        tier=tier,
+        region=region,
+        zones=zones,
+        domain=domain,
+        backup_region=backup_region,
+        inference=_inference(cfg),
+        admin_cidrs=admin_cidrs,
+        im_source_cidrs=_cidr_list(cfg, "imSourceCidrs", allow_world=False),
+        active_color=active,
+        deploy_colors=colors,
+        standby_weight=_int(cfg, "standbyWeight", 20, 0, 50),
+        canary_weight=canary,
+        backup_retention_days=_int(cfg, "backupRetentionDays", 30, 1, 3650),
+        alert_receivers=_receivers(cfg),
+        handoff=handoff,
+        autoscaling=autoscaling,
+        ssh_public_key=ssh_key.strip() if ssh_key else None,
+        certificate_id=certificate_id,
+        dns_zone=dns_zone,
+        image_id=cfg.get("imageId"),
+        vpc_cidr=_cidr("vpcCidr", cfg.get("vpcCidr") or "10.40.0.0/16", allow_world=False),
+        im_secrets=cfg.get_secret_object("imSecrets"),
+        inference_api_key=cfg.get_secret("inferenceApiKey"),
+    )
+
+
+def traffic_weights(conf: InfraConfig) -> dict[tuple[Color, int], int]:
+    """Weight per (colour, zone index) target group, out of 100.
+
+    The active colour carries the traffic: 100 - standbyWeight in the primary zone and standbyWeight in the same-city
+    standby zone (80/20 by default). A canary moves canaryWeight percent to the other colour, split the same way.
+    """
+    out: dict[tuple[Color, int], int] = {}
+    zone_share = (100 - conf.standby_weight, conf.standby_weight)
+    for color in COLORS:
+        color_share = 100 - conf.canary_weight if color == conf.active_color else conf.canary_weight
+        if color not in conf.deploy_colors:
+            color_share = 0
+        for zi, zs in enumerate(zone_share):
+            out[(color, zi)] = color_share * zs // 100
+    return out

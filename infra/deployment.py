@@ -1,0 +1,38 @@
+"""What a cloud module hands back to the composition: hosts for the inventory and the addresses to export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+
+from infra.inventory import Host
+
+# Ports the security groups open between tiers, named once (the roles listen on them).
+HTTPS = 443
+SSH = 22
+REDIS = 6379
+WEAVIATE_HTTP = 8080
+WEAVIATE_GRPC = 50051
+MODEL_SERVER = 8080
+NODE_EXPORTER = 9100
+
+
+@dataclass
+class Deployment:
+    hosts: list[Host]
+    lb_address: pulumi.Output[str]
+    egress_ip: pulumi.Output[str]
+    bastion_ip: pulumi.Output[str] | None
+    backup_bucket: pulumi.Output[str]
+    backup_replica_bucket: pulumi.Output[str]
+    public_cidrs: list[str]  # load balancer, NAT and bastion subnets
+    private_cidrs: list[str]  # instance subnets
+    # With autoscaling, assistant hosts come and go: Ansible finds them through a dynamic inventory source.
+    dynamic_inventory: pulumi.Output[str] | None = None
+    ready: list[pulumi.Resource] = field(default_factory=list)  # what the hand-off waits for
+
+
+def zone_suffix(zone: str) -> str:
+    """us-east-1a -> a, cn-hangzhou-h -> h: short, stable names for resources and hosts."""
+    return zone.rsplit("-", 1)[-1][-1:] if "-" in zone else zone[-1:]

@@ -1,0 +1,111 @@
+"""The composition: config -> cloud resources -> secrets -> inventory -> Ansible hand-off -> exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from infra import config as config_mod
+from infra.config import InfraConfig, traffic_weights
+from infra.deployment import Deployment
+from infra.handoff import AnsibleHandoff
+from infra.inventory import inventory_output
+from infra.secrets import InternalSecrets
+from infra.tiers import CATALOGUE
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
+    """Variables every host gets. No secret here: this dict ends up in the plain `inventory` output."""
+    tier = CATALOGUE[conf.tier]
+    return {
+        "ansible_user": config_mod.ADMIN_USER,
+        "ai_assistant_cloud": conf.cloud,
+        "ai_assistant_tier": conf.tier,
+        "ai_assistant_domain": conf.domain,
+        "ai_assistant_active_color": conf.active_color,
+        "ai_assistant_inference_mode": conf.inference.mode,
+        "ai_assistant_inference_url": conf.inference.url or "",
+        "ai_assistant_backup_bucket": dep.backup_bucket,
+        "ai_assistant_backup_region": conf.region,
+        "ai_assistant_backup_replica_bucket": dep.backup_replica_bucket,
+        "ai_assistant_backup_retention_days": conf.backup_retention_days,
+        "ai_assistant_service_workers": tier.service_workers,
+        "ai_assistant_alert_receivers": [{"name": r.name, "email": r.email} for r in conf.alert_receivers],
+        "ai_assistant_egress_ip": dep.egress_ip,
+        "firewall_lb_cidrs": dep.public_cidrs,
+        "firewall_admin_cidrs": dep.public_cidrs,  # SSH arrives from the bastion's subnet
+        "firewall_monitoring_cidrs": dep.private_cidrs,
+        "volumes_data_device": f"/dev/disk/by-label/{config_mod.DATA_LABEL}",
+        "volumes_fs_label": config_mod.DATA_LABEL,
+        "volumes_mount_point": config_mod.DATA_MOUNT,
+        "tls_mode": "internal_ca",  # the LB terminates public TLS; hosts serve the LB with internal certificates
+        "tls_domains": [conf.domain],
+    }
+
+
+def _group_vars(conf: InfraConfig) -> dict[str, dict[str, Any]]:
+    tier = CATALOGUE[conf.tier]
+    a, d = tier.assistant.memory_limits_mib, tier.data.memory_limits_mib
+    return {
+        "assistant": {
+            "ai_assistant_memory_max_mib": a["assistant"],
+            "ai_assistant_nginx_memory_max_mib": a["nginx"],
+        },
+        "data": {
+            "redis_maxmemory": f"{d['redis']}mb",
+            "ai_assistant_weaviate_memory_max_mib": d["weaviate"],
+            "ai_assistant_monitoring_memory_max_mib": d["monitoring"],
+        },
+    }
+
+
+def main(repo_root: Path = REPO_ROOT) -> None:
+    stack = pulumi.get_stack()
+    conf = config_mod.load()  # raises ConfigError before any resource exists
+
+    if conf.cloud == "aws":
+        from infra import aws_stack as cloud_module
+    else:
+        from infra import alicloud_stack as cloud_module  # type: ignore[no-redef]
+    dep = cloud_module.build(conf, stack)
+
+    secrets = InternalSecrets("internal")
+    inventory = inventory_output(dep.hosts, _plain_vars(conf, dep), dep.bastion_ip, _group_vars(conf))
+    secret_vars: dict[str, Any] = {"im_secrets": conf.im_secrets or {}, "inference_api_key": conf.inference_api_key or ""}
+    all_secrets = pulumi.Output.all(secrets.ansible_vars(), pulumi.Output.from_input(secret_vars)).apply(
+        lambda v: {**v[0], **v[1]}
+    )
+    if conf.handoff:
+        handoff = AnsibleHandoff(
+            "configure",
+            repo_root,
+            inventory,
+            pulumi.Output.secret(all_secrets),
+            dep.dynamic_inventory,
+            depends_on=dep.ready,
+        )
+        pulumi.export("handoffTriggers", handoff.triggers)
+
+    weights = traffic_weights(conf)
+    pulumi.export("cloud", conf.cloud)
+    pulumi.export("tier", conf.tier)
+    pulumi.export("url", f"https://{conf.domain}/")
+    pulumi.export("loadBalancer", dep.lb_address)
+    pulumi.export("egressIp", dep.egress_ip)
+    pulumi.export("bastionIp", dep.bastion_ip)
+    pulumi.export("activeColor", conf.active_color)
+    pulumi.export("trafficWeights", {f"{c}/{conf.zones[z]}": w for (c, z), w in weights.items()})
+    pulumi.export("backupBucket", dep.backup_bucket)
+    pulumi.export("backupReplicaBucket", dep.backup_replica_bucket)
+    pulumi.export("inventory", inventory)
+    if dep.dynamic_inventory is not None:
+        pulumi.export("dynamicInventory", dep.dynamic_inventory)
+    pulumi.export("hosts", [h.name for h in dep.hosts])
+    pulumi.export("internalCaCert", secrets.ca_cert_pem)
+    # Operators need these to log in; `pulumi stack output --show-secrets` reveals them, plain output never does.
+    pulumi.export("adminToken", secrets.values["assistant_admin_token"])
+    pulumi.export("grafanaAdminPassword", secrets.values["grafana_admin_password"])

@@ -1,0 +1,217 @@
+"""Runs the real Pulumi program under pulumi.runtime.set_mocks and records what it declares.
+
+A local stand-in only for the cloud accounts: no provider plugin and no Pulumi CLI run. Every resource registration
+and every invoke goes through Recorder; an invoke it does not know fails the run, so new lookups must be mocked here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pmocks
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as psettings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from infra import program
+
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
+PROJECT = "ai-assistant"
+
+
+def is_secret(v: Any) -> bool:
+    return isinstance(v, dict) and v.get(SIG_KEY) == SECRET_SIG
+
+
+def unwrap(v: Any) -> Any:
+    """The value with secret wrappers removed (for checks that look at content, not secrecy)."""
+    if is_secret(v):
+        return unwrap(v["value"])
+    if isinstance(v, dict):
+        return {k: unwrap(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [unwrap(x) for x in v]
+    return v
+
+
+@dataclass
+class Res:
+    typ: str
+    name: str
+    id: str
+    inputs: dict[str, Any]  # secrets stay wrapped here
+    outputs: dict[str, Any]
+
+    @property
+    def props(self) -> dict[str, Any]:
+        return unwrap(self.inputs)
+
+
+@dataclass
+class Run:
+    resources: list[Res] = field(default_factory=list)
+    invokes: list[str] = field(default_factory=list)
+    exports: dict[str, tuple[Any, bool]] = field(default_factory=dict)  # name -> (value, is_secret)
+    generated_secrets: list[str] = field(default_factory=list)
+
+    def of(self, typ: str) -> list[Res]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def by_id(self, id_: str) -> Res:
+        return next(r for r in self.resources if r.id == id_)
+
+    def one(self, typ: str, name: str) -> Res:
+        found = [r for r in self.of(typ) if r.name == name]
+        assert len(found) == 1, f"expected one {typ} named {name}, found {[r.name for r in self.of(typ)]}"
+        return found[0]
+
+
+class Recorder(pulumi.runtime.Mocks):
+    """Returns inputs plus the computed fields the program reads (addresses, names, generated secrets)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._ips = (str(ip) for ip in itertools.islice(ipaddress.ip_network("10.40.32.0/19").hosts(), 4000))
+        self._public = (f"203.0.113.{i}" for i in itertools.count(10))
+
+    def _secret(self, name: str) -> str:
+        # Distinct per run and per resource, so a scan can find leaks of exactly these values.
+        value = hashlib.sha256(f"{name}-{len(self.run.resources)}".encode()).hexdigest()[:40]
+        self.run.generated_secrets.append(value)
+        return value
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        t, name = args.typ, args.name
+        out: dict[str, Any] = dict(args.inputs)
+        id_ = f"{name}-id"
+        if t in ("aws:ec2/instance:Instance", "alicloud:ecs/instance:Instance"):
+            out["privateIp"] = next(self._ips)
+            out["publicIp"] = next(self._public) if args.inputs.get("associatePublicIpAddress") or args.inputs.get(
+                "internetMaxBandwidthOut"
+            ) else ""
+            id_ = f"i-{name}"
+        elif t == "aws:ec2/eip:Eip":
+            out["publicIp"] = next(self._public)
+        elif t == "alicloud:ecs/eipAddress:EipAddress":
+            out["ipAddress"] = next(self._public)
+        elif t == "alicloud:vpc/natGateway:NatGateway":
+            out["snatTableIds"] = "stb-1"
+        elif t == "aws:lb/loadBalancer:LoadBalancer":
+            out |= {"dnsName": f"{name}.elb.example", "zoneId": "Z1", "arn": f"arn:aws:elasticloadbalancing:::{name}"}
+        elif t == "alicloud:alb/loadBalancer:LoadBalancer":
+            out["dnsName"] = f"{name}.alb.example"
+        elif t == "aws:s3/bucket:Bucket":
+            out |= {"bucket": f"{name}-bucket", "arn": f"arn:aws:s3:::{name}-bucket"}
+            id_ = f"{name}-bucket"
+        elif t == "alicloud:oss/bucket:Bucket":
+            out["bucket"] = f"{name}-bucket"
+            id_ = f"{name}-bucket"
+        elif t == "random:index/randomPassword:RandomPassword":
+            out["result"] = self._secret(name)
+        elif t == "tls:index/privateKey:PrivateKey":
+            out["privateKeyPem"] = f"-----BEGIN EC PRIVATE KEY-----\n{self._secret(name)}\n-----END EC PRIVATE KEY-----\n"
+            out["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\npublic\n-----END PUBLIC KEY-----\n"
+        elif t == "tls:index/selfSignedCert:SelfSignedCert":
+            out["certPem"] = "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n"
+        elif t == "aws:ec2/keyPair:KeyPair":
+            out["keyName"] = f"{name}-key"
+        elif t == "aws:acm/certificate:Certificate":
+            out["domainValidationOptions"] = [
+                {"resourceRecordName": "_x.example.com", "resourceRecordType": "CNAME", "resourceRecordValue": "_y.acm"}
+            ]
+        elif t == "aws:acm/certificateValidation:CertificateValidation":
+            out["certificateArn"] = "arn:aws:acm:::certificate/validated"
+        elif t == "aws:route53/record:Record":
+            out["fqdn"] = str(args.inputs.get("name"))
+        elif t == "aws:iam/instanceProfile:InstanceProfile":
+            out["name"] = f"{name}-profile"
+        if "arn" not in out and t.startswith("aws:"):
+            out["arn"] = f"arn:aws:mock:::{name}"
+        self.run.resources.append(Res(t, name, id_, dict(args.inputs), out))
+        return id_, out
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]] | dict[str, Any]:
+        self.run.invokes.append(args.token)
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": "ami-0debian12", "name": "debian-12-amd64-20261101", "architecture": "x86_64"}
+        if args.token == "alicloud:ecs/getImages:getImages":
+            return {"images": [{"id": "debian_12_x64_20G_alibase_20261101.vhd"}], "ids": ["debian_12_x64"]}
+        raise AssertionError(f"unmocked invoke {args.token}: add it to tests/infra/harness.py")
+
+
+BASE: dict[str, dict[str, Any]] = {
+    "aws": {
+        "region": "ap-southeast-1",
+        "zones": ["ap-southeast-1a", "ap-southeast-1b"],
+        "backupRegion": "ap-northeast-1",
+        "dnsZone": "Z0123456789EXAMPLE",
+    },
+    "alicloud": {
+        "region": "cn-hangzhou",
+        "zones": ["cn-hangzhou-h", "cn-hangzhou-i"],
+        "backupRegion": "cn-shanghai",
+        "certificateId": "12345678-cn-hangzhou",
+    },
+}
+
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJtestkeyonlyforunittestsxxxxxxxxxxxxxxxxxx ops@example"
+
+
+def config_for(cloud: str, tier: str, **overrides: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "cloud": cloud,
+        "tier": tier,
+        "domain": "assistant.example.com",
+        "adminCidrs": ["198.51.100.0/24"],
+        "sshPublicKey": SSH_KEY,
+        "inference": {"mode": "gpu"},
+        "alertReceivers": [{"name": "ops", "email": "ops@example.com"}],
+        **BASE[cloud],
+    }
+    cfg.update(overrides)
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+def _encode(v: Any) -> str:
+    import json
+
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+async def _resolve(v: Any) -> tuple[Any, bool]:
+    if isinstance(v, pulumi.Output):
+        return await v.future(), bool(await v.is_secret())
+    if isinstance(v, (list, tuple)):
+        pairs = [await _resolve(x) for x in v]
+        return [p[0] for p in pairs], any(p[1] for p in pairs)
+    if isinstance(v, dict):
+        items = {k: await _resolve(x) for k, x in v.items()}
+        return {k: p[0] for k, p in items.items()}, any(p[1] for p in items.values())
+    return v, False
+
+
+def run_program(cfg: dict[str, Any], secrets: dict[str, Any] | None = None, repo_root: Path | None = None) -> Run:
+    """Run infra.program.main with this config (keys without the namespace); raises what the program raises."""
+    run = Run()
+    all_cfg = {f"{PROJECT}:{k}": _encode(v) for k, v in {**cfg, **(secrets or {})}.items()}
+    pulumi.runtime.set_all_config(all_cfg, [f"{PROJECT}:{k}" for k in (secrets or {})])
+    psettings.ROOT.set(None)
+    pulumi.runtime.set_mocks(Recorder(run), project=PROJECT, stack="test", preview=False)
+
+    # The same loop pulumi's own @pulumi.runtime.test uses: the root stack's futures are bound to it.
+    _sync_await(run_pulumi_func(lambda: program.main(repo_root or program.REPO_ROOT)))
+    stack = psettings.get_root_resource()
+    for k, v in dict(getattr(stack, "outputs", {}) or {}).items():
+        run.exports[k] = _sync_await(_resolve(v))
+    return run
+
+
+__all__ = ["BASE", "SSH_KEY", "Recorder", "Res", "Run", "config_for", "is_secret", "pmocks", "run_program", "unwrap"]
