@@ -64,6 +64,20 @@ class Env:
         (src / "plugin.toml").write_text(toml)
         return src
 
+    def custom_source(self, name: str, files: dict[str, str], *, type: str = "channel", entry: str = "") -> Path:
+        """A plugin made from scratch: `files` maps relative paths to their text."""
+        src = self.work / f"custom-{name}-{len(list(self.work.iterdir()))}"
+        module = next(iter(files)).split("/")[0].removesuffix(".py")
+        (src).mkdir()
+        (src / "plugin.toml").write_text(
+            f'name = "{name}"\ntype = "{type}"\nversion = "1.0.0"\nentry_point = "{entry or module + ":Plugin"}"\n'
+            'requires_assistant = ">=0"\n'
+        )
+        for rel, text in files.items():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_text(text)
+        return src
+
     def archive(self, src: Path | None = None, *, signed: bool = True, key: Ed25519PrivateKey | None = None) -> Path:
         src = src or self.source()
         out = self.work / f"{src.name}.zip"
