@@ -18,7 +18,9 @@ ALERTMANAGER_YML = MONITORING / "alertmanager" / "alertmanager.yml"
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: run `make test` (scripts/bootstrap installs it from scripts/apt-packages.txt)")
+        pytest.fail(
+            f"{name} is not installed: run `make test` (scripts/bootstrap installs it from scripts/apt-packages.txt)"
+        )
     return path
 
 

@@ -45,7 +45,9 @@ def test_generator_check_notices_a_hand_edit(tmp_path: Path) -> None:
 
 
 def test_promtool_check_rules(promtool: str) -> None:
-    proc = subprocess.run([promtool, "check", "rules", *map(str, sorted(RULES.glob("*.yml")))], capture_output=True, text=True)
+    proc = subprocess.run(
+        [promtool, "check", "rules", *map(str, sorted(RULES.glob("*.yml")))], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -174,5 +176,7 @@ def test_objective_from_config_reaches_the_rules(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     files = rulegen.generate(path)
     objectives = yaml.safe_load(files["slo-objectives.rules.yml"])["groups"][0]["rules"]
-    budget = next(r for r in objectives if r["record"] == "slo:error_budget:ratio" and r["labels"]["slo"] == "availability")
+    budget = next(
+        r for r in objectives if r["record"] == "slo:error_budget:ratio" and r["labels"]["slo"] == "availability"
+    )
     assert budget["expr"] == "vector(0.005)"
