@@ -1,0 +1,184 @@
+"""Ingestion: files or uploads -> parse -> chunk -> embed -> store, one document at a time, each replaced atomically.
+
+A file whose bytes (and the pipeline that turns them into chunks) did not change is skipped without parsing or
+embedding. A file that cannot be read or parsed is reported on one line and skipped; what is stored stays as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .chunking import chunk_text, embedding_text
+from .embedders import Embedder
+from .errors import KnowledgeError, ParseError
+from .parsers import parse
+from .settings import KnowledgeSettings
+from .stores.base import DocumentRecord, VectorStore, doc_id_for
+
+log = logging.getLogger(__name__)
+
+# Bump when parsing or chunking changes meaning: every document is then re-chunked on its next ingest.
+PIPELINE_VERSION = "1"
+
+Status = Literal["added", "updated", "unchanged", "skipped", "failed"]
+ProgressCallback = Callable[[str, int, int], None]  # (source, chunks embedded so far, chunks in this document)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    source: str
+    status: Status
+    doc_id: str = ""
+    chunks: int = 0
+    reason: str = ""
+
+    def line(self) -> str:
+        if self.status in ("skipped", "failed"):
+            return f"{self.status}: {self.reason}"
+        return f"{self.status}: {self.source} ({self.chunks} chunks)"
+
+
+@dataclass
+class IngestReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def ok(self) -> bool:
+        return not any(o.status in ("skipped", "failed") for o in self.outcomes)
+
+    @property
+    def chunks_written(self) -> int:
+        return sum(o.chunks for o in self.outcomes if o.status in ("added", "updated"))
+
+    def summary(self) -> str:
+        parts = [f"{self.count(s)} {s}" for s in ("added", "updated", "unchanged", "skipped", "failed")]
+        return ", ".join(parts) + f"; {self.chunks_written} chunks written"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    source: str  # what the store and the sources footer call it: "<folder>/<relative path>" or the file name
+    url: str | None = None
+
+
+def collect(paths: Iterable[Path], base_url: str | None = None) -> tuple[list[SourceFile], list[Outcome]]:
+    """Files to ingest, in a stable order. Folders are walked recursively; hidden files and folders are left out."""
+    files: list[SourceFile] = []
+    problems: list[Outcome] = []
+    for path in paths:
+        if path.is_dir():
+            for item in sorted(path.rglob("*")):
+                rel = item.relative_to(path)
+                if item.is_dir() or any(part.startswith(".") for part in rel.parts):
+                    continue
+                source = f"{path.resolve().name}/{rel.as_posix()}"
+                url = f"{base_url.rstrip('/')}/{rel.as_posix()}" if base_url else None
+                files.append(SourceFile(item, source, url))
+        elif path.is_file():
+            url = f"{base_url.rstrip('/')}/{path.name}" if base_url else None
+            files.append(SourceFile(path, path.name, url))
+        else:
+            problems.append(Outcome(str(path), "skipped", reason=f"{path}: no such file or folder"))
+    return files, problems
+
+
+class Ingestor:
+    def __init__(self, settings: KnowledgeSettings, embedder: Embedder, store: VectorStore) -> None:
+        self.settings, self.embedder, self.store = settings, embedder, store
+
+    def _content_hash(self, data: bytes) -> str:
+        digest = hashlib.sha256()
+        for part in (PIPELINE_VERSION, self.embedder.model_id, str(self.settings.chunk_max_chars)):
+            digest.update(part.encode() + b"\0")
+        digest.update(data)
+        return digest.hexdigest()
+
+    def ingest_bytes(
+        self,
+        data: bytes,
+        name: str,
+        *,
+        source: str | None = None,
+        url: str | None = None,
+        title: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Outcome:
+        """One document. `name` decides the parser (by extension); `source` (default `name`) is its identity."""
+        source = source or name
+        doc_id = doc_id_for(source)
+        if len(data) > self.settings.max_file_bytes:
+            limit = self.settings.max_file_bytes
+            reason = f"{source}: {len(data)} bytes, over the {limit}-byte limit"
+            return Outcome(source, "skipped", doc_id, reason=reason)
+        content_hash = self._content_hash(data)
+        existing = self.store.get_document(doc_id)
+        same_title = title is None or (existing is not None and title == existing.title)
+        if existing is not None and existing.content_hash == content_hash and same_title:
+            return Outcome(source, "unchanged", doc_id, existing.chunks)
+        try:
+            parsed = parse(data, name)
+        except ParseError as exc:
+            return Outcome(source, "skipped", doc_id, reason=f"{source}: {exc.problem}")
+        doc_title = title or parsed.title
+        link = url or parsed.url or ""
+        chunks = chunk_text(
+            parsed.text,
+            doc_id=doc_id,
+            title=doc_title,
+            source=source,
+            url=link,
+            max_chars=self.settings.chunk_max_chars,
+        )
+        if not chunks:
+            return Outcome(source, "skipped", doc_id, reason=f"{source}: no text to index")
+        try:
+            texts = [embedding_text(c) for c in chunks]
+            batch = self.settings.embedder.batch_size
+            vectors = []
+            for start in range(0, len(texts), batch):
+                vectors.append(self.embedder.embed_passages(texts[start : start + batch]))
+                if progress:
+                    progress(source, min(start + batch, len(texts)), len(texts))
+            matrix = np.vstack(vectors)
+            record = DocumentRecord(doc_id, doc_title, source, link, content_hash, len(chunks), len(data), time.time())
+            self.store.replace_document(record, chunks, matrix)
+        except KnowledgeError as exc:
+            return Outcome(source, "failed", doc_id, reason=f"{source}: {exc}")
+        return Outcome(source, "updated" if existing else "added", doc_id, len(chunks))
+
+    def ingest_files(
+        self,
+        files: list[SourceFile],
+        *,
+        on_file: Callable[[SourceFile], None] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> IngestReport:
+        report = IngestReport()
+        for file in files:
+            if on_file:
+                on_file(file)
+            try:
+                data = file.path.read_bytes()
+            except OSError as exc:
+                report.outcomes.append(
+                    Outcome(file.source, "skipped", reason=f"{file.path}: cannot be read ({exc.strerror or exc})")
+                )
+                continue
+            outcome = self.ingest_bytes(data, file.path.name, source=file.source, url=file.url, progress=progress)
+            if outcome.status in ("skipped", "failed"):
+                log.warning("knowledge ingest %s", outcome.line())
+            report.outcomes.append(outcome)
+        self.store.flush()
+        return report

