@@ -232,6 +232,20 @@ def assistant_file() -> RuleFile:
             "/\n"
             "sum by (job) (rate(ai_assistant_request_total[5m]))",
         ),
+        # Business: "task completed" = a message that ended answered; blocked ones are refused on purpose and left
+        # out of the denominator (docs/metrics.md).
+        Recording(
+            "connector:ai_assistant_task_completion:ratio_rate1h",
+            'sum by (connector) (rate(ai_assistant_answers_total{outcome="answered"}[1h]))\n'
+            "/\n"
+            'sum by (connector) (rate(ai_assistant_answers_total{outcome!="blocked"}[1h]))',
+        ),
+        Recording(
+            "connector:ai_assistant_feedback_positive:ratio_rate1d",
+            'sum by (connector) (rate(ai_assistant_feedback_total{rating="positive"}[1d]))\n'
+            "/\n"
+            "sum by (connector) (rate(ai_assistant_feedback_total[1d]))",
+        ),
         Recording(
             "connector:ai_assistant_deliveries_failed:ratio_rate10m",
             'sum by (connector) (rate(ai_assistant_deliveries_total{outcome="failed"}[10m]))\n'
