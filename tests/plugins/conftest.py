@@ -31,11 +31,15 @@ EXAMPLE = REPO / "examples" / "plugins" / "im-connector"
 
 @pytest.fixture(autouse=True)
 def _isolated_imports() -> Iterator[None]:
-    """Plugins are imported into this process; forget them afterwards so every test loads its own copy."""
+    """Plugins are imported into this process; forget them afterwards so every test loads its own copy. Only modules
+    from directories a test added to sys.path are dropped: re-importing library modules would split their classes."""
     modules, path = set(sys.modules), list(sys.path)
     yield
+    added = [p for p in sys.path if p not in path]
     for name in set(sys.modules) - modules:
-        del sys.modules[name]
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if any(origin.startswith(p) for p in added):
+            del sys.modules[name]
     sys.path[:] = path
 
 
