@@ -165,7 +165,8 @@ BASE: dict[str, dict[str, Any]] = {
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJtestkeyonlyforunittestsxxxxxxxxxxxxxxxxxx ops@example"
 
 
-def config_for(cloud: str, tier: str, **overrides: Any) -> dict[str, Any]:
+def config_for(cloud: str, tier: str, overrides: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """A valid config for cloud x tier; overrides replace keys, None removes a key."""
     cfg: dict[str, Any] = {
         "cloud": cloud,
         "tier": tier,
@@ -176,7 +177,8 @@ def config_for(cloud: str, tier: str, **overrides: Any) -> dict[str, Any]:
         "alertReceivers": [{"name": "ops", "email": "ops@example.com"}],
         **BASE[cloud],
     }
-    cfg.update(overrides)
+    cfg.update(overrides or {})
+    cfg.update(kw)
     return {k: v for k, v in cfg.items() if v is not None}
 
 
@@ -198,9 +200,17 @@ async def _resolve(v: Any) -> tuple[Any, bool]:
     return v, False
 
 
-def run_program(cfg: dict[str, Any], secrets: dict[str, Any] | None = None, repo_root: Path | None = None) -> Run:
-    """Run infra.program.main with this config (keys without the namespace); raises what the program raises."""
-    run = Run()
+def run_program(
+    cfg: dict[str, Any],
+    secrets: dict[str, Any] | None = None,
+    repo_root: Path | None = None,
+    run: Run | None = None,
+) -> Run:
+    """Run infra.program.main with this config (keys without the namespace); raises what the program raises.
+
+    Pass ``run`` to see what was registered even when the program raises.
+    """
+    run = run if run is not None else Run()
     all_cfg = {f"{PROJECT}:{k}": _encode(v) for k, v in {**cfg, **(secrets or {})}.items()}
     pulumi.runtime.set_all_config(all_cfg, [f"{PROJECT}:{k}" for k in (secrets or {})])
     psettings.ROOT.set(None)

@@ -1,0 +1,350 @@
+"""The program under Pulumi's mocks, for every cloud x tier: sizes, zones, LB weights, exposure, encryption, secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.config import COLORS
+from infra.tiers import CATALOGUE, GPU_TYPES, INSTANCE_TYPES
+from tests.infra.conftest import CASES
+from tests.infra.harness import Res, Run, config_for, is_secret, run_program, unwrap
+
+INSTANCE = {"aws": "aws:ec2/instance:Instance", "alicloud": "alicloud:ecs/instance:Instance"}
+ZONE_KEY = {"aws": "availabilityZone", "alicloud": "zoneId"}
+Get = Callable[[str, str], Run]
+
+
+def _role(r: Res) -> str:
+    return str((r.props.get("tags") or {}).get("ai-assistant:role"))
+
+
+def _itype(r: Res) -> str:
+    return str(r.props["instanceType"])
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_instance_sizes_match_the_tier(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    t = CATALOGUE[tier]
+    instances = run.of(INSTANCE[cloud])
+    by_role: dict[str, list[Res]] = {}
+    for r in instances:
+        by_role.setdefault(_role(r), []).append(r)
+    assert {_itype(r) for r in by_role["assistant"]} == {INSTANCE_TYPES[cloud][tier]["assistant"]}
+    assert {_itype(r) for r in by_role["data"]} == {INSTANCE_TYPES[cloud][tier]["data"]}
+    assert [_itype(r) for r in by_role["inference"]] == [GPU_TYPES[cloud]]
+    assert len(by_role["assistant"]) == 2 * t.assistant_per_zone  # one colour deployed, two zones
+    assert len(by_role["data"]) == 2
+    assert len(by_role["bastion"]) == 1
+    disks = {_role(r): _data_disk_sizes(cloud, r) for r in instances}
+    assert disks["assistant"] == [t.assistant.data_disk_gib]
+    assert disks["data"] == [t.data.data_disk_gib]
+
+
+def _data_disk_sizes(cloud: str, r: Res) -> list[int]:
+    if cloud == "aws":
+        return [int(d["volumeSize"]) for d in r.props.get("ebsBlockDevices") or []]
+    return [int(d["size"]) for d in r.props.get("dataDisks") or []]
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_two_zones_are_used(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    zones = set(config_for(cloud, tier)["zones"])
+    subnet_type = {"aws": "aws:ec2/subnet:Subnet", "alicloud": "alicloud:vpc/switch:Switch"}[cloud]
+    assert {r.props[ZONE_KEY[cloud]] for r in run.of(subnet_type)} == zones
+    zone_of_subnet = {r.id: r.props[ZONE_KEY[cloud]] for r in run.of(subnet_type)}
+    subnet_key = {"aws": "subnetId", "alicloud": "vswitchId"}[cloud]
+    for role in ("assistant", "data"):
+        used = {zone_of_subnet[r.props[subnet_key]] for r in run.of(INSTANCE[cloud]) if _role(r) == role}
+        assert used == zones, f"{role} hosts in {used}"
+    if cloud == "aws":
+        alb = run.of("aws:lb/loadBalancer:LoadBalancer")[0]
+        assert {zone_of_subnet[s] for s in alb.props["subnets"]} == zones
+    else:
+        alb = run.of("alicloud:alb/loadBalancer:LoadBalancer")[0]
+        assert {m["zoneId"] for m in alb.props["zoneMappings"]} == zones
+
+
+def _weights(run: Run, cloud: str) -> dict[tuple[str, str], int]:
+    """(colour, zone) -> weight, read from the listener (AWS) or the weighted rule (Alibaba Cloud)."""
+    if cloud == "aws":
+        groups = {r.id: r for r in run.of("aws:lb/targetGroup:TargetGroup")}
+        listener = run.of("aws:lb/listener:Listener")[0].props
+        assert listener["protocol"] == "HTTPS" and listener["port"] == 443
+        tgs = listener["defaultActions"][0]["forward"]["targetGroups"]
+        arn_to_id = {f"arn:aws:mock:::{r.name}": r.id for r in groups.values()}
+        out = {}
+        for tg in tgs:
+            g = groups[arn_to_id[tg["arn"]]].props
+            out[(g["tags"]["ai-assistant:color"], g["tags"]["ai-assistant:zone"])] = int(tg["weight"])
+        return out
+    groups = {r.id: r for r in run.of("alicloud:alb/serverGroup:ServerGroup")}
+    rule = run.of("alicloud:alb/rule:Rule")[0].props
+    tuples = rule["ruleActions"][0]["forwardGroupConfig"]["serverGroupTuples"]
+    return {
+        (groups[t["serverGroupId"]].props["tags"]["ai-assistant:color"],
+         groups[t["serverGroupId"]].props["tags"]["ai-assistant:zone"]): int(t["weight"])
+        for t in tuples
+    }
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_weights_are_80_20_on_the_active_colour(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    z = config_for(cloud, tier)["zones"]
+    assert _weights(run, cloud) == {("blue", z[0]): 80, ("blue", z[1]): 20, ("green", z[0]): 0, ("green", z[1]): 0}
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_blue_green_switch_by_config(cloud: str) -> None:
+    z = config_for(cloud, "basic")["zones"]
+    both = run_program(config_for(cloud, "basic", deployColors=["blue", "green"], activeColor="green"))
+    assert _weights(both, cloud) == {("green", z[0]): 80, ("green", z[1]): 20, ("blue", z[0]): 0, ("blue", z[1]): 0}
+    colours = {(unwrap(r.inputs).get("tags") or {}).get("ai-assistant:color") for r in both.of(INSTANCE[cloud])}
+    assert {"blue", "green"} <= colours
+    canary = run_program(config_for(cloud, "basic", deployColors=["blue", "green"], canaryWeight=10, standbyWeight=0))
+    assert _weights(canary, cloud) == {("blue", z[0]): 90, ("blue", z[1]): 0, ("green", z[0]): 10, ("green", z[1]): 0}
+    assert both.exports["activeColor"] == ("green", False)
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_only_https_to_the_load_balancer_is_open_to_the_world(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    world = []
+    if cloud == "aws":
+        sg_role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("aws:ec2/securityGroup:SecurityGroup")}
+        for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
+            if r.props.get("cidrIpv4") == "0.0.0.0/0" or r.props.get("cidrIpv6") == "::/0":
+                world.append((sg_role[r.props["securityGroupId"]], r.props["ipProtocol"], r.props["fromPort"],
+                              r.props["toPort"]))
+        for r in run.of("aws:ec2/securityGroup:SecurityGroup"):
+            assert not r.props.get("ingress"), f"{r.name}: inline ingress is not used"
+        # Instances take 443 only from the load balancer's group, SSH only from the bastion's.
+        for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
+            if sg_role[r.props["securityGroupId"]] == "assistant" and r.props["fromPort"] == 443:
+                assert sg_role[r.props["referencedSecurityGroupId"]] in ("lb", "data"), r.name
+            if r.props["fromPort"] == 22 and sg_role[r.props["securityGroupId"]] != "bastion":
+                assert sg_role[r.props["referencedSecurityGroupId"]] == "bastion", r.name
+    else:
+        sg_role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("alicloud:ecs/securityGroup:SecurityGroup")}
+        for r in run.of("alicloud:ecs/securityGroupRule:SecurityGroupRule"):
+            if r.props.get("cidrIp") == "0.0.0.0/0":
+                lo, hi = r.props["portRange"].split("/")
+                world.append((sg_role[r.props["securityGroupId"]], r.props["ipProtocol"], int(lo), int(hi)))
+            if r.props["portRange"] == "22/22" and sg_role[r.props["securityGroupId"]] != "bastion":
+                assert sg_role[r.props["sourceSecurityGroupId"]] == "bastion", r.name
+    assert world == [("lb", "tcp", 443, 443)]
+
+
+def test_im_source_cidrs_close_443_to_the_world() -> None:
+    run = run_program(config_for("aws", "basic", imSourceCidrs=["149.154.160.0/20"]))
+    cidrs = {r.props.get("cidrIpv4") for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")}
+    assert "0.0.0.0/0" not in cidrs
+    assert {"149.154.160.0/20", "198.51.100.0/24"} <= cidrs
+
+
+def test_no_admin_cidrs_means_no_ssh_and_no_bastion() -> None:
+    run = run_program(config_for("aws", "basic", adminCidrs=[], handoff=False, sshPublicKey=None))
+    assert all(r.props["fromPort"] != 22 or r.props.get("referencedSecurityGroupId")
+               for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"))
+    assert [r for r in run.of(INSTANCE["aws"]) if _role(r) == "bastion"] == []
+    assert run.of("command:local:Command") == []
+    assert run.exports["bastionIp"] == (None, False)
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_every_volume_encrypted_and_metadata_hardened(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    for r in run.of(INSTANCE[cloud]):
+        p = r.props
+        if cloud == "aws":
+            assert p["rootBlockDevice"]["encrypted"] is True, r.name
+            assert all(d["encrypted"] is True for d in p.get("ebsBlockDevices") or []), r.name
+            assert p["metadataOptions"]["httpTokens"] == "required", r.name
+            assert p["metadataOptions"]["httpPutResponseHopLimit"] == 1, r.name
+        else:
+            assert p["systemDiskEncrypted"] is True, r.name
+            assert all(d["encrypted"] is True for d in p.get("dataDisks") or []), r.name
+            assert p["httpTokens"] == "required", r.name
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_buckets_private_versioned_encrypted_replicated(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    retention = 30
+    if cloud == "aws":
+        buckets = run.of("aws:s3/bucket:Bucket")
+        assert len(buckets) == 2
+        for b in buckets:
+            def part(typ: str, b: Res = b) -> dict[str, Any]:
+                found = [r.props for r in run.of(typ) if r.props.get("bucket") == b.id]
+                assert len(found) == 1, f"{b.name}: {typ}"
+                return found[0]
+
+            assert part("aws:s3/bucketVersioning:BucketVersioning")["versioningConfiguration"]["status"] == "Enabled"
+            sse = part("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+            assert sse["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in ("AES256", "aws:kms")
+            pab = part("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+            assert all(pab[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
+                                                "restrictPublicBuckets"))
+            lc = part("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")["rules"][0]
+            assert lc["expiration"]["days"] == retention
+            assert lc["noncurrentVersionExpiration"]["noncurrentDays"] == retention
+            policy = part("aws:s3/bucketPolicy:BucketPolicy")["policy"]
+            assert '"aws:SecureTransport": "false"' in policy
+        repl = run.of("aws:s3/bucketReplicationConfig:BucketReplicationConfig")
+        assert len(repl) == 1
+        assert repl[0].props["rules"][0]["destination"]["bucket"] == "arn:aws:s3:::backup-replica-bucket"
+        providers = {r.name: r.props.get("region") for r in run.of("pulumi:providers:aws")}
+        assert providers == {"aws": "ap-southeast-1", "aws-backup": "ap-northeast-1"}
+    else:
+        buckets = run.of("alicloud:oss/bucket:Bucket")
+        assert len(buckets) == 2
+        for b in buckets:
+            assert b.props["versioning"]["status"] == "Enabled"
+            assert b.props["serverSideEncryptionRule"]["sseAlgorithm"] in ("AES256", "KMS")
+            assert b.props["lifecycleRules"][0]["expirations"][0]["days"] == retention
+            acl = [r.props for r in run.of("alicloud:oss/bucketAcl:BucketAcl") if r.props["bucket"] == b.outputs["bucket"]]
+            assert [a["acl"] for a in acl] == ["private"]
+            pab = [r.props for r in run.of("alicloud:oss/bucketPublicAccessBlock:BucketPublicAccessBlock")
+                   if r.props["bucket"] == b.outputs["bucket"]]
+            assert [p["blockPublicAccess"] for p in pab] == [True]
+        repl = run.of("alicloud:oss/bucketReplication:BucketReplication")[0].props
+        assert repl["destination"] == {"bucket": "backup-replica-bucket", "location": "oss-cn-shanghai"}
+
+
+def _scan(value: Any, needles: list[str], where: str) -> list[str]:
+    """Paths under value that are plain (not secret-wrapped) and contain a needle."""
+    if is_secret(value):
+        return []
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _scan(v, needles, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [hit for i, v in enumerate(value) for hit in _scan(v, needles, f"{where}[{i}]")]
+    text = str(value)
+    return [f"{where} contains {n[:6]}..." for n in needles if n and n in text]
+
+
+KNOWN_DEFAULTS = ["changeme", "change-me", "password123", "admin123", "hunter2", "secret123"]
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_no_generated_secret_or_known_default_in_plain_outputs_or_inputs(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    assert len(run.generated_secrets) == 6  # five passwords/tokens and the CA key
+    needles = [*run.generated_secrets, *KNOWN_DEFAULTS]
+    leaks = []
+    for name, (value, secret) in run.exports.items():
+        if not secret:
+            leaks += _scan(value, needles, f"output {name}")
+    for r in run.resources:
+        if r.typ.startswith(("random:", "tls:index/privateKey")):
+            continue  # the generators themselves
+        leaks += _scan(r.inputs, needles, f"{r.typ} {r.name}")
+    assert leaks == []
+    assert run.exports["adminToken"][1] is True
+    assert run.exports["grafanaAdminPassword"][1] is True
+    # And the hand-off does get them, inside its secret environment.
+    env = run.of("command:local:Command")[0].inputs["environment"]
+    assert is_secret(env)
+    secret_vars = unwrap(env)["AI_ASSISTANT_SECRET_VARS"]
+    assert all(s in secret_vars for s in run.generated_secrets)
+
+
+def test_operator_secrets_stay_secret() -> None:
+    run = run_program(
+        config_for("aws", "basic"),
+        secrets={"imSecrets": {"feishu": {"app_secret": "feishu-app-secret-value"}}, "inferenceApiKey": "sk-test-key-9"},
+    )
+    leaks = []
+    for name, (value, secret) in run.exports.items():
+        if not secret:
+            leaks += _scan(value, ["feishu-app-secret-value", "sk-test-key-9"], f"output {name}")
+    for r in run.resources:
+        leaks += _scan(r.inputs, ["feishu-app-secret-value", "sk-test-key-9"], f"{r.typ} {r.name}")
+    assert leaks == []
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    assert "feishu-app-secret-value" in env["AI_ASSISTANT_SECRET_VARS"]
+    assert "sk-test-key-9" in env["AI_ASSISTANT_SECRET_VARS"]
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_inventory_lists_every_instance_by_role_zone_and_colour(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    text, secret = run.exports["inventory"]
+    assert secret is False
+    inv = yaml.safe_load(text)["all"]
+    groups = inv["children"]
+    instances = [r for r in run.of(INSTANCE[cloud]) if _role(r) != "bastion"]
+    listed = {h for g in ("assistant", "data", "inference") for h in groups[g]["hosts"]}
+    names = {r.props.get("tags", {}).get("Name") or r.props.get("instanceName") for r in instances}
+    assert listed == names
+    ips = {r.outputs["privateIp"] for r in instances}
+    assert {v["ansible_host"] for g in ("assistant", "data", "inference") for v in groups[g]["hosts"].values()} == ips
+    zones = config_for(cloud, tier)["zones"]
+    zone_groups = {f"zone_{z.replace('-', '_')}" for z in zones}
+    assert zone_groups <= set(groups)
+    assert set().union(*(groups[g]["hosts"] for g in zone_groups)) == names
+    assert set(groups["color_blue"]["hosts"]) == set(groups["assistant"]["hosts"])
+    bastion = next(r for r in run.of(INSTANCE[cloud]) if _role(r) == "bastion")
+    assert inv["vars"]["ansible_ssh_common_args"] == f"-o ProxyJump=ansible@{bastion.outputs['publicIp']}"
+    assert groups["data"]["vars"]["redis_maxmemory"] == f"{CATALOGUE[tier].data.memory_limits_mib['redis']}mb"
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_egress_ip_is_a_stack_output(stack_run: Get, cloud: str, tier: str) -> None:
+    run = stack_run(cloud, tier)
+    ip, secret = run.exports["egressIp"]
+    assert secret is False
+    if cloud == "aws":
+        nat = run.of("aws:ec2/natGateway:NatGateway")[0]
+        eip = run.by_id(nat.props["allocationId"])
+        assert eip.outputs["publicIp"] == ip
+    else:
+        eip = run.of("alicloud:ecs/eipAddress:EipAddress")[0]
+        assert eip.outputs["ipAddress"] == ip
+        snat = run.of("alicloud:vpc/snatEntry:SnatEntry")
+        assert {s.props["snatIp"] for s in snat} == {ip} and len(snat) == 2
+        assoc = run.of("alicloud:ecs/eipAssociation:EipAssociation")[0].props
+        assert assoc["instanceType"] == "Nat"
+
+
+def test_autoscaling_groups_per_colour_and_zone() -> None:
+    run = run_program(config_for("aws", "standard", autoscaling=True))
+    groups = run.of("aws:autoscaling/group:Group")
+    t = CATALOGUE["standard"]
+    assert len(groups) == 2
+    for g in groups:
+        assert (g.props["minSize"], g.props["desiredCapacity"], g.props["maxSize"]) == (
+            t.assistant_per_zone, t.assistant_per_zone, t.assistant_max_per_zone)
+        assert g.props["healthCheckType"] == "ELB"
+        assert len(g.props["targetGroupArns"]) == 1
+    templates = run.of("aws:ec2/launchTemplate:LaunchTemplate")
+    assert all(m["ebs"]["encrypted"] == "true" for lt in templates for m in lt.props["blockDeviceMappings"])
+    assert all(lt.props["metadataOptions"]["httpTokens"] == "required" for lt in templates)
+    assert [r for r in run.of(INSTANCE["aws"]) if _role(r) == "assistant"] == []
+    dyn = yaml.safe_load(run.exports["dynamicInventory"][0])
+    assert dyn["plugin"] == "amazon.aws.aws_ec2" and dyn["regions"] == ["ap-southeast-1"]
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    assert "amazon.aws.aws_ec2" in env["AI_ASSISTANT_DYNAMIC_INVENTORY"]
+
+
+def test_external_inference_has_no_gpu_host() -> None:
+    run = run_program(config_for("alicloud", "standard", inference={"mode": "external", "url": "https://llm.example.com/v1"}))
+    assert [r for r in run.of(INSTANCE["alicloud"]) if _role(r) == "inference"] == []
+    inv = yaml.safe_load(run.exports["inventory"][0])["all"]
+    assert inv["vars"]["ai_assistant_inference_url"] == "https://llm.example.com/v1"
+    assert "inference" not in inv["children"]
+
+
+def test_health_checks_use_readyz(stack_run: Get) -> None:
+    aws_tgs = stack_run("aws", "basic").of("aws:lb/targetGroup:TargetGroup")
+    assert len(aws_tgs) == 2 * len(COLORS)
+    assert {(t.props["healthCheck"]["path"], t.props["healthCheck"]["protocol"]) for t in aws_tgs} == {("/readyz", "HTTPS")}
+    ali = stack_run("alicloud", "basic").of("alicloud:alb/serverGroup:ServerGroup")
+    assert {s.props["healthCheckConfig"]["healthCheckPath"] for s in ali} == {"/readyz"}
