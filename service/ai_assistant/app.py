@@ -79,7 +79,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
     return Parts(settings, registry, store, connectors, engine, pipeline, Notifier(connectors, store))
 
 
-def create_app(settings: Settings, registry: Registry | None = None, *, workers: bool = True) -> FastAPI:
+def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     parts = build_parts(settings, registry)
 
     @contextlib.asynccontextmanager
@@ -89,7 +89,7 @@ def create_app(settings: Settings, registry: Registry | None = None, *, workers:
             connector.sink = _sink(parts)
             await connector.start()
         tasks = [asyncio.create_task(export_queue_stats(parts.store, stop), name="queue-stats")]
-        if workers:
+        if settings.worker.enabled:
             tasks += [
                 asyncio.create_task(parts.pipeline.run(stop), name=f"worker-{i}")
                 for i in range(settings.worker.concurrency)
@@ -122,7 +122,9 @@ def create_app(settings: Settings, registry: Registry | None = None, *, workers:
             dedupe_ttl=settings.store.dedupe_ttl_seconds,
             trusted_proxies=settings.server.trusted_proxies,
         )
-        app.add_api_route(connector.path, endpoint, methods=list(connector.methods), include_in_schema=False)
+        # A plain Starlette route: the webhook needs raw bytes, not FastAPI's parameter parsing, and skipping that
+        # machinery is measurable on the ack path (docs/benchmarks.md).
+        app.add_route(connector.path, endpoint.handle, methods=list(connector.methods), include_in_schema=False)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

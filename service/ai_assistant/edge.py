@@ -80,7 +80,7 @@ class WebhookEndpoint:
         self.trusted_proxies = list(trusted_proxies)
         self.allowed = list(connector.config.allowed_cidrs)
 
-    async def __call__(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         token = request_id.set(request.headers.get("x-request-id") or uuid.uuid4().hex[:16])
         name = self.connector.name

@@ -13,7 +13,7 @@ from pythonjsonlogger.json import JsonFormatter
 from . import __version__
 
 # `_created` series double the exposition for nothing a dashboard uses.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Metrics. Every name and label is documented in docs/metrics.md; labels only take values from bounded sets

@@ -71,6 +71,8 @@ class LocalModelSettings(_Section):
 
 
 class WorkerSettings(_Section):
+    # false: an acknowledge-only instance (answers are produced by other instances sharing the Redis queue)
+    enabled: bool = True
     concurrency: int = Field(2, ge=1, le=64)
     # A worker renews its lease every third of this while it works; a crashed worker's message is picked up again
     # by another worker (or after a restart) within this many seconds.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import sqlite3
 import threading
@@ -17,6 +19,7 @@ from ..messages import ChatTurn, InboundMessage
 from .base import Job, QueueStats
 
 T = TypeVar("T")
+_Pending = tuple[InboundMessage, float, "asyncio.Future[bool]"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
@@ -55,6 +58,8 @@ class SQLiteStore:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._writes = 0
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -75,32 +80,58 @@ class SQLiteStore:
         return result
 
     async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
-        keys = message.dedupe_keys()
-        now = time.time()
-        self._writes += 1
-        prune = self._writes % 500 == 0
+        """Group commit: concurrent enqueues share one transaction (one fsync), so throughput under load does not
+        pay one disk flush per webhook, while a lone request still commits at once."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((message, dedupe_ttl, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
 
-        def body(db: sqlite3.Connection) -> bool:
-            if prune:
-                db.execute("DELETE FROM dedupe WHERE expires_at < ?", (now,))
-                db.execute("DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (now - dedupe_ttl,))
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._run(
+                    functools.partial(self._tx, body=functools.partial(self._enqueue_batch, batch=batch))
+                )
+            except Exception as exc:  # the whole transaction rolled back: every caller sees the failure (-> 503)
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), accepted in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(accepted)
+
+    def _enqueue_batch(self, db: sqlite3.Connection, batch: list[_Pending]) -> list[bool]:
+        now = time.time()
+        self._writes += len(batch)
+        if self._writes >= 500:
+            self._writes = 0
+            db.execute("DELETE FROM dedupe WHERE expires_at < ?", (now,))
+            oldest_ttl = max(ttl for _, ttl, _ in batch)
+            db.execute("DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (now - oldest_ttl,))
+        results = []
+        for message, ttl, _ in batch:
+            keys = message.dedupe_keys()
             marks = ",".join("?" * len(keys))
             seen = db.execute(
                 f"SELECT 1 FROM dedupe WHERE key IN ({marks}) AND expires_at >= ? LIMIT 1",  # noqa: S608 (placeholders)
                 (*keys, now),
             ).fetchone()
             if seen:
-                return False
+                results.append(False)
+                continue
             db.executemany(
-                "INSERT OR REPLACE INTO dedupe (key, expires_at) VALUES (?, ?)", [(k, now + dedupe_ttl) for k in keys]
+                "INSERT OR REPLACE INTO dedupe (key, expires_at) VALUES (?, ?)", [(k, now + ttl) for k in keys]
             )
             db.execute(
                 "INSERT INTO jobs (id, message, visible_at, enqueued_at) VALUES (?, ?, ?, ?)",
                 (uuid.uuid4().hex, message.model_dump_json(), now, message.received_at or now),
             )
-            return True
-
-        return await self._run(lambda db: self._tx(db, body))
+            results.append(True)
+        return results
 
     async def remember(self, key: str, ttl: float) -> bool:
         now = time.time()

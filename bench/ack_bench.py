@@ -1,0 +1,212 @@
+"""Ack benchmark: signed webhook acknowledgements per second and p50/p99 ack latency on one uvicorn worker, next to a
+bare FastAPI "hello" endpoint measured in the same run on the same core, reported as ratios.
+
+    .venv/bin/python bench/ack_bench.py [--payload generic] [--duration 10] [--rate 500]
+
+The server under test is the real `ai-assistant serve` (verify -> de-duplicate -> durable SQLite enqueue -> ack) with
+workers disabled so only the ack path is measured. Load comes from wrk (Debian package) pinned to the other core, with
+every request pre-signed and carrying its own event id, so no request is a duplicate. Two phases per server:
+closed loop (32 connections, maximum throughput) and paced (`--rate` requests/s in total via wrk's delay hook).
+Connector owners add payloads to PAYLOADS: a function that returns (connectors.yaml entry, path, signed requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import SECRET, free_port, signed_generic_request, wait_until  # noqa: E402
+
+Request = tuple[str, dict[str, str], bytes]  # path, headers, body
+PayloadBuilder = Callable[[int], tuple[dict[str, Any], str, list[Request]]]
+
+
+def generic_payload(n: int) -> tuple[dict[str, Any], str, list[Request]]:
+    path = "/api/im/callback"
+    connector = {
+        "platform": "generic_im",
+        "app_secret": SECRET,
+        "webhook_url": f"https://bench.example{path}",
+        "reply_url": "http://127.0.0.1:9/replies",
+    }
+    requests = []
+    for i in range(n):
+        body, headers = signed_generic_request(
+            {"type": "message", "event_id": f"bench-{i}-{uuid.uuid4().hex[:8]}", "chat_id": "c", "user_id": "u",
+             "text": "How do I reset my VPN password?"}
+        )  # fmt: skip
+        requests.append((path, headers, body))
+    return connector, path, requests
+
+
+PAYLOADS: dict[str, PayloadBuilder] = {"generic": generic_payload}
+
+LUA = r"""
+-- Pre-built raw HTTP requests, each stored as "<length>\n<bytes>" (too many for a Lua table literal).
+local reqs = {}
+local data = io.open("%(requests)s", "rb"):read("a")
+local pos = 1
+while pos <= #data do
+  local nl = string.find(data, "\n", pos, true)
+  local len = tonumber(string.sub(data, pos, nl - 1))
+  reqs[#reqs + 1] = string.sub(data, nl + 1, nl + len)
+  pos = nl + len + 1
+end
+local i = 0
+local pace = %(pace)s
+function request()
+  i = i + 1
+  if i > #reqs then i = 1 end
+  return reqs[i]
+end
+function delay()
+  return pace
+end
+function done(summary, latency, requests)
+  local fmt = '{"requests": %%d, "errors": %%d, "seconds": %%f, "p50_us": %%d, "p99_us": %%d, "max_us": %%d}\n'
+  io.write(string.format(fmt, summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, summary.duration / 1e6, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def write_requests(requests: list[Request], target: Path, host: str) -> None:
+    with target.open("wb") as f:
+        for path, headers, body in requests:
+            head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            raw = head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            f.write(f"{len(raw)}\n".encode() + raw)
+
+
+def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict[str, Any]:
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"wrk printed no summary:\n{done.stdout}\n{done.stderr}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+def start(cmd: list[str], health: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as f:
+        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=f, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(health, timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 60, health)
+    return proc
+
+
+def phases(url: str, requests: list[Request], work: Path, duration: int, rate: int, tag: str) -> dict[str, Any]:
+    reqs = work / f"{tag}-requests.bin"
+    write_requests(requests, reqs, url.removeprefix("http://"))
+    results = {}
+    # wrk has no fixed-rate mode: each paced connection waits `pace` ms between requests (3% below the nominal
+    # interval to make up for the response time), and the achieved rate is reported.
+    for phase, connections, pace in (("max", 32, 0), ("paced", 20, max(1, round(20 * 1000 / rate * 0.97)))):
+        script = work / f"{tag}-{phase}.lua"
+        script.write_text(LUA % {"requests": reqs, "pace": pace})
+        results[phase] = run_wrk(url, script, duration, connections)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--payload", choices=sorted(PAYLOADS), default="generic")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per phase")
+    parser.add_argument("--rate", type=int, default=500, help="paced phase: requests per second in total")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (scripts/bootstrap installs wrk)")
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory(prefix="ack-bench-") as tmp:
+        work = Path(tmp)
+        connector, _path, requests = PAYLOADS[args.payload](args.duration * 12_000)
+        config = work / "config"
+        config.mkdir()
+        (config / "connectors.yaml").write_text(yaml.safe_dump({"bench": connector}))
+        (config / "assistant.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "worker": {"enabled": False},
+                    "server": {"log_level": "WARNING"},
+                    "filters": {"words_file": None},
+                    "store": {"sqlite_synchronous": os.environ.get("BENCH_SYNC", "FULL")},
+                }
+            )
+        )
+        port = free_port()
+        env_cmd = [
+            str(bin_dir / "ai-assistant"),
+            "serve",
+            "--config-dir",
+            str(config),
+            "--data-dir",
+            str(work / "data"),
+        ]
+        service = start([*env_cmd, "--port", str(port)], f"http://127.0.0.1:{port}/healthz", work / "service.log")
+        try:
+            assistant = phases(f"http://127.0.0.1:{port}", requests, work, args.duration, args.rate, "assistant")
+        finally:
+            service.terminate()
+            service.wait(30)
+        hello_port = free_port()
+        hello_cmd = [str(bin_dir / "uvicorn"), "--app-dir", str(ROOT / "bench"), "hello_app:app",
+                     "--port", str(hello_port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+        hello = start(hello_cmd, f"http://127.0.0.1:{hello_port}/docs", work / "hello.log")
+        try:
+            hello_requests = [("/hello", h, b) for _, h, b in requests]
+            baseline = phases(f"http://127.0.0.1:{hello_port}", hello_requests, work, args.duration, args.rate, "hello")
+        finally:
+            hello.terminate()
+            hello.wait(30)
+    report = {
+        "payload": args.payload,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "assistant": assistant,
+        "hello": baseline,
+        "ratio_max_rps": assistant["max"]["rps"] / baseline["max"]["rps"],
+        "paced_rate": args.rate,
+    }
+    print(f"\nack benchmark, payload={args.payload}, {args.duration}s per phase, server on CPU 0, wrk on CPU 1")
+    print(f"{'':24}{'max req/s':>12}{'p50 ms':>9}{'p99 ms':>9} | {f'@{args.rate}/s p50':>13}{'p99 ms':>9}{'errors':>8}")
+    for name, r in (("signed webhook ack", assistant), ("bare FastAPI hello", baseline)):
+        m, p = r["max"], r["paced"]
+        print(
+            f"{name:24}{m['rps']:12.0f}{m['p50_us'] / 1000:9.2f}{m['p99_us'] / 1000:9.2f} | "
+            f"{p['p50_us'] / 1000:13.2f}{p['p99_us'] / 1000:9.2f}{m['errors'] + p['errors']:8d}"
+        )
+    print(f"ratio (ack / hello, max req/s): {report['ratio_max_rps']:.2f}   paced rate achieved: "
+          f"{assistant['paced']['rps']:.0f} req/s")  # fmt: skip
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
