@@ -80,8 +80,10 @@ function delay()
 end
 function done(summary, latency, requests)
   local fmt = '{"requests": %%d, "errors": %%d, "seconds": %%f, "p50_us": %%d, "p99_us": %%d, "max_us": %%d}\n'
-  io.write(string.format(fmt, summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.timeout, summary.duration / 1e6, latency:percentile(50), latency:percentile(99), latency.max))
+  local e = summary.errors
+  local errors = e.status + e.connect + e.read + e.write + e.timeout
+  io.write(string.format(fmt, summary.requests, errors, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99), latency.max))
 end
 """
 
