@@ -132,6 +132,15 @@ def https_server(tmp_path: Path) -> Iterator[HttpsServer]:
     cert.configure_cert(ctx)
 
     class Quiet(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            # /redirect?to=<url> answers 302 to that URL, for the redirect rules of the downloader.
+            if self.path.startswith("/redirect?to="):
+                self.send_response(302)
+                self.send_header("Location", self.path.removeprefix("/redirect?to="))
+                self.end_headers()
+                return
+            super().do_GET()
+
         def log_message(self, *args: Any) -> None:
             pass
 

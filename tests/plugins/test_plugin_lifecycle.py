@@ -219,3 +219,62 @@ def test_keygen_and_build_commands(env: Env, tmp_path: Path) -> None:
     result = runner.invoke(plugin_app, ["build", str(tmp_path), "--out", str(tmp_path / "q.zip")])
     assert result.exit_code == 1
     assert "no plugin.toml here" in result.output
+
+
+def test_redirects_must_stay_on_https(env: Env, https_server: HttpsServer) -> None:
+    env.write_settings(ca_bundle=str(https_server.ca_pem))
+    shutil.copyfile(env.archive(), https_server.root / "im.zip")
+    to_http = f"{https_server.base_url}/redirect?to=http://127.0.0.1:9/im.zip"
+    code, out = cli(env, "install", "--type", "connector", "--name", "im-connector", "--url", to_http)
+    assert code == 1
+    assert "redirected to a non-https URL; refused" in out
+    to_https = f"{https_server.base_url}/redirect?to={https_server.base_url}/im.zip"
+    code, out = cli(env, "install", "--type", "connector", "--name", "im-connector", "--url", to_https)
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("trusted_keys:\n  - name: x\n    public_key: abc\n", "plugins.yaml: trusted_keys.0.public_key: "),
+        ('trusted_keys:\n  - name: x\n    public_key: "ed25519:AAAA"\n', "not a base64 ed25519 public key"),
+        ("require_signatures: false\n", "plugins.yaml: require_signatures: unknown key"),
+        ("max_ratio: 1\n", "plugins.yaml: max_ratio: "),
+        ("ca_bundle: missing-ca.pem\n", "plugins.yaml: ca_bundle: "),
+        ("- a list\n", "plugins.yaml: must be a mapping"),
+        ("key: [unclosed\n", "plugins.yaml: line 2: not valid YAML"),
+    ],
+)
+def test_bad_plugins_yaml_is_one_line_naming_file_and_key(env: Env, yaml_text: str, expected: str) -> None:
+    (env.config_dir / "plugins.yaml").write_text(yaml_text)
+    code, out = cli(env, "list")
+    assert code == 1
+    assert expected in out
+    assert out.count("\n") == 1
+    assert "Traceback" not in out
+
+
+def test_same_key_twice_is_refused(env: Env) -> None:
+    from ai_assistant.plugins.signing import public_key_text
+
+    key = public_key_text(env.key)
+    (env.config_dir / "plugins.yaml").write_text(
+        f'trusted_keys:\n  - name: a\n    public_key: "{key}"\n  - name: b\n    public_key: "{key}"\n'
+    )
+    code, out = cli(env, "list")
+    assert code == 1
+    assert "trusted_keys: the same public key is listed twice" in out
+
+
+def test_unreadable_plugin_is_reported_not_fatal(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env.manager().install(env.archive().as_uri(), "connector", "im-connector")
+
+    def denied(root: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(root))
+
+    # Root reads everything, so the permission problem a service user would meet is raised where the tree is read.
+    monkeypatch.setattr("ai_assistant.plugins.manager.list_tree", denied)
+    assert [(c.status, "Permission denied" in c.detail) for c in env.manager().check_all()] == [("unreadable", True)]
+    registry = load(env)
+    assert not registry.entries
+    assert any("im-connector (unreadable) skipped" in p for p in registry.problems)

@@ -76,7 +76,7 @@ class PluginState(BaseModel):
     plugins: dict[str, PluginRecord] = Field(default_factory=dict)
 
 
-Status = Literal["enabled", "disabled", "altered", "untrusted", "incompatible", "missing"]
+Status = Literal["enabled", "disabled", "altered", "untrusted", "incompatible", "missing", "unreadable"]
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,12 @@ class PluginManager:
         return [self.check(r) for r in sorted(self.read_state().plugins.values(), key=lambda r: r.name)]
 
     def check(self, record: PluginRecord) -> Checked:
+        try:
+            return self._check(record)
+        except (OSError, PluginError) as exc:  # e.g. a file made unreadable to the service user
+            return Checked(record, "unreadable", f"{record.name}: {exc}")
+
+    def _check(self, record: PluginRecord) -> Checked:
         directory = self.installed / record.directory
         if not directory.is_dir():
             return Checked(record, "missing", f"{directory} does not exist")
