@@ -177,3 +177,12 @@ def test_entry_point_packages_are_discovered_and_broken_ones_skipped(tmp_path: P
     assert (Kind.INPUT_ADAPTER, "acme-broken") not in registry.entries
     assert any("acme-broken from package:acme-ai-plugins failed to load" in p for p in registry.problems)
     assert (Kind.CHANNEL, "reply") in registry.entries  # the built-ins still load next to them
+
+
+def test_registry_with_plugins_has_builtins_and_archive_plugins(env: Env) -> None:
+    from ai_assistant.plugins import registry_with_plugins
+
+    install(env, "audit-log", {"audit_log.py": GOOD_CHANNEL})
+    registry = registry_with_plugins(env.config_dir, env.data_dir)
+    assert registry.entries[(Kind.CHANNEL, "reply")].source == "builtin"
+    assert registry.entries[(Kind.CHANNEL, "audit-log")].source == "plugin:audit-log"

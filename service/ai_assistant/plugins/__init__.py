@@ -2,7 +2,7 @@
 Registry as the built-ins (docs/plugins.md, docs/adr/0081-plugin-archives-and-trust.md)."""
 
 from .errors import PluginError
-from .loader import load_archive_plugins
+from .loader import load_archive_plugins, registry_with_plugins
 from .manager import PluginManager, PluginRecord
 from .manifest import PluginManifest
 from .settings import PluginSettings, load_plugin_settings
@@ -15,4 +15,5 @@ __all__ = [
     "PluginSettings",
     "load_archive_plugins",
     "load_plugin_settings",
+    "registry_with_plugins",
 ]

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..registry import Registry
+from ..registry import Registry, default_registry
 from .errors import PluginError
 from .manager import PluginManager, PluginRecord
 from .manifest import PLUGIN_TYPES
-from .settings import PluginSettings
+from .settings import PluginSettings, load_plugin_settings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ def load_archive_plugins(registry: Registry, data_dir: Path, settings: PluginSet
             loaded.append(record.name)
             log.info("plugin %s %s loaded (signed by %s)", record.name, record.version, record.signer)
     return loaded
+
+
+def registry_with_plugins(config_dir: Path, data_dir: Path) -> Registry:
+    """Built-ins and entry-point packages first, then the enabled archive plugins: what the service should start with.
+    A damaged plugins.yaml raises ConfigError (the service refuses to start on bad configuration, as everywhere)."""
+    registry = default_registry()
+    load_archive_plugins(registry, data_dir, load_plugin_settings(config_dir))
+    return registry
 
 
 def _import(directory: Path, record: PluginRecord) -> Any:
