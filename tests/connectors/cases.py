@@ -72,10 +72,14 @@ FEISHU = Case(
     stale=lambda n, _: p.feishu_request(p.feishu_message(f"ev-{n}", f"om_{n}"), timestamp=int(time.time()) - 27_100),
     handshakes=lambda: [
         # Encrypted challenge without X-Lark-* headers (seen in the wild), then a signed one.
-        (p.feishu_request({"challenge": "c-1", "token": p.FEISHU_TOKEN, "type": "url_verification"}, signed=False),
-         {"challenge": "c-1"}),
-        (p.feishu_request({"challenge": "c-2", "token": p.FEISHU_TOKEN, "type": "url_verification"}),
-         {"challenge": "c-2"}),
+        (
+            p.feishu_request({"challenge": "c-1", "token": p.FEISHU_TOKEN, "type": "url_verification"}, signed=False),
+            {"challenge": "c-1"},
+        ),
+        (
+            p.feishu_request({"challenge": "c-2", "token": p.FEISHU_TOKEN, "type": "url_verification"}),
+            {"challenge": "c-2"},
+        ),
     ],
 )
 
@@ -86,10 +90,14 @@ def _slack_forged(n: int, _: str) -> dict[str, Req]:
     ts = good.headers["X-Slack-Request-Timestamp"]
     return {
         "tampered body": replace(good, body=good.body.replace(b"VPN", b"VIP")),
-        "flipped signature": good.with_headers(**{"X-Slack-Signature": "v0=" + _flip(good.headers["X-Slack-Signature"][3:])}),
+        "flipped signature": good.with_headers(
+            **{"X-Slack-Signature": "v0=" + _flip(good.headers["X-Slack-Signature"][3:])}
+        ),
         "tampered timestamp": good.with_headers(**{"X-Slack-Request-Timestamp": str(int(ts) - 1)}),
         "wrong signing secret": p.slack_request(p.slack_event(f"Ev{n}"), secret="0" * 32),
-        "missing signature": replace(good, headers={"content-type": "application/json", "X-Slack-Request-Timestamp": ts}),
+        "missing signature": replace(
+            good, headers={"content-type": "application/json", "X-Slack-Request-Timestamp": ts}
+        ),
     }
 
 
@@ -110,9 +118,16 @@ SLACK = Case(
     forged=_slack_forged,
     stale=lambda n, _: p.slack_request(p.slack_event(f"Ev{n}"), timestamp=int(time.time()) - 301),
     handshakes=lambda: [
-        (p.slack_request({"token": "x", "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
-                          "type": "url_verification"}),
-         {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}),
+        (
+            p.slack_request(
+                {
+                    "token": "x",
+                    "challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P",
+                    "type": "url_verification",
+                }
+            ),
+            {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"},
+        ),
     ],
 )
 

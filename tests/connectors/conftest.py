@@ -3,6 +3,8 @@ with the connector under test, a real SQLite store and (when answers are needed)
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,7 +60,11 @@ class RunningApp:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+            # proxy_headers=False: X-Forwarded-For is the edge's business (server.trusted_proxies). uvicorn's default
+            # would already rewrite the client address for any peer on 127.0.0.1.
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", proxy_headers=False
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.client = httpx.Client(base_url=self.base, timeout=10)
@@ -82,6 +88,14 @@ class RunningApp:
 
     def jobs(self) -> list[tuple[str, str, int]]:
         return queued_jobs(self.data_dir)
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The queued InboundMessages as stored in the SQLite file."""
+        db = self.data_dir / "state.sqlite3"
+        if not db.exists():
+            return []
+        with sqlite3.connect(db) as conn:
+            return [json.loads(m) for (m,) in conn.execute("SELECT message FROM jobs ORDER BY rowid")]
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample read through the app's real /metrics endpoint (counters are process-wide: compare deltas)."""

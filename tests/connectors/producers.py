@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
-from xml.sax.saxutils import escape
 
 from Crypto.Cipher import AES
 from Crypto.Util.Padding import pad
@@ -73,7 +72,9 @@ def feishu_message(
     mentions = []
     if mention_bot:
         text = "@_user_1 " + text
-        mentions.append({"key": "@_user_1", "id": {"open_id": FEISHU_BOT_OPEN_ID}, "name": "AI助理", "tenant_key": "t1"})
+        mentions.append(
+            {"key": "@_user_1", "id": {"open_id": FEISHU_BOT_OPEN_ID}, "name": "AI助理", "tenant_key": "t1"}
+        )
     message: dict[str, Any] = {
         "message_id": message_id,
         "root_id": thread_id or "",
@@ -291,7 +292,9 @@ def dingtalk_request(
 ) -> Req:
     ts = str(timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
     raw = json.dumps(body, ensure_ascii=False).encode()
-    return Req("POST", path, raw, {"content-type": "application/json", "timestamp": ts, "sign": dingtalk_sign(ts, secret)})
+    return Req(
+        "POST", path, raw, {"content-type": "application/json", "timestamp": ts, "sign": dingtalk_sign(ts, secret)}
+    )
 
 
 def dingtalk_frame(body: dict[str, Any], frame_id: str) -> dict[str, Any]:
@@ -349,6 +352,3 @@ def telegram_request(update: dict[str, Any], *, secret: str | None = TG_SECRET, 
     if secret is not None:
         headers["X-Telegram-Bot-Api-Secret-Token"] = secret
     return Req("POST", path, json.dumps(update).encode(), headers)
-
-
-__all__ = ["Req", "escape"]

@@ -69,6 +69,7 @@ class PlatformStandIn:
         self.scripted: dict[str, deque[tuple[int, Any, dict[str, str]]]] = {}
         self.valid_tokens: set[str] = set()
         self._numbers = itertools.count(1)
+        self._token_numbers = itertools.count(1)
         self.frames_out: asyncio.Queue[str] | None = None
         self.acks: list[dict[str, Any]] = []
         self.stream_connections = 0
@@ -94,6 +95,9 @@ class PlatformStandIn:
         self.scripted.clear()
         self.valid_tokens.clear()
         self.acks.clear()
+        self.frames_out = None
+        self._numbers = itertools.count(1)
+        self._token_numbers = itertools.count(1)
 
     def script(self, path_suffix: str, status: int, body: Any, headers: dict[str, str] | None = None, times: int = 1):
         """The next `times` requests whose path ends with `path_suffix` get this answer instead of the normal one."""
@@ -120,7 +124,7 @@ class PlatformStandIn:
 
     # ------------------------------------------------------------------------------------------------ the API
     def _issue(self, prefix: str) -> str:
-        token = f"{prefix}-{next(self._numbers)}"
+        token = f"{prefix}-{next(self._token_numbers)}"
         self.valid_tokens.add(token)
         return token
 

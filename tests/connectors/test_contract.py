@@ -116,9 +116,16 @@ async def test_long_answer_is_split_under_the_limit_and_sent_in_order(case: Case
     connector = cls("bot", cls.Config.model_validate(case.options(platform.base)))
     text = LONG * (30 if case.platform == "feishu" else 1)  # Feishu's limit is 150 KB
     inbound = InboundMessage(
-        connector="bot", event_id="e-long", chat_id="chat-long", user_id="u", text="q",
-        reply_context={"message_id": "om_long", "session_webhook": f"{platform.base}/robot/sendBySession?session=l",
-                       "session_webhook_expires_ms": int((time.time() + 3600) * 1000)},
+        connector="bot",
+        event_id="e-long",
+        chat_id="chat-long",
+        user_id="u",
+        text="q",
+        reply_context={
+            "message_id": "om_long",
+            "session_webhook": f"{platform.base}/robot/sendBySession?session=l",
+            "session_webhook_expires_ms": int((time.time() + 3600) * 1000),
+        },
     )
     parts = connector.split(text)
     assert len(parts) > 1

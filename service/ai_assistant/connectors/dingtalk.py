@@ -67,10 +67,9 @@ class DingTalkConnector(Connector):
         self.api_base = (config.api_base or "https://api.dingtalk.com").rstrip("/")
         self.api = PlatformAPI(name, config, lambda: self.http)
         self.token = CachedToken(self._fetch_token, refresh_early=300)
-        hosts = set(DINGTALK_HOSTS)
-        if config.api_base:
-            hosts.add(urlsplit(config.api_base).netloc)
-        self._reply_hosts = frozenset(hosts)
+        # A deployment behind a proxy (or a test) may also reply through its api_base, same scheme and host.
+        base = urlsplit(config.api_base) if config.api_base else None
+        self._proxy = (base.scheme, base.netloc) if base else None
         self._stream: asyncio.Task[None] | None = None
         self.stream_connected = asyncio.Event()
 
@@ -127,8 +126,8 @@ class DingTalkConnector(Connector):
         if not isinstance(url, str):
             return False
         parts = urlsplit(url)
-        official = parts.scheme == "https" and parts.hostname in DINGTALK_HOSTS
-        return official or (bool(self.config.api_base) and parts.netloc in self._reply_hosts)
+        official = parts.scheme == "https" and parts.hostname in DINGTALK_HOSTS and parts.port in (None, 443)
+        return official or (parts.scheme, parts.netloc) == self._proxy
 
     # ------------------------------------------------------------------------------------------------ stream mode
     async def start(self) -> None:

@@ -146,7 +146,10 @@ class PlatformAPI:
                 await self._limiter.acquire()
             wait: float | None = None
             try:
-                resp = await self._http().request(method, url, json=json, params=req_params, headers=req_headers)
+                # params=None, not {}: httpx replaces a URL's own query with any params given (sessionWebhook URLs).
+                resp = await self._http().request(
+                    method, url, json=json, params=req_params or None, headers=req_headers
+                )
                 result = check(resp)
             except httpx.HTTPError as exc:
                 last = f"{endpoint}: {type(exc).__name__}"

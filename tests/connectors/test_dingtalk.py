@@ -1,0 +1,142 @@
+"""DingTalk specifics: the unsigned body and the pins that make up for it, group @-etiquette, replies through the
+sessionWebhook or (once it expired) the robot OpenAPI with a cached token, and Stream mode: CALLBACK frames over a
+real WebSocket from the stand-in gateway, acknowledged with the SDK's AckMessage and de-duplicated into one job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ai_assistant.connectors.dingtalk import DingTalkConfig, DingTalkConnector
+from ai_assistant.messages import InboundMessage, OutboundText
+from tests.connectors import producers as p
+from tests.connectors.cases import DINGTALK
+from tests.connectors.conftest import AppFactory
+from tests.connectors.standin import PlatformStandIn
+from tests.helpers import wait_until
+
+
+def test_body_is_not_signed_so_only_pinned_bodies_pass(make_app: AppFactory, platform: PlatformStandIn) -> None:
+    """Documents DingTalk's weakness: a captured (timestamp, sign) pair verifies any body. What an attacker can do
+    with it is bounded by the pins: our robotCode, our corp, replies only to DingTalk hosts (see cases.py)."""
+    app = make_app(DINGTALK.options(platform.base))
+    good = DINGTALK.genuine(1, platform.base)
+    swapped = p.Req(
+        good.method, good.path, json.dumps(p.dingtalk_message("msg-swapped", "other words")).encode(), good.headers
+    )
+    assert app.send(swapped).status_code == 200
+    assert [m["text"] for m in app.messages()] == ["other words"]
+    foreign_corp = p.dingtalk_message("msg-corp")
+    foreign_corp["chatbotCorpId"] = "dingothercorp"
+    assert app.send(p.dingtalk_request(foreign_corp)).status_code == 403
+    for hook in (
+        "http://oapi.dingtalk.com/robot/x",  # not TLS
+        "https://oapi.dingtalk.com.evil.example/robot/x",
+        "https://oapi.dingtalk.com@evil.example/robot/x",  # userinfo trick: the host is evil.example
+        "https://oapi.dingtalk.com:8443/robot/x",
+    ):
+        resp = app.send(p.dingtalk_request(p.dingtalk_message("msg-hook", session_webhook=hook)))
+        assert resp.status_code == 403, hook
+    assert len(app.jobs()) == 1
+
+
+def test_group_needs_the_at_list(make_app: AppFactory, platform: PlatformStandIn) -> None:
+    app = make_app({**DINGTALK.options(platform.base), "bot_name": "AI助理"})
+    not_me = p.dingtalk_message("msg-g1", "chatting", group=True, at_bot=False)
+    assert app.send(p.dingtalk_request(not_me)).status_code == 200
+    assert app.jobs() == []
+    me = p.dingtalk_message("msg-g2", "@AI助理 Where is the VPN guide?", group=True)
+    assert app.send(p.dingtalk_request(me)).status_code == 200
+    [msg] = app.messages()
+    assert msg["text"] == "Where is the VPN guide?"
+    assert msg["is_group"] and msg["chat_id"] == "cidGroup001=="
+
+
+def _connector(platform: PlatformStandIn, **extra: object) -> DingTalkConnector:
+    return DingTalkConnector("bot", DingTalkConfig.model_validate({**DINGTALK.options(platform.base), **extra}))
+
+
+def _question(platform: PlatformStandIn, *, group: bool, webhook_ttl_s: int) -> InboundMessage:
+    data = p.dingtalk_message(
+        "m1",
+        group=group,
+        webhook_ttl_s=webhook_ttl_s,
+        session_webhook=f"{platform.base}/robot/sendBySession?session=s1",
+    )
+    connector = _connector(platform)
+    msg = connector.read(data)
+    assert msg is not None
+    return msg
+
+
+@pytest.mark.anyio
+async def test_reply_through_the_session_webhook_while_valid(platform: PlatformStandIn) -> None:
+    c = _connector(platform)
+    try:
+        await c.send(
+            OutboundText(
+                "bot", "cidSingle001==", "hello", 1, 1, "m1:1", _question(platform, group=False, webhook_ttl_s=3600)
+            )
+        )
+    finally:
+        await c.aclose()
+    [sent] = platform.sends()
+    assert sent.path == "/robot/sendBySession" and sent.query == {"session": "s1"}
+    assert sent.body == {"msgtype": "text", "text": {"content": "hello"}}
+    assert platform.token_calls() == []  # the sessionWebhook needs no token
+
+
+@pytest.mark.anyio
+async def test_expired_session_webhook_falls_back_to_the_openapi(platform: PlatformStandIn) -> None:
+    c = _connector(platform)
+    try:
+        direct = _question(platform, group=False, webhook_ttl_s=-10)
+        group = _question(platform, group=True, webhook_ttl_s=-10)
+        await c.send(OutboundText("bot", "cidSingle001==", "to you", 1, 1, "m1:1", direct))
+        await c.send(OutboundText("bot", "cidGroup001==", "to all", 1, 1, "m2:1", group))
+    finally:
+        await c.aclose()
+    one, many = platform.sends()
+    assert one.path == "/v1.0/robot/oToMessages/batchSend"
+    assert one.body["userIds"] == ["staff001"] and one.body["robotCode"] == p.DT_ROBOT
+    assert json.loads(one.body["msgParam"]) == {"content": "to you"}
+    assert many.path == "/v1.0/robot/groupMessages/send" and many.body["openConversationId"] == "cidGroup001=="
+    [token] = platform.token_calls()
+    assert token.body == {"appKey": p.DT_APP_KEY, "appSecret": p.DT_APP_SECRET}
+    assert {one.headers["x-acs-dingtalk-access-token"], many.headers["x-acs-dingtalk-access-token"]} == {"dt-1"}
+
+
+def _stream_options(platform: PlatformStandIn) -> dict[str, object]:
+    options = {**DINGTALK.options(platform.base), "mode": "stream"}
+    del options["webhook_url"]
+    return options
+
+
+def test_stream_mode_acks_every_frame_and_queues_one_job(make_app: AppFactory, platform: PlatformStandIn) -> None:
+    app = make_app(_stream_options(platform))
+    wait_until(lambda: platform.frames_out is not None and app.connector.stream_connected.is_set(), 20, "stream")
+    [opened] = [c for c in platform.calls if c.path == "/v1.0/gateway/connections/open"]
+    assert opened.body["clientId"] == p.DT_APP_KEY
+    assert opened.body["subscriptions"] == [{"type": "CALLBACK", "topic": "/v1.0/im/bot/messages/get"}]
+    body = p.dingtalk_message("msg-s1", session_webhook=f"{platform.base}/robot/sendBySession?session=s")
+    for i in range(3):  # the gateway re-delivers a frame it thinks was not acknowledged
+        platform.push_frame(p.dingtalk_frame(body, f"frame-{i}"))
+    platform.push_frame(p.dingtalk_frame(p.dingtalk_message("msg-s2", robot_code="dingotherrobot"), "frame-x"))
+    wait_until(lambda: len(platform.acks) == 4, 20, "four acks")
+    assert [a["code"] for a in platform.acks] == [200, 200, 200, 200]
+    assert [a["headers"]["messageId"] for a in platform.acks] == ["frame-0", "frame-1", "frame-2", "frame-x"]
+    assert [m["event_id"] for m in app.messages()] == ["msg-s1"]
+
+
+def test_stream_mode_answers_once_with_the_real_model(
+    make_app: AppFactory, platform: PlatformStandIn, model_server: str
+) -> None:
+    app = make_app(_stream_options(platform), engine_url=model_server, workers=True)
+    wait_until(lambda: platform.frames_out is not None and app.connector.stream_connected.is_set(), 20, "stream")
+    body = p.dingtalk_message("msg-s3", session_webhook=f"{platform.base}/robot/sendBySession?session=s3")
+    for i in range(3):
+        platform.push_frame(p.dingtalk_frame(body, f"frame-{i}"))
+    wait_until(lambda: app.jobs() and app.jobs()[0][1] == "done", 240, "the answer")
+    [sent] = platform.sends()
+    assert sent.query == {"session": "s3"} and sent.text().strip()
