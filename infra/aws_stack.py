@@ -78,7 +78,7 @@ class Network(pulumi.ComponentResource):
             )
             self.public_subnets.append(pub)
             self.private_subnets.append(priv)
-        # One NAT gateway: one stable egress IP to paste into the IM platforms' allow-lists (docs/adr/0031).
+        # One NAT gateway: one stable egress IP to paste into the IM platforms' allow-lists (docs/adr/0031-infra-topology.md).
         self.egress_eip = aws.ec2.Eip(f"{name}-egress", domain="vpc", opts=child)
         nat = aws.ec2.NatGateway(
             f"{name}-nat",

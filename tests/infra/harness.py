@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,13 @@ class Recorder(pulumi.runtime.Mocks):
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self._ips = (str(ip) for ip in itertools.islice(ipaddress.ip_network("10.40.32.0/19").hosts(), 4000))
-        self._public = (f"203.0.113.{i}" for i in itertools.count(10))
+
+    @staticmethod
+    def _addr(net: str, name: str) -> str:
+        # Derived from the name, not the order: registrations run concurrently, so order varies between runs.
+        network = ipaddress.ip_network(net)
+        offset = int(hashlib.sha256(name.encode()).hexdigest(), 16) % (network.num_addresses - 2) + 1
+        return str(network.network_address + offset)
 
     def _secret(self, name: str) -> str:
         # Distinct per run and per resource, so a scan can find leaks of exactly these values.
@@ -93,15 +97,15 @@ class Recorder(pulumi.runtime.Mocks):
         out: dict[str, Any] = dict(args.inputs)
         id_ = f"{name}-id"
         if t in ("aws:ec2/instance:Instance", "alicloud:ecs/instance:Instance"):
-            out["privateIp"] = next(self._ips)
-            out["publicIp"] = next(self._public) if args.inputs.get("associatePublicIpAddress") or args.inputs.get(
+            out["privateIp"] = self._addr("10.40.32.0/19", name)
+            out["publicIp"] = self._addr("203.0.113.0/24", name) if args.inputs.get("associatePublicIpAddress") or args.inputs.get(
                 "internetMaxBandwidthOut"
             ) else ""
             id_ = f"i-{name}"
         elif t == "aws:ec2/eip:Eip":
-            out["publicIp"] = next(self._public)
+            out["publicIp"] = self._addr("203.0.113.0/24", name)
         elif t == "alicloud:ecs/eipAddress:EipAddress":
-            out["ipAddress"] = next(self._public)
+            out["ipAddress"] = self._addr("203.0.113.0/24", name)
         elif t == "alicloud:vpc/natGateway:NatGateway":
             out["snatTableIds"] = "stb-1"
         elif t == "aws:lb/loadBalancer:LoadBalancer":
