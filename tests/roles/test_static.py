@@ -1,0 +1,341 @@
+"""Checks of roles/ and playbooks/ that need no VM: lint, syntax, the argument_specs contract, template output, and
+the one-line errors the roles give for bad input (run against localhost in check mode; each stops at its first
+task, before anything on this machine could change)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES_DIR = REPO / "roles"
+VENV_BIN = Path(sys.executable).parent
+# The monitoring roles belong to another part of the repository and have their own tests.
+ROLES = sorted(
+    p.name
+    for p in ROLES_DIR.iterdir()
+    if p.is_dir() and p.name not in {"prometheus", "alertmanager", "node_exporter", "grafana"}
+)
+TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "path": str,
+    "int": int,
+    "bool": bool,
+    "list": list,
+    "dict": dict,
+    "float": (int, float),
+}
+
+
+def ansible_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+    }
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_ansible_lint_production_profile_is_clean() -> None:
+    targets = [f"roles/{r}" for r in ROLES] + ["playbooks", "tests/roles/vm/prepare.yml", "tests/roles/vm/containers-check.yml"]
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-lint"), "-c", "tests/roles/ansible-lint.yml", "--offline", "--nocolor", *targets],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ansible_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("playbook", ["playbooks/site.yml", "tests/roles/vm/prepare.yml"])
+def test_playbook_syntax(playbook: str) -> None:
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "--syntax-check", playbook],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ansible_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_has_the_auditors_files(role: str) -> None:
+    base = ROLES_DIR / role
+    for rel in ("defaults/main.yml", "meta/argument_specs.yml", "meta/main.yml", "tasks/main.yml", "handlers/main.yml"):
+        assert (base / rel).is_file(), f"roles/{role}/{rel} is missing"
+    readme = (base / "README.md").read_text(encoding="utf-8")
+    for heading in ("## What it changes on the host", "## Security controls", "## Variables"):
+        assert heading in readme, f"roles/{role}/README.md lacks '{heading}'"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_specs_match_defaults_in_keys_and_values(role: str) -> None:
+    defaults = load(ROLES_DIR / role / "defaults/main.yml") or {}
+    options = load(ROLES_DIR / role / "meta/argument_specs.yml")["argument_specs"]["main"]["options"]
+    for name in defaults:
+        assert name.startswith(f"{role}_"), f"roles/{role}/defaults: {name} lacks the '{role}_' prefix"
+        assert name in options, f"roles/{role}: {name} is in defaults but not in meta/argument_specs.yml"
+    for name, spec in options.items():
+        assert name.startswith(f"{role}_"), f"roles/{role}/argument_specs: {name} lacks the '{role}_' prefix"
+        assert spec.get("description"), f"roles/{role}: {name} has no description"
+        assert spec.get("type") in TYPES, f"roles/{role}: {name} has no known type"
+        if "default" in spec:
+            assert name in defaults, f"roles/{role}: {name} has a spec default but is not in defaults/main.yml"
+            assert spec["default"] == defaults[name], (
+                f"roles/{role}: {name} defaults to {defaults[name]!r} but argument_specs says {spec['default']!r}"
+            )
+            assert isinstance(defaults[name], TYPES[spec["type"]]), f"roles/{role}: {name} is not a {spec['type']}"
+            if "choices" in spec:
+                assert defaults[name] in spec["choices"], f"roles/{role}: {name} default is not one of its choices"
+        else:
+            assert name not in defaults, f"roles/{role}: {name} has no spec default but defaults/main.yml sets one"
+
+
+def test_secrets_have_no_defaults_and_are_no_log() -> None:
+    secret = re.compile(r"(password|_token|secrets?|private_key|api_key)$")
+    found = 0
+    for role in ROLES:
+        options = load(ROLES_DIR / role / "meta/argument_specs.yml")["argument_specs"]["main"]["options"]
+        for name, spec in options.items():
+            if secret.search(name):
+                found += 1
+                assert "default" not in spec, f"roles/{role}: secret {name} must not have a default"
+                assert spec.get("no_log") is True, f"roles/{role}: secret {name} must be no_log in argument_specs"
+    assert found >= 5  # redis, admin token, connector secrets, weaviate key, provided TLS key
+
+
+# --- template output --------------------------------------------------------------------------------------------
+
+
+def render(role: str, template: str, extra: dict[str, Any]) -> str:
+    """Render a role template with its defaults and vars through Ansible's own templating."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    variables: dict[str, Any] = {"ansible_managed": "Managed by Ansible", "ansible_check_mode": False}
+    for rel in ("defaults/main.yml", "vars/main.yml"):
+        if (ROLES_DIR / role / rel).exists():
+            variables.update(load(ROLES_DIR / role / rel) or {})
+    variables.update(extra)
+    # Role files are trusted templates when Ansible loads them; mark them so here too (ansible-core 2.19).
+    variables = {k: trust_as_template(v) if isinstance(v, str) else v for k, v in variables.items()}
+    loader = DataLoader()
+    loader.set_basedir(str(ROLES_DIR / role))
+    templar = Templar(loader=loader, variables=variables)
+    source = (ROLES_DIR / role / "templates" / template).read_text(encoding="utf-8")
+    return str(templar.template(trust_as_template(source)))
+
+
+CONNECTORS = {
+    "im-connector": {
+        "platform": "generic_im",
+        "app_id": "cli_a1",
+        "webhook_url": "https://assistant.example.com/api/im/callback",
+        "reply_url": "https://im.example.com/reply",
+        "bot_name": "AI助理",
+    }
+}
+SECRETS = {"im-connector": {"app_secret": "whsec_dGVzdC1zZWNyZXQtb2YtdGhpcnR5LXR3by1ieXRlcyE="}}
+
+
+def test_assistant_config_is_accepted_by_the_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role's assistant.yaml, connectors.yaml and secrets.env load through the service's own settings code."""
+    from ai_assistant.settings import load_settings, read_connectors_file
+
+    extra = {
+        "assistant_wheel": "/x/ai_assistant-0.1.0-py3-none-any.whl",
+        "assistant_redis_password": "r3dis",
+        "assistant_admin_token": "admintoken",
+        "assistant_connectors": CONNECTORS,
+        "assistant_connector_secrets": SECRETS,
+        "assistant_config_dir": str(tmp_path),
+    }
+    (tmp_path / "assistant.yaml").write_text(render("assistant", "assistant.yaml.j2", extra))
+    (tmp_path / "connectors.yaml").write_text(render("assistant", "connectors.yaml.j2", extra))
+    (tmp_path / "sensitive_words.txt").write_text("")
+    env = render("assistant", "secrets.env.j2", extra)
+    assert "whsec_" not in (tmp_path / "connectors.yaml").read_text()  # secrets only travel in secrets.env
+    for line in env.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            monkeypatch.setenv(key, value)
+    settings = load_settings(tmp_path)
+    assert settings.store.backend == "redis"
+    assert settings.store.redis_url is not None
+    assert settings.store.redis_url.get_secret_value() == "redis://ai-assistant:r3dis@127.0.0.1:6379/0"
+    assert settings.admin.token is not None and settings.admin.token.get_secret_value() == "admintoken"
+    assert settings.server.metrics_port == 9464
+    _, connectors = read_connectors_file(tmp_path)
+    assert connectors["im-connector"]["app_secret"] == SECRETS["im-connector"]["app_secret"]
+    assert connectors["im-connector"]["bot_name"] == "AI助理"
+
+
+def test_nftables_template_splits_ipv4_and_ipv6() -> None:
+    out = render(
+        "firewall",
+        "nftables.conf.j2",
+        {
+            "firewall_admin_cidrs": ["192.0.2.0/28", "2001:db8::/64"],
+            "firewall_lb_cidrs": ["198.51.100.0/28"],
+            "firewall_monitoring_cidrs": ["192.0.2.20/32"],
+            "firewall_extra_rules": [{"port": 8081, "proto": "tcp", "cidrs": ["10.1.0.0/16"], "comment": 'a "q"'}],
+        },
+    )
+    assert "policy drop;" in out and out.count("policy drop;") == 2  # input and forward
+    assert "elements = { 192.0.2.0/28 }" in out and "elements = { 2001:db8::/64 }" in out
+    assert "tcp dport 22 ip6 saddr @admin6" in out and "tcp dport 22 ip saddr @admin4" in out
+    assert "@lb6" not in out  # no IPv6 load balancer given: no empty set, no rule
+    assert "tcp dport 80 " not in out  # no ACME sources: port 80 stays closed
+    assert 'comment "a q"' in out
+
+
+def test_nginx_template_routes_and_limits() -> None:
+    out = render(
+        "reverse_proxy",
+        "nginx.conf.j2",
+        {"reverse_proxy_server_names": ["a.example.com"], "reverse_proxy_admin_allow": ["192.0.2.0/28"]},
+    )
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in out
+    assert 'add_header Strict-Transport-Security "max-age=63072000" always;' in out
+    admin = out.split("location /admin/ {", 1)[1].split("}", 1)[0]
+    assert "allow 192.0.2.0/28;" in admin and "deny all;" in admin
+    assert "location /metrics {\n\t\t\treturn 404;" in out
+    assert "client_max_body_size 1m;" in out and "limit_req zone=webhooks burst=40 nodelay;" in out
+
+
+def test_redis_acl_stores_only_a_hash() -> None:
+    out = render("redis", "users.acl.j2", {"redis_acl_password": "s3cret-value"})
+    assert "s3cret-value" not in out
+    assert "user default off" in out
+    assert "#" + __import__("hashlib").sha256(b"s3cret-value").hexdigest() in out
+
+
+def test_weaviate_memory_follows_the_tier() -> None:
+    env = render("weaviate", "weaviate.env.j2", {"weaviate_api_key_value": "k", "weaviate_tier": "basic"})
+    unit = render("weaviate", "weaviate.service.j2", {"weaviate_tier": "enterprise"})
+    assert "GOMEMLIMIT=819MiB" in env and "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED=false" in env
+    assert "--memory 4g" in unit and "--network=host" in unit and "--cap-drop all" in unit
+
+
+def test_tgi_unit_uses_the_models_volume_and_int8() -> None:
+    unit = render("model_server", "model-server-tgi.service.j2", {"model_server_backend": "tgi"})
+    assert "--volume /data/models:/data" in unit
+    assert "--quantize bitsandbytes" in unit
+    assert "HF_HUB_OFFLINE=1" in unit
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
+    "firewall-no-admin": ("firewall", {"firewall_admin_cidrs": []}, "firewall_admin_cidrs is empty"),
+    "firewall-bad-cidr": (
+        "firewall",
+        {"firewall_admin_cidrs": ["192.0.2.1/32"], "firewall_lb_cidrs": ["10.0.0.0/8", "lb.example.com"]},
+        "firewall_lb_cidrs: not an IPv4/IPv6 address or CIDR: lb.example.com",
+    ),
+    "firewall-wrong-type": ("firewall", {"firewall_ssh_port": "twenty-two"}, "firewall_ssh_port"),
+    "tls-no-domains": ("tls", {}, "tls_domains: at least one DNS name is required"),
+    "tls-provided-no-key": (
+        "tls",
+        {"tls_mode": "provided", "tls_domains": ["a.example.com"], "tls_provided_certificate": "x"},
+        "tls_provided_certificate and tls_provided_private_key are required",
+    ),
+    "tls-unknown-mode": ("tls", {"tls_mode": "selfmade", "tls_domains": ["a"]}, "tls_mode"),
+    "volumes-long-label": ("volumes", {"volumes_fs_label": "a-label-far-too-long"}, "volumes_fs_label:"),
+    "proxy-no-names": ("reverse_proxy", {}, "reverse_proxy_server_names: at least one host name is required"),
+    "proxy-bad-path": (
+        "reverse_proxy",
+        {"reverse_proxy_server_names": ["a"], "reverse_proxy_webhook_paths": ["api/im/"]},
+        "reverse_proxy_webhook_paths: every path must start with /",
+    ),
+    "assistant-no-wheel": (
+        "assistant",
+        {"assistant_wheel": "/nonexistent/ai_assistant-0.1.0-py3-none-any.whl", "assistant_wheelhouse": "/tmp"},
+        "assistant_wheel: /nonexistent/ai_assistant-0.1.0-py3-none-any.whl is not an ai_assistant wheel",
+    ),
+    "model-url-no-sha": (
+        "model_server",
+        {"model_server_llamacpp_wheelhouse": "/tmp", "model_server_model_url": "https://models.example.com/m.gguf"},
+        "model_server_model_sha256: a 64-hex-digit SHA-256 is required",
+    ),
+    "weaviate-unknown-tier": ("weaviate", {"weaviate_tier": "huge"}, "weaviate_tier"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One ansible-playbook run: each case includes its role in a block and records the failure message."""
+    work = tmp_path_factory.mktemp("bad-input")
+    out = work / "results.json"
+    tasks = []
+    for case, (role, variables, _) in BAD_INPUT.items():
+        tasks.append(
+            {
+                "name": case,
+                "block": [
+                    {"name": f"{case}: include", "ansible.builtin.include_role": {"name": role}, "vars": variables},
+                    {"name": f"{case}: not refused", "ansible.builtin.set_fact": {"results": "{{ results | combine({'" + case + "': 'NOT REFUSED'}) }}"}},
+                ],
+                "rescue": [
+                    {
+                        "name": f"{case}: record",
+                        "ansible.builtin.set_fact": {
+                            "results": "{{ results | combine({'" + case + "': ansible_failed_result.msg | default('') | string}) }}"
+                        },
+                    }
+                ],
+            }
+        )
+    tasks.append(
+        {"name": "write", "ansible.builtin.copy": {"content": "{{ results | to_json }}", "dest": str(out)}, "check_mode": False}
+    )
+    playbook = [{"name": "bad input", "hosts": "localhost", "gather_facts": False, "become": False,
+                 "vars": {"results": {}}, "tasks": tasks}]  # fmt: skip
+    (work / "bad.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check", str(work / "bad.yml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ansible_env(),
+        timeout=600,
+    )
+    assert out.exists(), proc.stdout[-4000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_stops_with_a_one_line_message(case: str, bad_input_results: dict[str, str]) -> None:
+    _, _, expected = BAD_INPUT[case]
+    msg = bad_input_results[case]
+    assert msg != "NOT REFUSED", f"{case}: the role accepted bad input"
+    assert expected in msg, f"{case}: {msg!r}"
+    assert "Traceback" not in msg
+
+
+def test_readme_variable_tables_match_argument_specs() -> None:
+    from tests.roles.readme_vars import BEGIN, render
+
+    for role in ROLES:
+        text = (ROLES_DIR / role / "README.md").read_text(encoding="utf-8")
+        assert BEGIN in text, f"roles/{role}/README.md has no generated Variables section"
+        assert render(role, text) == text, (
+            f"roles/{role}/README.md is out of date: run .venv/bin/python -m tests.roles.readme_vars --write"
+        )
