@@ -122,6 +122,8 @@ def write_config(
         "engine": {"base_url": engine_url, "model": "local", "max_tokens": 24, "timeout_seconds": 30, "max_retries": 1},
         "worker": {"poll_interval_seconds": 0.05, "retry_backoff_seconds": 0.2},
         "server": {"json_logs": True},
+        # Off unless a test asks for it: the knowledge base has its own tests (tests/knowledge) and loads a model.
+        "knowledge": {"enabled": False},
     }
     for key, value in (assistant or {}).items():
         settings[key] = {**settings.get(key, {}), **value} if isinstance(value, dict) else value

@@ -7,25 +7,31 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
+from .alerting import alert_router
 from .channels.notify import Notifier
 from .channels.reply import ReplyChannel
 from .connectors.base import Connector
 from .connectors.loader import load_connectors
 from .edge import WebhookEndpoint
+from .knowledge.api import kb_router
+from .knowledge.grounding import ground
+from .knowledge.retrieval import KnowledgeBase
+from .messages import InboundMessage
 from .observability import register_secrets
 from .pipeline.adapters import InputAdapter
 from .pipeline.filters import SensitiveWordFilter
-from .pipeline.worker import Pipeline, export_queue_stats
-from .registry import Kind, Registry, default_registry
+from .pipeline.worker import Grounding, Pipeline, export_queue_stats
+from .plugins.loader import registry_with_plugins
+from .registry import Kind, Registry
 from .settings import Settings, secret_values
 from .store import StateStore, open_store
 
@@ -43,10 +49,11 @@ class Parts:
     engine: Any
     pipeline: Pipeline
     notifier: Notifier
+    knowledge: KnowledgeBase | None
 
 
 def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
-    registry = registry or default_registry()
+    registry = registry or registry_with_plugins(settings.config_dir, settings.data_dir)
     connectors = load_connectors(settings, registry)
     register_secrets(secret_values(settings))
     for connector in connectors.values():
@@ -66,6 +73,9 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         for kind in adapter.kinds:
             adapters[kind] = adapter
     store = open_store(settings)
+    knowledge = (
+        KnowledgeBase.from_settings(settings.knowledge, settings.data_dir) if settings.knowledge.enabled else None
+    )
     pipeline = Pipeline(
         settings=settings,
         store=store,
@@ -75,8 +85,23 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         input_filter=word_filter,
         output_filter=word_filter,
         adapters=adapters,
+        retriever=_retriever(settings, knowledge) if knowledge is not None else None,
     )
-    return Parts(settings, registry, store, connectors, engine, pipeline, Notifier(connectors, store))
+    return Parts(settings, registry, store, connectors, engine, pipeline, Notifier(connectors, store), knowledge)
+
+
+def _retriever(settings: Settings, kb: KnowledgeBase) -> Any:
+    """Knowledge retrieval for the pipeline: grounded prompt + sources, or an honest "nothing found"."""
+
+    async def retrieve(message: InboundMessage, text: str) -> Grounding:
+        if not settings.knowledge.retrieval_enabled(message.connector, message.chat_id):
+            return Grounding()
+        found = ground(text, await kb.search(text), max_context_chars=settings.knowledge.max_context_chars)
+        if not found.found:
+            return Grounding(no_hit_answer=found.no_hit_text)
+        return Grounding(system=found.system_prompt, footer=found.sources_footer)
+
+    return retrieve
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
@@ -107,6 +132,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             close = getattr(parts.engine, "aclose", None)
             if close is not None:
                 await close()
+            if parts.knowledge is not None:
+                parts.knowledge.close()
             await parts.store.close()
 
     app = FastAPI(title="ai-assistant", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -142,6 +169,12 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
+    require_admin = admin_dependency(settings)
+    if parts.knowledge is not None:
+        app.include_router(kb_router(parts.knowledge, require_admin))
+    if settings.alerts.token is not None:
+        app.include_router(alert_router(settings.alerts, parts.notifier, connectors=list(parts.connectors)))
+
     if settings.server.metrics_port is None:
         app.add_api_route("/metrics", metrics_endpoint, include_in_schema=False)
 
@@ -158,8 +191,9 @@ def _sink(parts: Parts) -> Any:
     return sink
 
 
-def admin_dependency(settings: Settings) -> Any:
-    """A FastAPI dependency requiring `Authorization: Bearer <admin.token>`; without a token the admin API is off."""
+def admin_dependency(settings: Settings) -> Callable[..., Awaitable[None]]:
+    """A FastAPI dependency (use with Depends) requiring `Authorization: Bearer <admin.token>`; without a token the
+    admin API is off."""
 
     async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         token = settings.admin.token.get_secret_value() if settings.admin.token else None
@@ -169,7 +203,7 @@ def admin_dependency(settings: Settings) -> Any:
         if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
             raise HTTPException(status_code=401, detail="bad or missing admin token")
 
-    return Depends(require_admin)
+    return require_admin
 
 
 async def metrics_endpoint() -> Response:

@@ -34,6 +34,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _mount_subcommands() -> None:
+    from .knowledge.cli import kb_app
+    from .plugins.cli import plugin_app
+
+    app.add_typer(kb_app, name="kb")
+    app.add_typer(plugin_app, name="plugin")
+
+
+_mount_subcommands()
+
 ConfigDir = Annotated[
     Path,
     typer.Option(
@@ -99,6 +110,7 @@ def up(
     )
     service = create_app(settings)  # configuration errors surface before anything starts
     inbox_listener = _local_inbox(settings)
+    _ingest_sample_corpus(settings)
     with console.status(f"Starting the local model server ({model.model_path.name}) ...") as status:
         model.start()
         started = time.monotonic()
@@ -116,6 +128,32 @@ def up(
     finally:
         model.stop()
         console.print("stopped the model server, the service and the inbox")
+
+
+def _ingest_sample_corpus(settings: Settings) -> None:
+    """`make up` ships a small knowledge base (samples/knowledge); re-running costs one hash per unchanged file."""
+    if not settings.knowledge.enabled or settings.knowledge.sample_corpus is None:
+        return
+    corpus = settings.resolve(settings.knowledge.sample_corpus)
+    if not corpus.is_dir():
+        console.print(f"knowledge base: sample corpus {corpus} not found; skipped")
+        return
+    from rich.progress import Progress
+
+    from .knowledge.retrieval import KnowledgeBase
+
+    kb = KnowledgeBase.from_settings(settings.knowledge, settings.data_dir)
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("Indexing the sample knowledge base", total=None)
+
+            def on_progress(source: str, done: int, total: int) -> None:
+                progress.update(task, description=f"Indexing {Path(source).name}", completed=done, total=total)
+
+            report = kb.ingest_sync([corpus], progress=on_progress)
+        console.print(f"knowledge base ({corpus}): {report.summary()}")
+    finally:
+        kb.close()
 
 
 def _local_inbox(settings: Settings) -> Listener | None:
@@ -202,7 +240,7 @@ def chat(
         if not got["parts"]:
             console.print(f"no answer within {timeout:.0f} s")
             return
-        out.print("".join(p["text"] for p in got["parts"]), highlight=False)
+        print("".join(p["text"] for p in got["parts"]))  # plain: an answer is not re-wrapped to the terminal width
 
     if message is not None:
         ask(message)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .knowledge.settings import KnowledgeSettings
 
 ASSISTANT_FILE = "assistant.yaml"
 CONNECTORS_FILE = "connectors.yaml"
@@ -116,6 +117,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = MemorySettings()
     admin: AdminSettings = AdminSettings()
     alerts: AlertsSettings = AlertsSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
 
     @classmethod
     def settings_customise_sources(

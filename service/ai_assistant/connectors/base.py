@@ -29,7 +29,6 @@ class ConnectorConfig(BaseModel):
         default_factory=list, description="if set, only these source networks may call the webhook"
     )
     group_mention_only: bool = True
-    retrieval: bool = True
 
 
 class Connector(ABC):

@@ -129,8 +129,7 @@ class Pipeline:
         user_text = checked.text
         system = self.settings.engine.system_prompt
         footer = ""
-        connector = self.connectors.get(msg.connector)
-        if self.retriever is not None and (connector is None or connector.config.retrieval):
+        if self.retriever is not None:
             grounding = await self.retriever(msg, user_text)
             if grounding.no_hit_answer is not None:
                 return grounding.no_hit_answer, "answered", []
