@@ -9,6 +9,15 @@ land at >= 0.09 and unrelated ones at <= 0.065 (docs/knowledge.md, "Calibration"
 
 from __future__ import annotations
 
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .embedders import Embedder
+    from .stores.base import Vector
+
 BACKGROUND = (
     "The children played in the park until it got dark.",
     "She bought fresh vegetables at the market on Saturday.",
@@ -43,3 +52,16 @@ BACKGROUND = (
     "这本小说讲述了一个家庭三代人的故事。",
     "今天早上桥上的交通很拥堵。",
 )
+
+_cache: dict[str, Vector] = {}
+_lock = threading.Lock()
+
+
+def background_offset(embedder: Embedder, query_vector: Vector) -> float:
+    """The query's mean cosine to the background sentences; their vectors depend only on the model, so they are
+    embedded once per process and model."""
+    with _lock:
+        vectors = _cache.get(embedder.model_id)
+        if vectors is None:
+            vectors = _cache[embedder.model_id] = embedder.embed_passages(list(BACKGROUND))
+    return float(np.mean(vectors @ query_vector))

@@ -117,6 +117,7 @@ def parse_docx(data: bytes, name: str) -> ParsedDocument:
         document = docx.Document(io.BytesIO(data))
         lines: list[str] = []
         title = (document.core_properties.title or "").strip()
+        offset = 0
         for block in document.iter_inner_content():
             if isinstance(block, Table):
                 for row in block.rows:
@@ -131,9 +132,10 @@ def parse_docx(data: bytes, name: str) -> ParsedDocument:
             level = re.match(r"Heading (\d)", style)
             if style == "Title":
                 title = title or text
+                offset = 1  # headings below a Title paragraph sit one level under it
                 lines.append(f"# {text}\n")
             elif level:
-                lines.append(f"{'#' * int(level.group(1))} {text}\n")
+                lines.append(f"{'#' * min(6, int(level.group(1)) + offset)} {text}\n")
             else:
                 lines.append(f"{text}\n")
     except Exception as exc:  # python-docx/lxml/zipfile raise many types on damaged files

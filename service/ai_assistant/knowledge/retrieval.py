@@ -15,17 +15,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
-import numpy as np
 
 from ..errors import ConfigError
 from . import embedders as embedders_mod
 from . import stores as stores_mod
-from .calibration import BACKGROUND
+from .calibration import background_offset
 from .embedders import Embedder
 from .ingest import Ingestor, IngestReport, Outcome, ProgressCallback, SourceFile, collect
 from .metrics import KB_CHUNKS, KB_QUERIES, KB_RETRIEVAL_DURATION
 from .settings import KnowledgeSettings
-from .stores.base import DocumentRecord, Hit, Vector, VectorStore, doc_id_for
+from .stores.base import DocumentRecord, Hit, VectorStore, doc_id_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,7 +52,6 @@ class KnowledgeBase:
         self.embedder = embedder
         self.store = store
         self.ingestor = Ingestor(settings, embedder, store)
-        self._background: Vector | None = None
         KB_CHUNKS.set(store.count_chunks())
 
     @classmethod
@@ -69,11 +67,6 @@ class KnowledgeBase:
         return await anyio.to_thread.run_sync(fn)
 
     # -- search ----------------------------------------------------------------------------------------------------
-    def _offset(self, vector: Vector) -> float:
-        if self._background is None:
-            self._background = self.embedder.embed_passages(list(BACKGROUND))
-        return float(np.mean(self._background @ vector))
-
     def search_sync(self, query: str, k: int | None = None, min_score: float | None = None) -> list[Hit]:
         """Top chunks whose calibrated score (cosine minus the query's background similarity, see calibration.py)
         is at least `min_score` (default: the configured one), best first; [] when nothing relevant was found."""
@@ -83,7 +76,7 @@ class KnowledgeBase:
         threshold = self.settings.min_score if min_score is None else min_score
         started = time.perf_counter()
         vector = self.embedder.embed_query(query)
-        offset = self._offset(vector)
+        offset = background_offset(self.embedder, vector)
         hits = self.store.search(vector, k or self.settings.top_k, query_text=query)
         KB_RETRIEVAL_DURATION.observe(time.perf_counter() - started)
         relevant = [replace(h, score=h.score - offset) for h in hits if h.score - offset >= threshold]

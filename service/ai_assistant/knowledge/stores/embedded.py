@@ -60,6 +60,7 @@ class EmbeddedStore:
         self._connectivity, self._expansion_add = connectivity, expansion_add
         self._expansion_search = expansion_search
         self._dirty = False
+        self._closed = False
         directory.mkdir(parents=True, exist_ok=True)
         db_path = directory / "knowledge.sqlite3"
         try:
@@ -280,6 +281,9 @@ class EmbeddedStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             try:
                 self.flush()
             finally:
