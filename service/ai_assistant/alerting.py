@@ -21,6 +21,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .credentials import BearerTokens
 from .errors import ConfigError, DeliveryFailed
 from .settings import AlertsSettings, is_placeholder
 
@@ -123,6 +124,7 @@ def alert_router(
     connectors: Collection[str] | None = None,
     path: str = "/api/alerts",
     source: str = "assistant.yaml",
+    tokens: BearerTokens | None = None,
 ) -> APIRouter:
     """The router for `POST <path>`. Refuses, with one ConfigError line, settings it could not work with:
     no token, a placeholder token, no target connector or chat, or a connector that is not configured."""
@@ -146,7 +148,12 @@ def alert_router(
     @router.post(path, response_model=None)
     async def receive_alerts(request: Request, authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
         # Constant-time compare over the whole header value, before the body is read.
-        if not hmac.compare_digest((authorization or "").encode(), expected):
+        accepted = (
+            tokens.check(authorization)
+            if tokens is not None
+            else hmac.compare_digest((authorization or "").encode(), expected)
+        )
+        if not accepted:
             return _error(401, "missing or wrong bearer token")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:

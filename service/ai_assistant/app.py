@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -21,10 +20,12 @@ from .channels.notify import Notifier
 from .channels.reply import ReplyChannel
 from .connectors.base import Connector
 from .connectors.loader import load_connectors
+from .credentials import BearerTokens
 from .edge import WebhookEndpoint
 from .knowledge.api import kb_router
 from .knowledge.grounding import ground
 from .knowledge.retrieval import KnowledgeBase
+from .localsecrets import load_local_secrets
 from .messages import InboundMessage
 from .observability import register_secrets
 from .pipeline.adapters import InputAdapter
@@ -32,7 +33,7 @@ from .pipeline.filters import SensitiveWordFilter
 from .pipeline.worker import Grounding, Pipeline, export_queue_stats
 from .plugins.loader import registry_with_plugins
 from .registry import Kind, Registry
-from .settings import Settings, secret_values
+from .settings import Settings, load_settings, secret_values
 from .store import StateStore, open_store
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Parts:
     pipeline: Pipeline
     notifier: Notifier
     knowledge: KnowledgeBase | None
+    admin_tokens: BearerTokens
+    alert_tokens: BearerTokens
 
 
 def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
@@ -87,7 +90,33 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         adapters=adapters,
         retriever=_retriever(settings, knowledge) if knowledge is not None else None,
     )
-    return Parts(settings, registry, store, connectors, engine, pipeline, Notifier(connectors, store), knowledge)
+    return Parts(
+        settings,
+        registry,
+        store,
+        connectors,
+        engine,
+        pipeline,
+        Notifier(connectors, store),
+        knowledge,
+        BearerTokens(settings.admin.token, settings.admin.previous_token),
+        BearerTokens(settings.alerts.token, settings.alerts.previous_token),
+    )
+
+
+async def reload_secrets(parts: Parts) -> None:
+    """SIGHUP: re-read the secrets file and take the new internal tokens and Redis URL without a restart, so a
+    rotation (ai-assistant rotate-secrets) never fails a request."""
+    settings = parts.settings
+    load_local_secrets(settings.data_dir, override=True)
+    fresh = load_settings(settings.config_dir, settings.data_dir)
+    register_secrets(secret_values(fresh))
+    parts.admin_tokens.update(fresh.admin.token, fresh.admin.previous_token)
+    parts.alert_tokens.update(fresh.alerts.token, fresh.alerts.previous_token)
+    reconnect = getattr(parts.store, "reconnect", None)
+    if reconnect is not None and fresh.store.redis_url is not None:
+        await reconnect(fresh.store.redis_url.get_secret_value())
+    log.info("secrets reloaded")
 
 
 def _retriever(settings: Settings, kb: KnowledgeBase) -> Any:
@@ -169,11 +198,24 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    require_admin = admin_dependency(settings)
+    require_admin = admin_dependency(parts.admin_tokens)
     if parts.knowledge is not None:
         app.include_router(kb_router(parts.knowledge, require_admin))
     if settings.alerts.token is not None:
-        app.include_router(alert_router(settings.alerts, parts.notifier, connectors=list(parts.connectors)))
+        alerts = alert_router(
+            settings.alerts, parts.notifier, connectors=list(parts.connectors), tokens=parts.alert_tokens
+        )
+        app.include_router(alerts)
+
+    @app.get("/admin/status", dependencies=[Depends(require_admin)], include_in_schema=False)
+    async def status() -> dict[str, Any]:
+        stats = await parts.store.stats()
+        return {
+            "version": __version__,
+            "queue": {"depth": stats.depth, "oldest_age_seconds": round(stats.oldest_age_seconds, 3)},
+            "connectors": sorted(parts.connectors),
+            "plugin_problems": list(parts.registry.problems),
+        }
 
     if settings.server.metrics_port is None:
         app.add_api_route("/metrics", metrics_endpoint, include_in_schema=False)
@@ -191,16 +233,14 @@ def _sink(parts: Parts) -> Any:
     return sink
 
 
-def admin_dependency(settings: Settings) -> Callable[..., Awaitable[None]]:
+def admin_dependency(tokens: BearerTokens) -> Callable[..., Awaitable[None]]:
     """A FastAPI dependency (use with Depends) requiring `Authorization: Bearer <admin.token>`; without a token the
     admin API is off."""
 
     async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        token = settings.admin.token.get_secret_value() if settings.admin.token else None
-        if token is None:
+        if not tokens.configured:
             raise HTTPException(status_code=403, detail="admin API disabled: set admin.token")
-        supplied = (authorization or "").removeprefix("Bearer ").strip()
-        if not supplied or not hmac.compare_digest(supplied.encode(), token.encode()):
+        if not tokens.check(authorization):
             raise HTTPException(status_code=401, detail="bad or missing admin token")
 
     return require_admin

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import SplitResult, urlsplit
 
 import httpx
@@ -64,6 +68,33 @@ def _settings(config_dir: Path, data_dir: Path, host: str | None = None, port: i
     return load_settings(config_dir, data_dir, **{"server.host": host, "server.port": port})
 
 
+PID_FILE = "ai-assistant.pid"
+
+
+@contextlib.contextmanager
+def _pid_file(settings: Settings) -> Iterator[None]:
+    """`<data dir>/ai-assistant.pid`, so `rotate-secrets` can tell the running service to reload (SIGHUP)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / PID_FILE
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _reloader(service: Any) -> Callable[[], Coroutine[Any, Any, None]]:
+    from .app import reload_secrets
+
+    async def reload() -> None:
+        try:
+            await reload_secrets(service.state.parts)
+        except Exception as exc:  # a broken secrets file must not take a running service down; keep the old values
+            console.print(f"reload failed, keeping the current secrets: {exc}")
+
+    return reload
+
+
 def _listeners(settings: Settings, service_app: object) -> list[Listener]:
     from .app import metrics_app
 
@@ -87,7 +118,10 @@ def serve(
     configure_logging(settings.server.log_level, settings.server.json_logs)
     service = create_app(settings)
     listeners = _listeners(settings, service)
-    asyncio.run(serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners)))
+    with _pid_file(settings):
+        asyncio.run(
+            serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners), on_reload=_reloader(service))
+        )
 
 
 @app.command()
@@ -124,7 +158,10 @@ def up(
     console.print(f"model server ready at {model.base_url} in {time.monotonic() - started:.1f} s")
     listeners = _listeners(settings, service) + ([inbox_listener] if inbox_listener else [])
     try:
-        asyncio.run(serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners)))
+        with _pid_file(settings):
+            asyncio.run(
+                serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners), on_reload=_reloader(service))
+            )
     finally:
         model.stop()
         console.print("stopped the model server, the service and the inbox")
@@ -278,6 +315,46 @@ def _ensure_inbox(secret: str, reply: SplitResult, inbox_base: str) -> None:
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+@app.command("rotate-secrets")
+def rotate_secrets(
+    config_dir: ConfigDir = Path("config"),
+    data_dir: DataDir = Path("data"),
+    finish: Annotated[
+        bool, typer.Option("--finish", help="drop the previous values once every client has the new")
+    ] = False,
+) -> None:
+    """Rotate the internal tokens (admin API, Alertmanager) in the secrets file without a failed request.
+
+    Step 1 (no --finish): new tokens become current, the old ones stay accepted; the running service reloads (SIGHUP).
+    Then give clients the new tokens (Alertmanager's credentials, operators). Step 2 (--finish): the old ones are
+    refused from then on."""
+    from .localsecrets import RotationError, rotate, secrets_path
+
+    path = secrets_path(data_dir)
+    if not path.exists():
+        raise ConfigError(str(path), "", "not found (it is created by `ai-assistant up`, or by the assistant role)")
+    try:
+        changed = rotate(path, finish=finish)
+    except RotationError as exc:
+        raise AssistantError(str(exc)) from None
+    pid_path = data_dir / PID_FILE
+    signalled = False
+    if pid_path.exists():
+        try:
+            os.kill(int(pid_path.read_text().strip()), signal.SIGHUP)
+            signalled = True
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+    what = "dropped the previous" if finish else "new"
+    out.print(f"{path}: {what} values for {', '.join(sorted(changed))}", highlight=False)
+    out.print(
+        "running service reloaded (SIGHUP)" if signalled else "no running service found; it reads them at start",
+        highlight=False,
+    )
+    if not finish:
+        out.print("next: give clients the new tokens, then run `ai-assistant rotate-secrets --finish`", highlight=False)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,11 @@ class Listener:
     name: str
 
 
-async def serve_all(listeners: list[Listener], on_ready: Callable[[], None] | None = None) -> None:
+async def serve_all(
+    listeners: list[Listener],
+    on_ready: Callable[[], None] | None = None,
+    on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
     servers = [
         _Server(uvicorn.Config(lst.app, host=lst.host, port=lst.port, log_config=None, access_log=False, lifespan="on"))
         for lst in listeners
@@ -41,6 +45,16 @@ async def serve_all(listeners: list[Listener], on_ready: Callable[[], None] | No
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    reloads: set[asyncio.Task[None]] = set()
+    if on_reload is not None:
+        reload = on_reload
+
+        def hup() -> None:
+            task = asyncio.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hup)
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     try:
         while not all(s.started for s in servers):
@@ -60,5 +74,5 @@ async def serve_all(listeners: list[Listener], on_ready: Callable[[], None] | No
         if any(not s.started for s in servers):
             raise SystemExit(1)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)

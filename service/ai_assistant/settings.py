@@ -95,10 +95,12 @@ class MemorySettings(_Section):
 
 class AdminSettings(_Section):
     token: SecretStr | None = None
+    previous_token: SecretStr | None = None  # still accepted while a rotation is under way
 
 
 class AlertsSettings(_Section):
     token: SecretStr | None = None
+    previous_token: SecretStr | None = None  # still accepted while a rotation is under way
     connector: str | None = None
     chat_id: str | None = None
 

@@ -3,6 +3,7 @@ script, so it is atomic across instances. Single Redis primary (not Redis Cluste
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -59,13 +60,34 @@ return 1
 """
 
 
+async def _close_later(client: aioredis.Redis, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await client.aclose()
+
+
 class RedisStore:
     def __init__(self, url: str) -> None:
+        self._url = url
+        self._connect(url)
+
+    def _connect(self, url: str) -> None:
         self._r = aioredis.from_url(url, decode_responses=True)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._claim = self._r.register_script(_CLAIM)
         self._save = self._r.register_script(_SAVE_ANSWER)
         self._extend = self._r.register_script(_EXTEND)
+
+    async def reconnect(self, url: str) -> None:
+        """After a password rotation: new connections use the new URL; the old pool is closed once in-flight
+        commands have had time to finish (Redis keeps already-authenticated connections while the old password is
+        still accepted)."""
+        if url == self._url:
+            return
+        await aioredis.from_url(url).ping()  # refuse a URL that does not work before switching to it
+        old = self._r
+        self._url = url
+        self._connect(url)
+        self._retired = asyncio.create_task(_close_later(old, 30.0))
 
     async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
         job_id = uuid.uuid4().hex
