@@ -1,0 +1,231 @@
+"""The whole alert path on loopback, every part real: `ai-assistant serve` exports metrics on its metrics port, a real
+Prometheus scrapes it with this repository's rules, steady badly signed webhook traffic makes an alert fire, a real
+Alertmanager with the example routing posts it to the assistant's POST /api/alerts, and the assistant posts it through
+its generic-IM connector into the IM stand-in (tests.helpers.ReplyReceiver, which verifies the connector's signature).
+
+Two things differ from production, so that the test takes seconds instead of minutes: the copies of the rules have
+`for:` removed (promtool's unit tests cover the hold times), and the copy of alertmanager.yml waits 1 s instead of
+30 s before a group's first notification. Scrape and evaluation run every second. Everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers import (
+    ReplyReceiver,
+    ServiceProcess,
+    free_port,
+    message,
+    signed_generic_request,
+    wait_until,
+    write_config,
+)
+
+from .conftest import ALERTMANAGER_YML, RULES, tool
+
+TOKEN = "e2e-alert-token-0123456789abcdef"
+WEBHOOK = "/api/im/callback"
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Stack:
+    """Prometheus + Alertmanager processes; stopped in reverse order by `stop`."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, binary: str, *args: str) -> None:
+        log = (self.work / f"{binary}.log").open("wb")
+        self.procs.append(subprocess.Popen([tool(binary), *args], stdout=log, stderr=subprocess.STDOUT))
+
+    def log(self, binary: str) -> str:
+        path = self.work / f"{binary}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def service(tmp_path: Path, receiver: ReplyReceiver) -> Iterator[tuple[ServiceProcess, int]]:
+    metrics_port = free_port()
+    dead_engine = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: no answer is needed here
+    config = write_config(
+        tmp_path / "config",
+        reply_url=receiver.url,
+        engine_url=dead_engine,
+        assistant={
+            "server": {"metrics_port": metrics_port},
+            "alerts": {"token": TOKEN, "connector": "im-connector", "chat_id": "ops-chat"},
+            "knowledge": {"enabled": False},
+        },
+    )
+    svc = ServiceProcess(config, tmp_path / "data").start()
+    try:
+        wait_until(lambda: _ready(f"http://127.0.0.1:{metrics_port}/metrics"), 20, "the metrics port")
+        yield svc, metrics_port
+    finally:
+        svc.stop()
+
+
+def _rules_without_hold_times(dest: Path) -> None:
+    dest.mkdir()
+    for src in RULES.glob("*.rules.yml"):
+        doc = yaml.safe_load(src.read_text())
+        for group in doc["groups"]:
+            for rule in group["rules"]:
+                rule.pop("for", None)
+        (dest / src.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.fixture
+def stack(tmp_path: Path, service: tuple[ServiceProcess, int]) -> Iterator[dict[str, str]]:
+    svc, metrics_port = service
+    work = tmp_path / "stack"
+    work.mkdir()
+    prom_port, am_port = free_port(), free_port()
+
+    # Alertmanager: the example config, pointed at this service, its token and a group_wait of 1 s.
+    am = yaml.safe_load(ALERTMANAGER_YML.read_text())
+    am["global"]["smtp_smarthost"] = f"127.0.0.1:{free_port()}"  # e-mail goes nowhere; only warnings are sent here
+    am["global"]["smtp_auth_password_file"] = str(work / "smtp.password")
+    (work / "smtp.password").write_text("unused\n")
+    (work / "token").write_text(TOKEN + "\n")
+    for receiver in am["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = f"{svc.base}/api/alerts"
+            hook["http_config"]["authorization"]["credentials_file"] = str(work / "token")
+    am["route"]["group_wait"] = "1s"
+    for route in am["route"]["routes"]:
+        route["group_wait"] = "1s"
+    (work / "alertmanager.yml").write_text(yaml.safe_dump(am, sort_keys=False))
+
+    _rules_without_hold_times(work / "rules")
+    prometheus_yml = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(work / "rules" / "*.rules.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": [
+            {"job_name": "ai-assistant", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}
+        ],
+    }
+    (work / "prometheus.yml").write_text(yaml.safe_dump(prometheus_yml))
+
+    stack = Stack(work)
+    try:
+        stack.start(
+            "prometheus-alertmanager",
+            f"--config.file={work / 'alertmanager.yml'}",
+            f"--storage.path={work / 'am'}",
+            f"--web.listen-address=127.0.0.1:{am_port}",
+            "--cluster.listen-address=",
+        )
+        stack.start(
+            "prometheus",
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        )
+        am_url, prom_url = f"http://127.0.0.1:{am_port}", f"http://127.0.0.1:{prom_port}"
+        wait_until(lambda: _ready(am_url + "/-/ready"), 20, f"alertmanager\n{stack.log('prometheus-alertmanager')}")
+        wait_until(lambda: _ready(prom_url + "/-/ready"), 20, f"prometheus\n{stack.log('prometheus')}")
+        yield {"prometheus": prom_url, "alertmanager": am_url}
+    finally:
+        stack.stop()
+
+
+def _query(prom: str, expr: str) -> list[dict[str, Any]]:
+    r = httpx.get(prom + "/api/v1/query", params={"query": expr}, timeout=5)
+    result: list[dict[str, Any]] = r.json()["data"]["result"]
+    return result
+
+
+def _firing(prom: str) -> set[str]:
+    alerts = httpx.get(prom + "/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+    return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+
+
+def _alert_posts(receiver: ReplyReceiver, alertname: str) -> list[dict[str, Any]]:
+    return [r for r in receiver.received if r["chat_id"] == "ops-chat" and alertname in r["text"]]
+
+
+def test_forged_webhooks_fire_an_alert_that_reaches_the_team_chat(
+    service: tuple[ServiceProcess, int], stack: dict[str, str], receiver: ReplyReceiver
+) -> None:
+    svc, _ = service
+    prom = stack["prometheus"]
+    wait_until(lambda: _query(prom, 'up{job="ai-assistant"} == 1'), 30, "Prometheus to scrape the assistant")
+
+    stop = threading.Event()
+    sent = {"forged": 0, "genuine": 0}
+
+    def traffic() -> None:
+        # Steady traffic over many scrapes (a burst between two scrapes would not move rate()): about 20 forged
+        # requests a second, with a wrong secret, and one genuine message a second so the edge also sees successes.
+        forger = "whsec_" + "Zm9yZ2VkLXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzIQ=="
+        deadline = time.monotonic() + 90
+        i = 0
+        with httpx.Client(base_url=svc.base, timeout=5) as client:
+            while not stop.is_set() and time.monotonic() < deadline:
+                body, headers = signed_generic_request(message(f"forged-{i}"), secret=forger)
+                client.post(WEBHOOK, content=body, headers=headers)
+                sent["forged"] += 1
+                if i % 20 == 0:
+                    body, headers = signed_generic_request(message(f"genuine-{i}"))
+                    client.post(WEBHOOK, content=body, headers=headers)
+                    sent["genuine"] += 1
+                i += 1
+                stop.wait(0.05)
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        posts = wait_until(
+            lambda: _alert_posts(receiver, "AIAssistantSignatureFailures"),
+            90,
+            "the alert in the team chat (Prometheus -> Alertmanager -> /api/alerts -> generic-IM connector)",
+            interval=0.5,
+        )
+    finally:
+        stop.set()
+        worker.join(10)
+
+    text = posts[0]["text"]
+    print(f"\n[posted into the team chat]\n{text}")
+    assert text.startswith("[FIRING] warning: AIAssistantSignatureFailures (ai-assistant)"), text
+    assert re.search(r"Connector im-connector: \d+(\.\d+)? webhooks with a bad signature in 10 minutes", text), text
+    assert "Runbook: https://" in text and "/assistant.md#aiassistantsignaturefailures" in text, text
+    assert receiver.rejected == 0, "the stand-in received a post with a bad connector signature"
+
+    firing = _firing(prom)
+    assert "AIAssistantSignatureFailures" in firing
+    # Forged requests are rejections, not failures of ours: the availability SLO must not burn on them.
+    assert "AIAssistantAvailabilityBudgetBurn" not in firing, firing
+    assert sent["forged"] > 20 and sent["genuine"] > 0
+
+    time.sleep(2)  # Alertmanager's retries or a second evaluation would show up as a second post by now
+    assert len(_alert_posts(receiver, "AIAssistantSignatureFailures")) == 1
