@@ -192,7 +192,11 @@ def _write_inventory(workdir: Path, vm: VM, art: dict[str, Path], reply_port: in
         },
         "assistant_connector_secrets": {"im-connector": {"app_secret": secret}},
     }
-    inventory = {"all": {"children": {"assistant": {"hosts": {"testvm": host}}}}}
+    # One host plays both the assistant and the data host (the single-host layout); Weaviate cannot run here.
+    host["ai_assistant_weaviate_enabled"] = False
+    inventory = {
+        "all": {"children": {"assistant": {"hosts": {"testvm": host}}, "data": {"hosts": {"testvm": {}}}}}
+    }
     path = workdir / "inventory.json"
     path.write_text(json.dumps(inventory, ensure_ascii=False, indent=2))
     return path

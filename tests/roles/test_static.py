@@ -339,3 +339,52 @@ def test_readme_variable_tables_match_argument_specs() -> None:
         assert render(role, text) == text, (
             f"roles/{role}/README.md is out of date: run .venv/bin/python -m tests.roles.readme_vars --write"
         )
+
+
+def _role_options() -> dict[str, dict[str, Any]]:
+    return {
+        role: load(ROLES_DIR / role / "meta/argument_specs.yml")["argument_specs"]["main"]["options"] for role in ROLES
+    }
+
+
+def _check_role_vars(names: list[str], where: str) -> int:
+    options = _role_options()
+    checked = 0
+    for name in names:
+        role = next((r for r in sorted(options, key=len, reverse=True) if name.startswith(f"{r}_")), None)
+        if role is None:
+            continue
+        checked += 1
+        assert name in options[role], f"{where}: {name} is not an option of roles/{role} (meta/argument_specs.yml)"
+    return checked
+
+
+def test_playbook_group_vars_use_real_role_options() -> None:
+    checked = 0
+    for path in sorted((REPO / "playbooks" / "group_vars").glob("*.yml")):
+        checked += _check_role_vars(list(load(path) or {}), f"playbooks/group_vars/{path.name}")
+    inventory = load(REPO / "playbooks/inventory/example.yml")
+
+    def walk(node: Any) -> list[str]:
+        names: list[str] = []
+        if isinstance(node, dict):
+            for key, value in node.items():
+                names.append(str(key))
+                names.extend(walk(value))
+        return names
+
+    checked += _check_role_vars(walk(inventory), "playbooks/inventory/example.yml")
+    assert checked >= 10
+
+
+def test_variables_infra_hands_over_are_role_options() -> None:
+    """infra/program.py's inventory variables and infra/secrets.py's secret variables reach real role options."""
+    program = (REPO / "infra" / "program.py").read_text(encoding="utf-8")
+    secrets_py = (REPO / "infra" / "secrets.py").read_text(encoding="utf-8")
+    if "SECRET_VARS" not in secrets_py:
+        pytest.fail("infra/secrets.py no longer defines SECRET_VARS: update this contract test")
+    names = re.findall(r'"([a-z][a-z0-9_]+)":', program)
+    block = secrets_py.split("SECRET_VARS = (", 1)[1].split(")", 1)[0]
+    names += re.findall(r'"([a-z_]+)"', block)
+    checked = _check_role_vars(names, "infra hand-off")
+    assert checked >= 8
