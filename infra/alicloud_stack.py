@@ -48,7 +48,11 @@ class Network(pulumi.ComponentResource):
             )
             self.private.append(
                 ali.vpc.Switch(
-                    f"{name}-private-{z}", vpc_id=self.vpc.id, cidr_block=self.private_cidrs[i], zone_id=zone, opts=child
+                    f"{name}-private-{z}",
+                    vpc_id=self.vpc.id,
+                    cidr_block=self.private_cidrs[i],
+                    zone_id=zone,
+                    opts=child,
                 )
             )
         self.nat = ali.vpc.NatGateway(
@@ -86,15 +90,24 @@ class SecurityGroups(pulumi.ComponentResource):
 
         def group(role: str) -> ali.ecs.SecurityGroup:
             return ali.ecs.SecurityGroup(
-                f"{name}-{role}", security_group_name=f"{name}-{role}", vpc_id=net.vpc.id,
-                tags={"ai-assistant:role": role}, opts=child,
+                f"{name}-{role}",
+                security_group_name=f"{name}-{role}",
+                vpc_id=net.vpc.id,
+                tags={"ai-assistant:role": role},
+                opts=child,
             )
 
         self.lb, self.assistant, self.data = group("lb"), group("assistant"), group("data")
         self.inference, self.bastion = group("inference"), group("bastion")
 
-        def ingress(rule: str, sg: ali.ecs.SecurityGroup, port: int, *, cidr: str | None = None,
-                    src: ali.ecs.SecurityGroup | None = None) -> None:
+        def ingress(
+            rule: str,
+            sg: ali.ecs.SecurityGroup,
+            port: int,
+            *,
+            cidr: str | None = None,
+            src: ali.ecs.SecurityGroup | None = None,
+        ) -> None:
             ali.ecs.SecurityGroupRule(
                 f"{name}-{rule}",
                 type="ingress",
@@ -120,6 +133,7 @@ class SecurityGroups(pulumi.ComponentResource):
         for port, label in ((REDIS, "redis"), (WEAVIATE_HTTP, "weaviate"), (WEAVIATE_GRPC, "weaviate-grpc")):
             ingress(f"data-{label}-from-assistant", self.data, port, src=self.assistant)
             ingress(f"data-{label}-from-data", self.data, port, src=self.data)
+        ingress("data-metrics-from-data", self.data, NODE_EXPORTER, src=self.data)  # Prometheus runs on data hosts
         ingress("inference-from-assistant", self.inference, MODEL_SERVER, src=self.assistant)
         ingress("inference-metrics-from-data", self.inference, NODE_EXPORTER, src=self.data)
         for sg, role in ((self.assistant, "assistant"), (self.data, "data"), (self.inference, "inference")):
@@ -132,8 +146,9 @@ class SecurityGroups(pulumi.ComponentResource):
 class BackupBuckets(pulumi.ComponentResource):
     """Private, versioned, encrypted OSS bucket with lifecycle rules, replicated to the backup region."""
 
-    def __init__(self, name: str, conf: InfraConfig, replica_provider: ali.Provider,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, conf: InfraConfig, replica_provider: ali.Provider, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("ai-assistant:alicloud:BackupBuckets", name, None, opts)
         self.bucket = self._bucket(f"{name}-primary", conf, pulumi.ResourceOptions(parent=self))
         self.replica = self._bucket(
@@ -180,9 +195,15 @@ class BackupBuckets(pulumi.ComponentResource):
 class LoadBalancer(pulumi.ComponentResource):
     """ALB (HTTPS 443) with one server group per (colour, zone); a catch-all rule forwards with the weights."""
 
-    def __init__(self, name: str, conf: InfraConfig, net: Network, groups: SecurityGroups,
-                 members: dict[tuple[Color, int], list[ali.ecs.Instance]],
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        net: Network,
+        groups: SecurityGroups,
+        members: dict[tuple[Color, int], list[ali.ecs.Instance]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("ai-assistant:alicloud:LoadBalancer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.alb = ali.alb.LoadBalancer(
@@ -278,7 +299,12 @@ class LoadBalancer(pulumi.ComponentResource):
         if conf.dns_zone:
             rr = conf.domain.removesuffix(f".{conf.dns_zone}") if conf.domain != conf.dns_zone else "@"
             ali.dns.AlidnsRecord(
-                f"{name}-dns", domain_name=conf.dns_zone, rr=rr, type="CNAME", value=self.alb.dns_name, ttl=600,
+                f"{name}-dns",
+                domain_name=conf.dns_zone,
+                rr=rr,
+                type="CNAME",
+                value=self.alb.dns_name,
+                ttl=600,
                 opts=child,
             )
         self.register_outputs({"dns_name": self.alb.dns_name})
@@ -308,8 +334,11 @@ def _backup_role(name: str, bucket: ali.oss.Bucket, opts: pulumi.ResourceOptions
                     "Version": "1",
                     "Statement": [
                         {"Effect": "Allow", "Action": ["oss:ListObjects"], "Resource": [f"acs:oss:*:*:{b}"]},
-                        {"Effect": "Allow", "Action": ["oss:PutObject", "oss:GetObject"],
-                         "Resource": [f"acs:oss:*:*:{b}/*"]},
+                        {
+                            "Effect": "Allow",
+                            "Action": ["oss:PutObject", "oss:GetObject"],
+                            "Resource": [f"acs:oss:*:*:{b}/*"],
+                        },
                     ],
                 }
             )
@@ -332,19 +361,37 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
     backups = BackupBuckets("backup", conf, replica_provider, popts)
     hosts_parent = HostsGroup("hosts", popts)
     child = pulumi.ResourceOptions(parent=hosts_parent)
-    image = conf.image_id or ali.ecs.get_images_output(
-        name_regex="^debian_12", owners="system", most_recent=True, opts=pulumi.InvokeOptions(provider=provider)
-    ).images[0].id
-    key = ali.ecs.EcsKeyPair("admin", key_pair_name=f"{stack}-admin", public_key=conf.ssh_public_key, opts=child) \
-        if conf.ssh_public_key else None
+    image = (
+        conf.image_id
+        or ali.ecs.get_images_output(
+            name_regex="^debian_12", owners="system", most_recent=True, opts=pulumi.InvokeOptions(provider=provider)
+        )
+        .images[0]
+        .id
+    )
+    key = (
+        ali.ecs.EcsKeyPair("admin", key_pair_name=f"{stack}-admin", public_key=conf.ssh_public_key, opts=child)
+        if conf.ssh_public_key
+        else None
+    )
     backup_role = _backup_role(f"{stack}-data-backup", backups.bucket, child)
     tags = {"ai-assistant:stack": stack, "ai-assistant:managed-by": "pulumi"}
     hosts: list[Host] = []
     ready: list[pulumi.Resource] = [net.nat]
 
-    def instance(host: str, role: NodeRole, zi: int, sg: ali.ecs.SecurityGroup, disk_gib: int,
-                 color: Color | None = None, *, public: bool = False, ssh_sources: list[str] | None = None,
-                 https_sources: list[str] | None = None, role_name: pulumi.Input[str] | None = None) -> ali.ecs.Instance:
+    def instance(
+        host: str,
+        role: NodeRole,
+        zi: int,
+        sg: ali.ecs.SecurityGroup,
+        disk_gib: int,
+        color: Color | None = None,
+        *,
+        public: bool = False,
+        ssh_sources: list[str] | None = None,
+        https_sources: list[str] | None = None,
+        role_name: pulumi.Input[str] | None = None,
+    ) -> ali.ecs.Instance:
         inst = ali.ecs.Instance(
             host,
             instance_name=host,
@@ -362,16 +409,25 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
                 ali.ecs.InstanceDataDiskArgs(
                     name=f"{host}-data", size=disk_gib, category="cloud_essd", encrypted=True, delete_with_instance=True
                 )
-            ] if role != "bastion" else None,
+            ]
+            if role != "bastion"
+            else None,
             http_tokens="required",  # metadata service in security-hardening (token) mode, like IMDSv2
             internet_max_bandwidth_out=10 if public else 0,
             role_name=role_name,
             user_data=cloudinit.user_data(
-                "alicloud", ssh_public_key=conf.ssh_public_key, ssh_sources=ssh_sources or net.public_cidrs,
-                https_sources=https_sources or [], data_disk=role != "bastion",
+                "alicloud",
+                ssh_public_key=conf.ssh_public_key,
+                ssh_sources=ssh_sources or net.public_cidrs,
+                https_sources=https_sources or [],
+                data_disk=role != "bastion",
             ),
-            tags={**tags, "ai-assistant:role": role, "ai-assistant:zone": conf.zones[zi],
-                  **({"ai-assistant:color": color} if color else {})},
+            tags={
+                **tags,
+                "ai-assistant:role": role,
+                "ai-assistant:zone": conf.zones[zi],
+                **({"ai-assistant:color": color} if color else {}),
+            },
             opts=child,
         )
         if role != "bastion":
@@ -384,13 +440,26 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         for zi, zone in enumerate(conf.zones):
             z = zone_suffix(zone)
             members[(color, zi)] = [
-                instance(f"assistant-{color}-{z}{n + 1}", "assistant", zi, groups.assistant,
-                         tier.assistant.data_disk_gib, color, https_sources=net.public_cidrs)
+                instance(
+                    f"assistant-{color}-{z}{n + 1}",
+                    "assistant",
+                    zi,
+                    groups.assistant,
+                    tier.assistant.data_disk_gib,
+                    color,
+                    https_sources=net.public_cidrs,
+                )
                 for n in range(tier.assistant_per_zone)
             ]
     for zi, zone in enumerate(conf.zones):
-        instance(f"data-{zone_suffix(zone)}", "data", zi, groups.data, tier.data.data_disk_gib,
-                 role_name=backup_role.role_name)
+        instance(
+            f"data-{zone_suffix(zone)}",
+            "data",
+            zi,
+            groups.data,
+            tier.data.data_disk_gib,
+            role_name=backup_role.role_name,
+        )
     if conf.inference.mode == "gpu":
         instance(f"inference-{zone_suffix(conf.zones[0])}", "inference", 0, groups.inference, GPU_DISK_GIB)
     bastion_ip: pulumi.Output[str] | None = None

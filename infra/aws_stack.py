@@ -23,7 +23,7 @@ from infra.deployment import (
     zone_suffix,
 )
 from infra.inventory import Host
-from infra.tiers import GPU_DISK_GIB, CATALOGUE, NodeRole, instance_type, node_size
+from infra.tiers import CATALOGUE, GPU_DISK_GIB, NodeRole, instance_type
 
 WORLD_V4 = "0.0.0.0/0"
 DEBIAN_OWNER = "136693071363"  # Debian's official AWS account (wiki.debian.org/Cloud/AmazonEC2Image)
@@ -67,7 +67,9 @@ class Network(pulumi.ComponentResource):
                 map_public_ip_on_launch=False,
                 opts=child,
             )
-            aws.ec2.RouteTableAssociation(f"{name}-public-{z}", subnet_id=pub.id, route_table_id=public_rt.id, opts=child)
+            aws.ec2.RouteTableAssociation(
+                f"{name}-public-{z}", subnet_id=pub.id, route_table_id=public_rt.id, opts=child
+            )
             priv = aws.ec2.Subnet(
                 f"{name}-private-{z}",
                 vpc_id=self.vpc.id,
@@ -78,7 +80,8 @@ class Network(pulumi.ComponentResource):
             )
             self.public_subnets.append(pub)
             self.private_subnets.append(priv)
-        # One NAT gateway: one stable egress IP to paste into the IM platforms' allow-lists (docs/adr/0031-infra-topology.md).
+        # One NAT gateway: one stable egress IP to paste into the IM platforms' allow-lists
+        # (docs/adr/0031-infra-topology.md).
         self.egress_eip = aws.ec2.Eip(f"{name}-egress", domain="vpc", opts=child)
         nat = aws.ec2.NatGateway(
             f"{name}-nat",
@@ -134,7 +137,9 @@ class SecurityGroups(pulumi.ComponentResource):
         self.inference = group("inference", "GPU model server: from assistant hosts only")
         self.bastion = group("bastion", "SSH jump host: admin CIDRs only")
 
-        def ingress(rule: str, sg: aws.ec2.SecurityGroup, port: int, *, cidr: str | None = None, src: Any = None) -> None:
+        def ingress(
+            rule: str, sg: aws.ec2.SecurityGroup, port: int, *, cidr: str | None = None, src: Any = None
+        ) -> None:
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-{rule}",
                 security_group_id=sg.id,
@@ -171,6 +176,7 @@ class SecurityGroups(pulumi.ComponentResource):
         for port, label in ((REDIS, "redis"), (WEAVIATE_HTTP, "weaviate"), (WEAVIATE_GRPC, "weaviate-grpc")):
             ingress(f"data-{label}-from-assistant", self.data, port, src=self.assistant)
             ingress(f"data-{label}-from-data", self.data, port, src=self.data)  # replication between the two zones
+        ingress("data-metrics-from-data", self.data, NODE_EXPORTER, src=self.data)  # Prometheus runs on data hosts
         ingress("inference-from-assistant", self.inference, MODEL_SERVER, src=self.assistant)
         ingress("inference-metrics-from-data", self.inference, NODE_EXPORTER, src=self.data)
         for sg, role in ((self.assistant, "assistant"), (self.data, "data"), (self.inference, "inference")):
@@ -440,7 +446,9 @@ class LoadBalancer(pulumi.ComponentResource):
                 ],
                 opts=child,
             )
-        self.register_outputs({"dns_name": self.alb.dns_name, "weights": {f"{c}-{z}": w for (c, z), w in weights.items()}})
+        self.register_outputs(
+            {"dns_name": self.alb.dns_name, "weights": {f"{c}-{z}": w for (c, z), w in weights.items()}}
+        )
 
     def _certificate(self, name: str, conf: InfraConfig, child: pulumi.ResourceOptions) -> pulumi.Output[str]:
         cert = aws.acm.Certificate(f"{name}-cert", domain_name=conf.domain, validation_method="DNS", opts=child)
@@ -476,9 +484,7 @@ def _ami(conf: InfraConfig, provider: aws.Provider) -> str | pulumi.Output[str]:
 
 
 def build(conf: InfraConfig, stack: str) -> Deployment:
-    provider = aws.Provider(
-        "aws", region=conf.region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack))
-    )
+    provider = aws.Provider("aws", region=conf.region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack)))
     replica_provider = aws.Provider(
         "aws-backup", region=conf.backup_region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack))
     )
@@ -525,7 +531,9 @@ class Compute(pulumi.ComponentResource):
         tier = CATALOGUE[conf.tier]
         ami = _ami(conf, provider)
         key = (
-            aws.ec2.KeyPair(f"{name}-admin", public_key=conf.ssh_public_key, opts=child) if conf.ssh_public_key else None
+            aws.ec2.KeyPair(f"{name}-admin", public_key=conf.ssh_public_key, opts=child)
+            if conf.ssh_public_key
+            else None
         )
         key_name = key.key_name if key else None
         vpc_ssh = [*network.public_cidrs]  # the bastion lives there
@@ -562,8 +570,12 @@ class Compute(pulumi.ComponentResource):
                     "aws", ssh_public_key=conf.ssh_public_key, ssh_sources=vpc_ssh, https_sources=https_from or []
                 ),
                 user_data_replace_on_change=False,
-                tags={"Name": host, "ai-assistant:role": role, "ai-assistant:zone": conf.zones[zi],
-                      **({"ai-assistant:color": color} if color else {})},
+                tags={
+                    "Name": host,
+                    "ai-assistant:role": role,
+                    "ai-assistant:zone": conf.zones[zi],
+                    **({"ai-assistant:color": color} if color else {}),
+                },
                 opts=child,
             )
             self.hosts.append(Host(host, role, conf.zones[zi], color, inst.private_ip, inst))
@@ -578,8 +590,13 @@ class Compute(pulumi.ComponentResource):
                     continue
                 for n in range(tier.assistant_per_zone):
                     inst = instance(
-                        f"assistant-{color}-{z}{n + 1}", "assistant", zi, groups.assistant,
-                        tier.assistant.data_disk_gib, color=color, https_from=vpc_all,
+                        f"assistant-{color}-{z}{n + 1}",
+                        "assistant",
+                        zi,
+                        groups.assistant,
+                        tier.assistant.data_disk_gib,
+                        color=color,
+                        https_from=vpc_all,
                     )
                     aws.lb.TargetGroupAttachment(
                         f"assistant-{color}-{z}{n + 1}",
@@ -604,7 +621,9 @@ class Compute(pulumi.ComponentResource):
                 vpc_security_group_ids=[groups.bastion.id],
                 key_name=key_name,
                 metadata_options=METADATA,
-                root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(volume_type="gp3", volume_size=10, encrypted=True),
+                root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                    volume_type="gp3", volume_size=10, encrypted=True
+                ),
                 user_data=cloudinit.user_data(
                     "aws", ssh_public_key=conf.ssh_public_key, ssh_sources=conf.admin_cidrs, data_disk=False
                 ),
@@ -615,7 +634,9 @@ class Compute(pulumi.ComponentResource):
             self.ready.append(bastion)
         self.register_outputs({"hosts": [h.name for h in self.hosts]})
 
-    def _backup_profile(self, name: str, backups: BackupBuckets, child: pulumi.ResourceOptions) -> aws.iam.InstanceProfile:
+    def _backup_profile(
+        self, name: str, backups: BackupBuckets, child: pulumi.ResourceOptions
+    ) -> aws.iam.InstanceProfile:
         """Data hosts may write and read backups in their bucket, nothing else (no delete: versioning keeps history)."""
         role = aws.iam.Role(
             f"{name}-data",
@@ -680,12 +701,16 @@ class Compute(pulumi.ComponentResource):
             block_device_mappings=[
                 aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
                     device_name="/dev/xvda",
-                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(volume_size=20, volume_type="gp3", encrypted="true"),
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=20, volume_type="gp3", encrypted="true"
+                    ),
                 ),
                 aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
                     device_name="/dev/sdf",
                     ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                        volume_size=tier.assistant.data_disk_gib, volume_type="gp3", encrypted="true",
+                        volume_size=tier.assistant.data_disk_gib,
+                        volume_type="gp3",
+                        encrypted="true",
                         delete_on_termination="true",
                     ),
                 ),
@@ -704,8 +729,11 @@ class Compute(pulumi.ComponentResource):
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=template.id, version="$Latest"),
             tags=[
                 aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
-                for k, v in {"ai-assistant:role": "assistant", "ai-assistant:color": color,
-                             "ai-assistant:zone": conf.zones[zi]}.items()
+                for k, v in {
+                    "ai-assistant:role": "assistant",
+                    "ai-assistant:color": color,
+                    "ai-assistant:zone": conf.zones[zi],
+                }.items()
             ],
             opts=child,
         )
@@ -724,7 +752,10 @@ def _aws_ec2_inventory(conf: InfraConfig) -> str:
             {"key": "placement.availability_zone | replace('-', '_')", "prefix": "zone"},
         ],
         "hostnames": ["instance-id"],
-        "compose": {"ansible_host": "private_ip_address", "ai_assistant_color": "tags['ai-assistant:color']",
-                    "ai_assistant_zone": "placement.availability_zone"},
+        "compose": {
+            "ansible_host": "private_ip_address",
+            "ai_assistant_color": "tags['ai-assistant:color']",
+            "ai_assistant_zone": "placement.availability_zone",
+        },
     }
     return json.dumps(doc, indent=2)

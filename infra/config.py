@@ -89,7 +89,7 @@ def _key(name: str) -> str:
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"{_key(name)}: unknown value {value!r} (expected one of {', '.join(allowed)})")
-    return cast(str, value)
+    return value
 
 
 def _cidr(name: str, value: object, *, allow_world: bool) -> str:

@@ -58,7 +58,8 @@ class AnsibleHandoff(pulumi.ComponentResource):
     ) -> None:
         super().__init__("ai-assistant:config:AnsibleHandoff", name, None, opts)
         roles = tree_digest(repo_root)
-        secrets_json = pulumi.Output.secret(secret_vars.apply(lambda v: json.dumps(v, sort_keys=True)))
+        dumped: pulumi.Output[str] = secret_vars.apply(lambda v: json.dumps(v, sort_keys=True))
+        secrets_json: pulumi.Output[str] = pulumi.Output.secret(dumped)
         env: dict[str, pulumi.Input[str]] = {
             "AI_ASSISTANT_INVENTORY": inventory,
             "AI_ASSISTANT_SECRET_VARS": secrets_json,

@@ -75,7 +75,10 @@ def main(repo_root: Path = REPO_ROOT) -> None:
 
     secrets = InternalSecrets("internal")
     inventory = inventory_output(dep.hosts, _plain_vars(conf, dep), dep.bastion_ip, _group_vars(conf))
-    secret_vars: dict[str, Any] = {"im_secrets": conf.im_secrets or {}, "inference_api_key": conf.inference_api_key or ""}
+    secret_vars: dict[str, Any] = {
+        "im_secrets": conf.im_secrets or {},
+        "inference_api_key": conf.inference_api_key or "",
+    }
     all_secrets = pulumi.Output.all(secrets.ansible_vars(), pulumi.Output.from_input(secret_vars)).apply(
         lambda v: {**v[0], **v[1]}
     )

@@ -43,7 +43,8 @@ class Tier:
 
 
 # The seed sizes the assistant hosts at 1c2G / 2c4G / 4c8G. Shared state (Redis, Weaviate) lives on a separate data
-# host per zone so that blue and green share it and a colour switch keeps conversations (docs/adr/0031-infra-topology.md).
+# host per zone so that blue and green share it and a colour switch keeps conversations
+# (docs/adr/0031-infra-topology.md).
 CATALOGUE: dict[TierName, Tier] = {
     "basic": Tier(
         name="basic",

@@ -7,6 +7,6 @@ from pulumi_policy import EnforcementLevel, PolicyPack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rules import POLICIES  # noqa: E402
+from rules import POLICIES  # type: ignore[import-not-found]  # the pack directory, put on sys.path above
 
 PolicyPack(name="ai-assistant-security", enforcement_level=EnforcementLevel.MANDATORY, policies=POLICIES)

@@ -46,19 +46,26 @@ def _ingress_violations(args: ResourceValidationArgs) -> Iterable[str]:
             yield f"{args.name}: ingress from the whole internet on {p.get('ipProtocol')} {_n(p.get('fromPort'))}"
     elif t == "aws:ec2/securityGroupRule:SecurityGroupRule":
         cidrs = [*(p.get("cidrBlocks") or []), *(p.get("ipv6CidrBlocks") or [])]
-        if p.get("type") == "ingress" and any(c in WORLD for c in cidrs) and _world_open(
-            p.get("fromPort"), p.get("toPort"), p.get("protocol")
+        if (
+            p.get("type") == "ingress"
+            and any(c in WORLD for c in cidrs)
+            and _world_open(p.get("fromPort"), p.get("toPort"), p.get("protocol"))
         ):
             yield f"{args.name}: ingress from the whole internet on {p.get('protocol')} {_n(p.get('fromPort'))}"
     elif t == "aws:ec2/securityGroup:SecurityGroup":
         for rule in p.get("ingress") or []:
             cidrs = [*(rule.get("cidrBlocks") or []), *(rule.get("ipv6CidrBlocks") or [])]
-            if any(c in WORLD for c in cidrs) and _world_open(rule.get("fromPort"), rule.get("toPort"), rule.get("protocol")):
+            if any(c in WORLD for c in cidrs) and _world_open(
+                rule.get("fromPort"), rule.get("toPort"), rule.get("protocol")
+            ):
                 yield f"{args.name}: inline ingress from the whole internet on port {_n(rule.get('fromPort'))}"
-    elif t == "alicloud:ecs/securityGroupRule:SecurityGroupRule":
-        if p.get("type") == "ingress" and (p.get("cidrIp") in WORLD or p.get("ipv6CidrIp") in WORLD):
-            if not (str(p.get("ipProtocol")).lower() == "tcp" and p.get("portRange") == f"{HTTPS}/{HTTPS}"):
-                yield f"{args.name}: ingress from the whole internet on {p.get('ipProtocol')} {p.get('portRange')}"
+    elif (
+        t == "alicloud:ecs/securityGroupRule:SecurityGroupRule"
+        and p.get("type") == "ingress"
+        and (p.get("cidrIp") in WORLD or p.get("ipv6CidrIp") in WORLD)
+        and not (str(p.get("ipProtocol")).lower() == "tcp" and p.get("portRange") == f"{HTTPS}/{HTTPS}")
+    ):
+        yield f"{args.name}: ingress from the whole internet on {p.get('ipProtocol')} {p.get('portRange')}"
 
 
 def _encryption_violations(args: ResourceValidationArgs) -> Iterable[str]:
@@ -83,9 +90,8 @@ def _encryption_violations(args: ResourceValidationArgs) -> Iterable[str]:
         for d in p.get("dataDisks") or []:
             if not _truthy(d.get("encrypted")):
                 yield f"{args.name}: dataDisks[{d.get('name')}].encrypted must be true"
-    elif t == "alicloud:ecs/ecsDisk:EcsDisk":
-        if not _truthy(p.get("encrypted")):
-            yield f"{args.name}: encrypted must be true"
+    elif t == "alicloud:ecs/ecsDisk:EcsDisk" and not _truthy(p.get("encrypted")):
+        yield f"{args.name}: encrypted must be true"
 
 
 def _metadata_violations(args: ResourceValidationArgs) -> Iterable[str]:
@@ -95,9 +101,12 @@ def _metadata_violations(args: ResourceValidationArgs) -> Iterable[str]:
         md = p.get("metadataOptions") or {}
         if md.get("httpEndpoint") != "disabled" and md.get("httpTokens") != "required":
             yield f"{args.name}: metadataOptions.httpTokens must be 'required' (IMDSv2)"
-    elif t == "alicloud:ecs/instance:Instance":
-        if p.get("httpEndpoint") != "disabled" and p.get("httpTokens") != "required":
-            yield f"{args.name}: httpTokens must be 'required' (metadata security-hardening mode)"
+    elif (
+        t == "alicloud:ecs/instance:Instance"
+        and p.get("httpEndpoint") != "disabled"
+        and p.get("httpTokens") != "required"
+    ):
+        yield f"{args.name}: httpTokens must be 'required' (metadata security-hardening mode)"
 
 
 def _bucket_resource_violations(args: ResourceValidationArgs) -> Iterable[str]:
@@ -128,9 +137,10 @@ def _bucket_resource_violations(args: ResourceValidationArgs) -> Iterable[str]:
     elif t == "alicloud:oss/bucketAcl:BucketAcl":
         if p.get("acl") != "private":
             yield f"{args.name}: acl must be private, not {p.get('acl')}"
-    elif t == "alicloud:oss/bucketPublicAccessBlock:BucketPublicAccessBlock":
-        if not _truthy(p.get("blockPublicAccess")):
-            yield f"{args.name}: blockPublicAccess must be true"
+    elif t == "alicloud:oss/bucketPublicAccessBlock:BucketPublicAccessBlock" and not _truthy(
+        p.get("blockPublicAccess")
+    ):
+        yield f"{args.name}: blockPublicAccess must be true"
 
 
 def _listener_violations(args: ResourceValidationArgs) -> Iterable[str]:
@@ -139,20 +149,18 @@ def _listener_violations(args: ResourceValidationArgs) -> Iterable[str]:
         redirect_only = all(a.get("type") == "redirect" for a in p.get("defaultActions") or [{}])
         if p.get("protocol") != "HTTPS" and not redirect_only:
             yield f"{args.name}: protocol must be HTTPS (plain HTTP may only redirect)"
-    elif args.resource_type == "alicloud:alb/listener:Listener":
-        if p.get("listenerProtocol") != "HTTPS":
-            yield f"{args.name}: listenerProtocol must be HTTPS"
+    elif args.resource_type == "alicloud:alb/listener:Listener" and p.get("listenerProtocol") != "HTTPS":
+        yield f"{args.name}: listenerProtocol must be HTTPS"
 
 
 def _public_instance_violations(args: ResourceValidationArgs) -> Iterable[str]:
     p: Mapping[str, Any] = args.props
     role = (p.get("tags") or {}).get("ai-assistant:role")
-    if args.resource_type == "aws:ec2/instance:Instance" and _truthy(p.get("associatePublicIpAddress")):
-        if role != "bastion":
-            yield f"{args.name}: only the bastion may have a public address (role {role})"
-    elif args.resource_type == "alicloud:ecs/instance:Instance" and (p.get("internetMaxBandwidthOut") or 0) > 0:
-        if role != "bastion":
-            yield f"{args.name}: only the bastion may have a public address (role {role})"
+    public = (args.resource_type == "aws:ec2/instance:Instance" and _truthy(p.get("associatePublicIpAddress"))) or (
+        args.resource_type == "alicloud:ecs/instance:Instance" and (p.get("internetMaxBandwidthOut") or 0) > 0
+    )
+    if public and role != "bastion":
+        yield f"{args.name}: only the bastion may have a public address (role {role})"
 
 
 def _resource_policy(
@@ -204,12 +212,17 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
         "Nothing is reachable from 0.0.0.0/0 or ::/0 except TCP 443 (the load balancer).",
         _ingress_violations,
     ),
-    _resource_policy("volumes-encrypted", "Every instance disk, volume and launch template disk is encrypted.",
-                     _encryption_violations),
-    _resource_policy("metadata-hardened", "Instance metadata needs a session token (IMDSv2 / hardened mode).",
-                     _metadata_violations),
-    _resource_policy("buckets-private-versioned", "Buckets are private, versioned and encrypted.",
-                     _bucket_resource_violations),
+    _resource_policy(
+        "volumes-encrypted",
+        "Every instance disk, volume and launch template disk is encrypted.",
+        _encryption_violations,
+    ),
+    _resource_policy(
+        "metadata-hardened", "Instance metadata needs a session token (IMDSv2 / hardened mode).", _metadata_violations
+    ),
+    _resource_policy(
+        "buckets-private-versioned", "Buckets are private, versioned and encrypted.", _bucket_resource_violations
+    ),
     _resource_policy("listeners-https", "Load balancer listeners serve HTTPS.", _listener_violations),
     _resource_policy("no-public-instances", "Only the bastion host has a public address.", _public_instance_violations),
     StackValidationPolicy(

@@ -98,9 +98,11 @@ class Recorder(pulumi.runtime.Mocks):
         id_ = f"{name}-id"
         if t in ("aws:ec2/instance:Instance", "alicloud:ecs/instance:Instance"):
             out["privateIp"] = self._addr("10.40.32.0/19", name)
-            out["publicIp"] = self._addr("203.0.113.0/24", name) if args.inputs.get("associatePublicIpAddress") or args.inputs.get(
-                "internetMaxBandwidthOut"
-            ) else ""
+            out["publicIp"] = (
+                self._addr("203.0.113.0/24", name)
+                if args.inputs.get("associatePublicIpAddress") or args.inputs.get("internetMaxBandwidthOut")
+                else ""
+            )
             id_ = f"i-{name}"
         elif t == "aws:ec2/eip:Eip":
             out["publicIp"] = self._addr("203.0.113.0/24", name)
@@ -121,7 +123,9 @@ class Recorder(pulumi.runtime.Mocks):
         elif t == "random:index/randomPassword:RandomPassword":
             out["result"] = self._secret(name)
         elif t == "tls:index/privateKey:PrivateKey":
-            out["privateKeyPem"] = f"-----BEGIN EC PRIVATE KEY-----\n{self._secret(name)}\n-----END EC PRIVATE KEY-----\n"
+            out["privateKeyPem"] = (
+                f"-----BEGIN EC PRIVATE KEY-----\n{self._secret(name)}\n-----END EC PRIVATE KEY-----\n"
+            )
             out["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\npublic\n-----END PUBLIC KEY-----\n"
         elif t == "tls:index/selfSignedCert:SelfSignedCert":
             out["certPem"] = "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n"

@@ -55,8 +55,17 @@ def test_user_data_does_only_the_minimum(cloud: str) -> None:
     assert "nofail" in doc["mounts"][0][3]  # type: ignore[index]
     # Everything else (packages, hardening, services) is the roles' job.
     assert doc["packages"] == ["nftables"]
-    assert set(doc) == {"users", "ssh_pwauth", "disable_root", "package_update", "packages", "write_files", "runcmd",
-                        "fs_setup", "mounts"}
+    assert set(doc) == {
+        "users",
+        "ssh_pwauth",
+        "disable_root",
+        "package_update",
+        "packages",
+        "write_files",
+        "runcmd",
+        "fs_setup",
+        "mounts",
+    }
 
 
 def test_nftables_baseline_admits_ssh_only_from_the_given_sources() -> None:
@@ -68,8 +77,9 @@ def test_nftables_baseline_admits_ssh_only_from_the_given_sources() -> None:
 
 
 def test_bastion_user_data_has_no_data_disk() -> None:
-    doc = yaml.safe_load(cloudinit.user_data("aws", ssh_public_key=SSH_KEY, ssh_sources=["198.51.100.0/24"],
-                                             data_disk=False))
+    doc = yaml.safe_load(
+        cloudinit.user_data("aws", ssh_public_key=SSH_KEY, ssh_sources=["198.51.100.0/24"], data_disk=False)
+    )
     assert "fs_setup" not in doc and "mounts" not in doc
 
 
@@ -79,8 +89,9 @@ def test_nftables_baseline_parses_with_nft() -> None:
         pytest.skip("nft (Debian package nftables) is not installed here; the VM role tests load the real ruleset")
     rules = cloudinit.nftables_baseline(["198.51.100.0/24", "10.40.0.0/20"], ["10.40.0.0/20"])
     # -c only checks; inside a fresh network namespace so the host's ruleset is never touched.
-    proc = subprocess.run(["unshare", "-n", str(nft), "-c", "-f", "-"], input=rules, text=True, capture_output=True,
-                          check=False)
+    proc = subprocess.run(
+        ["unshare", "-n", str(nft), "-c", "-f", "-"], input=rules, text=True, capture_output=True, check=False
+    )
     if proc.returncode != 0 and "Operation not permitted" in proc.stderr:
         pytest.skip("no permission to create a network namespace here")
     assert proc.returncode == 0, proc.stderr

@@ -25,7 +25,11 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("same backup region", {"backupRegion": "ap-southeast-1"}, "ai-assistant:backupRegion: must differ"),
     ("bad domain", {"domain": "not a domain"}, "ai-assistant:domain: 'not a domain' is not a DNS name"),
     ("bad colour", {"activeColor": "red"}, "ai-assistant:activeColor: unknown value 'red'"),
-    ("active colour not deployed", {"activeColor": "green", "deployColors": ["blue"]}, "ai-assistant:activeColor: green has no instances"),
+    (
+        "active colour not deployed",
+        {"activeColor": "green", "deployColors": ["blue"]},
+        "ai-assistant:activeColor: green has no instances",
+    ),
     ("standby weight too high", {"standbyWeight": 80}, "ai-assistant:standbyWeight: 80 is out of range (0..50)"),
     ("weight not a number", {"standbyWeight": "lots"}, "ai-assistant:standbyWeight: 'lots' is not an integer"),
     ("canary with one colour", {"canaryWeight": 10}, "ai-assistant:canaryWeight: needs both colours"),

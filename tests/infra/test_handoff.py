@@ -36,8 +36,13 @@ def test_command_runs_the_script_with_secrets_only_in_its_environment() -> None:
     env = unwrap(cmd.inputs["environment"])
     assert set(env) == {"AI_ASSISTANT_INVENTORY", "AI_ASSISTANT_SECRET_VARS", "AI_ASSISTANT_PLAYBOOK", "ANSIBLE_CONFIG"}
     assert set(json.loads(env["AI_ASSISTANT_SECRET_VARS"])) >= {
-        "redis_password", "weaviate_api_key", "assistant_admin_token", "alertmanager_webhook_token",
-        "grafana_admin_password", "internal_ca_key_pem", "internal_ca_cert_pem",
+        "redis_password",
+        "weaviate_api_key",
+        "assistant_admin_token",
+        "alertmanager_webhook_token",
+        "grafana_admin_password",
+        "internal_ca_key_pem",
+        "internal_ca_cert_pem",
     }
     deps = {r.name for r in run.resources if r.typ == "aws:ec2/instance:Instance"}
     assert deps  # the command waits for these through depends_on (checked by Pulumi, not the mock)
@@ -99,17 +104,34 @@ def test_script_hands_secrets_to_ansible_through_a_private_file(tmp_path: Path) 
         "- hosts: all\n  gather_facts: false\n  tasks:\n"
         "    - ansible.builtin.stat: {path: '{{ tls_internal_ca_dir }}/ca.key'}\n      register: key\n"
         "    - ansible.builtin.copy:\n        dest: " + str(report) + "\n"
-        "        content: '{{ {\"mode\": key.stat.mode, \"dir\": tls_internal_ca_dir,"
-        " \"redis_ok\": redis_password == \"r3dis-pass\"} | to_json }}'\n"
+        '        content: \'{{ {"mode": key.stat.mode, "dir": tls_internal_ca_dir,'
+        ' "redis_ok": redis_password == "r3dis-pass"} | to_json }}\'\n'
     )
-    inventory = "all:\n  hosts:\n    local:\n      ansible_connection: local\n      ansible_python_interpreter: " + \
-        sys.executable + "\n"
+    inventory = (
+        "all:\n  hosts:\n    local:\n      ansible_connection: local\n      ansible_python_interpreter: "
+        + sys.executable
+        + "\n"
+    )
     secrets = {"redis_password": "r3dis-pass", "internal_ca_key_pem": "KEY", "internal_ca_cert_pem": "CERT"}
-    env = {**os.environ, "AI_ASSISTANT_INVENTORY": inventory, "AI_ASSISTANT_SECRET_VARS": json.dumps(secrets),
-           "AI_ASSISTANT_PLAYBOOK": "site.yml", "PYTHON": sys.executable, "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_HOME": str(tmp_path / "home")}
-    proc = subprocess.run(["bash", "infra/ansible_handoff.sh"], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    env = {
+        **os.environ,
+        "AI_ASSISTANT_INVENTORY": inventory,
+        "AI_ASSISTANT_SECRET_VARS": json.dumps(secrets),
+        "AI_ASSISTANT_PLAYBOOK": "site.yml",
+        "PYTHON": sys.executable,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+        "ANSIBLE_HOME": str(tmp_path / "home"),
+    }
+    proc = subprocess.run(
+        ["bash", "infra/ansible_handoff.sh"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "r3dis-pass" not in proc.stdout + proc.stderr
     result = json.loads(report.read_text())
@@ -120,10 +142,21 @@ def test_script_hands_secrets_to_ansible_through_a_private_file(tmp_path: Path) 
 def test_script_refuses_a_missing_playbook(tmp_path: Path) -> None:
     (tmp_path / "infra").mkdir()
     shutil.copy(ROOT / "infra" / "ansible_handoff.sh", tmp_path / "infra")
-    env = {**os.environ, "AI_ASSISTANT_INVENTORY": "all: {}\n", "AI_ASSISTANT_SECRET_VARS": json.dumps(
-        {"internal_ca_key_pem": "K", "internal_ca_cert_pem": "C"}), "AI_ASSISTANT_PLAYBOOK": "nope.yml",
-        "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", "infra/ansible_handoff.sh"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    env = {
+        **os.environ,
+        "AI_ASSISTANT_INVENTORY": "all: {}\n",
+        "AI_ASSISTANT_SECRET_VARS": json.dumps({"internal_ca_key_pem": "K", "internal_ca_cert_pem": "C"}),
+        "AI_ASSISTANT_PLAYBOOK": "nope.yml",
+        "PYTHON": sys.executable,
+    }
+    proc = subprocess.run(
+        ["bash", "infra/ansible_handoff.sh"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "ansible hand-off: nope.yml not found; set handoff: false or add the playbook"

@@ -35,8 +35,12 @@ Get = Callable[[str, str], Run]
 
 def _opts() -> PolicyResourceOptions:
     return PolicyResourceOptions(
-        protect=False, ignore_changes=[], delete_before_replace=None, aliases=[],
-        custom_timeouts=PolicyCustomTimeouts(0, 0, 0), additional_secret_outputs=[],
+        protect=False,
+        ignore_changes=[],
+        delete_before_replace=None,
+        aliases=[],
+        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        additional_secret_outputs=[],
     )
 
 
@@ -53,8 +57,9 @@ def stack_violations(run: Run) -> list[str]:
     """Runs the stack rule. property_dependencies come from matching the `bucket` input to the bucket's id/name,
     which is what the engine records at preview time when a resource takes `bucket=bucket.id`."""
     resources = [
-        PolicyResource(r.typ, r.props, f"urn:pulumi:test::ai-assistant::{r.typ}::{r.name}", r.name, _opts(), None,
-                       None, [], {})
+        PolicyResource(
+            r.typ, r.props, f"urn:pulumi:test::ai-assistant::{r.typ}::{r.name}", r.name, _opts(), None, None, [], {}
+        )
         for r in run.resources
     ]
     by_value: dict[str, PolicyResource] = {}
@@ -91,13 +96,23 @@ def _first(run: Run, typ: str, pred: Callable[[Res], bool] = lambda r: True) -> 
 
 def test_world_open_ssh_is_refused(stack_run: Get) -> None:
     run = stack_run("aws", "basic")
-    rule = copy.deepcopy(_first(run, "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-                                lambda r: r.props.get("fromPort") == 22 and bool(r.props.get("cidrIpv4"))).props)
-    assert violations_of("no-world-ingress-except-https", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-                         "ssh", rule) == []
+    rule = copy.deepcopy(
+        _first(
+            run,
+            "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
+            lambda r: r.props.get("fromPort") == 22 and bool(r.props.get("cidrIpv4")),
+        ).props
+    )
+    assert (
+        violations_of(
+            "no-world-ingress-except-https", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "ssh", rule
+        )
+        == []
+    )
     rule["cidrIpv4"] = "0.0.0.0/0"
-    assert violations_of("no-world-ingress-except-https", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule",
-                         "ssh", rule) == ["ssh: ingress from the whole internet on tcp 22"]
+    assert violations_of(
+        "no-world-ingress-except-https", "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "ssh", rule
+    ) == ["ssh: ingress from the whole internet on tcp 22"]
     inline = {"ingress": [{"protocol": "tcp", "fromPort": 80, "toPort": 80, "cidrBlocks": ["0.0.0.0/0"]}]}
     assert violations_of("no-world-ingress-except-https", "aws:ec2/securityGroup:SecurityGroup", "web", inline)
     legacy = {"type": "ingress", "protocol": "-1", "fromPort": 0, "toPort": 0, "ipv6CidrBlocks": ["::/0"]}
@@ -105,7 +120,10 @@ def test_world_open_ssh_is_refused(stack_run: Get) -> None:
     ali = {"type": "ingress", "ipProtocol": "tcp", "portRange": "1/65535", "cidrIp": "0.0.0.0/0"}
     assert violations_of("no-world-ingress-except-https", "alicloud:ecs/securityGroupRule:SecurityGroupRule", "a", ali)
     ali["portRange"] = "443/443"
-    assert violations_of("no-world-ingress-except-https", "alicloud:ecs/securityGroupRule:SecurityGroupRule", "a", ali) == []
+    assert (
+        violations_of("no-world-ingress-except-https", "alicloud:ecs/securityGroupRule:SecurityGroupRule", "a", ali)
+        == []
+    )
 
 
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
@@ -123,21 +141,27 @@ def test_unencrypted_disk_and_open_metadata_are_refused(stack_run: Get, cloud: s
     assert len(violations_of("volumes-encrypted", typ, "host", props)) == 1
     assert len(violations_of("metadata-hardened", typ, "host", props)) == 1
     assert violations_of("volumes-encrypted", "aws:ebs/volume:Volume", "v", {"encrypted": False})
-    lt = {"blockDeviceMappings": [{"deviceName": "/dev/sdf", "ebs": {"encrypted": "false"}}],
-          "metadataOptions": {"httpTokens": "optional"}}
+    lt = {
+        "blockDeviceMappings": [{"deviceName": "/dev/sdf", "ebs": {"encrypted": "false"}}],
+        "metadataOptions": {"httpTokens": "optional"},
+    }
     assert violations_of("volumes-encrypted", "aws:ec2/launchTemplate:LaunchTemplate", "lt", lt)
     assert violations_of("metadata-hardened", "aws:ec2/launchTemplate:LaunchTemplate", "lt", lt)
 
 
 def test_public_or_unversioned_buckets_are_refused() -> None:
     pab = {"blockPublicAcls": True, "blockPublicPolicy": False, "ignorePublicAcls": True, "restrictPublicBuckets": True}
-    assert violations_of("buckets-private-versioned", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "b",
-                         pab) == ["b: blockPublicPolicy must be true"]
+    assert violations_of(
+        "buckets-private-versioned", "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", "b", pab
+    ) == ["b: blockPublicPolicy must be true"]
     ver = {"versioningConfiguration": {"status": "Suspended"}}
     assert violations_of("buckets-private-versioned", "aws:s3/bucketVersioning:BucketVersioning", "b", ver)
-    assert violations_of("buckets-private-versioned",
-                         "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration", "b",
-                         {"rules": [{}]})
+    assert violations_of(
+        "buckets-private-versioned",
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+        "b",
+        {"rules": [{}]},
+    )
     oss = {"versioning": {"status": "Suspended"}, "acl": "public-read"}
     assert len(violations_of("buckets-private-versioned", "alicloud:oss/bucket:Bucket", "b", oss)) == 3
     assert violations_of("buckets-private-versioned", "alicloud:oss/bucketAcl:BucketAcl", "b", {"acl": "public-read"})
@@ -146,25 +170,42 @@ def test_public_or_unversioned_buckets_are_refused() -> None:
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
 def test_a_bucket_missing_its_guards_is_refused(stack_run: Get, cloud: str) -> None:
     run = stack_run(cloud, "basic")
-    guard = {"aws": "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
-             "alicloud": "alicloud:oss/bucketPublicAccessBlock:BucketPublicAccessBlock"}[cloud]
+    guard = {
+        "aws": "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+        "alicloud": "alicloud:oss/bucketPublicAccessBlock:BucketPublicAccessBlock",
+    }[cloud]
     stripped = Run(resources=[r for r in run.resources if r.typ != guard])
     found = stack_violations(stripped)
     assert len(found) == 2 and all("public access block" in f for f in found)
 
 
 def test_plain_http_listener_and_public_hosts_are_refused() -> None:
-    assert violations_of("listeners-https", "aws:lb/listener:Listener", "l",
-                         {"protocol": "HTTP", "defaultActions": [{"type": "forward"}]})
-    assert violations_of("listeners-https", "aws:lb/listener:Listener", "l",
-                         {"protocol": "HTTP", "defaultActions": [{"type": "redirect"}]}) == []
+    assert violations_of(
+        "listeners-https",
+        "aws:lb/listener:Listener",
+        "l",
+        {"protocol": "HTTP", "defaultActions": [{"type": "forward"}]},
+    )
+    assert (
+        violations_of(
+            "listeners-https",
+            "aws:lb/listener:Listener",
+            "l",
+            {"protocol": "HTTP", "defaultActions": [{"type": "redirect"}]},
+        )
+        == []
+    )
     assert violations_of("listeners-https", "alicloud:alb/listener:Listener", "l", {"listenerProtocol": "HTTP"})
     host = {"associatePublicIpAddress": True, "tags": {"ai-assistant:role": "assistant"}}
     assert violations_of("no-public-instances", "aws:ec2/instance:Instance", "h", host)
     host["tags"] = {"ai-assistant:role": "bastion"}
     assert violations_of("no-public-instances", "aws:ec2/instance:Instance", "h", host) == []
-    assert violations_of("no-public-instances", "alicloud:ecs/instance:Instance", "h",
-                         {"internetMaxBandwidthOut": 5, "tags": {"ai-assistant:role": "data"}})
+    assert violations_of(
+        "no-public-instances",
+        "alicloud:ecs/instance:Instance",
+        "h",
+        {"internetMaxBandwidthOut": 5, "tags": {"ai-assistant:role": "data"}},
+    )
 
 
 def test_policy_pack_files_are_wired() -> None:
@@ -173,6 +214,7 @@ def test_policy_pack_files_are_wired() -> None:
     pack = yaml.safe_load((RULES_PATH.parent / "PulumiPolicy.yaml").read_text())
     assert pack["runtime"]["name"] == "python"
     assert (RULES_PATH.parent / pack["runtime"]["options"]["virtualenv"]).resolve() == (
-        RULES_PATH.parents[2] / ".venv").resolve()
+        RULES_PATH.parents[2] / ".venv"
+    ).resolve()
     main = (RULES_PATH.parent / "__main__.py").read_text()
     assert "PolicyPack(" in main and "POLICIES" in main

@@ -87,8 +87,10 @@ def _weights(run: Run, cloud: str) -> dict[tuple[str, str], int]:
     rule = run.of("alicloud:alb/rule:Rule")[0].props
     tuples = rule["ruleActions"][0]["forwardGroupConfig"]["serverGroupTuples"]
     return {
-        (groups[t["serverGroupId"]].props["tags"]["ai-assistant:color"],
-         groups[t["serverGroupId"]].props["tags"]["ai-assistant:zone"]): int(t["weight"])
+        (
+            groups[t["serverGroupId"]].props["tags"]["ai-assistant:color"],
+            groups[t["serverGroupId"]].props["tags"]["ai-assistant:zone"],
+        ): int(t["weight"])
         for t in tuples
     }
 
@@ -120,8 +122,9 @@ def test_only_https_to_the_load_balancer_is_open_to_the_world(stack_run: Get, cl
         sg_role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("aws:ec2/securityGroup:SecurityGroup")}
         for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
             if r.props.get("cidrIpv4") == "0.0.0.0/0" or r.props.get("cidrIpv6") == "::/0":
-                world.append((sg_role[r.props["securityGroupId"]], r.props["ipProtocol"], r.props["fromPort"],
-                              r.props["toPort"]))
+                world.append(
+                    (sg_role[r.props["securityGroupId"]], r.props["ipProtocol"], r.props["fromPort"], r.props["toPort"])
+                )
         for r in run.of("aws:ec2/securityGroup:SecurityGroup"):
             assert not r.props.get("ingress"), f"{r.name}: inline ingress is not used"
         # Instances take 443 only from the load balancer's group, SSH only from the bastion's.
@@ -131,7 +134,9 @@ def test_only_https_to_the_load_balancer_is_open_to_the_world(stack_run: Get, cl
             if r.props["fromPort"] == 22 and sg_role[r.props["securityGroupId"]] != "bastion":
                 assert sg_role[r.props["referencedSecurityGroupId"]] == "bastion", r.name
     else:
-        sg_role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("alicloud:ecs/securityGroup:SecurityGroup")}
+        sg_role = {
+            r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("alicloud:ecs/securityGroup:SecurityGroup")
+        }
         for r in run.of("alicloud:ecs/securityGroupRule:SecurityGroupRule"):
             if r.props.get("cidrIp") == "0.0.0.0/0":
                 lo, hi = r.props["portRange"].split("/")
@@ -150,8 +155,10 @@ def test_im_source_cidrs_close_443_to_the_world() -> None:
 
 def test_no_admin_cidrs_means_no_ssh_and_no_bastion() -> None:
     run = run_program(config_for("aws", "basic", adminCidrs=[], handoff=False, sshPublicKey=None))
-    assert all(r.props["fromPort"] != 22 or r.props.get("referencedSecurityGroupId")
-               for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"))
+    assert all(
+        r.props["fromPort"] != 22 or r.props.get("referencedSecurityGroupId")
+        for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    )
     assert [r for r in run.of(INSTANCE["aws"]) if _role(r) == "bastion"] == []
     assert run.of("command:local:Command") == []
     assert run.exports["bastionIp"] == (None, False)
@@ -181,6 +188,7 @@ def test_buckets_private_versioned_encrypted_replicated(stack_run: Get, cloud: s
         buckets = run.of("aws:s3/bucket:Bucket")
         assert len(buckets) == 2
         for b in buckets:
+
             def part(typ: str, b: Res = b) -> dict[str, Any]:
                 found = [r.props for r in run.of(typ) if r.props.get("bucket") == b.id]
                 assert len(found) == 1, f"{b.name}: {typ}"
@@ -190,8 +198,10 @@ def test_buckets_private_versioned_encrypted_replicated(stack_run: Get, cloud: s
             sse = part("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
             assert sse["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in ("AES256", "aws:kms")
             pab = part("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
-            assert all(pab[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
-                                                "restrictPublicBuckets"))
+            assert all(
+                pab[k] is True
+                for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+            )
             lc = part("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")["rules"][0]
             assert lc["expiration"]["days"] == retention
             assert lc["noncurrentVersionExpiration"]["noncurrentDays"] == retention
@@ -209,10 +219,15 @@ def test_buckets_private_versioned_encrypted_replicated(stack_run: Get, cloud: s
             assert b.props["versioning"]["status"] == "Enabled"
             assert b.props["serverSideEncryptionRule"]["sseAlgorithm"] in ("AES256", "KMS")
             assert b.props["lifecycleRules"][0]["expirations"][0]["days"] == retention
-            acl = [r.props for r in run.of("alicloud:oss/bucketAcl:BucketAcl") if r.props["bucket"] == b.outputs["bucket"]]
+            acl = [
+                r.props for r in run.of("alicloud:oss/bucketAcl:BucketAcl") if r.props["bucket"] == b.outputs["bucket"]
+            ]
             assert [a["acl"] for a in acl] == ["private"]
-            pab = [r.props for r in run.of("alicloud:oss/bucketPublicAccessBlock:BucketPublicAccessBlock")
-                   if r.props["bucket"] == b.outputs["bucket"]]
+            pab = [
+                r.props
+                for r in run.of("alicloud:oss/bucketPublicAccessBlock:BucketPublicAccessBlock")
+                if r.props["bucket"] == b.outputs["bucket"]
+            ]
             assert [p["blockPublicAccess"] for p in pab] == [True]
         repl = run.of("alicloud:oss/bucketReplication:BucketReplication")[0].props
         assert repl["destination"] == {"bucket": "backup-replica-bucket", "location": "oss-cn-shanghai"}
@@ -259,7 +274,10 @@ def test_no_generated_secret_or_known_default_in_plain_outputs_or_inputs(stack_r
 def test_operator_secrets_stay_secret() -> None:
     run = run_program(
         config_for("aws", "basic"),
-        secrets={"imSecrets": {"feishu": {"app_secret": "feishu-app-secret-value"}}, "inferenceApiKey": "sk-test-key-9"},
+        secrets={
+            "imSecrets": {"feishu": {"app_secret": "feishu-app-secret-value"}},
+            "inferenceApiKey": "sk-test-key-9",
+        },
     )
     leaks = []
     for name, (value, secret) in run.exports.items():
@@ -321,7 +339,10 @@ def test_autoscaling_groups_per_colour_and_zone() -> None:
     assert len(groups) == 2
     for g in groups:
         assert (g.props["minSize"], g.props["desiredCapacity"], g.props["maxSize"]) == (
-            t.assistant_per_zone, t.assistant_per_zone, t.assistant_max_per_zone)
+            t.assistant_per_zone,
+            t.assistant_per_zone,
+            t.assistant_max_per_zone,
+        )
         assert g.props["healthCheckType"] == "ELB"
         assert len(g.props["targetGroupArns"]) == 1
     templates = run.of("aws:ec2/launchTemplate:LaunchTemplate")
@@ -335,7 +356,9 @@ def test_autoscaling_groups_per_colour_and_zone() -> None:
 
 
 def test_external_inference_has_no_gpu_host() -> None:
-    run = run_program(config_for("alicloud", "standard", inference={"mode": "external", "url": "https://llm.example.com/v1"}))
+    run = run_program(
+        config_for("alicloud", "standard", inference={"mode": "external", "url": "https://llm.example.com/v1"})
+    )
     assert [r for r in run.of(INSTANCE["alicloud"]) if _role(r) == "inference"] == []
     inv = yaml.safe_load(run.exports["inventory"][0])["all"]
     assert inv["vars"]["ai_assistant_inference_url"] == "https://llm.example.com/v1"
@@ -345,6 +368,8 @@ def test_external_inference_has_no_gpu_host() -> None:
 def test_health_checks_use_readyz(stack_run: Get) -> None:
     aws_tgs = stack_run("aws", "basic").of("aws:lb/targetGroup:TargetGroup")
     assert len(aws_tgs) == 2 * len(COLORS)
-    assert {(t.props["healthCheck"]["path"], t.props["healthCheck"]["protocol"]) for t in aws_tgs} == {("/readyz", "HTTPS")}
+    assert {(t.props["healthCheck"]["path"], t.props["healthCheck"]["protocol"]) for t in aws_tgs} == {
+        ("/readyz", "HTTPS")
+    }
     ali = stack_run("alicloud", "basic").of("alicloud:alb/serverGroup:ServerGroup")
     assert {s.props["healthCheckConfig"]["healthCheckPath"] for s in ali} == {"/readyz"}
