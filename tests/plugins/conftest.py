@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -122,6 +121,9 @@ class HttpsServer:
 @pytest.fixture
 def https_server(tmp_path: Path) -> Iterator[HttpsServer]:
     """A real TLS file server on 127.0.0.1 whose certificate is issued by a CA made for this test only."""
+    trustme = pytest.importorskip(
+        "trustme", reason="trustme (a dev dependency) is not installed; run scripts/bootstrap"
+    )
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     root = tmp_path / "www"

@@ -12,10 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
+pytest.importorskip(
+    "aiosmtplib", reason="aiosmtplib (the email channel's client) is not installed; run scripts/bootstrap"
+)
+pytest.importorskip("aiosmtpd", reason="aiosmtpd (the test SMTP server) is not installed; run scripts/bootstrap")
+pytest.importorskip("trustme", reason="trustme (a dev dependency) is not installed; run scripts/bootstrap")
+
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
-from pydantic import ValidationError
 
 from ai_assistant.channels.base import OutputChannel
 from ai_assistant.channels.connector import ConnectorChannel, ConnectorChannelConfig
