@@ -57,6 +57,10 @@ def generic_payload(n: int) -> tuple[dict[str, Any], str, list[Request]]:
 
 PAYLOADS: dict[str, PayloadBuilder] = {"generic": generic_payload}
 
+from bench.ack_bench_platforms import PLATFORM_PAYLOADS  # noqa: E402  (feishu, slack: the IM connectors' payloads)
+
+PAYLOADS.update(PLATFORM_PAYLOADS)
+
 LUA = r"""
 -- Pre-built raw HTTP requests, each stored as "<length>\n<bytes>" (too many for a Lua table literal).
 local reqs = {}

@@ -127,6 +127,23 @@ def test_stream_mode_acks_every_frame_and_queues_one_job(make_app: AppFactory, p
     assert [a["code"] for a in platform.acks] == [200, 200, 200, 200]
     assert [a["headers"]["messageId"] for a in platform.acks] == ["frame-0", "frame-1", "frame-2", "frame-x"]
     assert [m["event_id"] for m in app.messages()] == ["msg-s1"]
+    # The gateway's SYSTEM frames: a ping is acknowledged, a disconnect makes the connector open a new connection.
+    platform.push_frame(_system_frame("ping", "sys-1"))
+    wait_until(lambda: len(platform.acks) == 5, 20, "the ping's ack")
+    assert platform.acks[-1]["code"] == 200 and platform.acks[-1]["headers"]["messageId"] == "sys-1"
+    connections = platform.stream_connections
+    platform.push_frame(_system_frame("disconnect", "sys-2"))
+    wait_until(lambda: platform.stream_connections == connections + 1, 20, "a new stream connection")
+    assert len([c for c in platform.calls if c.path == "/v1.0/gateway/connections/open"]) == 2
+
+
+def _system_frame(topic: str, frame_id: str) -> dict[str, object]:
+    return {
+        "specVersion": "1.0",
+        "type": "SYSTEM",
+        "headers": {"contentType": "application/json", "messageId": frame_id, "topic": topic, "time": "1700000000000"},
+        "data": json.dumps({"opaque": "x"}),
+    }
 
 
 def test_stream_mode_answers_once_with_the_real_model(

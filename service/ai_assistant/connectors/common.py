@@ -7,7 +7,10 @@ import json
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..errors import MalformedRequest, SignatureInvalid, StaleRequest
+from ..messages import InboundMessage
 
 
 def same(a: str | bytes, b: str | bytes) -> bool:
@@ -56,3 +59,12 @@ def obj(data: dict[str, Any], key: str) -> dict[str, Any]:
     """data[key] when it is a JSON object, else an empty one (optional sub-objects of platform payloads)."""
     value = data.get(key)
     return value if isinstance(value, dict) else {}
+
+
+def inbound(**fields: Any) -> InboundMessage:
+    """An InboundMessage from an authenticated but oddly shaped payload: a wrong type is a 400 naming the field."""
+    try:
+        return InboundMessage(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise MalformedRequest(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None

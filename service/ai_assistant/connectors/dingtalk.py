@@ -29,13 +29,20 @@ from urllib.parse import quote_plus, urlsplit
 
 import httpx
 import websockets
-from dingtalk_stream import AckMessage, CallbackMessage, ChatbotHandler, ChatbotMessage  # type: ignore[import-untyped]
+from dingtalk_stream import (  # type: ignore[import-untyped]
+    AckMessage,
+    CallbackMessage,
+    ChatbotHandler,
+    ChatbotMessage,
+    SystemHandler,
+    SystemMessage,
+)
 from pydantic import Field, SecretStr
 
 from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
 from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
-from .common import check_window, load_json, same
+from .common import check_window, inbound, load_json, same
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after
 from .tokens import CachedToken
 
@@ -98,14 +105,17 @@ class DingTalkConnector(Connector):
         webhook = data.get("sessionWebhook")
         if webhook is not None and not self._reply_allowed(webhook):
             raise Forbidden("sessionWebhook is not on a DingTalk host")
-        msg = ChatbotMessage.from_dict(data)
+        try:
+            msg = ChatbotMessage.from_dict(data)
+        except (AttributeError, TypeError, ValueError):  # e.g. "text" that is not an object
+            raise MalformedRequest("body is not a DingTalk robot message") from None
         if not msg.message_id or not msg.conversation_id:
             raise MalformedRequest("msgId and conversationId are required")
         if msg.message_type != "text" or msg.text is None or not isinstance(msg.text.content, str):
             return None  # pictures, files, rich text: not handled by this connector
         is_group = msg.conversation_type == "2"
         text = msg.text.content.replace(f"@{self.config.bot_name}", "")
-        return InboundMessage(
+        return inbound(
             connector=self.name,
             event_id=str(msg.message_id),
             chat_id=str(msg.conversation_id),
@@ -166,13 +176,17 @@ class DingTalkConnector(Connector):
                     self.stream_connected.set()
                     delay = 1.0
                     async for raw in ws:
-                        ack = await handler.route(raw)
+                        ack, disconnect = await handler.route(raw)
                         if ack is not None:
                             await ws.send(json.dumps(ack.to_dict()))
+                        if disconnect:  # the gateway asks us to move to a new connection
+                            break
             except asyncio.CancelledError:
                 raise
             except (DeliveryFailed, KeyError, TypeError, OSError, websockets.WebSocketException) as exc:
                 log.warning("%s: stream connection lost (%s); reconnecting in %.0f s", self.name, exc, delay)
+            except Exception:  # anything else must not end the only task that receives this bot's messages
+                log.exception("%s: stream failed; reconnecting in %.0f s", self.name, delay)
             self.stream_connected.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
@@ -232,16 +246,22 @@ class _StreamHandler(ChatbotHandler):  # type: ignore[misc]
     def __init__(self, connector: DingTalkConnector) -> None:
         super().__init__()
         self.connector = connector
+        self.system = SystemHandler()
 
-    async def route(self, raw: str | bytes) -> Any:
+    async def route(self, raw: str | bytes) -> tuple[Any, bool]:
+        """(the ack frame to send or None, whether the gateway asked us to disconnect)."""
         try:
             frame = json.loads(raw)
         except ValueError:
             log.warning("%s: stream frame is not JSON; ignored", self.connector.name)
-            return None
-        if frame.get("type") != CallbackMessage.TYPE:
-            return None  # SYSTEM pings and disconnect notices need no ack
-        return await self.raw_process(CallbackMessage.from_dict(frame))
+            return None, False
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == SystemMessage.TYPE:  # pings are acknowledged (echoed) as the SDK does
+            msg = SystemMessage.from_dict(frame)
+            return await self.system.raw_process(msg), msg.headers.topic == SystemMessage.TOPIC_DISCONNECT
+        if kind != CallbackMessage.TYPE:
+            return None, False
+        return await self.raw_process(CallbackMessage.from_dict(frame)), False
 
     async def process(self, callback: Any) -> tuple[int, str]:
         name = self.connector.name

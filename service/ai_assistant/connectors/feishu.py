@@ -33,7 +33,7 @@ from pydantic import Field, SecretStr
 from ..errors import Forbidden, MalformedRequest, SignatureInvalid
 from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
-from .common import check_window, load_json, obj, same
+from .common import check_window, inbound, load_json, obj, same
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, default_check, retry_after
 from .splitting import utf8_bytes
 from .tokens import CachedToken
@@ -168,7 +168,7 @@ class FeishuConnector(Connector):
                 text = text.replace(key, "" if is_bot else f"@{name}")
         is_group = msg.get("chat_type") == "group"
         sender_ids = obj(sender, "sender_id")
-        return InboundMessage(
+        return inbound(
             connector=self.name,
             event_id=str(header.get("event_id") or message_id),
             alias_ids=[f"message:{message_id}"],

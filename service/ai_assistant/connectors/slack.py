@@ -21,7 +21,7 @@ from slack_sdk.signature import SignatureVerifier
 from ..errors import MalformedRequest, SignatureInvalid
 from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
-from .common import check_window, load_json
+from .common import check_window, inbound, load_json
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check, retry_after
 
 WINDOW = 300  # Slack's own documented replay window; slack_sdk enforces the same
@@ -98,7 +98,7 @@ class SlackConnector(Connector):
             text = text.replace(mention, "")
         is_group = kind == "app_mention" or event.get("channel_type") not in ("im", None)
         thread = event.get("thread_ts") or (ts if is_group and self.config.reply_in_thread else None)
-        return InboundMessage(
+        return inbound(
             connector=self.name,
             event_id=event_id,
             alias_ids=[f"ts:{channel}:{ts}"],

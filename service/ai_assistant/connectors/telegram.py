@@ -21,7 +21,7 @@ from pydantic import Field, SecretStr, field_validator
 from ..errors import DeliveryFailed, MalformedRequest, SignatureInvalid
 from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
-from .common import load_json, obj, same
+from .common import inbound, load_json, obj, same
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check
 from .splitting import utf16_units
 
@@ -100,7 +100,7 @@ class TelegramConnector(Connector):
             replied = obj(obj(message, "reply_to_message"), "from")
             mentioned = mentioned or str(replied.get("username", "")).lower() == self.username
         thread = message.get("message_thread_id") if message.get("is_topic_message") else None
-        return InboundMessage(
+        return inbound(
             connector=self.name,
             event_id=str(update_id),
             alias_ids=[f"msg:{chat['id']}:{message['message_id']}"],

@@ -27,9 +27,9 @@ from defusedxml.ElementTree import ParseError, fromstring
 from pydantic import Field, SecretStr, field_validator
 
 from ..errors import Forbidden, MalformedRequest, SignatureInvalid
-from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Ack, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
-from .common import check_window, same
+from .common import check_window, inbound, same
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, default_check
 from .splitting import utf8_bytes
 from .tokens import CachedToken
@@ -108,7 +108,7 @@ class WeComConnector(Connector):
         if not user or content is None:
             raise MalformedRequest("FromUserName and Content are required in a text message")
         msg_id = _text(msg, "MsgId") or f"{user}:{created}"
-        message = InboundMessage(
+        message = inbound(
             connector=self.name, event_id=msg_id, chat_id=user, user_id=user, text=content.strip(), is_group=False
         )
         return Verdict(messages=[message], ack=ack)
