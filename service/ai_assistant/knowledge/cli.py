@@ -109,7 +109,8 @@ def ingest(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=err,
+                # Asked for explicitly: draw it even when stderr is not a terminal (a CI log, a pipe).
+                console=err if progress is None else Console(stderr=True, force_terminal=True),
                 transient=True,
             ) as bar:
                 files_task = bar.add_task("files", total=len(files))

@@ -94,7 +94,7 @@ class TEIEmbedder:
         self.url = url
         self.batch_size = batch_size
         self.query_prefix, self.passage_prefix = query_prefix, passage_prefix
-        probe = self._call(["dimension probe"], "probe")
+        probe = self._call([self.passage_prefix + "dimension probe"], "probe")
         self.dim = int(probe.shape[1])
         self.model_id = f"tei:{url}"
 
