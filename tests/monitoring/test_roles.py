@@ -5,6 +5,7 @@ way as the example config. Converging them in a Debian VM belongs to the roles' 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -49,15 +50,29 @@ def test_argument_specs_match_defaults(role: str) -> None:
     defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())
     spec = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
     options = spec["argument_specs"]["main"]["options"]
-    assert set(options) == set(defaults), (
-        f"only in spec: {set(options) - set(defaults)}, only in defaults: {set(defaults) - set(options)}"
+    with_default = {name for name, option in options.items() if "default" in option}
+    assert with_default == set(defaults), (
+        f"only in spec: {with_default - set(defaults)}, only in defaults: {set(defaults) - with_default}"
     )
     for name, option in options.items():
         assert name.startswith(role + "_"), name
         assert option.get("description"), f"{name}: no description"
-        assert option.get("default") == defaults[name], (
-            f"{name}: spec default {option.get('default')!r} != {defaults[name]!r}"
-        )
+        if re.search(r"(password|_token)$", name):
+            assert "default" not in option and option.get("no_log") is True, (
+                f"{name}: a secret needs no_log, no default"
+            )
+        else:
+            assert option.get("default") == defaults[name], f"{name}: {option.get('default')!r} != {defaults[name]!r}"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_readme_variables_are_generated_from_the_spec(role: str) -> None:
+    from tests.roles import readme_vars
+
+    readme = (ROOT / "roles" / role / "README.md").read_text()
+    for heading in ("## What it changes on the host", "## Security controls", "## Variables"):
+        assert heading in readme, f"roles/{role}/README.md lacks {heading!r}"
+    assert readme_vars.render(role, readme) == readme, "run `.venv/bin/python -m tests.roles.readme_vars --write`"
 
 
 def render(tmp_path: Path, **extra: Any) -> Path:
