@@ -12,6 +12,7 @@ import pulumi_aws as aws
 from infra import cloudinit
 from infra.config import COLORS, Color, InfraConfig, traffic_weights
 from infra.deployment import (
+    ASSISTANT_METRICS,
     HTTPS,
     MODEL_SERVER,
     NODE_EXPORTER,
@@ -172,13 +173,16 @@ class SecurityGroups(pulumi.ComponentResource):
         )
         ingress("assistant-https-from-lb", self.assistant, HTTPS, src=self.lb)
         ingress("assistant-https-from-data", self.assistant, HTTPS, src=self.data)  # Alertmanager -> the assistant
-        ingress("assistant-metrics-from-data", self.assistant, NODE_EXPORTER, src=self.data)
+        # Prometheus on the monitoring (data) host scrapes node-exporter everywhere, the assistant and the model server.
+        ingress("assistant-node-metrics-from-data", self.assistant, NODE_EXPORTER, src=self.data)
+        ingress("assistant-metrics-from-data", self.assistant, ASSISTANT_METRICS, src=self.data)
         for port, label in ((REDIS, "redis"), (WEAVIATE_HTTP, "weaviate"), (WEAVIATE_GRPC, "weaviate-grpc")):
             ingress(f"data-{label}-from-assistant", self.data, port, src=self.assistant)
             ingress(f"data-{label}-from-data", self.data, port, src=self.data)  # replication between the two zones
-        ingress("data-metrics-from-data", self.data, NODE_EXPORTER, src=self.data)  # Prometheus runs on data hosts
+        ingress("data-node-metrics-from-data", self.data, NODE_EXPORTER, src=self.data)
         ingress("inference-from-assistant", self.inference, MODEL_SERVER, src=self.assistant)
-        ingress("inference-metrics-from-data", self.inference, NODE_EXPORTER, src=self.data)
+        ingress("inference-node-metrics-from-data", self.inference, NODE_EXPORTER, src=self.data)
+        ingress("inference-metrics-from-data", self.inference, MODEL_SERVER, src=self.data)
         for sg, role in ((self.assistant, "assistant"), (self.data, "data"), (self.inference, "inference")):
             ingress(f"{role}-ssh-from-bastion", sg, SSH, src=self.bastion)
             egress_all(sg, role)

@@ -12,10 +12,11 @@ from infra.inventory import Host
 HTTPS = 443
 SSH = 22
 REDIS = 6379
-WEAVIATE_HTTP = 8080
+WEAVIATE_HTTP = 8081  # roles/weaviate: weaviate_port
 WEAVIATE_GRPC = 50051
-MODEL_SERVER = 8080
+MODEL_SERVER = 8089  # roles/model_server: model_server_port (also its /metrics)
 NODE_EXPORTER = 9100
+ASSISTANT_METRICS = 9464  # roles/assistant: assistant_metrics_port
 
 
 @dataclass

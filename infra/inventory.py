@@ -39,7 +39,8 @@ def render(
     group_vars: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """The inventory as YAML, from resolved host addresses (ips[i] belongs to hosts[i])."""
-    groups: dict[str, dict[str, Any]] = {}
+    # Role groups always exist (possibly empty) so that plays and group_vars can name them.
+    groups: dict[str, dict[str, Any]] = {g: {"hosts": {}} for g in ROLE_GROUPS}
 
     def add(group: str, host: str) -> None:
         groups.setdefault(group, {"hosts": {}})["hosts"][host] = None
@@ -52,6 +53,10 @@ def render(
             add(f"color_{h.color}", h.name)
         add(h.role, h.name)
         add(f"zone_{_group(h.zone)}", h.name)
+    # Prometheus, Alertmanager and Grafana run on one host: the primary zone's data host (playbooks/monitoring.yml).
+    data_hosts = [h for h in hosts if h.role == "data"]
+    if data_hosts:
+        add("monitoring", data_hosts[0].name)
     for gname, g in groups.items():
         # Host variables sit once, in the host's role group; zone and colour groups only name their members.
         g["hosts"] = {name: hostvars[name] if gname in ROLE_GROUPS else None for name in sorted(g["hosts"])}

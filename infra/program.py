@@ -23,6 +23,7 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
     tier = CATALOGUE[conf.tier]
     return {
         "ansible_user": config_mod.ADMIN_USER,
+        "ansible_become": True,  # the admin user has passwordless sudo (cloud-init); roles need root
         "ai_assistant_cloud": conf.cloud,
         "ai_assistant_tier": conf.tier,
         "ai_assistant_domain": conf.domain,
@@ -38,7 +39,9 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         "ai_assistant_egress_ip": dep.egress_ip,
         "firewall_lb_cidrs": dep.public_cidrs,
         "firewall_admin_cidrs": dep.public_cidrs,  # SSH arrives from the bastion's subnet
-        "firewall_monitoring_cidrs": dep.private_cidrs,
+        # The monitoring host's own address, resolved by Ansible from the inventory (security groups hold the rest).
+        "firewall_monitoring_cidrs": "{{ groups['monitoring'] | map('extract', hostvars, 'ansible_host')"
+        " | map('regex_replace', '$', '/32') | list }}",
         "volumes_data_device": f"/dev/disk/by-label/{config_mod.DATA_LABEL}",
         "volumes_fs_label": config_mod.DATA_LABEL,
         "volumes_mount_point": config_mod.DATA_MOUNT,
@@ -57,7 +60,11 @@ def _group_vars(conf: InfraConfig) -> dict[str, dict[str, Any]]:
         },
         "data": {
             "redis_maxmemory": f"{d['redis']}mb",
-            "ai_assistant_weaviate_memory_max_mib": d["weaviate"],
+            "weaviate_tier": conf.tier,
+            # The catalogue is the one source of sizes: override the role's per-tier table with it.
+            "weaviate_memory_limits": {
+                name: f"{t.data.memory_limits_mib['weaviate']}m" for name, t in CATALOGUE.items()
+            },
             "ai_assistant_monitoring_memory_max_mib": d["monitoring"],
         },
     }

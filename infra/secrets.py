@@ -17,7 +17,7 @@ SECRET_VARS = (
     "redis_password",
     "weaviate_api_key",
     "assistant_admin_token",
-    "alertmanager_webhook_token",
+    "alertmanager_assistant_token",  # the assistant checks the same token (AI_ASSISTANT_ALERTS__TOKEN)
     "grafana_admin_password",
 )
 

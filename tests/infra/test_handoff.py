@@ -39,7 +39,7 @@ def test_command_runs_the_script_with_secrets_only_in_its_environment() -> None:
         "redis_password",
         "weaviate_api_key",
         "assistant_admin_token",
-        "alertmanager_webhook_token",
+        "alertmanager_assistant_token",
         "grafana_admin_password",
         "internal_ca_key_pem",
         "internal_ca_cert_pem",

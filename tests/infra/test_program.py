@@ -362,7 +362,7 @@ def test_external_inference_has_no_gpu_host() -> None:
     assert [r for r in run.of(INSTANCE["alicloud"]) if _role(r) == "inference"] == []
     inv = yaml.safe_load(run.exports["inventory"][0])["all"]
     assert inv["vars"]["ai_assistant_inference_url"] == "https://llm.example.com/v1"
-    assert "inference" not in inv["children"]
+    assert inv["children"]["inference"]["hosts"] == {}
 
 
 def test_health_checks_use_readyz(stack_run: Get) -> None:

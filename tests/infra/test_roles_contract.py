@@ -1,0 +1,83 @@
+"""Contract with roles/: every role variable the stack hands to Ansible exists in that role's argument_specs.
+
+Variables are matched to a role by prefix (redis_password -> roles/redis). ai_assistant_* variables are play-level
+switches read by playbooks/, not role options. A role that does not exist yet is reported as a skip, not a pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.infra.harness import config_for, run_program, unwrap
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+PLAYBOOK = Path(__file__).resolve().parents[2] / "playbooks" / "site.yml"
+
+
+def _specs() -> dict[str, dict[str, Any]]:
+    out = {}
+    for spec in ROLES.glob("*/meta/argument_specs.yml"):
+        out[spec.parent.parent.name] = yaml.safe_load(spec.read_text())["argument_specs"]["main"]["options"]
+    return out
+
+
+def _role_of(var: str, roles: list[str]) -> str | None:
+    for role in sorted(roles, key=len, reverse=True):
+        if var.startswith(f"{role}_"):
+            return role
+    return None
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_every_role_variable_exists_in_its_argument_specs(cloud: str) -> None:
+    specs = _specs()
+    if not specs:
+        pytest.skip("roles/*/meta/argument_specs.yml do not exist yet")
+    run = run_program(config_for(cloud, "standard"))
+    inv = yaml.safe_load(run.exports["inventory"][0])["all"]
+    names = set(inv["vars"])
+    for group in inv["children"].values():
+        names |= set(group.get("vars") or {})
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    names |= set(json.loads(env["AI_ASSISTANT_SECRET_VARS"])) - {"internal_ca_key_pem", "internal_ca_cert_pem"}
+    unknown, checked = [], []
+    for name in sorted(names):
+        role = _role_of(name, list(specs))
+        if role is None:
+            continue
+        checked.append(name)
+        if name not in specs[role]:
+            unknown.append(f"{name} (roles/{role})")
+    assert unknown == []
+    assert {"redis_password", "firewall_lb_cidrs", "volumes_fs_label", "tls_mode"} <= set(checked)
+
+
+def test_choices_and_types_match_the_specs() -> None:
+    specs = _specs()
+    if not {"tls", "weaviate", "redis"} <= set(specs):
+        pytest.skip("the tls, weaviate and redis roles do not exist yet")
+    inv = yaml.safe_load(run_program(config_for("aws", "enterprise")).exports["inventory"][0])["all"]
+    assert inv["vars"]["tls_mode"] in specs["tls"]["tls_mode"]["choices"]
+    data = inv["children"]["data"]["vars"]
+    assert data["weaviate_tier"] in specs["weaviate"]["weaviate_tier"]["choices"]
+    assert set(data["weaviate_memory_limits"]) == set(specs["weaviate"]["weaviate_memory_limits"]["default"])
+    assert isinstance(data["redis_maxmemory"], str) and data["redis_maxmemory"].endswith("mb")
+
+
+def test_the_playbook_uses_the_groups_the_inventory_has() -> None:
+    if not PLAYBOOK.exists():
+        pytest.skip("playbooks/site.yml does not exist yet")
+    plays = yaml.safe_load(PLAYBOOK.read_text())
+    wanted = set()
+    for play in plays:
+        if "hosts" in play:
+            wanted |= set(str(play["hosts"]).split(":"))
+    inv = yaml.safe_load(run_program(config_for("aws", "basic")).exports["inventory"][0])["all"]
+    assert wanted <= set(inv["children"]) | {"all"}, (
+        f"groups the playbook names but infra does not export: {wanted - set(inv['children'])}"
+    )
