@@ -81,3 +81,38 @@ def test_the_playbook_uses_the_groups_the_inventory_has() -> None:
     assert wanted <= set(inv["children"]) | {"all"}, (
         f"groups the playbook names but infra does not export: {wanted - set(inv['children'])}"
     )
+
+
+ANSIBLE_INVENTORY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "ansible-inventory"
+
+
+@pytest.mark.skipif(not ANSIBLE_INVENTORY.exists(), reason="ansible is not installed in .venv")
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_ansible_reads_the_exported_inventory(cloud: str, tmp_path: Path) -> None:
+    """Ansible's own parser, not ours: groups, host addresses and group variables come out as intended."""
+    import subprocess
+
+    run = run_program(config_for(cloud, "enterprise"))
+    path = tmp_path / "inventory.yml"
+    path.write_text(run.exports["inventory"][0])
+    env = {"ANSIBLE_HOME": str(tmp_path / "home"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [str(ANSIBLE_INVENTORY), "-i", str(path), "--list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[WARNING]" not in proc.stderr, proc.stderr
+    parsed = json.loads(proc.stdout)
+    hostvars = parsed["_meta"]["hostvars"]
+    assert set(parsed["assistant"]["hosts"]) == {h for h in run.exports["hosts"][0] if h.startswith("assistant")}
+    assert len(parsed["data"]["hosts"]) == 2 and parsed["monitoring"]["hosts"] == [sorted(parsed["data"]["hosts"])[0]]
+    for host in parsed["data"]["hosts"]:
+        assert hostvars[host]["weaviate_tier"] == "enterprise"
+        assert hostvars[host]["ansible_become"] is True
+        assert hostvars[host]["ansible_ssh_common_args"].startswith("-o ProxyJump=ansible@")
+    colour = [g for g in parsed if g.startswith("color_")]
+    assert colour == ["color_blue"]
