@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ai_assistant.inputs.image import ImageOCRAdapter
-from ai_assistant.inputs.voice import WhisperSpeechAdapter, assemble_model
+from ai_assistant.inputs.voice import SAMPLE_RATE, WhisperSpeechAdapter, assemble_model, decode_bounded
 from ai_assistant.messages import Attachment, ChatTurn, InboundMessage
 
 pytest.importorskip("rapidocr_onnxruntime", reason="the media extra (rapidocr-onnxruntime) is not installed")
@@ -123,7 +123,46 @@ def test_bad_voice_clips_become_a_note(stt: WhisperSpeechAdapter, voice_b64: str
     assert "could not be read: not a supported audio format" in text
     short = WhisperSpeechAdapter(model_dir=model_cache, max_seconds=1.0)
     text = asyncio.run(short.to_text(Attachment(kind="voice", data_b64=voice_b64)))
-    assert "more than 1 s" in text
+    assert "the clip is longer than 1 s" in text
+
+
+def to_ogg_opus(samples: Any) -> bytes:
+    """16 kHz mono int16 samples as Ogg/Opus, the format Telegram and Feishu voice messages arrive in."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="ogg") as out:
+        stream = out.add_stream("libopus", rate=SAMPLE_RATE)
+        stream.bit_rate = 12000
+        stream.layout = "mono"
+        step = SAMPLE_RATE * 20
+        for start in range(0, samples.shape[0], step):
+            frame = av.AudioFrame.from_ndarray(samples[None, start : start + step], format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def test_ogg_opus_voice_message(stt: WhisperSpeechAdapter, voice_b64: str) -> None:
+    import numpy as np
+
+    pcm = (decode_bounded(base64.b64decode(voice_b64), 60) * 32767).astype(np.int16)
+    ogg = to_ogg_opus(pcm)
+    text = asyncio.run(stt.to_text(Attachment(kind="voice", data_b64=base64.b64encode(ogg).decode())))
+    assert "password" in text.lower()
+
+
+def test_hours_of_audio_in_a_small_file_are_refused_while_decoding(stt: WhisperSpeechAdapter) -> None:
+    """320 s of silence is ~120 KB of Opus but 20 MB of samples: the clip is refused once 300 s have been decoded."""
+    import numpy as np
+
+    ogg = to_ogg_opus(np.zeros(SAMPLE_RATE * 320, dtype=np.int16))
+    assert len(ogg) < 300_000
+    text = asyncio.run(stt.to_text(Attachment(kind="voice", data_b64=base64.b64encode(ogg).decode())))
+    assert "the clip is longer than 300 s" in text
 
 
 class RecordingEngine:

@@ -74,6 +74,42 @@ def assemble_model(cache: Path | None = None) -> Path:
     return target
 
 
+def decode_bounded(data: bytes, max_seconds: float) -> Any:
+    """16 kHz mono float32 samples, decoded by PyAV (ffmpeg inside its wheel).
+
+    faster_whisper.decode_audio would decode the whole clip first: a few MiB of low-bitrate Opus can hold hours of
+    audio, gigabytes once decoded. Here decoding stops as soon as the clip is longer than allowed.
+    """
+    import av
+    import numpy as np
+
+    limit = int(max_seconds * SAMPLE_RATE)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    chunks: list[Any] = []
+    total = 0
+    try:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise UnusableAttachment("the file has no audio track")
+            for frame in container.decode(audio=0):
+                frame.pts = None  # some platform clips have broken timestamps; the resampler need not care
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    total += chunk.size
+                    if total > limit:
+                        raise UnusableAttachment(f"the clip is longer than {max_seconds:.0f} s")
+                    chunks.append(chunk)
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except UnusableAttachment:
+        raise
+    except Exception as exc:  # PyAV raises its own error family (and ValueError) for undecodable input
+        raise UnusableAttachment(f"not a supported audio format ({type(exc).__name__})") from None
+    if sum(c.size for c in chunks) < SAMPLE_RATE // 10:
+        raise UnusableAttachment("the clip is empty")
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
 class WhisperSpeechAdapter:
     kinds: ClassVar[tuple[str, ...]] = ("voice",)
 
@@ -107,17 +143,7 @@ class WhisperSpeechAdapter:
 
     def _transcribe(self, data: bytes) -> str:
         model = self._load()
-        from faster_whisper import decode_audio  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-        try:
-            audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
-        except Exception as exc:  # PyAV raises its own error family for every kind of undecodable input
-            raise UnusableAttachment(f"not a supported audio format ({type(exc).__name__})") from None
-        seconds = len(audio) / SAMPLE_RATE
-        if seconds > self.max_seconds:
-            raise UnusableAttachment(f"the clip is {seconds:.0f} s long, more than {self.max_seconds:.0f} s")
-        if seconds < 0.1:
-            raise UnusableAttachment("the clip is empty")
+        audio = decode_bounded(data, self.max_seconds)
         segments, _info = model.transcribe(audio, language=self.language, beam_size=self.beam_size)
         return " ".join(segment.text.strip() for segment in segments).strip()
 
