@@ -113,3 +113,15 @@ def test_provisioning_points_at_the_datasource_and_the_dashboards() -> None:
     [provider] = dash["providers"]
     assert provider["type"] == "file" and provider["options"]["path"]
     assert provider["allowUiUpdates"] is False
+
+
+def test_monitoring_code_type_checks_strictly() -> None:
+    """grafana-foundation-sdk does no runtime checks (a string where a number belongs is accepted); its type hints
+    are the check, so monitoring/ is kept mypy --strict clean like service/."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "mypy"), "--strict", "monitoring"],
+        cwd=MONITORING.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
