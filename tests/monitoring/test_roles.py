@@ -201,3 +201,45 @@ def test_node_exporter_flags(minimal: Path) -> None:
     assert "--no-collector.zfs" in args
     proc = subprocess.run(["prometheus-node-exporter", *args, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr  # every flag is one node_exporter 1.5 knows
+
+
+def test_playbook_derives_scrape_targets_and_alert_url_from_the_inventory(tmp_path: Path) -> None:
+    """The expressions of playbooks/monitoring.yml, evaluated by Ansible against a multi-host inventory (debug tasks on
+    the controller only)."""
+    play = yaml.safe_load((ROOT / "playbooks" / "monitoring.yml").read_text())[1]
+    variables = dict(play.get("vars", {}))
+    for role in play["roles"]:
+        variables.update(role.get("vars", {}))
+    names = [k for k in variables if not k.startswith("__")]
+    show = "{{ {" + ", ".join(f"'{n}': {n}" for n in names) + "} | to_json }}"
+    task = {"name": "Show", "ansible.builtin.debug": {"msg": show}}
+    probe = [{"hosts": "monitoring", "connection": "local", "gather_facts": False, "vars": variables, "tasks": [task]}]
+    (tmp_path / "probe.yml").write_text(yaml.safe_dump(probe))
+    hosts = {
+        "assistant": {"app-a": {"ansible_host": "10.0.1.10", "tls_domains": ["bot.corp.example"]}, "app-b": {}},
+        "model": {"gpu-a": {"ansible_host": "10.0.1.20", "model_server_port": 8080}},
+        "vector": {"kb-a": {"ansible_host": "10.0.1.30"}},
+        "monitoring": {"mon-a": {"ansible_host": "10.0.1.40"}},
+    }
+    inventory = {"all": {"children": {group: {"hosts": members} for group, members in hosts.items()}}}
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "inventory.json"), str(tmp_path / "probe.yml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"ANSIBLE_STDOUT_CALLBACK": "json", "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["mon-a"]["msg"]
+    got = json.loads(result) if isinstance(result, str) else result
+    assert got["prometheus_assistant_targets"] == ["10.0.1.10:9464", "app-b:9464"]
+    assert got["prometheus_node_targets"] == [
+        "10.0.1.10:9100",
+        "app-b:9100",
+        "10.0.1.20:9100",
+        "10.0.1.30:9100",
+        "10.0.1.40:9100",
+    ]
+    assert got["prometheus_model_server_targets"] == ["10.0.1.20:8080"]
+    assert got["alertmanager_assistant_url"] == "https://bot.corp.example/api/alerts"
