@@ -16,10 +16,11 @@ import time
 from typing import ClassVar, Literal
 
 import httpx
+from pydantic import Field, SecretStr
+
 from ai_assistant.connectors.base import Connector, ConnectorConfig
 from ai_assistant.errors import DeliveryFailed, MalformedRequest, SignatureInvalid, StaleRequest
 from ai_assistant.messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
-from pydantic import Field, SecretStr
 
 __version__ = "1.0.0"
 WINDOW_SECONDS = 300
