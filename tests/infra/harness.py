@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import runpy
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +215,7 @@ def run_program(
     secrets: dict[str, Any] | None = None,
     repo_root: Path | None = None,
     run: Run | None = None,
+    via_main: bool = False,
 ) -> Run:
     """Run infra.program.main with this config (keys without the namespace); raises what the program raises.
 
@@ -225,7 +228,15 @@ def run_program(
     pulumi.runtime.set_mocks(Recorder(run), project=PROJECT, stack="test", preview=False)
 
     # The same loop pulumi's own @pulumi.runtime.test uses: the root stack's futures are bound to it.
-    _sync_await(run_pulumi_func(lambda: program.main(repo_root or program.REPO_ROOT)))
+    if via_main:
+        # As the Pulumi CLI does: run the program directory's __main__.py as a script.
+        saved = list(sys.path)
+        try:
+            _sync_await(run_pulumi_func(lambda: runpy.run_path(str(program.REPO_ROOT / "infra"), run_name="__main__")))
+        finally:
+            sys.path[:] = saved
+    else:
+        _sync_await(run_pulumi_func(lambda: program.main(repo_root or program.REPO_ROOT)))
     stack = psettings.get_root_resource()
     for k, v in dict(getattr(stack, "outputs", {}) or {}).items():
         run.exports[k] = _sync_await(_resolve(v))

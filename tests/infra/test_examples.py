@@ -30,3 +30,16 @@ def test_example_stack_runs(path: Path) -> None:
     run = run_program({k.split(":", 1)[1]: v for k, v in raw.items()})
     assert run.exports["egressIp"][0]
     assert len(EXAMPLES) >= 2
+
+
+def test_main_runs_as_the_pulumi_cli_runs_it() -> None:
+    """infra/ executed as a script (runpy, like Pulumi's Python host): same resources and exports as main()."""
+    import sys
+
+    cfg = yaml.safe_load((ROOT / "Pulumi.example-aws.yaml").read_text())["config"]
+    plain = {k.split(":", 1)[1]: v for k, v in cfg.items()}
+    direct = run_program(plain)
+    scripted = run_program(plain, via_main=True)
+    assert sorted((r.typ, r.name) for r in scripted.resources) == sorted((r.typ, r.name) for r in direct.resources)
+    assert set(scripted.exports) == set(direct.exports)
+    assert str(ROOT / "infra") not in sys.path
