@@ -278,3 +278,23 @@ def test_unreadable_plugin_is_reported_not_fatal(env: Env, monkeypatch: pytest.M
     registry = load(env)
     assert not registry.entries
     assert any("im-connector (unreadable) skipped" in p for p in registry.problems)
+
+
+def test_unusable_data_dir_is_one_line(env: Env) -> None:
+    blocker = env.data_dir / "plugins"
+    blocker.write_text("a file where the plugins directory should be")
+    code, out = cli(env, "install", "--type", "connector", "--name", "im-connector", "--url", env.archive().as_uri())
+    assert code == 1
+    assert out.startswith("error: ")
+    assert str(blocker) in out
+    assert out.count("\n") == 1
+
+
+def test_install_disabled(env: Env) -> None:
+    code, out = cli(
+        env, "install", "--type", "connector", "--name", "im-connector", "--url", env.archive().as_uri(), "--disabled"
+    )
+    assert code == 0, out
+    assert "disabled (takes effect at the next start)" in out
+    assert listed(env)[0]["status"] == "disabled"
+    assert load(env).entries == {}

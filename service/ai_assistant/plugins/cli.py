@@ -46,6 +46,7 @@ class _Dirs:
 
 
 def _fail(exc: Exception) -> NoReturn:
+    # OSError: an unwritable or misplaced data dir; its message names the path, which is all the operator needs.
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(1)
 
@@ -82,7 +83,7 @@ def install(
     """Download, check (hash pin, archive safety, signature) and install a plugin atomically."""
     try:
         record = _dirs(ctx).manager().install(url, plugin_type.value, name, sha256=sha256, enabled=not disabled)
-    except AssistantError as exc:
+    except (AssistantError, OSError) as exc:
         _fail(exc)
     perms = ", ".join(record.permissions) or "none"
     typer.echo(
@@ -101,7 +102,7 @@ def upgrade(
     """Replace an installed plugin with a newer version; on any failure the installed version stays."""
     try:
         record = _dirs(ctx).manager().upgrade(name, url=url, sha256=sha256)
-    except AssistantError as exc:
+    except (AssistantError, OSError) as exc:
         _fail(exc)
     typer.echo(
         f"upgraded {record.name} to {record.version}, signed by {record.signer} (takes effect at the next start)"
@@ -113,7 +114,7 @@ def enable(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Load the plugin at the next start."""
     try:
         _dirs(ctx).manager().set_enabled(name, True)
-    except AssistantError as exc:
+    except (AssistantError, OSError) as exc:
         _fail(exc)
     typer.echo(f"enabled {name} (takes effect at the next start)")
 
@@ -123,7 +124,7 @@ def disable(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Keep the plugin installed but do not load it."""
     try:
         _dirs(ctx).manager().set_enabled(name, False)
-    except AssistantError as exc:
+    except (AssistantError, OSError) as exc:
         _fail(exc)
     typer.echo(f"disabled {name} (takes effect at the next start)")
 
@@ -133,7 +134,7 @@ def remove(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Uninstall the plugin and delete its files."""
     try:
         record = _dirs(ctx).manager().remove(name)
-    except AssistantError as exc:
+    except (AssistantError, OSError) as exc:
         _fail(exc)
     typer.echo(f"removed {record.name} {record.version}")
 
@@ -146,7 +147,7 @@ def list_(
     """Installed plugins: name, type, version, source, signer and status (files and signature checked now)."""
     try:
         checked = _dirs(ctx).manager().check_all()
-    except AssistantError as exc:
+    except (AssistantError, OSError) as exc:
         _fail(exc)
     if as_json:
         rows = [{**c.record.model_dump(), "status": c.status, "detail": c.detail} for c in checked]
@@ -174,7 +175,7 @@ def keygen(
     """Create an ed25519 signing key; prints the public key line for trusted_keys in plugins.yaml."""
     try:
         public = generate_key(out)
-    except AssistantError as exc:
+    except (AssistantError, OSError) as exc:
         _fail(exc)
     typer.echo(public)
 
@@ -189,7 +190,7 @@ def build_(
     try:
         private = load_private_key(key) if key is not None else None
         manifest, _ = build(source, out, private)
-    except AssistantError as exc:
+    except (AssistantError, OSError) as exc:
         _fail(exc)
     import hashlib
 
