@@ -231,3 +231,45 @@ def test_push_to_connector_failures(receiver: ReplyReceiver) -> None:
     channel = ConnectorChannel("audit-copy", ConnectorChannelConfig(connector="ops-im", chat_id="c"), {"ops-im": ops})
     with pytest.raises(DeliveryFailed, match="HTTP 500"):
         asyncio.run(channel.deliver(part()))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building channels from a configuration file's options
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cls", "options", "expected"),
+    [
+        (
+            WebhookChannel,
+            {"type": "webhook", "url": "https://h/", "secret": "hunter22"},
+            "ops.secret: must be a Standard",
+        ),
+        (WebhookChannel, {"type": "webhook", "secret": SECRET}, "ops.url: required key is missing"),
+        (EmailChannel, {"type": "email", "hots": "x"}, "ops.hots: unknown key"),
+        (
+            EmailChannel,
+            {"type": "email", "host": "h", "sender": "a@b.c", "to": ["x"]},
+            "ops.to: 'x' is not an e-mail",
+        ),
+        (ConnectorChannel, {"type": "connector", "connector": "ops-im"}, "ops.chat_id: required key is missing"),
+        (ConnectorChannel, {"type": "connector", "connector": "nope", "chat_id": "c"}, "ops.connector: no connector"),
+    ],
+)
+def test_from_options_errors_name_file_and_key(cls: Any, options: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        cls.from_options("ops", options, {"ops-im": object()}, "config/channels.yaml")
+    assert str(err.value).startswith("config/channels.yaml: ")
+    assert expected in str(err.value)
+    assert "hunter22" not in str(err.value)
+
+
+def test_from_options_builds_working_channels(receiver: ReplyReceiver) -> None:
+    hook = WebhookChannel.from_options(
+        "ops", {"type": "webhook", "url": receiver.url, "secret": SECRET}, {}, "config/channels.yaml"
+    )
+    asyncio.run(hook.deliver(part("via options")))
+    assert [r["text"] for r in receiver.received] == ["via options"]
+    mail = EmailChannel.from_options(
+        "mail", {"type": "email", "host": "smtp.corp", "sender": "a@corp.example", "to": ["b@corp.example"]}, {}, "f"
+    )
+    assert mail.config.security == "starttls"

@@ -8,14 +8,30 @@ counts as two different messages for the receiving platform's de-duplication, an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..connectors.base import Connector
 from ..errors import ConfigError, DeliveryFailed
 from ..messages import OutboundText
 from ..observability import DELIVERIES
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_channel_options(model: type[M], name: str, options: Mapping[str, object], file: str) -> M:
+    """A channel's options from a config file, or one ConfigError line naming the file and `<channel>.<key>`.
+    Shared by the webhook, email and connector channels' `from_options`."""
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as exc:
+        errors = exc.errors()
+        # A misspelt key also makes the real one "missing": name the misspelling, which is the actual mistake.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        key = ".".join(str(p) for p in (name, *err["loc"]))
+        msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"], err["msg"])
+        raise ConfigError(file, key, msg.removeprefix("Value error, ")) from None
 
 
 class ConnectorChannelConfig(BaseModel):
@@ -37,6 +53,12 @@ class ConnectorChannel:
         self.name = name
         self.config = config
         self._connectors = connectors
+
+    @classmethod
+    def from_options(
+        cls, name: str, options: Mapping[str, object], connectors: Mapping[str, Connector], file: str
+    ) -> ConnectorChannel:
+        return cls(name, validate_channel_options(ConnectorChannelConfig, name, options, file), connectors, file)
 
     async def deliver(self, part: OutboundText) -> None:
         target = self._connectors[self.config.connector]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Literal
 import aiosmtplib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ..connectors.base import Connector
 from ..errors import DeliveryFailed
 from ..messages import OutboundText
 from ..observability import DELIVERIES
+from .connector import validate_channel_options
 
 
 def _address(value: str) -> str:
@@ -82,6 +85,12 @@ class EmailChannel:
             self._tls = ssl.create_default_context(cafile=str(config.ca_bundle) if config.ca_bundle else None)
         domain = parseaddr(config.sender)[1].rpartition("@")[2]
         self._domain = domain or "ai-assistant.invalid"
+
+    @classmethod
+    def from_options(
+        cls, name: str, options: Mapping[str, object], connectors: Mapping[str, Connector], file: str
+    ) -> EmailChannel:
+        return cls(name, validate_channel_options(EmailChannelConfig, name, options, file))
 
     def message(self, part: OutboundText) -> EmailMessage:
         msg = EmailMessage()

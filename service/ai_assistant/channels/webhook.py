@@ -7,6 +7,7 @@ de-duplicates on `webhook-id`, which is the part's idempotency key, so a retried
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -14,9 +15,11 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
+from ..connectors.base import Connector
 from ..errors import DeliveryFailed
 from ..messages import OutboundText
 from ..observability import DELIVERIES
+from .connector import validate_channel_options
 
 
 class WebhookChannelConfig(BaseModel):
@@ -46,6 +49,12 @@ class WebhookChannel:
         self.config = config
         self._webhook = Webhook(config.secret.get_secret_value())
         self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(config.timeout_seconds, connect=5.0))
+
+    @classmethod
+    def from_options(
+        cls, name: str, options: Mapping[str, object], connectors: Mapping[str, Connector], file: str
+    ) -> WebhookChannel:
+        return cls(name, validate_channel_options(WebhookChannelConfig, name, options, file))
 
     async def deliver(self, part: OutboundText) -> None:
         body = json.dumps(
