@@ -22,7 +22,7 @@ from ai_assistant.connectors.slack import SlackConnector
 from ai_assistant.connectors.telegram import TelegramConnector
 from ai_assistant.connectors.wecom import WeComConnector
 from ai_assistant.registry import Kind, Registry, default_registry
-from ai_assistant.settings import WorkerSettings, load_settings
+from ai_assistant.settings import Settings, WorkerSettings, load_settings
 from tests.connectors.producers import Req
 from tests.connectors.standin import PlatformStandIn
 from tests.helpers import free_port, metric_value, queued_jobs, wait_until
@@ -140,8 +140,11 @@ def make_app(tmp_path: Path) -> Iterator[AppFactory]:
             },
             "worker": {"poll_interval_seconds": 0.05, "retry_backoff_seconds": 0.2, "concurrency": 1},
             "server": {"json_logs": False},
-            **assistant,
         }
+        if "knowledge" in Settings.model_fields:
+            # These tests are about the connectors: no knowledge base, so every answer comes from the model.
+            settings["knowledge"] = {"enabled": False}
+        settings.update(assistant)
         (config_dir / "assistant.yaml").write_text(yaml.safe_dump(settings))
         (config_dir / "connectors.yaml").write_text(yaml.safe_dump({"bot": options}, allow_unicode=True))
         (config_dir / "sensitive_words.txt").write_text("forbiddenword\n")

@@ -5,7 +5,10 @@ forged or stale -> 401/403 and nothing queued; handshakes answered; long answers
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -147,3 +150,44 @@ async def test_long_answer_is_split_under_the_limit_and_sent_in_order(case: Case
         assert max(utf8_bytes(s) for s in sent) <= 2048
     if case.platform == "feishu":
         assert all(json.loads(c.body["content"])["text"] for c in platform.sends())
+
+
+@pytest.fixture
+def silent_model() -> Iterator[str]:
+    """A model server that accepts connections and never answers: the worst case for the ack deadline. Torn down
+    before the app (fixture order), so the worker's hanging call ends and the app stops promptly."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_ack_does_not_wait_for_the_model(
+    case: Case, make_app: AppFactory, platform: PlatformStandIn, silent_model: str
+) -> None:
+    engine = {"base_url": silent_model, "model": "local", "timeout_seconds": 30, "max_retries": 0}
+    app = make_app(case.options(platform.base), workers=True, engine=engine)
+    resp = app.send(case.genuine(6, platform.base))
+    assert resp.status_code == 200
+    # Acknowledged while the only worker is still waiting on a model that will never answer.
+    assert [state for _, state, _ in app.jobs()] == ["queued"]
+    assert platform.sends() == []
