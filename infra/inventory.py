@@ -64,8 +64,14 @@ def render(
             g["vars"] = dict(sorted(group_vars[gname].items()))
     all_vars = dict(sorted(all_vars.items()))
     if bastion_ip:
-        # Instances have no public address: Ansible reaches them through the bastion.
-        all_vars["ansible_ssh_common_args"] = f"-o ProxyJump={all_vars.get('ansible_user', 'ansible')}@{bastion_ip}"
+        # Instances have no public address: Ansible reaches them through the bastion. New hosts' keys are accepted on
+        # first contact and pinned after (accept-new), for the bastion hop too, which -o options do not reach with
+        # ProxyJump; ansible.cfg keeps host_key_checking on, so a changed key still stops the run.
+        user = all_vars.get("ansible_user", "ansible")
+        all_vars["ansible_ssh_common_args"] = (
+            "-o StrictHostKeyChecking=accept-new "
+            f"-o ProxyCommand='ssh -o StrictHostKeyChecking=accept-new -W %h:%p -q {user}@{bastion_ip}'"
+        )
     doc = {"all": {"vars": all_vars, "children": dict(sorted(groups.items()))}}
     return yaml.safe_dump(doc, sort_keys=False, width=1000)
 

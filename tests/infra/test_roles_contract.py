@@ -113,6 +113,6 @@ def test_ansible_reads_the_exported_inventory(cloud: str, tmp_path: Path) -> Non
     for host in parsed["data"]["hosts"]:
         assert hostvars[host]["weaviate_tier"] == "enterprise"
         assert hostvars[host]["ansible_become"] is True
-        assert hostvars[host]["ansible_ssh_common_args"].startswith("-o ProxyJump=ansible@")
+        assert "-W %h:%p -q ansible@203.0.113." in hostvars[host]["ansible_ssh_common_args"]
     colour = [g for g in parsed if g.startswith("color_")]
     assert colour == ["color_blue"]
