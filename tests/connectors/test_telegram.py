@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ai_assistant.connectors.telegram import TelegramConfig, TelegramConnector
-from ai_assistant.errors import ConfigError
+from ai_assistant.errors import ConfigError, DeliveryFailed
 from ai_assistant.messages import OutboundText
 from tests.connectors import producers as p
 from tests.connectors.cases import TELEGRAM
@@ -89,3 +89,29 @@ async def test_get_me_then_reply_with_retry_after(platform: PlatformStandIn) -> 
 def test_secret_token_shape_is_checked_at_load(make_app: AppFactory, platform: PlatformStandIn) -> None:
     with pytest.raises(ConfigError, match=r"bot\.secret_token: must be 1-256 characters"):
         make_app({**TELEGRAM.options(platform.base), "secret_token": "has spaces and ü"})
+
+
+@pytest.mark.anyio
+async def test_failures_never_show_the_token_in_the_url(
+    platform: PlatformStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bot token is part of every Bot API URL: our errors and logs name the method instead. (httpx's own request
+    log line has the URL; the service keeps httpx at WARNING and scrubs every connector secret from log lines.)"""
+    caplog.set_level("DEBUG", logger="ai_assistant")
+    options = {**TELEGRAM.options(platform.base), "max_attempts": 2, "retry_backoff_seconds": 0}
+    c = TelegramConnector("bot", TelegramConfig.model_validate(options))
+    platform.script("/sendMessage", 502, {"ok": False, "description": "Bad Gateway"}, times=2)
+    try:
+        with pytest.raises(DeliveryFailed) as err:
+            await c.send(OutboundText("bot", "777", "answer", 1, 1, "1:1", None))
+        await c.aclose()
+        dead = TelegramConnector("bot", TelegramConfig.model_validate({**options, "api_base": "http://127.0.0.1:9"}))
+        with pytest.raises(DeliveryFailed) as unreachable:
+            await dead.send(OutboundText("bot", "777", "answer", 1, 1, "1:1", None))
+        await dead.aclose()
+    finally:
+        await c.aclose()
+    assert str(err.value) == "bot: sendMessage: HTTP 502 (after 2 attempts)"
+    assert str(unreachable.value) == "bot: sendMessage: ConnectError (after 2 attempts)"
+    assert "try 2 of 2" in caplog.text  # the retry was logged ...
+    assert p.TG_BOT_TOKEN.split(":")[1] not in caplog.text  # ... without the token
