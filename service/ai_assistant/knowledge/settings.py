@@ -64,7 +64,8 @@ class KnowledgeSettings(_Section):
     # Applies to the calibrated score: cosine minus the query's mean cosine to everyday sentences (calibration.py).
     # Measured on the sample corpus: relevant >= 0.088, unrelated <= 0.076 (docs/knowledge.md, "Calibration").
     min_score: float = Field(0.08, ge=-1, le=1)
-    sample_corpus: Path | None = Field(Path("samples/knowledge"), description="ingested by `make up` when set")
+    # Relative to the config dir (config/ in the repo); `make up` ingests it.
+    sample_corpus: Path | None = Path("../samples/knowledge")
     max_file_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     chunk_max_chars: int = Field(900, ge=100, le=8000, description="weighted: a CJK character counts as 3")
     max_context_chars: int = Field(6000, ge=500, description="cap on document text put into one prompt")
