@@ -132,6 +132,10 @@ class PlatformStandIn:
         bearer = headers.get("authorization", "").removeprefix("Bearer ")
         if path == "/open-apis/auth/v3/tenant_access_token/internal":
             return 200, {"code": 0, "msg": "ok", "tenant_access_token": self._issue("t"), "expire": 7200}
+        if path == "/open-apis/bot/v3/info":
+            if bearer not in self.valid_tokens:
+                return 400, {"code": 99991663, "msg": "Invalid access token for authorization"}
+            return 200, {"code": 0, "msg": "ok", "bot": {"app_name": "AI助理", "open_id": "ou_bot_from_info"}}
         if path.startswith("/open-apis/im/v1/messages"):
             if bearer not in self.valid_tokens:
                 return 400, {"code": 99991663, "msg": "Invalid access token for authorization"}

@@ -15,6 +15,7 @@ from tests.connectors import producers as p
 from tests.connectors.cases import FEISHU
 from tests.connectors.conftest import AppFactory
 from tests.connectors.standin import PlatformStandIn
+from tests.helpers import wait_until
 
 
 def _lark_sdk_accepts(req: p.Req) -> int:
@@ -229,3 +230,17 @@ def test_bad_config_is_one_line_naming_the_key(
         make_app(options)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_bot_open_id_is_learned_at_start(make_app: AppFactory, platform: PlatformStandIn) -> None:
+    options = {k: v for k, v in FEISHU.options(platform.base).items() if k != "bot_open_id"}
+    app = make_app({**options, "bot_name": "Some Other Name"})
+    wait_until(lambda: app.connector.bot_open_id == "ou_bot_from_info", 20, "the bot's open_id")
+    [info] = [c for c in platform.calls if c.path == "/open-apis/bot/v3/info"]
+    assert info.headers["authorization"] == "Bearer t-1"
+    payload = p.feishu_message("ev-i1", "om_i1", "hello", chat_type="group", mention_bot=True)
+    payload["event"]["message"]["mentions"][0]["id"]["open_id"] = "ou_bot_from_info"
+    assert app.send(p.feishu_request(payload)).status_code == 200
+    someone_else = p.feishu_message("ev-i2", "om_i2", "hello", chat_type="group", mention_bot=True)  # another open_id
+    assert app.send(p.feishu_request(someone_else)).status_code == 200
+    assert [m["event_id"] for m in app.messages()] == ["ev-i1"]

@@ -17,8 +17,10 @@ part number, so Feishu itself drops a re-sent part; tenant_access_token cached a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +32,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pydantic import Field, SecretStr
 
-from ..errors import Forbidden, MalformedRequest, SignatureInvalid
+from ..errors import DeliveryFailed, Forbidden, MalformedRequest, SignatureInvalid
 from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, obj, same
@@ -54,7 +56,7 @@ class FeishuConfig(ConnectorConfig, OutboundOptions):
     app_secret: SecretStr = Field(description="App Secret from Credentials & Basic Info")
     verification_token: SecretStr = Field(description="Events & Callbacks > Encryption Strategy > Verification Token")
     encrypt_key: SecretStr | None = Field(None, description="Encryption Strategy > Encrypt Key (turns on signatures)")
-    bot_open_id: str | None = Field(None, description="the bot's open_id, to tell its @-mention from others")
+    bot_open_id: str | None = Field(None, description="the bot's open_id; asked from /bot/v3/info at start when unset")
     # Retries come up to ~7.1 h after the first push; a request older than this is refused even when its event_id
     # has left the de-duplication store (whose TTL must stay above this window).
     replay_window_seconds: int = Field(27_000, ge=60, le=86_400)
@@ -82,9 +84,42 @@ class FeishuConnector(Connector):
         self.token = CachedToken(self._fetch_token, refresh_early=600)
         key = config.encrypt_key.get_secret_value() if config.encrypt_key else None
         self._encrypt_key = key
+        self.bot_open_id = config.bot_open_id
+        self._info: asyncio.Task[None] | None = None
         self._aes_key = hashlib.sha256(key.encode()).digest() if key else None
         if key is None:
             log.warning("%s: no encrypt_key: Feishu will not sign requests; set one in the developer console", name)
+
+    async def start(self) -> None:
+        # In the background: a slow or unreachable API must not hold up the service's start.
+        if self.bot_open_id is None and self._info is None:
+            self._info = asyncio.create_task(self._learn_bot_open_id(), name=f"feishu-bot-info-{self.name}")
+
+    async def aclose(self) -> None:
+        if self._info is not None:
+            self._info.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._info
+            self._info = None
+        await super().aclose()
+
+    async def _learn_bot_open_id(self) -> None:
+        """Learn the bot's open_id when it is not configured, so @-mentions are recognised by id, not display name;
+        until then (or if it fails) they are matched on bot_name."""
+        if self.bot_open_id is None:
+            try:
+                body = await self.api.call(
+                    "GET",
+                    f"{self.api_base}/open-apis/bot/v3/info",
+                    endpoint="bot_info",
+                    token=self.token,
+                    auth=lambda t: {"headers": {"Authorization": f"Bearer {t}"}},
+                    check=_check,
+                    limited=False,
+                )
+                self.bot_open_id = str(body["bot"]["open_id"])
+            except (DeliveryFailed, KeyError, TypeError) as exc:
+                log.warning("%s: bot info unavailable (%s): mentions are matched on bot_name", self.name, exc)
 
     # ------------------------------------------------------------------------------------------------ inbound
     async def verify(self, request: RawRequest) -> Verdict:
@@ -162,7 +197,7 @@ class FeishuConnector(Connector):
                 continue
             key, name = str(mention.get("key", "")), str(mention.get("name", ""))
             open_id = obj(mention, "id").get("open_id")
-            is_bot = open_id == self.config.bot_open_id if self.config.bot_open_id else name == self.config.bot_name
+            is_bot = open_id == self.bot_open_id if self.bot_open_id else name == self.config.bot_name
             mentioned = mentioned or is_bot
             if key:
                 text = text.replace(key, "" if is_bot else f"@{name}")
