@@ -4,12 +4,18 @@ use (tests/connectors/producers.py), each with its own event and message id, so 
 
     .venv/bin/python bench/ack_bench.py --payload feishu
     .venv/bin/python bench/ack_bench.py --payload slack
+    .venv/bin/python bench/ack_bench_platforms.py      # in-process verify cost next to json.loads of the same bodies
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script: make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.connectors import producers as p
 
@@ -54,3 +60,38 @@ def slack_payload(n: int) -> tuple[dict[str, Any], str, list[Request]]:
 
 
 PLATFORM_PAYLOADS = {"feishu": feishu_payload, "slack": slack_payload}
+
+
+def verify_cost(n: int = 2000) -> None:
+    """In-process cost of `connector.verify` per request, next to json.loads of the same bodies (the least any
+    webhook handler does) measured in the same run."""
+    import asyncio
+    import json
+
+    from ai_assistant.connectors.feishu import FeishuConfig, FeishuConnector
+    from ai_assistant.connectors.slack import SlackConfig, SlackConnector
+    from ai_assistant.messages import RawRequest
+
+    async def timed(connector: Any, raws: list[RawRequest]) -> float:
+        started = time.perf_counter()
+        for raw in raws:
+            await connector.verify(raw)
+        return (time.perf_counter() - started) / len(raws)
+
+    print(f"{'payload':10}{'verify us':>11}{'json.loads us':>15}{'ratio':>8}")
+    for name, build, connector in (
+        ("feishu", feishu_payload, lambda c: FeishuConnector("b", FeishuConfig.model_validate(c))),
+        ("slack", slack_payload, lambda c: SlackConnector("b", SlackConfig.model_validate(c))),
+    ):
+        options, path, requests = build(n)
+        raws = [RawRequest("POST", path, {k.lower(): v for k, v in h.items()}, {}, b) for _, h, b in requests]
+        per_verify = asyncio.run(timed(connector(options), raws))
+        started = time.perf_counter()
+        for raw in raws:
+            json.loads(raw.body)
+        per_parse = (time.perf_counter() - started) / len(raws)
+        print(f"{name:10}{per_verify * 1e6:11.0f}{per_parse * 1e6:15.1f}{per_verify / per_parse:8.0f}")
+
+
+if __name__ == "__main__":
+    verify_cost()
