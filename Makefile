@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test test-fast lint typecheck bench clean
+.PHONY: help bootstrap up test test-fast lint typecheck bench plugin-example infra-preview clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -32,6 +32,12 @@ test-fast: bootstrap  ## everything except the VM tests
 
 bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)
 	$(BIN)/python bench/ack_bench.py
+
+plugin-example: bootstrap  ## build and sign the example plugin into build/plugins/ (signing key made there on first use)
+	$(BIN)/python examples/plugins/build.py
+
+infra-preview:  ## pulumi preview with the security policy pack (needs the Pulumi CLI and cloud credentials)
+	pulumi preview --policy-pack infra/policy
 
 clean:  ## remove the virtualenv and local state (the llama.cpp wheel cache is kept)
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

@@ -13,9 +13,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from . import __version__
 from .alerting import alert_router
+from .channels.loader import load_channels
 from .channels.notify import Notifier
 from .channels.reply import ReplyChannel
 from .connectors.base import Connector
@@ -75,6 +77,11 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         adapter = registry.get(Kind.INPUT_ADAPTER, name)()
         for kind in adapter.kinds:
             adapters[kind] = adapter
+    routed = load_channels(settings.config_dir, registry, connectors)
+    for route in routed:
+        config = getattr(route.channel, "config", None)
+        if isinstance(config, BaseModel):
+            register_secrets(secret_values(config))
     store = open_store(settings)
     knowledge = (
         KnowledgeBase.from_settings(settings.knowledge, settings.data_dir) if settings.knowledge.enabled else None
@@ -89,6 +96,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         output_filter=word_filter,
         adapters=adapters,
         retriever=_retriever(settings, knowledge) if knowledge is not None else None,
+        routed=routed,
     )
     return Parts(
         settings,

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..channels.base import OutputChannel
+from ..channels.loader import RoutedChannel
 from ..connectors.base import Connector
 from ..errors import DeliveryFailed, EngineUnavailable
 from ..messages import ChatTurn, InboundMessage, OutboundText
@@ -51,6 +52,7 @@ class Pipeline:
     output_filter: SensitiveWordFilter
     adapters: dict[str, InputAdapter] = field(default_factory=dict)
     retriever: Retriever | None = None
+    routed: list[RoutedChannel] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
         """One worker: poll the queue until `stop` is set."""
@@ -93,32 +95,46 @@ class Pipeline:
             await self.store.save_answer(
                 job.id, answer, outcome, msg.conversation_key, turns, self.settings.memory.turns
             )
-        connector = self.connectors.get(msg.connector)
-        parts = connector.split(answer) if connector else [answer]
-        for index in range(job.parts_sent, len(parts)):
+        plan = self._delivery_plan(msg, answer)
+        for index in range(job.parts_sent, len(plan)):
             if heartbeat is not None and heartbeat.done():
                 return  # our lease is gone: the worker that holds it now sends the rest
-            part = OutboundText(
-                connector=msg.connector,
-                chat_id=msg.chat_id,
-                text=parts[index],
-                part=index + 1,
-                parts=len(parts),
-                idempotency_key=f"{msg.event_id}:{index + 1}",
-                in_reply_to=msg,
-            )
+            channel, part = plan[index]
             try:
-                await self.channel.deliver(part)
+                await channel.deliver(part)
             except DeliveryFailed as exc:
                 delay = self.settings.worker.retry_backoff_seconds * 2 ** (job.attempts - 1)
-                log.warning("delivery of %s part %d failed (%s); retrying in %.0f s", job.id, index + 1, exc, delay)
+                log.warning(
+                    "delivery %d/%d of %s failed (%s); retrying in %.0f s", index + 1, len(plan), job.id, exc, delay
+                )
                 await self.store.release(job.id, delay, str(exc))
                 return
             await self.store.mark_part_sent(job.id, index + 1)
+        parts = [p for c, p in plan if c is self.channel]
         await self.store.complete(job.id)
         ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
         ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
         log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
+
+    def _delivery_plan(self, msg: InboundMessage, answer: str) -> list[tuple[OutputChannel, OutboundText]]:
+        """Every delivery this answer needs, in a fixed order, so `parts_sent` can say how far a previous attempt got:
+        the reply's parts first, then one copy per routed channel that wants this connector's answers."""
+        connector = self.connectors.get(msg.connector)
+        pieces = connector.split(answer) if connector else [answer]
+        plan: list[tuple[OutputChannel, OutboundText]] = [
+            (
+                self.channel,
+                OutboundText(msg.connector, msg.chat_id, text, i, len(pieces), f"{msg.event_id}:{i}", in_reply_to=msg),
+            )
+            for i, text in enumerate(pieces, start=1)
+        ]
+        for routed in self.routed:
+            if routed.wants(msg.connector):
+                key = f"{msg.event_id}:{routed.channel.name}"
+                plan.append(
+                    (routed.channel, OutboundText(msg.connector, msg.chat_id, answer, 1, 1, key, in_reply_to=msg))
+                )
+        return plan
 
     async def _answer(self, msg: InboundMessage) -> tuple[str, str, list[ChatTurn]]:
         """The answer text, its outcome label and the turns to remember."""
