@@ -22,7 +22,7 @@ from ai_assistant.connectors.slack import SlackConnector
 from ai_assistant.connectors.telegram import TelegramConnector
 from ai_assistant.connectors.wecom import WeComConnector
 from ai_assistant.registry import Kind, Registry, default_registry
-from ai_assistant.settings import Settings, WorkerSettings, load_settings
+from ai_assistant.settings import Settings, load_settings
 from tests.connectors.producers import Req
 from tests.connectors.standin import PlatformStandIn
 from tests.helpers import free_port, metric_value, queued_jobs, wait_until
@@ -51,12 +51,9 @@ class RunningApp:
     def __init__(self, config_dir: Path, data_dir: Path, *, workers: bool) -> None:
         self.data_dir = data_dir
         self.settings = load_settings(config_dir, data_dir)
-        if "enabled" in WorkerSettings.model_fields:
-            worker = self.settings.worker.model_copy(update={"enabled": workers})
-            self.settings = self.settings.model_copy(update={"worker": worker})
-            self.app = create_app(self.settings, registry())
-        else:  # the skeleton's first signature
-            self.app = create_app(self.settings, registry(), workers=workers)  # type: ignore[call-arg]
+        worker = self.settings.worker.model_copy(update={"enabled": workers})
+        self.settings = self.settings.model_copy(update={"worker": worker})
+        self.app = create_app(self.settings, registry())
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
