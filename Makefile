@@ -32,6 +32,9 @@ test-fast: bootstrap  ## everything except the VM tests
 
 bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)
 	$(BIN)/python bench/ack_bench.py
+	$(BIN)/python bench/ack_bench.py --payload feishu
+	$(BIN)/python bench/ack_bench.py --payload slack
+	$(BIN)/python bench/kb_bench.py
 
 plugin-example: bootstrap  ## build and sign the example plugin into build/plugins/ (signing key made there on first use)
 	$(BIN)/python examples/plugins/build.py

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -133,6 +134,8 @@ def _retriever(settings: Settings, kb: KnowledgeBase) -> Any:
     async def retrieve(message: InboundMessage, text: str) -> Grounding:
         if not settings.knowledge.retrieval_enabled(message.connector, message.chat_id):
             return Grounding()
+        if await anyio.to_thread.run_sync(kb.store.count_chunks) == 0:
+            return Grounding()  # no documents yet: a general assistant, not "nothing found" to every question
         found = ground(text, await kb.search(text), max_context_chars=settings.knowledge.max_context_chars)
         if not found.found:
             return Grounding(no_hit_answer=found.no_hit_text)

@@ -34,7 +34,20 @@ async def serve_all(
     on_reload: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     servers = [
-        _Server(uvicorn.Config(lst.app, host=lst.host, port=lst.port, log_config=None, access_log=False, lifespan="on"))
+        # proxy_headers=False: uvicorn would otherwise trust X-Forwarded-For from any loopback peer, and a local nginx
+        # would let a forged header pass the connectors' allowed_cidrs. Our edge honours X-Forwarded-For only from
+        # server.trusted_proxies.
+        _Server(
+            uvicorn.Config(
+                lst.app,
+                host=lst.host,
+                port=lst.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                proxy_headers=False,
+            )
+        )
         for lst in listeners
     ]
     loop = asyncio.get_running_loop()

@@ -230,3 +230,23 @@ def test_sensitive_words_are_masked_before_the_model_sees_them(
         assert SECRET not in log and json.loads(log.splitlines()[0])  # JSON logs, and the secret never in them
     finally:
         svc.stop()
+
+
+def test_an_empty_knowledge_base_does_not_turn_every_answer_into_nothing_found(
+    tmp_path: Path, receiver: ReplyReceiver, model_server: str
+) -> None:
+    config = write_config(
+        tmp_path / "config",
+        reply_url=receiver.url,
+        engine_url=model_server,
+        assistant={"knowledge": {"enabled": True, "sample_corpus": None}},
+    )
+    svc = ServiceProcess(config, tmp_path / "data").start()
+    try:
+        body, headers = signed_generic_request(message("evt-empty-kb", "Name three colours."))
+        assert svc.post(PATH, body, headers).status_code == 200
+        reply = wait_until(lambda: receiver.for_event("evt-empty-kb"), 60, "the answer")[0]
+        assert "could not find anything" not in reply["text"]
+        assert "Sources" not in reply["text"]
+    finally:
+        svc.stop()

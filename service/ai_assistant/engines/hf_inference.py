@@ -44,7 +44,7 @@ class HFInferenceEngine:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.settings.max_retries + 1),
-                wait=wait_exponential_jitter(initial=0.5, max=8),
+                wait=wait_exponential_jitter(multiplier=0.5, max=8),
                 retry=retry_if_exception(_retryable),
                 reraise=True,
             ):
