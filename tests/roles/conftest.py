@@ -194,9 +194,12 @@ def _write_inventory(workdir: Path, vm: VM, art: dict[str, Path], reply_port: in
     }
     # One host plays both the assistant and the data host (the single-host layout); Weaviate cannot run here.
     host["ai_assistant_weaviate_enabled"] = False
-    inventory = {
-        "all": {"children": {"assistant": {"hosts": {"testvm": host}}, "data": {"hosts": {"testvm": {}}}}}
-    }
+    # playbooks/monitoring.yml too: Prometheus and Alertmanager on the same host; Grafana's repository is offline.
+    host["monitoring_grafana"] = False
+    host["alertmanager_assistant_token"] = secrets.token_urlsafe(32)
+    groups = {"assistant": {"hosts": {"testvm": host}}}
+    groups.update({g: {"hosts": {"testvm": {}}} for g in ("data", "monitoring")})
+    inventory = {"all": {"children": groups}}
     path = workdir / "inventory.json"
     path.write_text(json.dumps(inventory, ensure_ascii=False, indent=2))
     return path

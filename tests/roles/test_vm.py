@@ -287,6 +287,22 @@ def test_container_roles_pass_check_mode(test_vm: TestVM) -> None:
     assert check.changed > 0  # a fresh host: podman, units and env files would be written
 
 
+# --- monitoring (roles and checks by the monitoring part of the repository) -------------------------------------
+
+
+def test_monitoring_roles_on_the_vm(host: Any) -> None:
+    from tests.monitoring.vm_checks import check_alertmanager, check_node_exporter, check_prometheus
+
+    check_node_exporter(host)
+    check_prometheus(host)
+    check_alertmanager(host)
+
+
+def test_node_exporter_is_dropped_from_outside(test_vm: TestVM, host: Any) -> None:
+    assert "node_uname_info" in host.check_output("curl -sS http://127.0.0.1:9100/metrics")
+    assert probe(test_vm.vm.ports["node"]) == "silent"
+
+
 # --- reboot and re-run -----------------------------------------------------------------------------------------------
 
 
