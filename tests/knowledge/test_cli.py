@@ -38,7 +38,7 @@ def test_search_prints_one_ranked_line_per_hit_starting_with_file_name_and_score
 def test_search_without_relevant_documents_says_so(home: Path) -> None:
     code, out, err = kb("search", "how to bake bread", seeded=home)
     assert code == 0 and out == ""
-    assert "no relevant documents (min_score 0.08)" in err
+    assert "no relevant documents (min_score 0.085)" in err
 
 
 def test_ingest_unchanged_then_bad_files_exit_1_with_one_line_each(home: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ai_assistant.knowledge.grounding import NO_HIT_TEXT, ground, language
 from ai_assistant.knowledge.retrieval import KnowledgeBase
 from ai_assistant.knowledge.stores.base import Chunk, Hit
@@ -64,10 +66,11 @@ def test_language_detection() -> None:
     assert language("") == "en"
 
 
-def test_a_sample_question_is_answered_from_a_cited_sample_document(sample_kb: KnowledgeBase) -> None:
-    """What the README shows: the question's retrieval cites the sample document it came from."""
-    question = "年假有几天？"
+@pytest.mark.parametrize("question", ["How many days of annual leave do I get?", "年假有几天？"])
+def test_a_sample_question_is_answered_from_a_cited_sample_document(sample_kb: KnowledgeBase, question: str) -> None:
+    """What the README shows: the question's retrieval cites the sample document it came from, first."""
     g = ground(question, sample_kb.search_sync(question))
     assert g.found
     assert g.sources[0].title == "员工请假制度" and g.sources[0].location.endswith("leave-policy.md")
+    assert g.sources_footer.splitlines()[1].startswith("[1] 员工请假制度 — ")
     assert "每年年假 10 天" in g.system_prompt

@@ -4,7 +4,7 @@ E5 cosines are compressed (unrelated text still scores ~0.7-0.85) and shift with
 score about 0.05 higher against everything than English ones. A fixed cosine threshold therefore either drops relevant
 English answers or lets unrelated Chinese questions through. Subtracting the query's mean similarity to a fixed set of
 everyday sentences (both languages, no company topics) removes that offset: on the sample corpus relevant questions
-land at >= 0.09 and unrelated ones at <= 0.065 (docs/knowledge.md, "Calibration"), so one `min_score` works for both.
+land at >= 0.100 and unrelated ones at <= 0.077 (docs/knowledge.md, "Calibration"), so one `min_score` works for both.
 """
 
 from __future__ import annotations

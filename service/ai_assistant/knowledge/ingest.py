@@ -21,12 +21,15 @@ from .embedders import Embedder
 from .errors import KnowledgeError, ParseError
 from .parsers import parse
 from .settings import KnowledgeSettings
-from .stores.base import DocumentRecord, VectorStore, doc_id_for
+from .stores.base import Chunk, DocumentRecord, VectorStore, doc_id_for
 
 log = logging.getLogger(__name__)
 
 # Bump when parsing or chunking changes meaning: every document is then re-chunked on its next ingest.
 PIPELINE_VERSION = "1"
+
+# Chunks of several small documents are embedded together up to this many (memory stays ~100 KB of text).
+GROUP_CHUNKS = 128
 
 Status = Literal["added", "updated", "unchanged", "skipped", "failed"]
 ProgressCallback = Callable[[str, int, int], None]  # (source, chunks embedded so far, chunks in this document)
@@ -64,6 +67,15 @@ class IngestReport:
     def summary(self) -> str:
         parts = [f"{self.count(s)} {s}" for s in ("added", "updated", "unchanged", "skipped", "failed")]
         return ", ".join(parts) + f"; {self.chunks_written} chunks written"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A parsed and chunked document waiting for its vectors."""
+
+    record: DocumentRecord
+    chunks: list[Chunk]
+    replaces: bool  # an older version is stored
 
 
 @dataclass(frozen=True)
@@ -105,17 +117,10 @@ class Ingestor:
         digest.update(data)
         return digest.hexdigest()
 
-    def ingest_bytes(
-        self,
-        data: bytes,
-        name: str,
-        *,
-        source: str | None = None,
-        url: str | None = None,
-        title: str | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> Outcome:
-        """One document. `name` decides the parser (by extension); `source` (default `name`) is its identity."""
+    def prepare(
+        self, data: bytes, name: str, *, source: str | None = None, url: str | None = None, title: str | None = None
+    ) -> Outcome | Prepared:
+        """Everything before embedding: size limit, unchanged check, parse, chunk. An Outcome means nothing to do."""
         source = source or name
         doc_id = doc_id_for(source)
         if len(data) > self.settings.max_file_bytes:
@@ -143,20 +148,55 @@ class Ingestor:
         )
         if not chunks:
             return Outcome(source, "skipped", doc_id, reason=f"{source}: no text to index")
+        record = DocumentRecord(doc_id, doc_title, source, link, content_hash, len(chunks), len(data), time.time())
+        return Prepared(record, chunks, existing is not None)
+
+    def commit(self, group: list[Prepared], progress: ProgressCallback | None = None) -> list[Outcome]:
+        """Embed the chunks of several documents in shared batches (small documents alone would leave the model's
+        threads idle), then store each document in its own transaction."""
+        texts = [embedding_text(c) for doc in group for c in doc.chunks]
+        label = group[0].record.source + (f" (+{len(group) - 1} more)" if len(group) > 1 else "")
+        batch = self.settings.embedder.batch_size
         try:
-            texts = [embedding_text(c) for c in chunks]
-            batch = self.settings.embedder.batch_size
-            vectors = []
+            parts = []
             for start in range(0, len(texts), batch):
-                vectors.append(self.embedder.embed_passages(texts[start : start + batch]))
+                parts.append(self.embedder.embed_passages(texts[start : start + batch]))
                 if progress:
-                    progress(source, min(start + batch, len(texts)), len(texts))
-            matrix = np.vstack(vectors)
-            record = DocumentRecord(doc_id, doc_title, source, link, content_hash, len(chunks), len(data), time.time())
-            self.store.replace_document(record, chunks, matrix)
+                    progress(label, min(start + batch, len(texts)), len(texts))
+            vectors = np.vstack(parts)
         except KnowledgeError as exc:
-            return Outcome(source, "failed", doc_id, reason=f"{source}: {exc}")
-        return Outcome(source, "updated" if existing else "added", doc_id, len(chunks))
+            return [
+                Outcome(d.record.source, "failed", d.record.doc_id, reason=f"{d.record.source}: {exc}") for d in group
+            ]
+        outcomes = []
+        offset = 0
+        for doc in group:
+            n = len(doc.chunks)
+            try:
+                self.store.replace_document(doc.record, doc.chunks, vectors[offset : offset + n])
+                status: Status = "updated" if doc.replaces else "added"
+                outcomes.append(Outcome(doc.record.source, status, doc.record.doc_id, n))
+            except KnowledgeError as exc:
+                reason = f"{doc.record.source}: {exc}"
+                outcomes.append(Outcome(doc.record.source, "failed", doc.record.doc_id, reason=reason))
+            offset += n
+        return outcomes
+
+    def ingest_bytes(
+        self,
+        data: bytes,
+        name: str,
+        *,
+        source: str | None = None,
+        url: str | None = None,
+        title: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Outcome:
+        """One document. `name` decides the parser (by extension); `source` (default `name`) is its identity."""
+        prepared = self.prepare(data, name, source=source, url=url, title=title)
+        if isinstance(prepared, Outcome):
+            return prepared
+        return self.commit([prepared], progress)[0]
 
     def ingest_files(
         self,
@@ -166,17 +206,40 @@ class Ingestor:
         progress: ProgressCallback | None = None,
     ) -> IngestReport:
         report = IngestReport()
+        slots: list[Outcome | None] = []
+        group: list[tuple[int, Prepared]] = []
+        group_chunks = 0
+
+        def commit_group() -> None:
+            nonlocal group_chunks
+            if group:
+                for (slot, _), outcome in zip(group, self.commit([p for _, p in group], progress), strict=True):
+                    slots[slot] = outcome
+                group.clear()
+                group_chunks = 0
+
         for file in files:
             if on_file:
                 on_file(file)
             try:
                 data = file.path.read_bytes()
             except OSError as exc:
-                report.outcomes.append(
+                slots.append(
                     Outcome(file.source, "skipped", reason=f"{file.path}: cannot be read ({exc.strerror or exc})")
                 )
                 continue
-            outcome = self.ingest_bytes(data, file.path.name, source=file.source, url=file.url, progress=progress)
+            prepared = self.prepare(data, file.path.name, source=file.source, url=file.url)
+            if isinstance(prepared, Outcome):
+                slots.append(prepared)
+                continue
+            slots.append(None)
+            group.append((len(slots) - 1, prepared))
+            group_chunks += len(prepared.chunks)
+            if group_chunks >= GROUP_CHUNKS:
+                commit_group()
+        commit_group()
+        for outcome in slots:
+            assert outcome is not None
             if outcome.status in ("skipped", "failed"):
                 log.warning("knowledge ingest %s", outcome.line())
             report.outcomes.append(outcome)

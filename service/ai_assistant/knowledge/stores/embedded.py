@@ -50,7 +50,7 @@ class EmbeddedStore:
         *,
         connectivity: int = 16,
         expansion_add: int = 128,
-        expansion_search: int = 64,
+        expansion_search: int = 128,
     ) -> None:
         self.directory = directory
         self.dim = dim
@@ -160,6 +160,22 @@ class EmbeddedStore:
         self._loaded_generation = self._generation()
         self._dirty = True
         return index
+
+    @property
+    def expansion_search(self) -> int:
+        return self._expansion_search
+
+    @expansion_search.setter
+    def expansion_search(self, value: int) -> None:
+        """HNSW search breadth: higher is slower and finds more of the true nearest neighbours."""
+        with self._lock:
+            self._expansion_search = value
+            self._index.expansion_search = value  # type: ignore[misc]  # writable at runtime, read-only in the stub
+
+    @property
+    def index(self) -> Index:
+        """The usearch index itself (the benchmark compares it with the full search path)."""
+        return self._index
 
     # -- the VectorStore interface -----------------------------------------------------------------------------
     def get_document(self, doc_id: str) -> DocumentRecord | None:
