@@ -1,7 +1,9 @@
 """The whole alert path on loopback, every part real: `ai-assistant serve` exports metrics on its metrics port, a real
-Prometheus scrapes it with this repository's rules, steady badly signed webhook traffic makes an alert fire, a real
-Alertmanager with the example routing posts it to the assistant's POST /api/alerts, and the assistant posts it through
-its generic-IM connector into the IM stand-in (tests.helpers.ReplyReceiver, which verifies the connector's signature).
+Prometheus scrapes it with this repository's rules, steady failing traffic makes alerts fire, a real Alertmanager with
+the example routing posts them to the assistant's POST /api/alerts, and the assistant posts them through its
+generic-IM connector into the IM stand-in (tests.helpers.ReplyReceiver, which verifies the connector's signature).
+Forged webhooks raise a warning (IM only); genuine messages meeting a dead model server raise a critical alert, which
+also goes by e-mail, to a real SMTP server on loopback (aiosmtpd).
 
 Two things differ from production, so that the test takes seconds instead of minutes: the copies of the rules have
 `for:` removed (promtool's unit tests cover the hold times), and the copy of alertmanager.yml waits 1 s instead of
@@ -15,12 +17,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from aiosmtpd.controller import Controller
 
 from tests.helpers import (
     ReplyReceiver,
@@ -70,6 +74,32 @@ class Stack:
                 proc.wait()
 
 
+class Mailbox:
+    """aiosmtpd handler: keeps (subject, body) of every message Alertmanager sends."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, str]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd's hook name
+        mail = message_from_bytes(envelope.original_content or envelope.content)
+        parts = [p.get_payload(decode=True) for p in mail.walk() if p.get_content_maintype() == "text"]
+        body = "".join(p.decode(errors="replace") for p in parts if isinstance(p, bytes))
+        self.messages.append((str(mail["Subject"]), body))
+        return "250 OK"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[tuple[Mailbox, int]]:
+    box = Mailbox()
+    port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
 @pytest.fixture
 def service(tmp_path: Path, receiver: ReplyReceiver) -> Iterator[tuple[ServiceProcess, int]]:
     metrics_port = free_port()
@@ -103,7 +133,9 @@ def _rules_without_hold_times(dest: Path) -> None:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, service: tuple[ServiceProcess, int]) -> Iterator[dict[str, str]]:
+def stack(
+    tmp_path: Path, service: tuple[ServiceProcess, int], mailbox: tuple[Mailbox, int]
+) -> Iterator[dict[str, str]]:
     svc, metrics_port = service
     work = tmp_path / "stack"
     work.mkdir()
@@ -111,9 +143,9 @@ def stack(tmp_path: Path, service: tuple[ServiceProcess, int]) -> Iterator[dict[
 
     # Alertmanager: the example config, pointed at this service, its token and a group_wait of 1 s.
     am = yaml.safe_load(ALERTMANAGER_YML.read_text())
-    am["global"]["smtp_smarthost"] = f"127.0.0.1:{free_port()}"  # e-mail goes nowhere; only warnings are sent here
-    am["global"]["smtp_auth_password_file"] = str(work / "smtp.password")
-    (work / "smtp.password").write_text("unused\n")
+    # E-mail to the loopback SMTP server, which offers neither STARTTLS nor AUTH.
+    am["global"].update(smtp_smarthost=f"127.0.0.1:{mailbox[1]}", smtp_require_tls=False)
+    del am["global"]["smtp_auth_username"], am["global"]["smtp_auth_password_file"]
     (work / "token").write_text(TOKEN + "\n")
     for receiver in am["receivers"]:
         for hook in receiver.get("webhook_configs", []):
@@ -173,10 +205,14 @@ def _alert_posts(receiver: ReplyReceiver, alertname: str) -> list[dict[str, Any]
     return [r for r in receiver.received if r["chat_id"] == "ops-chat" and alertname in r["text"]]
 
 
-def test_forged_webhooks_fire_an_alert_that_reaches_the_team_chat(
-    service: tuple[ServiceProcess, int], stack: dict[str, str], receiver: ReplyReceiver
+def test_failing_traffic_fires_alerts_that_reach_the_team_chat_and_email(
+    service: tuple[ServiceProcess, int],
+    stack: dict[str, str],
+    receiver: ReplyReceiver,
+    mailbox: tuple[Mailbox, int],
 ) -> None:
     svc, _ = service
+    box, _ = mailbox
     prom = stack["prometheus"]
     wait_until(lambda: _query(prom, 'up{job="ai-assistant"} == 1'), 30, "Prometheus to scrape the assistant")
 
@@ -185,9 +221,10 @@ def test_forged_webhooks_fire_an_alert_that_reaches_the_team_chat(
 
     def traffic() -> None:
         # Steady traffic over many scrapes (a burst between two scrapes would not move rate()): about 20 forged
-        # requests a second, with a wrong secret, and one genuine message a second so the edge also sees successes.
+        # requests a second, with a wrong secret, and one genuine message a second, which the workers cannot answer
+        # because nothing listens at the engine's address.
         forger = "whsec_" + "Zm9yZ2VkLXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzIQ=="
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         i = 0
         with httpx.Client(base_url=svc.base, timeout=5) as client:
             while not stop.is_set() and time.monotonic() < deadline:
@@ -201,31 +238,54 @@ def test_forged_webhooks_fire_an_alert_that_reaches_the_team_chat(
                 i += 1
                 stop.wait(0.05)
 
+    def arrived() -> bool:
+        return bool(
+            _alert_posts(receiver, "AIAssistantSignatureFailures")
+            and _alert_posts(receiver, "AIAssistantEngineErrors")
+            and any("AIAssistantEngineErrors" in subject for subject, _ in box.messages)
+        )
+
     worker = threading.Thread(target=traffic, daemon=True)
     worker.start()
     try:
-        posts = wait_until(
-            lambda: _alert_posts(receiver, "AIAssistantSignatureFailures"),
-            90,
-            "the alert in the team chat (Prometheus -> Alertmanager -> /api/alerts -> generic-IM connector)",
+        wait_until(
+            arrived,
+            120,
+            "both alerts in the team chat and the critical one by e-mail"
+            " (Prometheus -> Alertmanager -> /api/alerts -> generic-IM connector; Alertmanager -> SMTP)",
             interval=0.5,
         )
+    except AssertionError:
+        chat = [r["text"].splitlines()[0] for r in receiver.received if r["chat_id"] == "ops-chat"]
+        raise AssertionError(
+            f"chat got {chat}, mail got {[m[0] for m in box.messages]}, firing {_firing(prom)}"
+        ) from None
     finally:
         stop.set()
         worker.join(10)
 
-    text = posts[0]["text"]
-    print(f"\n[posted into the team chat]\n{text}")
-    assert text.startswith("[FIRING] warning: AIAssistantSignatureFailures (ai-assistant)"), text
-    assert re.search(r"Connector im-connector: \d+(\.\d+)? webhooks with a bad signature in 10 minutes", text), text
-    assert "Runbook: https://" in text and "/assistant.md#aiassistantsignaturefailures" in text, text
+    warning = _alert_posts(receiver, "AIAssistantSignatureFailures")[0]["text"]
+    print(f"\n[posted into the team chat]\n{warning}")
+    assert warning.startswith("[FIRING] warning: AIAssistantSignatureFailures (ai-assistant)"), warning
+    assert re.search(r"Connector im-connector: \d+(\.\d+)? webhooks with a bad signature in 10 minutes", warning)
+    assert "Runbook: https://" in warning and "/assistant.md#aiassistantsignaturefailures" in warning, warning
+
+    critical = _alert_posts(receiver, "AIAssistantEngineErrors")[0]["text"]
+    print(f"\n[posted into the team chat]\n{critical}")
+    assert critical.startswith("[FIRING] critical: AIAssistantEngineErrors (model-server)"), critical
+    assert re.search(r"Engine hf_inference: \d+(\.\d+)?% of inference calls fail", critical), critical
+    subject, body = next(m for m in box.messages if "AIAssistantEngineErrors" in m[0])
+    print(f"\n[e-mail] {subject}")
+    assert "model-server.md#aiassistantengineerrors" in body
+    assert not any("AIAssistantSignatureFailures" in subject for subject, _ in box.messages), "a warning went by e-mail"
     assert receiver.rejected == 0, "the stand-in received a post with a bad connector signature"
 
     firing = _firing(prom)
-    assert "AIAssistantSignatureFailures" in firing
+    assert {"AIAssistantSignatureFailures", "AIAssistantEngineErrors"} <= firing, firing
     # Forged requests are rejections, not failures of ours: the availability SLO must not burn on them.
     assert "AIAssistantAvailabilityBudgetBurn" not in firing, firing
     assert sent["forged"] > 20 and sent["genuine"] > 0
 
     time.sleep(2)  # Alertmanager's retries or a second evaluation would show up as a second post by now
     assert len(_alert_posts(receiver, "AIAssistantSignatureFailures")) == 1
+    assert len(_alert_posts(receiver, "AIAssistantEngineErrors")) == 1
