@@ -238,3 +238,35 @@ def test_every_metric_used_is_exported_by_something_real(exporters: dict[str, st
         f"{where}: {name}" for where, expr in exprs.items() for name in metric_names(expr) if name not in known
     )
     assert not missing, "\n".join(missing)
+
+
+def _documented() -> dict[str, set[str]]:
+    """metric -> label names, from the tables of docs/metrics.md (`| `name` | type | `a`, `b` | ... |`)."""
+    out = {}
+    for line in (MONITORING.parent / "docs" / "metrics.md").read_text().splitlines():
+        m = re.match(r"^\| `(ai_assistant_[a-z_]+)(?:\{[^}]*\})?` \| (\w+) \| ([^|]*) \|", line)
+        if m:
+            out[m.group(1)] = set(re.findall(r"`([a-z_]+)`", m.group(3)))
+    return out
+
+
+def test_every_service_metric_is_documented_with_its_labels() -> None:
+    from prometheus_client import REGISTRY
+
+    service_metrics()  # imports the app, which registers everything it serves
+    documented = _documented()
+    problems = []
+    # prometheus-client keeps label names on the collector only (families without children carry no samples).
+    for collector in list(REGISTRY._collector_to_names):
+        name = getattr(collector, "_name", "")
+        if not name.startswith("ai_assistant_"):
+            continue
+        exposed = name + "_total" if getattr(collector, "_type", "") == "counter" else name
+        labels = set(getattr(collector, "_labelnames", ()))
+        if exposed not in documented:
+            problems.append(f"{exposed} is not in docs/metrics.md")
+        elif documented[exposed] != labels:
+            problems.append(
+                f"{exposed}: labels {sorted(labels)} in the code, {sorted(documented[exposed])} in the docs"
+            )
+    assert not problems, "\n".join(problems)
