@@ -244,3 +244,12 @@ def test_unusable_settings_are_refused_with_one_line(kw: dict[str, Any], message
         alert_router(settings(**kw), RecordingNotifier(), connectors={"ops-feishu"})
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+def test_a_firing_group_marks_its_already_resolved_members(client: TestClient, notifier: RecordingNotifier) -> None:
+    body = webhook(alert(engine="a"), alert("resolved", engine="b"))
+    assert client.post("/api/alerts", json=body, headers=AUTH).status_code == 200
+    lines = notifier.posts[0][2].splitlines()
+    assert lines[0].endswith("— 1 firing, 1 resolved")
+    assert lines[1] == "- Engine a: 25% of inference calls fail"
+    assert lines[2] == "- (resolved) Engine b: 25% of inference calls fail"
