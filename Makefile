@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test test-fast lint typecheck bench plugin-example infra-preview clean
+.PHONY: help bootstrap up test test-fast lint typecheck bench monitoring plugin-example infra-preview clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -15,9 +15,9 @@ bootstrap:  ## install Debian packages, .venv and the cached llama.cpp wheel (id
 up: bootstrap  ## run the assistant, a local model server and a generic-IM inbox in the foreground
 	$(BIN)/ai-assistant up
 
-lint: bootstrap  ## ruff over everything, mypy --strict over service/
+lint: bootstrap  ## ruff over everything, mypy --strict over service/, infra/ and monitoring/
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff format --check service tests bench monitoring infra
 	$(BIN)/mypy
 
 typecheck: lint
@@ -35,6 +35,10 @@ bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md 
 	$(BIN)/python bench/ack_bench.py --payload feishu
 	$(BIN)/python bench/ack_bench.py --payload slack
 	$(BIN)/python bench/kb_bench.py
+
+monitoring: bootstrap  ## regenerate rules and dashboards, then run the monitoring tests
+	$(BIN)/python -m monitoring.rulegen && $(BIN)/python -m monitoring.dashboards
+	$(BIN)/pytest tests/monitoring
 
 plugin-example: bootstrap  ## build and sign the example plugin into build/plugins/ (signing key made there on first use)
 	$(BIN)/python examples/plugins/build.py

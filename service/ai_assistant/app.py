@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from . import __version__
+from . import __version__, observability
 from .alerting import alert_router
 from .channels.loader import load_channels
 from .channels.notify import Notifier
@@ -62,6 +62,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
     registry = registry or registry_with_plugins(settings.config_dir, settings.data_dir)
     connectors = load_connectors(settings, registry)
     register_secrets(secret_values(settings))
+    observability.create_series(list(connectors), settings.engine.name)
     for connector in connectors.values():
         register_secrets(connector.secrets())
     try:

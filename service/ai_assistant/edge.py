@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from .connectors.base import Connector
 from .errors import Forbidden, PayloadTooLarge, RejectedRequest
 from .messages import Ack, RawRequest
-from .observability import DUPLICATES, REJECTED, REQUESTS, RESPONSE_TIME, request_id
+from .observability import DUPLICATES, FEEDBACK, REJECTED, REQUESTS, RESPONSE_TIME, request_id
 from .store import StateStore
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,9 @@ class WebhookEndpoint:
                 if not await self.store.enqueue(message, self.dedupe_ttl):
                     DUPLICATES.labels(connector=name).inc()
                     log.info("duplicate delivery of %s acknowledged", message.event_id)
+            for feedback in verdict.feedback:
+                if await self.store.remember(f"feedback:{name}:{feedback.event_id}", self.dedupe_ttl):
+                    FEEDBACK.labels(connector=name, rating=feedback.rating).inc()
             REQUESTS.labels(status="success").inc()
             return _response(verdict.ack)
         except RejectedRequest as exc:

@@ -67,12 +67,21 @@ class Ack:
 
 
 @dataclass(frozen=True)
+class Feedback:
+    """A user's rating of an answer (a reaction, a card button): feeds the satisfaction ratio."""
+
+    event_id: str  # the platform's id of the feedback event, for de-duplication
+    rating: Literal["positive", "negative"]
+
+
+@dataclass(frozen=True)
 class Verdict:
     """A connector's reading of a verified request: messages to enqueue (maybe none) and the ack to send."""
 
     messages: list[InboundMessage] = field(default_factory=list)
     ack: Ack = field(default_factory=Ack)
     handshake: bool = False
+    feedback: list[Feedback] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

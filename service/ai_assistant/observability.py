@@ -54,6 +54,27 @@ FEEDBACK = Counter("ai_assistant_feedback", "User feedback on answers", ["connec
 BUILD_INFO = Gauge("ai_assistant_build_info", "Version of the running assistant", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
 
+
+def create_series(connectors: list[str], engine: str) -> None:
+    """Every label combination exists from the start at 0, so `increase()` sees the first event (an alert on the
+    first dead letter would otherwise never fire: the series would appear already at 1)."""
+    for c in connectors:
+        DUPLICATES.labels(connector=c)
+        ANSWER_DURATION.labels(connector=c)
+        for outcome in ("answered", "engine_error", "blocked", "dead"):
+            ANSWERS.labels(connector=c, outcome=outcome)
+        for reason in ("signature", "stale", "malformed", "too_large", "forbidden"):
+            REJECTED.labels(connector=c, reason=reason)
+        for outcome in ("sent", "failed"):
+            DELIVERIES.labels(connector=c, outcome=outcome)
+        for rating in ("positive", "negative"):
+            FEEDBACK.labels(connector=c, rating=rating)
+    for status in ("success", "error"):
+        REQUESTS.labels(status=status)
+    ENGINE_ERRORS.labels(engine=engine)
+    ENGINE_DURATION.labels(engine=engine)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Logs
 # ---------------------------------------------------------------------------------------------------------------

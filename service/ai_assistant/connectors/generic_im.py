@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from ..errors import DeliveryFailed, MalformedRequest, SignatureInvalid, StaleRequest
-from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Ack, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 
 
@@ -38,6 +38,17 @@ class GenericIMConfig(ConnectorConfig):
         except Exception:
             raise ValueError("is not valid base64 after whsec_") from None
         return v
+
+
+class GenericFeedback(BaseModel):
+    """{"type":"feedback","event_id","chat_id","user_id","rating":"positive"|"negative","answer_event_id"}"""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["feedback"]
+    event_id: str = Field(min_length=1, max_length=200)
+    rating: Literal["positive", "negative"]
+    answer_event_id: str | None = Field(None, max_length=200)
 
 
 class GenericInbound(BaseModel):
@@ -74,6 +85,13 @@ class GenericIMConnector(Connector):
             payload = json.loads(request.body)
         except ValueError:
             raise MalformedRequest("body is not valid JSON") from None
+        if isinstance(payload, dict) and payload.get("type") == "feedback":
+            try:
+                rating = GenericFeedback.model_validate(payload)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise MalformedRequest(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}") from None
+            return Verdict(feedback=[Feedback(rating.event_id, rating.rating)], ack=Ack(200, {"ok": True}))
         try:
             event = GenericInbound.model_validate(payload)
         except ValidationError as exc:
