@@ -15,6 +15,8 @@ def test_text_utf8_and_gb18030() -> None:
     assert parse("年假十天\n".encode("gb18030"), "b.txt").text == "年假十天\n"
     assert parse(b"\xef\xbb\xbfhello\r\nworld", "c.txt").text == "hello\nworld"
     assert parse(b"x", "leave_policy-2026.txt").title == "leave policy 2026"
+    assert parse("IT 服务台常见问题\n\n如何重置密码？".encode(), "faq.txt").title == "IT 服务台常见问题"
+    assert parse(b"one long first line\nsecond line", "notes.txt").title == "notes"
 
 
 def test_markdown_front_matter_and_h1() -> None:

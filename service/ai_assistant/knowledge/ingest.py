@@ -26,7 +26,7 @@ from .stores.base import Chunk, DocumentRecord, VectorStore, doc_id_for
 log = logging.getLogger(__name__)
 
 # Bump when parsing or chunking changes meaning: every document is then re-chunked on its next ingest.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 
 # Chunks of several small documents are embedded together up to this many (memory stays ~100 KB of text).
 GROUP_CHUNKS = 128

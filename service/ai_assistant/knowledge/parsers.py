@@ -48,7 +48,13 @@ def _stem(name: str) -> str:
 
 
 def parse_text(data: bytes, name: str) -> ParsedDocument:
-    return ParsedDocument(_stem(name), _decode(data, name))
+    """A short first line followed by a blank line is the title (the usual shape of a plain-text note)."""
+    text = _decode(data, name)
+    lines = text.split("\n", 2)
+    first = lines[0].strip()
+    if first and len(first) <= 80 and len(lines) > 2 and not lines[1].strip():
+        return ParsedDocument(first, text)
+    return ParsedDocument(_stem(name), text)
 
 
 def parse_markdown(data: bytes, name: str) -> ParsedDocument:
