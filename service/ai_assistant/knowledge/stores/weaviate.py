@@ -151,7 +151,8 @@ class WeaviateStore:
                 batch.add_object(
                     properties=props,
                     uuid=self._uuid(doc.doc_id, version, str(chunk.position)),
-                    vector=vector.tolist(),
+                    # Configure.Vectors.self_provided() without a name creates the named vector "default".
+                    vector={"default": vector.tolist()},
                 )
         failed = self._chunks.batch.failed_objects
         if failed:
