@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 TIMINGS: dict[str, float] = {}
 LLAMA_VERSION = "0.3.36"
+GUEST_ONLY_WHEELS = ("async-timeout>=4.0.3",)
 DOMAIN = "assistant.test"
 # A monitoring host that is not the test runner: slirp delivers the runner's traffic from 10.0.2.2.
 MONITORING_CIDR = "192.0.2.99/32"
@@ -142,12 +143,16 @@ def _artifacts(workdir: Path) -> dict[str, Path]:
     )
     if not list(llama_cache.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl")):
         subprocess.run([str(REPO / "scripts" / "llama-wheel.sh"), str(VENV_BIN / "python")], check=True, timeout=1800)
-    key = subprocess.run(["sha256sum", str(REPO / "pyproject.toml")], capture_output=True, text=True).stdout[:16]
+    key = subprocess.run(["sha256sum", str(REPO / "pyproject.toml")], capture_output=True, text=True).stdout[:12]
+    key += "-" + str(len(GUEST_ONLY_WHEELS))
     house = cache_dir().parent.parent / "vm-wheelhouse" / key
     if not (house / ".complete").exists():
         shutil.rmtree(house, ignore_errors=True)
         _pip_wheel(house, str(wheel))
         _pip_wheel(house, "--find-links", str(llama_cache), f"llama-cpp-python[server]=={LLAMA_VERSION}")
+        # Debian 12's Python is 3.11.2, and redis requires async-timeout below 3.11.3: a newer 3.11 on the
+        # controller resolves without it, so it is added for the guest explicitly.
+        _pip_wheel(house, *GUEST_ONLY_WHEELS)
         for w in house.glob("ai_assistant-*.whl"):
             w.unlink()  # the service wheel travels on its own, rebuilt every run
         (house / ".complete").touch()

@@ -22,7 +22,8 @@ import testinfra
 from tests.helpers import message, signed_generic_request, wait_until
 from tests.roles.conftest import DOMAIN, REPO, TIMINGS, TestVM
 
-pytestmark = pytest.mark.vm
+# Converging under software emulation takes many minutes: far above the suite-wide 900 s per test.
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(2700)]
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +118,10 @@ def test_sysctl_hardening_is_live(host: Any) -> None:
 
 
 def test_auditd_watches_config_and_secrets(host: Any) -> None:
-    rules = host.check_output("auditctl -l")
-    assert "-w /etc/ai-assistant -p wa -k assistant_config" in rules
-    assert "-w /etc/ssh/sshd_config -p wa -k sshd_config" in rules
+    rules = host.check_output("auditctl -l").splitlines()
+    # auditctl lists a directory watch as a dir= syscall rule, a file watch as -w.
+    assert any("/etc/ai-assistant" in r and "assistant_config" in r for r in rules), rules
+    assert any("/etc/ssh/sshd_config" in r and "sshd_config" in r and "wa" in r for r in rules), rules
     # A write to the watched directory leaves an audit record under its key.
     host.run("touch /etc/ai-assistant/sensitive_words.txt")
     assert host.run("ausearch -k assistant_config --just-one").rc == 0
