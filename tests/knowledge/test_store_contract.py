@@ -3,7 +3,7 @@
 No Weaviate server can be installed on the development machine (no container engine, no package), so the Weaviate
 half is skipped there with that reason. To run it anywhere Weaviate runs:
     docker run -d -p 8080:8080 -p 50051:50051 -e ENABLE_MODULES=backup-filesystem \
-        -e BACKUP_FILESYSTEM_PATH=/tmp/backups cr.weaviate.io/semitechnologies/weaviate:1.32.0
+        -e BACKUP_FILESYSTEM_PATH=/tmp/backups <the official Weaviate image, 1.32 or newer>
     WEAVIATE_URL=http://127.0.0.1:8080 .venv/bin/pytest tests/knowledge/test_store_contract.py
 Each run uses fresh collections with a random name and deletes them afterwards.
 """
