@@ -49,7 +49,11 @@ def load(path: Path) -> Any:
 
 
 def test_ansible_lint_production_profile_is_clean() -> None:
-    targets = [f"roles/{r}" for r in ROLES] + ["playbooks", "tests/roles/vm/prepare.yml", "tests/roles/vm/containers-check.yml"]
+    targets = [f"roles/{r}" for r in ROLES] + [
+        "playbooks",
+        "tests/roles/vm/prepare.yml",
+        "tests/roles/vm/containers-check.yml",
+    ]
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-lint"), "-c", "tests/roles/ansible-lint.yml", "--offline", "--nocolor", *targets],
         capture_output=True,
@@ -291,20 +295,31 @@ def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
                 "name": case,
                 "block": [
                     {"name": f"{case}: include", "ansible.builtin.include_role": {"name": role}, "vars": variables},
-                    {"name": f"{case}: not refused", "ansible.builtin.set_fact": {"results": "{{ results | combine({'" + case + "': 'NOT REFUSED'}) }}"}},
+                    {
+                        "name": f"{case}: not refused",
+                        "ansible.builtin.set_fact": {
+                            "results": "{{ results | combine({'" + case + "': 'NOT REFUSED'}) }}"
+                        },
+                    },
                 ],
                 "rescue": [
                     {
                         "name": f"{case}: record",
                         "ansible.builtin.set_fact": {
-                            "results": "{{ results | combine({'" + case + "': ansible_failed_result.msg | default('') | string}) }}"
+                            "results": "{{ results | combine({'"
+                            + case
+                            + "': ansible_failed_result.msg | default('') | string}) }}"
                         },
                     }
                 ],
             }
         )
     tasks.append(
-        {"name": "write", "ansible.builtin.copy": {"content": "{{ results | to_json }}", "dest": str(out)}, "check_mode": False}
+        {
+            "name": "write",
+            "ansible.builtin.copy": {"content": "{{ results | to_json }}", "dest": str(out)},
+            "check_mode": False,
+        }
     )
     playbook = [{"name": "bad input", "hosts": "localhost", "gather_facts": False, "become": False,
                  "vars": {"results": {}}, "tasks": tasks}]  # fmt: skip

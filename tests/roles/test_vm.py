@@ -233,9 +233,11 @@ def test_readyz_through_nginx_with_the_acme_certificate(test_vm: TestVM, pebble_
 
 def test_certificate_names_the_domain_and_chains_to_pebble(test_vm: TestVM, pebble_root: str) -> None:
     ctx = ssl.create_default_context(cadata=pebble_root)
-    with socket.create_connection(("127.0.0.1", test_vm.vm.ports["https"]), timeout=20) as raw:
-        with ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls:  # verifies chain and host name
-            cert = tls.getpeercert()
+    with (
+        socket.create_connection(("127.0.0.1", test_vm.vm.ports["https"]), timeout=20) as raw,
+        ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls,  # verifies chain and host name
+    ):
+        cert = tls.getpeercert()
     issuer = dict(x[0] for x in cert["issuer"])
     assert "Pebble" in issuer["commonName"]
     assert ("DNS", DOMAIN) in cert["subjectAltName"]
@@ -243,9 +245,11 @@ def test_certificate_names_the_domain_and_chains_to_pebble(test_vm: TestVM, pebb
 
 def test_unknown_names_get_no_certificate(test_vm: TestVM, pebble_root: str) -> None:
     ctx = ssl.create_default_context(cadata=pebble_root)
-    with socket.create_connection(("127.0.0.1", test_vm.vm.ports["https"]), timeout=20) as raw:
-        with pytest.raises(ssl.SSLError):
-            ctx.wrap_socket(raw, server_hostname="other.test")
+    with (
+        socket.create_connection(("127.0.0.1", test_vm.vm.ports["https"]), timeout=20) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
+        ctx.wrap_socket(raw, server_hostname="other.test")
 
 
 def test_routes_limits_and_allowlists(test_vm: TestVM, pebble_root: str) -> None:
@@ -285,7 +289,9 @@ def test_signed_message_over_https_is_answered_by_the_local_model(test_vm: TestV
 def test_container_roles_pass_check_mode(test_vm: TestVM) -> None:
     """TGI and Weaviate cannot start here (no registry, no GPU): check mode against the real VM is as far as they go."""
     check = test_vm.play(REPO / "tests/roles/vm/containers-check.yml", "--check", name="containers-check")
-    assert check.rc == 0 and check.failed == 0, f"container roles failed in check mode (log {check.log}):\n{check.tail()}"
+    assert check.rc == 0 and check.failed == 0, (
+        f"container roles failed in check mode (log {check.log}):\n{check.tail()}"
+    )
     assert check.changed > 0  # a fresh host: podman, units and env files would be written
 
 

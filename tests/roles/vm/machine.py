@@ -67,8 +67,18 @@ class VM:
         shutil.copy(self.image_dir / "id_ed25519", self.key)
         self.key.chmod(0o600)
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(self.image_dir / "base.qcow2"),
-             str(self.workdir / "root.qcow2")],
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(self.image_dir / "base.qcow2"),
+                str(self.workdir / "root.qcow2"),
+            ],
             check=True,
         )
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.workdir / "data.qcow2"), "2G"], check=True)
