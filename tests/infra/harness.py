@@ -6,10 +6,12 @@ and every invoke goes through Recorder; an invoke it does not know fails the run
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import runpy
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,19 @@ async def _resolve(v: Any) -> tuple[Any, bool]:
     return v, False
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's mocks take the thread's current event loop. A test elsewhere in the session that used asyncio.run()
+    leaves none behind (asyncio.run sets it to None), so make one when it is missing."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loop = asyncio.get_event_loop()
+        if loop.is_closed():
+            raise RuntimeError("closed")
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(
     cfg: dict[str, Any],
     secrets: dict[str, Any] | None = None,
@@ -222,6 +237,7 @@ def run_program(
     Pass ``run`` to see what was registered even when the program raises.
     """
     run = run if run is not None else Run()
+    _ensure_event_loop()
     all_cfg = {f"{PROJECT}:{k}": _encode(v) for k, v in {**cfg, **(secrets or {})}.items()}
     pulumi.runtime.set_all_config(all_cfg, [f"{PROJECT}:{k}" for k in (secrets or {})])
     psettings.ROOT.set(None)

@@ -40,7 +40,7 @@ MAY_NAME_DEFAULTS = re.compile(
 
 def tracked_files() -> list[str]:
     out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+    return [f for f in out.splitlines() if (ROOT / f).is_file() and f != BASELINE]  # its hashes look like secrets
 
 
 def test_detect_secrets_finds_nothing_unreviewed() -> None:
