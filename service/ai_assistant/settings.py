@@ -158,9 +158,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _first_error(file: str, exc: ValidationError, prefix: str = "") -> ConfigError:
     err = exc.errors()[0]
     key = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
-    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-    if err["type"] == "missing":
-        msg = "required key is missing"
+    msg = {
+        "extra_forbidden": "unknown key",
+        "missing": "required key is missing",
+        "dict_type": "must be a mapping",
+        "model_type": "must be a mapping",
+    }.get(err["type"], str(err["msg"]).removeprefix("Value error, "))
     return ConfigError(file, key, msg)
 
 

@@ -6,15 +6,9 @@ section on its own so that `ai-assistant kb ...` works before (and independently
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
-from ..errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 ASSISTANT_FILE = "assistant.yaml"
 SECTION = "knowledge"
@@ -94,66 +88,9 @@ class KnowledgeSettings(_Section):
         return True
 
 
-class _EnvKnowledge(BaseSettings):
-    """Only the environment layer: `AI_ASSISTANT_KNOWLEDGE__TOP_K=6`, `..._KNOWLEDGE__STORE__NAME=weaviate`."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
-    enabled: bool | None = None
-    embedder: dict[str, Any] | None = None
-    store: dict[str, Any] | None = None
-    top_k: int | None = None
-    min_score: float | None = None
-    sample_corpus: str | None = None
-    max_file_bytes: int | None = None
-    chunk_max_chars: int | None = None
-    max_context_chars: int | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings,)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def load_knowledge_settings(config_dir: Path | None = None) -> KnowledgeSettings:
-    """`knowledge:` of `<config_dir>/assistant.yaml`, overridden by `AI_ASSISTANT_KNOWLEDGE__*`. One-line errors."""
-    config_dir = Path(config_dir or os.environ.get("AI_ASSISTANT_CONFIG_DIR", "config"))
-    path = config_dir / ASSISTANT_FILE
-    values: dict[str, Any] = {}
-    if path.exists():
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise ConfigError(str(path), f"line {mark.line + 1}" if mark else "", "not valid YAML") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(str(path), "", f"cannot be read ({exc})") from None
-        if doc is not None and not isinstance(doc, dict):
-            raise ConfigError(str(path), "", "must be a mapping at the top level")
-        section = (doc or {}).get(SECTION) or {}
-        if not isinstance(section, dict):
-            raise ConfigError(str(path), SECTION, "must be a mapping")
-        values = section
-    try:
-        env = _EnvKnowledge().model_dump(exclude_none=True)
-        return KnowledgeSettings(**_merge(values, env))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join([SECTION, *(str(p) for p in err["loc"])])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{path} (or {ENV_PREFIX}* environment)", key, msg) from None
+    """`knowledge:` of `<config_dir>/assistant.yaml`, overridden by `AI_ASSISTANT_KNOWLEDGE__*`, through the service's
+    one settings loader (so the CLI and the service read the same thing, with the same one-line errors)."""
+    from ..settings import load_settings  # the service's Settings embeds KnowledgeSettings: import here, not above
+
+    return load_settings(config_dir).knowledge
