@@ -17,7 +17,7 @@ def test_feedback_is_counted_once_and_queues_nothing(tmp_path: Path) -> None:
     svc = ServiceProcess(config, tmp_path / "data").start()
     try:
         before = svc.metrics()
-        assert "ai_assistant_feedback_total{connector=\"im-connector\",rating=\"negative\"} 0.0" in before
+        assert 'ai_assistant_feedback_total{connector="im-connector",rating="negative"} 0.0' in before
         feedback = {"type": "feedback", "event_id": "fb-1", "rating": "positive", "answer_event_id": "evt-1"}
         for _ in range(2):  # a platform retry of the same feedback event
             body, headers = signed_generic_request(feedback)
