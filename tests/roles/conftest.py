@@ -29,6 +29,7 @@ VENV_BIN = Path(sys.executable).parent
 TIMINGS: dict[str, float] = {}
 LLAMA_VERSION = "0.3.36"
 GUEST_ONLY_WHEELS = ("async-timeout>=4.0.3",)
+GUEST_PYTHON = "3.11.2"
 DOMAIN = "assistant.test"
 # A monitoring host that is not the test runner: slirp delivers the runner's traffic from 10.0.2.2.
 MONITORING_CIDR = "192.0.2.99/32"
@@ -119,21 +120,27 @@ def _gguf() -> Path:
     return path
 
 
-def _pip_wheel(dest: Path, *args: str) -> None:
+def _pip(*args: str) -> None:
     proc = subprocess.run(
-        [str(VENV_BIN / "pip"), "wheel", "-q", "--disable-pip-version-check", "-w", str(dest), *args],
+        [str(VENV_BIN / "pip"), *args, "-q", "--disable-pip-version-check"],
         capture_output=True,
         text=True,
         timeout=1200,
     )
     if proc.returncode != 0:
-        pytest.fail(f"pip wheel {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+        pytest.fail(f"pip {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+
+
+def _guest_wheels(dest: Path, *requirements: str) -> None:
+    """Wheels for the guest's Python (Debian 12: 3.11.2), whatever 3.11 runs the tests: newer releases of some
+    dependencies require Python >= 3.11.5, which pip on the controller would happily pick."""
+    _pip("download", "--only-binary=:all:", "--python-version", GUEST_PYTHON, "-d", str(dest), *requirements)
 
 
 def _artifacts(workdir: Path) -> dict[str, Path]:
     """The service wheel (rebuilt every run) and a wheelhouse of its and llama.cpp's dependencies (cached)."""
     dist = workdir / "dist"
-    _pip_wheel(dist, "--no-deps", str(REPO))
+    _pip("wheel", "--no-deps", "-w", str(dist), str(REPO))
     wheel = next(dist.glob("ai_assistant-*.whl"))
     llama_cache = Path(
         os.environ.get(
@@ -144,15 +151,15 @@ def _artifacts(workdir: Path) -> dict[str, Path]:
     if not list(llama_cache.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl")):
         subprocess.run([str(REPO / "scripts" / "llama-wheel.sh"), str(VENV_BIN / "python")], check=True, timeout=1800)
     key = subprocess.run(["sha256sum", str(REPO / "pyproject.toml")], capture_output=True, text=True).stdout[:12]
-    key += "-" + str(len(GUEST_ONLY_WHEELS))
+    key += f"-py{GUEST_PYTHON}-{len(GUEST_ONLY_WHEELS)}"
     house = cache_dir().parent.parent / "vm-wheelhouse" / key
     if not (house / ".complete").exists():
         shutil.rmtree(house, ignore_errors=True)
-        _pip_wheel(house, str(wheel))
-        _pip_wheel(house, "--find-links", str(llama_cache), f"llama-cpp-python[server]=={LLAMA_VERSION}")
-        # Debian 12's Python is 3.11.2, and redis requires async-timeout below 3.11.3: a newer 3.11 on the
-        # controller resolves without it, so it is added for the guest explicitly.
-        _pip_wheel(house, *GUEST_ONLY_WHEELS)
+        _guest_wheels(house, str(wheel))
+        _guest_wheels(house, "--find-links", str(llama_cache), f"llama-cpp-python[server]=={LLAMA_VERSION}")
+        # pip evaluates environment markers with the controller's interpreter: redis needs async-timeout below
+        # 3.11.3, which a newer controller leaves out, so it is added for the guest explicitly.
+        _guest_wheels(house, *GUEST_ONLY_WHEELS)
         for w in house.glob("ai_assistant-*.whl"):
             w.unlink()  # the service wheel travels on its own, rebuilt every run
         (house / ".complete").touch()
