@@ -209,6 +209,8 @@ def _write_inventory(workdir: Path, vm: VM, art: dict[str, Path], reply_port: in
     # playbooks/monitoring.yml too: Prometheus and Alertmanager on the same host; Grafana's repository is offline.
     host["monitoring_grafana"] = False
     host["alertmanager_assistant_token"] = secrets.token_urlsafe(32)
+    host["assistant_alerts_connector"] = "im-connector"
+    host["assistant_alerts_chat_id"] = "ops-alerts"
     groups = {"assistant": {"hosts": {"testvm": host}}}
     groups.update({g: {"hosts": {"testvm": {}}} for g in ("data", "monitoring")})
     inventory = {"all": {"children": groups}}

@@ -170,6 +170,9 @@ def test_assistant_config_is_accepted_by_the_service(tmp_path: Path, monkeypatch
         "assistant_connectors": CONNECTORS,
         "assistant_connector_secrets": SECRETS,
         "assistant_config_dir": str(tmp_path),
+        "assistant_alerts_token": "alerttoken",
+        "assistant_alerts_connector": "im-connector",
+        "assistant_alerts_chat_id": "ops",
     }
     (tmp_path / "assistant.yaml").write_text(render("assistant", "assistant.yaml.j2", extra))
     (tmp_path / "connectors.yaml").write_text(render("assistant", "connectors.yaml.j2", extra))
@@ -186,6 +189,7 @@ def test_assistant_config_is_accepted_by_the_service(tmp_path: Path, monkeypatch
     assert settings.store.redis_url.get_secret_value() == "redis://ai-assistant:r3dis@127.0.0.1:6379/0"
     assert settings.admin.token is not None and settings.admin.token.get_secret_value() == "admintoken"
     assert settings.server.metrics_port == 9464
+    assert settings.alerts.connector == "im-connector" and settings.alerts.chat_id == "ops"
     _, connectors = read_connectors_file(tmp_path)
     assert connectors["im-connector"]["app_secret"] == SECRETS["im-connector"]["app_secret"]
     assert connectors["im-connector"]["bot_name"] == "AI助理"
