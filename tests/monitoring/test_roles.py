@@ -217,8 +217,8 @@ def test_playbook_derives_scrape_targets_and_alert_url_from_the_inventory(tmp_pa
     (tmp_path / "probe.yml").write_text(yaml.safe_dump(probe))
     hosts = {
         "assistant": {"app-a": {"ansible_host": "10.0.1.10", "tls_domains": ["bot.corp.example"]}, "app-b": {}},
-        "model": {"gpu-a": {"ansible_host": "10.0.1.20", "model_server_port": 8080}},
-        "vector": {"kb-a": {"ansible_host": "10.0.1.30"}},
+        "inference": {"gpu-a": {"ansible_host": "10.0.1.20", "model_server_port": 8080}},
+        "data": {"kb-a": {"ansible_host": "10.0.1.30"}},
         "monitoring": {"mon-a": {"ansible_host": "10.0.1.40"}},
     }
     inventory = {"all": {"children": {group: {"hosts": members} for group, members in hosts.items()}}}
