@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .credentials import BearerTokens
-from .errors import ConfigError, DeliveryFailed
+from .edge import read_body
+from .errors import ConfigError, DeliveryFailed, PayloadTooLarge
 from .settings import AlertsSettings, is_placeholder
 
 log = logging.getLogger(__name__)
@@ -155,14 +156,10 @@ def alert_router(
         )
         if not accepted:
             return _error(401, "missing or wrong bearer token")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        try:
+            raw = await read_body(request, MAX_BODY_BYTES)
+        except PayloadTooLarge:
             return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_BODY_BYTES:
-                return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
         try:
             payload = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

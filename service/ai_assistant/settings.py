@@ -155,16 +155,26 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _first_error(file: str, exc: ValidationError, prefix: str = "") -> ConfigError:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in (*([prefix] if prefix else []), *err["loc"]))
-    msg = {
-        "extra_forbidden": "unknown key",
-        "missing": "required key is missing",
-        "dict_type": "must be a mapping",
-        "model_type": "must be a mapping",
-    }.get(err["type"], str(err["msg"]).removeprefix("Value error, "))
-    return ConfigError(file, key, msg)
+_PROBLEMS = {
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+}
+
+
+def validation_problem(exc: ValidationError) -> tuple[str, str]:
+    """(dotted key, one-line problem) of a pydantic error, for every config file's one-line messages. A misspelt key
+    also makes the real one "missing": name the misspelling, which is the actual mistake."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    key = ".".join(str(p) for p in err["loc"])
+    return key, _PROBLEMS.get(err["type"], str(err["msg"]).removeprefix("Value error, "))
+
+
+def config_error(file: str, exc: ValidationError, prefix: str = "") -> ConfigError:
+    key, problem = validation_problem(exc)
+    return ConfigError(file, ".".join(p for p in (prefix, key) if p), problem)
 
 
 def load_settings(config_dir: Path | None = None, data_dir: Path | None = None, **overrides: Any) -> Settings:
@@ -178,7 +188,7 @@ def load_settings(config_dir: Path | None = None, data_dir: Path | None = None, 
     try:
         settings = Settings(**values)
     except ValidationError as exc:
-        raise _first_error(f"{file} (or AI_ASSISTANT_* environment)", exc) from None
+        raise config_error(f"{file} (or AI_ASSISTANT_* environment)", exc) from None
     for dotted, value in overrides.items():
         if value is None:
             continue

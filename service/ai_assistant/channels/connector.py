@@ -16,6 +16,7 @@ from ..connectors.base import Connector
 from ..errors import ConfigError, DeliveryFailed
 from ..messages import OutboundText
 from ..observability import DELIVERIES
+from ..settings import config_error
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,12 +27,7 @@ def validate_channel_options(model: type[M], name: str, options: Mapping[str, ob
     try:
         return model.model_validate(dict(options))
     except ValidationError as exc:
-        errors = exc.errors()
-        # A misspelt key also makes the real one "missing": name the misspelling, which is the actual mistake.
-        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        key = ".".join(str(p) for p in (name, *err["loc"]))
-        msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"], err["msg"])
-        raise ConfigError(file, key, msg.removeprefix("Value error, ")) from None
+        raise config_error(file, exc, name) from None
 
 
 class ConnectorChannelConfig(BaseModel):

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError
 from ..registry import Kind, Registry
-from ..settings import SecretsCheck, Settings, read_connectors_file
+from ..settings import SecretsCheck, Settings, config_error, read_connectors_file
 from .base import Connector, ConnectorConfig
 
 
@@ -24,10 +24,7 @@ def load_connectors(settings: Settings, registry: Registry) -> dict[str, Connect
         try:
             config = config_model.model_validate(options)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in (name, *err["loc"]))
-            msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"], err["msg"])
-            raise ConfigError(file, key, msg.removeprefix("Value error, ")) from None
+            raise config_error(file, exc, name) from None
         SecretsCheck.check(config, file, name)
         connector: Connector = cls(name, config)
         path = connector.path

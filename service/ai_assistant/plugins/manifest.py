@@ -22,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from ..registry import Kind
+from ..settings import validation_problem
 from .errors import PluginError
 
 MANIFEST_FILE = "plugin.toml"
@@ -114,8 +115,5 @@ def parse_manifest(data: bytes, where: str) -> PluginManifest:
     try:
         return PluginManifest.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"], err["msg"])
-        msg = msg.removeprefix("Value error, ")
-        raise PluginError(f"{where}: {MANIFEST_FILE}: {key}: {msg}") from None
+        key, msg = validation_problem(exc)
+        raise PluginError(f"{where}: {MANIFEST_FILE}: {key or '(top level)'}: {msg}") from None

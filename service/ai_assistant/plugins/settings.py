@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
-from ..settings import _first_error, _read_yaml
+from ..settings import _read_yaml, config_error
 
 PLUGINS_FILE = "plugins.yaml"
 KEY_PREFIX = "ed25519:"
@@ -90,7 +90,7 @@ def load_plugin_settings(config_dir: Path) -> PluginSettings:
     try:
         settings = PluginSettings.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(str(path), exc) from None
+        raise config_error(str(path), exc) from None
     if settings.ca_bundle is not None:
         bundle = settings.ca_bundle if settings.ca_bundle.is_absolute() else config_dir / settings.ca_bundle
         if not bundle.is_file():
