@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -112,16 +111,14 @@ def serve(
     """Run only the service (webhooks, workers, /healthz, /readyz, /metrics) against the engine the config names."""
     from .app import create_app
     from .observability import configure_logging
-    from .runner import serve_all
+    from .runner import run, serve_all
 
     settings = _settings(config_dir, data_dir, host, port)
     configure_logging(settings.server.log_level, settings.server.json_logs)
     service = create_app(settings)
     listeners = _listeners(settings, service)
     with _pid_file(settings):
-        asyncio.run(
-            serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners), on_reload=_reloader(service))
-        )
+        run(serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners), on_reload=_reloader(service)))
 
 
 @app.command()
@@ -133,7 +130,7 @@ def up(
     from .app import create_app
     from .engines.local_server import LocalModelServer
     from .observability import configure_logging
-    from .runner import serve_all
+    from .runner import run, serve_all
 
     ensure_local_secrets(data_dir)
     settings = _settings(config_dir, data_dir, host, port)
@@ -159,9 +156,7 @@ def up(
     listeners = _listeners(settings, service) + ([inbox_listener] if inbox_listener else [])
     try:
         with _pid_file(settings):
-            asyncio.run(
-                serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners), on_reload=_reloader(service))
-            )
+            run(serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners), on_reload=_reloader(service)))
     finally:
         model.stop()
         console.print("stopped the model server, the service and the inbox")
