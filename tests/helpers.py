@@ -45,7 +45,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 def signed_generic_request(
-    body: dict[str, Any] | bytes, secret: str = SECRET, *, msg_id: str | None = None, timestamp: int | None = None
+    body: dict[str, Any] | list[Any] | bytes,
+    secret: str = SECRET,
+    *,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     raw = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
     msg_id = msg_id or f"msg_{time.monotonic_ns()}"

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,10 +127,24 @@ def test_bad_requests_are_refused_and_nothing_is_queued(
     assert metric_value(metrics, "ai_assistant_request_total", {"status": "error"}) == 1
 
 
-def test_malformed_request_names_the_field(service: ServiceProcess) -> None:
-    body, headers = signed_generic_request({**message("evt-x"), "text": ""})
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        ({**message("evt-x"), "text": ""}, "text: String should have at least 1 character"),
+        ({k: v for k, v in message("evt-x").items() if k != "chat_id"}, "chat_id: Field required"),
+        ({**message("evt-x"), "type": "reaction"}, "type: must be 'message' or 'feedback'"),
+        ({k: v for k, v in message("evt-x").items() if k != "type"}, "type: must be 'message' or 'feedback'"),
+        ([message("evt-x")], "body: Input should be an object"),
+        (b'{"type": "message", "event_id": ', "body is not valid JSON"),
+        ({"type": "feedback", "event_id": "f1", "rating": "meh"}, "rating: Input should be 'positive' or 'negative'"),
+    ],
+)
+def test_malformed_request_names_the_field(
+    service: ServiceProcess, payload: dict[str, Any] | list[Any] | bytes, detail: str
+) -> None:
+    body, headers = signed_generic_request(payload)
     resp = service.post(PATH, body, headers)
-    assert resp.status_code == 400 and resp.json()["detail"].startswith("text:")
+    assert resp.status_code == 400 and resp.json() == {"error": "malformed", "detail": detail}
 
 
 def test_model_server_down_gives_a_clear_error_reply_and_metrics(tmp_path: Path, receiver: ReplyReceiver) -> None:

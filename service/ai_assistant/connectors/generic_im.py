@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from ..errors import DeliveryFailed, MalformedRequest, SignatureInvalid, StaleRequest
@@ -63,6 +63,22 @@ class GenericInbound(BaseModel):
     mentioned: bool = True
 
 
+# One parse of the raw body, straight into the right model (pydantic-core reads the JSON and dispatches on "type").
+_EVENT: TypeAdapter[GenericInbound | GenericFeedback] = TypeAdapter(
+    Annotated[GenericInbound | GenericFeedback, Field(discriminator="type")]
+)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    if err["type"] == "json_invalid":
+        return "body is not valid JSON"
+    if err["type"].startswith("union_tag"):
+        return "type: must be 'message' or 'feedback'"
+    loc = [str(p) for p in err["loc"]][1:]  # drop the union member's tag ("message" / "feedback")
+    return f"{'.'.join(loc) or 'body'}: {err['msg']}"
+
+
 class GenericIMConnector(Connector):
     platform: ClassVar[str] = "generic_im"
     Config = GenericIMConfig
@@ -82,22 +98,11 @@ class GenericIMConnector(Connector):
         except (ValueError, UnicodeDecodeError):  # malformed signature header or non-UTF-8 body
             raise SignatureInvalid("webhook signature rejected (malformed header or body)") from None
         try:
-            payload = json.loads(request.body)
-        except ValueError:
-            raise MalformedRequest("body is not valid JSON") from None
-        if isinstance(payload, dict) and payload.get("type") == "feedback":
-            try:
-                rating = GenericFeedback.model_validate(payload)
-            except ValidationError as exc:
-                err = exc.errors()[0]
-                raise MalformedRequest(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}") from None
-            return Verdict(feedback=[Feedback(rating.event_id, rating.rating)], ack=Ack(200, {"ok": True}))
-        try:
-            event = GenericInbound.model_validate(payload)
+            event = _EVENT.validate_json(request.body)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "body"
-            raise MalformedRequest(f"{field}: {err['msg']}") from None
+            raise MalformedRequest(_first_problem(exc)) from None
+        if isinstance(event, GenericFeedback):
+            return Verdict(feedback=[Feedback(event.event_id, event.rating)], ack=Ack(200, {"ok": True}))
         message = InboundMessage(
             connector=self.name,
             event_id=event.event_id,
