@@ -53,6 +53,20 @@ async def test_enqueue_is_deduplicated_on_every_id(store: StateStore) -> None:
     assert (await store.stats()).depth == 1
 
 
+async def test_concurrent_deliveries_in_one_batch_are_queued_once(store: StateStore) -> None:
+    """Retries that arrive together (SQLite's group commit puts them in one transaction) still give one job, also
+    when a re-push shares only its message id; distinct messages in the same burst are all kept."""
+    burst = [msg("e1", ["m1"]) for _ in range(5)] + [msg("e2", ["m1"])] + [msg(f"other-{i}") for i in range(20)]
+    accepted = await asyncio.gather(*(store.enqueue(m, 60) for m in burst))
+    assert sum(accepted[:6]) == 1 and all(accepted[6:])
+    assert (await store.stats()).depth == 21
+    event_ids = set()
+    while (job := await store.claim(30)) is not None:
+        event_ids.add(job.message.event_id)
+        await store.complete(job.id)
+    assert event_ids == {"e1", *(f"other-{i}" for i in range(20))}
+
+
 async def test_dedupe_expires_after_ttl(store: StateStore) -> None:
     assert await store.enqueue(msg("e1"), 0.2)
     await asyncio.sleep(0.3)

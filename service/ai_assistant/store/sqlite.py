@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import random
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +21,26 @@ from ..messages import ChatTurn, InboundMessage
 from .base import Job, QueueStats
 
 T = TypeVar("T")
-_Pending = tuple[InboundMessage, float, "asyncio.Future[bool]"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """A message ready to insert: its de-duplication keys and its jobs row (id, message JSON, enqueued_at)."""
+
+    keys: list[str]
+    expires_at: float
+    job: tuple[str, str, float]
+    ttl: float
+
+
+_Pending = tuple[_Row, "asyncio.Future[bool]"]
+
+
+def _job_id() -> str:
+    """128 random bits in hex, like uuid4().hex without its system call per id. Job ids are opaque row keys, never
+    credentials, so a non-cryptographic generator is enough."""
+    return f"{random.getrandbits(128):032x}"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
@@ -81,9 +102,20 @@ class SQLiteStore:
 
     async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
         """Group commit: concurrent enqueues share one transaction (one fsync), so throughput under load does not
-        pay one disk flush per webhook, while a lone request still commits at once."""
+        pay one disk flush per webhook, while a lone request still commits at once.
+
+        The row is serialised here, on the event loop, so that the writer thread runs almost no Python: every
+        statement it executes releases the GIL and must win it back from the busy loop, so fewer, set-based
+        statements per batch (json_each) keep the two threads from taking turns (docs/benchmarks.md)."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((message, dedupe_ttl, future))
+        now = time.time()
+        row = _Row(
+            keys=message.dedupe_keys(),
+            expires_at=now + dedupe_ttl,
+            job=(_job_id(), message.model_dump_json(), message.received_at or now),
+            ttl=dedupe_ttl,
+        )
+        self._pending.append((row, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -91,46 +123,55 @@ class SQLiteStore:
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
+            rows = [row for row, _ in batch]
             try:
-                results = await self._run(
-                    functools.partial(self._tx, body=functools.partial(self._enqueue_batch, batch=batch))
-                )
+                results = await self._run(functools.partial(self._tx, body=functools.partial(self._insert, rows=rows)))
             except Exception as exc:  # the whole transaction rolled back: every caller sees the failure (-> 503)
-                for _, _, future in batch:
+                for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, _, future), accepted in zip(batch, results, strict=True):
+            for (_, future), accepted in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(accepted)
 
-    def _enqueue_batch(self, db: sqlite3.Connection, batch: list[_Pending]) -> list[bool]:
+    def _insert(self, db: sqlite3.Connection, rows: list[_Row]) -> list[bool]:
         now = time.time()
-        self._writes += len(batch)
+        self._writes += len(rows)
         if self._writes >= 500:
             self._writes = 0
             db.execute("DELETE FROM dedupe WHERE expires_at < ?", (now,))
-            oldest_ttl = max(ttl for _, ttl, _ in batch)
+            oldest_ttl = max(row.ttl for row in rows)
             db.execute("DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (now - oldest_ttl,))
-        results = []
-        for message, ttl, _ in batch:
-            keys = message.dedupe_keys()
-            marks = ",".join("?" * len(keys))
-            seen = db.execute(
-                f"SELECT 1 FROM dedupe WHERE key IN ({marks}) AND expires_at >= ? LIMIT 1",  # noqa: S608 (placeholders)
-                (*keys, now),
-            ).fetchone()
-            if seen:
+        wanted = [key for row in rows for key in row.keys]
+        seen = {
+            key
+            for (key,) in db.execute(
+                "SELECT key FROM dedupe WHERE key IN (SELECT value FROM json_each(?)) AND expires_at >= ?",
+                (json.dumps(wanted), now),
+            )
+        }
+        results, marks, jobs = [], [], []
+        for row in rows:
+            if seen.intersection(row.keys):  # queued before, or earlier in this same batch
                 results.append(False)
                 continue
-            db.executemany(
-                "INSERT OR REPLACE INTO dedupe (key, expires_at) VALUES (?, ?)", [(k, now + ttl) for k in keys]
+            seen.update(row.keys)
+            marks += [(key, row.expires_at) for key in row.keys]
+            jobs.append(row.job)
+            results.append(True)
+        if jobs:
+            db.execute(
+                "INSERT OR REPLACE INTO dedupe (key, expires_at) "
+                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)",
+                (json.dumps(marks),),
             )
             db.execute(
-                "INSERT INTO jobs (id, message, visible_at, enqueued_at) VALUES (?, ?, ?, ?)",
-                (uuid.uuid4().hex, message.model_dump_json(), now, message.received_at or now),
+                "INSERT INTO jobs (id, message, visible_at, enqueued_at) "
+                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, json_extract(value, '$[2]') "
+                "FROM json_each(?)",
+                (now, json.dumps(jobs)),
             )
-            results.append(True)
         return results
 
     async def remember(self, key: str, ttl: float) -> bool:
