@@ -17,11 +17,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from usearch.index import Index
 
 from ..errors import StoreError
 from ..settings import KnowledgeSettings
+from ._libstdcxx import share_system_libstdcxx
 from .base import Chunk, DocumentRecord, Hit, Vector, as_matrix, state_dir
+
+# Before usearch loads, or its private libstdc++ and the system's disagree on std::locale and the next C++ library
+# to load (onnxruntime, for OCR) segfaults: see _libstdcxx.py.
+share_system_libstdcxx()
+from usearch.index import Index  # noqa: E402
 
 log = logging.getLogger(__name__)
 
