@@ -155,7 +155,9 @@ def _listener_violations(args: ResourceValidationArgs) -> Iterable[str]:
 
 def _public_instance_violations(args: ResourceValidationArgs) -> Iterable[str]:
     p: Mapping[str, Any] = args.props
-    role = (p.get("tags") or {}).get("ai-assistant:role")
+    # Autoscaling groups carry tags as a list of {key, value}; only maps name a host's role.
+    tags = p.get("tags")
+    role = tags.get("ai-assistant:role") if isinstance(tags, Mapping) else None
     public = (args.resource_type == "aws:ec2/instance:Instance" and _truthy(p.get("associatePublicIpAddress"))) or (
         args.resource_type == "alicloud:ecs/instance:Instance" and (p.get("internetMaxBandwidthOut") or 0) > 0
     )

@@ -149,6 +149,14 @@ def test_unencrypted_disk_and_open_metadata_are_refused(stack_run: Get, cloud: s
     assert violations_of("metadata-hardened", "aws:ec2/launchTemplate:LaunchTemplate", "lt", lt)
 
 
+def test_tags_given_as_a_list_are_read_without_error() -> None:
+    """Autoscaling groups list their tags as {key, value, propagateAtLaunch}; the role rules read maps only."""
+    tags = [{"key": "ai-assistant:role", "value": "assistant", "propagateAtLaunch": True}]
+    for name, policy in POLICIES.items():
+        if isinstance(policy, ResourceValidationPolicy):
+            assert violations_of(name, "aws:autoscaling/group:Group", "g", {"tags": tags}) == [], name
+
+
 def test_public_or_unversioned_buckets_are_refused() -> None:
     pab = {"blockPublicAcls": True, "blockPublicPolicy": False, "ignorePublicAcls": True, "restrictPublicBuckets": True}
     assert violations_of(
