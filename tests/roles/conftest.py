@@ -57,6 +57,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+# Secrets the roles generate on the host when Pulumi did not pass them in (issue 9); digests only, never the values.
+GENERATED_SECRET_FILES = (
+    "/etc/ai-assistant/admin-token",
+    "/etc/redis/ai-assistant.secret",
+    "/etc/ai-assistant/secrets.env",
+)
+
+
+def secret_digests(tvm: TestVM) -> dict[str, str]:
+    done = tvm.ssh("sha256sum " + " ".join(GENERATED_SECRET_FILES))
+    assert done.returncode == 0, f"a generated secret file is missing: {done.stderr.strip()}"
+    return {path: digest for digest, path in (line.split() for line in done.stdout.splitlines())}
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if TIMINGS:
         terminalreporter.section("roles VM timings")
@@ -97,6 +111,8 @@ class TestVM:
     ssh_config: Path
     receiver: ReplyReceiver
     connector_secret: str
+    # sha256 of every secret the roles generate on the host, taken right after the first converge
+    generated_secrets: dict[str, str] = field(default_factory=dict)
 
     def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A command in the guest over the shared control connection (see _write_ssh_config)."""
@@ -279,6 +295,7 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
         assert prep.rc == 0, f"prepare.yml failed (log {prep.log}):\n{prep.tail()}"
         first = _timed("converge 1", tvm.play, REPO / "playbooks/site.yml", name="converge1")
         assert first.rc == 0 and first.failed == 0, f"first converge failed (log {first.log}):\n{first.tail()}"
+        tvm.generated_secrets = secret_digests(tvm)
         yield tvm
     finally:
         vm.stop()

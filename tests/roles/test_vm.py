@@ -20,7 +20,7 @@ import pytest
 import testinfra
 
 from tests.helpers import message, signed_generic_request, wait_until
-from tests.roles.conftest import DOMAIN, REPO, TIMINGS, TestVM
+from tests.roles.conftest import DOMAIN, REPO, TIMINGS, TestVM, secret_digests
 
 # Converging under software emulation takes many minutes: far above the suite-wide 900 s per test.
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(2700)]
@@ -75,6 +75,13 @@ def test_second_converge_changes_nothing(test_vm: TestVM) -> None:
     TIMINGS["converge 2"] = time.monotonic() - start
     assert second.rc == 0, f"second converge failed (log {second.log}):\n{second.tail()}"
     assert second.changed == 0, f"second converge changed {second.changed} task(s): {second.changed_tasks()}"
+
+
+def test_rerunning_the_roles_keeps_generated_secrets(test_vm: TestVM) -> None:
+    """Issue 9: the admin token and the Redis ACL password generated on the first run survive the second converge
+    (which test_second_converge_changes_nothing has run by now) byte for byte."""
+    assert test_vm.generated_secrets, "digests were taken after the first converge"
+    assert secret_digests(test_vm) == test_vm.generated_secrets
 
 
 def test_check_mode_on_converged_host_changes_nothing(test_vm: TestVM) -> None:
