@@ -16,9 +16,11 @@ work=$(mktemp -d -t ai-assistant-handoff.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 printf '%s' "$AI_ASSISTANT_INVENTORY" > "$work/inventory.yml"
 inventories=(-i "$work/inventory.yml")
+dynamic=
 if [ -n "${AI_ASSISTANT_DYNAMIC_INVENTORY:-}" ]; then
-  printf '%s' "$AI_ASSISTANT_DYNAMIC_INVENTORY" > "$work/autoscaled.aws_ec2.yml"
-  inventories+=(-i "$work/autoscaled.aws_ec2.yml")
+  dynamic="$work/autoscaled.aws_ec2.yml"
+  printf '%s' "$AI_ASSISTANT_DYNAMIC_INVENTORY" > "$dynamic"
+  inventories+=(-i "$dynamic")
 fi
 
 # The secret vars JSON becomes a vars file; the internal CA goes where the tls role's internal_ca mode looks for it.
@@ -42,6 +44,22 @@ if [ ! -f "$playbook" ]; then
   echo "ansible hand-off: $playbook not found; set handoff: false or add the playbook" >&2
   exit 2
 fi
+# Scaling groups launch their hosts after the group exists, so the cloud may not list them yet: wait until the
+# dynamic source shows as many as the groups' minimum. A source that cannot be read fails here, not silently later.
+if [ -n "$dynamic" ] && [ "${AI_ASSISTANT_DYNAMIC_HOSTS:-0}" -gt 0 ]; then
+  deadline=$((SECONDS + ${AI_ASSISTANT_DYNAMIC_WAIT_S:-900}))
+  while :; do
+    found=$(ANSIBLE_INVENTORY_UNPARSED_FAILED=true "$ansible_bin/ansible-inventory" -i "$dynamic" --list \
+      | "$python" -c 'import json, sys; print(len(json.load(sys.stdin).get("_meta", {}).get("hostvars", {})))')
+    [ "$found" -lt "$AI_ASSISTANT_DYNAMIC_HOSTS" ] || break
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "ansible hand-off: the autoscaled inventory lists $found of $AI_ASSISTANT_DYNAMIC_HOSTS hosts" >&2
+      exit 3
+    fi
+    sleep 15
+  done
+fi
+
 # New hosts take a minute or two to boot and run cloud-init.
 "$ansible_bin/ansible" all "${inventories[@]}" -m ansible.builtin.wait_for_connection -a "timeout=900" -o
 "$ansible_bin/ansible-playbook" "${inventories[@]}" -e "@$work/secrets.json" "$playbook"

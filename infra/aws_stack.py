@@ -497,7 +497,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
     groups = SecurityGroups("sg", conf, network.vpc, popts)
     lb = LoadBalancer("lb", conf, network, groups, popts)
     backups = BackupBuckets("backup", conf, replica_provider, popts)
-    compute = Compute("hosts", conf, network, groups, lb, backups, provider, popts)
+    compute = Compute("hosts", conf, stack, network, groups, lb, backups, provider, popts)
     return Deployment(
         hosts=compute.hosts,
         lb_address=lb.alb.dns_name,
@@ -508,6 +508,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         public_cidrs=network.public_cidrs,
         private_cidrs=network.private_cidrs,
         dynamic_inventory=compute.dynamic_inventory,
+        dynamic_hosts=compute.dynamic_hosts,
         ready=[network.nat, *compute.ready],
     )
 
@@ -523,6 +524,7 @@ class Compute(pulumi.ComponentResource):
         self,
         name: str,
         conf: InfraConfig,
+        stack: str,
         network: Network,
         groups: SecurityGroups,
         lb: LoadBalancer,
@@ -545,6 +547,7 @@ class Compute(pulumi.ComponentResource):
         self.hosts: list[Host] = []
         self.ready: list[pulumi.Resource] = []
         self.dynamic_inventory: pulumi.Output[str] | None = None
+        self.dynamic_hosts = 0
 
         profile = self._backup_profile(name, backups, child)
 
@@ -590,7 +593,9 @@ class Compute(pulumi.ComponentResource):
             for zi, zone in enumerate(conf.zones):
                 z = zone_suffix(zone)
                 if conf.autoscaling:
-                    self._autoscaling_group(f"{name}-{color}-{z}", conf, network, groups, lb, ami, key_name, color, zi)
+                    self._autoscaling_group(
+                        f"{name}-{color}-{z}", conf, stack, network, groups, lb, ami, key_name, color, zi
+                    )
                     continue
                 for n in range(tier.assistant_per_zone):
                     inst = instance(
@@ -676,6 +681,7 @@ class Compute(pulumi.ComponentResource):
         self,
         name: str,
         conf: InfraConfig,
+        stack: str,
         network: Network,
         groups: SecurityGroups,
         lb: LoadBalancer,
@@ -721,7 +727,7 @@ class Compute(pulumi.ComponentResource):
             ],
             opts=child,
         )
-        aws.autoscaling.Group(
+        group = aws.autoscaling.Group(
             name,
             vpc_zone_identifiers=[network.private_subnets[zi].id],
             min_size=tier.assistant_per_zone,
@@ -731,9 +737,11 @@ class Compute(pulumi.ComponentResource):
             health_check_grace_period=600,
             target_group_arns=[lb.target_groups[(color, zi)].arn],
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=template.id, version="$Latest"),
+            # The provider's default tags reach the group but not the instances it launches: name the stack here.
             tags=[
                 aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
                 for k, v in {
+                    "ai-assistant:stack": stack,
                     "ai-assistant:role": "assistant",
                     "ai-assistant:color": color,
                     "ai-assistant:zone": conf.zones[zi],
@@ -741,15 +749,23 @@ class Compute(pulumi.ComponentResource):
             ],
             opts=child,
         )
-        self.dynamic_inventory = pulumi.Output.from_input(_aws_ec2_inventory(conf))
+        # The group waits for its minimum capacity, so the hand-off waiting on it finds the hosts in the cloud.
+        self.ready.append(group)
+        self.dynamic_hosts += tier.assistant_per_zone
+        self.dynamic_inventory = pulumi.Output.from_input(_aws_ec2_inventory(conf, stack))
 
 
-def _aws_ec2_inventory(conf: InfraConfig) -> str:
+def _aws_ec2_inventory(conf: InfraConfig, stack: str) -> str:
     """amazon.aws.aws_ec2 inventory source for the autoscaled assistant hosts, grouped like the static inventory."""
     doc = {
         "plugin": "amazon.aws.aws_ec2",
         "regions": [conf.region],
-        "filters": {"tag:ai-assistant:role": "assistant", "instance-state-name": "running"},
+        # Without the stack tag, a second stack in the same region would configure this one's hosts.
+        "filters": {
+            "tag:ai-assistant:role": "assistant",
+            "tag:ai-assistant:stack": stack,
+            "instance-state-name": "running",
+        },
         "keyed_groups": [
             {"key": "tags['ai-assistant:role']", "separator": "", "prefix": ""},
             {"key": "tags['ai-assistant:color']", "prefix": "color"},

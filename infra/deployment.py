@@ -31,6 +31,8 @@ class Deployment:
     private_cidrs: list[str]  # instance subnets
     # With autoscaling, assistant hosts come and go: Ansible finds them through a dynamic inventory source.
     dynamic_inventory: pulumi.Output[str] | None = None
+    # How many hosts that source lists once every scaling group reached its minimum: the hand-off waits for them.
+    dynamic_hosts: int = 0
     ready: list[pulumi.Resource] = field(default_factory=list)  # what the hand-off waits for
 
 

@@ -53,6 +53,7 @@ class AnsibleHandoff(pulumi.ComponentResource):
         inventory: pulumi.Output[str],
         secret_vars: pulumi.Output[dict[str, Any]],
         dynamic_inventory: pulumi.Output[str] | None,
+        dynamic_hosts: int,
         depends_on: list[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -68,6 +69,7 @@ class AnsibleHandoff(pulumi.ComponentResource):
         }
         if dynamic_inventory is not None:
             env["AI_ASSISTANT_DYNAMIC_INVENTORY"] = dynamic_inventory
+            env["AI_ASSISTANT_DYNAMIC_HOSTS"] = str(dynamic_hosts)
         # Plain digests for the inventory and roles; the secrets' digest stays secret so rotation re-runs the play.
         self.triggers = pulumi.Output.all(
             roles,

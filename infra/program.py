@@ -96,6 +96,7 @@ def main(repo_root: Path = REPO_ROOT) -> None:
             inventory,
             pulumi.Output.secret(all_secrets),
             dep.dynamic_inventory,
+            dep.dynamic_hosts,
             depends_on=dep.ready,
         )
         pulumi.export("handoffTriggers", handoff.triggers)

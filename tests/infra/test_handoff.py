@@ -160,3 +160,87 @@ def test_script_refuses_a_missing_playbook(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "ansible hand-off: nope.yml not found; set handoff: false or add the playbook"
+
+
+def _fake_ansible(tmp_path: Path, hosts_listed: int, inventory_rc: int = 0) -> tuple[Path, Path]:
+    """A bin directory whose ansible, ansible-inventory and ansible-playbook only log the inventory files they get
+    (name and content), so the script's handling of a dynamic source can be checked without a cloud account."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    log = tmp_path / "calls.log"
+    logger = (
+        "#!/usr/bin/env bash\n"
+        'while [ $# -gt 0 ]; do if [ "$1" = -i ]; then\n'
+        f'  printf "%s %s %s\\n" "$(basename "$0")" "$(basename "$2")" "$(head -c 60 "$2" | tr -d "\\n ")" >> {log}\n'
+        "  shift; fi; shift; done\n"
+    )
+    for tool in ("ansible", "ansible-playbook"):
+        (bin_dir / tool).write_text(logger)
+    hostvars = json.dumps({"_meta": {"hostvars": {f"i-{n}": {} for n in range(hosts_listed)}}})
+    (bin_dir / "ansible-inventory").write_text(
+        logger
+        + f'[ "$ANSIBLE_INVENTORY_UNPARSED_FAILED" = true ] || exit 9\nexit_code={inventory_rc}\n'
+        + f"[ $exit_code -eq 0 ] || {{ echo 'unknown plugin' >&2; exit $exit_code; }}\necho '{hostvars}'\n"
+    )
+    for tool in ("ansible", "ansible-playbook", "ansible-inventory"):
+        (bin_dir / tool).chmod(0o755)
+    return bin_dir, log
+
+
+def _run_with_dynamic_inventory(
+    tmp_path: Path, cloud: str, hosts_listed: int, *, inventory_rc: int = 0, wait_s: int = 900
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    run = run_program(config_for(cloud, "basic", autoscaling=True))
+    env_in = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    repo = tmp_path / "repo"
+    (repo / "infra").mkdir(parents=True)
+    shutil.copy(ROOT / "infra" / "ansible_handoff.sh", repo / "infra")
+    (repo / "site.yml").write_text("- hosts: all\n")
+    bin_dir, log = _fake_ansible(tmp_path, hosts_listed, inventory_rc)
+    env = {
+        **os.environ,
+        "AI_ASSISTANT_INVENTORY": "all: {}\n",
+        "AI_ASSISTANT_SECRET_VARS": json.dumps({"internal_ca_key_pem": "K", "internal_ca_cert_pem": "C"}),
+        "AI_ASSISTANT_PLAYBOOK": "site.yml",
+        "AI_ASSISTANT_DYNAMIC_INVENTORY": env_in["AI_ASSISTANT_DYNAMIC_INVENTORY"],
+        "AI_ASSISTANT_DYNAMIC_HOSTS": env_in["AI_ASSISTANT_DYNAMIC_HOSTS"],
+        "AI_ASSISTANT_DYNAMIC_WAIT_S": str(wait_s),
+        "PYTHON": str(bin_dir / "python"),
+    }
+    proc = subprocess.run(
+        ["bash", "infra/ansible_handoff.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("cloud", "file_name", "plugin"),
+    [
+        ("aws", "autoscaled.aws_ec2.yml", "amazon.aws.aws_ec2"),
+    ],
+)
+def test_script_names_the_dynamic_source_for_its_plugin_and_waits_for_its_hosts(
+    tmp_path: Path, cloud: str, file_name: str, plugin: str
+) -> None:
+    proc, calls = _run_with_dynamic_inventory(tmp_path, cloud, hosts_listed=2)  # basic: 1 host x 2 zones
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dynamic = [c.split(" ", 2) for c in calls if "inventory.yml" not in c]
+    assert [d[0] for d in dynamic] == ["ansible-inventory", "ansible", "ansible-playbook"]
+    assert all(d[1] == file_name and f'"plugin":"{plugin}"' in d[2] for d in dynamic), dynamic
+    assert [c.split(" ")[0] for c in calls if " inventory.yml " in c] == ["ansible", "ansible-playbook"]
+
+
+def test_script_stops_when_the_scaling_groups_hosts_do_not_appear(tmp_path: Path) -> None:
+    proc, calls = _run_with_dynamic_inventory(tmp_path, "aws", hosts_listed=1, wait_s=0)
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == "ansible hand-off: the autoscaled inventory lists 1 of 2 hosts"
+    assert not any(c.startswith(("ansible ", "ansible-playbook ")) for c in calls)
+
+
+def test_script_stops_when_the_dynamic_source_cannot_be_read(tmp_path: Path) -> None:
+    """E.g. the plugin's collection or Python library is missing: Ansible alone would skip the source and go on."""
+    proc, calls = _run_with_dynamic_inventory(tmp_path, "aws", hosts_listed=2, inventory_rc=1)
+    assert proc.returncode != 0
+    assert "unknown plugin" in proc.stderr
+    assert not any(c.startswith(("ansible ", "ansible-playbook ")) for c in calls)

@@ -354,8 +354,13 @@ def test_autoscaling_groups_per_colour_and_zone() -> None:
     assert [r for r in run.of(INSTANCE["aws"]) if _role(r) == "assistant"] == []
     dyn = yaml.safe_load(run.exports["dynamicInventory"][0])
     assert dyn["plugin"] == "amazon.aws.aws_ec2" and dyn["regions"] == ["ap-southeast-1"]
+    assert dyn["filters"]["tag:ai-assistant:stack"] == "test"
+    assert all(
+        {"key": "ai-assistant:stack", "value": "test", "propagateAtLaunch": True} in g.props["tags"] for g in groups
+    )
     env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
     assert "amazon.aws.aws_ec2" in env["AI_ASSISTANT_DYNAMIC_INVENTORY"]
+    assert env["AI_ASSISTANT_DYNAMIC_HOSTS"] == str(2 * t.assistant_per_zone)
 
 
 def test_external_inference_has_no_gpu_host() -> None:
