@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 
@@ -205,11 +206,15 @@ class LoadBalancer(pulumi.ComponentResource):
         conf: InfraConfig,
         net: Network,
         groups: SecurityGroups,
-        members: dict[tuple[Color, int], list[ali.ecs.Instance]],
+        members: dict[tuple[Color, int], list[ali.ecs.Instance]] | None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """members=None: the assistant hosts belong to scaling groups, which attach and detach them themselves."""
         super().__init__("ai-assistant:alicloud:LoadBalancer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # Scaling groups add servers the program never declared; without ignore_changes the next `pulumi up
+        # --refresh` would see them as drift and remove them from the load balancer.
+        group_opts = child if members is not None else pulumi.ResourceOptions(parent=self, ignore_changes=["servers"])
         self.alb = ali.alb.LoadBalancer(
             f"{name}-alb",
             load_balancer_name=f"{name}-alb",
@@ -247,9 +252,11 @@ class LoadBalancer(pulumi.ComponentResource):
                     servers=[
                         ali.alb.ServerGroupServerArgs(server_id=i.id, server_type="Ecs", port=HTTPS, weight=100)
                         for i in members.get((color, zi), [])
-                    ],
+                    ]
+                    if members is not None
+                    else None,
                     tags={"ai-assistant:color": color, "ai-assistant:zone": zone},
-                    opts=child,
+                    opts=group_opts,
                 )
         weights = traffic_weights(conf)
         listener = ali.alb.Listener(
@@ -439,22 +446,24 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         ready.append(inst)
         return inst
 
-    members: dict[tuple[Color, int], list[ali.ecs.Instance]] = {}
-    for color in conf.deploy_colors:
-        for zi, zone in enumerate(conf.zones):
-            z = zone_suffix(zone)
-            members[(color, zi)] = [
-                instance(
-                    f"assistant-{color}-{z}{n + 1}",
-                    "assistant",
-                    zi,
-                    groups.assistant,
-                    tier.assistant.data_disk_gib,
-                    color,
-                    https_sources=net.public_cidrs,
-                )
-                for n in range(tier.assistant_per_zone)
-            ]
+    members: dict[tuple[Color, int], list[ali.ecs.Instance]] | None = None
+    if not conf.autoscaling:
+        members = {}
+        for color in conf.deploy_colors:
+            for zi, zone in enumerate(conf.zones):
+                z = zone_suffix(zone)
+                members[(color, zi)] = [
+                    instance(
+                        f"assistant-{color}-{z}{n + 1}",
+                        "assistant",
+                        zi,
+                        groups.assistant,
+                        tier.assistant.data_disk_gib,
+                        color,
+                        https_sources=net.public_cidrs,
+                    )
+                    for n in range(tier.assistant_per_zone)
+                ]
     for zi, zone in enumerate(conf.zones):
         instance(
             f"data-{zone_suffix(zone)}",
@@ -471,6 +480,27 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         bastion = instance("bastion", "bastion", 0, groups.bastion, 0, public=True, ssh_sources=list(conf.admin_cidrs))
         bastion_ip = bastion.public_ip
     lb = LoadBalancer("lb", conf, net, groups, members, popts)
+    dynamic_inventory: pulumi.Output[str] | None = None
+    dynamic_hosts = 0
+    if conf.autoscaling:
+        for color in conf.deploy_colors:
+            for zi in range(len(conf.zones)):
+                ready.append(
+                    _assistant_scaling_group(
+                        conf,
+                        stack,
+                        net,
+                        groups,
+                        lb,
+                        color,
+                        zi,
+                        image=image,
+                        key_name=key.key_pair_name if key else None,
+                        opts=child,
+                    )
+                )
+                dynamic_hosts += tier.assistant_per_zone
+        dynamic_inventory = pulumi.Output.from_input(_alicloud_ecs_inventory(conf, stack))
     hosts_parent.register_outputs({"hosts": [h.name for h in hosts]})
     return Deployment(
         hosts=hosts,
@@ -481,8 +511,126 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         backup_replica_bucket=backups.replica.bucket,
         public_cidrs=net.public_cidrs,
         private_cidrs=net.private_cidrs,
+        dynamic_inventory=dynamic_inventory,
+        dynamic_hosts=dynamic_hosts,
         ready=ready,
     )
+
+
+def _assistant_scaling_group(
+    conf: InfraConfig,
+    stack: str,
+    net: Network,
+    groups: SecurityGroups,
+    lb: LoadBalancer,
+    color: Color,
+    zi: int,
+    *,
+    image: pulumi.Input[str],
+    key_name: pulumi.Input[str] | None,
+    opts: pulumi.ResourceOptions,
+) -> ali.ess.ScalingGroup:
+    """One ESS scaling group per colour and zone, sized like the fixed hosts, joined to that pair's server group.
+
+    Instances come from an ECS launch template rather than an ESS scaling configuration: a scaling configuration
+    can only switch the metadata service on or off, while the template can require tokens (http_tokens), which the
+    fixed hosts and the policy pack's metadata-hardened rule demand.
+    """
+    tier = CATALOGUE[conf.tier]
+    name = f"assistant-{color}-{zone_suffix(conf.zones[zi])}"
+    tags = {
+        "ai-assistant:stack": stack,
+        "ai-assistant:managed-by": "pulumi",
+        "ai-assistant:role": "assistant",
+        "ai-assistant:color": color,
+        "ai-assistant:zone": conf.zones[zi],
+    }
+    user_data = cloudinit.user_data(
+        "alicloud", ssh_public_key=conf.ssh_public_key, ssh_sources=net.public_cidrs, https_sources=net.public_cidrs
+    )
+    template = ali.ecs.EcsLaunchTemplate(
+        name,
+        launch_template_name=f"{stack}-{name}",
+        image_id=image,
+        instance_type=instance_type(conf.cloud, conf.tier, "assistant"),
+        instance_charge_type="PostPaid",  # Auto Scaling launches pay-as-you-go instances only
+        instance_name=name,
+        network_type="vpc",
+        vpc_id=net.vpc.id,
+        vswitch_id=net.private[zi].id,
+        zone_id=conf.zones[zi],
+        security_group_ids=[groups.assistant.id],
+        key_pair_name=key_name,
+        internet_max_bandwidth_out=0,
+        system_disk=ali.ecs.EcsLaunchTemplateSystemDiskArgs(
+            category="cloud_essd", size=20, encrypted=True, delete_with_instance=True
+        ),
+        data_disks=[
+            ali.ecs.EcsLaunchTemplateDataDiskArgs(
+                name=f"{name}-data",
+                category="cloud_essd",
+                size=tier.assistant.data_disk_gib,
+                encrypted=True,
+                delete_with_instance=True,
+            )
+        ],
+        http_endpoint="enabled",
+        http_tokens="required",
+        # The provider hands user_data to CreateLaunchTemplate unchanged, and the API takes it Base64-encoded
+        # (ecs.Instance encodes for you; the launch template does not).
+        user_data=base64.b64encode(user_data.encode()).decode(),
+        tags=tags,
+        template_tags=tags,
+        opts=opts,
+    )
+    return ali.ess.ScalingGroup(
+        name,
+        scaling_group_name=f"{stack}-{name}",
+        min_size=tier.assistant_per_zone,
+        desired_capacity=tier.assistant_per_zone,
+        max_size=tier.assistant_max_per_zone,
+        vswitch_ids=[net.private[zi].id],
+        launch_template_id=template.id,
+        launch_template_version="Latest",
+        # ECS status, not LOAD_BALANCER: ESS has no grace period, and a host fails /readyz until Ansible has
+        # configured it, so load-balancer health checks would replace every new host before the hand-off reaches it.
+        health_check_type="ECS",
+        alb_server_groups=[
+            ali.ess.ScalingGroupAlbServerGroupArgs(
+                alb_server_group_id=lb.server_groups[(color, zi)].id, port=HTTPS, weight=100
+            )
+        ],
+        tags=tags,
+        opts=opts,
+    )
+
+
+def _alicloud_ecs_inventory(conf: InfraConfig, stack: str) -> str:
+    """alibaba.alicloud.alicloud_ecs inventory source for the autoscaled hosts, grouped like the static inventory.
+
+    The plugin passes `filters` to footmark's describe_instances as DescribeInstances parameters; the stack tag
+    keeps another stack's hosts in the same region out of this one's play.
+    """
+    doc = {
+        "plugin": "alibaba.alicloud.alicloud_ecs",
+        "regions": [conf.region],
+        "filters": {
+            "status": "Running",
+            "tags": {"ai-assistant:role": "assistant", "ai-assistant:stack": stack},
+        },
+        "keyed_groups": [
+            {"key": "tags['ai-assistant:role']", "separator": "", "prefix": ""},
+            {"key": "tags['ai-assistant:color']", "prefix": "color"},
+            {"key": "availability_zone | replace('-', '_')", "prefix": "zone"},
+        ],
+        "hostnames": ["instance_id"],
+        "compose": {
+            "ansible_host": "private_ip_address",
+            "ai_assistant_color": "tags['ai-assistant:color']",
+            "ai_assistant_zone": "availability_zone",
+        },
+    }
+    return json.dumps(doc, indent=2)
 
 
 class HostsGroup(pulumi.ComponentResource):

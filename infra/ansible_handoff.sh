@@ -18,7 +18,11 @@ printf '%s' "$AI_ASSISTANT_INVENTORY" > "$work/inventory.yml"
 inventories=(-i "$work/inventory.yml")
 dynamic=
 if [ -n "${AI_ASSISTANT_DYNAMIC_INVENTORY:-}" ]; then
-  dynamic="$work/autoscaled.aws_ec2.yml"
+  # Each inventory plugin reads only files whose names end the way it expects.
+  case "$AI_ASSISTANT_DYNAMIC_INVENTORY" in
+    *'"alibaba.alicloud.alicloud_ecs"'*) dynamic="$work/autoscaled.alicloud.yml" ;;
+    *) dynamic="$work/autoscaled.aws_ec2.yml" ;;
+  esac
   printf '%s' "$AI_ASSISTANT_DYNAMIC_INVENTORY" > "$dynamic"
   inventories+=(-i "$dynamic")
 fi

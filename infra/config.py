@@ -228,8 +228,6 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         raise ConfigError(f"{_key('handoff')}: Ansible needs SSH; set adminCidrs or handoff: false")
 
     autoscaling = _bool(cfg, "autoscaling", False)
-    if autoscaling and cloud != "aws":
-        raise ConfigError(f"{_key('autoscaling')}: only implemented for cloud aws so far (docs/infra.md)")
 
     certificate_id = cfg.get("certificateId")
     dns_zone = cfg.get("dnsZone")

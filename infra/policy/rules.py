@@ -19,6 +19,10 @@ from pulumi_policy import (
 
 WORLD = ("0.0.0.0/0", "::/0")
 HTTPS = 443
+# What Alibaba Cloud scaling groups launch from: the program uses launch templates; scaling configurations are
+# checked too so that switching to one cannot bypass the disk, metadata and public-address rules.
+ALI_LAUNCH_TEMPLATE = "alicloud:ecs/ecsLaunchTemplate:EcsLaunchTemplate"
+ALI_SCALING_CONFIGURATION = "alicloud:ess/scalingConfiguration:ScalingConfiguration"
 
 
 def _truthy(v: Any) -> bool:
@@ -92,6 +96,18 @@ def _encryption_violations(args: ResourceValidationArgs) -> Iterable[str]:
                 yield f"{args.name}: dataDisks[{d.get('name')}].encrypted must be true"
     elif t == "alicloud:ecs/ecsDisk:EcsDisk" and not _truthy(p.get("encrypted")):
         yield f"{args.name}: encrypted must be true"
+    elif t == ALI_LAUNCH_TEMPLATE:
+        if not _truthy((p.get("systemDisk") or {}).get("encrypted")):
+            yield f"{args.name}: systemDisk.encrypted must be true"
+        for d in p.get("dataDisks") or []:
+            if not _truthy(d.get("encrypted")):
+                yield f"{args.name}: dataDisks[{d.get('name')}].encrypted must be true"
+    elif t == ALI_SCALING_CONFIGURATION:
+        if not _truthy(p.get("systemDiskEncrypted")):
+            yield f"{args.name}: systemDiskEncrypted must be true"
+        for d in p.get("dataDisks") or []:
+            if not _truthy(d.get("encrypted")):
+                yield f"{args.name}: dataDisks[{d.get('name')}].encrypted must be true"
 
 
 def _metadata_violations(args: ResourceValidationArgs) -> Iterable[str]:
@@ -102,11 +118,14 @@ def _metadata_violations(args: ResourceValidationArgs) -> Iterable[str]:
         if md.get("httpEndpoint") != "disabled" and md.get("httpTokens") != "required":
             yield f"{args.name}: metadataOptions.httpTokens must be 'required' (IMDSv2)"
     elif (
-        t == "alicloud:ecs/instance:Instance"
+        t in ("alicloud:ecs/instance:Instance", ALI_LAUNCH_TEMPLATE)
         and p.get("httpEndpoint") != "disabled"
         and p.get("httpTokens") != "required"
     ):
         yield f"{args.name}: httpTokens must be 'required' (metadata security-hardening mode)"
+    elif t == ALI_SCALING_CONFIGURATION and p.get("httpEndpoint") != "disabled":
+        # A scaling configuration has no token setting: its hosts would answer token-less metadata requests.
+        yield f"{args.name}: httpEndpoint must be 'disabled'; use an ECS launch template to require tokens"
 
 
 def _bucket_resource_violations(args: ResourceValidationArgs) -> Iterable[str]:
@@ -159,7 +178,8 @@ def _public_instance_violations(args: ResourceValidationArgs) -> Iterable[str]:
     tags = p.get("tags")
     role = tags.get("ai-assistant:role") if isinstance(tags, Mapping) else None
     public = (args.resource_type == "aws:ec2/instance:Instance" and _truthy(p.get("associatePublicIpAddress"))) or (
-        args.resource_type == "alicloud:ecs/instance:Instance" and (p.get("internetMaxBandwidthOut") or 0) > 0
+        args.resource_type in ("alicloud:ecs/instance:Instance", ALI_LAUNCH_TEMPLATE, ALI_SCALING_CONFIGURATION)
+        and (p.get("internetMaxBandwidthOut") or 0) > 0
     )
     if public and role != "bastion":
         yield f"{args.name}: only the bastion may have a public address (role {role})"

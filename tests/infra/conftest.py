@@ -10,17 +10,25 @@ from infra.tiers import CLOUDS, TIERS
 from tests.infra.harness import Run, config_for, run_program
 
 CASES = [(c, t) for c in CLOUDS for t in TIERS]
-_cache: dict[tuple[str, str], Run] = {}
+_cache: dict[tuple[str, str, bool], Run] = {}
+
+
+def _cached(cloud: str, tier: str, autoscaling: bool) -> Run:
+    if (cloud, tier, autoscaling) not in _cache:
+        overrides = {"autoscaling": True} if autoscaling else {}
+        _cache[(cloud, tier, autoscaling)] = run_program(config_for(cloud, tier, overrides))
+    return _cache[(cloud, tier, autoscaling)]
 
 
 @pytest.fixture(scope="session")
 def stack_run() -> Callable[[str, str], Run]:
-    def get(cloud: str, tier: str) -> Run:
-        if (cloud, tier) not in _cache:
-            _cache[(cloud, tier)] = run_program(config_for(cloud, tier))
-        return _cache[(cloud, tier)]
+    return lambda cloud, tier: _cached(cloud, tier, False)
 
-    return get
+
+@pytest.fixture(scope="session")
+def scaled_run() -> Callable[[str, str], Run]:
+    """The same program with `autoscaling: true`: assistant hosts in scaling groups instead of fixed instances."""
+    return lambda cloud, tier: _cached(cloud, tier, True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

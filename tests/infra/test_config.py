@@ -68,11 +68,6 @@ def test_alicloud_needs_a_certificate_id() -> None:
         run_program(config_for("alicloud", "basic", certificateId=None))
 
 
-def test_autoscaling_is_refused_where_not_implemented() -> None:
-    with pytest.raises(ConfigError, match="ai-assistant:autoscaling: only implemented for cloud aws"):
-        run_program(config_for("alicloud", "basic", autoscaling=True))
-
-
 def test_invalid_json_is_reported_with_the_key() -> None:
     cfg = config_for("aws", "basic")
     cfg["zones"] = "[not json"

@@ -218,6 +218,7 @@ def _run_with_dynamic_inventory(
     ("cloud", "file_name", "plugin"),
     [
         ("aws", "autoscaled.aws_ec2.yml", "amazon.aws.aws_ec2"),
+        ("alicloud", "autoscaled.alicloud.yml", "alibaba.alicloud.alicloud_ecs"),
     ],
 )
 def test_script_names_the_dynamic_source_for_its_plugin_and_waits_for_its_hosts(

@@ -78,9 +78,12 @@ def stack_violations(run: Run) -> list[str]:
     return found
 
 
+@pytest.mark.parametrize("autoscaling", [False, True], ids=["fixed", "autoscaled"])
 @pytest.mark.parametrize(("cloud", "tier"), CASES)
-def test_the_program_passes_every_rule(stack_run: Get, cloud: str, tier: str) -> None:
-    run = stack_run(cloud, tier)
+def test_the_program_passes_every_rule(
+    stack_run: Get, scaled_run: Get, cloud: str, tier: str, autoscaling: bool
+) -> None:
+    run = (scaled_run if autoscaling else stack_run)(cloud, tier)
     found = []
     for r in run.resources:
         for name, p in POLICIES.items():
@@ -155,6 +158,54 @@ def test_tags_given_as_a_list_are_read_without_error() -> None:
     for name, policy in POLICIES.items():
         if isinstance(policy, ResourceValidationPolicy):
             assert violations_of(name, "aws:autoscaling/group:Group", "g", {"tags": tags}) == [], name
+
+
+ALI_TEMPLATE = "alicloud:ecs/ecsLaunchTemplate:EcsLaunchTemplate"
+ALI_SCALING_CONFIGURATION = "alicloud:ess/scalingConfiguration:ScalingConfiguration"
+
+
+def test_alicloud_launch_template_is_held_to_the_instance_rules(scaled_run: Get) -> None:
+    good = _first(scaled_run("alicloud", "basic"), ALI_TEMPLATE).props
+    for rule in ("volumes-encrypted", "metadata-hardened", "no-public-instances"):
+        assert violations_of(rule, ALI_TEMPLATE, "lt", good) == [], rule
+    bad = copy.deepcopy(good)
+    bad["systemDisk"]["encrypted"] = False
+    bad["dataDisks"][0]["encrypted"] = False
+    bad["httpTokens"] = "optional"
+    bad["internetMaxBandwidthOut"] = 5
+    assert violations_of("volumes-encrypted", ALI_TEMPLATE, "lt", bad) == [
+        "lt: systemDisk.encrypted must be true",
+        "lt: dataDisks[assistant-blue-h-data].encrypted must be true",
+    ]
+    assert violations_of("metadata-hardened", ALI_TEMPLATE, "lt", bad) == [
+        "lt: httpTokens must be 'required' (metadata security-hardening mode)"
+    ]
+    assert violations_of("no-public-instances", ALI_TEMPLATE, "lt", bad) == [
+        "lt: only the bastion may have a public address (role assistant)"
+    ]
+
+
+def test_alicloud_scaling_configuration_cannot_bypass_the_rules() -> None:
+    """The program does not use one (it cannot require metadata tokens), but a later change might."""
+    cfg = {
+        "systemDiskEncrypted": True,
+        "dataDisks": [{"name": "d", "encrypted": True}],
+        "httpEndpoint": "enabled",
+        "internetMaxBandwidthOut": 0,
+        "tags": {"ai-assistant:role": "assistant"},
+    }
+    assert violations_of("metadata-hardened", ALI_SCALING_CONFIGURATION, "sc", cfg) == [
+        "sc: httpEndpoint must be 'disabled'; use an ECS launch template to require tokens"
+    ]
+    assert violations_of("volumes-encrypted", ALI_SCALING_CONFIGURATION, "sc", cfg) == []
+    cfg |= {"httpEndpoint": "disabled", "systemDiskEncrypted": False, "internetMaxBandwidthOut": 1}
+    cfg["dataDisks"][0]["encrypted"] = False
+    assert violations_of("metadata-hardened", ALI_SCALING_CONFIGURATION, "sc", cfg) == []
+    assert violations_of("volumes-encrypted", ALI_SCALING_CONFIGURATION, "sc", cfg) == [
+        "sc: systemDiskEncrypted must be true",
+        "sc: dataDisks[d].encrypted must be true",
+    ]
+    assert violations_of("no-public-instances", ALI_SCALING_CONFIGURATION, "sc", cfg)
 
 
 def test_public_or_unversioned_buckets_are_refused() -> None:

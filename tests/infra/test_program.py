@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 
 from infra.config import COLORS
-from infra.tiers import CATALOGUE, GPU_TYPES, INSTANCE_TYPES
+from infra.tiers import CATALOGUE, GPU_TYPES, INSTANCE_TYPES, TIERS
 from tests.infra.conftest import CASES
 from tests.infra.harness import Res, Run, config_for, is_secret, run_program, unwrap
 
@@ -114,9 +115,12 @@ def test_blue_green_switch_by_config(cloud: str) -> None:
     assert both.exports["activeColor"] == ("green", False)
 
 
+@pytest.mark.parametrize("autoscaling", [False, True], ids=["fixed", "autoscaled"])
 @pytest.mark.parametrize(("cloud", "tier"), CASES)
-def test_only_https_to_the_load_balancer_is_open_to_the_world(stack_run: Get, cloud: str, tier: str) -> None:
-    run = stack_run(cloud, tier)
+def test_only_https_to_the_load_balancer_is_open_to_the_world(
+    stack_run: Get, scaled_run: Get, cloud: str, tier: str, autoscaling: bool
+) -> None:
+    run = (scaled_run if autoscaling else stack_run)(cloud, tier)
     world = []
     if cloud == "aws":
         sg_role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("aws:ec2/securityGroup:SecurityGroup")}
@@ -361,6 +365,138 @@ def test_autoscaling_groups_per_colour_and_zone() -> None:
     env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
     assert "amazon.aws.aws_ec2" in env["AI_ASSISTANT_DYNAMIC_INVENTORY"]
     assert env["AI_ASSISTANT_DYNAMIC_HOSTS"] == str(2 * t.assistant_per_zone)
+
+
+ALI_GROUP = "alicloud:ess/scalingGroup:ScalingGroup"
+ALI_TEMPLATE = "alicloud:ecs/ecsLaunchTemplate:EcsLaunchTemplate"
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_alicloud_scaling_groups_per_colour_and_zone(scaled_run: Get, tier: str) -> None:
+    run = scaled_run("alicloud", tier)
+    t = CATALOGUE[tier]
+    zones = config_for("alicloud", tier)["zones"]
+    groups = run.of(ALI_GROUP)
+    assert len(groups) == 2  # one colour deployed, one group per zone
+    templates = {r.id: r for r in run.of(ALI_TEMPLATE)}
+    switches = {r.id: r.props for r in run.of("alicloud:vpc/switch:Switch")}
+    # Data hosts sit in each zone's private vSwitch; the scaled assistant hosts belong there too.
+    private_switch = {
+        r.props["availabilityZone"]: r.props["vswitchId"] for r in run.of(INSTANCE["alicloud"]) if _role(r) == "data"
+    }
+    server_groups = {r.id: r.props for r in run.of("alicloud:alb/serverGroup:ServerGroup")}
+    assistant_sg = next(
+        r.id
+        for r in run.of("alicloud:ecs/securityGroup:SecurityGroup")
+        if r.props["tags"]["ai-assistant:role"] == "assistant"
+    )
+    seen_zones = []
+    for g in groups:
+        p = g.props
+        assert (p["minSize"], p["desiredCapacity"], p["maxSize"]) == (
+            t.assistant_per_zone,
+            t.assistant_per_zone,
+            t.assistant_max_per_zone,
+        ), g.name
+        assert p["healthCheckType"] == "ECS", g.name
+        [vswitch] = p["vswitchIds"]
+        zone = switches[vswitch]["zoneId"]
+        assert vswitch == private_switch[zone], f"{g.name}: not in the private vSwitch of {zone}"
+        seen_zones.append(zone)
+        # The group joins the server group of its own colour and zone, whose weight the weighted rule sets.
+        [attach] = p["albServerGroups"]
+        assert (attach["port"], attach["weight"]) == (443, 100)
+        target = server_groups[attach["albServerGroupId"]]
+        assert target["tags"] == {"ai-assistant:color": p["tags"]["ai-assistant:color"], "ai-assistant:zone": zone}
+        lt = templates[p["launchTemplateId"]].props
+        assert p["launchTemplateVersion"] == "Latest"
+        assert lt["instanceType"] == INSTANCE_TYPES["alicloud"][tier]["assistant"]
+        assert lt["securityGroupIds"] == [assistant_sg]
+        assert lt["vswitchId"] == vswitch and lt["zoneId"] == zone
+        assert lt["systemDisk"]["encrypted"] is True and lt["systemDisk"]["category"] == "cloud_essd"
+        assert [(d["size"], d["encrypted"]) for d in lt["dataDisks"]] == [(t.assistant.data_disk_gib, True)]
+        assert (lt["httpEndpoint"], lt["httpTokens"]) == ("enabled", "required")
+        assert lt["internetMaxBandwidthOut"] == 0
+        assert lt["instanceChargeType"] == "PostPaid"
+        assert lt["tags"] == {
+            "ai-assistant:stack": "test",
+            "ai-assistant:managed-by": "pulumi",
+            "ai-assistant:role": "assistant",
+            "ai-assistant:color": "blue",
+            "ai-assistant:zone": zone,
+        }
+    assert sorted(seen_zones) == sorted(zones)
+    assert [r for r in run.of(INSTANCE["alicloud"]) if _role(r) == "assistant"] == []
+
+
+def test_alicloud_scaled_hosts_boot_with_the_fixed_hosts_user_data(stack_run: Get, scaled_run: Get) -> None:
+    fixed = {
+        r.props["tags"]["ai-assistant:zone"]: r.props["userData"]
+        for r in stack_run("alicloud", "standard").of(INSTANCE["alicloud"])
+        if _role(r) == "assistant"
+    }
+    scaled = {
+        r.props["tags"]["ai-assistant:zone"]: base64.b64decode(r.props["userData"]).decode()
+        for r in scaled_run("alicloud", "standard").of(ALI_TEMPLATE)
+    }
+    assert scaled == fixed and len(scaled) == 2
+
+
+def test_alicloud_autoscaling_keeps_weights_and_leaves_membership_to_the_groups(
+    stack_run: Get, scaled_run: Get, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = scaled_run("alicloud", "basic")
+    assert _weights(run, "alicloud") == _weights(stack_run("alicloud", "basic"), "alicloud")
+    assert all("servers" not in r.props for r in run.of("alicloud:alb/serverGroup:ServerGroup"))
+    # Scaling groups add servers the program never lists, so a refresh must not turn them into drift to remove.
+    import pulumi_alicloud
+
+    seen: dict[str, list[str] | None] = {}
+    original = pulumi_alicloud.alb.ServerGroup.__init__
+
+    def record(self: Any, name: str, *args: Any, opts: Any = None, **kwargs: Any) -> None:
+        seen[name] = opts.ignore_changes if opts is not None else None
+        original(self, name, *args, opts=opts, **kwargs)
+
+    monkeypatch.setattr(pulumi_alicloud.alb.ServerGroup, "__init__", record)
+    run_program(config_for("alicloud", "basic", autoscaling=True))
+    assert len(seen) == 4 and all(v == ["servers"] for v in seen.values()), seen
+    seen.clear()
+    run_program(config_for("alicloud", "basic"))
+    assert len(seen) == 4 and not any(seen.values()), seen
+
+
+def test_alicloud_autoscaling_both_colours() -> None:
+    run = run_program(config_for("alicloud", "basic", autoscaling=True, deployColors=["blue", "green"]))
+    groups = run.of(ALI_GROUP)
+    colours = sorted((g.props["tags"]["ai-assistant:color"], g.props["tags"]["ai-assistant:zone"]) for g in groups)
+    z = config_for("alicloud", "basic")["zones"]
+    assert colours == [("blue", z[0]), ("blue", z[1]), ("green", z[0]), ("green", z[1])]
+    names = {r.props["launchTemplateName"] for r in run.of(ALI_TEMPLATE)}
+    assert len(names) == 4, names
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_alicloud_autoscaled_hosts_reach_ansible_through_a_dynamic_inventory(scaled_run: Get, tier: str) -> None:
+    run = scaled_run("alicloud", tier)
+    static = yaml.safe_load(run.exports["inventory"][0])["all"]["children"]
+    assert static["assistant"]["hosts"] == {}
+    assert set(static["data"]["hosts"]) == {"data-h", "data-i"}
+    dyn = yaml.safe_load(run.exports["dynamicInventory"][0])
+    assert dyn["plugin"] == "alibaba.alicloud.alicloud_ecs" and dyn["regions"] == ["cn-hangzhou"]
+    assert dyn["filters"] == {
+        "status": "Running",
+        "tags": {"ai-assistant:role": "assistant", "ai-assistant:stack": "test"},
+    }
+    assert dyn["hostnames"] == ["instance_id"]
+    assert dyn["compose"]["ansible_host"] == "private_ip_address"
+    # The groups the plugin builds carry the static inventory's names, so group_vars and plays apply unchanged.
+    assert {"key": "tags['ai-assistant:role']", "separator": "", "prefix": ""} in dyn["keyed_groups"]
+    assert {"key": "tags['ai-assistant:color']", "prefix": "color"} in dyn["keyed_groups"]
+    assert {"key": "availability_zone | replace('-', '_')", "prefix": "zone"} in dyn["keyed_groups"]
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    assert env["AI_ASSISTANT_DYNAMIC_INVENTORY"] == run.exports["dynamicInventory"][0]
+    assert env["AI_ASSISTANT_DYNAMIC_HOSTS"] == str(2 * CATALOGUE[tier].assistant_per_zone)
 
 
 def test_external_inference_has_no_gpu_host() -> None:
