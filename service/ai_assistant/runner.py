@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,13 @@ class Listener:
 def run(main: Coroutine[Any, Any, None]) -> None:
     """Run `main` on uvloop, the loop `uvicorn` itself picks when it owns the loop (loop="auto"). Because
     `serve_all` runs several servers in one loop, the CLI creates the loop, not uvicorn, and asyncio's default
-    selector loop would cost the webhook ack path about a third of its throughput (docs/benchmarks.md)."""
+    selector loop would cost the webhook ack path about a third of its throughput (docs/benchmarks.md).
+
+    The GIL switch interval goes from 5 ms to 0.5 ms: the SQLite writer thread (group commit) must win the GIL back
+    after every statement and fsync, and with the default it waits up to 5 ms each time while the loop is busy, so
+    acks queue behind it (measured: 0.38 -> 0.49 of the bare endpoint's throughput, docs/benchmarks.md). The shorter
+    interval only matters while another thread is waiting for the GIL."""
+    sys.setswitchinterval(0.0005)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main)
 

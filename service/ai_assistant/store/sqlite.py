@@ -21,6 +21,7 @@ from ..messages import ChatTurn, InboundMessage
 from .base import Job, QueueStats
 
 T = TypeVar("T")
+CLEANUP_INTERVAL_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_token TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_visible ON jobs (state, visible_at);
+-- The periodic clean-up deletes by expiry; without these it scans every key and job while the ack path waits for it.
+CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (state, finished_at);
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     conversation TEXT NOT NULL,
@@ -78,7 +82,7 @@ class SQLiteStore:
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._writes = 0
+        self._next_cleanup = 0.0
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -137,9 +141,8 @@ class SQLiteStore:
 
     def _insert(self, db: sqlite3.Connection, rows: list[_Row]) -> list[bool]:
         now = time.time()
-        self._writes += len(rows)
-        if self._writes >= 500:
-            self._writes = 0
+        if now >= self._next_cleanup:  # by the clock, not per N writes: bursts should not pay for it more often
+            self._next_cleanup = now + CLEANUP_INTERVAL_SECONDS
             db.execute("DELETE FROM dedupe WHERE expires_at < ?", (now,))
             oldest_ttl = max(row.ttl for row in rows)
             db.execute("DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (now - oldest_ttl,))
