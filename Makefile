@@ -37,6 +37,7 @@ bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md 
 	$(BIN)/python bench/ack_bench.py
 	$(BIN)/python bench/ack_bench.py --payload feishu
 	$(BIN)/python bench/ack_bench.py --payload slack
+	$(BIN)/python bench/ack_inprocess.py
 	$(BIN)/python bench/kb_bench.py
 
 monitoring: bootstrap  ## regenerate rules and dashboards, then run the monitoring tests
