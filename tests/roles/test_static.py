@@ -407,3 +407,36 @@ def test_variables_infra_hands_over_are_role_options() -> None:
     names += re.findall(r'"([a-z_]+)"', block)
     checked = _check_role_vars(names, "infra hand-off")
     assert checked >= 8
+
+
+@pytest.mark.parametrize(
+    ("mode", "certificate"),
+    [
+        ("acme", "/etc/letsencrypt/live/ai-assistant/fullchain.pem"),
+        ("internal_ca", "/etc/ssl/ai-assistant/ai-assistant.crt"),
+    ],
+)
+def test_a_run_that_skips_tls_still_knows_the_certificate_paths(tmp_path: Path, mode: str, certificate: str) -> None:
+    """`--tags volumes` skips the tls tasks but not reverse_proxy's argument check (always tagged), which reads the
+    certificate paths through group_vars/assistant.yml: they must follow from the tls inputs, not from a tls task."""
+    group_vars = load(REPO / "playbooks/group_vars/assistant.yml")
+    play = [{
+        "hosts": "localhost", "gather_facts": False, "become": False,
+        "vars": {"tls_domains": ["example.test"], "tls_mode": mode,
+                 **{k: v for k, v in group_vars.items() if k.startswith("reverse_proxy_tls_")},
+                 "reverse_proxy_server_names": "{{ tls_domains }}"},
+        "roles": ["tls", "reverse_proxy"],
+        "tasks": [{"ansible.builtin.debug": {"msg": "cert={{ reverse_proxy_tls_certificate_file }}"},
+                   "tags": ["volumes"]}],
+    }]  # fmt: skip
+    (tmp_path / "tagged.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--tags", "volumes", "tagged.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**ansible_env(), "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"cert={certificate}" in proc.stdout
