@@ -64,7 +64,9 @@ async def test_concurrent_deliveries_in_one_batch_are_queued_once(store: StateSt
     while (job := await store.claim(30)) is not None:
         event_ids.add(job.message.event_id)
         await store.complete(job.id)
-    assert event_ids == {"e1", *(f"other-{i}" for i in range(20))}
+    # Which of e1 and its re-push e2 wins is a race on Redis (several connections); exactly one of them is kept.
+    winner = burst[accepted.index(True)].event_id
+    assert event_ids == {winner, *(f"other-{i}" for i in range(20))}
 
 
 async def test_dedupe_expires_after_ttl(store: StateStore) -> None:
