@@ -132,12 +132,13 @@ def test_auditd_watches_config_and_secrets(host: Any) -> None:
     # auditctl lists a directory watch as a dir= syscall rule, a file watch as -w.
     assert any("/etc/ai-assistant" in r and "assistant_config" in r for r in rules), rules
     assert any("/etc/ssh/sshd_config" in r and "sshd_config" in r and "wa" in r for r in rules), rules
-    # Creating a file in the watched directory is a write: it leaves an audit record under the key. (touch on an
-    # existing file only changes its times, which neither -p w nor -p a covers.) auditd writes its log asynchronously.
-    assert host.run("echo probe > /etc/ai-assistant/.audit-probe && rm /etc/ai-assistant/.audit-probe").rc == 0
-    wait_until(
-        lambda: host.run("ausearch -k assistant_config --just-one").rc == 0, 30, "an assistant_config audit record", 1
-    )
+    # Creating a file in the watched directory is a write: it leaves an audit record under the key, naming the file
+    # (the rule load's CONFIG_CHANGE record carries the key too, so the search names the probe). --input-logs: without
+    # a terminal ausearch reads its records from stdin, and over ssh that is empty.
+    probe = f"/etc/ai-assistant/.audit-probe-{uuid.uuid4().hex[:8]}"
+    assert host.run(f"echo probe > {probe} && rm {probe}").rc == 0
+    search = f"ausearch --input-logs -k assistant_config -f {probe} --just-one"
+    wait_until(lambda: host.run(search).rc == 0, 30, f"an assistant_config audit record for {probe}", 1)
 
 
 def test_journal_is_capped(host: Any) -> None:
