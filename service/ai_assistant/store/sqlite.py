@@ -1,17 +1,10 @@
-"""SQLite backend: the embedded default for one host.
-
-WAL journal and one writer connection. Webhook enqueues run their statements on the event loop and only the disk
-flush in a thread; everything else runs in worker threads. Commits do not sync themselves (synchronous=NORMAL):
-with `synchronous="FULL"` the store fsyncs the WAL file after each commit, before the caller hears of it, which is
-what SQLite's own FULL does in WAL mode, minus the GIL hand-offs of running the statements in a thread
-(docs/adr/0005-sqlite-commits-on-the-loop.md)."""
+"""SQLite backend: the embedded default for one host. WAL journal; one writer connection used from worker threads."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import logging
-import os
 import random
 import sqlite3
 import threading
@@ -28,11 +21,7 @@ from ..messages import ChatTurn, InboundMessage
 from .base import Job, QueueStats
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 CLEANUP_INTERVAL_SECONDS = 60.0
-# SQLite's own automatic checkpoint would run inside a commit, on the event loop, with two fsyncs: a separate
-# connection checkpoints in a thread instead, once the WAL holds this many pages (SQLite's default threshold).
-CHECKPOINT_PAGES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,71 +74,24 @@ CREATE INDEX IF NOT EXISTS history_conversation ON history (conversation, id);
 """
 
 
-class _WalFile:
-    """A descriptor on the database's WAL file, to fsync what a commit wrote (fsync flushes the file, whichever
-    descriptor names it). Re-opened if the file was replaced, so a flush never goes to a file SQLite no longer uses."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._inode: tuple[int, int] | None = None
-        self._lock = threading.Lock()
-
-    def sync(self) -> None:
-        with self._lock:
-            st = os.stat(self.path)
-            if self._fd is None or self._inode != (st.st_dev, st.st_ino):
-                if self._fd is not None:
-                    os.close(self._fd)
-                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-                self._inode = (st.st_dev, st.st_ino)
-                dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:  # a new WAL file's directory entry must be durable too
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
-            fd = self._fd
-        os.fsync(fd)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-
 class SQLiteStore:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
-        self._durable = synchronous == "FULL"
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a commit writes the WAL without syncing it; _commit_done syncs it when the store is FULL.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
-        self._page_size: int = self._db.execute("PRAGMA page_size").fetchone()[0]
-        self._checkpointer = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._checkpointer.execute("PRAGMA synchronous=NORMAL")  # a checkpoint syncs the WAL and the database
-        self._wal = _WalFile(Path(f"{path}-wal"))
-        self._checkpointing: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
         self._next_cleanup = 0.0
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], write: bool = True) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
             with self._lock:
-                result = fn(self._db)
-            if write and self._durable:
-                self._wal.sync()  # outside the lock: the loop's next commit need not wait for this flush
-            return result
+                return fn(self._db)
 
-        result = await anyio.to_thread.run_sync(locked)
-        if write:
-            self._maybe_checkpoint()
-        return result
+        return await anyio.to_thread.run_sync(locked)
 
     @staticmethod
     def _tx(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
@@ -161,23 +103,6 @@ class SQLiteStore:
             raise
         db.execute("COMMIT")
         return result
-
-    def _maybe_checkpoint(self) -> None:
-        if self._checkpointing is not None and not self._checkpointing.done():
-            return
-        try:
-            wal_pages = os.stat(self._wal.path).st_size // self._page_size
-        except FileNotFoundError:
-            return
-        if wal_pages >= CHECKPOINT_PAGES:
-            self._checkpointing = asyncio.create_task(self._checkpoint())
-
-    async def _checkpoint(self) -> None:
-        """PASSIVE: copies what it can without waiting for, or blocking, the writer."""
-        try:
-            await anyio.to_thread.run_sync(lambda: self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)"))
-        except sqlite3.Error as exc:  # a later commit tries again; the WAL only grows meanwhile
-            log.warning("WAL checkpoint failed: %s", exc)
 
     async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
         """Group commit: concurrent enqueues share one transaction (one fsync), so throughput under load does not
@@ -204,13 +129,8 @@ class SQLiteStore:
             batch, self._pending = self._pending, []
             rows = [row for row, _ in batch]
             try:
-                # On the loop: a batch's few set-based statements take well under a millisecond, and running them
-                # here saves a GIL hand-off per statement. The lock waits only for a worker-thread transaction.
-                with self._lock:
-                    results = self._tx(self._db, lambda db: self._insert(db, rows))  # noqa: B023 (called at once)
-                if self._durable:
-                    await anyio.to_thread.run_sync(self._wal.sync)  # the only part that waits for the disk
-            except Exception as exc:  # rolled back, or not known to be on disk: every caller sees it (-> 503)
+                results = await self._run(functools.partial(self._tx, body=functools.partial(self._insert, rows=rows)))
+            except Exception as exc:  # the whole transaction rolled back: every caller sees the failure (-> 503)
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
@@ -218,7 +138,6 @@ class SQLiteStore:
             for (_, future), accepted in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(accepted)
-            self._maybe_checkpoint()
 
     def _insert(self, db: sqlite3.Connection, rows: list[_Row]) -> list[bool]:
         now = time.time()
@@ -368,7 +287,7 @@ class SQLiteStore:
             ).fetchall()
             return [ChatTurn(role=r[0], content=r[1]) for r in reversed(rows)]
 
-        return await self._run(body, write=False)
+        return await self._run(body)
 
     async def stats(self) -> QueueStats:
         now = time.time()
@@ -377,21 +296,13 @@ class SQLiteStore:
             depth, oldest = db.execute("SELECT COUNT(*), MIN(enqueued_at) FROM jobs WHERE state = 'queued'").fetchone()
             return QueueStats(depth=depth, oldest_age_seconds=max(0.0, now - oldest) if oldest else 0.0)
 
-        return await self._run(body, write=False)
+        return await self._run(body)
 
     async def ping(self) -> None:
-        await self._run(lambda db: db.execute("SELECT 1").fetchone(), write=False)
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        if self._checkpointing is not None:
-            await self._checkpointing
-        self._wal.close()
-
-        def close_both(db: sqlite3.Connection) -> None:
-            self._checkpointer.close()
-            db.close()
-
-        await self._run(close_both, write=False)
+        await self._run(lambda db: db.close())
 
     def dump_jobs(self) -> list[dict[str, object]]:
         """For operators and tests: every job row, newest last."""
