@@ -24,7 +24,7 @@ from .channels.reply import ReplyChannel
 from .connectors.base import Connector
 from .connectors.loader import load_connectors
 from .credentials import BearerTokens
-from .edge import WebhookEndpoint
+from .edge import AssistantApp, WebhookEndpoint
 from .knowledge.api import kb_router
 from .knowledge.grounding import ground
 from .knowledge.retrieval import KnowledgeBase
@@ -177,7 +177,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                 parts.knowledge.close()
             await parts.store.close()
 
-    app = FastAPI(title="ai-assistant", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = AssistantApp(title="ai-assistant", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.parts = parts
 
     for connector in parts.connectors.values():
@@ -190,9 +190,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             dedupe_ttl=settings.store.dedupe_ttl_seconds,
             trusted_proxies=settings.server.trusted_proxies,
         )
-        # A plain Starlette route: the webhook needs raw bytes, not FastAPI's parameter parsing, and skipping that
-        # machinery is measurable on the ack path (docs/benchmarks.md).
-        app.add_route(connector.path, endpoint.handle, methods=list(connector.methods), include_in_schema=False)
+        # Raw bytes, not FastAPI's parameter parsing, and dispatched ahead of FastAPI's stack (AssistantApp).
+        app.add_webhook(connector.path, endpoint.handle, connector.methods)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.helpers import (
@@ -145,6 +146,18 @@ def test_malformed_request_names_the_field(
     body, headers = signed_generic_request(payload)
     resp = service.post(PATH, body, headers)
     assert resp.status_code == 400 and resp.json() == {"error": "malformed", "detail": detail}
+
+
+def test_other_methods_and_paths_next_to_the_webhook_get_fastapis_answers(service: ServiceProcess) -> None:
+    """Webhooks are dispatched ahead of FastAPI's stack (edge.AssistantApp) only for their exact method and path;
+    everything else reaches FastAPI as before and queues nothing."""
+    get = httpx.get(service.base + PATH, timeout=10)
+    assert get.status_code == 405 and get.json() == {"detail": "Method Not Allowed"}
+    body, headers = signed_generic_request(message("evt-slash"))
+    slash = httpx.post(service.base + PATH + "/", content=body, headers=headers, timeout=10, follow_redirects=False)
+    assert slash.status_code == 307 and slash.headers["location"].endswith(PATH), slash.text
+    assert httpx.post(service.base + "/api/im/unknown", content=body, headers=headers, timeout=10).status_code == 404
+    assert queued_jobs(service.data_dir) == []
 
 
 def test_model_server_down_gives_a_clear_error_reply_and_metrics(tmp_path: Path, receiver: ReplyReceiver) -> None:
