@@ -22,7 +22,7 @@ lint: bootstrap  ## ruff over everything, mypy --strict over service/, infra/ an
 
 typecheck: lint
 
-test: bootstrap lint  ## every test, the Debian 12 VM suite included (about 55 min on two cores)
+test: bootstrap lint  ## every test, the Debian 12 VM suite included (about 50 min on two cores)
 	@start=$$(date +%s); \
 	$(BIN)/pytest --durations=20 $(PYTEST_ARGS); rc=$$?; \
 	echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
