@@ -27,7 +27,7 @@ test: bootstrap lint  ## every test, the Debian 12 VM suite included (about 50 m
 	$(BIN)/pytest --durations=20 $(PYTEST_ARGS); rc=$$?; \
 	echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
 
-test-fast: bootstrap  ## everything except the VM suite (about 10 min)
+test-fast: bootstrap  ## everything except the VM suite (about 12 min)
 	$(BIN)/pytest -m 'not vm' $(PYTEST_ARGS)
 
 test-vm: bootstrap  ## only the Ansible roles converged and verified in a Debian 12 VM (QEMU, about 40 min)
