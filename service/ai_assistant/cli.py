@@ -99,8 +99,10 @@ def _listeners(settings: Settings, service_app: object) -> list[Listener]:
 
     listeners = [Listener(service_app, settings.server.host, settings.server.port, "service")]
     if settings.server.metrics_port is not None:
-        # Internal port: bound like the service address, kept off the public route by nginx and the firewall.
-        listeners.append(Listener(metrics_app(), settings.server.host, settings.server.metrics_port, "metrics"))
+        # Internal port, kept off the public route by nginx and the firewall; its own address when the monitoring
+        # network is a different interface from the one the load balancer reaches.
+        host = settings.server.metrics_host or settings.server.host
+        listeners.append(Listener(metrics_app(), host, settings.server.metrics_port, "metrics"))
     return listeners
 
 

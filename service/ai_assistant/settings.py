@@ -32,6 +32,7 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve /metrics here instead of the main port")
+    metrics_host: str | None = Field(None, description="address for metrics_port (default: host), e.g. a private one")
     max_body_bytes: int = Field(1_048_576, ge=1024)
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
