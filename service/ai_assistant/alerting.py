@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .credentials import BearerTokens
 from .edge import read_body
-from .errors import ConfigError, DeliveryFailed, PayloadTooLarge
+from .errors import ConfigError, DeliveryFailed, MalformedRequest, PayloadTooLarge
 from .settings import AlertsSettings, is_placeholder
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,8 @@ def alert_router(
             raw = await read_body(request, MAX_BODY_BYTES)
         except PayloadTooLarge:
             return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
+        except MalformedRequest as exc:  # the sender hung up mid-body: nobody reads this answer, nothing is sent
+            return _error(400, exc.detail)
         try:
             payload = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

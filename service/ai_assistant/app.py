@@ -191,7 +191,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             trusted_proxies=settings.server.trusted_proxies,
         )
         # Raw bytes, not FastAPI's parameter parsing, and dispatched ahead of FastAPI's stack (AssistantApp).
-        app.add_webhook(connector.path, endpoint.handle, connector.methods)
+        app.add_webhook(connector.path, endpoint, connector.methods)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

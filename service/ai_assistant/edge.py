@@ -9,16 +9,17 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pydantic_core
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .connectors.base import Connector
-from .errors import Forbidden, PayloadTooLarge, RejectedRequest
+from .errors import Forbidden, MalformedRequest, PayloadTooLarge, RejectedRequest
 from .messages import Ack, RawRequest
 from .observability import DUPLICATES, FEEDBACK, REJECTED, REQUESTS, RESPONSE_TIME, request_id
 from .store import StateStore
@@ -27,13 +28,14 @@ log = logging.getLogger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def client_address(request: Request, trusted_proxies: Sequence[Network]) -> str | None:
+def client_address(scope: Scope, headers: Mapping[str, str], trusted_proxies: Sequence[Network]) -> str | None:
     """The real client: the TCP peer or, behind trusted proxies, the right-most untrusted X-Forwarded-For hop."""
-    peer = request.client.host if request.client else None
+    client = scope.get("client")
+    peer: str | None = client[0] if client else None
     if peer is None or not trusted_proxies:
         return peer
     chain = [peer]
-    forwarded = request.headers.get("x-forwarded-for")
+    forwarded = headers.get("x-forwarded-for")
     if forwarded:
         chain = [h.strip() for h in forwarded.split(",") if h.strip()] + [peer]
     for hop in reversed(chain):
@@ -46,26 +48,49 @@ def client_address(request: Request, trusted_proxies: Sequence[Network]) -> str 
     return chain[0]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = next((v.decode("latin-1") for k, v in request.scope["headers"] if k == b"content-length"), None)
+async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body from ASGI messages, refused as soon as it is known to exceed `limit`."""
+    declared = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"content-length"), None)
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is {declared} bytes; the limit is {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise MalformedRequest("the client disconnected before sending the whole body")
+        body += message.get("body", b"")
         if len(body) > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-    return bytes(body)
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
-def _response(ack: Ack) -> Response:
+async def read_body(request: Request, limit: int) -> bytes:
+    return await receive_body(request.scope, request.receive, limit)
+
+
+def _json(body: Any) -> bytes:
+    # One call into pydantic-core instead of Starlette's JSONResponse (a json.JSONEncoder built per call, then a
+    # Response object): the same compact UTF-8 JSON for a fraction of the ack's time (docs/benchmarks.md).
+    return pydantic_core.to_json(body)
+
+
+def _rendered(ack: Ack) -> tuple[int, bytes, bytes]:
+    """Status, Content-Type and body, as Starlette's JSONResponse/PlainTextResponse would send them."""
     if isinstance(ack.body, str):
-        return PlainTextResponse(ack.body, status_code=ack.status_code, media_type=ack.media_type)
-    return JSONResponse(ack.body, status_code=ack.status_code)
+        media_type = ack.media_type + ("; charset=utf-8" if ack.media_type.startswith("text/") else "")
+        return ack.status_code, media_type.encode("latin-1"), ack.body.encode()
+    return ack.status_code, b"application/json", _json(ack.body)
+
+
+def _error(status: int, error: str, detail: str) -> tuple[int, bytes, bytes]:
+    return status, b"application/json", _json({"error": error, "detail": detail})
 
 
 class WebhookEndpoint:
-    """One instance per connector, mounted at the PATH of the connector's webhook_url."""
+    """One instance per connector, mounted at the PATH of the connector's webhook_url. A plain ASGI app: it reads
+    the body from ASGI messages and sends its answer as two ASGI messages, with no Request or Response objects in
+    between (they cost more than the signature check on the ack path; docs/benchmarks.md)."""
 
     def __init__(
         self,
@@ -85,20 +110,29 @@ class WebhookEndpoint:
         self._succeeded = REQUESTS.labels(status="success")  # bound once: .labels() takes a lock and a dict lookup
         self._failed = REQUESTS.labels(status="error")
 
-    async def handle(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status, media_type, body = await self.handle(scope, receive)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", media_type), (b"content-length", b"%d" % len(body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         started = time.perf_counter()
-        # Built from the ASGI scope directly, not through Starlette's Headers/URL/QueryParams objects: on the ack path
-        # those helpers cost more than the signature check (docs/benchmarks.md). ASGI header names are lower-case.
-        scope = request.scope
+        # ASGI header names are lower-case; Starlette's Headers/URL/QueryParams helpers are left out on purpose.
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         # A log-correlation id, not a secret: the Mersenne Twister is enough and far cheaper than uuid4's urandom.
         token = request_id.set(headers.get("x-request-id") or f"{random.getrandbits(64):016x}")
         name = self.connector.name
         try:
-            ip = client_address(request, self.trusted_proxies)
+            ip = client_address(scope, headers, self.trusted_proxies)
             if self.allowed and not self._allowed(ip):
                 raise Forbidden(f"source address {ip} is not in this connector's allowed_cidrs")
-            body = await read_body(request, self.max_body_bytes)
+            body = await receive_body(scope, receive, self.max_body_bytes)
             query_string = scope["query_string"]
             raw = RawRequest(
                 method=scope["method"],
@@ -121,16 +155,16 @@ class WebhookEndpoint:
                 if await self.store.remember(f"feedback:{name}:{feedback.event_id}", self.dedupe_ttl):
                     FEEDBACK.labels(connector=name, rating=feedback.rating).inc()
             self._succeeded.inc()
-            return _response(verdict.ack)
+            return _rendered(verdict.ack)
         except RejectedRequest as exc:
             REJECTED.labels(connector=name, reason=exc.reason).inc()
             self._failed.inc()
             log.warning("rejected %s request: %s (%s)", name, exc.reason, exc.detail)
-            return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status_code)
+            return _error(exc.status_code, exc.reason, exc.detail)
         except Exception:  # the store or a connector bug: never a traceback to the caller, and let the platform retry
             self._failed.inc()
             log.exception("could not accept %s request", name)
-            return JSONResponse({"error": "unavailable", "detail": "try again"}, status_code=503)
+            return _error(503, "unavailable", "try again")
         finally:
             RESPONSE_TIME.observe(time.perf_counter() - started)
             request_id.reset(token)
@@ -145,9 +179,6 @@ class WebhookEndpoint:
         return any(addr in net for net in self.allowed)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
 class AssistantApp(FastAPI):
     """FastAPI for the operations and admin API, with the connectors' webhooks dispatched before FastAPI's stack.
 
@@ -160,20 +191,18 @@ class AssistantApp(FastAPI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._webhooks: dict[tuple[str, str], Handler] = {}
+        self._webhooks: dict[tuple[str, str], ASGIApp] = {}
 
-    def add_webhook(self, path: str, handler: Handler, methods: Iterable[str]) -> None:
+    def add_webhook(self, path: str, handler: ASGIApp, methods: Iterable[str]) -> None:
         methods = list(methods)
         for method in methods:
             self._webhooks[(method, path)] = handler
-        self.add_route(path, handler, methods=methods, include_in_schema=False)
+        self.router.routes.append(Route(path, handler, methods=methods, include_in_schema=False))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.root_path:
             handler = self._webhooks.get((scope["method"], scope["path"]))
             if handler is not None:
-                scope["app"] = self
-                response = await handler(Request(scope, receive, send))
-                await response(scope, receive, send)
+                await handler(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)

@@ -3,6 +3,7 @@ webhook JSON, the text posted into the chat, idempotency, and the refusals of un
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -204,6 +205,34 @@ def test_too_large_is_413(client: TestClient, notifier: RecordingNotifier) -> No
     r = client.post("/api/alerts", json=big, headers=AUTH)
     assert r.status_code == 413
     assert "error" in r.json()
+    assert notifier.calls == 0
+
+
+def test_a_sender_that_hangs_up_mid_body_is_refused_and_nothing_is_posted(notifier: RecordingNotifier) -> None:
+    app = FastAPI()
+    app.include_router(alert_router(settings(), notifier, connectors={"ops-feishu"}))
+    body = json.dumps(webhook()).encode()
+    messages = [
+        {"type": "http.request", "body": body[:100], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"authorization", AUTH["Authorization"].encode()), (b"content-type", b"application/json")]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/alerts", "raw_path": b"/api/alerts", "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080),
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert "disconnected" in json.loads(sent[1]["body"])["error"]
     assert notifier.calls == 0
 
 
