@@ -1,4 +1,4 @@
-"""SQLite backend: the embedded default for one host. WAL journal; one writer connection used from worker threads."""
+"""SQLite backend: the embedded default for one host. WAL journal; one connection, used from one thread of its own."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-
-import anyio.to_thread
 
 from ..messages import ChatTurn, InboundMessage
 from .base import Job, QueueStats
@@ -81,7 +80,11 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the executor's thread vs dump_jobs() called from another thread
+        # One thread for every statement, in submission order: SQLite has one writer anyway, and a one-thread
+        # executor hands work over through a C queue (SimpleQueue), which on the ack path costs less than a thread
+        # pool with a capacity limiter (anyio.to_thread) in front of a lock (docs/benchmarks.md).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._next_cleanup = 0.0
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -91,7 +94,7 @@ class SQLiteStore:
             with self._lock:
                 return fn(self._db)
 
-        return await anyio.to_thread.run_sync(locked)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
 
     @staticmethod
     def _tx(db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
@@ -303,6 +306,7 @@ class SQLiteStore:
 
     async def close(self) -> None:
         await self._run(lambda db: db.close())
+        self._executor.shutdown(wait=False)
 
     def dump_jobs(self) -> list[dict[str, object]]:
         """For operators and tests: every job row, newest last."""
