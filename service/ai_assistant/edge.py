@@ -185,8 +185,8 @@ class AssistantApp(FastAPI):
     Why: a webhook request needs none of what sits in front of a FastAPI route (error and exception middleware,
     the async exit stack for dependencies, the per-request OpenTelemetry check, the router's walk), and on the ack
     path that machinery cost more than the webhook's own work: measured in process, 186-240 against 104-126 CPU µs
-    per ack (docs/benchmarks.md). WebhookEndpoint.handle catches every error itself (4xx/503 with a JSON body), which
-    is what ServerErrorMiddleware would otherwise be there for. The routes stay registered on the router too, so any
+    per ack (docs/benchmarks.md). WebhookEndpoint catches every error itself (4xx/503 with a JSON body), which is
+    what ServerErrorMiddleware would otherwise be there for. The routes stay registered on the router too, so any
     other method or a trailing-slash variant gets FastAPI's usual answer (405, redirect)."""
 
     def __init__(self, **kwargs: Any) -> None:
