@@ -3,6 +3,8 @@ as both `message` and `app_mention`, and chat.postMessage with Retry-After honou
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ai_assistant.connectors.slack import SlackConfig, SlackConnector
@@ -45,7 +47,7 @@ def test_bot_posts_and_edits_are_never_answered(make_app: AppFactory, platform: 
     own_user["event"]["user"] = p.SLACK_BOT_USER
     edit = p.slack_event("EvB3", "edited")
     edit["event"]["subtype"] = "message_changed"
-    other_type = {**p.slack_event("EvB4"), "event": {"type": "reaction_added", "user": "U1", "reaction": "+1"}}
+    other_type = reaction("EvB4", "+1")  # an event that is not a message
     for payload in (own, own_user, edit, other_type):
         assert app.send(p.slack_request(payload)).status_code == 200
     assert app.jobs() == []
@@ -82,3 +84,53 @@ async def test_post_message_in_thread_honouring_retry_after(platform: PlatformSt
     assert second.body == {"channel": "C1", "text": "answer", "thread_ts": "1700000000.000100"}
     assert second.headers["authorization"] == f"Bearer {p.SLACK_BOT_TOKEN}"
     assert first.body == second.body
+
+
+def reaction(event_id: str, name: str, *, on: str = p.SLACK_BOT_USER, user: str = "U0USER001") -> dict[str, Any]:
+    payload = p.slack_event(event_id)
+    payload["event"] = {
+        "type": "reaction_added",
+        "user": user,
+        "reaction": name,
+        "item_user": on,
+        "item": {"type": "message", "channel": "D0DM0001", "ts": "1700000300.000100"},
+        "event_ts": "1700000400.000100",
+    }
+    return payload
+
+
+def test_thumbs_on_the_bots_answers_count_as_feedback_once_per_user_and_rating(
+    make_app: AppFactory, platform: PlatformStandIn
+) -> None:
+    app = make_app(SLACK.options(platform.base))
+
+    def counted(rating: str) -> float:
+        return app.metric("ai_assistant_feedback_total", connector=app.connector.name, rating=rating)
+
+    before = {r: counted(r) for r in ("positive", "negative")}
+    up = reaction("EvR1", "+1::skin-tone-3")
+    assert app.send(p.slack_request(up)).status_code == 200
+    assert app.send(p.slack_request(up, retry_num=1)).status_code == 200  # Slack's retry of the same event
+    assert app.send(p.slack_request(reaction("EvR2", "thumbsup"))).status_code == 200  # removed, added again
+    assert app.send(p.slack_request(reaction("EvR3", "-1", user="U0USER002"))).status_code == 200
+    not_feedback = [
+        reaction("EvR4", "tada"),  # not a rating
+        reaction("EvR5", "+1", on="U0USER002"),  # somebody else's message
+    ]
+    for payload in not_feedback:
+        assert app.send(p.slack_request(payload)).status_code == 200
+    assert counted("positive") - before["positive"] == 1
+    assert counted("negative") - before["negative"] == 1
+    assert app.jobs() == []  # feedback is counted, never answered
+
+
+def test_a_reaction_without_its_item_is_400(make_app: AppFactory, platform: PlatformStandIn) -> None:
+    app = make_app(SLACK.options(platform.base))
+    broken = reaction("EvR9", "+1")
+    del broken["event"]["item"]
+    resp = app.send(p.slack_request(broken))
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": "malformed",
+        "detail": "event: item, user and reaction are required in reaction_added",
+    }

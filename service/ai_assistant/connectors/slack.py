@@ -4,6 +4,8 @@ Inbound: X-Slack-Signature = "v0=" + hex(HMAC-SHA256(signing_secret, "v0:{ts}:{r
 SignatureVerifier (constant time) after our own 5-minute window on X-Slack-Request-Timestamp (so a stale request is
 told apart from a forged one). Slack re-sends an unacknowledged event up to 3 times (X-Slack-Retry-Num), freshly
 signed, so only the event_id catches it; a message seen both as `message` and `app_mention` shares channel+ts.
+Feedback: a thumbs-up or thumbs-down reaction (`reaction_added`) on one of the bot's own messages counts once per
+user, answer and rating, however often it is removed and added again.
 
 Outbound: chat.postMessage with the bot token, in the question's thread in channels; about one message per second per
 channel, with Retry-After honoured on HTTP 429.
@@ -19,12 +21,19 @@ from pydantic import Field, SecretStr
 from slack_sdk.signature import SignatureVerifier
 
 from ..errors import MalformedRequest, SignatureInvalid
-from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Ack, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check, retry_after
 
 WINDOW = 300  # Slack's own documented replay window; slack_sdk enforces the same
+# Reaction names as Slack sends them (aliases included; a skin tone arrives as "+1::skin-tone-2").
+RATINGS: dict[str, Literal["positive", "negative"]] = {
+    "+1": "positive",
+    "thumbsup": "positive",
+    "-1": "negative",
+    "thumbsdown": "negative",
+}
 
 
 class SlackConfig(ConnectorConfig, OutboundOptions):
@@ -68,8 +77,28 @@ class SlackConnector(Connector):
         event_id = payload.get("event_id")
         if not isinstance(event, dict) or not isinstance(event_id, str):
             raise MalformedRequest("event and event_id are required in an event_callback")
+        if event.get("type") == "reaction_added":
+            feedback = self._feedback(event, payload)
+            return Verdict(feedback=[feedback] if feedback else [])
         message = self._message(event_id, event, payload)
         return Verdict(messages=[message] if message else [])
+
+    def _feedback(self, event: dict[str, Any], payload: dict[str, Any]) -> Feedback | None:
+        """A thumbs-up/down on the bot's own message; any other reaction, or one on somebody else's message, is not
+        feedback on an answer."""
+        item, user, reaction = event.get("item"), event.get("user"), event.get("reaction")
+        if not (isinstance(item, dict) and isinstance(user, str) and isinstance(reaction, str)):
+            raise MalformedRequest("event: item, user and reaction are required in reaction_added")
+        rating = RATINGS.get(reaction.split("::", 1)[0])
+        bot = self._bot_user(payload)
+        if rating is None or item.get("type") != "message" or bot is None or event.get("item_user") != bot:
+            return None
+        channel, ts = item.get("channel"), item.get("ts")
+        if not (isinstance(channel, str) and isinstance(ts, str)):
+            raise MalformedRequest("event.item: channel and ts are required")
+        # Keyed on who rated which answer how, not on Slack's event id: removing and adding the reaction again
+        # produces a new event, and must not count twice.
+        return Feedback(f"reaction:{channel}:{ts}:{user}:{rating}", rating)
 
     def _bot_user(self, payload: dict[str, Any]) -> str | None:
         if self.config.bot_user_id:
