@@ -122,3 +122,27 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.ConnectError:
         return False
+
+
+def test_under_a_root_path_webhooks_take_fastapis_own_route(tmp_path: Path) -> None:
+    """AssistantApp dispatches webhooks ahead of FastAPI only without a root_path (ADR 0005); with one, the same
+    endpoint answers through the route it is also registered as."""
+    from fastapi.testclient import TestClient
+
+    from ai_assistant.app import create_app
+    from ai_assistant.settings import load_settings
+
+    config = write_config(
+        tmp_path / "config",
+        reply_url="http://127.0.0.1:9/replies",
+        engine_url="http://127.0.0.1:9/v1",
+        assistant={"worker": {"enabled": False}},
+    )
+    app = create_app(load_settings(config, tmp_path / "data"))
+    app.root_path = "/assistant"
+    body, headers = signed_generic_request(message("evt-root-path"))
+    with TestClient(app) as client:
+        resp = client.post(PATH, content=body, headers=headers)
+        assert resp.status_code == 200 and resp.json()["event_id"] == "evt-root-path"
+        assert client.get(PATH).status_code == 405
+    assert [e for e, _, _ in queued_jobs(tmp_path / "data")] == ["evt-root-path"]
