@@ -2,6 +2,7 @@
 bare FastAPI "hello" endpoint measured in the same run on the same core, reported as ratios.
 
     .venv/bin/python bench/ack_bench.py [--payload generic] [--duration 10] [--rate 500]
+    .venv/bin/python bench/ack_bench.py --against REV --rounds 4     # A/B: alternate with git revision REV
 
 The server under test is the real `ai-assistant serve` (verify -> de-duplicate -> durable SQLite enqueue -> ack) with
 workers disabled so only the ack path is measured. Load comes from wrk (Debian package) pinned to the other core, with
@@ -13,6 +14,7 @@ Connector owners add payloads to PAYLOADS: a function that returns (connectors.y
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +114,9 @@ def run_wrk(url: str, script: Path, duration: int, connections: int) -> dict[str
     return result
 
 
-def start(cmd: list[str], health: str, log: Path) -> subprocess.Popen[bytes]:
+def start(cmd: list[str], health: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as f:
-        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=f, stderr=subprocess.STDOUT, env=env)
 
     def up() -> bool:
         if proc.poll() is not None:
@@ -141,19 +143,15 @@ def phases(url: str, requests: list[Request], work: Path, duration: int, rate: i
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--payload", choices=sorted(PAYLOADS), default="generic")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per phase")
-    parser.add_argument("--rate", type=int, default=500, help="paced phase: requests per second in total")
-    args = parser.parse_args()
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed (scripts/bootstrap installs wrk)")
+def measure(payload: str, duration: int, rate: int, service_path: Path | None = None) -> dict[str, Any]:
+    """One run: the service (from `service_path` when given, else the installed package), then the baseline."""
     bin_dir = Path(sys.executable).parent
+    env = dict(os.environ)
+    if service_path is not None:  # an older checkout's package, ahead of the installed one
+        env["PYTHONPATH"] = os.pathsep.join([str(service_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with tempfile.TemporaryDirectory(prefix="ack-bench-") as tmp:
         work = Path(tmp)
-        connector, _path, requests = PAYLOADS[args.payload](args.duration * 12_000)
+        connector, _path, requests = PAYLOADS[payload](duration * 12_000)
         config = work / "config"
         config.mkdir()
         (config / "connectors.yaml").write_text(yaml.safe_dump({"bench": connector}))
@@ -176,9 +174,9 @@ def main() -> None:
             "--data-dir",
             str(work / "data"),
         ]
-        service = start([*env_cmd, "--port", str(port)], f"http://127.0.0.1:{port}/healthz", work / "service.log")
+        service = start([*env_cmd, "--port", str(port)], f"http://127.0.0.1:{port}/healthz", work / "service.log", env)
         try:
-            assistant = phases(f"http://127.0.0.1:{port}", requests, work, args.duration, args.rate, "assistant")
+            assistant = phases(f"http://127.0.0.1:{port}", requests, work, duration, rate, "assistant")
         finally:
             service.terminate()
             service.wait(30)
@@ -188,29 +186,81 @@ def main() -> None:
         hello = start(hello_cmd, f"http://127.0.0.1:{hello_port}/docs", work / "hello.log")
         try:
             hello_requests = [("/hello", h, b) for _, h, b in requests]
-            baseline = phases(f"http://127.0.0.1:{hello_port}", hello_requests, work, args.duration, args.rate, "hello")
+            baseline = phases(f"http://127.0.0.1:{hello_port}", hello_requests, work, duration, rate, "hello")
         finally:
             hello.terminate()
             hello.wait(30)
-    report = {
-        "payload": args.payload,
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    return {
+        "payload": payload,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "assistant": assistant,
         "hello": baseline,
         "ratio_max_rps": assistant["max"]["rps"] / baseline["max"]["rps"],
-        "paced_rate": args.rate,
+        "paced_rate": rate,
     }
-    print(f"\nack benchmark, payload={args.payload}, {args.duration}s per phase, server on CPU 0, wrk on CPU 1")
-    print(f"{'':24}{'max req/s':>12}{'p50 ms':>9}{'p99 ms':>9} | {f'@{args.rate}/s p50':>13}{'p99 ms':>9}{'errors':>8}")
-    for name, r in (("signed webhook ack", assistant), ("bare FastAPI hello", baseline)):
+
+
+def print_report(report: dict[str, Any], duration: int, label: str = "") -> None:
+    rate = report["paced_rate"]
+    print(f"\nack benchmark{label}, payload={report['payload']}, {duration}s per phase, server on CPU 0, wrk on CPU 1")
+    print(f"{'':24}{'max req/s':>12}{'p50 ms':>9}{'p99 ms':>9} | {f'@{rate}/s p50':>13}{'p99 ms':>9}{'errors':>8}")
+    for name, r in (("signed webhook ack", report["assistant"]), ("bare FastAPI hello", report["hello"])):
         m, p = r["max"], r["paced"]
         print(
             f"{name:24}{m['rps']:12.0f}{m['p50_us'] / 1000:9.2f}{m['p99_us'] / 1000:9.2f} | "
             f"{p['p50_us'] / 1000:13.2f}{p['p99_us'] / 1000:9.2f}{m['errors'] + p['errors']:8d}"
         )
     print(f"ratio (ack / hello, max req/s): {report['ratio_max_rps']:.2f}   paced rate achieved: "
-          f"{assistant['paced']['rps']:.0f} req/s")  # fmt: skip
+          f"{report['assistant']['paced']['rps']:.0f} req/s")  # fmt: skip
     print(json.dumps(report))
+
+
+@contextlib.contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """The repository at `rev` in a temporary git worktree, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="ack-bench-rev-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--payload", choices=sorted(PAYLOADS), default="generic")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per phase")
+    parser.add_argument("--rate", type=int, default=500, help="paced phase: requests per second in total")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also measure the service as of git revision REV, alternating with this checkout (an A/B on one machine)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each (with --against: pairs, alternating)")
+    args = parser.parse_args()
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (scripts/bootstrap installs wrk)")
+    with contextlib.ExitStack() as stack:
+        other = stack.enter_context(checkout(args.against)) / "service" if args.against else None
+        runs: dict[str, list[dict[str, Any]]] = {"this checkout": [], f"revision {args.against}": []}
+        for _ in range(args.rounds):
+            for label, path in (("this checkout", None), (f"revision {args.against}", other)):
+                if label != "this checkout" and other is None:
+                    continue
+                report = measure(args.payload, args.duration, args.rate, path)
+                runs[label].append(report)
+                print_report(report, args.duration, f" ({label})" if other else "")
+    if other is not None or args.rounds > 1:
+        print("\nsummary: ratio (ack / hello, max req/s) and ack p99 at the paced rate, run by run")
+        for label, reports in runs.items():
+            if reports:
+                ratios = [r["ratio_max_rps"] for r in reports]
+                p99 = [r["assistant"]["paced"]["p99_us"] / 1000 for r in reports]
+                mean = sum(ratios) / len(ratios)
+                print(f"{label:>24}: ratio {' '.join(f'{x:.2f}' for x in ratios)} (mean {mean:.2f})"
+                      f"   p99 ms {' '.join(f'{x:.1f}' for x in p99)}")  # fmt: skip
 
 
 if __name__ == "__main__":
