@@ -440,3 +440,49 @@ def test_a_run_that_skips_tls_still_knows_the_certificate_paths(tmp_path: Path, 
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert f"cert={certificate}" in proc.stdout
+
+
+def _includes(role_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted((role_dir / "tasks").glob("*.yml")):
+        for task in load(path) or []:
+            for key in ("ansible.builtin.include_tasks", "include_tasks"):
+                if key in task:
+                    found.append((f"{path.relative_to(REPO)}: {task.get('name')}", task))
+    return found
+
+
+@pytest.mark.parametrize("role", sorted(p.name for p in ROLES_DIR.iterdir() if p.is_dir()))
+def test_includes_pass_their_tags_on_to_the_included_tasks(role: str) -> None:
+    """Tags on an include_tasks select the include, not what it includes: without `apply: {tags: ...}`,
+    `ansible-playbook site.yml --tags tls` runs the include and skips every task in the file (shown below)."""
+    for where, task in _includes(ROLES_DIR / role):
+        tags = set(task.get("tags") or [])
+        spec = task.get("ansible.builtin.include_tasks", task.get("include_tasks"))
+        applied = set((spec.get("apply") or {}).get("tags") or []) if isinstance(spec, dict) else set()
+        assert tags <= applied, f"{where}: tags {sorted(tags)} are not applied to the included tasks"
+
+
+def test_a_tagged_run_skips_included_tasks_unless_the_include_applies_its_tags(tmp_path: Path) -> None:
+    """The premise of the check above, on the real ansible-playbook (localhost, debug tasks only)."""
+    (tmp_path / "inner.yml").write_text(yaml.safe_dump([{"ansible.builtin.debug": {"msg": "inner ran via {{ how }}"}}]))
+    play = [{
+        "hosts": "localhost", "gather_facts": False, "become": False,
+        "tasks": [
+            {"ansible.builtin.include_tasks": "inner.yml", "vars": {"how": "bare"}, "tags": ["t"]},
+            {"ansible.builtin.include_tasks": {"file": "inner.yml", "apply": {"tags": ["t"]}}, "vars": {"how": "apply"},
+             "tags": ["t"]},
+        ],
+    }]  # fmt: skip
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--tags", "t", "play.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=ansible_env(),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "inner ran via apply" in proc.stdout
+    assert "inner ran via bare" not in proc.stdout
