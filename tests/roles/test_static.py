@@ -409,6 +409,21 @@ def test_variables_infra_hands_over_are_role_options() -> None:
     assert checked >= 8
 
 
+def run_tagged(work: Path, play: list[dict[str, Any]], tags: str) -> str:
+    """ansible-playbook --tags TAGS on localhost (local connection) with the repository's roles; its output."""
+    (work / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--tags", tags, "play.yml"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env={**ansible_env(), "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
 @pytest.mark.parametrize(
     ("mode", "certificate"),
     [
@@ -429,17 +444,7 @@ def test_a_run_that_skips_tls_still_knows_the_certificate_paths(tmp_path: Path, 
         "tasks": [{"ansible.builtin.debug": {"msg": "cert={{ reverse_proxy_tls_certificate_file }}"},
                    "tags": ["volumes"]}],
     }]  # fmt: skip
-    (tmp_path / "tagged.yml").write_text(yaml.safe_dump(play, sort_keys=False))
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--tags", "volumes", "tagged.yml"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**ansible_env(), "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert f"cert={certificate}" in proc.stdout
+    assert f"cert={certificate}" in run_tagged(tmp_path, play, "volumes")
 
 
 def _includes(role_dir: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -474,15 +479,6 @@ def test_a_tagged_run_skips_included_tasks_unless_the_include_applies_its_tags(t
              "tags": ["t"]},
         ],
     }]  # fmt: skip
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--tags", "t", "play.yml"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=ansible_env(),
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "inner ran via apply" in proc.stdout
-    assert "inner ran via bare" not in proc.stdout
+    out = run_tagged(tmp_path, play, "t")
+    assert "inner ran via apply" in out
+    assert "inner ran via bare" not in out
