@@ -243,24 +243,24 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (scripts/bootstrap installs wrk)")
     with contextlib.ExitStack() as stack:
-        other = stack.enter_context(checkout(args.against)) / "service" if args.against else None
-        runs: dict[str, list[dict[str, Any]]] = {"this checkout": [], f"revision {args.against}": []}
+        # What to measure, alternating: this checkout (the installed package), then REV's service/ when asked.
+        targets: list[tuple[str, Path | None]] = [("this checkout", None)]
+        if args.against:
+            targets.append((f"revision {args.against}", stack.enter_context(checkout(args.against)) / "service"))
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in targets}
         for _ in range(args.rounds):
-            for label, path in (("this checkout", None), (f"revision {args.against}", other)):
-                if label != "this checkout" and other is None:
-                    continue
+            for label, path in targets:
                 report = measure(args.payload, args.duration, args.rate, path)
                 runs[label].append(report)
-                print_report(report, args.duration, f" ({label})" if other else "")
-    if other is not None or args.rounds > 1:
+                print_report(report, args.duration, f" ({label})" if len(targets) > 1 else "")
+    if len(targets) > 1 or args.rounds > 1:
         print("\nsummary: ratio (ack / hello, max req/s) and ack p99 at the paced rate, run by run")
         for label, reports in runs.items():
-            if reports:
-                ratios = [r["ratio_max_rps"] for r in reports]
-                p99 = [r["assistant"]["paced"]["p99_us"] / 1000 for r in reports]
-                mean = sum(ratios) / len(ratios)
-                print(f"{label:>24}: ratio {' '.join(f'{x:.2f}' for x in ratios)} (mean {mean:.2f})"
-                      f"   p99 ms {' '.join(f'{x:.1f}' for x in p99)}")  # fmt: skip
+            ratios = [r["ratio_max_rps"] for r in reports]
+            p99 = [r["assistant"]["paced"]["p99_us"] / 1000 for r in reports]
+            mean = sum(ratios) / len(ratios)
+            print(f"{label:>24}: ratio {' '.join(f'{x:.2f}' for x in ratios)} (mean {mean:.2f})"
+                  f"   p99 ms {' '.join(f'{x:.1f}' for x in p99)}")  # fmt: skip
 
 
 if __name__ == "__main__":
