@@ -124,13 +124,23 @@ def test_thumbs_on_the_bots_answers_count_as_feedback_once_per_user_and_rating(
     assert app.jobs() == []  # feedback is counted, never answered
 
 
-def test_a_reaction_without_its_item_is_400(make_app: AppFactory, platform: PlatformStandIn) -> None:
+@pytest.mark.parametrize(
+    ("field", "detail"),
+    [
+        ("item", "event: item, user and reaction are required in reaction_added"),
+        ("item.ts", "event.item: channel and ts are required"),
+    ],
+)
+def test_a_reaction_without_what_it_rates_is_400(
+    make_app: AppFactory, platform: PlatformStandIn, field: str, detail: str
+) -> None:
     app = make_app(SLACK.options(platform.base))
     broken = reaction("EvR9", "+1")
-    del broken["event"]["item"]
+    if field == "item":
+        del broken["event"]["item"]
+    else:
+        del broken["event"]["item"]["ts"]
     resp = app.send(p.slack_request(broken))
     assert resp.status_code == 400
-    assert resp.json() == {
-        "error": "malformed",
-        "detail": "event: item, user and reaction are required in reaction_added",
-    }
+    assert resp.json() == {"error": "malformed", "detail": detail}
+    assert app.jobs() == []
