@@ -27,6 +27,8 @@ from tests.roles.vm.machine import VM, build_image, cache_dir, missing_tools
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 TIMINGS: dict[str, float] = {}
+# The slowest tasks of each play, from profile_tasks (printed after the timings table).
+SLOWEST: dict[str, list[tuple[str, float]]] = {}
 LLAMA_VERSION = "0.3.36"
 GUEST_ONLY_WHEELS = ("async-timeout>=4.0.3",)
 GUEST_PYTHON = "3.11.2"
@@ -50,12 +52,52 @@ def secret_digests(tvm: TestVM) -> dict[str, str]:
     return {path: digest for digest, path in (line.split() for line in done.stdout.splitlines())}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """VM tests from every module share one converged VM; the few marked `vm_last` leave it in a state the others must
+    not see (the runner's SSH connections throttled), so they run after all of them, whichever module they are in."""
+    items.sort(key=lambda item: item.get_closest_marker("vm_last") is not None)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if TIMINGS:
         terminalreporter.section("roles VM timings")
         for phase, seconds in TIMINGS.items():
             terminalreporter.write_line(f"{phase:<28} {seconds:7.1f} s")
         terminalreporter.write_line(f"{'total':<28} {sum(TIMINGS.values()):7.1f} s")
+    for play, tasks in SLOWEST.items():
+        if tasks:
+            terminalreporter.section(f"roles VM: slowest tasks of {play}", sep="-")
+            for task, seconds in tasks[:8]:
+                terminalreporter.write_line(f"{seconds:7.1f} s  {task}")
+
+
+# profile_tasks' recap lines: "Task name ------------------------ 12.34s"
+PROFILE_LINE = re.compile(r"^(?P<task>\S.*?) -{2,} (?P<seconds>\d+\.\d+)s$", re.M)
+
+
+def slowest_tasks(output: str) -> list[tuple[str, float]]:
+    """The per-task durations profile_tasks printed at the end of a play, slowest first."""
+    recap = output.rsplit("TASKS RECAP", 1)
+    if len(recap) < 2:
+        return []
+    section = recap[1].split("ROLES RECAP", 1)[0]
+    found = [(m["task"], float(m["seconds"])) for m in PROFILE_LINE.finditer(section)]
+    return sorted(found, key=lambda t: -t[1])
+
+
+def mitogen_env() -> dict[str, str]:
+    """Environment that runs ansible-playbook's tasks through Mitogen's linear strategy (a test-runner speed-up only:
+    the roles, modules and results are the same; see TestVM.play)."""
+    import ansible_mitogen
+
+    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+    return {
+        "ANSIBLE_STRATEGY_PLUGINS": str(plugins),
+        "ANSIBLE_STRATEGY": "mitogen_linear",
+        # Mitogen checks host keys itself and ignores the inventory's StrictHostKeyChecking=no; the throwaway VM's
+        # key is new on every boot, exactly as with the ssh transport's options.
+        "ANSIBLE_HOST_KEY_CHECKING": "False",
+    }
 
 
 @dataclass
@@ -99,7 +141,11 @@ class TestVM:
             ["ssh", "-F", str(self.ssh_config), "testvm", command], capture_output=True, text=True, timeout=timeout
         )
 
-    def play(self, playbook: Path, *args: str, name: str) -> PlayResult:
+    def play(self, playbook: Path, *args: str, name: str, transport: str = "mitogen") -> PlayResult:
+        """Run a playbook against the VM. `transport="ssh"` is Ansible's own SSH connection, the one operators and the
+        hand-off use; the default runs the same modules through Mitogen, which keeps one Python interpreter in the guest
+        instead of starting a new one per task (about 10 s a task under software emulation, ~0.3 s with Mitogen).
+        The first converge always uses "ssh" (see the test_vm fixture), so the production transport runs every task."""
         env = {
             **os.environ,
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -107,7 +153,14 @@ class TestVM:
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
             "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+            # Per-task durations in every log, and the slowest tasks in the timings table at the end of the run.
+            "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
+            "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15",
         }
+        if transport == "mitogen":
+            env |= mitogen_env()
+        elif transport != "ssh":
+            raise ValueError(f"transport must be 'ssh' or 'mitogen', not {transport!r}")
         log = self.workdir / f"{name}.log"
         cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(playbook), *args]
         # Streamed to the log file so a slow converge can be followed while it runs.
@@ -116,6 +169,7 @@ class TestVM:
         output = log.read_text()
         m = RECAP.search(output)
         ok, changed, unreachable, failed = (int(g) for g in m.groups()) if m else (0, 0, 1, 1)
+        SLOWEST[name] = slowest_tasks(output)
         return PlayResult(proc.returncode, ok, changed, failed, unreachable, log, output)
 
 
@@ -272,7 +326,9 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
         )
         prep = _timed("prepare (pebble)", tvm.play, REPO / "tests/roles/vm/prepare.yml", name="prepare")
         assert prep.rc == 0, f"prepare.yml failed (log {prep.log}):\n{prep.tail()}"
-        first = _timed("converge 1", tvm.play, REPO / "playbooks/site.yml", name="converge1")
+        # The production transport (Ansible's ssh connection) runs every task of the first converge; later plays
+        # reuse the converged VM through Mitogen (TestVM.play).
+        first = _timed("converge 1", tvm.play, REPO / "playbooks/site.yml", name="converge1", transport="ssh")
         assert first.rc == 0 and first.failed == 0, f"first converge failed (log {first.log}):\n{first.tail()}"
         tvm.generated_secrets = secret_digests(tvm)
         yield tvm

@@ -367,8 +367,9 @@ def test_volumes_refuses_a_disk_that_holds_another_filesystem(test_vm: TestVM) -
     assert "already holds ext4" in bad.output and "refusing to format it as xfs" in bad.output
 
 
+@pytest.mark.vm_last
 def test_ssh_new_connections_are_rate_limited(test_vm: TestVM) -> None:
-    """Runs last: it leaves the runner's address throttled for a minute."""
+    """Runs last (vm_last): it leaves the runner's address throttled for a minute."""
     outcomes = []
     for _ in range(40):
         try:
