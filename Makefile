@@ -22,10 +22,8 @@ lint: bootstrap  ## ruff over everything, mypy --strict over service/, infra/ an
 
 typecheck: lint
 
-test: bootstrap lint  ## every test, the Debian 12 VM suite included (about 50 min on two cores)
-	@start=$$(date +%s); \
-	$(BIN)/pytest --durations=20 $(PYTEST_ARGS); rc=$$?; \
-	echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
+test: bootstrap  ## lint and every test; the Debian 12 VM suite runs beside the others (scripts/run-tests)
+	@PYTEST_ARGS="$(PYTEST_ARGS)" scripts/run-tests
 
 test-fast: bootstrap  ## everything except the VM suite (about 12 min)
 	$(BIN)/pytest -m 'not vm' $(PYTEST_ARGS)
