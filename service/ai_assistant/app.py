@@ -198,7 +198,13 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
+    async def readyz(verbose: str | None = None) -> JSONResponse:
+        if verbose is not None:
+            # `?verbose`: every check of `ai-assistant doctor`, for an operator; load balancers probe the cheap path.
+            from .doctor import diagnose_running
+
+            report = await diagnose_running(settings, parts.connectors, list(parts.registry.problems))
+            return JSONResponse({"ready": report.ok, **report.as_dict()}, status_code=200 if report.ok else 503)
         checks: dict[str, str] = {}
         try:
             await parts.store.ping()
