@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import secrets
 import ssl
 import subprocess
 import threading
@@ -96,7 +97,10 @@ def platform() -> Iterator[PlatformStandIn]:
 def test_embedded_stack_passes_every_check_and_readyz_verbose_reports_the_same(
     model_server: str, receiver: ReplyReceiver, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path / "config", reply_url=receiver.url, engine_url=model_server)
+    admin = "doctor-test-admin-" + secrets.token_hex(8)
+    config = write_config(
+        tmp_path / "config", reply_url=receiver.url, engine_url=model_server, assistant={"admin": {"token": admin}}
+    )
     data = tmp_path / "data"
     service = ServiceProcess(config, data).start()  # so the state store exists, as on a running host
     try:
@@ -125,7 +129,15 @@ def test_embedded_stack_passes_every_check_and_readyz_verbose_reports_the_same(
         assert "im-connector" in checks["config"]["summary"]
         assert receiver.received == []  # a probe never sends a message
 
-        resp = httpx.get(service.base + "/readyz", params={"verbose": ""}, timeout=300)
+        # Admin-only: /readyz is public behind nginx, and these checks name internal addresses and fetch tokens.
+        refused = httpx.get(service.base + "/readyz", params={"verbose": ""}, timeout=30)
+        assert refused.status_code == 401 and "checks" not in refused.json()
+        resp = httpx.get(
+            service.base + "/readyz",
+            params={"verbose": ""},
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=300,
+        )
         verbose = resp.json()
         assert resp.status_code == 200 and verbose["ready"] is True, verbose
         assert {c["name"] for c in verbose["checks"]} == set(checks)
