@@ -34,6 +34,21 @@ from .errors import AssistantError, ConfigError, DeliveryFailed
 from .settings import EngineSettings, Settings
 
 RUNBOOK = "docs/runbooks/doctor.md"
+# Its sections, one per kind of check (tests/service/test_doctor.py keeps them and the page's headings equal).
+SECTIONS = frozenset(
+    {
+        "config",
+        "state-store",
+        "queue",
+        "engine",
+        "engine-probe",
+        "knowledge-store",
+        "connectors",
+        "tls",
+        "clock-skew",
+        "disk-space",
+    }
+)
 
 # Thresholds shared with the alerts, so the doctor and the pager agree on what is wrong (monitoring/rulegen.py).
 QUEUE_AGE_WARN_SECONDS = 300.0  # AIAssistantQueueOldestMessageAge
@@ -66,6 +81,10 @@ class Check:
     advice: str = ""  # what to do about a warning or failure
     anchor: str = ""  # section of the doctor runbook
     details: dict[str, Any] = field(default_factory=dict)  # numbers for scripts (latencies, counts, days)
+
+    def __post_init__(self) -> None:
+        if self.anchor and self.anchor not in SECTIONS:
+            raise ValueError(f"no section {self.anchor!r} in {RUNBOOK}")
 
     @property
     def runbook(self) -> str:
@@ -126,6 +145,13 @@ def validate(settings: Settings) -> Configured:
     load_channels(settings.config_dir, registry, connectors)
     if settings.store.backend == "redis" and settings.store.redis_url is None:
         raise ConfigError("assistant.yaml", "store.redis_url", "required when store.backend is redis")
+    if settings.knowledge.enabled:
+        # Names only: building the knowledge base would load the embedding model and create its store.
+        from .knowledge import embedders, stores
+        from .knowledge.retrieval import _factory
+
+        _factory("embedder", settings.knowledge.embedder.name, embedders.BUILTIN)
+        _factory("store", settings.knowledge.store.name, stores.BUILTIN)
     return Configured(settings, connectors, list(registry.problems))
 
 

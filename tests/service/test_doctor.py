@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ai_assistant.doctor import Status, tls_endpoint_check, tls_file_check
+from ai_assistant.doctor import RUNBOOK, SECTIONS, Status, tls_endpoint_check, tls_file_check
 from ai_assistant.messages import InboundMessage
 from ai_assistant.store.sqlite import SQLiteStore
 from tests.connectors import producers as p
@@ -90,6 +90,17 @@ def platform() -> Iterator[PlatformStandIn]:
     standin = PlatformStandIn().start()
     yield standin
     standin.stop()
+
+
+def test_help_and_runbook_sections() -> None:
+    result = subprocess.run([venv_bin("ai-assistant"), "doctor", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for option in ("--config-dir", "--data-dir", "--json", "--tls-cert"):
+        assert option in result.stdout
+    # Every link a check prints lands on a section of the page, and the page has no section no check links to.
+    page = (Path(__file__).resolve().parents[2] / RUNBOOK).read_text()
+    headings = {line.removeprefix("## ").strip() for line in page.splitlines() if line.startswith("## ")}
+    assert headings == set(SECTIONS)
 
 
 # ------------------------------------------------------------------------------------------------ the embedded stack
@@ -283,6 +294,26 @@ def test_unreadable_assistant_yaml_still_checks_disk_and_state(tmp_path: Path) -
     assert checks["config"]["status"] == "fail" and "not valid YAML" in checks["config"]["summary"]
     assert {checks[n]["status"] for n in ("engine", "engine probe", "knowledge store", "connectors")} == {"skip"}
     assert checks["disk (state)"]["status"] == "pass" and checks["state store"]["status"] == "warn"
+
+
+@pytest.mark.parametrize(
+    ("assistant", "key"),
+    [
+        ({"knowledge": {"enabled": True, "embedder": {"name": "no-such-embedder"}}}, "knowledge.embedder.name"),
+        ({"store": {"backend": "redis"}}, "store.redis_url"),
+        ({"engine": {"name": "no-such-engine"}}, "engine.name"),
+    ],
+)
+def test_check_config_still_refuses_what_the_service_refuses(
+    tmp_path: Path, assistant: dict[str, Any], key: str
+) -> None:
+    """check-config now validates without building the parts: it must still refuse what building them refuses."""
+    urls = {"reply_url": closed_url(), "engine_url": closed_url("/v1")}
+    config = write_config(tmp_path / "config", assistant=assistant, **urls)
+    cmd = [venv_bin("ai-assistant"), "check-config", "--config-dir", str(config), "--data-dir", str(tmp_path / "d")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"assistant.yaml: {key}:" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
 
 
 # ------------------------------------------------------------------------------------------------ never changes state
