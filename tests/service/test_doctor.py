@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from ai_assistant.doctor import RUNBOOK, SECTIONS, Status, tls_endpoint_check, tls_file_check
 from ai_assistant.messages import InboundMessage
+from ai_assistant.store.redis import RedisStore
 from ai_assistant.store.sqlite import SQLiteStore
 from tests.connectors import producers as p
 from tests.connectors.standin import PlatformStandIn
@@ -314,6 +315,56 @@ def test_check_config_still_refuses_what_the_service_refuses(
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and f"assistant.yaml: {key}:" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
+# ------------------------------------------------------------------------------------------------ Redis
+def test_redis_state_store_and_its_queue(redis_url: str, receiver: ReplyReceiver, tmp_path: Path) -> None:
+    url = redis_url.rsplit("/", 1)[0] + "/7"  # a database of its own on the shared test server
+
+    async def fill() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(url)
+        await client.flushdb()
+        await client.aclose()
+        store = RedisStore(url)
+        for n in (1, 2):
+            message = InboundMessage(connector="im-connector", event_id=f"e{n}", chat_id="c", user_id="u", text="hi")
+            assert await store.enqueue(message, 3600)
+        job = await store.claim(30)
+        assert job is not None
+        await store.dead_letter(job.id, "engine unavailable")
+        await store.close()
+
+    asyncio.run(fill())
+    config = write_config(
+        tmp_path / "config",
+        reply_url=receiver.url,
+        engine_url=closed_url("/v1"),
+        assistant={"store": {"backend": "redis", "redis_url": url}},
+    )
+    _, report, _ = doctor(config, tmp_path / "data")
+    checks = by_name(report)
+    port = url.split(":")[2].split("/")[0]
+    state = checks["state store"]
+    assert state["status"] == "pass" and f"Redis at 127.0.0.1:{port}" in state["summary"], state
+    assert checks["queue"]["details"] == {"depth": 1, "oldest_age_seconds": pytest.approx(0, abs=120), "dead": 1}
+    assert checks["queue"]["status"] == "warn"
+
+
+def test_unreachable_redis_fails_without_showing_its_password(receiver: ReplyReceiver, tmp_path: Path) -> None:
+    url = f"redis://:hunter2-not-shown@127.0.0.1:{free_port()}/0"
+    config = write_config(
+        tmp_path / "config",
+        reply_url=receiver.url,
+        engine_url=closed_url("/v1"),
+        assistant={"store": {"backend": "redis", "redis_url": url}},
+    )
+    rc, report, stderr = doctor(config, tmp_path / "data")
+    state = by_name(report)["state store"]
+    assert rc == 1 and state["status"] == "fail" and "Redis at 127.0.0.1" in state["summary"], state
+    assert "hunter2" not in json.dumps(report) + stderr
+    assert by_name(report)["queue"]["status"] == "skip"
 
 
 # ------------------------------------------------------------------------------------------------ never changes state
