@@ -187,6 +187,20 @@ def test_platform_refusing_credentials_fails_with_its_own_reason(
             "encoding_aes_key": p.WECOM_AES_KEY,
             "webhook_url": "https://assistant.example/im/wecom",
         },
+        "slack-main": {
+            "platform": "slack",
+            "api_base": platform.base + "/api",
+            "bot_token": p.SLACK_BOT_TOKEN,
+            "signing_secret": p.SLACK_SECRET,
+            "webhook_url": "https://assistant.example/im/slack",
+        },
+        "telegram-ok": {
+            "platform": "telegram",
+            "api_base": platform.base,
+            "bot_token": p.TG_BOT_TOKEN,
+            "secret_token": p.TG_SECRET,
+            "webhook_url": "https://assistant.example/im/telegram-ok",
+        },
         "telegram-main": {
             "platform": "telegram",
             "api_base": closed_url(),
@@ -199,6 +213,8 @@ def test_platform_refusing_credentials_fails_with_its_own_reason(
     (config / "connectors.yaml").write_text(yaml.safe_dump(connectors))
     # Feishu's answer to a wrong App Secret (HTTP 400, business code and message).
     platform.script("/tenant_access_token/internal", 400, {"code": 10014, "msg": "app secret invalid"})
+    # Slack's answer to a revoked bot token (HTTP 200, ok: false).
+    platform.script("/api/auth.test", 200, {"ok": False, "error": "token_revoked"})
 
     rc, report, _ = doctor(config, tmp_path / "data")
     checks = by_name(report)
@@ -210,6 +226,10 @@ def test_platform_refusing_credentials_fails_with_its_own_reason(
     # The other platform, same stand-in, takes its credentials: failures are per connector.
     assert wecom["status"] == "pass" and "access token issued" in wecom["summary"], wecom
     assert telegram["status"] == "fail" and "unreachable" in telegram["summary"], telegram
+    slack = checks["connector slack-main"]
+    assert slack["status"] == "fail" and "refused" in slack["summary"] and "token_revoked" in slack["summary"], slack
+    tg_ok = checks["connector telegram-ok"]
+    assert tg_ok["status"] == "pass" and "@assistant_bot" in tg_ok["summary"], tg_ok
     assert p.TG_BOT_TOKEN not in json.dumps(report)  # Telegram's token is part of its URLs: never printed
     assert len(platform.token_calls()) == 2 and platform.sends() == []  # asked for tokens, sent nothing
 
