@@ -198,7 +198,16 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
+    async def readyz(verbose: str | None = None, authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        if verbose is not None:
+            # `?verbose`: every check of `ai-assistant doctor`, for an operator. Admin-only: /readyz is public behind
+            # nginx, and the checks name internal addresses, fetch platform tokens and run a generation.
+            from .doctor import diagnose_running
+
+            await admin_dependency(parts.admin_tokens)(authorization)
+
+            report = await diagnose_running(settings, parts.connectors, list(parts.registry.problems))
+            return JSONResponse({"ready": report.ok, **report.as_dict()}, status_code=200 if report.ok else 503)
         checks: dict[str, str] = {}
         try:
             await parts.store.ping()

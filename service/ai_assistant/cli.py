@@ -362,14 +362,39 @@ def secret() -> None:
 
 @app.command("check-config")
 def check_config(config_dir: ConfigDir = Path("config"), data_dir: DataDir = Path("data")) -> None:
-    """Load and validate the configuration without starting anything."""
-    from .app import build_parts
+    """Load and validate the configuration without starting anything (nothing is created or changed)."""
+    from .doctor import validate
 
-    settings = _settings(config_dir, data_dir)
-    parts = build_parts(settings)
-    for problem in parts.registry.problems:
+    configured = validate(_settings(config_dir, data_dir))
+    for problem in configured.problems:
         console.print(f"warning: {problem}")
-    out.print(f"configuration OK: {len(parts.connectors)} connector(s): {', '.join(parts.connectors)}")
+    out.print(f"configuration OK: {len(configured.connectors)} connector(s): {', '.join(configured.connectors)}")
+
+
+@app.command()
+def doctor(
+    config_dir: ConfigDir = Path("config"),
+    data_dir: DataDir = Path("data"),
+    json_output: Annotated[bool, typer.Option("--json", help="print the checks as JSON (for scripts)")] = False,
+    tls_cert: Annotated[
+        list[Path] | None,
+        typer.Option("--tls-cert", help="also check this PEM certificate file, e.g. the one nginx serves (repeatable)"),
+    ] = None,
+) -> None:
+    """Check the running configuration: config and secrets, state store, engine (with a short generation), knowledge
+    store, each platform's API and credentials, TLS certificates, clock skew, disk space and the queue. Changes
+    nothing. Exit status 1 when a check fails (warnings do not count); the JSON has the same checks as
+    `/readyz?verbose`."""
+    import asyncio
+
+    from .doctor import diagnose, render
+
+    report = asyncio.run(diagnose(config_dir, data_dir, tls_cert or []))
+    if json_output:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        render(report, Console(soft_wrap=True, highlight=False))
+    raise typer.Exit(0 if report.ok else 1)
 
 
 @app.command()
