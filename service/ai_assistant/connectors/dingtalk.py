@@ -43,7 +43,7 @@ from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedReques
 from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, same
-from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after
+from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after, server_error
 from .tokens import CachedToken
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ class DingTalkConnector(Connector):
                         "ua": "ai-assistant",
                     },
                     limited=False,
+                    idempotent=True,  # posts nothing
                 )
                 uri = f"{conn['endpoint']}?ticket={quote_plus(conn['ticket'])}"
                 async with websockets.connect(uri) as ws:
@@ -200,6 +201,7 @@ class DingTalkConnector(Connector):
             json={"appKey": self.config.app_key, "appSecret": self.config.app_secret.get_secret_value()},
             check=_check,
             limited=False,
+            idempotent=True,  # posts nothing
         )
         token = body.get("accessToken")
         if not isinstance(token, str):
@@ -301,7 +303,7 @@ def _check(resp: httpx.Response) -> Any:
     if isinstance(code, str) and code.startswith("Throttling"):
         raise Retry(code, throttled=True)
     if resp.status_code >= 500:
-        raise Retry(f"HTTP {resp.status_code}")
+        server_error(resp)
     if resp.status_code >= 300 or body is None:
         raise Fatal(f"HTTP {resp.status_code} {code or ''}".strip())
     errcode = body.get("errcode", 0)  # sessionWebhook answers use the old {errcode, errmsg} shape
