@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY
 
 from ai_assistant.channels.connector import ConnectorChannel, ConnectorChannelConfig
 from ai_assistant.channels.loader import RoutedChannel
+from ai_assistant.channels.webhook import WebhookChannel, WebhookChannelConfig
 from ai_assistant.connectors.base import Connector
 from ai_assistant.connectors.dingtalk import DingTalkConfig, DingTalkConnector
 from ai_assistant.connectors.feishu import FeishuConfig, FeishuConnector
@@ -128,9 +129,9 @@ async def deliver(target: Target, parts: list[OutboundText]) -> list[str]:
     return outcomes
 
 
-def ambiguous(handling: str) -> float:
-    value = REGISTRY.get_sample_value("ai_assistant_ambiguous_sends_total", {"connector": "bot", "handling": handling})
-    return value or 0.0
+def ambiguous(handling: str, connector: str = "bot") -> float:
+    labels = {"connector": connector, "handling": handling}
+    return REGISTRY.get_sample_value("ai_assistant_ambiguous_sends_total", labels) or 0.0
 
 
 def texts(calls: list[Any]) -> list[str]:
@@ -305,3 +306,28 @@ def test_slow_platform_gets_one_copy_of_the_real_answer(
     assert [state for _, state, _ in app.jobs()] == ["done"]
     [copy] = platform.copies()
     assert copy.text().strip() and copy.text() != app.settings.engine.error_reply, "the model did not answer"
+
+
+@pytest.mark.anyio
+async def test_webhook_channel_resends_with_the_same_id_and_hands_on_retry_after(platform: PlatformStandIn) -> None:
+    """The webhook output channel: a receiver that stalled after taking the part gets it again under the same
+    webhook-id (one copy kept); a 503's Retry-After travels to the worker."""
+    config = WebhookChannelConfig(url=f"{platform.base}/generic/replies", secret=SECRET, timeout_seconds=TIMEOUT)
+    channel = WebhookChannel("audit", config)
+    part = OutboundText("bot", "chat-1", "part one", 1, 1, "ev-3:audit")
+    resent = ambiguous("resent", "audit")
+    try:
+        platform.stall("/generic/replies", posted=True)
+        with pytest.raises(DeliveryFailed) as timed_out:
+            await channel.deliver(part)
+        platform.release()
+        await channel.deliver(part)
+        platform.script("/generic/replies", 503, {"error": "busy"}, headers={"Retry-After": "7"})
+        with pytest.raises(DeliveryFailed) as busy:
+            await channel.deliver(part)
+    finally:
+        await channel.aclose()
+    assert not isinstance(timed_out.value, DeliveryUncertain)
+    assert busy.value.retry_after == 7.0
+    assert texts(platform.copies()) == ["part one"] and len(platform.sends()) == 3
+    assert ambiguous("resent", "audit") == resent + 1
