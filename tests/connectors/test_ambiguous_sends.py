@@ -39,7 +39,7 @@ from tests.connectors.conftest import AppFactory
 from tests.connectors.standin import PlatformStandIn
 from tests.helpers import SECRET, wait_until
 
-TIMEOUT = 2.0  # the connectors' http_timeout_seconds here: generous for loopback on a loaded machine
+TIMEOUT = 3.0  # the connectors' http_timeout_seconds here: generous for loopback on a loaded machine
 FAST = {"http_timeout_seconds": TIMEOUT, "retry_backoff_seconds": 0.05, "chat_rate_limit_per_second": 100.0}
 
 

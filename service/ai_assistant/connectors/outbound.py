@@ -256,4 +256,5 @@ class PlatformAPI:
             log.info("%s: %s; try %d of %d in %.1f s", self.connector, last, attempt + 1, attempts, delay)
             await asyncio.sleep(delay)
         PLATFORM_CALLS.labels(connector=self.connector, endpoint=endpoint, outcome="failed").inc()
-        raise DeliveryFailed(f"{self.connector}: {last} (after {attempt} attempts)", retry_after=wait)
+        tries = f"{attempt} attempts" if attempt > 1 else "1 attempt"
+        raise DeliveryFailed(f"{self.connector}: {last} (after {tries})", retry_after=wait)
