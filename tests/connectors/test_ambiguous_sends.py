@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from prometheus_client import REGISTRY
 
 from ai_assistant.channels.connector import ConnectorChannel, ConnectorChannelConfig
 from ai_assistant.channels.loader import RoutedChannel
+from ai_assistant.channels.notify import Notifier
 from ai_assistant.channels.webhook import WebhookChannel, WebhookChannelConfig
 from ai_assistant.connectors.base import Connector
 from ai_assistant.connectors.dingtalk import DingTalkConfig, DingTalkConnector
@@ -34,6 +36,7 @@ from ai_assistant.connectors.telegram import TelegramConfig, TelegramConnector
 from ai_assistant.connectors.wecom import WeComConfig, WeComConnector
 from ai_assistant.errors import DeliveryFailed, DeliveryUncertain
 from ai_assistant.messages import InboundMessage, OutboundText
+from ai_assistant.store.sqlite import SQLiteStore
 from tests.connectors.cases import BY_NAME, CASES, Case
 from tests.connectors.conftest import AppFactory
 from tests.connectors.standin import PlatformStandIn
@@ -331,3 +334,29 @@ async def test_webhook_channel_resends_with_the_same_id_and_hands_on_retry_after
     assert busy.value.retry_after == 7.0
     assert texts(platform.copies()) == ["part one"] and len(platform.sends()) == 3
     assert ambiguous("resent", "audit") == resent + 1
+
+
+@pytest.mark.anyio
+async def test_a_notification_that_may_have_been_posted_is_not_posted_again(
+    platform: PlatformStandIn, tmp_path: Path
+) -> None:
+    """Alertmanager repeats a notification until it is acknowledged: after an unconfirmed send the key stays
+    remembered (real SQLite store), so the repeat does not post it a second time; after a refusal it is forgotten."""
+    telegram = _target("telegram", platform.base).connector
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    notify = Notifier({"tg": telegram}, store)
+    try:
+        platform.stall("/sendMessage", posted=True)
+        with pytest.raises(DeliveryUncertain):
+            await notify("tg", "-100300", "disk almost full", "alert-1")
+        platform.release()
+        await notify("tg", "-100300", "disk almost full", "alert-1")  # Alertmanager's repeat
+        platform.script("/sendMessage", 400, {"ok": False, "description": "Bad Request: chat not found"})
+        with pytest.raises(DeliveryFailed):
+            await notify("tg", "-100300", "backup failed", "alert-2")
+        await notify("tg", "-100300", "backup failed", "alert-2")
+    finally:
+        await telegram.aclose()
+        await store.close()
+    assert texts(platform.copies()) == ["disk almost full", "backup failed"]
+    assert len(platform.sends()) == 3
