@@ -62,4 +62,16 @@ class EngineUnavailable(AssistantError):
 
 
 class DeliveryFailed(AssistantError):
-    """An outbound send to the platform failed; the job is retried later."""
+    """An outbound send to the platform failed and was not posted (or the platform de-duplicates a re-send on our
+    idempotency key); the job is retried later, no sooner than `retry_after` seconds when the platform said so."""
+
+    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(detail)
+
+
+class DeliveryUncertain(DeliveryFailed):
+    """The send may have been posted: the request went out and no answer came back (read timeout, connection lost,
+    a gateway's 504), and the platform has no idempotency key that would drop a second copy. Re-sending could show
+    the user the same part twice, so this part must not be re-sent: record it as sent (unconfirmed) and go on.
+    A subclass of DeliveryFailed so that code unaware of it still treats it as a failure (docs/connectors.md)."""

@@ -50,6 +50,12 @@ ENGINE_DURATION = Histogram(
 )
 ENGINE_ERRORS = Counter("ai_assistant_engine_errors", "Inference calls that failed after bounded retries", ["engine"])
 DELIVERIES = Counter("ai_assistant_deliveries", "Outbound platform API sends", ["connector", "outcome"])
+AMBIGUOUS_SENDS = Counter(
+    "ai_assistant_ambiguous_sends",
+    "Sends that may have been posted without a confirmation (timeout or connection lost after the request went out, "
+    "HTTP 504), by handling: resent (the platform drops a copy with the same idempotency key) or not_resent",
+    ["connector", "handling"],
+)
 FEEDBACK = Counter("ai_assistant_feedback", "User feedback on answers", ["connector", "rating"])
 BUILD_INFO = Gauge("ai_assistant_build_info", "Version of the running assistant", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)
@@ -65,8 +71,10 @@ def create_series(connectors: list[str], engine: str) -> None:
             ANSWERS.labels(connector=c, outcome=outcome)
         for reason in ("signature", "stale", "malformed", "too_large", "forbidden"):
             REJECTED.labels(connector=c, reason=reason)
-        for outcome in ("sent", "failed"):
+        for outcome in ("sent", "failed", "unconfirmed"):
             DELIVERIES.labels(connector=c, outcome=outcome)
+        for handling in ("resent", "not_resent"):
+            AMBIGUOUS_SENDS.labels(connector=c, handling=handling)
         for rating in ("positive", "negative"):
             FEEDBACK.labels(connector=c, rating=rating)
     for status in ("success", "error"):

@@ -2,7 +2,12 @@
 
 It answers like the real APIs do on the paths our connectors call (token endpoints included), checks the access
 token a send carries against the one it issued, and records every request. Tests can script failures (429, 5xx,
-revoked tokens) and, for DingTalk Stream, push CALLBACK frames down a real WebSocket and read the acks that come back.
+revoked tokens), make a request stall after it was posted or hang without being posted, and, for DingTalk Stream,
+push CALLBACK frames down a real WebSocket and read the acks that come back. It also stands in for a generic-IM
+receiver (Standard Webhooks, signature checked) on /generic/replies.
+
+`copies()` is what users would see: the posted messages, with the copies that the platform drops by idempotency key
+counted once (Feishu keeps one message per `uuid`, a Standard Webhooks receiver one per `webhook-id`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.helpers import free_port, wait_until
+from tests.helpers import SECRET, free_port, wait_until
 
 
 @dataclass
@@ -31,6 +37,14 @@ class Call:
     headers: dict[str, str]
     body: Any
     at: float = field(default_factory=time.monotonic)
+    posted: bool = False  # a send the platform acted on: the user sees it (unless it is a dropped copy)
+
+    def idempotency_key(self) -> str | None:
+        if isinstance(self.body, dict) and isinstance(self.body.get("uuid"), str):
+            return f"uuid:{self.body['uuid']}"
+        if "webhook-id" in self.headers:
+            return f"webhook-id:{self.headers['webhook-id']}"
+        return None
 
     def text(self) -> str:
         """The message text of a send call, whatever the platform's body shape."""
@@ -53,7 +67,9 @@ SEND_PATHS = (
     "/v1.0/robot/oToMessages/batchSend",
     "/v1.0/robot/groupMessages/send",
     "/robot/sendBySession",
+    "/generic/replies",
 )
+STALL_LIMIT = 60.0  # a stalled request is answered after this at the latest, so a test that forgets it cannot hang
 TOKEN_PATHS = (
     "/open-apis/auth/v3/tenant_access_token/internal",
     "/cgi-bin/gettoken",
@@ -67,6 +83,8 @@ class PlatformStandIn:
         self.base = f"http://127.0.0.1:{self.port}"
         self.calls: list[Call] = []
         self.scripted: dict[str, deque[tuple[int, Any, dict[str, str]]]] = {}
+        self.stalls: dict[str, deque[bool]] = {}
+        self._release = threading.Event()
         self.valid_tokens: set[str] = set()
         self._numbers = itertools.count(1)
         self._token_numbers = itertools.count(1)
@@ -87,12 +105,15 @@ class PlatformStandIn:
         return self
 
     def stop(self) -> None:
+        self._release.set()
         self.server.should_exit = True
         self._thread.join(10)
 
     def reset(self) -> None:
+        self.release()
         self.calls.clear()
         self.scripted.clear()
+        self.stalls.clear()
         self.valid_tokens.clear()
         self.acks.clear()
         self.frames_out = None
@@ -104,6 +125,32 @@ class PlatformStandIn:
         queue = self.scripted.setdefault(path_suffix, deque())
         for _ in range(times):
             queue.append((status, body, headers or {}))
+
+    def stall(self, path_suffix: str, *, posted: bool, times: int = 1) -> None:
+        """The next `times` requests whose path ends with `path_suffix` get no answer until release() (or
+        STALL_LIMIT): posted=True acts on the request first (a platform that posted and then went slow), posted=False
+        never does (a platform that hangs)."""
+        self._release.clear()
+        queue = self.stalls.setdefault(path_suffix, deque())
+        for _ in range(times):
+            queue.append(posted)
+
+    def release(self) -> None:
+        """Answer every stalled request now (the clients have usually given up on them by then)."""
+        self._release.set()
+
+    def copies(self, chat: str | None = None) -> list[Call]:
+        """The messages users see: posted sends, one per idempotency key where the platform honours one."""
+        seen: set[str] = set()
+        out = []
+        for call in self.sends(chat):
+            key = call.idempotency_key()
+            if not call.posted or (key is not None and key in seen):
+                continue
+            if key is not None:
+                seen.add(key)
+            out.append(call)
+        return out
 
     def revoke_tokens(self) -> None:
         self.valid_tokens.clear()
@@ -162,6 +209,8 @@ class PlatformStandIn:
             return 200, {"processQueryKey": f"q{next(self._numbers)}"}
         if path.startswith("/robot/sendBySession"):
             return 200, {"errcode": 0, "errmsg": "ok"}
+        if path == "/generic/replies":
+            return 200, {"ok": True}
         if path == "/v1.0/gateway/connections/open":
             return 200, {"endpoint": f"ws://127.0.0.1:{self.port}/stream", "ticket": "ticket-1"}
         return 404, {"error": f"stand-in has no {method} {path}"}
@@ -206,11 +255,36 @@ class PlatformStandIn:
                 body,
             )
             standin.calls.append(call)
+            is_send = call.path.endswith(SEND_PATHS) and call.method == "POST"
+            if call.path == "/generic/replies":
+                try:
+                    Webhook(SECRET).verify(raw, call.headers, json_parse=False)
+                except WebhookVerificationError:
+                    return JSONResponse({"error": "bad signature"}, status_code=401)
+            for suffix, stalls in standin.stalls.items():
+                if call.path.endswith(suffix) and stalls:
+                    call.posted = stalls.popleft() and is_send
+                    deadline = time.monotonic() + STALL_LIMIT
+                    while not standin._release.is_set() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                    status, answer = standin._answer(call.method, call.path, call.query, call.headers)
+                    return JSONResponse(answer, status_code=status)
             for suffix, queue in standin.scripted.items():
                 if call.path.endswith(suffix) and queue:
                     status, answer, headers = queue.popleft()
+                    call.posted = is_send and status < 300
                     return JSONResponse(answer, status_code=status, headers=headers)
             status, answer = standin._answer(call.method, call.path, call.query, call.headers)
+            # Token-less or rejected sends answer 200 with an error code on some platforms: posted means "ok".
+            call.posted = is_send and status < 300 and _accepted(answer)
             return JSONResponse(answer, status_code=status)
 
         return app
+
+
+def _accepted(answer: Any) -> bool:
+    if not isinstance(answer, dict):
+        return True
+    if answer.get("ok") is False:  # Slack, Telegram
+        return False
+    return answer.get("errcode", 0) == 0 and answer.get("code", 0) == 0  # WeCom/DingTalk webhook, Feishu

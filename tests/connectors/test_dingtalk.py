@@ -9,6 +9,7 @@ import json
 import pytest
 
 from ai_assistant.connectors.dingtalk import DingTalkConfig, DingTalkConnector
+from ai_assistant.errors import DeliveryFailed
 from ai_assistant.messages import InboundMessage, OutboundText
 from tests.connectors import producers as p
 from tests.connectors.cases import DINGTALK
@@ -57,7 +58,9 @@ def _connector(platform: PlatformStandIn, **extra: object) -> DingTalkConnector:
     return DingTalkConnector("bot", DingTalkConfig.model_validate({**DINGTALK.options(platform.base), **extra}))
 
 
-def _question(platform: PlatformStandIn, *, group: bool, webhook_ttl_s: int) -> InboundMessage:
+def _question(platform: PlatformStandIn, *, group: bool, webhook_ttl_s: int, authentic: bool = False) -> InboundMessage:
+    """A question as read from an HTTP callback (authentic=False: only the timestamp was signed) or from a Stream
+    frame (authentic=True)."""
     data = p.dingtalk_message(
         "m1",
         group=group,
@@ -65,7 +68,7 @@ def _question(platform: PlatformStandIn, *, group: bool, webhook_ttl_s: int) -> 
         session_webhook=f"{platform.base}/robot/sendBySession?session=s1",
     )
     connector = _connector(platform)
-    msg = connector.read(data)
+    msg = connector.read(data, authentic=authentic)
     assert msg is not None
     return msg
 
@@ -88,11 +91,11 @@ async def test_reply_through_the_session_webhook_while_valid(platform: PlatformS
 
 
 @pytest.mark.anyio
-async def test_expired_session_webhook_falls_back_to_the_openapi(platform: PlatformStandIn) -> None:
+async def test_expired_session_webhook_falls_back_to_the_openapi_for_stream_messages(platform: PlatformStandIn) -> None:
     c = _connector(platform)
     try:
-        direct = _question(platform, group=False, webhook_ttl_s=-10)
-        group = _question(platform, group=True, webhook_ttl_s=-10)
+        direct = _question(platform, group=False, webhook_ttl_s=-10, authentic=True)
+        group = _question(platform, group=True, webhook_ttl_s=-10, authentic=True)
         await c.send(OutboundText("bot", "cidSingle001==", "to you", 1, 1, "m1:1", direct))
         await c.send(OutboundText("bot", "cidGroup001==", "to all", 1, 1, "m2:1", group))
     finally:
@@ -105,6 +108,55 @@ async def test_expired_session_webhook_falls_back_to_the_openapi(platform: Platf
     [token] = platform.token_calls()
     assert token.body == {"appKey": p.DT_APP_KEY, "appSecret": p.DT_APP_SECRET}
     assert {one.headers["x-acs-dingtalk-access-token"], many.headers["x-acs-dingtalk-access-token"]} == {"dt-1"}
+
+
+@pytest.mark.anyio
+async def test_http_callbacks_are_answered_only_through_their_session_webhook(platform: PlatformStandIn) -> None:
+    """An HTTP callback's conversationId and senderStaffId are not signed: once its sessionWebhook has expired the
+    answer is refused, never sent to those ids through the OpenAPI (they could name any chat the robot is in)."""
+    c = _connector(platform)
+    try:
+        for group in (False, True):
+            question = _question(platform, group=group, webhook_ttl_s=-10)
+            with pytest.raises(DeliveryFailed, match="sessionWebhook has expired"):
+                await c.send(OutboundText("bot", question.chat_id, "answer", 1, 1, "m1:1", question))
+    finally:
+        await c.aclose()
+    assert platform.calls == []  # not even a token was asked for
+
+
+@pytest.mark.anyio
+async def test_a_reply_never_goes_to_another_conversation(platform: PlatformStandIn) -> None:
+    c = _connector(platform)
+    question = _question(platform, group=False, webhook_ttl_s=3600, authentic=True)
+    try:
+        with pytest.raises(DeliveryFailed, match="only to the conversation of its question"):
+            await c.send(OutboundText("bot", "cidSomeOtherGroup==", "answer", 1, 1, "m1:1", question))
+    finally:
+        await c.aclose()
+    assert platform.calls == []
+
+
+@pytest.mark.anyio
+async def test_notifications_go_to_the_configured_chat(platform: PlatformStandIn) -> None:
+    """No question, so no sessionWebhook: a notification or routed copy goes to the chat the operator configured."""
+    c = _connector(platform)
+    try:
+        await c.send(OutboundText("bot", "cidOpsGroup==", "disk almost full", 1, 1, "alert-1:1"))
+    finally:
+        await c.aclose()
+    [sent] = platform.sends()
+    assert sent.path == "/v1.0/robot/groupMessages/send" and sent.body["openConversationId"] == "cidOpsGroup=="
+
+
+def test_http_callback_without_session_webhook_is_refused(make_app: AppFactory, platform: PlatformStandIn) -> None:
+    app = make_app(DINGTALK.options(platform.base))
+    body = p.dingtalk_message("msg-nohook")
+    del body["sessionWebhook"]
+    resp = app.send(p.dingtalk_request(body))
+    assert resp.status_code == 400
+    assert resp.json()["detail"].startswith("sessionWebhook: required field is missing")
+    assert app.jobs() == []
 
 
 def _stream_options(platform: PlatformStandIn) -> dict[str, object]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..connectors.base import Connector
 from ..errors import ConfigError
+from ..messages import OutboundText
 from ..registry import Kind, Registry
 from ..settings import _read_yaml, expand_env
 from .base import OutputChannel
@@ -32,6 +33,12 @@ class RoutedChannel:
 
     def wants(self, connector: str) -> bool:
         return "*" in self.answers_from or connector in self.answers_from
+
+    def deliveries(self, part: OutboundText) -> list[tuple[OutputChannel, OutboundText]]:
+        """The entries this channel's copy adds to a delivery plan: one per piece where the channel sends in pieces
+        (a `pieces(part)` method, as the connector channel has), so each piece is checkpointed like a reply part."""
+        pieces = getattr(self.channel, "pieces", None)
+        return [(self.channel, p) for p in (pieces(part) if callable(pieces) else [part])]
 
 
 def load_channels(config_dir: Path, registry: Registry, connectors: Mapping[str, Connector]) -> list[RoutedChannel]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..connectors.base import Connector
-from ..errors import DeliveryFailed
+from ..errors import DeliveryFailed, DeliveryUncertain
 from ..messages import OutboundText
 from ..observability import DELIVERIES
 from ..store import StateStore
@@ -32,6 +32,10 @@ class Notifier:
                 await connector.send(
                     OutboundText(connector_name, chat_id, piece, i, len(parts), f"{idempotency_key}:{i}")
                 )
+        except DeliveryUncertain:
+            # It may have been posted: the key stays remembered, so the sender's next repeat does not post it twice.
+            DELIVERIES.labels(connector=connector_name, outcome="unconfirmed").inc()
+            raise
         except DeliveryFailed:
             DELIVERIES.labels(connector=connector_name, outcome="failed").inc()
             await self._store.forget(f"notify:{idempotency_key}")  # so that the sender's next repeat tries again

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..connectors.base import Connector
-from ..errors import DeliveryFailed
+from ..errors import DeliveryFailed, DeliveryUncertain
 from ..messages import OutboundText
 from ..observability import DELIVERIES
 
@@ -22,6 +22,9 @@ class ReplyChannel:
             raise DeliveryFailed(f"connector {part.connector!r} is not configured any more")
         try:
             await connector.send(part)
+        except DeliveryUncertain:
+            DELIVERIES.labels(connector=part.connector, outcome="unconfirmed").inc()
+            raise
         except DeliveryFailed:
             DELIVERIES.labels(connector=part.connector, outcome="failed").inc()
             raise

@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
 from ..connectors.base import Connector
+from ..connectors.outbound import may_have_been_sent, retry_after
 from ..errors import DeliveryFailed
 from ..messages import OutboundText
-from ..observability import DELIVERIES
+from ..observability import AMBIGUOUS_SENDS, DELIVERIES
 from .connector import validate_channel_options
 
 
@@ -80,10 +81,18 @@ class WebhookChannel:
             resp = await self._client.post(self.config.url, content=body.encode(), headers=headers)
         except httpx.HTTPError as exc:
             DELIVERIES.labels(connector=self.name, outcome="failed").inc()
+            if may_have_been_sent(exc):
+                # Safe to send again: the receiver de-duplicates on webhook-id, which stays the same.
+                AMBIGUOUS_SENDS.labels(connector=self.name, handling="resent").inc()
             raise DeliveryFailed(f"channel {self.name}: webhook unreachable ({type(exc).__name__})") from None
         if resp.status_code >= 300:
             DELIVERIES.labels(connector=self.name, outcome="failed").inc()
-            raise DeliveryFailed(f"channel {self.name}: webhook answered HTTP {resp.status_code}")
+            if resp.status_code == 504:  # a gateway gave up on a receiver that may have it: the same id goes again
+                AMBIGUOUS_SENDS.labels(connector=self.name, handling="resent").inc()
+            raise DeliveryFailed(
+                f"channel {self.name}: webhook answered HTTP {resp.status_code}",
+                retry_after=retry_after(resp) if resp.status_code in (429, 503) else None,
+            )
         DELIVERIES.labels(connector=self.name, outcome="sent").inc()
 
     def secrets(self) -> list[str]:

@@ -29,6 +29,9 @@ class ConnectorConfig(BaseModel):
         default_factory=list, description="if set, only these source networks may call the webhook"
     )
     group_mention_only: bool = True
+    http_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="how long an outbound call waits for the platform's answer (connect: 5 s)"
+    )
 
 
 class Connector(ABC):
@@ -58,7 +61,8 @@ class Connector(ABC):
     @property
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+            timeout = self.config.http_timeout_seconds
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)))
         return self._http
 
     def split(self, text: str) -> list[str]:

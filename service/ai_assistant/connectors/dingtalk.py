@@ -3,15 +3,18 @@
 HTTP inbound: headers `timestamp` (ms) and `sign` = Base64(HMAC-SHA256(key=app_secret, timestamp + "\\n" + app_secret)),
 within DingTalk's 1-hour window. The signature does NOT cover the body: anyone holding one captured (timestamp, sign)
 pair could post any body for an hour. So the body's `robotCode` must be ours, `msgId` is de-duplicated, and answers
-only ever go to a `sessionWebhook` on DingTalk's own hosts (or this connector's api_base): an injected sessionWebhook
-cannot carry answers elsewhere (docs/adr/0071-im-connectors.md).
+only ever go to the callback's `sessionWebhook` on DingTalk's own hosts (or this connector's api_base): DingTalk binds
+that URL to the conversation the message came from, while the body's conversationId and senderStaffId are whatever the
+poster wrote. A callback without a sessionWebhook is refused, and once the sessionWebhook has expired an answer is
+refused rather than sent to those ids (docs/adr/0071-im-connectors.md).
 
 Stream mode (`mode: stream`, no public URL needed): the official dingtalk-stream SDK's frames and handler classes on a
 WebSocket this connector opens to the gateway; each robot message is de-duplicated and durably queued through
 `sink` before its frame is acknowledged, so a redelivered frame is answered once.
 
-Outbound: the message's sessionWebhook while it is valid, else the robot OpenAPI (1:1 batchSend / group send) with an
-accessToken cached and refreshed 5 minutes early.
+Outbound: the message's sessionWebhook while it is valid, else, for Stream messages (the whole frame arrives on the
+connection we opened with the app secret, so its ids are DingTalk's) and for notifications to a configured chat, the
+robot OpenAPI (1:1 batchSend / group send) with an accessToken cached and refreshed 5 minutes early.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedReques
 from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, same
-from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after
+from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after, server_error
 from .tokens import CachedToken
 
 log = logging.getLogger(__name__)
@@ -92,17 +95,22 @@ class DingTalkConnector(Connector):
         expected = base64.b64encode(hmac.new(secret.encode(), f"{ts}\n{secret}".encode(), hashlib.sha256).digest())
         if not same(expected, request.headers.get("sign", "")):
             raise SignatureInvalid("sign does not match timestamp and app_secret")
-        message = self.read(load_json(request.body))
+        message = self.read(load_json(request.body), authentic=False)
         return Verdict(messages=[message] if message else [])
 
-    def read(self, data: dict[str, Any]) -> InboundMessage | None:
+    def read(self, data: dict[str, Any], *, authentic: bool) -> InboundMessage | None:
         """A robot message body (HTTP body or Stream frame data) -> InboundMessage, with the pins that make up for the
-        unsigned body."""
+        unsigned body. `authentic`: the body itself is known to come from DingTalk (a Stream frame), so replies may
+        also go to its conversationId / senderStaffId; otherwise only to its sessionWebhook."""
         if data.get("robotCode") != self.config.robot_code:
             raise Forbidden("robotCode is not this connector's robot_code")
         if self.config.corp_id and data.get("chatbotCorpId") != self.config.corp_id:
             raise Forbidden("chatbotCorpId is not this connector's corp_id")
         webhook = data.get("sessionWebhook")
+        if webhook is None and not authentic:
+            raise MalformedRequest(
+                "sessionWebhook: required field is missing (the only reply address an unsigned callback body can give)"
+            )
         if webhook is not None and not self._reply_allowed(webhook):
             raise Forbidden("sessionWebhook is not on a DingTalk host")
         try:
@@ -129,6 +137,8 @@ class DingTalkConnector(Connector):
                 "session_webhook_expires_ms": data.get("sessionWebhookExpiredTime"),
                 "staff_id": msg.sender_staff_id,
                 "conversation_type": msg.conversation_type,
+                # Whether conversationId and staff_id may be replied to once the sessionWebhook has expired.
+                "ids_authentic": authentic,
             },
         )
 
@@ -170,6 +180,7 @@ class DingTalkConnector(Connector):
                         "ua": "ai-assistant",
                     },
                     limited=False,
+                    idempotent=True,  # posts nothing
                 )
                 uri = f"{conn['endpoint']}?ticket={quote_plus(conn['ticket'])}"
                 async with websockets.connect(uri) as ws:
@@ -200,6 +211,7 @@ class DingTalkConnector(Connector):
             json={"appKey": self.config.app_key, "appSecret": self.config.app_secret.get_secret_value()},
             check=_check,
             limited=False,
+            idempotent=True,  # posts nothing
         )
         token = body.get("accessToken")
         if not isinstance(token, str):
@@ -207,9 +219,19 @@ class DingTalkConnector(Connector):
         return token, float(body.get("expireIn", 7200))
 
     async def send(self, part: OutboundText) -> None:
-        ctx = part.in_reply_to.reply_context if part.in_reply_to else {}
+        question = part.in_reply_to
+        ctx = question.reply_context if question else {}
+        if question is not None and part.chat_id != question.chat_id:
+            raise DeliveryFailed(f"{self.name}: refused: a reply goes only to the conversation of its question")
         webhook, expires = ctx.get("session_webhook"), ctx.get("session_webhook_expires_ms")
         fresh = isinstance(expires, int) and expires / 1000 > time.time() + 30
+        if question is not None and ctx.get("ids_authentic") is not True and not (webhook and fresh):
+            # The ids below came in an unsigned body: sending there could put the answer into any conversation the
+            # robot is in. Only the sessionWebhook is bound to the question's conversation, and it has expired.
+            raise DeliveryFailed(
+                f"{self.name}: refused: the sessionWebhook has expired and the callback's conversationId is not "
+                "signed, so the answer is not sent anywhere else (use mode: stream for answers slower than ~1.5 h)"
+            )
         if webhook and fresh and self._reply_allowed(webhook):
             await self.api.call(
                 "POST",
@@ -266,7 +288,8 @@ class _StreamHandler(ChatbotHandler):  # type: ignore[misc]
     async def process(self, callback: Any) -> tuple[int, str]:
         name = self.connector.name
         try:
-            message = self.connector.read(callback.data if isinstance(callback.data, dict) else {})
+            # The frame came down the WebSocket we opened with the app secret: its body is DingTalk's own.
+            message = self.connector.read(callback.data if isinstance(callback.data, dict) else {}, authentic=True)
         except RejectedRequest as exc:
             log.warning("%s: stream message refused: %s", name, exc.detail)
             return AckMessage.STATUS_OK, "refused"  # acknowledged so DingTalk does not redeliver what we refuse
@@ -301,7 +324,7 @@ def _check(resp: httpx.Response) -> Any:
     if isinstance(code, str) and code.startswith("Throttling"):
         raise Retry(code, throttled=True)
     if resp.status_code >= 500:
-        raise Retry(f"HTTP {resp.status_code}")
+        server_error(resp)
     if resp.status_code >= 300 or body is None:
         raise Fatal(f"HTTP {resp.status_code} {code or ''}".strip())
     errcode = body.get("errcode", 0)  # sessionWebhook answers use the old {errcode, errmsg} shape

@@ -36,7 +36,16 @@ from ..errors import DeliveryFailed, Forbidden, MalformedRequest, SignatureInval
 from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, obj, same
-from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, default_check, retry_after
+from .outbound import (
+    Fatal,
+    OutboundOptions,
+    PlatformAPI,
+    Retry,
+    TokenRejected,
+    default_check,
+    retry_after,
+    server_error,
+)
 from .splitting import utf8_bytes
 from .tokens import CachedToken
 
@@ -116,6 +125,7 @@ class FeishuConnector(Connector):
                     auth=lambda t: {"headers": {"Authorization": f"Bearer {t}"}},
                     check=_check,
                     limited=False,
+                    idempotent=True,  # posts nothing
                 )
                 self.bot_open_id = str(body["bot"]["open_id"])
             except (DeliveryFailed, KeyError, TypeError) as exc:
@@ -225,6 +235,7 @@ class FeishuConnector(Connector):
             json={"app_id": self.config.app_id, "app_secret": self.config.app_secret.get_secret_value()},
             check=_check,
             limited=False,
+            idempotent=True,  # posts nothing
         )
         token = body.get("tenant_access_token")
         if not isinstance(token, str):
@@ -260,6 +271,7 @@ class FeishuConnector(Connector):
             json=body,
             params=params,
             check=_check,
+            idempotent=True,  # Feishu posts one message per uuid within an hour however often it is sent
         )
 
 
@@ -308,5 +320,5 @@ def _check(resp: httpx.Response) -> Any:
     if code in _THROTTLE_CODES:
         raise Retry(f"code {code} (rate limited)", throttled=True)
     if resp.status_code >= 500:
-        raise Retry(f"HTTP {resp.status_code}")
+        server_error(resp)
     raise Fatal(f"code {code}: {str(body.get('msg', ''))[:200] if isinstance(body, dict) else ''}")

@@ -3,7 +3,8 @@
 Inbound:  POST with `webhook-id`, `webhook-timestamp`, `webhook-signature` (v1, HMAC-SHA256 over "id.ts.body",
           5-minute tolerance) and body {"type":"message","event_id","chat_id","user_id","text"}.
 Outbound: signed POSTs to `reply_url` with {"event_id","chat_id","text","part","parts"} and a `webhook-id` derived
-          from the event id and part, so a receiver can de-duplicate retries.
+          from the event id and part. Standard Webhooks receivers de-duplicate on `webhook-id`, so a send that may have
+          arrived (a read timeout) is sent again with the same id rather than given up.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from ..errors import DeliveryFailed, MalformedRequest, SignatureInvalid, StaleRequest
+from ..errors import MalformedRequest, SignatureInvalid, StaleRequest
 from ..messages import Ack, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
+from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, retry_after, server_error
 
 
-class GenericIMConfig(ConnectorConfig):
+class GenericIMConfig(ConnectorConfig, OutboundOptions):
     platform: Literal["generic_im"] = "generic_im"
     app_id: str | None = None
     app_secret: SecretStr = Field(description="the Standard Webhooks secret, whsec_<base64>")
     reply_url: str = Field(description="where answers are POSTed")
+    rate_limit_per_second: float = Field(500.0, gt=0)  # our own receiver: no platform limit to respect
 
     @field_validator("app_secret")
     @classmethod
@@ -87,6 +90,7 @@ class GenericIMConnector(Connector):
     def __init__(self, name: str, config: GenericIMConfig) -> None:
         super().__init__(name, config)
         self._webhook = Webhook(config.app_secret.get_secret_value())
+        self.api = PlatformAPI(name, config, lambda: self.http)
 
     async def verify(self, request: RawRequest) -> Verdict:
         try:
@@ -129,9 +133,22 @@ class GenericIMConnector(Connector):
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": self._webhook.sign(msg_id, now, body),
         }
-        try:
-            resp = await self.http.post(self.config.reply_url, content=body.encode(), headers=headers)
-        except httpx.HTTPError as exc:
-            raise DeliveryFailed(f"{self.name}: reply_url unreachable ({type(exc).__name__})") from None
-        if resp.status_code >= 300:
-            raise DeliveryFailed(f"{self.name}: reply_url answered HTTP {resp.status_code}")
+        await self.api.call(
+            "POST",
+            self.config.reply_url,
+            endpoint="reply_url",
+            chat=part.chat_id,
+            content=body.encode(),
+            headers=headers,
+            check=_check,
+            idempotent=True,  # the same webhook-id on every try: the receiver keeps one copy
+        )
+
+
+def _check(resp: httpx.Response) -> None:
+    if resp.status_code == 429:
+        raise Retry("HTTP 429", retry_after(resp), throttled=True)
+    if resp.status_code >= 500:
+        server_error(resp)
+    if resp.status_code >= 300:
+        raise Fatal(f"HTTP {resp.status_code}")

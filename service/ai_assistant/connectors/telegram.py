@@ -22,7 +22,7 @@ from ..errors import DeliveryFailed, MalformedRequest, SignatureInvalid
 from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import inbound, load_json, obj, same
-from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check
+from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check, server_error
 from .splitting import utf16_units
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,12 @@ class TelegramConnector(Connector):
         if self.username is None:
             try:
                 me = await self.api.call(
-                    "POST", f"{self._bot_url}/getMe", endpoint="getMe", check=_check, limited=False
+                    "POST",
+                    f"{self._bot_url}/getMe",
+                    endpoint="getMe",
+                    check=_check,
+                    limited=False,
+                    idempotent=True,  # posts nothing
                 )
                 self.username = str(me["result"]["username"]).lower()
             except (DeliveryFailed, KeyError, TypeError) as exc:
@@ -141,6 +146,6 @@ def _check(resp: httpx.Response) -> Any:
         after = params.get("retry_after")
         raise Retry("HTTP 429", float(after) if isinstance(after, int | float) else None, throttled=True)
     if resp.status_code >= 500:
-        raise Retry(f"HTTP {resp.status_code}")
+        server_error(resp)
     description = str(body.get("description", ""))[:200] if isinstance(body, dict) else ""
     raise Fatal(f"HTTP {resp.status_code}: {description}")

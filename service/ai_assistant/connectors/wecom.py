@@ -150,6 +150,7 @@ class WeComConnector(Connector):
             params={"corpid": self.config.corp_id, "corpsecret": self.config.secret.get_secret_value()},
             check=_check,
             limited=False,
+            idempotent=True,  # posts nothing
         )
         token = body.get("access_token")
         if not isinstance(token, str):
