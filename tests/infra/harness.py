@@ -64,6 +64,11 @@ class Run:
     invokes: list[str] = field(default_factory=list)
     exports: dict[str, tuple[Any, bool]] = field(default_factory=dict)  # name -> (value, is_secret)
     generated_secrets: list[str] = field(default_factory=list)
+    # (type, name) -> the ResourceOptions the program passed (protect, ignore_changes, ...); mocks never see them.
+    options: dict[tuple[str, str], pulumi.ResourceOptions] = field(default_factory=dict)
+
+    def opts(self, r: Res) -> pulumi.ResourceOptions:
+        return self.options.get((r.typ, r.name)) or pulumi.ResourceOptions()
 
     def of(self, typ: str) -> list[Res]:
         return [r for r in self.resources if r.typ == typ]
@@ -243,6 +248,21 @@ def run_program(
     psettings.ROOT.set(None)
     pulumi.runtime.set_mocks(Recorder(run), project=PROJECT, stack="test", preview=False)
 
+    original_init = pulumi.CustomResource.__init__
+
+    def recording_init(self: Any, t: str, name: str, props: Any = None, opts: Any = None, *a: Any, **kw: Any) -> None:
+        run.options[(t, name)] = opts or pulumi.ResourceOptions()
+        original_init(self, t, name, props, opts, *a, **kw)
+
+    pulumi.CustomResource.__init__ = recording_init  # type: ignore[method-assign]
+    try:
+        _run_main(run, repo_root, via_main)
+    finally:
+        pulumi.CustomResource.__init__ = original_init  # type: ignore[method-assign]
+    return run
+
+
+def _run_main(run: Run, repo_root: Path | None, via_main: bool) -> None:
     # The same loop pulumi's own @pulumi.runtime.test uses: the root stack's futures are bound to it.
     if via_main:
         # As the Pulumi CLI does: run the program directory's __main__.py as a script.
@@ -256,7 +276,6 @@ def run_program(
     stack = psettings.get_root_resource()
     for k, v in dict(getattr(stack, "outputs", {}) or {}).items():
         run.exports[k] = _sync_await(_resolve(v))
-    return run
 
 
 __all__ = ["BASE", "SSH_KEY", "Recorder", "Res", "Run", "config_for", "is_secret", "pmocks", "run_program", "unwrap"]
