@@ -126,6 +126,9 @@ class SecurityGroups(pulumi.ComponentResource):
         def group(role: str, description: str) -> aws.ec2.SecurityGroup:
             return aws.ec2.SecurityGroup(
                 f"{name}-{role}",
+                # Explicit prefix: the auto-name would start with the logical name, and AWS refuses group names that
+                # start with sg- (tests/infra/test_provider_rules.py).
+                name_prefix=f"ai-assistant-{role}-",
                 vpc_id=vpc.id,
                 description=description,
                 tags={"ai-assistant:role": role},

@@ -904,7 +904,7 @@ RULES: list[Rule] = [
         "ALB instance: name 2..128 from a letter of letters, digits, . _ -; zone mappings in at least two zones",
         f"{ALB_API}/api-alb-2020-06-16-createloadbalancer",
         _ali_alb,
-        ("alicloud:alb/loadBalancer:LoadBalancer", "l", {"loadBalancerName": "lb", "zoneMappings": [{}, {}]}),
+        ("alicloud:alb/loadBalancer:LoadBalancer", "l", {"loadBalancerName": "lb", "zoneMappings": [{}]}),
     ),
     Rule(
         ("alicloud:alb/serverGroup:ServerGroup",),
