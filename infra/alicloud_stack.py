@@ -173,6 +173,7 @@ class BackupBuckets(pulumi.ComponentResource):
 
     @staticmethod
     def _bucket(name: str, conf: InfraConfig, opts: pulumi.ResourceOptions) -> ali.oss.Bucket:
+        # The last copy after a disaster: protected, and kept when the stack is destroyed (docs/infra.md).
         bucket = ali.oss.Bucket(
             name,
             versioning=ali.oss.BucketVersioningArgs(status="Enabled"),
@@ -189,7 +190,7 @@ class BackupBuckets(pulumi.ComponentResource):
                     abort_multipart_uploads=[ali.oss.BucketLifecycleRuleAbortMultipartUploadArgs(days=7)],
                 )
             ],
-            opts=opts,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=True, retain_on_delete=True)),
         )
         o = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[bucket]))
         ali.oss.BucketAcl(name, bucket=bucket.bucket, acl="private", opts=o)
@@ -372,14 +373,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
     backups = BackupBuckets("backup", conf, replica_provider, popts)
     hosts_parent = HostsGroup("hosts", popts)
     child = pulumi.ResourceOptions(parent=hosts_parent)
-    image = (
-        conf.image_id
-        or ali.ecs.get_images_output(
-            name_regex="^debian_12", owners="system", most_recent=True, opts=pulumi.InvokeOptions(provider=provider)
-        )
-        .images[0]
-        .id
-    )
+    image = conf.image_id
     key = (
         ali.ecs.EcsKeyPair("admin", key_pair_name=f"{stack}-admin", public_key=conf.ssh_public_key, opts=child)
         if conf.ssh_public_key
@@ -418,7 +412,12 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
             system_disk_encrypted=True,
             data_disks=[
                 ali.ecs.InstanceDataDiskArgs(
-                    name=f"{host}-data", size=disk_gib, category="cloud_essd", encrypted=True, delete_with_instance=True
+                    name=f"{host}-data",
+                    size=disk_gib,
+                    category="cloud_essd",
+                    encrypted=True,
+                    # A data host's disk outlives the instance, so even a deliberate replacement leaves the data.
+                    delete_with_instance=role != "data",
                 )
             ]
             if role != "bastion"
@@ -439,7 +438,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
                 "ai-assistant:zone": conf.zones[zi],
                 **({"ai-assistant:color": color} if color else {}),
             },
-            opts=child,
+            opts=host_options(role, hosts_parent),
         )
         if role != "bastion":
             hosts.append(Host(host, role, conf.zones[zi], color, inst.private_ip, inst))
@@ -631,6 +630,21 @@ def _alicloud_ecs_inventory(conf: InfraConfig, stack: str) -> str:
         },
     }
     return json.dumps(doc, indent=2)
+
+
+# Inputs day-to-day config must not touch on a running host: a new image_id re-images the system disk in place, and
+# user data only matters at first boot. An image bump reaches new hosts (a new colour, scaling launches) and a host
+# only when it is replaced on purpose (`pulumi up --replace <urn>`).
+HOST_IGNORE = ["image_id", "user_data"]
+# Data hosts also keep their disks as created (a data_disks change forces a new instance).
+DATA_HOST_IGNORE = [*HOST_IGNORE, "data_disks", "system_disk_size", "system_disk_category"]
+
+
+def host_options(role: NodeRole, parent: pulumi.Resource) -> pulumi.ResourceOptions:
+    """Data hosts hold Weaviate, monitoring history and the backup staging area: protected, never replaced by drift."""
+    if role == "data":
+        return pulumi.ResourceOptions(parent=parent, protect=True, ignore_changes=DATA_HOST_IGNORE)
+    return pulumi.ResourceOptions(parent=parent, ignore_changes=HOST_IGNORE)
 
 
 class HostsGroup(pulumi.ComponentResource):

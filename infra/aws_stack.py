@@ -27,7 +27,6 @@ from infra.inventory import Host
 from infra.tiers import CATALOGUE, GPU_DISK_GIB, NodeRole, instance_type
 
 WORLD_V4 = "0.0.0.0/0"
-DEBIAN_OWNER = "136693071363"  # Debian's official AWS account (wiki.debian.org/Cloud/AmazonEC2Image)
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 
 
@@ -279,7 +278,13 @@ class BackupBuckets(pulumi.ComponentResource):
 
     @staticmethod
     def _bucket(name: str, conf: InfraConfig, opts: pulumi.ResourceOptions) -> tuple[aws.s3.Bucket, pulumi.Resource]:
-        bucket = aws.s3.Bucket(name, force_destroy=False, opts=opts)
+        # Backups are the last copy after a disaster: `pulumi destroy` must neither fail half-way on them nor delete
+        # them (protect stops an accidental delete; retain_on_delete keeps the bucket when a stack is torn down).
+        bucket = aws.s3.Bucket(
+            name,
+            force_destroy=False,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=True, retain_on_delete=True)),
+        )
         o = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[bucket]))
         aws.s3.BucketPublicAccessBlock(
             name,
@@ -358,14 +363,34 @@ class BackupBuckets(pulumi.ComponentResource):
         return bucket, versioning
 
 
-def _block_devices(disk_gib: int) -> tuple[Any, list[Any]]:
+def _block_devices(disk_gib: int, *, keep: bool) -> tuple[Any, list[Any]]:
+    """keep: the data disk outlives its instance (data hosts), so even a deliberate replacement leaves the data."""
     root = aws.ec2.InstanceRootBlockDeviceArgs(volume_type="gp3", volume_size=20, encrypted=True)
     data = [
         aws.ec2.InstanceEbsBlockDeviceArgs(
-            device_name="/dev/sdf", volume_type="gp3", volume_size=disk_gib, encrypted=True, delete_on_termination=True
+            device_name="/dev/sdf",
+            volume_type="gp3",
+            volume_size=disk_gib,
+            encrypted=True,
+            delete_on_termination=not keep,
         )
     ]
     return root, data
+
+
+# Inputs whose change would replace or reboot a host and that day-to-day config must not touch: an image bump
+# reaches new hosts (a new colour, a scaling group's launches) and a host only when it is replaced on purpose
+# (`pulumi up --replace <urn>`); cloud-init user data only matters at first boot anyway.
+HOST_IGNORE = ["ami", "user_data"]
+# Data hosts also keep their disks as created: any change to an inline EBS device forces a new instance.
+DATA_HOST_IGNORE = [*HOST_IGNORE, "ebs_block_devices", "root_block_device"]
+
+
+def host_options(role: NodeRole, parent: pulumi.Resource) -> pulumi.ResourceOptions:
+    """Data hosts hold Weaviate, monitoring history and the backup staging area: protected, never replaced by drift."""
+    if role == "data":
+        return pulumi.ResourceOptions(parent=parent, protect=True, ignore_changes=DATA_HOST_IGNORE)
+    return pulumi.ResourceOptions(parent=parent, ignore_changes=HOST_IGNORE)
 
 
 METADATA = aws.ec2.InstanceMetadataOptionsArgs(
@@ -475,21 +500,6 @@ class LoadBalancer(pulumi.ComponentResource):
         return validation.certificate_arn
 
 
-def _ami(conf: InfraConfig, provider: aws.Provider) -> str | pulumi.Output[str]:
-    if conf.image_id:
-        return conf.image_id
-    ami = aws.ec2.get_ami_output(
-        most_recent=True,
-        owners=[DEBIAN_OWNER],
-        filters=[
-            aws.ec2.GetAmiFilterArgs(name="name", values=["debian-12-amd64-*"]),
-            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-        ],
-        opts=pulumi.InvokeOptions(provider=provider),
-    )
-    return ami.id
-
-
 def build(conf: InfraConfig, stack: str) -> Deployment:
     provider = aws.Provider("aws", region=conf.region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack)))
     replica_provider = aws.Provider(
@@ -538,7 +548,7 @@ class Compute(pulumi.ComponentResource):
         super().__init__("ai-assistant:aws:Compute", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tier = CATALOGUE[conf.tier]
-        ami = _ami(conf, provider)
+        ami = conf.image_id
         key = (
             aws.ec2.KeyPair(f"{name}-admin", public_key=conf.ssh_public_key, opts=child)
             if conf.ssh_public_key
@@ -564,7 +574,7 @@ class Compute(pulumi.ComponentResource):
             https_from: list[str] | None = None,
             iam_profile: aws.iam.InstanceProfile | None = None,
         ) -> aws.ec2.Instance:
-            root, data = _block_devices(disk_gib)
+            root, data = _block_devices(disk_gib, keep=role == "data")
             inst = aws.ec2.Instance(
                 host,
                 ami=ami,
@@ -586,7 +596,7 @@ class Compute(pulumi.ComponentResource):
                     "ai-assistant:zone": conf.zones[zi],
                     **({"ai-assistant:color": color} if color else {}),
                 },
-                opts=child,
+                opts=host_options(role, self),
             )
             self.hosts.append(Host(host, role, conf.zones[zi], color, inst.private_ip, inst))
             self.ready.append(inst)
@@ -640,7 +650,7 @@ class Compute(pulumi.ComponentResource):
                     "aws", ssh_public_key=conf.ssh_public_key, ssh_sources=conf.admin_cidrs, data_disk=False
                 ),
                 tags={"Name": "bastion", "ai-assistant:role": "bastion"},
-                opts=child,
+                opts=host_options("bastion", self),
             )
             self.bastion_ip = bastion.public_ip
             self.ready.append(bastion)

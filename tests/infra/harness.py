@@ -64,6 +64,7 @@ class Run:
     invokes: list[str] = field(default_factory=list)
     exports: dict[str, tuple[Any, bool]] = field(default_factory=dict)  # name -> (value, is_secret)
     generated_secrets: list[str] = field(default_factory=list)
+    secret_names: dict[str, str] = field(default_factory=dict)  # generated value -> the generator's name
     # (type, name) -> the ResourceOptions the program passed (protect, ignore_changes, ...); mocks never see them.
     options: dict[tuple[str, str], pulumi.ResourceOptions] = field(default_factory=dict)
 
@@ -99,6 +100,7 @@ class Recorder(pulumi.runtime.Mocks):
         # Distinct per run and per resource, so a scan can find leaks of exactly these values.
         value = hashlib.sha256(f"{name}-{len(self.run.resources)}".encode()).hexdigest()[:40]
         self.run.generated_secrets.append(value)
+        self.run.secret_names[value] = name
         return value
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
@@ -157,10 +159,7 @@ class Recorder(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]] | dict[str, Any]:
         self.run.invokes.append(args.token)
-        if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": "ami-0debian12", "name": "debian-12-amd64-20261101", "architecture": "x86_64"}
-        if args.token == "alicloud:ecs/getImages:getImages":
-            return {"images": [{"id": "debian_12_x64_20G_alibase_20261101.vhd"}], "ids": ["debian_12_x64"]}
+        # No invoke is mocked: the program looks nothing up at plan time (images are pinned in the stack config).
         raise AssertionError(f"unmocked invoke {args.token}: add it to tests/infra/harness.py")
 
 
@@ -170,12 +169,14 @@ BASE: dict[str, dict[str, Any]] = {
         "zones": ["ap-southeast-1a", "ap-southeast-1b"],
         "backupRegion": "ap-northeast-1",
         "dnsZone": "Z0123456789EXAMPLE",
+        "imageId": "ami-0123456789abcdef0",
     },
     "alicloud": {
         "region": "cn-hangzhou",
         "zones": ["cn-hangzhou-h", "cn-hangzhou-i"],
         "backupRegion": "cn-shanghai",
         "certificateId": "12345678-cn-hangzhou",
+        "imageId": "debian_12_9_x64_20G_alibase_20250117.vhd",
     },
 }
 
