@@ -27,25 +27,38 @@ from infra.inventory import Host
 from infra.tiers import CATALOGUE, GPU_DISK_GIB, NodeRole, instance_type
 
 WORLD_V4 = "0.0.0.0/0"
+SCALE_CPU_TARGET = 60.0  # same target and warm-up as AWS (infra/aws_stack.py)
+SCALE_WARMUP_S = 600
 TLS_POLICY = "tls_cipher_policy_1_2_strict_with_1_3"
 
 
 class Network(pulumi.ComponentResource):
-    """VPC, a public and a private vSwitch per zone, an enhanced NAT gateway whose EIP is the egress address."""
+    """VPC, a public and a private vSwitch per zone, and an enhanced NAT gateway per zone whose EIP is that zone's
+    egress address: each private vSwitch routes through its own zone's NAT (a custom route table per vSwitch), so
+    losing a zone does not cut the other's egress (docs/adr/0034-one-state-across-zones.md)."""
 
-    def __init__(self, name: str, conf: InfraConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, conf: InfraConfig, tags: dict[str, str], opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("ai-assistant:alicloud:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cidrs = [str(n) for n in list(ipaddress.ip_network(conf.vpc_cidr).subnets(new_prefix=20))[:4]]
         self.public_cidrs, self.private_cidrs = cidrs[0:2], cidrs[2:4]
-        self.vpc = ali.vpc.Network(f"{name}-vpc", vpc_name=f"{name}-vpc", cidr_block=conf.vpc_cidr, opts=child)
+        self.vpc = ali.vpc.Network(
+            f"{name}-vpc", vpc_name=f"{name}-vpc", cidr_block=conf.vpc_cidr, tags=tags, opts=child
+        )
         self.public: list[ali.vpc.Switch] = []
         self.private: list[ali.vpc.Switch] = []
         for i, zone in enumerate(conf.zones):
             z = zone_suffix(zone)
             self.public.append(
                 ali.vpc.Switch(
-                    f"{name}-public-{z}", vpc_id=self.vpc.id, cidr_block=self.public_cidrs[i], zone_id=zone, opts=child
+                    f"{name}-public-{z}",
+                    vpc_id=self.vpc.id,
+                    cidr_block=self.public_cidrs[i],
+                    zone_id=zone,
+                    tags={**tags, "ai-assistant:zone": zone},
+                    opts=child,
                 )
             )
             self.private.append(
@@ -54,39 +67,77 @@ class Network(pulumi.ComponentResource):
                     vpc_id=self.vpc.id,
                     cidr_block=self.private_cidrs[i],
                     zone_id=zone,
+                    tags={**tags, "ai-assistant:zone": zone},
                     opts=child,
                 )
             )
-        self.nat = ali.vpc.NatGateway(
-            f"{name}-nat",
-            vpc_id=self.vpc.id,
-            vswitch_id=self.public[0].id,
-            nat_type="Enhanced",
-            payment_type="PayAsYouGo",
-            internet_charge_type="PayByLcu",
-            opts=child,
-        )
-        self.egress_eip = ali.ecs.EipAddress(
-            f"{name}-egress", internet_charge_type="PayByTraffic", bandwidth="100", opts=child
-        )
-        assoc = ali.ecs.EipAssociation(
-            f"{name}-egress", allocation_id=self.egress_eip.id, instance_id=self.nat.id, instance_type="Nat", opts=child
-        )
-        for i, sw in enumerate(self.private):
+        self.nats: list[ali.vpc.NatGateway] = []
+        self.egress_eips: list[ali.ecs.EipAddress] = []
+        for i, zone in enumerate(conf.zones):
+            z = zone_suffix(zone)
+            # The primary zone keeps the single NAT's logical names, so its EIP (on the allow-lists) stays.
+            suffix = "" if i == 0 else f"-{z}"
+            ztags = {**tags, "ai-assistant:zone": zone}
+            nat = ali.vpc.NatGateway(
+                f"{name}-nat{suffix}",
+                vpc_id=self.vpc.id,
+                vswitch_id=self.public[i].id,
+                nat_type="Enhanced",
+                payment_type="PayAsYouGo",
+                internet_charge_type="PayByLcu",
+                tags=ztags,
+                opts=child,
+            )
+            eip = ali.ecs.EipAddress(
+                f"{name}-egress{suffix}", internet_charge_type="PayByTraffic", bandwidth="100", tags=ztags, opts=child
+            )
+            assoc = ali.ecs.EipAssociation(
+                f"{name}-egress{suffix}", allocation_id=eip.id, instance_id=nat.id, instance_type="Nat", opts=child
+            )
             ali.vpc.SnatEntry(
-                f"{name}-snat-{zone_suffix(conf.zones[i])}",
-                snat_table_id=self.nat.snat_table_ids,
-                source_vswitch_id=sw.id,
-                snat_ip=self.egress_eip.ip_address,
+                f"{name}-snat-{z}",
+                snat_table_id=nat.snat_table_ids,
+                source_vswitch_id=self.private[i].id,
+                snat_ip=eip.ip_address,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[assoc]),
             )
-        self.register_outputs({"vpc_id": self.vpc.id, "egress_ip": self.egress_eip.ip_address})
+            # The system route table can send 0.0.0.0/0 to one NAT only: each private vSwitch gets its own table.
+            table = ali.vpc.RouteTable(
+                f"{name}-private-{z}",
+                vpc_id=self.vpc.id,
+                route_table_name=f"{name}-private-{z}",
+                associate_type="VSwitch",
+                tags=ztags,
+                opts=child,
+            )
+            ali.vpc.RouteTableAttachment(
+                f"{name}-private-{z}", route_table_id=table.id, vswitch_id=self.private[i].id, opts=child
+            )
+            ali.vpc.RouteEntry(
+                f"{name}-private-{z}-default",
+                route_table_id=table.id,
+                destination_cidrblock=WORLD_V4,
+                nexthop_type="NatGateway",
+                nexthop_id=nat.id,
+                opts=child,
+            )
+            self.nats.append(nat)
+            self.egress_eips.append(eip)
+        self.nat, self.egress_eip = self.nats[0], self.egress_eips[0]
+        self.register_outputs({"vpc_id": self.vpc.id, "egress_ips": [e.ip_address for e in self.egress_eips]})
 
 
 class SecurityGroups(pulumi.ComponentResource):
     """Same shape as on AWS: 443 to the ALB only; hosts from the ALB's vSwitches; SSH via the bastion."""
 
-    def __init__(self, name: str, conf: InfraConfig, net: Network, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        net: Network,
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("ai-assistant:alicloud:SecurityGroups", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -95,7 +146,7 @@ class SecurityGroups(pulumi.ComponentResource):
                 f"{name}-{role}",
                 security_group_name=f"{name}-{role}",
                 vpc_id=net.vpc.id,
-                tags={"ai-assistant:role": role},
+                tags={**tags, "ai-assistant:role": role},
                 opts=child,
             )
 
@@ -152,12 +203,17 @@ class BackupBuckets(pulumi.ComponentResource):
     """Private, versioned, encrypted OSS bucket with lifecycle rules, replicated to the backup region."""
 
     def __init__(
-        self, name: str, conf: InfraConfig, replica_provider: ali.Provider, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        conf: InfraConfig,
+        replica_provider: ali.Provider,
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ai-assistant:alicloud:BackupBuckets", name, None, opts)
-        self.bucket = self._bucket(f"{name}-primary", conf, pulumi.ResourceOptions(parent=self))
+        self.bucket = self._bucket(f"{name}-primary", conf, tags, pulumi.ResourceOptions(parent=self))
         self.replica = self._bucket(
-            f"{name}-replica", conf, pulumi.ResourceOptions(parent=self, provider=replica_provider)
+            f"{name}-replica", conf, tags, pulumi.ResourceOptions(parent=self, provider=replica_provider)
         )
         ali.oss.BucketReplication(
             f"{name}-replication",
@@ -172,11 +228,12 @@ class BackupBuckets(pulumi.ComponentResource):
         self.register_outputs({"bucket": self.bucket.bucket, "replica": self.replica.bucket})
 
     @staticmethod
-    def _bucket(name: str, conf: InfraConfig, opts: pulumi.ResourceOptions) -> ali.oss.Bucket:
+    def _bucket(name: str, conf: InfraConfig, tags: dict[str, str], opts: pulumi.ResourceOptions) -> ali.oss.Bucket:
         # The last copy after a disaster: protected, and kept when the stack is destroyed (docs/infra.md).
         bucket = ali.oss.Bucket(
             name,
             versioning=ali.oss.BucketVersioningArgs(status="Enabled"),
+            tags=tags,
             server_side_encryption_rule=ali.oss.BucketServerSideEncryptionRuleArgs(sse_algorithm="AES256"),
             lifecycle_rules=[
                 ali.oss.BucketLifecycleRuleArgs(
@@ -198,6 +255,11 @@ class BackupBuckets(pulumi.ComponentResource):
         return bucket
 
 
+# Liveness, not readiness: /readyz includes the model engine and the store, so their outage would mark every host
+# unhealthy at once (and an autoscaled group would replace them all for nothing).
+HEALTH_PATH = "/healthz"
+
+
 class LoadBalancer(pulumi.ComponentResource):
     """ALB (HTTPS 443) with one server group per (colour, zone); a catch-all rule forwards with the weights."""
 
@@ -208,6 +270,7 @@ class LoadBalancer(pulumi.ComponentResource):
         net: Network,
         groups: SecurityGroups,
         members: dict[tuple[Color, int], list[ali.ecs.Instance]] | None,
+        tags: dict[str, str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         """members=None: the assistant hosts belong to scaling groups, which attach and detach them themselves."""
@@ -222,6 +285,7 @@ class LoadBalancer(pulumi.ComponentResource):
             address_type="Internet",
             load_balancer_edition="Standard",
             load_balancer_billing_config=ali.alb.LoadBalancerLoadBalancerBillingConfigArgs(pay_type="PayAsYouGo"),
+            tags=tags,
             vpc_id=net.vpc.id,
             zone_mappings=[
                 ali.alb.LoadBalancerZoneMappingArgs(vswitch_id=sw.id, zone_id=zone)
@@ -243,7 +307,7 @@ class LoadBalancer(pulumi.ComponentResource):
                     server_group_type="Instance",
                     health_check_config=ali.alb.ServerGroupHealthCheckConfigArgs(
                         health_check_enabled=True,
-                        health_check_path="/readyz",
+                        health_check_path=HEALTH_PATH,
                         health_check_protocol="HTTPS",
                         health_check_codes=["http_2xx"],
                         health_check_interval=15,
@@ -256,7 +320,7 @@ class LoadBalancer(pulumi.ComponentResource):
                     ]
                     if members is not None
                     else None,
-                    tags={"ai-assistant:color": color, "ai-assistant:zone": zone},
+                    tags={**tags, "ai-assistant:color": color, "ai-assistant:zone": zone},
                     opts=group_opts,
                 )
         weights = traffic_weights(conf)
@@ -368,21 +432,24 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
     replica_provider = ali.Provider("alicloud-backup", region=conf.backup_region)
     popts = pulumi.ResourceOptions(provider=provider)
     tier = CATALOGUE[conf.tier]
-    net = Network("net", conf, popts)
-    groups = SecurityGroups("sg", conf, net, popts)
-    backups = BackupBuckets("backup", conf, replica_provider, popts)
+    # The provider has no default tags: every taggable resource gets the stack's tags here.
+    tags = {"ai-assistant:stack": stack, "ai-assistant:managed-by": "pulumi"}
+    net = Network("net", conf, tags, popts)
+    groups = SecurityGroups("sg", conf, net, tags, popts)
+    backups = BackupBuckets("backup", conf, replica_provider, tags, popts)
     hosts_parent = HostsGroup("hosts", popts)
     child = pulumi.ResourceOptions(parent=hosts_parent)
     image = conf.image_id
     key = (
-        ali.ecs.EcsKeyPair("admin", key_pair_name=f"{stack}-admin", public_key=conf.ssh_public_key, opts=child)
+        ali.ecs.EcsKeyPair(
+            "admin", key_pair_name=f"{stack}-admin", public_key=conf.ssh_public_key, tags=tags, opts=child
+        )
         if conf.ssh_public_key
         else None
     )
     backup_role = _backup_role(f"{stack}-data-backup", backups.bucket, child)
-    tags = {"ai-assistant:stack": stack, "ai-assistant:managed-by": "pulumi"}
     hosts: list[Host] = []
-    ready: list[pulumi.Resource] = [net.nat]
+    ready: list[pulumi.Resource] = [*net.nats]
 
     def instance(
         host: str,
@@ -478,7 +545,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
     if conf.admin_cidrs:
         bastion = instance("bastion", "bastion", 0, groups.bastion, 0, public=True, ssh_sources=list(conf.admin_cidrs))
         bastion_ip = bastion.public_ip
-    lb = LoadBalancer("lb", conf, net, groups, members, popts)
+    lb = LoadBalancer("lb", conf, net, groups, members, tags, popts)
     dynamic_inventory: pulumi.Output[str] | None = None
     dynamic_hosts = 0
     if conf.autoscaling:
@@ -505,6 +572,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         hosts=hosts,
         lb_address=lb.alb.dns_name,
         egress_ip=net.egress_eip.ip_address,
+        egress_ips=[e.ip_address for e in net.egress_eips],
         bastion_ip=bastion_ip,
         backup_bucket=backups.bucket.bucket,
         backup_replica_bucket=backups.replica.bucket,
@@ -582,7 +650,7 @@ def _assistant_scaling_group(
         template_tags=tags,
         opts=opts,
     )
-    return ali.ess.ScalingGroup(
+    group = ali.ess.ScalingGroup(
         name,
         scaling_group_name=f"{stack}-{name}",
         min_size=tier.assistant_per_zone,
@@ -591,7 +659,7 @@ def _assistant_scaling_group(
         vswitch_ids=[net.private[zi].id],
         launch_template_id=template.id,
         launch_template_version="Latest",
-        # ECS status, not LOAD_BALANCER: ESS has no grace period, and a host fails /readyz until Ansible has
+        # ECS status, not LOAD_BALANCER: ESS has no grace period, and a host fails its health check until Ansible has
         # configured it, so load-balancer health checks would replace every new host before the hand-off reaches it.
         health_check_type="ECS",
         alb_server_groups=[
@@ -600,8 +668,21 @@ def _assistant_scaling_group(
             )
         ],
         tags=tags,
+        # The scaling rule moves the desired capacity; a `pulumi up` must not reset it to the minimum.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["desired_capacity"])),
+    )
+    # Target tracking on average CPU, like AWS (infra/aws_stack.py: SCALE_CPU_TARGET).
+    ali.ess.ScalingRule(
+        name,
+        scaling_group_id=group.id,
+        scaling_rule_name=f"{stack}-{name}-cpu",
+        scaling_rule_type="TargetTrackingScalingRule",
+        metric_name="CpuUtilization",
+        target_value=SCALE_CPU_TARGET,
+        estimated_instance_warmup=SCALE_WARMUP_S,
         opts=opts,
     )
+    return group
 
 
 def _alicloud_ecs_inventory(conf: InfraConfig, stack: str) -> str:

@@ -37,7 +37,9 @@ def _subnets(vpc_cidr: str) -> list[str]:
 
 
 class Network(pulumi.ComponentResource):
-    """VPC with a public and a private subnet in each zone; one NAT gateway whose Elastic IP is the egress address."""
+    """VPC with a public and a private subnet in each zone, and a NAT gateway per zone: each zone's hosts leave through
+    their own zone's NAT, so losing a zone does not cut the other's egress. The Elastic IPs are the egress addresses
+    (two to allow-list; docs/adr/0034-one-state-across-zones.md)."""
 
     def __init__(self, name: str, conf: InfraConfig, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ai-assistant:aws:Network", name, None, opts)
@@ -80,33 +82,41 @@ class Network(pulumi.ComponentResource):
             )
             self.public_subnets.append(pub)
             self.private_subnets.append(priv)
-        # One NAT gateway: one stable egress IP to paste into the IM platforms' allow-lists
-        # (docs/adr/0031-infra-topology.md).
-        self.egress_eip = aws.ec2.Eip(f"{name}-egress", domain="vpc", opts=child)
-        nat = aws.ec2.NatGateway(
-            f"{name}-nat",
-            allocation_id=self.egress_eip.id,
-            subnet_id=self.public_subnets[0].id,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
-        )
-        private_rt = aws.ec2.RouteTable(
-            f"{name}-private",
-            vpc_id=self.vpc.id,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block=WORLD_V4, nat_gateway_id=nat.id)],
-            opts=child,
-        )
-        for i, priv in enumerate(self.private_subnets):
+        # A NAT gateway per zone (docs/adr/0034-one-state-across-zones.md). The primary zone's keeps the logical
+        # names of the single NAT it replaces, so its Elastic IP, already on the IM platforms' allow-lists, stays.
+        self.egress_eips: list[aws.ec2.Eip] = []
+        self.nats: list[aws.ec2.NatGateway] = []
+        for i, zone in enumerate(conf.zones):
+            suffix = "" if i == 0 else f"-{zone_suffix(zone)}"
+            eip = aws.ec2.Eip(f"{name}-egress{suffix}", domain="vpc", tags={"ai-assistant:zone": zone}, opts=child)
+            nat = aws.ec2.NatGateway(
+                f"{name}-nat{suffix}",
+                allocation_id=eip.id,
+                subnet_id=self.public_subnets[i].id,
+                tags={"ai-assistant:zone": zone},
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+            )
+            private_rt = aws.ec2.RouteTable(
+                f"{name}-private{suffix}",
+                vpc_id=self.vpc.id,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block=WORLD_V4, nat_gateway_id=nat.id)],
+                tags={"ai-assistant:zone": zone},
+                opts=child,
+            )
             aws.ec2.RouteTableAssociation(
-                f"{name}-private-{zone_suffix(conf.zones[i])}",
-                subnet_id=priv.id,
+                f"{name}-private-{zone_suffix(zone)}",
+                subnet_id=self.private_subnets[i].id,
                 route_table_id=private_rt.id,
                 opts=child,
             )
-        self.nat = nat
+            self.egress_eips.append(eip)
+            self.nats.append(nat)
+        self.egress_eip = self.egress_eips[0]
+        self.nat = self.nats[0]
         self.register_outputs(
             {
                 "vpc_id": self.vpc.id,
-                "egress_ip": self.egress_eip.public_ip,
+                "egress_ips": [e.public_ip for e in self.egress_eips],
                 "private_subnet_ids": [s.id for s in self.private_subnets],
             }
         )
@@ -398,8 +408,13 @@ METADATA = aws.ec2.InstanceMetadataOptionsArgs(
 )
 
 
+# The load balancer checks liveness, not readiness: /readyz includes the model engine and the store, so an outage of
+# either would mark every host unhealthy, and with autoscaling the groups would replace every host for nothing.
+HEALTH_PATH = "/healthz"
+
+
 class LoadBalancer(pulumi.ComponentResource):
-    """ALB with HTTPS, /readyz health checks and one target group per (colour, zone), weighted from the config."""
+    """ALB with HTTPS, liveness health checks and one target group per (colour, zone), weighted from the config."""
 
     def __init__(
         self,
@@ -433,7 +448,7 @@ class LoadBalancer(pulumi.ComponentResource):
                     deregistration_delay=30,
                     health_check=aws.lb.TargetGroupHealthCheckArgs(
                         enabled=True,
-                        path="/readyz",
+                        path=HEALTH_PATH,
                         protocol="HTTPS",
                         matcher="200",
                         interval=15,
@@ -515,6 +530,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         hosts=compute.hosts,
         lb_address=lb.alb.dns_name,
         egress_ip=network.egress_eip.public_ip,
+        egress_ips=[e.public_ip for e in network.egress_eips],
         bastion_ip=compute.bastion_ip,
         backup_bucket=backups.bucket.bucket,
         backup_replica_bucket=backups.replica.bucket,
@@ -522,7 +538,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         private_cidrs=network.private_cidrs,
         dynamic_inventory=compute.dynamic_inventory,
         dynamic_hosts=compute.dynamic_hosts,
-        ready=[network.nat, *compute.ready],
+        ready=[*network.nats, *compute.ready],
     )
 
 
@@ -747,7 +763,7 @@ class Compute(pulumi.ComponentResource):
             desired_capacity=tier.assistant_per_zone,
             max_size=tier.assistant_max_per_zone,
             health_check_type="ELB",
-            health_check_grace_period=600,
+            health_check_grace_period=SCALE_WARMUP_S,
             target_group_arns=[lb.target_groups[(color, zi)].arn],
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=template.id, version="$Latest"),
             # The provider's default tags reach the group but not the instances it launches: name the stack here.
@@ -760,12 +776,32 @@ class Compute(pulumi.ComponentResource):
                     "ai-assistant:zone": conf.zones[zi],
                 }.items()
             ],
+            # The scaling policy moves the desired capacity; a `pulumi up` must not reset it to the minimum.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desired_capacity"]),
+        )
+        aws.autoscaling.Policy(
+            name,
+            autoscaling_group_name=group.name,
+            policy_type="TargetTrackingScaling",
+            estimated_instance_warmup=SCALE_WARMUP_S,
+            target_tracking_configuration=aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+                predefined_metric_specification=aws.autoscaling.PolicyTargetTrackingConfigurationPredefinedMetricSpecificationArgs(
+                    predefined_metric_type="ASGAverageCPUUtilization"
+                ),
+                target_value=SCALE_CPU_TARGET,
+            ),
             opts=child,
         )
         # The group waits for its minimum capacity, so the hand-off waiting on it finds the hosts in the cloud.
         self.ready.append(group)
         self.dynamic_hosts += tier.assistant_per_zone
         self.dynamic_inventory = pulumi.Output.from_input(_aws_ec2_inventory(conf, stack))
+
+
+# Target tracking on average CPU: the assistant's cost per conversation is CPU (the engine is remote or on the GPU
+# host), and 60 % leaves a zone room to absorb the other's share while a new host boots and is configured.
+SCALE_CPU_TARGET = 60.0
+SCALE_WARMUP_S = 600  # the health check grace period: a new host is not counted before it can serve
 
 
 def _aws_ec2_inventory(conf: InfraConfig, stack: str) -> str:

@@ -37,6 +37,7 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         "ai_assistant_service_workers": tier.service_workers,
         "ai_assistant_alert_receivers": [{"name": r.name, "email": r.email} for r in conf.alert_receivers],
         "ai_assistant_egress_ip": dep.egress_ip,
+        "ai_assistant_egress_ips": dep.egress_ips,
         "firewall_lb_cidrs": dep.public_cidrs,
         "firewall_admin_cidrs": dep.public_cidrs,  # SSH arrives from the bastion's subnet
         # The monitoring host's own address, resolved by Ansible from the inventory (security groups hold the rest).
@@ -106,7 +107,8 @@ def main(repo_root: Path = REPO_ROOT) -> None:
     pulumi.export("tier", conf.tier)
     pulumi.export("url", f"https://{conf.domain}/")
     pulumi.export("loadBalancer", dep.lb_address)
-    pulumi.export("egressIp", dep.egress_ip)
+    pulumi.export("egressIp", dep.egress_ip)  # the primary zone's; kept for scripts that read one address
+    pulumi.export("egressIps", dep.egress_ips)  # every zone's NAT address: allow-list all of them
     pulumi.export("bastionIp", dep.bastion_ip)
     pulumi.export("activeColor", conf.active_color)
     pulumi.export("trafficWeights", {f"{c}/{conf.zones[z]}": w for (c, z), w in weights.items()})

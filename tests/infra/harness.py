@@ -150,6 +150,8 @@ class Recorder(pulumi.runtime.Mocks):
             out["certificateArn"] = "arn:aws:acm:::certificate/validated"
         elif t == "aws:route53/record:Record":
             out["fqdn"] = str(args.inputs.get("name"))
+        elif t == "aws:autoscaling/group:Group":
+            out["name"] = f"{name}-asg"
         elif t == "aws:iam/instanceProfile:InstanceProfile":
             out["name"] = f"{name}-profile"
         if "arn" not in out and t.startswith("aws:"):
