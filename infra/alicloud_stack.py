@@ -21,10 +21,11 @@ from infra.deployment import (
     WEAVIATE_GRPC,
     WEAVIATE_HTTP,
     Deployment,
+    RedisEndpoint,
     zone_suffix,
 )
 from infra.inventory import Host
-from infra.tiers import CATALOGUE, GPU_DISK_GIB, NodeRole, instance_type
+from infra.tiers import CATALOGUE, GPU_DISK_GIB, REDIS_CLASSES, NodeRole, instance_type
 
 WORLD_V4 = "0.0.0.0/0"
 SCALE_CPU_TARGET = 60.0  # same target and warm-up as AWS (infra/aws_stack.py)
@@ -427,7 +428,50 @@ def _backup_role(name: str, bucket: ali.oss.Bucket, opts: pulumi.ResourceOptions
     return role
 
 
-def build(conf: InfraConfig, stack: str) -> Deployment:
+# ApsaraDB account names: lowercase letters, digits and _, so not the roles' "ai-assistant" (test_provider_rules).
+REDIS_ACCOUNT = "ai_assistant"
+
+
+def _shared_redis(
+    conf: InfraConfig,
+    stack: str,
+    net: Network,
+    password: pulumi.Input[str],
+    tags: dict[str, str],
+    opts: pulumi.ResourceOptions,
+) -> tuple[ali.kvstore.Instance, RedisEndpoint]:
+    """The one Redis of the deployment: ApsaraDB for Redis Standard (master-replica), master in the primary zone,
+    replica in the standby zone (automatic failover), TLS on, reachable from the private vSwitches only."""
+    instance_class, _ = REDIS_CLASSES["alicloud"][conf.tier]
+    redis = ali.kvstore.Instance(
+        "redis",
+        db_instance_name=f"{stack}-redis",
+        instance_type="Redis",
+        engine_version="7.0",
+        instance_class=instance_class,
+        payment_type="PostPaid",
+        zone_id=conf.zones[0],
+        secondary_zone_id=conf.zones[1],
+        vswitch_id=net.private[0].id,
+        security_ips=list(net.private_cidrs),
+        ssl_enable="Enable",
+        vpc_auth_mode="Open",  # password required inside the VPC
+        tags=tags,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=True)),
+    )
+    ali.kvstore.Account(
+        "redis-assistant",
+        instance_id=redis.id,
+        account_name=REDIS_ACCOUNT,
+        account_password=password,
+        account_privilege="RoleReadWrite",
+        account_type="Normal",
+        opts=opts,
+    )
+    return redis, RedisEndpoint(host=redis.connection_domain, port=REDIS, user=REDIS_ACCOUNT, tls=True)
+
+
+def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> Deployment:
     provider = ali.Provider("alicloud", region=conf.region)
     replica_provider = ali.Provider("alicloud-backup", region=conf.backup_region)
     popts = pulumi.ResourceOptions(provider=provider)
@@ -546,6 +590,8 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         bastion = instance("bastion", "bastion", 0, groups.bastion, 0, public=True, ssh_sources=list(conf.admin_cidrs))
         bastion_ip = bastion.public_ip
     lb = LoadBalancer("lb", conf, net, groups, members, tags, popts)
+    redis, redis_endpoint = _shared_redis(conf, stack, net, redis_password, tags, popts)
+    ready.append(redis)
     dynamic_inventory: pulumi.Output[str] | None = None
     dynamic_hosts = 0
     if conf.autoscaling:
@@ -573,6 +619,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         lb_address=lb.alb.dns_name,
         egress_ip=net.egress_eip.ip_address,
         egress_ips=[e.ip_address for e in net.egress_eips],
+        redis=redis_endpoint,
         bastion_ip=bastion_ip,
         backup_bucket=backups.bucket.bucket,
         backup_replica_bucket=backups.replica.bucket,

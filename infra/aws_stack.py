@@ -21,10 +21,11 @@ from infra.deployment import (
     WEAVIATE_GRPC,
     WEAVIATE_HTTP,
     Deployment,
+    RedisEndpoint,
     zone_suffix,
 )
 from infra.inventory import Host
-from infra.tiers import CATALOGUE, GPU_DISK_GIB, NodeRole, instance_type
+from infra.tiers import CATALOGUE, GPU_DISK_GIB, REDIS_CLASSES, NodeRole, instance_type
 
 WORLD_V4 = "0.0.0.0/0"
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
@@ -515,7 +516,73 @@ class LoadBalancer(pulumi.ComponentResource):
         return validation.certificate_arn
 
 
-def build(conf: InfraConfig, stack: str) -> Deployment:
+class SharedRedis(pulumi.ComponentResource):
+    """The one Redis of the deployment: ElastiCache with a primary in the primary zone and a replica in the standby
+    zone, Multi-AZ automatic failover, encrypted at rest and in transit, AUTH with the generated Redis password.
+    Only the assistant hosts' security group reaches it."""
+
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        network: Network,
+        groups: SecurityGroups,
+        password: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ai-assistant:aws:SharedRedis", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.group = aws.ec2.SecurityGroup(
+            f"{name}-clients",
+            name_prefix="ai-assistant-redis-",
+            vpc_id=network.vpc.id,
+            description="managed Redis: from assistant hosts only",
+            tags={"ai-assistant:role": "redis"},
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-from-assistant",
+            security_group_id=self.group.id,
+            ip_protocol="tcp",
+            from_port=REDIS,
+            to_port=REDIS,
+            referenced_security_group_id=groups.assistant.id,
+            description="redis-from-assistant",
+            opts=child,
+        )
+        subnets = aws.elasticache.SubnetGroup(
+            f"{name}-subnets",
+            description="private subnets of both zones",
+            subnet_ids=[s.id for s in network.private_subnets],
+            opts=child,
+        )
+        node_type, _ = REDIS_CLASSES["aws"][conf.tier]
+        self.cluster = aws.elasticache.ReplicationGroup(
+            name,
+            description="ai-assistant shared state: queue, de-duplication, conversation memory",
+            engine="redis",
+            engine_version="7.1",
+            node_type=node_type,
+            port=REDIS,
+            num_cache_clusters=2,
+            preferred_cache_cluster_azs=list(conf.zones),
+            automatic_failover_enabled=True,
+            multi_az_enabled=True,
+            subnet_group_name=subnets.name,
+            security_group_ids=[self.group.id],
+            at_rest_encryption_enabled=True,
+            transit_encryption_enabled=True,
+            auth_token=password,
+            snapshot_retention_limit=7,
+            apply_immediately=False,
+            # Stateful: protected; a minor version AWS applies by itself is not drift to undo.
+            opts=pulumi.ResourceOptions(parent=self, protect=True, ignore_changes=["engine_version"]),
+        )
+        self.endpoint = RedisEndpoint(host=self.cluster.primary_endpoint_address, port=REDIS, user="default", tls=True)
+        self.register_outputs({"endpoint": self.cluster.primary_endpoint_address})
+
+
+def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> Deployment:
     provider = aws.Provider("aws", region=conf.region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack)))
     replica_provider = aws.Provider(
         "aws-backup", region=conf.backup_region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack))
@@ -526,6 +593,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
     lb = LoadBalancer("lb", conf, network, groups, popts)
     backups = BackupBuckets("backup", conf, replica_provider, popts)
     compute = Compute("hosts", conf, stack, network, groups, lb, backups, provider, popts)
+    redis = SharedRedis("redis", conf, network, groups, redis_password, popts)
     return Deployment(
         hosts=compute.hosts,
         lb_address=lb.alb.dns_name,
@@ -538,7 +606,8 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         private_cidrs=network.private_cidrs,
         dynamic_inventory=compute.dynamic_inventory,
         dynamic_hosts=compute.dynamic_hosts,
-        ready=[*network.nats, *compute.ready],
+        ready=[*network.nats, *compute.ready, redis.cluster],
+        redis=redis.endpoint,
     )
 
 

@@ -96,9 +96,12 @@ class Recorder(pulumi.runtime.Mocks):
         offset = int(hashlib.sha256(name.encode()).hexdigest(), 16) % (network.num_addresses - 2) + 1
         return str(network.network_address + offset)
 
-    def _secret(self, name: str) -> str:
-        # Distinct per run and per resource, so a scan can find leaks of exactly these values.
-        value = hashlib.sha256(f"{name}-{len(self.run.resources)}".encode()).hexdigest()[:40]
+    def _secret(self, name: str, inputs: dict[str, Any] | None = None) -> str:
+        # Distinct per run and per resource, so a scan can find leaks of exactly these values. Shaped like the
+        # generator's inputs (length, an upper-case letter when asked), so provider rules see a realistic value.
+        inputs = inputs or {}
+        digest = hashlib.sha256(f"{name}-{len(self.run.resources)}".encode()).hexdigest()
+        value = (("Q" if inputs.get("minUpper") else "") + digest)[: int(inputs.get("length") or 40)]
         self.run.generated_secrets.append(value)
         self.run.secret_names[value] = name
         return value
@@ -132,7 +135,7 @@ class Recorder(pulumi.runtime.Mocks):
             out["bucket"] = f"{name}-bucket"
             id_ = f"{name}-bucket"
         elif t == "random:index/randomPassword:RandomPassword":
-            out["result"] = self._secret(name)
+            out["result"] = self._secret(name, dict(args.inputs))
         elif t == "tls:index/privateKey:PrivateKey":
             out["privateKeyPem"] = (
                 f"-----BEGIN EC PRIVATE KEY-----\n{self._secret(name)}\n-----END EC PRIVATE KEY-----\n"
@@ -150,6 +153,12 @@ class Recorder(pulumi.runtime.Mocks):
             out["certificateArn"] = "arn:aws:acm:::certificate/validated"
         elif t == "aws:route53/record:Record":
             out["fqdn"] = str(args.inputs.get("name"))
+        elif t == "aws:elasticache/replicationGroup:ReplicationGroup":
+            out["primaryEndpointAddress"] = f"master.{name}.cache.example"
+        elif t == "alicloud:kvstore/instance:Instance":
+            out["connectionDomain"] = f"r-{name}.redis.rds.example"
+        elif t == "aws:elasticache/subnetGroup:SubnetGroup":
+            out["name"] = f"{name}-subnets"
         elif t == "aws:autoscaling/group:Group":
             out["name"] = f"{name}-asg"
         elif t == "aws:iam/instanceProfile:InstanceProfile":

@@ -1,15 +1,20 @@
-"""One deployment across two zones, for every cloud x tier under mocks: scaling policies on every scaling group, and
-the stack's tags on every Alibaba Cloud resource that takes tags (the AWS provider adds them as default tags)."""
+"""One deployment across two zones, for every cloud x tier under mocks: one Redis (managed, standby in the second
+zone) and one knowledge base for every assistant host, scaling policies on every scaling group, and the stack's tags
+on every Alibaba Cloud resource that takes tags (the AWS provider adds them as default tags). A NAT per zone is
+checked in test_program.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+import yaml
 
 from infra.tiers import TIERS
 from tests.infra.conftest import CASES
-from tests.infra.harness import Run
+from tests.infra.harness import Run, config_for, is_secret, unwrap
 
 Get = Callable[[str, str], Run]
 STACK_TAGS = {"ai-assistant:stack": "test", "ai-assistant:managed-by": "pulumi"}
@@ -55,9 +60,106 @@ def test_alicloud_resources_carry_the_stack_tags(stack_run: Get, scaled_run: Get
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_aws_resources_get_the_stack_tags_from_the_provider(stack_run: Get, tier: str) -> None:
-    import json
-
     run = stack_run("aws", tier)
     for p in run.of("pulumi:providers:aws"):
         raw = p.props["defaultTags"]
         assert (json.loads(raw) if isinstance(raw, str) else raw)["tags"] == STACK_TAGS, p.name
+
+
+REDIS = {"aws": "aws:elasticache/replicationGroup:ReplicationGroup", "alicloud": "alicloud:kvstore/instance:Instance"}
+INSTANCE = {"aws": "aws:ec2/instance:Instance", "alicloud": "alicloud:ecs/instance:Instance"}
+
+
+def _inventory_vars(run: Run) -> dict[str, Any]:
+    return dict(yaml.safe_load(run.exports["inventory"][0])["all"]["vars"])
+
+
+@pytest.mark.parametrize("autoscaling", [False, True], ids=["fixed", "autoscaled"])
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_one_redis_with_a_standby_in_the_second_zone_for_every_assistant_host(
+    stack_run: Get, scaled_run: Get, cloud: str, tier: str, autoscaling: bool
+) -> None:
+    run = (scaled_run if autoscaling else stack_run)(cloud, tier)
+    zones = config_for(cloud, tier)["zones"]
+    [redis] = run.of(REDIS[cloud])
+    p = redis.props
+    if cloud == "aws":
+        assert p["preferredCacheClusterAzs"] == zones and p["numCacheClusters"] == 2
+        assert p["automaticFailoverEnabled"] is True and p["multiAzEnabled"] is True
+        assert p["transitEncryptionEnabled"] is True and p["atRestEncryptionEnabled"] is True
+        assert is_secret(redis.inputs["authToken"])
+        host, user = redis.outputs["primaryEndpointAddress"], "default"
+        # Reachable from the assistant hosts' security group only.
+        [group] = [g for g in run.of("aws:ec2/securityGroup:SecurityGroup") if g.id in p["securityGroupIds"]]
+        rules = [
+            r.props
+            for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+            if r.props["securityGroupId"] == group.id
+        ]
+        assistant_sg = next(
+            g.id
+            for g in run.of("aws:ec2/securityGroup:SecurityGroup")
+            if g.props["tags"]["ai-assistant:role"] == "assistant"
+        )
+        assert [(r["fromPort"], r.get("referencedSecurityGroupId")) for r in rules] == [(6379, assistant_sg)]
+        secret_password = unwrap(redis.inputs["authToken"])
+    else:
+        assert (p["zoneId"], p["secondaryZoneId"]) == tuple(zones)
+        assert p["sslEnable"] == "Enable"
+        private = sorted(r.props["cidrBlock"] for r in run.of("alicloud:vpc/switch:Switch") if "private" in r.name)
+        assert sorted(p["securityIps"]) == private
+        [account] = run.of("alicloud:kvstore/account:Account")
+        assert account.props["instanceId"] == redis.id
+        host, user = redis.outputs["connectionDomain"], account.props["accountName"]
+        secret_password = unwrap(account.inputs["accountPassword"])
+    assert run.opts(redis).protect is True
+    assert _inventory_vars(run)["ai_assistant_redis"] == {"host": host, "port": 6379, "user": user, "tls": True}
+    # The password the managed Redis checks is the one the hosts get (inside the hand-off's secret environment).
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    assert json.loads(env["AI_ASSISTANT_SECRET_VARS"])["redis_password"] == secret_password
+
+
+@pytest.mark.parametrize("autoscaling", [False, True], ids=["fixed", "autoscaled"])
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_one_knowledge_base_for_every_assistant_host(
+    stack_run: Get, scaled_run: Get, cloud: str, tier: str, autoscaling: bool
+) -> None:
+    run = (scaled_run if autoscaling else stack_run)(cloud, tier)
+    zones = config_for(cloud, tier)["zones"]
+    primary = [
+        r
+        for r in run.of(INSTANCE[cloud])
+        if r.props["tags"]["ai-assistant:role"] == "data" and r.props["tags"]["ai-assistant:zone"] == zones[0]
+    ]
+    [data_a] = primary
+    kb = _inventory_vars(run)["ai_assistant_knowledge"]
+    assert kb["store"] == "weaviate"
+    assert kb["url"] == f"http://{data_a.outputs['privateIp']}:8081" and kb["grpc_port"] == 50051
+    # Both Weaviate ports reach the data hosts from the assistant hosts (HTTP and gRPC), whatever the zone.
+    if cloud == "aws":
+        role = {g.id: g.props["tags"]["ai-assistant:role"] for g in run.of("aws:ec2/securityGroup:SecurityGroup")}
+        opened = {
+            r.props["fromPort"]
+            for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+            if role[r.props["securityGroupId"]] == "data"
+            and role.get(r.props.get("referencedSecurityGroupId") or "") == "assistant"
+        }
+    else:
+        role = {g.id: g.props["tags"]["ai-assistant:role"] for g in run.of("alicloud:ecs/securityGroup:SecurityGroup")}
+        opened = {
+            int(r.props["portRange"].split("/")[0])
+            for r in run.of("alicloud:ecs/securityGroupRule:SecurityGroupRule")
+            if role[r.props["securityGroupId"]] == "data"
+            and role.get(r.props.get("sourceSecurityGroupId") or "") == "assistant"
+        }
+    assert {8081, 50051} <= opened
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    assert json.loads(env["AI_ASSISTANT_SECRET_VARS"])["weaviate_api_key"], "the KB key travels as a secret"
+
+
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_managed_redis_class_holds_the_tiers_redis_memory(cloud: str, tier: str) -> None:
+    from infra.tiers import CATALOGUE, REDIS_CLASSES
+
+    _, gib = REDIS_CLASSES[cloud][tier]  # type: ignore[index]
+    assert gib * 1024 >= CATALOGUE[tier].data.memory_limits_mib["redis"]  # type: ignore[index]
