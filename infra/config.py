@@ -69,6 +69,8 @@ class InfraConfig:
     deploy_colors: tuple[Color, ...] = ("blue",)
     standby_weight: int = 20
     canary_weight: int = 0
+    # DR switch (docs/runbooks/zone-failover.md): the standby zone takes all of the traffic.
+    failover: bool = False
     backup_retention_days: int = 30
     alert_receivers: tuple[AlertReceiver, ...] = ()
     handoff: bool = True
@@ -272,6 +274,7 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         deploy_colors=colors,
         standby_weight=_int(cfg, "standbyWeight", 20, 0, 50),
         canary_weight=canary,
+        failover=_bool(cfg, "failover", False),
         backup_retention_days=_int(cfg, "backupRetentionDays", 30, 1, 3650),
         alert_receivers=_receivers(cfg),
         handoff=handoff,
@@ -291,9 +294,11 @@ def traffic_weights(conf: InfraConfig) -> dict[tuple[Color, int], int]:
 
     The active colour carries the traffic: 100 - standbyWeight in the primary zone and standbyWeight in the same-city
     standby zone (80/20 by default). A canary moves canaryWeight percent to the other colour, split the same way.
+    With failover the standby zone takes everything: a target group whose hosts are all unhealthy still gets its
+    weighted share on both load balancers (they fail open), so losing the primary zone needs this switch.
     """
     out: dict[tuple[Color, int], int] = {}
-    zone_share = (100 - conf.standby_weight, conf.standby_weight)
+    zone_share = (0, 100) if conf.failover else (100 - conf.standby_weight, conf.standby_weight)
     for color in COLORS:
         color_share = 100 - conf.canary_weight if color == conf.active_color else conf.canary_weight
         if color not in conf.deploy_colors:

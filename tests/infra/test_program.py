@@ -105,6 +105,15 @@ def test_weights_are_80_20_on_the_active_colour(stack_run: Get, cloud: str, tier
 
 
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_failover_sends_everything_to_the_standby_zone(cloud: str) -> None:
+    z = config_for(cloud, "basic")["zones"]
+    run = run_program(config_for(cloud, "basic", failover=True))
+    assert _weights(run, cloud) == {("blue", z[0]): 0, ("blue", z[1]): 100, ("green", z[0]): 0, ("green", z[1]): 0}
+    both = run_program(config_for(cloud, "basic", failover=True, deployColors=["blue", "green"], canaryWeight=10))
+    assert _weights(both, cloud) == {("blue", z[0]): 0, ("blue", z[1]): 90, ("green", z[0]): 0, ("green", z[1]): 10}
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
 def test_blue_green_switch_by_config(cloud: str) -> None:
     z = config_for(cloud, "basic")["zones"]
     both = run_program(config_for(cloud, "basic", deployColors=["blue", "green"], activeColor="green"))

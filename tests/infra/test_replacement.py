@@ -32,6 +32,7 @@ DAILY: list[tuple[str, Callable[[str], dict[str, Any]]]] = [
     ("switch colour", lambda cloud: {"deployColors": ["blue", "green"], "activeColor": "green"}),
     ("retire blue", lambda cloud: {"deployColors": ["green"], "activeColor": "green"}),
     ("image bump", lambda cloud: {"imageId": NEW_IMAGE[cloud]}),
+    ("zone failover", lambda cloud: {"failover": True}),
     ("retention", lambda cloud: {"backupRetentionDays": 45}),
     ("autoscaling on", lambda cloud: {"autoscaling": True}),
 ]
