@@ -65,7 +65,10 @@ def _redis_vars(dep: Deployment) -> dict[str, Any]:
 
 
 def _knowledge_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
-    primary = next((h for h in dep.hosts if h.role == "data" and h.zone == conf.zones[0]), None)
+    # The primary zone's data host serves the knowledge base; after a zone failover, the standby zone's (restored
+    # there: docs/runbooks/zone-failover.md).
+    zone = conf.zones[1] if conf.failover else conf.zones[0]
+    primary = next((h for h in dep.hosts if h.role == "data" and h.zone == zone), None)
     if primary is None:
         return {}
     return {

@@ -14,7 +14,7 @@ import yaml
 
 from infra.tiers import TIERS
 from tests.infra.conftest import CASES
-from tests.infra.harness import Run, config_for, is_secret, unwrap
+from tests.infra.harness import Run, config_for, is_secret, run_program, unwrap
 
 Get = Callable[[str, str], Run]
 STACK_TAGS = {"ai-assistant:stack": "test", "ai-assistant:managed-by": "pulumi"}
@@ -163,3 +163,15 @@ def test_managed_redis_class_holds_the_tiers_redis_memory(cloud: str, tier: str)
 
     _, gib = REDIS_CLASSES[cloud][tier]  # type: ignore[index]
     assert gib * 1024 >= CATALOGUE[tier].data.memory_limits_mib["redis"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_failover_moves_the_knowledge_base_to_the_standby_zone(cloud: str) -> None:
+    run = run_program(config_for(cloud, "standard", failover=True))
+    standby = config_for(cloud, "standard")["zones"][1]
+    [data_b] = [
+        r
+        for r in run.of(INSTANCE[cloud])
+        if r.props["tags"]["ai-assistant:role"] == "data" and r.props["tags"]["ai-assistant:zone"] == standby
+    ]
+    assert _inventory_vars(run)["ai_assistant_knowledge"]["url"] == f"http://{data_b.outputs['privateIp']}:8081"
