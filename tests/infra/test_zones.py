@@ -175,3 +175,32 @@ def test_failover_moves_the_knowledge_base_to_the_standby_zone(cloud: str) -> No
         if r.props["tags"]["ai-assistant:role"] == "data" and r.props["tags"]["ai-assistant:zone"] == standby
     ]
     assert _inventory_vars(run)["ai_assistant_knowledge"]["url"] == f"http://{data_b.outputs['privateIp']}:8081"
+
+
+def _drawing() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "infra.md").read_text()
+    section = text[text.index("## What gets created") :]
+    return section[section.index("```") + 3 : section.index("```", section.index("```") + 3)]
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_the_topology_drawing_matches_the_declared_resources(stack_run: Get, cloud: str) -> None:
+    from infra import alicloud_stack, aws_stack
+
+    drawing, run = _drawing(), stack_run(cloud, "standard")
+    health = {"aws": aws_stack.HEALTH_PATH, "alicloud": alicloud_stack.HEALTH_PATH}[cloud]
+    assert f"{health} health checks" in drawing
+    nat_type = {"aws": "aws:ec2/natGateway:NatGateway", "alicloud": "alicloud:vpc/natGateway:NatGateway"}[cloud]
+    assert drawing.count("NAT gateway") == len(run.of(nat_type)) == 2
+    assert len(run.of(REDIS[cloud])) == 1 and "managed Redis primary" in drawing and "managed Redis replica" in drawing
+    assert "ONE Redis, ONE knowledge base" in drawing
+    roles = [r.props["tags"]["ai-assistant:role"] for r in run.of(INSTANCE[cloud])]
+    assert roles.count("data") == 2 and "data-a" in drawing and "data-b" in drawing
+    assert roles.count("inference") == 1 and "inference-a" in drawing
+    assert roles.count("bastion") == 1 and "bastion (public subnet A)" in drawing
+    assert (
+        "backup bucket" in drawing
+        and len(run.of({"aws": "aws:s3/bucket:Bucket", "alicloud": "alicloud:oss/bucket:Bucket"}[cloud])) == 2
+    )
