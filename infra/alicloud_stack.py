@@ -21,31 +21,45 @@ from infra.deployment import (
     WEAVIATE_GRPC,
     WEAVIATE_HTTP,
     Deployment,
+    RedisEndpoint,
     zone_suffix,
 )
 from infra.inventory import Host
-from infra.tiers import CATALOGUE, GPU_DISK_GIB, NodeRole, instance_type
+from infra.tiers import CATALOGUE, GPU_DISK_GIB, REDIS_CLASSES, NodeRole, instance_type
 
 WORLD_V4 = "0.0.0.0/0"
+SCALE_CPU_TARGET = 60.0  # same target and warm-up as AWS (infra/aws_stack.py)
+SCALE_WARMUP_S = 600
 TLS_POLICY = "tls_cipher_policy_1_2_strict_with_1_3"
 
 
 class Network(pulumi.ComponentResource):
-    """VPC, a public and a private vSwitch per zone, an enhanced NAT gateway whose EIP is the egress address."""
+    """VPC, a public and a private vSwitch per zone, and an enhanced NAT gateway per zone whose EIP is that zone's
+    egress address: each private vSwitch routes through its own zone's NAT (a custom route table per vSwitch), so
+    losing a zone does not cut the other's egress (docs/adr/0034-one-state-across-zones.md)."""
 
-    def __init__(self, name: str, conf: InfraConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, conf: InfraConfig, tags: dict[str, str], opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("ai-assistant:alicloud:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         cidrs = [str(n) for n in list(ipaddress.ip_network(conf.vpc_cidr).subnets(new_prefix=20))[:4]]
         self.public_cidrs, self.private_cidrs = cidrs[0:2], cidrs[2:4]
-        self.vpc = ali.vpc.Network(f"{name}-vpc", vpc_name=f"{name}-vpc", cidr_block=conf.vpc_cidr, opts=child)
+        self.vpc = ali.vpc.Network(
+            f"{name}-vpc", vpc_name=f"{name}-vpc", cidr_block=conf.vpc_cidr, tags=tags, opts=child
+        )
         self.public: list[ali.vpc.Switch] = []
         self.private: list[ali.vpc.Switch] = []
         for i, zone in enumerate(conf.zones):
             z = zone_suffix(zone)
             self.public.append(
                 ali.vpc.Switch(
-                    f"{name}-public-{z}", vpc_id=self.vpc.id, cidr_block=self.public_cidrs[i], zone_id=zone, opts=child
+                    f"{name}-public-{z}",
+                    vpc_id=self.vpc.id,
+                    cidr_block=self.public_cidrs[i],
+                    zone_id=zone,
+                    tags={**tags, "ai-assistant:zone": zone},
+                    opts=child,
                 )
             )
             self.private.append(
@@ -54,39 +68,77 @@ class Network(pulumi.ComponentResource):
                     vpc_id=self.vpc.id,
                     cidr_block=self.private_cidrs[i],
                     zone_id=zone,
+                    tags={**tags, "ai-assistant:zone": zone},
                     opts=child,
                 )
             )
-        self.nat = ali.vpc.NatGateway(
-            f"{name}-nat",
-            vpc_id=self.vpc.id,
-            vswitch_id=self.public[0].id,
-            nat_type="Enhanced",
-            payment_type="PayAsYouGo",
-            internet_charge_type="PayByLcu",
-            opts=child,
-        )
-        self.egress_eip = ali.ecs.EipAddress(
-            f"{name}-egress", internet_charge_type="PayByTraffic", bandwidth="100", opts=child
-        )
-        assoc = ali.ecs.EipAssociation(
-            f"{name}-egress", allocation_id=self.egress_eip.id, instance_id=self.nat.id, instance_type="Nat", opts=child
-        )
-        for i, sw in enumerate(self.private):
+        self.nats: list[ali.vpc.NatGateway] = []
+        self.egress_eips: list[ali.ecs.EipAddress] = []
+        for i, zone in enumerate(conf.zones):
+            z = zone_suffix(zone)
+            # The primary zone keeps the single NAT's logical names, so its EIP (on the allow-lists) stays.
+            suffix = "" if i == 0 else f"-{z}"
+            ztags = {**tags, "ai-assistant:zone": zone}
+            nat = ali.vpc.NatGateway(
+                f"{name}-nat{suffix}",
+                vpc_id=self.vpc.id,
+                vswitch_id=self.public[i].id,
+                nat_type="Enhanced",
+                payment_type="PayAsYouGo",
+                internet_charge_type="PayByLcu",
+                tags=ztags,
+                opts=child,
+            )
+            eip = ali.ecs.EipAddress(
+                f"{name}-egress{suffix}", internet_charge_type="PayByTraffic", bandwidth="100", tags=ztags, opts=child
+            )
+            assoc = ali.ecs.EipAssociation(
+                f"{name}-egress{suffix}", allocation_id=eip.id, instance_id=nat.id, instance_type="Nat", opts=child
+            )
             ali.vpc.SnatEntry(
-                f"{name}-snat-{zone_suffix(conf.zones[i])}",
-                snat_table_id=self.nat.snat_table_ids,
-                source_vswitch_id=sw.id,
-                snat_ip=self.egress_eip.ip_address,
+                f"{name}-snat-{z}",
+                snat_table_id=nat.snat_table_ids,
+                source_vswitch_id=self.private[i].id,
+                snat_ip=eip.ip_address,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[assoc]),
             )
-        self.register_outputs({"vpc_id": self.vpc.id, "egress_ip": self.egress_eip.ip_address})
+            # The system route table can send 0.0.0.0/0 to one NAT only: each private vSwitch gets its own table.
+            table = ali.vpc.RouteTable(
+                f"{name}-private-{z}",
+                vpc_id=self.vpc.id,
+                route_table_name=f"{name}-private-{z}",
+                associate_type="VSwitch",
+                tags=ztags,
+                opts=child,
+            )
+            ali.vpc.RouteTableAttachment(
+                f"{name}-private-{z}", route_table_id=table.id, vswitch_id=self.private[i].id, opts=child
+            )
+            ali.vpc.RouteEntry(
+                f"{name}-private-{z}-default",
+                route_table_id=table.id,
+                destination_cidrblock=WORLD_V4,
+                nexthop_type="NatGateway",
+                nexthop_id=nat.id,
+                opts=child,
+            )
+            self.nats.append(nat)
+            self.egress_eips.append(eip)
+        self.nat, self.egress_eip = self.nats[0], self.egress_eips[0]
+        self.register_outputs({"vpc_id": self.vpc.id, "egress_ips": [e.ip_address for e in self.egress_eips]})
 
 
 class SecurityGroups(pulumi.ComponentResource):
     """Same shape as on AWS: 443 to the ALB only; hosts from the ALB's vSwitches; SSH via the bastion."""
 
-    def __init__(self, name: str, conf: InfraConfig, net: Network, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        net: Network,
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         super().__init__("ai-assistant:alicloud:SecurityGroups", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -95,7 +147,7 @@ class SecurityGroups(pulumi.ComponentResource):
                 f"{name}-{role}",
                 security_group_name=f"{name}-{role}",
                 vpc_id=net.vpc.id,
-                tags={"ai-assistant:role": role},
+                tags={**tags, "ai-assistant:role": role},
                 opts=child,
             )
 
@@ -152,12 +204,17 @@ class BackupBuckets(pulumi.ComponentResource):
     """Private, versioned, encrypted OSS bucket with lifecycle rules, replicated to the backup region."""
 
     def __init__(
-        self, name: str, conf: InfraConfig, replica_provider: ali.Provider, opts: pulumi.ResourceOptions | None = None
+        self,
+        name: str,
+        conf: InfraConfig,
+        replica_provider: ali.Provider,
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("ai-assistant:alicloud:BackupBuckets", name, None, opts)
-        self.bucket = self._bucket(f"{name}-primary", conf, pulumi.ResourceOptions(parent=self))
+        self.bucket = self._bucket(f"{name}-primary", conf, tags, pulumi.ResourceOptions(parent=self))
         self.replica = self._bucket(
-            f"{name}-replica", conf, pulumi.ResourceOptions(parent=self, provider=replica_provider)
+            f"{name}-replica", conf, tags, pulumi.ResourceOptions(parent=self, provider=replica_provider)
         )
         ali.oss.BucketReplication(
             f"{name}-replication",
@@ -172,10 +229,12 @@ class BackupBuckets(pulumi.ComponentResource):
         self.register_outputs({"bucket": self.bucket.bucket, "replica": self.replica.bucket})
 
     @staticmethod
-    def _bucket(name: str, conf: InfraConfig, opts: pulumi.ResourceOptions) -> ali.oss.Bucket:
+    def _bucket(name: str, conf: InfraConfig, tags: dict[str, str], opts: pulumi.ResourceOptions) -> ali.oss.Bucket:
+        # The last copy after a disaster: protected, and kept when the stack is destroyed (docs/infra.md).
         bucket = ali.oss.Bucket(
             name,
             versioning=ali.oss.BucketVersioningArgs(status="Enabled"),
+            tags=tags,
             server_side_encryption_rule=ali.oss.BucketServerSideEncryptionRuleArgs(sse_algorithm="AES256"),
             lifecycle_rules=[
                 ali.oss.BucketLifecycleRuleArgs(
@@ -189,12 +248,17 @@ class BackupBuckets(pulumi.ComponentResource):
                     abort_multipart_uploads=[ali.oss.BucketLifecycleRuleAbortMultipartUploadArgs(days=7)],
                 )
             ],
-            opts=opts,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=True, retain_on_delete=True)),
         )
         o = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[bucket]))
         ali.oss.BucketAcl(name, bucket=bucket.bucket, acl="private", opts=o)
         ali.oss.BucketPublicAccessBlock(name, bucket=bucket.bucket, block_public_access=True, opts=o)
         return bucket
+
+
+# Liveness, not readiness: /readyz includes the model engine and the store, so their outage would mark every host
+# unhealthy at once (and an autoscaled group would replace them all for nothing).
+HEALTH_PATH = "/healthz"
 
 
 class LoadBalancer(pulumi.ComponentResource):
@@ -207,6 +271,7 @@ class LoadBalancer(pulumi.ComponentResource):
         net: Network,
         groups: SecurityGroups,
         members: dict[tuple[Color, int], list[ali.ecs.Instance]] | None,
+        tags: dict[str, str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         """members=None: the assistant hosts belong to scaling groups, which attach and detach them themselves."""
@@ -221,6 +286,7 @@ class LoadBalancer(pulumi.ComponentResource):
             address_type="Internet",
             load_balancer_edition="Standard",
             load_balancer_billing_config=ali.alb.LoadBalancerLoadBalancerBillingConfigArgs(pay_type="PayAsYouGo"),
+            tags=tags,
             vpc_id=net.vpc.id,
             zone_mappings=[
                 ali.alb.LoadBalancerZoneMappingArgs(vswitch_id=sw.id, zone_id=zone)
@@ -242,7 +308,7 @@ class LoadBalancer(pulumi.ComponentResource):
                     server_group_type="Instance",
                     health_check_config=ali.alb.ServerGroupHealthCheckConfigArgs(
                         health_check_enabled=True,
-                        health_check_path="/readyz",
+                        health_check_path=HEALTH_PATH,
                         health_check_protocol="HTTPS",
                         health_check_codes=["http_2xx"],
                         health_check_interval=15,
@@ -255,7 +321,7 @@ class LoadBalancer(pulumi.ComponentResource):
                     ]
                     if members is not None
                     else None,
-                    tags={"ai-assistant:color": color, "ai-assistant:zone": zone},
+                    tags={**tags, "ai-assistant:color": color, "ai-assistant:zone": zone},
                     opts=group_opts,
                 )
         weights = traffic_weights(conf)
@@ -362,33 +428,72 @@ def _backup_role(name: str, bucket: ali.oss.Bucket, opts: pulumi.ResourceOptions
     return role
 
 
-def build(conf: InfraConfig, stack: str) -> Deployment:
+# ApsaraDB account names: lowercase letters, digits and _, so not the roles' "ai-assistant" (test_provider_rules).
+REDIS_ACCOUNT = "ai_assistant"
+
+
+def _shared_redis(
+    conf: InfraConfig,
+    stack: str,
+    net: Network,
+    password: pulumi.Input[str],
+    tags: dict[str, str],
+    opts: pulumi.ResourceOptions,
+) -> tuple[ali.kvstore.Instance, RedisEndpoint]:
+    """The one Redis of the deployment: ApsaraDB for Redis Standard (master-replica), master in the primary zone,
+    replica in the standby zone (automatic failover), TLS on, reachable from the private vSwitches only."""
+    instance_class, _ = REDIS_CLASSES["alicloud"][conf.tier]
+    redis = ali.kvstore.Instance(
+        "redis",
+        db_instance_name=f"{stack}-redis",
+        instance_type="Redis",
+        engine_version="7.0",
+        instance_class=instance_class,
+        payment_type="PostPaid",
+        zone_id=conf.zones[0],
+        secondary_zone_id=conf.zones[1],
+        vswitch_id=net.private[0].id,
+        security_ips=list(net.private_cidrs),
+        ssl_enable="Enable",
+        vpc_auth_mode="Open",  # password required inside the VPC
+        tags=tags,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=True)),
+    )
+    ali.kvstore.Account(
+        "redis-assistant",
+        instance_id=redis.id,
+        account_name=REDIS_ACCOUNT,
+        account_password=password,
+        account_privilege="RoleReadWrite",
+        account_type="Normal",
+        opts=opts,
+    )
+    return redis, RedisEndpoint(host=redis.connection_domain, port=REDIS, user=REDIS_ACCOUNT, tls=True)
+
+
+def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> Deployment:
     provider = ali.Provider("alicloud", region=conf.region)
     replica_provider = ali.Provider("alicloud-backup", region=conf.backup_region)
     popts = pulumi.ResourceOptions(provider=provider)
     tier = CATALOGUE[conf.tier]
-    net = Network("net", conf, popts)
-    groups = SecurityGroups("sg", conf, net, popts)
-    backups = BackupBuckets("backup", conf, replica_provider, popts)
+    # The provider has no default tags: every taggable resource gets the stack's tags here.
+    tags = {"ai-assistant:stack": stack, "ai-assistant:managed-by": "pulumi"}
+    net = Network("net", conf, tags, popts)
+    groups = SecurityGroups("sg", conf, net, tags, popts)
+    backups = BackupBuckets("backup", conf, replica_provider, tags, popts)
     hosts_parent = HostsGroup("hosts", popts)
     child = pulumi.ResourceOptions(parent=hosts_parent)
-    image = (
-        conf.image_id
-        or ali.ecs.get_images_output(
-            name_regex="^debian_12", owners="system", most_recent=True, opts=pulumi.InvokeOptions(provider=provider)
-        )
-        .images[0]
-        .id
-    )
+    image = conf.image_id
     key = (
-        ali.ecs.EcsKeyPair("admin", key_pair_name=f"{stack}-admin", public_key=conf.ssh_public_key, opts=child)
+        ali.ecs.EcsKeyPair(
+            "admin", key_pair_name=f"{stack}-admin", public_key=conf.ssh_public_key, tags=tags, opts=child
+        )
         if conf.ssh_public_key
         else None
     )
     backup_role = _backup_role(f"{stack}-data-backup", backups.bucket, child)
-    tags = {"ai-assistant:stack": stack, "ai-assistant:managed-by": "pulumi"}
     hosts: list[Host] = []
-    ready: list[pulumi.Resource] = [net.nat]
+    ready: list[pulumi.Resource] = [*net.nats]
 
     def instance(
         host: str,
@@ -418,7 +523,12 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
             system_disk_encrypted=True,
             data_disks=[
                 ali.ecs.InstanceDataDiskArgs(
-                    name=f"{host}-data", size=disk_gib, category="cloud_essd", encrypted=True, delete_with_instance=True
+                    name=f"{host}-data",
+                    size=disk_gib,
+                    category="cloud_essd",
+                    encrypted=True,
+                    # A data host's disk outlives the instance, so even a deliberate replacement leaves the data.
+                    delete_with_instance=role != "data",
                 )
             ]
             if role != "bastion"
@@ -439,7 +549,7 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
                 "ai-assistant:zone": conf.zones[zi],
                 **({"ai-assistant:color": color} if color else {}),
             },
-            opts=child,
+            opts=host_options(role, hosts_parent),
         )
         if role != "bastion":
             hosts.append(Host(host, role, conf.zones[zi], color, inst.private_ip, inst))
@@ -479,7 +589,9 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
     if conf.admin_cidrs:
         bastion = instance("bastion", "bastion", 0, groups.bastion, 0, public=True, ssh_sources=list(conf.admin_cidrs))
         bastion_ip = bastion.public_ip
-    lb = LoadBalancer("lb", conf, net, groups, members, popts)
+    lb = LoadBalancer("lb", conf, net, groups, members, tags, popts)
+    redis, redis_endpoint = _shared_redis(conf, stack, net, redis_password, tags, popts)
+    ready.append(redis)
     dynamic_inventory: pulumi.Output[str] | None = None
     dynamic_hosts = 0
     if conf.autoscaling:
@@ -506,6 +618,8 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         hosts=hosts,
         lb_address=lb.alb.dns_name,
         egress_ip=net.egress_eip.ip_address,
+        egress_ips=[e.ip_address for e in net.egress_eips],
+        redis=redis_endpoint,
         bastion_ip=bastion_ip,
         backup_bucket=backups.bucket.bucket,
         backup_replica_bucket=backups.replica.bucket,
@@ -583,7 +697,7 @@ def _assistant_scaling_group(
         template_tags=tags,
         opts=opts,
     )
-    return ali.ess.ScalingGroup(
+    group = ali.ess.ScalingGroup(
         name,
         scaling_group_name=f"{stack}-{name}",
         min_size=tier.assistant_per_zone,
@@ -592,7 +706,7 @@ def _assistant_scaling_group(
         vswitch_ids=[net.private[zi].id],
         launch_template_id=template.id,
         launch_template_version="Latest",
-        # ECS status, not LOAD_BALANCER: ESS has no grace period, and a host fails /readyz until Ansible has
+        # ECS status, not LOAD_BALANCER: ESS has no grace period, and a host fails its health check until Ansible has
         # configured it, so load-balancer health checks would replace every new host before the hand-off reaches it.
         health_check_type="ECS",
         alb_server_groups=[
@@ -601,8 +715,21 @@ def _assistant_scaling_group(
             )
         ],
         tags=tags,
+        # The scaling rule moves the desired capacity; a `pulumi up` must not reset it to the minimum.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["desired_capacity"])),
+    )
+    # Target tracking on average CPU, like AWS (infra/aws_stack.py: SCALE_CPU_TARGET).
+    ali.ess.ScalingRule(
+        name,
+        scaling_group_id=group.id,
+        scaling_rule_name=f"{stack}-{name}-cpu",
+        scaling_rule_type="TargetTrackingScalingRule",
+        metric_name="CpuUtilization",
+        target_value=SCALE_CPU_TARGET,
+        estimated_instance_warmup=SCALE_WARMUP_S,
         opts=opts,
     )
+    return group
 
 
 def _alicloud_ecs_inventory(conf: InfraConfig, stack: str) -> str:
@@ -631,6 +758,21 @@ def _alicloud_ecs_inventory(conf: InfraConfig, stack: str) -> str:
         },
     }
     return json.dumps(doc, indent=2)
+
+
+# Inputs day-to-day config must not touch on a running host: a new image_id re-images the system disk in place, and
+# user data only matters at first boot. An image bump reaches new hosts (a new colour, scaling launches) and a host
+# only when it is replaced on purpose (`pulumi up --replace <urn>`).
+HOST_IGNORE = ["image_id", "user_data"]
+# Data hosts also keep their disks as created (a data_disks change forces a new instance).
+DATA_HOST_IGNORE = [*HOST_IGNORE, "data_disks", "system_disk_size", "system_disk_category"]
+
+
+def host_options(role: NodeRole, parent: pulumi.Resource) -> pulumi.ResourceOptions:
+    """Data hosts hold Weaviate, monitoring history and the backup staging area: protected, never replaced by drift."""
+    if role == "data":
+        return pulumi.ResourceOptions(parent=parent, protect=True, ignore_changes=DATA_HOST_IGNORE)
+    return pulumi.ResourceOptions(parent=parent, ignore_changes=HOST_IGNORE)
 
 
 class HostsGroup(pulumi.ComponentResource):

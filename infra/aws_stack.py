@@ -21,13 +21,13 @@ from infra.deployment import (
     WEAVIATE_GRPC,
     WEAVIATE_HTTP,
     Deployment,
+    RedisEndpoint,
     zone_suffix,
 )
 from infra.inventory import Host
-from infra.tiers import CATALOGUE, GPU_DISK_GIB, NodeRole, instance_type
+from infra.tiers import CATALOGUE, GPU_DISK_GIB, REDIS_CLASSES, NodeRole, instance_type
 
 WORLD_V4 = "0.0.0.0/0"
-DEBIAN_OWNER = "136693071363"  # Debian's official AWS account (wiki.debian.org/Cloud/AmazonEC2Image)
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 
 
@@ -38,7 +38,9 @@ def _subnets(vpc_cidr: str) -> list[str]:
 
 
 class Network(pulumi.ComponentResource):
-    """VPC with a public and a private subnet in each zone; one NAT gateway whose Elastic IP is the egress address."""
+    """VPC with a public and a private subnet in each zone, and a NAT gateway per zone: each zone's hosts leave through
+    their own zone's NAT, so losing a zone does not cut the other's egress. The Elastic IPs are the egress addresses
+    (two to allow-list; docs/adr/0034-one-state-across-zones.md)."""
 
     def __init__(self, name: str, conf: InfraConfig, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("ai-assistant:aws:Network", name, None, opts)
@@ -81,33 +83,41 @@ class Network(pulumi.ComponentResource):
             )
             self.public_subnets.append(pub)
             self.private_subnets.append(priv)
-        # One NAT gateway: one stable egress IP to paste into the IM platforms' allow-lists
-        # (docs/adr/0031-infra-topology.md).
-        self.egress_eip = aws.ec2.Eip(f"{name}-egress", domain="vpc", opts=child)
-        nat = aws.ec2.NatGateway(
-            f"{name}-nat",
-            allocation_id=self.egress_eip.id,
-            subnet_id=self.public_subnets[0].id,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
-        )
-        private_rt = aws.ec2.RouteTable(
-            f"{name}-private",
-            vpc_id=self.vpc.id,
-            routes=[aws.ec2.RouteTableRouteArgs(cidr_block=WORLD_V4, nat_gateway_id=nat.id)],
-            opts=child,
-        )
-        for i, priv in enumerate(self.private_subnets):
+        # A NAT gateway per zone (docs/adr/0034-one-state-across-zones.md). The primary zone's keeps the logical
+        # names of the single NAT it replaces, so its Elastic IP, already on the IM platforms' allow-lists, stays.
+        self.egress_eips: list[aws.ec2.Eip] = []
+        self.nats: list[aws.ec2.NatGateway] = []
+        for i, zone in enumerate(conf.zones):
+            suffix = "" if i == 0 else f"-{zone_suffix(zone)}"
+            eip = aws.ec2.Eip(f"{name}-egress{suffix}", domain="vpc", tags={"ai-assistant:zone": zone}, opts=child)
+            nat = aws.ec2.NatGateway(
+                f"{name}-nat{suffix}",
+                allocation_id=eip.id,
+                subnet_id=self.public_subnets[i].id,
+                tags={"ai-assistant:zone": zone},
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+            )
+            private_rt = aws.ec2.RouteTable(
+                f"{name}-private{suffix}",
+                vpc_id=self.vpc.id,
+                routes=[aws.ec2.RouteTableRouteArgs(cidr_block=WORLD_V4, nat_gateway_id=nat.id)],
+                tags={"ai-assistant:zone": zone},
+                opts=child,
+            )
             aws.ec2.RouteTableAssociation(
-                f"{name}-private-{zone_suffix(conf.zones[i])}",
-                subnet_id=priv.id,
+                f"{name}-private-{zone_suffix(zone)}",
+                subnet_id=self.private_subnets[i].id,
                 route_table_id=private_rt.id,
                 opts=child,
             )
-        self.nat = nat
+            self.egress_eips.append(eip)
+            self.nats.append(nat)
+        self.egress_eip = self.egress_eips[0]
+        self.nat = self.nats[0]
         self.register_outputs(
             {
                 "vpc_id": self.vpc.id,
-                "egress_ip": self.egress_eip.public_ip,
+                "egress_ips": [e.public_ip for e in self.egress_eips],
                 "private_subnet_ids": [s.id for s in self.private_subnets],
             }
         )
@@ -126,6 +136,9 @@ class SecurityGroups(pulumi.ComponentResource):
         def group(role: str, description: str) -> aws.ec2.SecurityGroup:
             return aws.ec2.SecurityGroup(
                 f"{name}-{role}",
+                # Explicit prefix: the auto-name would start with the logical name, and AWS refuses group names that
+                # start with sg- (tests/infra/test_provider_rules.py).
+                name_prefix=f"ai-assistant-{role}-",
                 vpc_id=vpc.id,
                 description=description,
                 tags={"ai-assistant:role": role},
@@ -276,7 +289,13 @@ class BackupBuckets(pulumi.ComponentResource):
 
     @staticmethod
     def _bucket(name: str, conf: InfraConfig, opts: pulumi.ResourceOptions) -> tuple[aws.s3.Bucket, pulumi.Resource]:
-        bucket = aws.s3.Bucket(name, force_destroy=False, opts=opts)
+        # Backups are the last copy after a disaster: `pulumi destroy` must neither fail half-way on them nor delete
+        # them (protect stops an accidental delete; retain_on_delete keeps the bucket when a stack is torn down).
+        bucket = aws.s3.Bucket(
+            name,
+            force_destroy=False,
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=True, retain_on_delete=True)),
+        )
         o = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[bucket]))
         aws.s3.BucketPublicAccessBlock(
             name,
@@ -355,14 +374,34 @@ class BackupBuckets(pulumi.ComponentResource):
         return bucket, versioning
 
 
-def _block_devices(disk_gib: int) -> tuple[Any, list[Any]]:
+def _block_devices(disk_gib: int, *, keep: bool) -> tuple[Any, list[Any]]:
+    """keep: the data disk outlives its instance (data hosts), so even a deliberate replacement leaves the data."""
     root = aws.ec2.InstanceRootBlockDeviceArgs(volume_type="gp3", volume_size=20, encrypted=True)
     data = [
         aws.ec2.InstanceEbsBlockDeviceArgs(
-            device_name="/dev/sdf", volume_type="gp3", volume_size=disk_gib, encrypted=True, delete_on_termination=True
+            device_name="/dev/sdf",
+            volume_type="gp3",
+            volume_size=disk_gib,
+            encrypted=True,
+            delete_on_termination=not keep,
         )
     ]
     return root, data
+
+
+# Inputs whose change would replace or reboot a host and that day-to-day config must not touch: an image bump
+# reaches new hosts (a new colour, a scaling group's launches) and a host only when it is replaced on purpose
+# (`pulumi up --replace <urn>`); cloud-init user data only matters at first boot anyway.
+HOST_IGNORE = ["ami", "user_data"]
+# Data hosts also keep their disks as created: any change to an inline EBS device forces a new instance.
+DATA_HOST_IGNORE = [*HOST_IGNORE, "ebs_block_devices", "root_block_device"]
+
+
+def host_options(role: NodeRole, parent: pulumi.Resource) -> pulumi.ResourceOptions:
+    """Data hosts hold Weaviate, monitoring history and the backup staging area: protected, never replaced by drift."""
+    if role == "data":
+        return pulumi.ResourceOptions(parent=parent, protect=True, ignore_changes=DATA_HOST_IGNORE)
+    return pulumi.ResourceOptions(parent=parent, ignore_changes=HOST_IGNORE)
 
 
 METADATA = aws.ec2.InstanceMetadataOptionsArgs(
@@ -370,8 +409,13 @@ METADATA = aws.ec2.InstanceMetadataOptionsArgs(
 )
 
 
+# The load balancer checks liveness, not readiness: /readyz includes the model engine and the store, so an outage of
+# either would mark every host unhealthy, and with autoscaling the groups would replace every host for nothing.
+HEALTH_PATH = "/healthz"
+
+
 class LoadBalancer(pulumi.ComponentResource):
-    """ALB with HTTPS, /readyz health checks and one target group per (colour, zone), weighted from the config."""
+    """ALB with HTTPS, liveness health checks and one target group per (colour, zone), weighted from the config."""
 
     def __init__(
         self,
@@ -405,7 +449,7 @@ class LoadBalancer(pulumi.ComponentResource):
                     deregistration_delay=30,
                     health_check=aws.lb.TargetGroupHealthCheckArgs(
                         enabled=True,
-                        path="/readyz",
+                        path=HEALTH_PATH,
                         protocol="HTTPS",
                         matcher="200",
                         interval=15,
@@ -472,22 +516,73 @@ class LoadBalancer(pulumi.ComponentResource):
         return validation.certificate_arn
 
 
-def _ami(conf: InfraConfig, provider: aws.Provider) -> str | pulumi.Output[str]:
-    if conf.image_id:
-        return conf.image_id
-    ami = aws.ec2.get_ami_output(
-        most_recent=True,
-        owners=[DEBIAN_OWNER],
-        filters=[
-            aws.ec2.GetAmiFilterArgs(name="name", values=["debian-12-amd64-*"]),
-            aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
-        ],
-        opts=pulumi.InvokeOptions(provider=provider),
-    )
-    return ami.id
+class SharedRedis(pulumi.ComponentResource):
+    """The one Redis of the deployment: ElastiCache with a primary in the primary zone and a replica in the standby
+    zone, Multi-AZ automatic failover, encrypted at rest and in transit, AUTH with the generated Redis password.
+    Only the assistant hosts' security group reaches it."""
+
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        network: Network,
+        groups: SecurityGroups,
+        password: pulumi.Input[str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ai-assistant:aws:SharedRedis", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.group = aws.ec2.SecurityGroup(
+            f"{name}-clients",
+            name_prefix="ai-assistant-redis-",
+            vpc_id=network.vpc.id,
+            description="managed Redis: from assistant hosts only",
+            tags={"ai-assistant:role": "redis"},
+            opts=child,
+        )
+        aws.vpc.SecurityGroupIngressRule(
+            f"{name}-from-assistant",
+            security_group_id=self.group.id,
+            ip_protocol="tcp",
+            from_port=REDIS,
+            to_port=REDIS,
+            referenced_security_group_id=groups.assistant.id,
+            description="redis-from-assistant",
+            opts=child,
+        )
+        subnets = aws.elasticache.SubnetGroup(
+            f"{name}-subnets",
+            description="private subnets of both zones",
+            subnet_ids=[s.id for s in network.private_subnets],
+            opts=child,
+        )
+        node_type, _ = REDIS_CLASSES["aws"][conf.tier]
+        self.cluster = aws.elasticache.ReplicationGroup(
+            name,
+            description="ai-assistant shared state: queue, de-duplication, conversation memory",
+            engine="redis",
+            engine_version="7.1",
+            node_type=node_type,
+            port=REDIS,
+            num_cache_clusters=2,
+            preferred_cache_cluster_azs=list(conf.zones),
+            automatic_failover_enabled=True,
+            multi_az_enabled=True,
+            subnet_group_name=subnets.name,
+            security_group_ids=[self.group.id],
+            at_rest_encryption_enabled=True,
+            transit_encryption_enabled=True,
+            auth_token=password,
+            snapshot_retention_limit=7,
+            apply_immediately=False,
+            # Stateful: protected; a minor version AWS applies by itself is not drift to undo.
+            opts=pulumi.ResourceOptions(parent=self, protect=True, ignore_changes=["engine_version"]),
+        )
+        self.endpoint = RedisEndpoint(host=self.cluster.primary_endpoint_address, port=REDIS, user="default", tls=True)
+        self.register_outputs({"endpoint": self.cluster.primary_endpoint_address})
 
 
-def build(conf: InfraConfig, stack: str) -> Deployment:
+def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> Deployment:
     provider = aws.Provider("aws", region=conf.region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack)))
     replica_provider = aws.Provider(
         "aws-backup", region=conf.backup_region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack))
@@ -498,10 +593,12 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
     lb = LoadBalancer("lb", conf, network, groups, popts)
     backups = BackupBuckets("backup", conf, replica_provider, popts)
     compute = Compute("hosts", conf, stack, network, groups, lb, backups, provider, popts)
+    redis = SharedRedis("redis", conf, network, groups, redis_password, popts)
     return Deployment(
         hosts=compute.hosts,
         lb_address=lb.alb.dns_name,
         egress_ip=network.egress_eip.public_ip,
+        egress_ips=[e.public_ip for e in network.egress_eips],
         bastion_ip=compute.bastion_ip,
         backup_bucket=backups.bucket.bucket,
         backup_replica_bucket=backups.replica.bucket,
@@ -509,7 +606,8 @@ def build(conf: InfraConfig, stack: str) -> Deployment:
         private_cidrs=network.private_cidrs,
         dynamic_inventory=compute.dynamic_inventory,
         dynamic_hosts=compute.dynamic_hosts,
-        ready=[network.nat, *compute.ready],
+        ready=[*network.nats, *compute.ready, redis.cluster],
+        redis=redis.endpoint,
     )
 
 
@@ -535,7 +633,7 @@ class Compute(pulumi.ComponentResource):
         super().__init__("ai-assistant:aws:Compute", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         tier = CATALOGUE[conf.tier]
-        ami = _ami(conf, provider)
+        ami = conf.image_id
         key = (
             aws.ec2.KeyPair(f"{name}-admin", public_key=conf.ssh_public_key, opts=child)
             if conf.ssh_public_key
@@ -561,7 +659,7 @@ class Compute(pulumi.ComponentResource):
             https_from: list[str] | None = None,
             iam_profile: aws.iam.InstanceProfile | None = None,
         ) -> aws.ec2.Instance:
-            root, data = _block_devices(disk_gib)
+            root, data = _block_devices(disk_gib, keep=role == "data")
             inst = aws.ec2.Instance(
                 host,
                 ami=ami,
@@ -583,7 +681,7 @@ class Compute(pulumi.ComponentResource):
                     "ai-assistant:zone": conf.zones[zi],
                     **({"ai-assistant:color": color} if color else {}),
                 },
-                opts=child,
+                opts=host_options(role, self),
             )
             self.hosts.append(Host(host, role, conf.zones[zi], color, inst.private_ip, inst))
             self.ready.append(inst)
@@ -637,7 +735,7 @@ class Compute(pulumi.ComponentResource):
                     "aws", ssh_public_key=conf.ssh_public_key, ssh_sources=conf.admin_cidrs, data_disk=False
                 ),
                 tags={"Name": "bastion", "ai-assistant:role": "bastion"},
-                opts=child,
+                opts=host_options("bastion", self),
             )
             self.bastion_ip = bastion.public_ip
             self.ready.append(bastion)
@@ -734,7 +832,7 @@ class Compute(pulumi.ComponentResource):
             desired_capacity=tier.assistant_per_zone,
             max_size=tier.assistant_max_per_zone,
             health_check_type="ELB",
-            health_check_grace_period=600,
+            health_check_grace_period=SCALE_WARMUP_S,
             target_group_arns=[lb.target_groups[(color, zi)].arn],
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=template.id, version="$Latest"),
             # The provider's default tags reach the group but not the instances it launches: name the stack here.
@@ -747,12 +845,32 @@ class Compute(pulumi.ComponentResource):
                     "ai-assistant:zone": conf.zones[zi],
                 }.items()
             ],
+            # The scaling policy moves the desired capacity; a `pulumi up` must not reset it to the minimum.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["desired_capacity"]),
+        )
+        aws.autoscaling.Policy(
+            name,
+            autoscaling_group_name=group.name,
+            policy_type="TargetTrackingScaling",
+            estimated_instance_warmup=SCALE_WARMUP_S,
+            target_tracking_configuration=aws.autoscaling.PolicyTargetTrackingConfigurationArgs(
+                predefined_metric_specification=aws.autoscaling.PolicyTargetTrackingConfigurationPredefinedMetricSpecificationArgs(
+                    predefined_metric_type="ASGAverageCPUUtilization"
+                ),
+                target_value=SCALE_CPU_TARGET,
+            ),
             opts=child,
         )
         # The group waits for its minimum capacity, so the hand-off waiting on it finds the hosts in the cloud.
         self.ready.append(group)
         self.dynamic_hosts += tier.assistant_per_zone
         self.dynamic_inventory = pulumi.Output.from_input(_aws_ec2_inventory(conf, stack))
+
+
+# Target tracking on average CPU: the assistant's cost per conversation is CPU (the engine is remote or on the GPU
+# host), and 60 % leaves a zone room to absorb the other's share while a new host boots and is configured.
+SCALE_CPU_TARGET = 60.0
+SCALE_WARMUP_S = 600  # the health check grace period: a new host is not counted before it can serve
 
 
 def _aws_ec2_inventory(conf: InfraConfig, stack: str) -> str:

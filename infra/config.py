@@ -30,6 +30,11 @@ DATA_LABEL = "aidata"  # roles/volumes: volumes_fs_label
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# AMI ids: ami- and 8 or 17 hex digits. Alibaba Cloud image ids: letters, digits, _ . - (debian_12_..._x64_...vhd).
+_AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
+_ALI_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,127}$")
+_ARM = re.compile(r"arm64|aarch64", re.IGNORECASE)
+IMAGE_HELP = 'docs/infra.md, "Pinned OS image", has the look-up command'
 _SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( \S.*)?$")
 
 
@@ -64,6 +69,8 @@ class InfraConfig:
     deploy_colors: tuple[Color, ...] = ("blue",)
     standby_weight: int = 20
     canary_weight: int = 0
+    # DR switch (docs/runbooks/zone-failover.md): the standby zone takes all of the traffic.
+    failover: bool = False
     backup_retention_days: int = 30
     alert_receivers: tuple[AlertReceiver, ...] = ()
     handoff: bool = True
@@ -71,7 +78,9 @@ class InfraConfig:
     ssh_public_key: str | None = None
     certificate_id: str | None = None
     dns_zone: str | None = None
-    image_id: str | None = None
+    # The pinned OS image (Debian 12, x86_64) of the region. Never looked up at plan time: a "most recent" lookup
+    # would plan a replacement of every host whenever the distribution publishes a new image.
+    image_id: str = ""
     vpc_cidr: str = "10.40.0.0/16"
     # Secrets the operator sets with `pulumi config set --secret`; never read as plain values.
     im_secrets: pulumi.Output[Any] | None = field(default=None, compare=False)
@@ -180,6 +189,22 @@ def _inference(cfg: pulumi.Config) -> Inference:
     return Inference("gpu")
 
 
+def _image(cfg: pulumi.Config, cloud: Cloud) -> str:
+    raw = (cfg.get("imageId") or "").strip()
+    if not raw:
+        raise ConfigError(f"{_key('imageId')}: required: pin the Debian 12 x86_64 image of your region ({IMAGE_HELP})")
+    if cloud == "aws" and not _AMI.match(raw):
+        raise ConfigError(f"{_key('imageId')}: {raw!r} is not an AMI id like ami-0123456789abcdef0 ({IMAGE_HELP})")
+    if cloud == "alicloud" and not _ALI_IMAGE.match(raw):
+        raise ConfigError(
+            f"{_key('imageId')}: {raw!r} is not an ECS image id like debian_12_..._x64_20G_alibase_...vhd"
+        )
+    if _ARM.search(raw):
+        # Every instance type in infra/tiers.py is x86_64; an Arm image would not boot on them.
+        raise ConfigError(f"{_key('imageId')}: {raw!r} is an Arm image; the tiers use x86_64 instance types")
+    return raw
+
+
 def _receivers(cfg: pulumi.Config) -> tuple[AlertReceiver, ...]:
     raw = _object(cfg, "alertReceivers", [])
     if not isinstance(raw, list):
@@ -249,6 +274,7 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         deploy_colors=colors,
         standby_weight=_int(cfg, "standbyWeight", 20, 0, 50),
         canary_weight=canary,
+        failover=_bool(cfg, "failover", False),
         backup_retention_days=_int(cfg, "backupRetentionDays", 30, 1, 3650),
         alert_receivers=_receivers(cfg),
         handoff=handoff,
@@ -256,7 +282,7 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         ssh_public_key=ssh_key.strip() if ssh_key else None,
         certificate_id=certificate_id,
         dns_zone=dns_zone,
-        image_id=cfg.get("imageId"),
+        image_id=_image(cfg, cloud),
         vpc_cidr=_cidr("vpcCidr", cfg.get("vpcCidr") or "10.40.0.0/16", allow_world=False),
         im_secrets=cfg.get_secret_object("imSecrets"),
         inference_api_key=cfg.get_secret("inferenceApiKey"),
@@ -268,9 +294,11 @@ def traffic_weights(conf: InfraConfig) -> dict[tuple[Color, int], int]:
 
     The active colour carries the traffic: 100 - standbyWeight in the primary zone and standbyWeight in the same-city
     standby zone (80/20 by default). A canary moves canaryWeight percent to the other colour, split the same way.
+    With failover the standby zone takes everything: a target group whose hosts are all unhealthy still gets its
+    weighted share on both load balancers (they fail open), so losing the primary zone needs this switch.
     """
     out: dict[tuple[Color, int], int] = {}
-    zone_share = (100 - conf.standby_weight, conf.standby_weight)
+    zone_share = (0, 100) if conf.failover else (100 - conf.standby_weight, conf.standby_weight)
     for color in COLORS:
         color_share = 100 - conf.canary_weight if color == conf.active_color else conf.canary_weight
         if color not in conf.deploy_colors:

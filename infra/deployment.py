@@ -20,6 +20,14 @@ ASSISTANT_METRICS = 9464  # roles/assistant: assistant_metrics_port
 
 
 @dataclass
+class RedisEndpoint:
+    host: pulumi.Output[str]
+    port: int
+    user: str
+    tls: bool
+
+
+@dataclass
 class Deployment:
     hosts: list[Host]
     lb_address: pulumi.Output[str]
@@ -34,6 +42,10 @@ class Deployment:
     # How many hosts that source lists once every scaling group reached its minimum: the hand-off waits for them.
     dynamic_hosts: int = 0
     ready: list[pulumi.Resource] = field(default_factory=list)  # what the hand-off waits for
+    # Every zone's NAT address (the first is egress_ip): the IM platforms' allow-lists need all of them.
+    egress_ips: list[pulumi.Output[str]] = field(default_factory=list)
+    # The one Redis every assistant host in both zones uses (managed, with a standby in the second zone).
+    redis: RedisEndpoint | None = None
 
 
 def zone_suffix(zone: str) -> str:

@@ -9,7 +9,7 @@ import pulumi
 
 from infra import config as config_mod
 from infra.config import InfraConfig, traffic_weights
-from infra.deployment import Deployment
+from infra.deployment import WEAVIATE_GRPC, WEAVIATE_HTTP, Deployment
 from infra.handoff import AnsibleHandoff
 from infra.inventory import inventory_output
 from infra.secrets import InternalSecrets
@@ -35,8 +35,15 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         "ai_assistant_backup_replica_bucket": dep.backup_replica_bucket,
         "ai_assistant_backup_retention_days": conf.backup_retention_days,
         "ai_assistant_service_workers": tier.service_workers,
+        # Typed in infra/config.py (alertReceivers); the monitoring play maps them onto Alertmanager's receivers.
         "ai_assistant_alert_receivers": [{"name": r.name, "email": r.email} for r in conf.alert_receivers],
+        # One state for both zones (docs/adr/0034-one-state-across-zones.md): every assistant host, whatever its zone
+        # or colour, uses this Redis (managed, standby in the second zone) and this knowledge base (Weaviate on the
+        # primary zone's data host; its API key travels as the secret weaviate_api_key).
+        "ai_assistant_redis": _redis_vars(dep),
+        "ai_assistant_knowledge": _knowledge_vars(conf, dep),
         "ai_assistant_egress_ip": dep.egress_ip,
+        "ai_assistant_egress_ips": dep.egress_ips,
         "firewall_lb_cidrs": dep.public_cidrs,
         "firewall_admin_cidrs": dep.public_cidrs,  # SSH arrives from the bastion's subnet
         # The monitoring host's own address, resolved by Ansible from the inventory (security groups hold the rest).
@@ -47,6 +54,28 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         "volumes_mount_point": config_mod.DATA_MOUNT,
         "tls_mode": "internal_ca",  # the LB terminates public TLS; hosts serve the LB with internal certificates
         "tls_domains": [conf.domain],
+    }
+
+
+def _redis_vars(dep: Deployment) -> dict[str, Any]:
+    if dep.redis is None:
+        return {}
+    r = dep.redis
+    return {"host": r.host, "port": r.port, "user": r.user, "tls": r.tls}
+
+
+def _knowledge_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
+    # The primary zone's data host serves the knowledge base; after a zone failover, the standby zone's (restored
+    # there: docs/runbooks/zone-failover.md).
+    zone = conf.zones[1] if conf.failover else conf.zones[0]
+    primary = next((h for h in dep.hosts if h.role == "data" and h.zone == zone), None)
+    if primary is None:
+        return {}
+    return {
+        "store": "weaviate",
+        "url": pulumi.Output.concat("http://", primary.private_ip, f":{WEAVIATE_HTTP}"),
+        "grpc_port": WEAVIATE_GRPC,
+        "host": primary.name,
     }
 
 
@@ -78,9 +107,10 @@ def main(repo_root: Path = REPO_ROOT) -> None:
         from infra import aws_stack as cloud_module
     else:
         from infra import alicloud_stack as cloud_module  # type: ignore[no-redef]
-    dep = cloud_module.build(conf, stack)
-
+    # Secrets first: the managed Redis is created with the generated Redis password.
     secrets = InternalSecrets("internal")
+    dep = cloud_module.build(conf, stack, secrets.values["redis_password"])
+
     inventory = inventory_output(dep.hosts, _plain_vars(conf, dep), dep.bastion_ip, _group_vars(conf))
     secret_vars: dict[str, Any] = {
         "im_secrets": conf.im_secrets or {},
@@ -106,7 +136,8 @@ def main(repo_root: Path = REPO_ROOT) -> None:
     pulumi.export("tier", conf.tier)
     pulumi.export("url", f"https://{conf.domain}/")
     pulumi.export("loadBalancer", dep.lb_address)
-    pulumi.export("egressIp", dep.egress_ip)
+    pulumi.export("egressIp", dep.egress_ip)  # the primary zone's; kept for scripts that read one address
+    pulumi.export("egressIps", dep.egress_ips)  # every zone's NAT address: allow-list all of them
     pulumi.export("bastionIp", dep.bastion_ip)
     pulumi.export("activeColor", conf.active_color)
     pulumi.export("trafficWeights", {f"{c}/{conf.zones[z]}": w for (c, z), w in weights.items()})

@@ -34,11 +34,17 @@ class InternalSecrets(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.values = {}
         for var in SECRET_VARS:
+            # The Redis password doubles as the managed Redis password: ApsaraDB for Redis takes 8..32 characters of
+            # at least three character types, ElastiCache AUTH 16..128 (tests/infra/test_provider_rules.py).
+            managed = var == "redis_password"
             pw = random.RandomPassword(
                 f"{name}-{var.replace('_', '-')}",
-                length=40,
+                length=32 if managed else 40,
                 # Alphanumeric only: these land in URLs, YAML and HTTP headers without quoting trouble.
                 special=False,
+                min_upper=1 if managed else None,
+                min_lower=1 if managed else None,
+                min_numeric=1 if managed else None,
                 opts=child,
             )
             self.values[var] = pulumi.Output.secret(pw.result)

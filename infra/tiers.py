@@ -88,6 +88,22 @@ INSTANCE_TYPES: dict[Cloud, dict[TierName, dict[NodeRole, str]]] = {
         "enterprise": {"assistant": "ecs.c7.xlarge", "data": "ecs.g7.xlarge"},
     },
 }
+# The shared Redis (queue, de-duplication, conversation memory) is managed, with a standby in the second zone, in
+# every tier (docs/adr/0034-one-state-across-zones.md). Each class holds at least the tier's redis memory limit.
+# Published memory (GiB): ElastiCache node types page (cache.t4g.small 1.37, cache.t4g.medium 3.09,
+# cache.m7g.large 6.38); ApsaraDB for Redis Standard master-replica classes (1, 2, 4 GB).
+REDIS_CLASSES: dict[Cloud, dict[TierName, tuple[str, float]]] = {
+    "aws": {
+        "basic": ("cache.t4g.small", 1.37),
+        "standard": ("cache.t4g.medium", 3.09),
+        "enterprise": ("cache.m7g.large", 6.38),
+    },
+    "alicloud": {
+        "basic": ("redis.master.small.default", 1.0),
+        "standard": ("redis.master.mid.default", 2.0),
+        "enterprise": ("redis.master.stand.default", 4.0),
+    },
+}
 BASTION_TYPES: dict[Cloud, str] = {"aws": "t3.nano", "alicloud": "ecs.t6-c1m1.large"}
 GPU_TYPES: dict[Cloud, str] = {"aws": "g5.xlarge", "alicloud": "ecs.gn7i-c8g1.2xlarge"}
 GPU_DISK_GIB = 200  # model weights of a 7-14B model in several quantisations, plus the container image

@@ -185,6 +185,43 @@ def _public_instance_violations(args: ResourceValidationArgs) -> Iterable[str]:
         yield f"{args.name}: only the bastion may have a public address (role {role})"
 
 
+def _redis_violations(args: ResourceValidationArgs) -> Iterable[str]:
+    """The shared Redis holds conversations: encrypted in transit (and at rest on AWS), a password, never the world."""
+    p = args.props
+    if args.resource_type == "aws:elasticache/replicationGroup:ReplicationGroup":
+        for key in ("transitEncryptionEnabled", "atRestEncryptionEnabled"):
+            if not _truthy(p.get(key)):
+                yield f"{args.name}: {key} must be true"
+        if not p.get("authToken") and not p.get("userGroupIds"):
+            yield f"{args.name}: needs an AUTH token or RBAC user groups"
+    elif args.resource_type == "alicloud:kvstore/instance:Instance":
+        if p.get("sslEnable") != "Enable":
+            yield f"{args.name}: sslEnable must be Enable"
+        if p.get("vpcAuthMode", "Open") != "Open":
+            yield f"{args.name}: vpcAuthMode must be Open (password required inside the VPC)"
+        if any(ip in (*WORLD, "0.0.0.0") for ip in p.get("securityIps") or []):  # noqa: S104 - a whitelist entry
+            yield f"{args.name}: securityIps allows every address"
+
+
+STATEFUL = (
+    "aws:s3/bucket:Bucket",
+    "alicloud:oss/bucket:Bucket",
+    "aws:elasticache/replicationGroup:ReplicationGroup",
+    "alicloud:kvstore/instance:Instance",
+)
+
+
+def _protected_violations(args: ResourceValidationArgs) -> Iterable[str]:
+    """Backups, the shared Redis and the data hosts must not be deleted by a `pulumi up` (docs/infra.md)."""
+    tags = args.props.get("tags")
+    role = tags.get("ai-assistant:role") if isinstance(tags, Mapping) else None
+    is_data_host = args.resource_type in ("aws:ec2/instance:Instance", "alicloud:ecs/instance:Instance") and (
+        role == "data"
+    )
+    if (args.resource_type in STATEFUL or is_data_host) and not args.opts.protect:
+        yield f"{args.name}: stateful resource without protect"
+
+
 def _resource_policy(
     name: str, description: str, check: Callable[[ResourceValidationArgs], Iterable[str]]
 ) -> ResourceValidationPolicy:
@@ -247,6 +284,12 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     ),
     _resource_policy("listeners-https", "Load balancer listeners serve HTTPS.", _listener_violations),
     _resource_policy("no-public-instances", "Only the bastion host has a public address.", _public_instance_violations),
+    _resource_policy(
+        "redis-encrypted", "The shared Redis is encrypted in transit, needs a password, is not open.", _redis_violations
+    ),
+    _resource_policy(
+        "stateful-protected", "Buckets, the shared Redis and the data hosts are protected.", _protected_violations
+    ),
     StackValidationPolicy(
         name="buckets-complete",
         description="Every bucket comes with encryption, versioning and a public access block.",

@@ -64,6 +64,12 @@ class Run:
     invokes: list[str] = field(default_factory=list)
     exports: dict[str, tuple[Any, bool]] = field(default_factory=dict)  # name -> (value, is_secret)
     generated_secrets: list[str] = field(default_factory=list)
+    secret_names: dict[str, str] = field(default_factory=dict)  # generated value -> the generator's name
+    # (type, name) -> the ResourceOptions the program passed (protect, ignore_changes, ...); mocks never see them.
+    options: dict[tuple[str, str], pulumi.ResourceOptions] = field(default_factory=dict)
+
+    def opts(self, r: Res) -> pulumi.ResourceOptions:
+        return self.options.get((r.typ, r.name)) or pulumi.ResourceOptions()
 
     def of(self, typ: str) -> list[Res]:
         return [r for r in self.resources if r.typ == typ]
@@ -90,10 +96,14 @@ class Recorder(pulumi.runtime.Mocks):
         offset = int(hashlib.sha256(name.encode()).hexdigest(), 16) % (network.num_addresses - 2) + 1
         return str(network.network_address + offset)
 
-    def _secret(self, name: str) -> str:
-        # Distinct per run and per resource, so a scan can find leaks of exactly these values.
-        value = hashlib.sha256(f"{name}-{len(self.run.resources)}".encode()).hexdigest()[:40]
+    def _secret(self, name: str, inputs: dict[str, Any] | None = None) -> str:
+        # Distinct per run and per resource, so a scan can find leaks of exactly these values. Shaped like the
+        # generator's inputs (length, an upper-case letter when asked), so provider rules see a realistic value.
+        inputs = inputs or {}
+        digest = hashlib.sha256(f"{name}-{len(self.run.resources)}".encode()).hexdigest()
+        value = (("Q" if inputs.get("minUpper") else "") + digest)[: int(inputs.get("length") or 40)]
         self.run.generated_secrets.append(value)
+        self.run.secret_names[value] = name
         return value
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
@@ -125,7 +135,7 @@ class Recorder(pulumi.runtime.Mocks):
             out["bucket"] = f"{name}-bucket"
             id_ = f"{name}-bucket"
         elif t == "random:index/randomPassword:RandomPassword":
-            out["result"] = self._secret(name)
+            out["result"] = self._secret(name, dict(args.inputs))
         elif t == "tls:index/privateKey:PrivateKey":
             out["privateKeyPem"] = (
                 f"-----BEGIN EC PRIVATE KEY-----\n{self._secret(name)}\n-----END EC PRIVATE KEY-----\n"
@@ -143,6 +153,14 @@ class Recorder(pulumi.runtime.Mocks):
             out["certificateArn"] = "arn:aws:acm:::certificate/validated"
         elif t == "aws:route53/record:Record":
             out["fqdn"] = str(args.inputs.get("name"))
+        elif t == "aws:elasticache/replicationGroup:ReplicationGroup":
+            out["primaryEndpointAddress"] = f"master.{name}.cache.example"
+        elif t == "alicloud:kvstore/instance:Instance":
+            out["connectionDomain"] = f"r-{name}.redis.rds.example"
+        elif t == "aws:elasticache/subnetGroup:SubnetGroup":
+            out["name"] = f"{name}-subnets"
+        elif t == "aws:autoscaling/group:Group":
+            out["name"] = f"{name}-asg"
         elif t == "aws:iam/instanceProfile:InstanceProfile":
             out["name"] = f"{name}-profile"
         if "arn" not in out and t.startswith("aws:"):
@@ -152,10 +170,7 @@ class Recorder(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[Any]] | dict[str, Any]:
         self.run.invokes.append(args.token)
-        if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": "ami-0debian12", "name": "debian-12-amd64-20261101", "architecture": "x86_64"}
-        if args.token == "alicloud:ecs/getImages:getImages":
-            return {"images": [{"id": "debian_12_x64_20G_alibase_20261101.vhd"}], "ids": ["debian_12_x64"]}
+        # No invoke is mocked: the program looks nothing up at plan time (images are pinned in the stack config).
         raise AssertionError(f"unmocked invoke {args.token}: add it to tests/infra/harness.py")
 
 
@@ -165,12 +180,14 @@ BASE: dict[str, dict[str, Any]] = {
         "zones": ["ap-southeast-1a", "ap-southeast-1b"],
         "backupRegion": "ap-northeast-1",
         "dnsZone": "Z0123456789EXAMPLE",
+        "imageId": "ami-0123456789abcdef0",
     },
     "alicloud": {
         "region": "cn-hangzhou",
         "zones": ["cn-hangzhou-h", "cn-hangzhou-i"],
         "backupRegion": "cn-shanghai",
         "certificateId": "12345678-cn-hangzhou",
+        "imageId": "debian_12_9_x64_20G_alibase_20250117.vhd",
     },
 }
 
@@ -243,6 +260,21 @@ def run_program(
     psettings.ROOT.set(None)
     pulumi.runtime.set_mocks(Recorder(run), project=PROJECT, stack="test", preview=False)
 
+    original_init = pulumi.CustomResource.__init__
+
+    def recording_init(self: Any, t: str, name: str, props: Any = None, opts: Any = None, *a: Any, **kw: Any) -> None:
+        run.options[(t, name)] = opts or pulumi.ResourceOptions()
+        original_init(self, t, name, props, opts, *a, **kw)
+
+    pulumi.CustomResource.__init__ = recording_init  # type: ignore[method-assign]
+    try:
+        _run_main(run, repo_root, via_main)
+    finally:
+        pulumi.CustomResource.__init__ = original_init  # type: ignore[method-assign]
+    return run
+
+
+def _run_main(run: Run, repo_root: Path | None, via_main: bool) -> None:
     # The same loop pulumi's own @pulumi.runtime.test uses: the root stack's futures are bound to it.
     if via_main:
         # As the Pulumi CLI does: run the program directory's __main__.py as a script.
@@ -256,7 +288,6 @@ def run_program(
     stack = psettings.get_root_resource()
     for k, v in dict(getattr(stack, "outputs", {}) or {}).items():
         run.exports[k] = _sync_await(_resolve(v))
-    return run
 
 
 __all__ = ["BASE", "SSH_KEY", "Recorder", "Res", "Run", "config_for", "is_secret", "pmocks", "run_program", "unwrap"]

@@ -49,6 +49,8 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("bad receiver", {"alertReceivers": [{"name": "ops"}]}, "ai-assistant:alertReceivers[0]: needs a name and a valid"),
     ("retention zero", {"backupRetentionDays": 0}, "ai-assistant:backupRetentionDays: 0 is out of range"),
     ("no certificate", {"dnsZone": None}, "ai-assistant:certificateId: required"),
+    ("image not pinned", {"imageId": None}, "ai-assistant:imageId: required: pin the Debian 12 x86_64 image"),
+    ("image not an AMI", {"imageId": "debian-12-amd64"}, "ai-assistant:imageId: 'debian-12-amd64' is not an AMI id"),
 ]
 
 
@@ -66,6 +68,21 @@ def test_bad_config_fails_with_one_line_before_any_resource(case: str, overrides
 def test_alicloud_needs_a_certificate_id() -> None:
     with pytest.raises(ConfigError, match=r"ai-assistant:certificateId: required: certificateId \(SSL Certificates"):
         run_program(config_for("alicloud", "basic", certificateId=None))
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("debian_12_9_arm64_20G_alibase_20250117.vhd", "is an Arm image; the tiers use x86_64 instance types"),
+        ("debian 12/latest", "is not an ECS image id"),
+        (None, "ai-assistant:imageId: required"),
+    ],
+)
+def test_alicloud_image_must_be_a_pinned_x86_64_image(image: str | None, message: str) -> None:
+    run = Run()
+    with pytest.raises(ConfigError, match=message):
+        run_program(config_for("alicloud", "basic", imageId=image), run=run)
+    assert run.resources == []
 
 
 def test_invalid_json_is_reported_with_the_key() -> None:

@@ -33,9 +33,9 @@ POLICIES = {p.name: p for p in rules.POLICIES}
 Get = Callable[[str, str], Run]
 
 
-def _opts() -> PolicyResourceOptions:
+def _opts(protect: bool = False) -> PolicyResourceOptions:
     return PolicyResourceOptions(
-        protect=False,
+        protect=protect,
         ignore_changes=[],
         delete_before_replace=None,
         aliases=[],
@@ -44,11 +44,13 @@ def _opts() -> PolicyResourceOptions:
     )
 
 
-def violations_of(policy_name: str, typ: str, name: str, props: dict[str, Any]) -> list[str]:
+def violations_of(policy_name: str, typ: str, name: str, props: dict[str, Any], *, protect: bool = False) -> list[str]:
     policy = POLICIES[policy_name]
     assert isinstance(policy, ResourceValidationPolicy)
     found: list[str] = []
-    args = ResourceValidationArgs(typ, props, f"urn:pulumi:test::ai-assistant::{typ}::{name}", name, _opts(), None)
+    args = ResourceValidationArgs(
+        typ, props, f"urn:pulumi:test::ai-assistant::{typ}::{name}", name, _opts(protect), None
+    )
     policy.validate(args, lambda message, urn=None: found.append(message))
     return found
 
@@ -88,7 +90,7 @@ def test_the_program_passes_every_rule(
     for r in run.resources:
         for name, p in POLICIES.items():
             if isinstance(p, ResourceValidationPolicy):
-                found += violations_of(name, r.typ, r.name, r.props)
+                found += violations_of(name, r.typ, r.name, r.props, protect=bool(run.opts(r).protect))
     assert found == []
     assert stack_violations(run) == []
 
@@ -175,7 +177,7 @@ def test_alicloud_launch_template_is_held_to_the_instance_rules(scaled_run: Get)
     bad["internetMaxBandwidthOut"] = 5
     assert violations_of("volumes-encrypted", ALI_TEMPLATE, "lt", bad) == [
         "lt: systemDisk.encrypted must be true",
-        "lt: dataDisks[assistant-blue-h-data].encrypted must be true",
+        f"lt: dataDisks[{bad['dataDisks'][0]['name']}].encrypted must be true",  # which template comes first varies
     ]
     assert violations_of("metadata-hardened", ALI_TEMPLATE, "lt", bad) == [
         "lt: httpTokens must be 'required' (metadata security-hardening mode)"
@@ -277,3 +279,38 @@ def test_policy_pack_files_are_wired() -> None:
     ).resolve()
     main = (RULES_PATH.parent / "__main__.py").read_text()
     assert "PolicyPack(" in main and "POLICIES" in main
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_unencrypted_or_open_redis_is_refused(stack_run: Get, cloud: str) -> None:
+    typ = {"aws": "aws:elasticache/replicationGroup:ReplicationGroup", "alicloud": "alicloud:kvstore/instance:Instance"}
+    good = _first(stack_run(cloud, "basic"), typ[cloud]).props
+    assert violations_of("redis-encrypted", typ[cloud], "redis", good) == []
+    bad = copy.deepcopy(good)
+    if cloud == "aws":
+        bad["transitEncryptionEnabled"] = False
+        bad.pop("authToken")
+        assert violations_of("redis-encrypted", typ[cloud], "redis", bad) == [
+            "redis: transitEncryptionEnabled must be true",
+            "redis: needs an AUTH token or RBAC user groups",
+        ]
+    else:
+        bad["sslEnable"] = "Disable"
+        bad["securityIps"] = ["0.0.0.0/0"]
+        assert violations_of("redis-encrypted", typ[cloud], "redis", bad) == [
+            "redis: sslEnable must be Enable",
+            "redis: securityIps allows every address",
+        ]
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_unprotected_stateful_resources_are_refused(stack_run: Get, cloud: str) -> None:
+    run = stack_run(cloud, "basic")
+    instance = {"aws": "aws:ec2/instance:Instance", "alicloud": "alicloud:ecs/instance:Instance"}[cloud]
+    data = _first(run, instance, lambda r: r.props["tags"]["ai-assistant:role"] == "data")
+    assistant = _first(run, instance, lambda r: r.props["tags"]["ai-assistant:role"] == "assistant")
+    assert violations_of("stateful-protected", instance, "data", data.props) == [
+        "data: stateful resource without protect"
+    ]
+    assert violations_of("stateful-protected", instance, "data", data.props, protect=True) == []
+    assert violations_of("stateful-protected", instance, "assistant", assistant.props) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,6 +102,15 @@ def test_weights_are_80_20_on_the_active_colour(stack_run: Get, cloud: str, tier
     run = stack_run(cloud, tier)
     z = config_for(cloud, tier)["zones"]
     assert _weights(run, cloud) == {("blue", z[0]): 80, ("blue", z[1]): 20, ("green", z[0]): 0, ("green", z[1]): 0}
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_failover_sends_everything_to_the_standby_zone(cloud: str) -> None:
+    z = config_for(cloud, "basic")["zones"]
+    run = run_program(config_for(cloud, "basic", failover=True))
+    assert _weights(run, cloud) == {("blue", z[0]): 0, ("blue", z[1]): 100, ("green", z[0]): 0, ("green", z[1]): 0}
+    both = run_program(config_for(cloud, "basic", failover=True, deployColors=["blue", "green"], canaryWeight=10))
+    assert _weights(both, cloud) == {("blue", z[0]): 0, ("blue", z[1]): 90, ("green", z[0]): 0, ("green", z[1]): 10}
 
 
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
@@ -322,21 +332,49 @@ def test_inventory_lists_every_instance_by_role_zone_and_colour(stack_run: Get, 
 
 
 @pytest.mark.parametrize(("cloud", "tier"), CASES)
-def test_egress_ip_is_a_stack_output(stack_run: Get, cloud: str, tier: str) -> None:
+def test_a_nat_per_zone_and_every_egress_ip_is_a_stack_output(stack_run: Get, cloud: str, tier: str) -> None:
     run = stack_run(cloud, tier)
-    ip, secret = run.exports["egressIp"]
-    assert secret is False
+    ips, secret = run.exports["egressIps"]
+    assert secret is False and len(ips) == 2 and len(set(ips)) == 2
+    assert run.exports["egressIp"] == (ips[0], False)
+    zones = config_for(cloud, tier)["zones"]
+    subnet_type = {"aws": "aws:ec2/subnet:Subnet", "alicloud": "alicloud:vpc/switch:Switch"}[cloud]
+    subnet_zone = {r.id: r.props[ZONE_KEY[cloud]] for r in run.of(subnet_type)}
+    private = {r.id for r in run.of(subnet_type) if "private" in r.name}
     if cloud == "aws":
-        nat = run.of("aws:ec2/natGateway:NatGateway")[0]
-        eip = run.by_id(nat.props["allocationId"])
-        assert eip.outputs["publicIp"] == ip
+        nats = run.of("aws:ec2/natGateway:NatGateway")
+        nat_zone = {n.id: subnet_zone[n.props["subnetId"]] for n in nats}
+        assert sorted(nat_zone.values()) == sorted(zones), "one NAT gateway in each zone"
+        assert sorted(run.by_id(n.props["allocationId"]).outputs["publicIp"] for n in nats) == sorted(ips)
+        # Each zone's private subnet routes 0.0.0.0/0 through its own zone's NAT.
+        tables = {r.id: r.props for r in run.of("aws:ec2/routeTable:RouteTable")}
+        for a in run.of("aws:ec2/routeTableAssociation:RouteTableAssociation"):
+            if a.props["subnetId"] in private:
+                [route] = tables[a.props["routeTableId"]]["routes"]
+                assert nat_zone[route["natGatewayId"]] == subnet_zone[a.props["subnetId"]], a.name
     else:
-        eip = run.of("alicloud:ecs/eipAddress:EipAddress")[0]
-        assert eip.outputs["ipAddress"] == ip
+        nats = run.of("alicloud:vpc/natGateway:NatGateway")
+        nat_zone = {n.id: subnet_zone[n.props["vswitchId"]] for n in nats}
+        assert sorted(nat_zone.values()) == sorted(zones)
+        eips = {e.id: e.outputs["ipAddress"] for e in run.of("alicloud:ecs/eipAddress:EipAddress")}
+        assoc = {
+            a.props["instanceId"]: eips[a.props["allocationId"]]
+            for a in run.of("alicloud:ecs/eipAssociation:EipAssociation")
+        }
+        assert sorted(assoc.values()) == sorted(ips) and set(assoc) == set(nat_zone)
+        assert all(a.props["instanceType"] == "Nat" for a in run.of("alicloud:ecs/eipAssociation:EipAssociation"))
         snat = run.of("alicloud:vpc/snatEntry:SnatEntry")
-        assert {s.props["snatIp"] for s in snat} == {ip} and len(snat) == 2
-        assoc = run.of("alicloud:ecs/eipAssociation:EipAssociation")[0].props
-        assert assoc["instanceType"] == "Nat"
+        assert len(snat) == 2
+        assert {e.props["sourceVswitchId"] for e in snat} == private
+        assert sorted(e.props["snatIp"] for e in snat) == sorted(ips), "each zone's hosts leave through its own EIP"
+        attached = {
+            a.props["routeTableId"]: a.props["vswitchId"]
+            for a in run.of("alicloud:vpc/routeTableAttachment:RouteTableAttachment")
+        }
+        assert set(attached.values()) == private
+        for r in run.of("alicloud:vpc/routeEntry:RouteEntry"):
+            assert r.props["destinationCidrblock"] == "0.0.0.0/0" and r.props["nexthopType"] == "NatGateway"
+            assert nat_zone[r.props["nexthopId"]] == subnet_zone[attached[r.props["routeTableId"]]], r.name
 
 
 def test_autoscaling_groups_per_colour_and_zone() -> None:
@@ -407,7 +445,8 @@ def test_alicloud_scaling_groups_per_colour_and_zone(scaled_run: Get, tier: str)
         [attach] = p["albServerGroups"]
         assert (attach["port"], attach["weight"]) == (443, 100)
         target = server_groups[attach["albServerGroupId"]]
-        assert target["tags"] == {"ai-assistant:color": p["tags"]["ai-assistant:color"], "ai-assistant:zone": zone}
+        assert target["tags"]["ai-assistant:color"] == p["tags"]["ai-assistant:color"]
+        assert target["tags"]["ai-assistant:zone"] == zone
         lt = templates[p["launchTemplateId"]].props
         assert p["launchTemplateVersion"] == "Latest"
         assert lt["instanceType"] == INSTANCE_TYPES["alicloud"][tier]["assistant"]
@@ -509,11 +548,19 @@ def test_external_inference_has_no_gpu_host() -> None:
     assert inv["children"]["inference"]["hosts"] == {}
 
 
-def test_health_checks_use_readyz(stack_run: Get) -> None:
-    aws_tgs = stack_run("aws", "basic").of("aws:lb/targetGroup:TargetGroup")
-    assert len(aws_tgs) == 2 * len(COLORS)
-    assert {(t.props["healthCheck"]["path"], t.props["healthCheck"]["protocol"]) for t in aws_tgs} == {
-        ("/readyz", "HTTPS")
-    }
-    ali = stack_run("alicloud", "basic").of("alicloud:alb/serverGroup:ServerGroup")
-    assert {s.props["healthCheckConfig"]["healthCheckPath"] for s in ali} == {"/readyz"}
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_load_balancer_checks_liveness_not_readiness(stack_run: Get, cloud: str) -> None:
+    """/readyz includes the engine and the store: their outage must not mark (and with autoscaling, replace) every
+    host. /healthz is the service's liveness endpoint (service/ai_assistant/app.py)."""
+    if cloud == "aws":
+        tgs = stack_run("aws", "basic").of("aws:lb/targetGroup:TargetGroup")
+        assert len(tgs) == 2 * len(COLORS)
+        assert {(t.props["healthCheck"]["path"], t.props["healthCheck"]["protocol"]) for t in tgs} == {
+            ("/healthz", "HTTPS")
+        }
+    else:
+        groups = stack_run("alicloud", "basic").of("alicloud:alb/serverGroup:ServerGroup")
+        assert {s.props["healthCheckConfig"]["healthCheckPath"] for s in groups} == {"/healthz"}
+    from ai_assistant import app as service_app
+
+    assert '@app.get("/healthz"' in Path(service_app.__file__).read_text()
