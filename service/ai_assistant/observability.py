@@ -49,6 +49,12 @@ ENGINE_DURATION = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
 )
 ENGINE_ERRORS = Counter("ai_assistant_engine_errors", "Inference calls that failed after bounded retries", ["engine"])
+ENGINE_ATTEMPTS = Counter(
+    "ai_assistant_engine_attempts", "Requests sent to the inference server, retries included", ["engine"]
+)
+ENGINE_WAITS = Counter(
+    "ai_assistant_engine_waits", "Messages put back to wait for the engine (before their answer deadline)", ["engine"]
+)
 DELIVERIES = Counter("ai_assistant_deliveries", "Outbound platform API sends", ["connector", "outcome"])
 FEEDBACK = Counter("ai_assistant_feedback", "User feedback on answers", ["connector", "rating"])
 BUILD_INFO = Gauge("ai_assistant_build_info", "Version of the running assistant", ["version"])
@@ -72,6 +78,8 @@ def create_series(connectors: list[str], engine: str) -> None:
     for status in ("success", "error"):
         REQUESTS.labels(status=status)
     ENGINE_ERRORS.labels(engine=engine)
+    ENGINE_ATTEMPTS.labels(engine=engine)
+    ENGINE_WAITS.labels(engine=engine)
     ENGINE_DURATION.labels(engine=engine)
 
 

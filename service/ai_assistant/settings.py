@@ -82,6 +82,9 @@ class WorkerSettings(_Section):
     max_attempts: int = Field(5, ge=1)
     poll_interval_seconds: float = Field(0.2, gt=0)
     retry_backoff_seconds: float = Field(2.0, gt=0)
+    # How long a message may wait for the model (an outage, a restart, an overloaded server) before the user gets
+    # engine.error_reply instead. Until then the message goes back to the queue with a growing, jittered delay.
+    answer_deadline_seconds: float = Field(600.0, ge=1)
 
 
 class FilterSettings(_Section):

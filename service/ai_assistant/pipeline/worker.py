@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,13 +21,15 @@ from ..channels.loader import RoutedChannel
 from ..connectors.base import Connector
 from ..errors import DeliveryFailed, EngineUnavailable
 from ..messages import ChatTurn, InboundMessage, OutboundText
-from ..observability import ANSWER_DURATION, ANSWERS, QUEUE_DEPTH, QUEUE_OLDEST_AGE, request_id
+from ..observability import ANSWER_DURATION, ANSWERS, ENGINE_WAITS, QUEUE_DEPTH, QUEUE_OLDEST_AGE, request_id
 from ..settings import Settings
 from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
 from .filters import SensitiveWordFilter
 
 log = logging.getLogger(__name__)
+
+MAX_ENGINE_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,17 @@ class Pipeline:
             return
         answer, outcome = job.answer, job.outcome
         if answer is None:
-            answer, outcome, turns = await self._answer(msg)
+            try:
+                answer, outcome, turns = await self._answer(msg)
+            except EngineUnavailable as exc:
+                delay = self._engine_wait(job, exc)
+                if delay is not None:
+                    ENGINE_WAITS.labels(engine=self.settings.engine.name).inc()
+                    log.warning("no answer yet for %s (%s); trying again in %.1f s", msg.event_id, exc, delay)
+                    await self.store.release(job.id, delay, str(exc), count_attempt=False)
+                    return
+                log.warning("no answer for %s by its deadline: %s", msg.event_id, exc)
+                answer, outcome, turns = self.settings.engine.error_reply, "engine_error", []
             await self.store.save_answer(
                 job.id, answer, outcome, msg.conversation_key, turns, self.settings.memory.turns
             )
@@ -115,6 +128,23 @@ class Pipeline:
         ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
         ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
         log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
+
+    def _engine_wait(self, job: Job, exc: EngineUnavailable) -> float | None:
+        """How long to put the message back for while the engine is unavailable, or None once waiting is over: the
+        failure is permanent, or the message's answer deadline has passed (then the user gets the error reply).
+
+        The delay grows with the message's age (a quarter of it, jittered, at least worker.retry_backoff_seconds,
+        at most a minute), so retries come quickly after a blip and sparsely through a long outage; it honours the
+        server's Retry-After and ends at the deadline, where one last try decides."""
+        worker = self.settings.worker
+        now = time.time()
+        received = job.message.received_at or job.enqueued_at
+        deadline = received + worker.answer_deadline_seconds
+        if not exc.transient or now >= deadline:
+            return None
+        grown = min(MAX_ENGINE_WAIT_SECONDS, max(worker.retry_backoff_seconds, (now - received) / 4))
+        delay = max(random.uniform(grown / 2, grown), exc.retry_after or 0.0)  # noqa: S311 (jitter, not a secret)
+        return min(delay, deadline - now)
 
     def _delivery_plan(self, msg: InboundMessage, answer: str) -> list[tuple[OutputChannel, OutboundText]]:
         """Every delivery this answer needs, in a fixed order, so `parts_sent` can say how far a previous attempt got:
@@ -153,11 +183,7 @@ class Pipeline:
             footer = grounding.footer
         history = await self.store.history(msg.conversation_key, self.settings.memory.turns)
         turns = [ChatTurn("system", system), *history, ChatTurn("user", user_text)]
-        try:
-            raw = await self.engine.chat(turns)  # type: ignore[attr-defined]
-        except EngineUnavailable as exc:
-            log.warning("no answer for %s: %s", msg.event_id, exc)
-            return self.settings.engine.error_reply, "engine_error", []
+        raw = await self.engine.chat(turns)  # type: ignore[attr-defined]  # EngineUnavailable: see process()
         checked_out = self.output_filter.apply(raw)
         if checked_out.blocked:
             return self.settings.filters.block_message, "blocked", []

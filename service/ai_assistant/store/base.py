@@ -54,8 +54,9 @@ class StateStore(Protocol):
     async def complete(self, job_id: str) -> None:
         """The answer is fully delivered: the job leaves the queue."""
 
-    async def release(self, job_id: str, delay_seconds: float, error: str) -> None:
-        """Give the job back to be retried after a delay (delivery failed)."""
+    async def release(self, job_id: str, delay_seconds: float, error: str, *, count_attempt: bool = True) -> None:
+        """Give the job back to be retried after a delay (delivery failed). `count_attempt=False` when the job only
+        waits for something outside it (the engine): that claim does not count towards worker.max_attempts."""
 
     async def dead_letter(self, job_id: str, error: str) -> None:
         """Stop retrying; keep the job for inspection."""

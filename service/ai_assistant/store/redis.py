@@ -148,10 +148,12 @@ class RedisStore:
             pipe.delete(P + "job:" + job_id)
             await pipe.execute()
 
-    async def release(self, job_id: str, delay_seconds: float, error: str) -> None:
+    async def release(self, job_id: str, delay_seconds: float, error: str, *, count_attempt: bool = True) -> None:
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.zadd(QUEUE, {job_id: time.time() + delay_seconds}, xx=True)
             pipe.hset(P + "job:" + job_id, "last_error", error[:500])
+            if not count_attempt:
+                pipe.hincrby(P + "job:" + job_id, "attempts", -1)
             await pipe.execute()
 
     async def dead_letter(self, job_id: str, error: str) -> None:

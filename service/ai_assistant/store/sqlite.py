@@ -262,11 +262,13 @@ class SQLiteStore:
             lambda db: db.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?", (now, job_id))
         )
 
-    async def release(self, job_id: str, delay_seconds: float, error: str) -> None:
+    async def release(self, job_id: str, delay_seconds: float, error: str, *, count_attempt: bool = True) -> None:
         visible = time.time() + delay_seconds
+        refund = 0 if count_attempt else 1
         await self._run(
             lambda db: db.execute(
-                "UPDATE jobs SET visible_at = ?, last_error = ? WHERE id = ?", (visible, error[:500], job_id)
+                "UPDATE jobs SET visible_at = ?, last_error = ?, attempts = attempts - ? WHERE id = ?",
+                (visible, error[:500], refund, job_id),
             )
         )
 
