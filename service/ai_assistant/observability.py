@@ -55,6 +55,11 @@ ENGINE_ATTEMPTS = Counter(
 ENGINE_WAITS = Counter(
     "ai_assistant_engine_waits", "Messages put back to wait for the engine (before their answer deadline)", ["engine"]
 )
+WORKERS_CONFIGURED = Gauge("ai_assistant_workers_configured", "Worker loops this instance should run")
+WORKERS_UP = Gauge("ai_assistant_workers_up", "Worker loops running whose last store call succeeded")
+WORKER_ERRORS = Counter(
+    "ai_assistant_worker_errors", "Worker failures that were logged and backed off from, by step", ["step"]
+)
 DELIVERIES = Counter("ai_assistant_deliveries", "Outbound platform API sends", ["connector", "outcome"])
 FEEDBACK = Counter("ai_assistant_feedback", "User feedback on answers", ["connector", "rating"])
 BUILD_INFO = Gauge("ai_assistant_build_info", "Version of the running assistant", ["version"])
@@ -80,6 +85,8 @@ def create_series(connectors: list[str], engine: str) -> None:
     ENGINE_ERRORS.labels(engine=engine)
     ENGINE_ATTEMPTS.labels(engine=engine)
     ENGINE_WAITS.labels(engine=engine)
+    for step in ("claim", "job", "release", "loop"):
+        WORKER_ERRORS.labels(step=step)
     ENGINE_DURATION.labels(engine=engine)
 
 

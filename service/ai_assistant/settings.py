@@ -85,6 +85,9 @@ class WorkerSettings(_Section):
     # How long a message may wait for the model (an outage, a restart, an overloaded server) before the user gets
     # engine.error_reply instead. Until then the message goes back to the queue with a growing, jittered delay.
     answer_deadline_seconds: float = Field(600.0, ge=1)
+    # On shutdown a worker finishes the message in hand for up to this long, then hands it back to the queue (another
+    # instance, or this one after its restart, takes it over at once). Keep it under the unit's TimeoutStopSec.
+    stop_grace_seconds: float = Field(20.0, ge=0)
 
 
 class FilterSettings(_Section):

@@ -26,6 +26,7 @@ from ..settings import Settings
 from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
 from .filters import SensitiveWordFilter
+from .supervisor import WorkerState, sleep_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +58,92 @@ class Pipeline:
     retriever: Retriever | None = None
     routed: list[RoutedChannel] = field(default_factory=list)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """One worker: poll the queue until `stop` is set."""
+    async def run(self, stop: asyncio.Event, state: WorkerState | None = None) -> None:
+        """One worker: poll the queue until `stop` is set. Store failures are logged with their cause and backed off
+        from (pipeline/supervisor.py keeps the state that /readyz and the metrics read); they never end the loop."""
+        state = state or WorkerState("worker")
+        worker = self.settings.worker
         while not stop.is_set():
-            job = await self.store.claim(self.settings.worker.lease_seconds)
-            if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.worker.poll_interval_seconds)
-                continue
-            token = request_id.set(job.message.event_id)
-            heartbeat = asyncio.create_task(self._heartbeat(job))
             try:
-                await self.process(job, heartbeat)
-            except Exception:  # one bad job must not kill the worker; the lease brings it back for another try
-                log.exception("job %s failed unexpectedly", job.id)
-                await self.store.release(job.id, self.settings.worker.retry_backoff_seconds, "unexpected error")
-            finally:
-                heartbeat.cancel()
-                request_id.reset(token)
+                job = await self.store.claim(worker.lease_seconds)
+            except Exception as exc:
+                delay = state.failed("claim", exc)
+                log.warning(
+                    "%s cannot claim (%s: %s); trying again in %.1f s", state.name, type(exc).__name__, exc, delay
+                )
+                await sleep_unless_stopped(stop, delay)
+                continue
+            state.ok()
+            if job is None:
+                await sleep_unless_stopped(stop, worker.poll_interval_seconds)
+                continue
+            await self._work(job, state, stop)
+
+    async def _work(self, job: Job, state: WorkerState, stop: asyncio.Event) -> None:
+        token = request_id.set(job.message.event_id)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        work = asyncio.create_task(self.process(job, heartbeat))
+        try:
+            if not await self._finish_or_hand_back(job, work, stop):
+                return
+            exc = work.exception()
+            if exc is not None:  # one bad job must not end the worker; it is retried after a backoff
+                delay = state.failed("job", exc)
+                log.error("job %s failed (%s: %s); retrying in %.1f s", job.id, type(exc).__name__, exc, delay,
+                          exc_info=exc)  # fmt: skip
+                await self._release_quietly(job, delay, f"{type(exc).__name__}: {exc}", state)
+        finally:
+            heartbeat.cancel()
+            request_id.reset(token)
+
+    async def _finish_or_hand_back(self, job: Job, work: asyncio.Task[None], stop: asyncio.Event) -> bool:
+        """Wait for the job; once `stop` is set give it worker.stop_grace_seconds more, then cancel it and hand it
+        back to the queue at once (the claim does not count as an attempt). True if the job ran to its end."""
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                await asyncio.wait({work}, timeout=self.settings.worker.stop_grace_seconds)
+        finally:
+            stopping.cancel()
+        if work.done():
+            return True
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        log.warning("shutting down: handing %s back to the queue", job.id)
+        await self._release_quietly(job, 0.0, "handed back at shutdown", None, count_attempt=False)
+        return False
+
+    async def _release_quietly(
+        self, job: Job, delay: float, error: str, state: WorkerState | None, *, count_attempt: bool = True
+    ) -> None:
+        """Release, or if the store is down too, leave the job to its lease: it becomes visible again by itself."""
+        try:
+            await self.store.release(job.id, delay, error, count_attempt=count_attempt)
+        except Exception as exc:
+            if state is not None:
+                state.failed("release", exc)
+            log.warning("could not release %s (%s: %s); its lease will expire", job.id, type(exc).__name__, exc)
 
     async def _heartbeat(self, job: Job) -> None:
-        """Renews the lease while the job is worked on; ends (and so flags the loss) if another worker took it over."""
+        """Renews the lease while the job is worked on; ends (and so flags the loss) if another worker took it over,
+        or if the store could not be reached for so long that the lease has run out."""
         lease = self.settings.worker.lease_seconds
+        held_until = time.monotonic() + lease
         while True:
             await asyncio.sleep(lease / 3)
-            if not await self.store.extend(job.id, job.lease_token, lease):
+            try:
+                renewed = await self.store.extend(job.id, job.lease_token, lease)
+            except Exception as exc:
+                log.warning("could not renew the lease on %s (%s: %s)", job.id, type(exc).__name__, exc)
+                if time.monotonic() < held_until:
+                    continue
+                renewed = False
+            if not renewed:
                 log.warning("lost the lease on %s; another worker has it", job.id)
                 return
+            held_until = time.monotonic() + lease
 
     async def process(self, job: Job, heartbeat: asyncio.Task[None] | None = None) -> None:
         msg = job.message
