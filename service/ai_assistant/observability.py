@@ -60,6 +60,11 @@ WORKERS_UP = Gauge("ai_assistant_workers_up", "Worker loops running whose last s
 WORKER_ERRORS = Counter(
     "ai_assistant_worker_errors", "Worker failures that were logged and backed off from, by step", ["step"]
 )
+STALE_WRITES = Counter(
+    "ai_assistant_stale_writes",
+    "Job writes refused because the worker's lease had passed to another worker (fencing), by operation",
+    ["op"],
+)
 DELIVERIES = Counter("ai_assistant_deliveries", "Outbound platform API sends", ["connector", "outcome"])
 FEEDBACK = Counter("ai_assistant_feedback", "User feedback on answers", ["connector", "rating"])
 BUILD_INFO = Gauge("ai_assistant_build_info", "Version of the running assistant", ["version"])
@@ -87,6 +92,8 @@ def create_series(connectors: list[str], engine: str) -> None:
     ENGINE_WAITS.labels(engine=engine)
     for step in ("claim", "job", "release", "loop"):
         WORKER_ERRORS.labels(step=step)
+    for op in ("save_answer", "mark_part_sent", "complete", "release", "dead_letter"):
+        STALE_WRITES.labels(op=op)
     ENGINE_DURATION.labels(engine=engine)
 
 

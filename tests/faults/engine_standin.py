@@ -35,7 +35,9 @@ def _chunk(content: str | None, finish: str | None = None) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-def build(log: Path, fail: int, status: int, retry_after: str | None, stall: float, answer: str) -> FastAPI:
+def build(
+    log: Path, fail: int, status: int, retry_after: str | None, stall: float, stall_count: int, answer: str
+) -> FastAPI:
     app = FastAPI()
 
     @app.get("/v1/models")
@@ -56,7 +58,7 @@ def build(log: Path, fail: int, status: int, retry_after: str | None, stall: flo
         async def events() -> AsyncIterator[str]:
             words = answer.split(" ")
             yield _chunk(words[0])
-            if stall:
+            if stall and seen < fail + stall_count:
                 await asyncio.sleep(stall)
             for word in words[1:]:
                 yield _chunk(" " + word)
@@ -76,9 +78,10 @@ def main() -> None:
     parser.add_argument("--status", type=int, default=503)
     parser.add_argument("--retry-after", default=None)
     parser.add_argument("--stall", type=float, default=0.0, help="seconds to stall after the first token")
+    parser.add_argument("--stall-count", type=int, default=1_000_000, help="stall only the first N answers")
     parser.add_argument("--answer", default=ANSWER)
     args = parser.parse_args()
-    app = build(args.log, args.fail, args.status, args.retry_after, args.stall, args.answer)
+    app = build(args.log, args.fail, args.status, args.retry_after, args.stall, args.stall_count, args.answer)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -21,7 +21,15 @@ from ..channels.loader import RoutedChannel
 from ..connectors.base import Connector
 from ..errors import DeliveryFailed, EngineUnavailable
 from ..messages import ChatTurn, InboundMessage, OutboundText
-from ..observability import ANSWER_DURATION, ANSWERS, ENGINE_WAITS, QUEUE_DEPTH, QUEUE_OLDEST_AGE, request_id
+from ..observability import (
+    ANSWER_DURATION,
+    ANSWERS,
+    ENGINE_WAITS,
+    QUEUE_DEPTH,
+    QUEUE_OLDEST_AGE,
+    STALE_WRITES,
+    request_id,
+)
 from ..settings import Settings
 from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
@@ -31,6 +39,10 @@ from .supervisor import WorkerState, sleep_unless_stopped
 log = logging.getLogger(__name__)
 
 MAX_ENGINE_WAIT_SECONDS = 60.0
+
+
+class LeaseLost(Exception):
+    """A fenced write was refused (store/base.py): another worker claimed the job since this one did."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,9 @@ class Pipeline:
             if not await self._finish_or_hand_back(job, work, stop):
                 return
             exc = work.exception()
-            if exc is not None:  # one bad job must not end the worker; it is retried after a backoff
+            if isinstance(exc, LeaseLost):  # not a failure of the job: the worker that holds it now carries on
+                log.warning("%s", exc)
+            elif exc is not None:  # one bad job must not end the worker; it is retried after a backoff
                 delay = state.failed("job", exc)
                 log.error("job %s failed (%s: %s); retrying in %.1f s", job.id, type(exc).__name__, exc, delay,
                           exc_info=exc)  # fmt: skip
@@ -120,7 +134,10 @@ class Pipeline:
     ) -> None:
         """Release, or if the store is down too, leave the job to its lease: it becomes visible again by itself."""
         try:
-            await self.store.release(job.id, delay, error, count_attempt=count_attempt)
+            released = await self.store.release(job.id, job.lease_token, delay, error, count_attempt=count_attempt)
+            if not released:
+                STALE_WRITES.labels(op="release").inc()
+                log.warning("did not release %s: another worker holds it now", job.id)
         except Exception as exc:
             if state is not None:
                 state.failed("release", exc)
@@ -148,7 +165,11 @@ class Pipeline:
     async def process(self, job: Job, heartbeat: asyncio.Task[None] | None = None) -> None:
         msg = job.message
         if job.attempts > self.settings.worker.max_attempts:
-            await self.store.dead_letter(job.id, f"gave up after {job.attempts - 1} attempts")
+            self._held(
+                "dead_letter",
+                job,
+                await self.store.dead_letter(job.id, job.lease_token, f"gave up after {job.attempts - 1} attempts"),
+            )
             ANSWERS.labels(connector=msg.connector, outcome="dead").inc()
             log.error("job %s dead-lettered after %d attempts", job.id, job.attempts - 1)
             return
@@ -161,13 +182,15 @@ class Pipeline:
                 if delay is not None:
                     ENGINE_WAITS.labels(engine=self.settings.engine.name).inc()
                     log.warning("no answer yet for %s (%s); trying again in %.1f s", msg.event_id, exc, delay)
-                    await self.store.release(job.id, delay, str(exc), count_attempt=False)
+                    released = await self.store.release(job.id, job.lease_token, delay, str(exc), count_attempt=False)
+                    self._held("release", job, released)
                     return
                 log.warning("no answer for %s by its deadline: %s", msg.event_id, exc)
                 answer, outcome, turns = self.settings.engine.error_reply, "engine_error", []
-            await self.store.save_answer(
-                job.id, answer, outcome, msg.conversation_key, turns, self.settings.memory.turns
+            saved = await self.store.save_answer(
+                job.id, job.lease_token, answer, outcome, msg.conversation_key, turns, self.settings.memory.turns
             )
+            self._held("save_answer", job, saved)
         plan = self._delivery_plan(msg, answer)
         for index in range(job.parts_sent, len(plan)):
             if heartbeat is not None and heartbeat.done():
@@ -180,14 +203,21 @@ class Pipeline:
                 log.warning(
                     "delivery %d/%d of %s failed (%s); retrying in %.0f s", index + 1, len(plan), job.id, exc, delay
                 )
-                await self.store.release(job.id, delay, str(exc))
+                self._held("release", job, await self.store.release(job.id, job.lease_token, delay, str(exc)))
                 return
-            await self.store.mark_part_sent(job.id, index + 1)
+            self._held("mark_part_sent", job, await self.store.mark_part_sent(job.id, job.lease_token, index + 1))
         parts = [p for c, p in plan if c is self.channel]
-        await self.store.complete(job.id)
+        self._held("complete", job, await self.store.complete(job.id, job.lease_token))
         ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
         ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
         log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
+
+    @staticmethod
+    def _held(op: str, job: Job, held: bool) -> None:
+        """A fenced store write was refused: this worker's lease has passed to another one, so it must stop here."""
+        if not held:
+            STALE_WRITES.labels(op=op).inc()
+            raise LeaseLost(f"{op} of {job.id} refused: its lease has passed to another worker; stopping")
 
     def _engine_wait(self, job: Job, exc: EngineUnavailable) -> float | None:
         """How long to put the message back for while the engine is unavailable, or None once waiting is over: the

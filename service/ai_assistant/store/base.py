@@ -44,22 +44,37 @@ class StateStore(Protocol):
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
         """Renew the lease (the worker's heartbeat). False if another worker has claimed the job since."""
 
+    # Every write of a job below is fenced: it takes effect only while `lease_token` is still the job's (no other
+    # worker has claimed it since, and it is neither finished nor dead-lettered), and returns False otherwise, so a
+    # worker that lost its lease can never overwrite the answer, move `parts_sent` back, append to the memory twice,
+    # or release, finish or dead-letter a job another worker holds.
+
     async def save_answer(
-        self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int
-    ) -> None:
+        self,
+        job_id: str,
+        lease_token: str,
+        answer: str,
+        outcome: str,
+        conversation: str,
+        turns: list[ChatTurn],
+        keep_turns: int,
+    ) -> bool:
         """Checkpoint the answer and append the exchange to the conversation memory, in one transaction."""
 
-    async def mark_part_sent(self, job_id: str, parts_sent: int) -> None: ...
+    async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool: ...
 
-    async def complete(self, job_id: str) -> None:
+    async def complete(self, job_id: str, lease_token: str) -> bool:
         """The answer is fully delivered: the job leaves the queue."""
 
-    async def release(self, job_id: str, delay_seconds: float, error: str, *, count_attempt: bool = True) -> None:
+    async def release(
+        self, job_id: str, lease_token: str, delay_seconds: float, error: str, *, count_attempt: bool = True
+    ) -> bool:
         """Give the job back to be retried after a delay (delivery failed). `count_attempt=False` when the job only
-        waits for something outside it (the engine): that claim does not count towards worker.max_attempts."""
+        waits for something outside it (the engine, a shutdown): that claim does not count towards
+        worker.max_attempts."""
 
-    async def dead_letter(self, job_id: str, error: str) -> None:
-        """Stop retrying; keep the job for inspection."""
+    async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
+        """Stop retrying; keep the job for inspection (and replay: `ai-assistant dlq`)."""
 
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]: ...
 

@@ -234,13 +234,29 @@ class SQLiteStore:
         )
         return cur.rowcount == 1
 
+    # Fencing: each job write names the lease token it was claimed with; a write whose token is no longer the job's
+    # (claimed again since, finished, dead) changes nothing and returns False.
+    _HELD = "id = ? AND lease_token = ? AND state = 'queued'"
+
     async def save_answer(
-        self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int
-    ) -> None:
+        self,
+        job_id: str,
+        lease_token: str,
+        answer: str,
+        outcome: str,
+        conversation: str,
+        turns: list[ChatTurn],
+        keep_turns: int,
+    ) -> bool:
         now = time.time()
 
-        def body(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE jobs SET answer = ?, outcome = ? WHERE id = ?", (answer, outcome, job_id))
+        def body(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                f"UPDATE jobs SET answer = ?, outcome = ? WHERE {self._HELD}",  # noqa: S608 (constant text)
+                (answer, outcome, job_id, lease_token),
+            )
+            if cur.rowcount != 1:
+                return False
             db.executemany(
                 "INSERT INTO history (conversation, role, content, at) VALUES (?, ?, ?, ?)",
                 [(conversation, t.role, t.content, now) for t in turns],
@@ -250,35 +266,32 @@ class SQLiteStore:
                 "(SELECT id FROM history WHERE conversation = ? ORDER BY id DESC LIMIT ?)",
                 (conversation, conversation, keep_turns * 2),
             )
+            return True
 
-        await self._run(lambda db: self._tx(db, body))
+        return await self._run(lambda db: self._tx(db, body))
 
-    async def mark_part_sent(self, job_id: str, parts_sent: int) -> None:
-        await self._run(lambda db: db.execute("UPDATE jobs SET parts_sent = ? WHERE id = ?", (parts_sent, job_id)))
+    async def _fenced(self, sql: str, args: tuple[object, ...]) -> bool:
+        cur = await self._run(lambda db: db.execute(f"{sql} WHERE {self._HELD}", args))
+        return cur.rowcount == 1
 
-    async def complete(self, job_id: str) -> None:
-        now = time.time()
-        await self._run(
-            lambda db: db.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?", (now, job_id))
+    async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool:
+        return await self._fenced("UPDATE jobs SET parts_sent = ?", (parts_sent, job_id, lease_token))
+
+    async def complete(self, job_id: str, lease_token: str) -> bool:
+        return await self._fenced("UPDATE jobs SET state = 'done', finished_at = ?", (time.time(), job_id, lease_token))
+
+    async def release(
+        self, job_id: str, lease_token: str, delay_seconds: float, error: str, *, count_attempt: bool = True
+    ) -> bool:
+        return await self._fenced(
+            "UPDATE jobs SET visible_at = ?, last_error = ?, attempts = attempts - ?",
+            (time.time() + delay_seconds, error[:500], 0 if count_attempt else 1, job_id, lease_token),
         )
 
-    async def release(self, job_id: str, delay_seconds: float, error: str, *, count_attempt: bool = True) -> None:
-        visible = time.time() + delay_seconds
-        refund = 0 if count_attempt else 1
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE jobs SET visible_at = ?, last_error = ?, attempts = attempts - ? WHERE id = ?",
-                (visible, error[:500], refund, job_id),
-            )
-        )
-
-    async def dead_letter(self, job_id: str, error: str) -> None:
-        now = time.time()
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE jobs SET state = 'dead', finished_at = ?, last_error = ? WHERE id = ?",
-                (now, error[:500], job_id),
-            )
+    async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
+        return await self._fenced(
+            "UPDATE jobs SET state = 'dead', finished_at = ?, last_error = ?",
+            (time.time(), error[:500], job_id, lease_token),
         )
 
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]:
