@@ -24,6 +24,7 @@ from .channels.reply import ReplyChannel
 from .connectors.base import Connector
 from .connectors.loader import load_connectors
 from .credentials import BearerTokens
+from .dlq import dlq_router
 from .edge import AssistantApp, WebhookEndpoint
 from .knowledge.api import kb_router
 from .knowledge.grounding import ground
@@ -212,6 +213,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     require_admin = admin_dependency(parts.admin_tokens)
+    app.include_router(dlq_router(parts.store, require_admin))
     if parts.knowledge is not None:
         app.include_router(kb_router(parts.knowledge, require_admin))
     if settings.alerts.token is not None:

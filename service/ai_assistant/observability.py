@@ -35,6 +35,7 @@ DUPLICATES = Counter(
 )
 QUEUE_DEPTH = Gauge("ai_assistant_queue_depth", "Messages waiting for or being answered")
 QUEUE_OLDEST_AGE = Gauge("ai_assistant_queue_oldest_age_seconds", "Age of the oldest unanswered message")
+DEAD_LETTERS = Gauge("ai_assistant_dead_letters", "Dead letters waiting for an operator (ai-assistant dlq)")
 ANSWERS = Counter("ai_assistant_answers", "Messages finished, by outcome", ["connector", "outcome"])
 ANSWER_DURATION = Histogram(
     "ai_assistant_answer_duration_seconds",

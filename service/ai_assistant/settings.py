@@ -88,6 +88,8 @@ class WorkerSettings(_Section):
     # On shutdown a worker finishes the message in hand for up to this long, then hands it back to the queue (another
     # instance, or this one after its restart, takes it over at once). Keep it under the unit's TimeoutStopSec.
     stop_grace_seconds: float = Field(20.0, ge=0)
+    # Sent once when a message gives up after max_attempts (it then waits in `ai-assistant dlq` for an operator).
+    dead_letter_reply: str = "Sorry, the answer to your message could not be delivered. Please ask again later."
 
 
 class FilterSettings(_Section):

@@ -250,3 +250,39 @@ async def test_redis_leases_run_on_the_servers_clock(
     monkeypatch.undo()
     again = await store.claim(30)
     assert again is not None and again.id == other.id, "released for now on the server's clock, not in an hour"
+
+
+async def test_dead_letters_can_be_listed_shown_replayed_and_dropped(store: StateStore) -> None:
+    for event in ("e1", "e2"):
+        await store.enqueue(msg(event), 60)
+        job = await store.claim(30)
+        assert job is not None
+        assert await store.save_answer(job.id, job.lease_token, "two parts", "answered", "im:c1", [], 2)
+        assert await store.mark_part_sent(job.id, job.lease_token, 1)
+        assert await store.dead_letter(job.id, job.lease_token, f"{event}: platform down")
+    assert await store.dead_letter_count() == 2
+    listed = await store.dead_letters(10)
+    assert [d.message.event_id for d in listed] == ["e2", "e1"], "newest first"
+    assert [d.message.event_id for d in await store.dead_letters(1)] == ["e2"]
+    first = await store.get_dead_letter(listed[1].id)
+    assert first is not None
+    assert (first.last_error, first.attempts, first.answer, first.parts_sent) == (
+        "e1: platform down",
+        1,
+        "two parts",
+        1,
+    )
+    assert first.dead_at > 0
+    assert await store.get_dead_letter("no-such-id") is None
+    assert not await store.replay("no-such-id") and not await store.drop("no-such-id")
+
+    assert await store.replay(first.id)
+    assert not await store.replay(first.id), "not a dead letter any more"
+    again = await store.claim(30)
+    assert again is not None and again.id == first.id
+    assert (again.attempts, again.answer, again.parts_sent) == (1, "two parts", 1), "only what was not sent is resent"
+    assert await store.complete(again.id, again.lease_token)
+
+    assert await store.drop(listed[0].id)
+    assert await store.dead_letter_count() == 0 and await store.dead_letters(10) == []
+    assert (await store.stats()).depth == 0

@@ -24,6 +24,7 @@ from ..messages import ChatTurn, InboundMessage, OutboundText
 from ..observability import (
     ANSWER_DURATION,
     ANSWERS,
+    DEAD_LETTERS,
     ENGINE_WAITS,
     QUEUE_DEPTH,
     QUEUE_OLDEST_AGE,
@@ -164,14 +165,8 @@ class Pipeline:
 
     async def process(self, job: Job, heartbeat: asyncio.Task[None] | None = None) -> None:
         msg = job.message
-        if job.attempts > self.settings.worker.max_attempts:
-            self._held(
-                "dead_letter",
-                job,
-                await self.store.dead_letter(job.id, job.lease_token, f"gave up after {job.attempts - 1} attempts"),
-            )
-            ANSWERS.labels(connector=msg.connector, outcome="dead").inc()
-            log.error("job %s dead-lettered after %d attempts", job.id, job.attempts - 1)
+        if job.attempts > self.settings.worker.max_attempts:  # earlier claims crashed or failed unexpectedly
+            await self._give_up(job, f"gave up after {job.attempts - 1} attempts")
             return
         answer, outcome = job.answer, job.outcome
         if answer is None:
@@ -199,9 +194,13 @@ class Pipeline:
             try:
                 await channel.deliver(part)
             except DeliveryFailed as exc:
-                delay = self.settings.worker.retry_backoff_seconds * 2 ** (job.attempts - 1)
+                if job.attempts >= self.settings.worker.max_attempts:
+                    await self._give_up(job, f"delivery {index + 1}/{len(plan)}: {exc}")
+                    return
+                ceiling = self.settings.worker.retry_backoff_seconds * 2 ** (job.attempts - 1)
+                delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
                 log.warning(
-                    "delivery %d/%d of %s failed (%s); retrying in %.0f s", index + 1, len(plan), job.id, exc, delay
+                    "delivery %d/%d of %s failed (%s); retrying in %.1f s", index + 1, len(plan), job.id, exc, delay
                 )
                 self._held("release", job, await self.store.release(job.id, job.lease_token, delay, str(exc)))
                 return
@@ -211,6 +210,26 @@ class Pipeline:
         ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
         ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
         log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
+
+    async def _give_up(self, job: Job, error: str) -> None:
+        msg = job.message
+        self._held("dead_letter", job, await self.store.dead_letter(job.id, job.lease_token, error))
+        ANSWERS.labels(connector=msg.connector, outcome="dead").inc()
+        log.error("job %s dead-lettered after %d attempt(s): %s", job.id, job.attempts, error)
+        await self._tell_failed(msg)
+
+    async def _tell_failed(self, msg: InboundMessage) -> None:
+        """One message to the user that their answer failed, sent once, right after the dead letter is recorded (a
+        crash in between means no notice rather than two). Best effort: if the platform is what failed, this fails
+        too, and the dead letter (ai-assistant dlq) is where the message waits for an operator."""
+        notice = OutboundText(
+            msg.connector, msg.chat_id, self.settings.worker.dead_letter_reply, 1, 1, f"{msg.event_id}:failed",
+            in_reply_to=msg,
+        )  # fmt: skip
+        try:
+            await self.channel.deliver(notice)
+        except Exception as exc:
+            log.warning("could not tell the user that %s failed (%s: %s)", msg.event_id, type(exc).__name__, exc)
 
     @staticmethod
     def _held(op: str, job: Job, held: bool) -> None:
@@ -288,6 +307,7 @@ async def export_queue_stats(store: StateStore, stop: asyncio.Event, every: floa
             stats = await store.stats()
             QUEUE_DEPTH.set(stats.depth)
             QUEUE_OLDEST_AGE.set(stats.oldest_age_seconds)
+            DEAD_LETTERS.set(await store.dead_letter_count())
         except Exception:  # the store being down shows in /readyz; the gauges just keep their last value
             log.debug("queue stats unavailable", exc_info=True)
         with contextlib.suppress(TimeoutError):

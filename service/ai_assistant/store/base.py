@@ -22,6 +22,19 @@ class Job:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """A message that gave up, kept for an operator to look at, replay or drop (`ai-assistant dlq`, /admin/dlq)."""
+
+    id: str
+    message: InboundMessage
+    attempts: int
+    last_error: str
+    dead_at: float
+    answer: str | None
+    parts_sent: int
+
+
+@dataclass(frozen=True)
 class QueueStats:
     depth: int
     oldest_age_seconds: float
@@ -75,6 +88,20 @@ class StateStore(Protocol):
 
     async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
         """Stop retrying; keep the job for inspection (and replay: `ai-assistant dlq`)."""
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The newest dead letters first."""
+
+    async def dead_letter_count(self) -> int: ...
+
+    async def get_dead_letter(self, job_id: str) -> DeadLetter | None: ...
+
+    async def replay(self, job_id: str) -> bool:
+        """Queue a dead letter again, visible now, with its attempts reset. Its answer checkpoint and the parts already
+        sent are kept, so a replay sends only what the user has not received. False if there is no such dead letter."""
+
+    async def drop(self, job_id: str) -> bool:
+        """Delete a dead letter for good. False if there is no such dead letter."""
 
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]: ...
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from ..messages import ChatTurn, InboundMessage
-from .base import Job, QueueStats
+from .base import DeadLetter, Job, QueueStats
 
 P = "aia:"  # key prefix
 QUEUE = P + "queue"  # zset job id -> visible_at
@@ -142,6 +142,29 @@ return 1
 """
 )
 
+_REPLAY = (
+    """
+-- KEYS: dead key, job key, queue, enqueued, dead index   ARGV: job id
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+"""
+    + _NOW
+    + """
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HDEL', KEYS[2], 'state', 'lease_token', 'finished_at')
+redis.call('HSET', KEYS[2], 'attempts', 0)
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[2], 'enqueued_at'), ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return 1
+"""
+)
+
+_DROP = """
+-- KEYS: dead key, dead index   ARGV: job id
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
+"""
+
 
 async def _close_later(client: aioredis.Redis, delay: float) -> None:
     await asyncio.sleep(delay)
@@ -163,6 +186,8 @@ class RedisStore:
         self._complete = self._r.register_script(_COMPLETE)
         self._release = self._r.register_script(_RELEASE)
         self._dead_letter = self._r.register_script(_DEAD_LETTER)
+        self._replay = self._r.register_script(_REPLAY)
+        self._drop = self._r.register_script(_DROP)
 
     async def reconnect(self, url: str) -> None:
         """After a password rotation: new connections use the new URL; the old pool is closed once in-flight
@@ -249,6 +274,35 @@ class RedisStore:
     async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
         keys = [P + "job:" + job_id, QUEUE, ENQUEUED, P + "dead:" + job_id, DEAD]
         return bool(await self._dead_letter(keys=keys, args=[lease_token, job_id, error[:500]]))
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        ids: list[str] = await cast(Any, self._r.zrevrange(DEAD, 0, max(limit, 1) - 1))
+        found = [await self.get_dead_letter(job_id) for job_id in ids[:limit]]
+        return [d for d in found if d is not None]
+
+    async def dead_letter_count(self) -> int:
+        return int(await self._r.zcard(DEAD))
+
+    async def get_dead_letter(self, job_id: str) -> DeadLetter | None:
+        fields: dict[str, str] = await cast(Any, self._r.hgetall(P + "dead:" + job_id))
+        if not fields:
+            return None
+        return DeadLetter(
+            id=job_id,
+            message=InboundMessage.model_validate_json(fields["message"]),
+            attempts=int(fields.get("attempts", 0)),
+            last_error=fields.get("last_error", ""),
+            dead_at=float(fields.get("finished_at", 0)),
+            answer=fields.get("answer"),
+            parts_sent=int(fields.get("parts_sent", 0)),
+        )
+
+    async def replay(self, job_id: str) -> bool:
+        keys = [P + "dead:" + job_id, P + "job:" + job_id, QUEUE, ENQUEUED, DEAD]
+        return bool(await self._replay(keys=keys, args=[job_id]))
+
+    async def drop(self, job_id: str) -> bool:
+        return bool(await self._drop(keys=[P + "dead:" + job_id, DEAD], args=[job_id]))
 
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]:
         if limit <= 0:

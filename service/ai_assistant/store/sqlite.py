@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..messages import ChatTurn, InboundMessage
-from .base import Job, QueueStats
+from .base import DeadLetter, Job, QueueStats
 
 T = TypeVar("T")
 CLEANUP_INTERVAL_SECONDS = 60.0
@@ -293,6 +293,57 @@ class SQLiteStore:
             "UPDATE jobs SET state = 'dead', finished_at = ?, last_error = ?",
             (time.time(), error[:500], job_id, lease_token),
         )
+
+    _DEAD_COLUMNS = "id, message, attempts, COALESCE(last_error, ''), COALESCE(finished_at, 0), answer, parts_sent"
+
+    @staticmethod
+    def _dead(row: tuple[object, ...]) -> DeadLetter:
+        return DeadLetter(
+            id=str(row[0]),
+            message=InboundMessage.model_validate_json(str(row[1])),
+            attempts=int(str(row[2])),
+            last_error=str(row[3]),
+            dead_at=float(str(row[4])),
+            answer=None if row[5] is None else str(row[5]),
+            parts_sent=int(str(row[6])),
+        )
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT {self._DEAD_COLUMNS} FROM jobs WHERE state = 'dead' "  # noqa: S608 (constant text)
+                "ORDER BY finished_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [self._dead(row) for row in rows]
+
+    async def dead_letter_count(self) -> int:
+        row = await self._run(lambda db: db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'dead'").fetchone())
+        return int(row[0])
+
+    async def get_dead_letter(self, job_id: str) -> DeadLetter | None:
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {self._DEAD_COLUMNS} FROM jobs WHERE state = 'dead' AND id = ?",  # noqa: S608 (constant text)
+                (job_id,),
+            ).fetchone()
+        )
+        return None if row is None else self._dead(row)
+
+    async def replay(self, job_id: str) -> bool:
+        cur = await self._run(
+            lambda db: db.execute(
+                "UPDATE jobs SET state = 'queued', visible_at = ?, attempts = 0, lease_token = NULL, "
+                "finished_at = NULL WHERE id = ? AND state = 'dead'",
+                (time.time(), job_id),
+            )
+        )
+        return cur.rowcount == 1
+
+    async def drop(self, job_id: str) -> bool:
+        cur = await self._run(lambda db: db.execute("DELETE FROM jobs WHERE id = ? AND state = 'dead'", (job_id,)))
+        return cur.rowcount == 1
 
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]:
         if limit <= 0:
