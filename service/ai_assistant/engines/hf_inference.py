@@ -95,7 +95,7 @@ class _WaitHonouringRetryAfter:
     """Jittered exponential backoff, but never shorter than what the server asked for."""
 
     def __init__(self) -> None:
-        self._backoff = wait_exponential_jitter(initial=0.5, max=MAX_WAIT_IN_CALL)
+        self._backoff = wait_exponential_jitter(multiplier=0.5, max=MAX_WAIT_IN_CALL)
 
     def __call__(self, state: RetryCallState) -> float:
         wait = float(self._backoff(state))

@@ -48,9 +48,12 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True)
 class Grounding:
-    """What retrieval adds: extra system text, a sources footer, or a no-hit answer that replaces the model's."""
+    """What retrieval adds: extra system text (instructions only), a delimited context block of retrieved data that
+    goes into the user's turn, never the system role (documents come from anyone who can add a file), a sources
+    footer, or a no-hit answer that replaces the model's."""
 
     system: str = ""
+    context: str = ""
     footer: str = ""
     no_hit_answer: str | None = None
 
@@ -283,21 +286,25 @@ class Pipeline:
             return self.settings.filters.block_message, "blocked", []
         user_text = checked.text
         system = self.settings.engine.system_prompt
-        footer = ""
+        context = footer = ""
         if self.retriever is not None:
             grounding = await self.retriever(msg, user_text)
             if grounding.no_hit_answer is not None:
                 return grounding.no_hit_answer, "answered", []
             system = f"{system}\n\n{grounding.system}" if grounding.system else system
-            footer = grounding.footer
+            context, footer = grounding.context, grounding.footer
         history = await self.store.history(msg.conversation_key, self.settings.memory.turns)
-        turns = [ChatTurn("system", system), *history, ChatTurn("user", user_text)]
+        question = f"{context}\n\n{user_text}" if context else user_text
+        turns = [ChatTurn("system", system), *history, ChatTurn("user", question)]
         raw = await self.engine.chat(turns)  # type: ignore[attr-defined]  # EngineUnavailable: see process()
-        checked_out = self.output_filter.apply(raw)
-        if checked_out.blocked:
+        # The filter sees exactly what goes out, sources footer included (a document title is text from anyone);
+        # the memory keeps the model's own words, filtered the same way.
+        checked_out = self.output_filter.apply(raw + (f"\n\n{footer}" if footer else ""))
+        checked_own = self.output_filter.apply(raw) if footer else checked_out
+        if checked_out.blocked or checked_own.blocked:
             return self.settings.filters.block_message, "blocked", []
-        answer = checked_out.text + (f"\n\n{footer}" if footer else "")
-        return answer, "answered", [ChatTurn("user", user_text), ChatTurn("assistant", checked_out.text)]
+        answer = checked_out.text
+        return answer, "answered", [ChatTurn("user", user_text), ChatTurn("assistant", checked_own.text)]
 
 
 async def export_queue_stats(store: StateStore, stop: asyncio.Event, every: float = 2.0) -> None:
