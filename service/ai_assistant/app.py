@@ -144,7 +144,7 @@ def _retriever(settings: Settings, kb: KnowledgeBase) -> Any:
         found = ground(text, await kb.search(text), max_context_chars=settings.knowledge.max_context_chars)
         if not found.found:
             return Grounding(no_hit_answer=found.no_hit_text)
-        return Grounding(system=found.instructions, context=found.documents, footer=found.sources_footer)
+        return Grounding(system=found.instructions, documents=found.blocks, footer=found.sources_footer)
 
     return retrieve
 

@@ -78,7 +78,7 @@ def create_series(connectors: list[str], engine: str) -> None:
     for c in connectors:
         DUPLICATES.labels(connector=c)
         ANSWER_DURATION.labels(connector=c)
-        for outcome in ("answered", "engine_error", "blocked", "dead"):
+        for outcome in ("answered", "engine_error", "blocked", "too_long", "dead"):
             ANSWERS.labels(connector=c, outcome=outcome)
         for reason in ("signature", "stale", "malformed", "too_large", "forbidden"):
             REJECTED.labels(connector=c, reason=reason)

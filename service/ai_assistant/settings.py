@@ -60,6 +60,13 @@ class EngineSettings(_Section):
         "You are a helpful enterprise assistant. Answer briefly and accurately. If you do not know, say so."
     )
     error_reply: str = "Sorry, the assistant's model is not available right now. Please try again in a few minutes."
+    # The model's context window in tokens (the embedded SmolLM2 server runs with 2048: local_model.context). The
+    # prompt is trimmed to fit it with max_tokens to spare: older memory first, then the weakest documents.
+    context_tokens: int = Field(2048, ge=256)
+    too_long_reply: str = (
+        "Your message is too long for me to read at once (about {tokens} tokens; I can take about {limit}). "
+        "Please shorten it or send it in parts."
+    )
 
 
 class LocalModelSettings(_Section):

@@ -171,6 +171,11 @@ def test_model_server_down_gives_a_clear_error_reply_and_metrics(tmp_path: Path,
         assert svc.post(PATH, body, headers).status_code == 200, "the ack does not depend on the model"
         reply = wait_until(lambda: receiver.for_event("evt-down"), 60, "the error reply")[0]
         assert "not available" in reply["text"]
+        wait_until(
+            lambda: metric_value(svc.metrics(), "ai_assistant_answers_total", {"outcome": "engine_error"}) == 1,
+            10,
+            "the engine_error outcome to be counted",
+        )
         metrics = svc.metrics()
         assert metric_value(metrics, "ai_assistant_engine_errors_total", {"engine": "hf_inference"}) >= 2
         assert metric_value(metrics, "ai_assistant_answers_total", {"outcome": "engine_error"}) == 1
@@ -255,7 +260,12 @@ def test_sensitive_words_are_masked_before_the_model_sees_them(
         assert svc.post(PATH, body, headers).status_code == 200
         reply = wait_until(lambda: receiver.for_event("evt-words"), 30, "the blocked reply")[0]
         assert reply["text"] == "Blocked by policy."
-        assert metric_value(svc.metrics(), "ai_assistant_answers_total", {"outcome": "blocked"}) == 1
+        # Counted once the job is finished, just after the reply went out: wait for it rather than race it.
+        wait_until(
+            lambda: metric_value(svc.metrics(), "ai_assistant_answers_total", {"outcome": "blocked"}) == 1,
+            10,
+            "the blocked outcome to be counted",
+        )
         log = svc.log.read_text()
         assert SECRET not in log and json.loads(log.splitlines()[0])  # JSON logs, and the secret never in them
     finally:

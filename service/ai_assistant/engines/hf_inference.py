@@ -18,6 +18,7 @@ from ..errors import EngineUnavailable
 from ..messages import ChatTurn
 from ..observability import ENGINE_ATTEMPTS, ENGINE_DURATION, ENGINE_ERRORS
 from ..settings import EngineSettings
+from .base import estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class HFInferenceEngine:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        self._tokenizer: str | None = None  # "tgi", "llama.cpp" or "estimate" once the server was asked
 
     async def chat(self, turns: list[ChatTurn]) -> str:
         messages = [{"role": t.role, "content": t.content} for t in turns]
@@ -161,6 +163,38 @@ class HFInferenceEngine:
         if not text:
             raise EngineUnavailable(f"{self.name}: empty answer", transient=False)
         return text
+
+    async def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text by the server's own tokenizer: TGI's `POST /tokenize`, llama-cpp-python's
+        `POST /extras/tokenize/count`. Which one the server has is found once; a server with neither (vLLM, a
+        proxy) gets `estimate_tokens`. A server that cannot be reached now also gets the estimate, without
+        remembering that: the chat call that follows will report the outage."""
+        root = self.settings.base_url.rstrip("/").removesuffix("/v1")
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            return [await self._count(client, root, text) for text in texts]
+
+    async def _count(self, client: httpx.AsyncClient, root: str, text: str) -> int:
+        kinds = [self._tokenizer] if self._tokenizer else ["tgi", "llama.cpp"]
+        for kind in kinds:
+            if kind == "estimate":
+                break
+            try:
+                if kind == "tgi":
+                    resp = await client.post(root + "/tokenize", json={"inputs": text})
+                else:
+                    body = {"input": text, "model": self.settings.model}
+                    resp = await client.post(root + "/extras/tokenize/count", json=body)
+            except httpx.HTTPError:
+                return estimate_tokens(text)
+            if resp.status_code in (404, 405):
+                continue
+            if resp.status_code != 200:
+                return estimate_tokens(text)
+            self._tokenizer = kind
+            data = resp.json()
+            return len(data) if kind == "tgi" else int(data["count"])
+        self._tokenizer = "estimate"
+        return estimate_tokens(text)
 
     async def ready(self) -> bool:
         url = self.settings.base_url.rstrip("/")

@@ -65,6 +65,9 @@ class Grounding:
     no_hit_text: str | None  # a ready reply for the no-hit case, in the question's language
     instructions: str = ""  # how to treat the documents: for the system role
     documents: str = ""  # the delimited <documents> block: data, kept out of the system role (the user's turn)
+    blocks: tuple[
+        str, ...
+    ] = ()  # the <document> elements of that block, best hit first (a token budget drops the last)
 
     def apply(self, reply: str) -> str:
         """The reply with the sources footer appended (the pipeline calls this on the model's answer)."""
@@ -95,4 +98,4 @@ def ground(question: str, hits: list[Hit], *, max_context_chars: int = 6000) -> 
     documents = "<documents>\n" + "\n".join(blocks) + "\n</documents>"
     footer = f"{SOURCES_LABEL[lang]}:\n" + "\n".join(f"[{s.number}] {s.title} — {s.location}" for s in sources)
     prompt = f"{INSTRUCTIONS_EN}\n\n{documents}"
-    return Grounding(True, prompt, footer, tuple(sources), None, INSTRUCTIONS_EN, documents)
+    return Grounding(True, prompt, footer, tuple(sources), None, INSTRUCTIONS_EN, documents, tuple(blocks))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from ..channels.base import OutputChannel
 from ..channels.loader import RoutedChannel
 from ..connectors.base import Connector
+from ..engines.base import estimate_tokens
 from ..errors import DeliveryFailed, EngineUnavailable
 from ..messages import ChatTurn, InboundMessage, OutboundText
 from ..observability import (
@@ -29,6 +30,7 @@ from ..observability import (
     QUEUE_DEPTH,
     QUEUE_OLDEST_AGE,
     STALE_WRITES,
+    WORKER_ERRORS,
     request_id,
 )
 from ..settings import Settings
@@ -53,7 +55,7 @@ class Grounding:
     footer, or a no-hit answer that replaces the model's."""
 
     system: str = ""
-    context: str = ""
+    documents: tuple[str, ...] = ()  # delimited <document> elements, best first; sent inside <documents>
     footer: str = ""
     no_hit_answer: str | None = None
 
@@ -105,8 +107,10 @@ class Pipeline:
             exc = work.exception()
             if isinstance(exc, LeaseLost):  # not a failure of the job: the worker that holds it now carries on
                 log.warning("%s", exc)
-            elif exc is not None:  # one bad job must not end the worker; it is retried after a backoff
-                delay = state.failed("job", exc)
+            elif exc is not None:  # one bad job must not end the worker (nor make it unready); retried after a backoff
+                WORKER_ERRORS.labels(step="job").inc()
+                ceiling = min(MAX_ENGINE_WAIT_SECONDS, self.settings.worker.retry_backoff_seconds * 2**job.attempts)
+                delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
                 log.error("job %s failed (%s: %s); retrying in %.1f s", job.id, type(exc).__name__, exc, delay,
                           exc_info=exc)  # fmt: skip
                 await self._release_quietly(job, delay, f"{type(exc).__name__}: {exc}", state)
@@ -221,6 +225,37 @@ class Pipeline:
         log.error("job %s dead-lettered after %d attempt(s): %s", job.id, job.attempts, error)
         await self._tell_failed(msg)
 
+    async def _fit(
+        self, system: str, history: list[ChatTurn], documents: list[str], question: str
+    ) -> tuple[list[ChatTurn], list[str]] | TooLong:
+        """Fit the prompt into engine.context_tokens with engine.max_tokens left for the answer: drop the oldest
+        exchanges of the memory first, then the weakest documents; the system prompt and the question always stay.
+        If those two alone do not fit, the question is too long (TooLong), and the user is told so plainly."""
+        engine = self.settings.engine
+        budget = engine.context_tokens - engine.max_tokens
+        counts = await _count_tokens(self.engine, [system, question, *(t.content for t in history), *documents])
+        fixed = counts[0] + 2 * PER_TURN_TOKENS + WRAPPER_TOKENS
+        if fixed + counts[1] > budget:
+            return TooLong(tokens=counts[1], limit=max(0, budget - fixed))
+        turn_costs = [c + PER_TURN_TOKENS for c in counts[2 : 2 + len(history)]]
+        doc_costs = counts[2 + len(history) :]
+        total = fixed + counts[1] + sum(turn_costs) + sum(doc_costs)
+        dropped_turns = 0
+        while total > budget and dropped_turns < len(history):
+            step = 2 if len(history) - dropped_turns >= 2 else 1  # whole exchanges: a question with its answer
+            total -= sum(turn_costs[dropped_turns : dropped_turns + step])
+            dropped_turns += step
+        kept_docs = len(documents)
+        while total > budget and kept_docs:
+            kept_docs -= 1
+            total -= doc_costs[kept_docs]
+        if dropped_turns or kept_docs < len(documents):
+            log.info(
+                "prompt trimmed to %d tokens: %d memory turn(s) and %d document(s) left out",
+                total, dropped_turns, len(documents) - kept_docs,
+            )  # fmt: skip
+        return history[dropped_turns:], documents[:kept_docs]
+
     async def _tell_failed(self, msg: InboundMessage) -> None:
         """One message to the user that their answer failed, sent once, right after the dead letter is recorded (a
         crash in between means no notice rather than two). Best effort: if the platform is what failed, this fails
@@ -286,15 +321,21 @@ class Pipeline:
             return self.settings.filters.block_message, "blocked", []
         user_text = checked.text
         system = self.settings.engine.system_prompt
-        context = footer = ""
+        documents: tuple[str, ...] = ()
+        footer = ""
         if self.retriever is not None:
             grounding = await self.retriever(msg, user_text)
             if grounding.no_hit_answer is not None:
                 return grounding.no_hit_answer, "answered", []
             system = f"{system}\n\n{grounding.system}" if grounding.system else system
-            context, footer = grounding.context, grounding.footer
+            documents, footer = grounding.documents, grounding.footer
         history = await self.store.history(msg.conversation_key, self.settings.memory.turns)
-        question = f"{context}\n\n{user_text}" if context else user_text
+        fitted = await self._fit(system, history, list(documents), user_text)
+        if isinstance(fitted, TooLong):
+            reply = self.settings.engine.too_long_reply.format(tokens=fitted.tokens, limit=fitted.limit)
+            return reply, "too_long", []
+        history, kept = fitted
+        question = "<documents>\n" + "\n".join(kept) + f"\n</documents>\n\n{user_text}" if kept else user_text
         turns = [ChatTurn("system", system), *history, ChatTurn("user", question)]
         raw = await self.engine.chat(turns)  # type: ignore[attr-defined]  # EngineUnavailable: see process()
         # The filter sees exactly what goes out, sources footer included (a document title is text from anyone);
@@ -305,6 +346,29 @@ class Pipeline:
             return self.settings.filters.block_message, "blocked", []
         answer = checked_out.text
         return answer, "answered", [ChatTurn("user", user_text), ChatTurn("assistant", checked_own.text)]
+
+
+@dataclass(frozen=True)
+class TooLong:
+    tokens: int  # the question's
+    limit: int  # what the question may take at most, with the system prompt and the answer's room set aside
+
+
+# Chat templates wrap every turn in a few marker tokens; the <documents> wrapper costs a few more.
+PER_TURN_TOKENS = 8
+WRAPPER_TOKENS = 12
+
+
+async def _count_tokens(engine: object, texts: list[str]) -> list[int]:
+    counter = getattr(engine, "count_tokens", None)
+    if counter is not None:
+        try:
+            counts = await counter(texts)
+            if len(counts) == len(texts):
+                return [int(c) for c in counts]
+        except Exception:  # counting is an optimisation of the prompt; never a reason to fail the message
+            log.debug("token count failed; estimating", exc_info=True)
+    return [estimate_tokens(t) for t in texts]
 
 
 async def export_queue_stats(store: StateStore, stop: asyncio.Event, every: float = 2.0) -> None:
