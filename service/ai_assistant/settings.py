@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -67,6 +67,24 @@ class EngineSettings(_Section):
         "Your message is too long for me to read at once (about {tokens} tokens; I can take about {limit}). "
         "Please shorten it or send it in parts."
     )
+
+    @field_validator("too_long_reply")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            value.format(tokens=1, limit=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad placeholder {exc}; the text may use {{tokens}} and {{limit}}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _room_for_the_prompt(self) -> EngineSettings:
+        if self.max_tokens >= self.context_tokens:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be less than context_tokens ({self.context_tokens}): "
+                "the answer and the prompt share the context window"
+            )
+        return self
 
 
 class LocalModelSettings(_Section):

@@ -286,3 +286,19 @@ async def test_dead_letters_can_be_listed_shown_replayed_and_dropped(store: Stat
     assert await store.drop(listed[0].id)
     assert await store.dead_letter_count() == 0 and await store.dead_letters(10) == []
     assert (await store.stats()).depth == 0
+
+
+async def test_a_repeated_checkpoint_by_the_holder_changes_nothing(store: StateStore) -> None:
+    """A write retried after the store went away mid-reply (it may have landed) must not remember the exchange
+    twice nor replace the first answer."""
+    await store.enqueue(msg("e1"), 60)
+    job = await store.claim(30)
+    assert job is not None
+    turns = [ChatTurn("user", "hi"), ChatTurn("assistant", "hello")]
+    assert await store.save_answer(job.id, job.lease_token, "hello", "answered", "im:c1", turns, 4)
+    other = [ChatTurn("user", "hi"), ChatTurn("assistant", "other")]
+    assert await store.save_answer(job.id, job.lease_token, "other", "answered", "im:c1", other, 4)
+    assert await store.history("im:c1", 4) == turns
+    assert await store.release(job.id, job.lease_token, 0, "retry")
+    again = await store.claim(30)
+    assert again is not None and again.answer == "hello"

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..channels.base import OutputChannel
 from ..channels.loader import RoutedChannel
@@ -184,15 +185,13 @@ class Pipeline:
                 if delay is not None:
                     ENGINE_WAITS.labels(engine=self.settings.engine.name).inc()
                     log.warning("no answer yet for %s (%s); trying again in %.1f s", msg.event_id, exc, delay)
-                    released = await self.store.release(job.id, job.lease_token, delay, str(exc), count_attempt=False)
-                    self._held("release", job, released)
+                    wait = partial(self.store.release, job.id, job.lease_token, delay, str(exc), count_attempt=False)
+                    await self._write("release", job, wait)
                     return
                 log.warning("no answer for %s by its deadline: %s", msg.event_id, exc)
                 answer, outcome, turns = self.settings.engine.error_reply, "engine_error", []
-            saved = await self.store.save_answer(
-                job.id, job.lease_token, answer, outcome, msg.conversation_key, turns, self.settings.memory.turns
-            )
-            self._held("save_answer", job, saved)
+            checkpoint = (answer, outcome or "answered", msg.conversation_key, turns, self.settings.memory.turns)
+            await self._write("save_answer", job, lambda: self.store.save_answer(job.id, job.lease_token, *checkpoint))
         plan = self._delivery_plan(msg, answer)
         for index in range(job.parts_sent, len(plan)):
             if heartbeat is not None and heartbeat.done():
@@ -209,18 +208,20 @@ class Pipeline:
                 log.warning(
                     "delivery %d/%d of %s failed (%s); retrying in %.1f s", index + 1, len(plan), job.id, exc, delay
                 )
-                self._held("release", job, await self.store.release(job.id, job.lease_token, delay, str(exc)))
+                await self._write("release", job, partial(self.store.release, job.id, job.lease_token, delay, str(exc)))
                 return
-            self._held("mark_part_sent", job, await self.store.mark_part_sent(job.id, job.lease_token, index + 1))
+            await self._write(
+                "mark_part_sent", job, partial(self.store.mark_part_sent, job.id, job.lease_token, index + 1)
+            )
         parts = [p for c, p in plan if c is self.channel]
-        self._held("complete", job, await self.store.complete(job.id, job.lease_token))
+        await self._write("complete", job, lambda: self.store.complete(job.id, job.lease_token))
         ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
         ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
         log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
 
     async def _give_up(self, job: Job, error: str) -> None:
         msg = job.message
-        self._held("dead_letter", job, await self.store.dead_letter(job.id, job.lease_token, error))
+        await self._write("dead_letter", job, lambda: self.store.dead_letter(job.id, job.lease_token, error))
         ANSWERS.labels(connector=msg.connector, outcome="dead").inc()
         log.error("job %s dead-lettered after %d attempt(s): %s", job.id, job.attempts, error)
         await self._tell_failed(msg)
@@ -268,6 +269,31 @@ class Pipeline:
             await self.channel.deliver(notice)
         except Exception as exc:
             log.warning("could not tell the user that %s failed (%s: %s)", msg.event_id, type(exc).__name__, exc)
+
+    async def _write(self, op: str, job: Job, write: Callable[[], Awaitable[bool]]) -> None:
+        """One fenced write of the job, retried through a store outage (a Redis restart) for up to one lease: a part
+        the platform already has must be recorded, or the next claim sends it again. Retrying is safe: the fence
+        refuses the write once another worker holds the job, and the writes are idempotent for their holder
+        (save_answer appends to the memory only with the first checkpoint). A write that may have landed before
+        the store went away and is refused when retried (`complete`, `dead_letter` remove the job) did land."""
+        uncertain = False
+        started = time.monotonic()
+        delay = 0.1
+        while True:
+            try:
+                held = await write()
+                break
+            except Exception as exc:
+                if time.monotonic() - started > self.settings.worker.lease_seconds:
+                    raise
+                uncertain = True
+                log.warning("%s of %s failed (%s: %s); retrying in %.1f s", op, job.id, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2) * random.uniform(0.75, 1.0)  # noqa: S311 (jitter, not a secret)
+        if not held and uncertain and op in ("complete", "dead_letter"):
+            log.info("%s of %s had landed before the store went away", op, job.id)
+            return
+        self._held(op, job, held)
 
     @staticmethod
     def _held(op: str, job: Job, held: bool) -> None:

@@ -72,7 +72,8 @@ class StateStore(Protocol):
         turns: list[ChatTurn],
         keep_turns: int,
     ) -> bool:
-        """Checkpoint the answer and append the exchange to the conversation memory, in one transaction."""
+        """Checkpoint the answer and append the exchange to the conversation memory, in one transaction. Only the
+        first checkpoint counts: a retry by the same holder returns True and changes nothing."""
 
     async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool: ...
 

@@ -81,6 +81,7 @@ _SAVE_ANSWER = (
 """
     + _HELD
     + """
+if redis.call('HEXISTS', KEYS[1], 'answer') == 1 then return 1 end  -- a retry of a write that landed
 redis.call('HSET', KEYS[1], 'answer', ARGV[2], 'outcome', ARGV[3])
 for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)

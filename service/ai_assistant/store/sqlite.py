@@ -251,12 +251,15 @@ class SQLiteStore:
         now = time.time()
 
         def body(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                f"UPDATE jobs SET answer = ?, outcome = ? WHERE {self._HELD}",  # noqa: S608 (constant text)
-                (answer, outcome, job_id, lease_token),
-            )
-            if cur.rowcount != 1:
+            held = db.execute(
+                f"SELECT answer IS NOT NULL FROM jobs WHERE {self._HELD}",  # noqa: S608 (constant text)
+                (job_id, lease_token),
+            ).fetchone()
+            if held is None:
                 return False
+            if held[0]:  # a retry of a checkpoint that landed: the memory has this exchange already
+                return True
+            db.execute("UPDATE jobs SET answer = ?, outcome = ? WHERE id = ?", (answer, outcome, job_id))
             db.executemany(
                 "INSERT INTO history (conversation, role, content, at) VALUES (?, ?, ?, ?)",
                 [(conversation, t.role, t.content, now) for t in turns],
