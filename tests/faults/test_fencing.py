@@ -146,3 +146,35 @@ def test_kill_9_after_claim_and_after_the_checkpoint(tmp_path: Path, receiver: R
         first.stop()
         engine.kill()
         redis.stop()
+
+
+def test_a_slow_model_outlasting_the_lease_is_asked_once_per_message(tmp_path: Path, receiver: ReplyReceiver) -> None:
+    """Each answer takes three leases to generate: the heartbeat keeps the lease, so the other instance never takes
+    the message over and the model is asked once per message."""
+    redis = RedisProcess(tmp_path).start()
+    engine = EngineStandin(tmp_path).start("--stall", "6")
+    config = write_config(
+        tmp_path / "config",
+        reply_url=receiver.url,
+        engine_url=engine.base_url,
+        assistant={
+            "store": {"backend": "redis", "redis_url": redis.url},
+            "worker": {"lease_seconds": 2, "concurrency": 2},
+            "engine": {"timeout_seconds": 30},
+        },
+    )
+    a = ServiceProcess(config, tmp_path / "a").start()
+    b = ServiceProcess(config, tmp_path / "b").start()
+    try:
+        events = [f"evt-slow-{i}" for i in range(4)]
+        for i, event in enumerate(events):
+            _post(a if i % 2 else b, event, chat_id=f"chat-{i}")
+        _exactly_once(receiver, events)
+        assert len(engine.requests()) == len(events)
+        for svc in (a, b):
+            assert metric_value(svc.metrics(), "ai_assistant_stale_writes_total") == 0
+    finally:
+        a.stop()
+        b.stop()
+        engine.kill()
+        redis.stop()
