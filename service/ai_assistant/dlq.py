@@ -2,7 +2,9 @@
 
 A dead letter is a message that gave up after `worker.max_attempts` (its user was told once that the answer failed).
 Both faces work on the store directly, so the CLI works whether the service runs or not, and on Redis from any host
-that reaches it. Replay keeps the answer checkpoint and the parts already sent: the user gets only what is missing."""
+that reaches it. Replay keeps the answer checkpoint and the parts already sent: the user gets only what is missing. A
+dead letter without an answer is past its answer deadline, so a replay gives the model one more try, then the
+apology (engine.error_reply)."""
 
 from __future__ import annotations
 
