@@ -301,6 +301,15 @@ def assistant_file() -> RuleFile:
             for_="5m",
         ),
         Alert(
+            "AIAssistantWorkersDown",
+            "ai_assistant_workers_up < ai_assistant_workers_configured",
+            "critical",
+            "Only {{ $value }} worker loop(s) on {{ $labels.instance }} can work",
+            "For 5 minutes some worker loops on {{ $labels.instance }} have been failing (their last store call"
+            " failed) or are not running: messages are acknowledged but not answered. /readyz names the cause.",
+            for_="5m",
+        ),
+        Alert(
             "AIAssistantDeadLetters",
             'sum by (connector) (increase(ai_assistant_answers_total{outcome="dead"}[15m])) > 0',
             "warning",

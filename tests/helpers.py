@@ -75,6 +75,8 @@ class ReplyReceiver:
     status: int = 200
     received: list[dict[str, Any]] = field(default_factory=list)
     rejected: int = 0
+    # A reply for which this returns True is answered 503 and not recorded (a platform that fails some sends).
+    refuse: Callable[[dict[str, Any]], bool] | None = None
 
     def __post_init__(self) -> None:
         receiver = self
@@ -91,9 +93,11 @@ class ReplyReceiver:
                     self.send_response(401)
                     self.end_headers()
                     return
-                if receiver.status < 300:
-                    receiver.received.append({"webhook_id": headers["webhook-id"], **json.loads(body)})
-                self.send_response(receiver.status)
+                reply = {"webhook_id": headers["webhook-id"], **json.loads(body)}
+                status = 503 if receiver.refuse is not None and receiver.refuse(reply) else receiver.status
+                if status < 300:
+                    receiver.received.append(reply)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:

@@ -24,6 +24,7 @@ from .channels.reply import ReplyChannel
 from .connectors.base import Connector
 from .connectors.loader import load_connectors
 from .credentials import BearerTokens
+from .dlq import dlq_router
 from .edge import AssistantApp, WebhookEndpoint
 from .knowledge.api import kb_router
 from .knowledge.grounding import ground
@@ -33,6 +34,7 @@ from .messages import InboundMessage
 from .observability import register_secrets
 from .pipeline.adapters import InputAdapter
 from .pipeline.filters import SensitiveWordFilter
+from .pipeline.supervisor import Workers
 from .pipeline.worker import Grounding, Pipeline, export_queue_stats
 from .plugins.loader import registry_with_plugins
 from .registry import Kind, Registry
@@ -56,6 +58,7 @@ class Parts:
     knowledge: KnowledgeBase | None
     admin_tokens: BearerTokens
     alert_tokens: BearerTokens
+    workers: Workers
 
 
 def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
@@ -111,6 +114,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         knowledge,
         BearerTokens(settings.admin.token, settings.admin.previous_token),
         BearerTokens(settings.alerts.token, settings.alerts.previous_token),
+        Workers(pipeline, settings.worker),
     )
 
 
@@ -140,7 +144,7 @@ def _retriever(settings: Settings, kb: KnowledgeBase) -> Any:
         found = ground(text, await kb.search(text), max_context_chars=settings.knowledge.max_context_chars)
         if not found.found:
             return Grounding(no_hit_answer=found.no_hit_text)
-        return Grounding(system=found.system_prompt, footer=found.sources_footer)
+        return Grounding(system=found.instructions, documents=found.blocks, footer=found.sources_footer)
 
     return retrieve
 
@@ -155,11 +159,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             connector.sink = _sink(parts)
             await connector.start()
         tasks = [asyncio.create_task(export_queue_stats(parts.store, stop), name="queue-stats")]
-        if settings.worker.enabled:
-            tasks += [
-                asyncio.create_task(parts.pipeline.run(stop), name=f"worker-{i}")
-                for i in range(settings.worker.concurrency)
-            ]
+        tasks += parts.workers.start(stop)
         log.info(
             "assistant %s ready: %d connector(s), %d worker(s)", __version__, len(parts.connectors), len(tasks) - 1
         )
@@ -215,10 +215,14 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         except Exception as exc:  # any driver error means "not ready", never a 500
             checks["store"] = f"unavailable: {type(exc).__name__}"
         checks["engine"] = "ok" if await parts.engine.ready() else "unavailable"
+        if settings.worker.enabled:
+            problems = parts.workers.problems()
+            checks["workers"] = "; ".join(problems) if problems else "ok"
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     require_admin = admin_dependency(parts.admin_tokens)
+    app.include_router(dlq_router(parts.store, require_admin))
     if parts.knowledge is not None:
         app.include_router(kb_router(parts.knowledge, require_admin))
     if settings.alerts.token is not None:

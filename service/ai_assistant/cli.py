@@ -39,11 +39,13 @@ app = typer.Typer(
 
 
 def _mount_subcommands() -> None:
+    from .dlq import dlq_app
     from .knowledge.cli import kb_app
     from .plugins.cli import plugin_app
 
     app.add_typer(kb_app, name="kb")
     app.add_typer(plugin_app, name="plugin")
+    app.add_typer(dlq_app, name="dlq")
 
 
 _mount_subcommands()
@@ -138,9 +140,9 @@ def up(
     settings = _settings(config_dir, data_dir, host, port)
     configure_logging(settings.server.log_level, settings.server.json_logs)
     model = LocalModelServer(settings.local_model, settings.data_dir / "logs" / "model-server.log")
-    settings = settings.model_copy(
-        update={"engine": settings.engine.model_copy(update={"base_url": model.base_url, "model": "local"})}
-    )
+    # The prompt budget is the window the embedded server is started with (local_model.context).
+    embedded = {"base_url": model.base_url, "model": "local", "context_tokens": settings.local_model.context}
+    settings = settings.model_copy(update={"engine": settings.engine.model_copy(update=embedded)})
     service = create_app(settings)  # configuration errors surface before anything starts
     inbox_listener = _local_inbox(settings)
     _ingest_sample_corpus(settings)

@@ -58,7 +58,15 @@ class PayloadTooLarge(RejectedRequest):
 
 
 class EngineUnavailable(AssistantError):
-    """The inference engine could not produce an answer after bounded retries."""
+    """The inference engine could not produce an answer after bounded retries.
+
+    `transient`: the server may well answer later (down, overloaded, timed out), so the message is worth keeping
+    until its deadline; False for a request it will refuse again. `retry_after`: what the server asked for, if anything.
+    """
+
+    def __init__(self, detail: str, *, transient: bool = True, retry_after: float | None = None) -> None:
+        self.transient, self.retry_after = transient, retry_after
+        super().__init__(detail)
 
 
 class DeliveryFailed(AssistantError):

@@ -35,6 +35,7 @@ DUPLICATES = Counter(
 )
 QUEUE_DEPTH = Gauge("ai_assistant_queue_depth", "Messages waiting for or being answered")
 QUEUE_OLDEST_AGE = Gauge("ai_assistant_queue_oldest_age_seconds", "Age of the oldest unanswered message")
+DEAD_LETTERS = Gauge("ai_assistant_dead_letters", "Dead letters waiting for an operator (ai-assistant dlq)")
 ANSWERS = Counter("ai_assistant_answers", "Messages finished, by outcome", ["connector", "outcome"])
 ANSWER_DURATION = Histogram(
     "ai_assistant_answer_duration_seconds",
@@ -49,6 +50,22 @@ ENGINE_DURATION = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60),
 )
 ENGINE_ERRORS = Counter("ai_assistant_engine_errors", "Inference calls that failed after bounded retries", ["engine"])
+ENGINE_ATTEMPTS = Counter(
+    "ai_assistant_engine_attempts", "Requests sent to the inference server, retries included", ["engine"]
+)
+ENGINE_WAITS = Counter(
+    "ai_assistant_engine_waits", "Messages put back to wait for the engine (before their answer deadline)", ["engine"]
+)
+WORKERS_CONFIGURED = Gauge("ai_assistant_workers_configured", "Worker loops this instance should run")
+WORKERS_UP = Gauge("ai_assistant_workers_up", "Worker loops running whose last store call succeeded")
+WORKER_ERRORS = Counter(
+    "ai_assistant_worker_errors", "Worker failures that were logged and backed off from, by step", ["step"]
+)
+STALE_WRITES = Counter(
+    "ai_assistant_stale_writes",
+    "Job writes refused because the worker's lease had passed to another worker (fencing), by operation",
+    ["op"],
+)
 DELIVERIES = Counter("ai_assistant_deliveries", "Outbound platform API sends", ["connector", "outcome"])
 AMBIGUOUS_SENDS = Counter(
     "ai_assistant_ambiguous_sends",
@@ -67,7 +84,7 @@ def create_series(connectors: list[str], engine: str) -> None:
     for c in connectors:
         DUPLICATES.labels(connector=c)
         ANSWER_DURATION.labels(connector=c)
-        for outcome in ("answered", "engine_error", "blocked", "dead"):
+        for outcome in ("answered", "engine_error", "blocked", "too_long", "dead"):
             ANSWERS.labels(connector=c, outcome=outcome)
         for reason in ("signature", "stale", "malformed", "too_large", "forbidden"):
             REJECTED.labels(connector=c, reason=reason)
@@ -80,6 +97,12 @@ def create_series(connectors: list[str], engine: str) -> None:
     for status in ("success", "error"):
         REQUESTS.labels(status=status)
     ENGINE_ERRORS.labels(engine=engine)
+    ENGINE_ATTEMPTS.labels(engine=engine)
+    ENGINE_WAITS.labels(engine=engine)
+    for step in ("claim", "job", "release", "loop"):
+        WORKER_ERRORS.labels(step=step)
+    for op in ("save_answer", "mark_part_sent", "complete", "release", "dead_letter"):
+        STALE_WRITES.labels(op=op)
     ENGINE_DURATION.labels(engine=engine)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
@@ -60,6 +60,31 @@ class EngineSettings(_Section):
         "You are a helpful enterprise assistant. Answer briefly and accurately. If you do not know, say so."
     )
     error_reply: str = "Sorry, the assistant's model is not available right now. Please try again in a few minutes."
+    # The model's context window in tokens (the embedded SmolLM2 server runs with 2048: local_model.context). The
+    # prompt is trimmed to fit it with max_tokens to spare: older memory first, then the weakest documents.
+    context_tokens: int = Field(2048, ge=256)
+    too_long_reply: str = (
+        "Your message is too long for me to read at once (about {tokens} tokens; I can take about {limit}). "
+        "Please shorten it or send it in parts."
+    )
+
+    @field_validator("too_long_reply")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            value.format(tokens=1, limit=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"bad placeholder {exc}; the text may use {{tokens}} and {{limit}}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _room_for_the_prompt(self) -> EngineSettings:
+        if self.max_tokens >= self.context_tokens:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be less than context_tokens ({self.context_tokens}): "
+                "the answer and the prompt share the context window"
+            )
+        return self
 
 
 class LocalModelSettings(_Section):
@@ -82,6 +107,14 @@ class WorkerSettings(_Section):
     max_attempts: int = Field(5, ge=1)
     poll_interval_seconds: float = Field(0.2, gt=0)
     retry_backoff_seconds: float = Field(2.0, gt=0)
+    # How long a message may wait for the model (an outage, a restart, an overloaded server) before the user gets
+    # engine.error_reply instead. Until then the message goes back to the queue with a growing, jittered delay.
+    answer_deadline_seconds: float = Field(600.0, ge=1)
+    # On shutdown a worker finishes the message in hand for up to this long, then hands it back to the queue (another
+    # instance, or this one after its restart, takes it over at once). Keep it under the unit's TimeoutStopSec.
+    stop_grace_seconds: float = Field(20.0, ge=0)
+    # Sent once when a message gives up after max_attempts (it then waits in `ai-assistant dlq` for an operator).
+    dead_letter_reply: str = "Sorry, the answer to your message could not be delivered. Please ask again later."
 
 
 class FilterSettings(_Section):

@@ -48,6 +48,14 @@ CASES = {
         "assistant.yaml (or AI_ASSISTANT_* environment): server.prot: unknown key",
     ),
     "bad value": ({"assistant": {"server": {"port": "eighty"}}}, "server.port:"),
+    "answer longer than the context window": (
+        {"assistant": {"engine": {"max_tokens": 4096}}},
+        "engine: max_tokens (4096) must be less than context_tokens (2048): the answer and the prompt share",
+    ),
+    "unknown placeholder in too_long_reply": (
+        {"assistant": {"engine": {"too_long_reply": "Too long ({count} tokens)"}}},
+        "engine.too_long_reply: bad placeholder 'count'; the text may use {tokens} and {limit}",
+    ),
     "unknown connector key": (
         {"connectors": {"im": connector(app_secert="x")}},
         "connectors.yaml: im.app_secert: unknown key",

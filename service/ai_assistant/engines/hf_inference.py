@@ -4,28 +4,105 @@ against the local llama.cpp server, so the production path is the tested path.""
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from huggingface_hub import AsyncInferenceClient
-from huggingface_hub.errors import HfHubHTTPError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from ..errors import EngineUnavailable
 from ..messages import ChatTurn
-from ..observability import ENGINE_DURATION, ENGINE_ERRORS
+from ..observability import ENGINE_ATTEMPTS, ENGINE_DURATION, ENGINE_ERRORS
 from ..settings import EngineSettings
+from .base import estimate_tokens
 
 log = logging.getLogger(__name__)
 
+# The longest Retry-After honoured inside one call; a server asking for more gets the job released for that long
+# instead (pipeline/worker.py), so a worker is not parked on one message while others wait.
+MAX_WAIT_IN_CALL = 8.0
 
-def _retryable(exc: BaseException) -> bool:
-    """Connection problems, timeouts and 5xx/429 are worth another try; other 4xx are our bug and are not."""
-    if isinstance(exc, HfHubHTTPError):
-        status = exc.response.status_code if exc.response is not None else None
-        return status is None or status >= 500 or status == 429
-    return isinstance(exc, httpx.TransportError | TimeoutError | ConnectionError | OSError)
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a failed attempt should be treated: worth another try, and not before `after` seconds."""
+
+    retry: bool
+    after: float | None = None
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds from the response's Retry-After header (delta-seconds or an HTTP date), if it has one."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    value = str(value).strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def classify(exc: BaseException) -> Verdict:
+    """Decide by what happened, not by which HTTP library raised it (huggingface_hub 2.x uses its own httpx fork,
+    whose exceptions are not httpx's): a server that answered with 429 or 5xx (or 408) is worth another try, as is a
+    request that never got an answer (refused, reset, timed out, cut off mid-stream); any other status is a request
+    the server will refuse again."""
+    for link in _chain(exc):
+        status = _status(link)
+        if status is not None:
+            return Verdict(status in (408, 429) or status >= 500, retry_after(link))
+        if isinstance(link, TimeoutError | ConnectionError | OSError):
+            return Verdict(True)
+        # An HTTP library's request error (httpx, httpx2, ...) carries the request it was about and no response.
+        request = None
+        try:
+            request = getattr(link, "request", None)
+        except RuntimeError:  # httpx raises this for a request error that was never bound to a request
+            request = None
+        if request is not None:
+            return Verdict(True)
+    return Verdict(False)
+
+
+def _retryable_now(exc: BaseException) -> bool:
+    verdict = classify(exc)
+    return verdict.retry and (verdict.after is None or verdict.after <= MAX_WAIT_IN_CALL)
+
+
+class _WaitHonouringRetryAfter:
+    """Jittered exponential backoff, but never shorter than what the server asked for."""
+
+    def __init__(self) -> None:
+        self._backoff = wait_exponential_jitter(multiplier=0.5, max=MAX_WAIT_IN_CALL)
+
+    def __call__(self, state: RetryCallState) -> float:
+        wait = float(self._backoff(state))
+        exc = state.outcome.exception() if state.outcome is not None else None
+        asked = classify(exc).after if exc is not None else None
+        return max(wait, asked or 0.0)
 
 
 class HFInferenceEngine:
@@ -33,10 +110,8 @@ class HFInferenceEngine:
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
-        api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        self._client = AsyncInferenceClient(
-            base_url=settings.base_url, api_key=api_key, timeout=settings.timeout_seconds
-        )
+        self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        self._tokenizer: str | None = None  # "tgi", "llama.cpp" or "estimate" once the server was asked
 
     async def chat(self, turns: list[ChatTurn]) -> str:
         messages = [{"role": t.role, "content": t.content} for t in turns]
@@ -44,37 +119,82 @@ class HFInferenceEngine:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.settings.max_retries + 1),
-                wait=wait_exponential_jitter(multiplier=0.5, max=8),
-                retry=retry_if_exception(_retryable),
+                wait=_WaitHonouringRetryAfter(),
+                retry=retry_if_exception(_retryable_now),
                 reraise=True,
             ):
                 with attempt:
+                    ENGINE_ATTEMPTS.labels(engine=self.name).inc()
                     return await self._stream(messages)
+        except EngineUnavailable:
+            ENGINE_ERRORS.labels(engine=self.name).inc()
+            raise
         except Exception as exc:
             ENGINE_ERRORS.labels(engine=self.name).inc()
-            log.warning("engine %s failed after retries: %s", self.name, type(exc).__name__)
-            raise EngineUnavailable(f"{self.name}: {type(exc).__name__}") from exc
+            verdict = classify(exc)
+            log.warning("engine %s failed (%s, transient: %s)", self.name, type(exc).__name__, verdict.retry)
+            raise EngineUnavailable(
+                f"{self.name}: {type(exc).__name__}", transient=verdict.retry, retry_after=verdict.after
+            ) from exc
         finally:
             ENGINE_DURATION.labels(engine=self.name).observe(time.perf_counter() - start)
         raise EngineUnavailable(f"{self.name}: no attempt made")  # unreachable: AsyncRetrying yields at least once
 
     async def _stream(self, messages: list[dict[str, str]]) -> str:
         # Streaming keeps a slow generation alive under the per-read timeout instead of one long blocking call.
+        # One client per call, closed with it: AsyncInferenceClient keeps every streamed response open on its exit
+        # stack until the client is closed, so a long-lived client would hold one response per answer ever given.
+        # The price is one new connection per answer, nothing next to a generation's seconds.
         pieces: list[str] = []
-        stream = await self._client.chat_completion(
-            messages=messages,
-            model=self.settings.model,
-            max_tokens=self.settings.max_tokens,
-            temperature=self.settings.temperature,
-            stream=True,
-        )
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                pieces.append(chunk.choices[0].delta.content)
+        async with AsyncInferenceClient(
+            base_url=self.settings.base_url, api_key=self._api_key, timeout=self.settings.timeout_seconds
+        ) as client:
+            stream: Any = await client.chat_completion(
+                messages=messages,
+                model=self.settings.model,
+                max_tokens=self.settings.max_tokens,
+                temperature=self.settings.temperature,
+                stream=True,
+            )
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
         text = "".join(pieces).strip()
         if not text:
-            raise EngineUnavailable(f"{self.name}: empty answer")
+            raise EngineUnavailable(f"{self.name}: empty answer", transient=False)
         return text
+
+    async def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens per text by the server's own tokenizer: TGI's `POST /tokenize`, llama-cpp-python's
+        `POST /extras/tokenize/count`. Which one the server has is found once; a server with neither (vLLM, a
+        proxy) gets `estimate_tokens`. A server that cannot be reached now also gets the estimate, without
+        remembering that: the chat call that follows will report the outage."""
+        root = self.settings.base_url.rstrip("/").removesuffix("/v1")
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            return [await self._count(client, root, text) for text in texts]
+
+    async def _count(self, client: httpx.AsyncClient, root: str, text: str) -> int:
+        kinds = [self._tokenizer] if self._tokenizer else ["tgi", "llama.cpp"]
+        for kind in kinds:
+            if kind == "estimate":
+                break
+            try:
+                if kind == "tgi":
+                    resp = await client.post(root + "/tokenize", json={"inputs": text})
+                else:
+                    body = {"input": text, "model": self.settings.model}
+                    resp = await client.post(root + "/extras/tokenize/count", json=body)
+            except httpx.HTTPError:
+                return estimate_tokens(text)
+            if resp.status_code in (404, 405):
+                continue
+            if resp.status_code != 200:
+                return estimate_tokens(text)
+            self._tokenizer = kind
+            data = resp.json()
+            return len(data) if kind == "tgi" else int(data["count"])
+        self._tokenizer = "estimate"
+        return estimate_tokens(text)
 
     async def ready(self) -> bool:
         url = self.settings.base_url.rstrip("/")
@@ -87,6 +207,4 @@ class HFInferenceEngine:
         return resp.status_code < 500
 
     async def aclose(self) -> None:
-        close = getattr(self._client, "close", None)
-        if close is not None:
-            await close()
+        """Nothing to close: each call's client is closed when the call ends."""

@@ -11,29 +11,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..channels.base import OutputChannel
 from ..channels.loader import RoutedChannel
 from ..connectors.base import Connector
+from ..engines.base import estimate_tokens
 from ..errors import DeliveryFailed, EngineUnavailable
 from ..messages import ChatTurn, InboundMessage, OutboundText
-from ..observability import ANSWER_DURATION, ANSWERS, QUEUE_DEPTH, QUEUE_OLDEST_AGE, request_id
+from ..observability import (
+    ANSWER_DURATION,
+    ANSWERS,
+    DEAD_LETTERS,
+    ENGINE_WAITS,
+    QUEUE_DEPTH,
+    QUEUE_OLDEST_AGE,
+    STALE_WRITES,
+    WORKER_ERRORS,
+    request_id,
+)
 from ..settings import Settings
 from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
 from .filters import SensitiveWordFilter
+from .supervisor import WorkerState, sleep_unless_stopped
 
 log = logging.getLogger(__name__)
+
+MAX_ENGINE_WAIT_SECONDS = 60.0
+
+
+class LeaseLost(Exception):
+    """A fenced write was refused (store/base.py): another worker claimed the job since this one did."""
 
 
 @dataclass(frozen=True)
 class Grounding:
-    """What retrieval adds: extra system text, a sources footer, or a no-hit answer that replaces the model's."""
+    """What retrieval adds: extra system text (instructions only), a delimited context block of retrieved data that
+    goes into the user's turn, never the system role (documents come from anyone who can add a file), a sources
+    footer, or a no-hit answer that replaces the model's."""
 
     system: str = ""
+    documents: tuple[str, ...] = ()  # delimited <document> elements, best first; sent inside <documents>
     footer: str = ""
     no_hit_answer: str | None = None
 
@@ -54,47 +77,121 @@ class Pipeline:
     retriever: Retriever | None = None
     routed: list[RoutedChannel] = field(default_factory=list)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """One worker: poll the queue until `stop` is set."""
+    async def run(self, stop: asyncio.Event, state: WorkerState | None = None) -> None:
+        """One worker: poll the queue until `stop` is set. Store failures are logged with their cause and backed off
+        from (pipeline/supervisor.py keeps the state that /readyz and the metrics read); they never end the loop."""
+        state = state or WorkerState("worker")
+        worker = self.settings.worker
         while not stop.is_set():
-            job = await self.store.claim(self.settings.worker.lease_seconds)
-            if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.worker.poll_interval_seconds)
-                continue
-            token = request_id.set(job.message.event_id)
-            heartbeat = asyncio.create_task(self._heartbeat(job))
             try:
-                await self.process(job, heartbeat)
-            except Exception:  # one bad job must not kill the worker; the lease brings it back for another try
-                log.exception("job %s failed unexpectedly", job.id)
-                await self.store.release(job.id, self.settings.worker.retry_backoff_seconds, "unexpected error")
-            finally:
-                heartbeat.cancel()
-                request_id.reset(token)
+                job = await self.store.claim(worker.lease_seconds)
+            except Exception as exc:
+                delay = state.failed("claim", exc)
+                log.warning(
+                    "%s cannot claim (%s: %s); trying again in %.1f s", state.name, type(exc).__name__, exc, delay
+                )
+                await sleep_unless_stopped(stop, delay)
+                continue
+            state.ok()
+            if job is None:
+                await sleep_unless_stopped(stop, worker.poll_interval_seconds)
+                continue
+            await self._work(job, state, stop)
+
+    async def _work(self, job: Job, state: WorkerState, stop: asyncio.Event) -> None:
+        token = request_id.set(job.message.event_id)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        work = asyncio.create_task(self.process(job, heartbeat))
+        try:
+            if not await self._finish_or_hand_back(job, work, stop):
+                return
+            exc = work.exception()
+            if isinstance(exc, LeaseLost):  # not a failure of the job: the worker that holds it now carries on
+                log.warning("%s", exc)
+            elif exc is not None:  # one bad job must not end the worker (nor make it unready); retried after a backoff
+                WORKER_ERRORS.labels(step="job").inc()
+                ceiling = min(MAX_ENGINE_WAIT_SECONDS, self.settings.worker.retry_backoff_seconds * 2**job.attempts)
+                delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
+                log.error("job %s failed (%s: %s); retrying in %.1f s", job.id, type(exc).__name__, exc, delay,
+                          exc_info=exc)  # fmt: skip
+                await self._release_quietly(job, delay, f"{type(exc).__name__}: {exc}", state)
+        finally:
+            heartbeat.cancel()
+            request_id.reset(token)
+
+    async def _finish_or_hand_back(self, job: Job, work: asyncio.Task[None], stop: asyncio.Event) -> bool:
+        """Wait for the job; once `stop` is set give it worker.stop_grace_seconds more, then cancel it and hand it
+        back to the queue at once (the claim does not count as an attempt). True if the job ran to its end."""
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                await asyncio.wait({work}, timeout=self.settings.worker.stop_grace_seconds)
+        finally:
+            stopping.cancel()
+        if work.done():
+            return True
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        log.warning("shutting down: handing %s back to the queue", job.id)
+        await self._release_quietly(job, 0.0, "handed back at shutdown", None, count_attempt=False)
+        return False
+
+    async def _release_quietly(
+        self, job: Job, delay: float, error: str, state: WorkerState | None, *, count_attempt: bool = True
+    ) -> None:
+        """Release, or if the store is down too, leave the job to its lease: it becomes visible again by itself."""
+        try:
+            released = await self.store.release(job.id, job.lease_token, delay, error, count_attempt=count_attempt)
+            if not released:
+                STALE_WRITES.labels(op="release").inc()
+                log.warning("did not release %s: another worker holds it now", job.id)
+        except Exception as exc:
+            if state is not None:
+                state.failed("release", exc)
+            log.warning("could not release %s (%s: %s); its lease will expire", job.id, type(exc).__name__, exc)
 
     async def _heartbeat(self, job: Job) -> None:
-        """Renews the lease while the job is worked on; ends (and so flags the loss) if another worker took it over."""
+        """Renews the lease while the job is worked on; ends (and so flags the loss) if another worker took it over,
+        or if the store could not be reached for so long that the lease has run out."""
         lease = self.settings.worker.lease_seconds
+        held_until = time.monotonic() + lease
         while True:
             await asyncio.sleep(lease / 3)
-            if not await self.store.extend(job.id, job.lease_token, lease):
+            try:
+                renewed = await self.store.extend(job.id, job.lease_token, lease)
+            except Exception as exc:
+                log.warning("could not renew the lease on %s (%s: %s)", job.id, type(exc).__name__, exc)
+                if time.monotonic() < held_until:
+                    continue
+                renewed = False
+            if not renewed:
                 log.warning("lost the lease on %s; another worker has it", job.id)
                 return
+            held_until = time.monotonic() + lease
 
     async def process(self, job: Job, heartbeat: asyncio.Task[None] | None = None) -> None:
         msg = job.message
-        if job.attempts > self.settings.worker.max_attempts:
-            await self.store.dead_letter(job.id, f"gave up after {job.attempts - 1} attempts")
-            ANSWERS.labels(connector=msg.connector, outcome="dead").inc()
-            log.error("job %s dead-lettered after %d attempts", job.id, job.attempts - 1)
+        if job.attempts > self.settings.worker.max_attempts:  # earlier claims crashed or failed unexpectedly
+            await self._give_up(job, f"gave up after {job.attempts - 1} attempts")
             return
         answer, outcome = job.answer, job.outcome
         if answer is None:
-            answer, outcome, turns = await self._answer(msg)
-            await self.store.save_answer(
-                job.id, answer, outcome, msg.conversation_key, turns, self.settings.memory.turns
-            )
+            try:
+                answer, outcome, turns = await self._answer(msg)
+            except EngineUnavailable as exc:
+                delay = self._engine_wait(job, exc)
+                if delay is not None:
+                    ENGINE_WAITS.labels(engine=self.settings.engine.name).inc()
+                    log.warning("no answer yet for %s (%s); trying again in %.1f s", msg.event_id, exc, delay)
+                    wait = partial(self.store.release, job.id, job.lease_token, delay, str(exc), count_attempt=False)
+                    await self._write("release", job, wait)
+                    return
+                log.warning("no answer for %s by its deadline: %s", msg.event_id, exc)
+                answer, outcome, turns = self.settings.engine.error_reply, "engine_error", []
+            checkpoint = (answer, outcome or "answered", msg.conversation_key, turns, self.settings.memory.turns)
+            await self._write("save_answer", job, lambda: self.store.save_answer(job.id, job.lease_token, *checkpoint))
         plan = self._delivery_plan(msg, answer)
         for index in range(job.parts_sent, len(plan)):
             if heartbeat is not None and heartbeat.done():
@@ -103,18 +200,124 @@ class Pipeline:
             try:
                 await channel.deliver(part)
             except DeliveryFailed as exc:
-                delay = self.settings.worker.retry_backoff_seconds * 2 ** (job.attempts - 1)
+                if job.attempts >= self.settings.worker.max_attempts:
+                    await self._give_up(job, f"delivery {index + 1}/{len(plan)}: {exc}")
+                    return
+                ceiling = self.settings.worker.retry_backoff_seconds * 2 ** (job.attempts - 1)
+                delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
                 log.warning(
-                    "delivery %d/%d of %s failed (%s); retrying in %.0f s", index + 1, len(plan), job.id, exc, delay
+                    "delivery %d/%d of %s failed (%s); retrying in %.1f s", index + 1, len(plan), job.id, exc, delay
                 )
-                await self.store.release(job.id, delay, str(exc))
+                await self._write("release", job, partial(self.store.release, job.id, job.lease_token, delay, str(exc)))
                 return
-            await self.store.mark_part_sent(job.id, index + 1)
+            await self._write(
+                "mark_part_sent", job, partial(self.store.mark_part_sent, job.id, job.lease_token, index + 1)
+            )
         parts = [p for c, p in plan if c is self.channel]
-        await self.store.complete(job.id)
+        await self._write("complete", job, lambda: self.store.complete(job.id, job.lease_token))
         ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
         ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
         log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
+
+    async def _give_up(self, job: Job, error: str) -> None:
+        msg = job.message
+        await self._write("dead_letter", job, lambda: self.store.dead_letter(job.id, job.lease_token, error))
+        ANSWERS.labels(connector=msg.connector, outcome="dead").inc()
+        log.error("job %s dead-lettered after %d attempt(s): %s", job.id, job.attempts, error)
+        await self._tell_failed(msg)
+
+    async def _fit(
+        self, system: str, history: list[ChatTurn], documents: list[str], question: str
+    ) -> tuple[list[ChatTurn], list[str]] | TooLong:
+        """Fit the prompt into engine.context_tokens with engine.max_tokens left for the answer: drop the oldest
+        exchanges of the memory first, then the weakest documents; the system prompt and the question always stay.
+        If those two alone do not fit, the question is too long (TooLong), and the user is told so plainly."""
+        engine = self.settings.engine
+        budget = engine.context_tokens - engine.max_tokens
+        counts = await _count_tokens(self.engine, [system, question, *(t.content for t in history), *documents])
+        fixed = counts[0] + 2 * PER_TURN_TOKENS + WRAPPER_TOKENS
+        if fixed + counts[1] > budget:
+            return TooLong(tokens=counts[1], limit=max(0, budget - fixed))
+        turn_costs = [c + PER_TURN_TOKENS for c in counts[2 : 2 + len(history)]]
+        doc_costs = counts[2 + len(history) :]
+        total = fixed + counts[1] + sum(turn_costs) + sum(doc_costs)
+        dropped_turns = 0
+        while total > budget and dropped_turns < len(history):
+            step = 2 if len(history) - dropped_turns >= 2 else 1  # whole exchanges: a question with its answer
+            total -= sum(turn_costs[dropped_turns : dropped_turns + step])
+            dropped_turns += step
+        kept_docs = len(documents)
+        while total > budget and kept_docs:
+            kept_docs -= 1
+            total -= doc_costs[kept_docs]
+        if dropped_turns or kept_docs < len(documents):
+            log.info(
+                "prompt trimmed to %d tokens: %d memory turn(s) and %d document(s) left out",
+                total, dropped_turns, len(documents) - kept_docs,
+            )  # fmt: skip
+        return history[dropped_turns:], documents[:kept_docs]
+
+    async def _tell_failed(self, msg: InboundMessage) -> None:
+        """One message to the user that their answer failed, sent once, right after the dead letter is recorded (a
+        crash in between means no notice rather than two). Best effort: if the platform is what failed, this fails
+        too, and the dead letter (ai-assistant dlq) is where the message waits for an operator."""
+        notice = OutboundText(
+            msg.connector, msg.chat_id, self.settings.worker.dead_letter_reply, 1, 1, f"{msg.event_id}:failed",
+            in_reply_to=msg,
+        )  # fmt: skip
+        try:
+            await self.channel.deliver(notice)
+        except Exception as exc:
+            log.warning("could not tell the user that %s failed (%s: %s)", msg.event_id, type(exc).__name__, exc)
+
+    async def _write(self, op: str, job: Job, write: Callable[[], Awaitable[bool]]) -> None:
+        """One fenced write of the job, retried through a store outage (a Redis restart) for up to one lease: a part
+        the platform already has must be recorded, or the next claim sends it again. Retrying is safe: the fence
+        refuses the write once another worker holds the job, and the writes are idempotent for their holder
+        (save_answer appends to the memory only with the first checkpoint). A write that may have landed before
+        the store went away and is refused when retried (`complete`, `dead_letter` remove the job) did land."""
+        uncertain = False
+        started = time.monotonic()
+        delay = 0.1
+        while True:
+            try:
+                held = await write()
+                break
+            except Exception as exc:
+                if time.monotonic() - started > self.settings.worker.lease_seconds:
+                    raise
+                uncertain = True
+                log.warning("%s of %s failed (%s: %s); retrying in %.1f s", op, job.id, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2) * random.uniform(0.75, 1.0)  # noqa: S311 (jitter, not a secret)
+        if not held and uncertain and op in ("complete", "dead_letter"):
+            log.info("%s of %s had landed before the store went away", op, job.id)
+            return
+        self._held(op, job, held)
+
+    @staticmethod
+    def _held(op: str, job: Job, held: bool) -> None:
+        """A fenced store write was refused: this worker's lease has passed to another one, so it must stop here."""
+        if not held:
+            STALE_WRITES.labels(op=op).inc()
+            raise LeaseLost(f"{op} of {job.id} refused: its lease has passed to another worker; stopping")
+
+    def _engine_wait(self, job: Job, exc: EngineUnavailable) -> float | None:
+        """How long to put the message back for while the engine is unavailable, or None once waiting is over: the
+        failure is permanent, or the message's answer deadline has passed (then the user gets the error reply).
+
+        The delay grows with the message's age (a quarter of it, jittered, at least worker.retry_backoff_seconds,
+        at most a minute), so retries come quickly after a blip and sparsely through a long outage; it honours the
+        server's Retry-After and ends at the deadline, where one last try decides."""
+        worker = self.settings.worker
+        now = time.time()
+        received = job.message.received_at or job.enqueued_at
+        deadline = received + worker.answer_deadline_seconds
+        if not exc.transient or now >= deadline:
+            return None
+        grown = min(MAX_ENGINE_WAIT_SECONDS, max(worker.retry_backoff_seconds, (now - received) / 4))
+        delay = max(random.uniform(grown / 2, grown), exc.retry_after or 0.0)  # noqa: S311 (jitter, not a secret)
+        return min(delay, deadline - now)
 
     def _delivery_plan(self, msg: InboundMessage, answer: str) -> list[tuple[OutputChannel, OutboundText]]:
         """Every delivery this answer needs, in a fixed order, so `parts_sent` can say how far a previous attempt got:
@@ -144,25 +347,54 @@ class Pipeline:
             return self.settings.filters.block_message, "blocked", []
         user_text = checked.text
         system = self.settings.engine.system_prompt
+        documents: tuple[str, ...] = ()
         footer = ""
         if self.retriever is not None:
             grounding = await self.retriever(msg, user_text)
             if grounding.no_hit_answer is not None:
                 return grounding.no_hit_answer, "answered", []
             system = f"{system}\n\n{grounding.system}" if grounding.system else system
-            footer = grounding.footer
+            documents, footer = grounding.documents, grounding.footer
         history = await self.store.history(msg.conversation_key, self.settings.memory.turns)
-        turns = [ChatTurn("system", system), *history, ChatTurn("user", user_text)]
-        try:
-            raw = await self.engine.chat(turns)  # type: ignore[attr-defined]
-        except EngineUnavailable as exc:
-            log.warning("no answer for %s: %s", msg.event_id, exc)
-            return self.settings.engine.error_reply, "engine_error", []
-        checked_out = self.output_filter.apply(raw)
-        if checked_out.blocked:
+        fitted = await self._fit(system, history, list(documents), user_text)
+        if isinstance(fitted, TooLong):
+            reply = self.settings.engine.too_long_reply.format(tokens=fitted.tokens, limit=fitted.limit)
+            return reply, "too_long", []
+        history, kept = fitted
+        question = "<documents>\n" + "\n".join(kept) + f"\n</documents>\n\n{user_text}" if kept else user_text
+        turns = [ChatTurn("system", system), *history, ChatTurn("user", question)]
+        raw = await self.engine.chat(turns)  # type: ignore[attr-defined]  # EngineUnavailable: see process()
+        # The filter sees exactly what goes out, sources footer included (a document title is text from anyone);
+        # the memory keeps the model's own words, filtered the same way.
+        checked_out = self.output_filter.apply(raw + (f"\n\n{footer}" if footer else ""))
+        checked_own = self.output_filter.apply(raw) if footer else checked_out
+        if checked_out.blocked or checked_own.blocked:
             return self.settings.filters.block_message, "blocked", []
-        answer = checked_out.text + (f"\n\n{footer}" if footer else "")
-        return answer, "answered", [ChatTurn("user", user_text), ChatTurn("assistant", checked_out.text)]
+        answer = checked_out.text
+        return answer, "answered", [ChatTurn("user", user_text), ChatTurn("assistant", checked_own.text)]
+
+
+@dataclass(frozen=True)
+class TooLong:
+    tokens: int  # the question's
+    limit: int  # what the question may take at most, with the system prompt and the answer's room set aside
+
+
+# Chat templates wrap every turn in a few marker tokens; the <documents> wrapper costs a few more.
+PER_TURN_TOKENS = 8
+WRAPPER_TOKENS = 12
+
+
+async def _count_tokens(engine: object, texts: list[str]) -> list[int]:
+    counter = getattr(engine, "count_tokens", None)
+    if counter is not None:
+        try:
+            counts = await counter(texts)
+            if len(counts) == len(texts):
+                return [int(c) for c in counts]
+        except Exception:  # counting is an optimisation of the prompt; never a reason to fail the message
+            log.debug("token count failed; estimating", exc_info=True)
+    return [estimate_tokens(t) for t in texts]
 
 
 async def export_queue_stats(store: StateStore, stop: asyncio.Event, every: float = 2.0) -> None:
@@ -172,6 +404,7 @@ async def export_queue_stats(store: StateStore, stop: asyncio.Event, every: floa
             stats = await store.stats()
             QUEUE_DEPTH.set(stats.depth)
             QUEUE_OLDEST_AGE.set(stats.oldest_age_seconds)
+            DEAD_LETTERS.set(await store.dead_letter_count())
         except Exception:  # the store being down shows in /readyz; the gauges just keep their last value
             log.debug("queue stats unavailable", exc_info=True)
         with contextlib.suppress(TimeoutError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .base import Job, QueueStats, StateStore
+from .base import DeadLetter, Job, QueueStats, StateStore
 
 
 def open_store(settings: Settings) -> StateStore:
@@ -21,4 +21,4 @@ def open_store(settings: Settings) -> StateStore:
     return SQLiteStore(settings.data_dir / "state.sqlite3", synchronous=settings.store.sqlite_synchronous)
 
 
-__all__ = ["Job", "QueueStats", "StateStore", "open_store"]
+__all__ = ["DeadLetter", "Job", "QueueStats", "StateStore", "open_store"]

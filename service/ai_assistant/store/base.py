@@ -22,6 +22,19 @@ class Job:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """A message that gave up, kept for an operator to look at, replay or drop (`ai-assistant dlq`, /admin/dlq)."""
+
+    id: str
+    message: InboundMessage
+    attempts: int
+    last_error: str
+    dead_at: float
+    answer: str | None
+    parts_sent: int
+
+
+@dataclass(frozen=True)
 class QueueStats:
     depth: int
     oldest_age_seconds: float
@@ -44,21 +57,52 @@ class StateStore(Protocol):
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
         """Renew the lease (the worker's heartbeat). False if another worker has claimed the job since."""
 
+    # Every write of a job below is fenced: it takes effect only while `lease_token` is still the job's (no other
+    # worker has claimed it since, and it is neither finished nor dead-lettered), and returns False otherwise, so a
+    # worker that lost its lease can never overwrite the answer, move `parts_sent` back, append to the memory twice,
+    # or release, finish or dead-letter a job another worker holds.
+
     async def save_answer(
-        self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int
-    ) -> None:
-        """Checkpoint the answer and append the exchange to the conversation memory, in one transaction."""
+        self,
+        job_id: str,
+        lease_token: str,
+        answer: str,
+        outcome: str,
+        conversation: str,
+        turns: list[ChatTurn],
+        keep_turns: int,
+    ) -> bool:
+        """Checkpoint the answer and append the exchange to the conversation memory, in one transaction. Only the
+        first checkpoint counts: a retry by the same holder returns True and changes nothing."""
 
-    async def mark_part_sent(self, job_id: str, parts_sent: int) -> None: ...
+    async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool: ...
 
-    async def complete(self, job_id: str) -> None:
+    async def complete(self, job_id: str, lease_token: str) -> bool:
         """The answer is fully delivered: the job leaves the queue."""
 
-    async def release(self, job_id: str, delay_seconds: float, error: str) -> None:
-        """Give the job back to be retried after a delay (delivery failed)."""
+    async def release(
+        self, job_id: str, lease_token: str, delay_seconds: float, error: str, *, count_attempt: bool = True
+    ) -> bool:
+        """Give the job back to be retried after a delay (delivery failed). `count_attempt=False` when the job only
+        waits for something outside it (the engine, a shutdown): that claim does not count towards
+        worker.max_attempts."""
 
-    async def dead_letter(self, job_id: str, error: str) -> None:
-        """Stop retrying; keep the job for inspection."""
+    async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
+        """Stop retrying; keep the job for inspection (and replay: `ai-assistant dlq`)."""
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The newest dead letters first."""
+
+    async def dead_letter_count(self) -> int: ...
+
+    async def get_dead_letter(self, job_id: str) -> DeadLetter | None: ...
+
+    async def replay(self, job_id: str) -> bool:
+        """Queue a dead letter again, visible now, with its attempts reset. Its answer checkpoint and the parts already
+        sent are kept, so a replay sends only what the user has not received. False if there is no such dead letter."""
+
+    async def drop(self, job_id: str) -> bool:
+        """Delete a dead letter for good. False if there is no such dead letter."""
 
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]: ...
 

@@ -12,51 +12,158 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from ..messages import ChatTurn, InboundMessage
-from .base import Job, QueueStats
+from .base import DeadLetter, Job, QueueStats
 
 P = "aia:"  # key prefix
 QUEUE = P + "queue"  # zset job id -> visible_at
 ENQUEUED = P + "enqueued"  # zset job id -> enqueued_at (for the oldest-message age)
+DEAD = P + "dead"  # zset job id -> dead-lettered at; the job itself is the hash aia:dead:<id>
 
-_ENQUEUE = """
--- KEYS: dedupe keys..., job key, queue, enqueued   ARGV: ttl_ms, job_id, message, now, enqueued_at
+# Leases and delays are measured on the Redis server's clock (TIME inside the script), never on an instance's: two
+# hosts whose clocks disagree by seconds would otherwise steal each other's leases or see jobs early.
+_NOW = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
+
+# Fencing: a job write runs only while the job hash still carries the writer's lease token. A finished job's hash is
+# deleted and a dead-lettered one renamed, so a stale worker finds no token there either.
+_HELD = "if redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[1] then return 0 end\n"
+
+_ENQUEUE = (
+    """
+-- KEYS: dedupe keys..., job key, queue, enqueued   ARGV: ttl_ms, job_id, message, enqueued_at
 local n = #KEYS - 3
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
+"""
+    + _NOW
+    + """
 for i = 1, n do redis.call('SET', KEYS[i], '1', 'PX', ARGV[1]) end
-redis.call('HSET', KEYS[n + 1], 'message', ARGV[3], 'attempts', 0, 'parts_sent', 0, 'enqueued_at', ARGV[5])
-redis.call('ZADD', KEYS[n + 2], ARGV[4], ARGV[2])
-redis.call('ZADD', KEYS[n + 3], ARGV[5], ARGV[2])
+redis.call('HSET', KEYS[n + 1], 'message', ARGV[3], 'attempts', 0, 'parts_sent', 0, 'enqueued_at', ARGV[4])
+redis.call('ZADD', KEYS[n + 2], now, ARGV[2])
+redis.call('ZADD', KEYS[n + 3], ARGV[4], ARGV[2])
 return 1
 """
+)
 
-_CLAIM = """
--- KEYS: queue   ARGV: now, lease, prefix, token
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)
+_CLAIM = (
+    """
+-- KEYS: queue   ARGV: lease, prefix, token
+"""
+    + _NOW
+    + """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
 if #ids == 0 then return nil end
 local id = ids[1]
-redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
-local key = ARGV[3] .. 'job:' .. id
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id)
+local key = ARGV[2] .. 'job:' .. id
 redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('HSET', key, 'lease_token', ARGV[4])
+redis.call('HSET', key, 'lease_token', ARGV[3])
 return {id, redis.call('HGETALL', key)}
 """
+)
 
-_EXTEND = """
--- KEYS: queue, job key   ARGV: job id, token, visible_at
-if redis.call('HGET', KEYS[2], 'lease_token') ~= ARGV[2] then return 0 end
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+_EXTEND = (
+    """
+-- KEYS: job key, queue   ARGV: token, job id, lease
+"""
+    + _HELD
+    + _NOW
+    + """
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 return 1
 """
+)
 
-_SAVE_ANSWER = """
--- KEYS: job key, history key   ARGV: answer, outcome, keep, turns...
-redis.call('HSET', KEYS[1], 'answer', ARGV[1], 'outcome', ARGV[2])
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+_SAVE_ANSWER = (
+    """
+-- KEYS: job key, history key   ARGV: token, answer, outcome, keep, turns...
+"""
+    + _HELD
+    + """
+if redis.call('HEXISTS', KEYS[1], 'answer') == 1 then return 1 end  -- a retry of a write that landed
+redis.call('HSET', KEYS[1], 'answer', ARGV[2], 'outcome', ARGV[3])
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
 return 1
+"""
+)
+
+_MARK_PART = (
+    """
+-- KEYS: job key   ARGV: token, parts_sent
+"""
+    + _HELD
+    + """
+redis.call('HSET', KEYS[1], 'parts_sent', ARGV[2])
+return 1
+"""
+)
+
+_COMPLETE = (
+    """
+-- KEYS: job key, queue, enqueued   ARGV: token, job id
+"""
+    + _HELD
+    + """
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('DEL', KEYS[1])
+return 1
+"""
+)
+
+_RELEASE = (
+    """
+-- KEYS: job key, queue   ARGV: token, job id, delay, error, refund (0 or 1)
+"""
+    + _HELD
+    + _NOW
+    + """
+redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[3]), ARGV[2])
+redis.call('HSET', KEYS[1], 'last_error', ARGV[4])
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+return 1
+"""
+)
+
+_DEAD_LETTER = (
+    """
+-- KEYS: job key, queue, enqueued, dead key, dead index   ARGV: token, job id, error
+"""
+    + _HELD
+    + _NOW
+    + """
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[3], 'finished_at', now)
+redis.call('RENAME', KEYS[1], KEYS[4])
+redis.call('ZADD', KEYS[5], now, ARGV[2])
+return 1
+"""
+)
+
+_REPLAY = (
+    """
+-- KEYS: dead key, job key, queue, enqueued, dead index   ARGV: job id
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+"""
+    + _NOW
+    + """
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HDEL', KEYS[2], 'state', 'lease_token', 'finished_at')
+redis.call('HSET', KEYS[2], 'attempts', 0)
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[2], 'enqueued_at'), ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return 1
+"""
+)
+
+_DROP = """
+-- KEYS: dead key, dead index   ARGV: job id
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -76,6 +183,12 @@ class RedisStore:
         self._claim = self._r.register_script(_CLAIM)
         self._save = self._r.register_script(_SAVE_ANSWER)
         self._extend = self._r.register_script(_EXTEND)
+        self._mark_part = self._r.register_script(_MARK_PART)
+        self._complete = self._r.register_script(_COMPLETE)
+        self._release = self._r.register_script(_RELEASE)
+        self._dead_letter = self._r.register_script(_DEAD_LETTER)
+        self._replay = self._r.register_script(_REPLAY)
+        self._drop = self._r.register_script(_DROP)
 
     async def reconnect(self, url: str) -> None:
         """After a password rotation: new connections use the new URL; the old pool is closed once in-flight
@@ -91,14 +204,12 @@ class RedisStore:
 
     async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
         job_id = uuid.uuid4().hex
-        now = time.time()
         keys = [P + "dedupe:" + k for k in message.dedupe_keys()] + [P + "job:" + job_id, QUEUE, ENQUEUED]
         args: list[str | float] = [
             int(dedupe_ttl * 1000),
             job_id,
             message.model_dump_json(),
-            now,
-            message.received_at or now,
+            message.received_at or time.time(),
         ]
         return bool(await self._enqueue(keys=keys, args=args))
 
@@ -109,7 +220,7 @@ class RedisStore:
         await self._r.delete(P + "dedupe:" + key)
 
     async def claim(self, lease_seconds: float) -> Job | None:
-        result = await self._claim(keys=[QUEUE], args=[time.time(), lease_seconds, P, uuid.uuid4().hex])
+        result = await self._claim(keys=[QUEUE], args=[lease_seconds, P, uuid.uuid4().hex])
         if not result:
             return None
         job_id, flat = result
@@ -126,41 +237,73 @@ class RedisStore:
         )
 
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
-        keys = [QUEUE, P + "job:" + job_id]
-        return bool(await self._extend(keys=keys, args=[job_id, lease_token, time.time() + lease_seconds]))
+        keys = [P + "job:" + job_id, QUEUE]
+        return bool(await self._extend(keys=keys, args=[lease_token, job_id, lease_seconds]))
 
     async def save_answer(
-        self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int
-    ) -> None:
+        self,
+        job_id: str,
+        lease_token: str,
+        answer: str,
+        outcome: str,
+        conversation: str,
+        turns: list[ChatTurn],
+        keep_turns: int,
+    ) -> bool:
         encoded = [json.dumps({"role": t.role, "content": t.content}, ensure_ascii=False) for t in turns]
-        await self._save(
-            keys=[P + "job:" + job_id, P + "history:" + conversation],
-            args=[answer, outcome, max(keep_turns * 2, 1), *encoded],
+        return bool(
+            await self._save(
+                keys=[P + "job:" + job_id, P + "history:" + conversation],
+                args=[lease_token, answer, outcome, max(keep_turns * 2, 1), *encoded],
+            )
         )
 
-    async def mark_part_sent(self, job_id: str, parts_sent: int) -> None:
-        await cast(Any, self._r.hset(P + "job:" + job_id, "parts_sent", parts_sent))
+    async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool:
+        return bool(await self._mark_part(keys=[P + "job:" + job_id], args=[lease_token, parts_sent]))
 
-    async def complete(self, job_id: str) -> None:
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.zrem(QUEUE, job_id)
-            pipe.zrem(ENQUEUED, job_id)
-            pipe.delete(P + "job:" + job_id)
-            await pipe.execute()
+    async def complete(self, job_id: str, lease_token: str) -> bool:
+        keys = [P + "job:" + job_id, QUEUE, ENQUEUED]
+        return bool(await self._complete(keys=keys, args=[lease_token, job_id]))
 
-    async def release(self, job_id: str, delay_seconds: float, error: str) -> None:
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.zadd(QUEUE, {job_id: time.time() + delay_seconds}, xx=True)
-            pipe.hset(P + "job:" + job_id, "last_error", error[:500])
-            await pipe.execute()
+    async def release(
+        self, job_id: str, lease_token: str, delay_seconds: float, error: str, *, count_attempt: bool = True
+    ) -> bool:
+        keys = [P + "job:" + job_id, QUEUE]
+        args: list[str | float] = [lease_token, job_id, delay_seconds, error[:500], 0 if count_attempt else 1]
+        return bool(await self._release(keys=keys, args=args))
 
-    async def dead_letter(self, job_id: str, error: str) -> None:
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.zrem(QUEUE, job_id)
-            pipe.zrem(ENQUEUED, job_id)
-            pipe.hset(P + "job:" + job_id, mapping={"state": "dead", "last_error": error[:500]})
-            pipe.rename(P + "job:" + job_id, P + "dead:" + job_id)
-            await pipe.execute()
+    async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
+        keys = [P + "job:" + job_id, QUEUE, ENQUEUED, P + "dead:" + job_id, DEAD]
+        return bool(await self._dead_letter(keys=keys, args=[lease_token, job_id, error[:500]]))
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        ids: list[str] = await cast(Any, self._r.zrevrange(DEAD, 0, max(limit, 1) - 1))
+        found = [await self.get_dead_letter(job_id) for job_id in ids[:limit]]
+        return [d for d in found if d is not None]
+
+    async def dead_letter_count(self) -> int:
+        return int(await self._r.zcard(DEAD))
+
+    async def get_dead_letter(self, job_id: str) -> DeadLetter | None:
+        fields: dict[str, str] = await cast(Any, self._r.hgetall(P + "dead:" + job_id))
+        if not fields:
+            return None
+        return DeadLetter(
+            id=job_id,
+            message=InboundMessage.model_validate_json(fields["message"]),
+            attempts=int(fields.get("attempts", 0)),
+            last_error=fields.get("last_error", ""),
+            dead_at=float(fields.get("finished_at", 0)),
+            answer=fields.get("answer"),
+            parts_sent=int(fields.get("parts_sent", 0)),
+        )
+
+    async def replay(self, job_id: str) -> bool:
+        keys = [P + "dead:" + job_id, P + "job:" + job_id, QUEUE, ENQUEUED, DEAD]
+        return bool(await self._replay(keys=keys, args=[job_id]))
+
+    async def drop(self, job_id: str) -> bool:
+        return bool(await self._drop(keys=[P + "dead:" + job_id, DEAD], args=[job_id]))
 
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]:
         if limit <= 0:

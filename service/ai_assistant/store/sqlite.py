@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..messages import ChatTurn, InboundMessage
-from .base import Job, QueueStats
+from .base import DeadLetter, Job, QueueStats
 
 T = TypeVar("T")
 CLEANUP_INTERVAL_SECONDS = 60.0
@@ -234,12 +234,31 @@ class SQLiteStore:
         )
         return cur.rowcount == 1
 
+    # Fencing: each job write names the lease token it was claimed with; a write whose token is no longer the job's
+    # (claimed again since, finished, dead) changes nothing and returns False.
+    _HELD = "id = ? AND lease_token = ? AND state = 'queued'"
+
     async def save_answer(
-        self, job_id: str, answer: str, outcome: str, conversation: str, turns: list[ChatTurn], keep_turns: int
-    ) -> None:
+        self,
+        job_id: str,
+        lease_token: str,
+        answer: str,
+        outcome: str,
+        conversation: str,
+        turns: list[ChatTurn],
+        keep_turns: int,
+    ) -> bool:
         now = time.time()
 
-        def body(db: sqlite3.Connection) -> None:
+        def body(db: sqlite3.Connection) -> bool:
+            held = db.execute(
+                f"SELECT answer IS NOT NULL FROM jobs WHERE {self._HELD}",  # noqa: S608 (constant text)
+                (job_id, lease_token),
+            ).fetchone()
+            if held is None:
+                return False
+            if held[0]:  # a retry of a checkpoint that landed: the memory has this exchange already
+                return True
             db.execute("UPDATE jobs SET answer = ?, outcome = ? WHERE id = ?", (answer, outcome, job_id))
             db.executemany(
                 "INSERT INTO history (conversation, role, content, at) VALUES (?, ?, ?, ?)",
@@ -250,34 +269,84 @@ class SQLiteStore:
                 "(SELECT id FROM history WHERE conversation = ? ORDER BY id DESC LIMIT ?)",
                 (conversation, conversation, keep_turns * 2),
             )
+            return True
 
-        await self._run(lambda db: self._tx(db, body))
+        return await self._run(lambda db: self._tx(db, body))
 
-    async def mark_part_sent(self, job_id: str, parts_sent: int) -> None:
-        await self._run(lambda db: db.execute("UPDATE jobs SET parts_sent = ? WHERE id = ?", (parts_sent, job_id)))
+    async def _fenced(self, sql: str, args: tuple[object, ...]) -> bool:
+        cur = await self._run(lambda db: db.execute(f"{sql} WHERE {self._HELD}", args))
+        return cur.rowcount == 1
 
-    async def complete(self, job_id: str) -> None:
-        now = time.time()
-        await self._run(
-            lambda db: db.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?", (now, job_id))
+    async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool:
+        return await self._fenced("UPDATE jobs SET parts_sent = ?", (parts_sent, job_id, lease_token))
+
+    async def complete(self, job_id: str, lease_token: str) -> bool:
+        return await self._fenced("UPDATE jobs SET state = 'done', finished_at = ?", (time.time(), job_id, lease_token))
+
+    async def release(
+        self, job_id: str, lease_token: str, delay_seconds: float, error: str, *, count_attempt: bool = True
+    ) -> bool:
+        return await self._fenced(
+            "UPDATE jobs SET visible_at = ?, last_error = ?, attempts = attempts - ?",
+            (time.time() + delay_seconds, error[:500], 0 if count_attempt else 1, job_id, lease_token),
         )
 
-    async def release(self, job_id: str, delay_seconds: float, error: str) -> None:
-        visible = time.time() + delay_seconds
-        await self._run(
+    async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
+        return await self._fenced(
+            "UPDATE jobs SET state = 'dead', finished_at = ?, last_error = ?",
+            (time.time(), error[:500], job_id, lease_token),
+        )
+
+    _DEAD_COLUMNS = "id, message, attempts, COALESCE(last_error, ''), COALESCE(finished_at, 0), answer, parts_sent"
+
+    @staticmethod
+    def _dead(row: tuple[object, ...]) -> DeadLetter:
+        return DeadLetter(
+            id=str(row[0]),
+            message=InboundMessage.model_validate_json(str(row[1])),
+            attempts=int(str(row[2])),
+            last_error=str(row[3]),
+            dead_at=float(str(row[4])),
+            answer=None if row[5] is None else str(row[5]),
+            parts_sent=int(str(row[6])),
+        )
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        rows = await self._run(
             lambda db: db.execute(
-                "UPDATE jobs SET visible_at = ?, last_error = ? WHERE id = ?", (visible, error[:500], job_id)
+                f"SELECT {self._DEAD_COLUMNS} FROM jobs WHERE state = 'dead' "  # noqa: S608 (constant text)
+                "ORDER BY finished_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [self._dead(row) for row in rows]
+
+    async def dead_letter_count(self) -> int:
+        row = await self._run(lambda db: db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'dead'").fetchone())
+        return int(row[0])
+
+    async def get_dead_letter(self, job_id: str) -> DeadLetter | None:
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {self._DEAD_COLUMNS} FROM jobs WHERE state = 'dead' AND id = ?",  # noqa: S608 (constant text)
+                (job_id,),
+            ).fetchone()
+        )
+        return None if row is None else self._dead(row)
+
+    async def replay(self, job_id: str) -> bool:
+        cur = await self._run(
+            lambda db: db.execute(
+                "UPDATE jobs SET state = 'queued', visible_at = ?, attempts = 0, lease_token = NULL, "
+                "finished_at = NULL WHERE id = ? AND state = 'dead'",
+                (time.time(), job_id),
             )
         )
+        return cur.rowcount == 1
 
-    async def dead_letter(self, job_id: str, error: str) -> None:
-        now = time.time()
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE jobs SET state = 'dead', finished_at = ?, last_error = ? WHERE id = ?",
-                (now, error[:500], job_id),
-            )
-        )
+    async def drop(self, job_id: str) -> bool:
+        cur = await self._run(lambda db: db.execute("DELETE FROM jobs WHERE id = ? AND state = 'dead'", (job_id,)))
+        return cur.rowcount == 1
 
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]:
         if limit <= 0:
