@@ -283,18 +283,10 @@ SEND_PATH = {
     "dingtalk": "/robot/sendBySession",
     "telegram": "/sendMessage",
 }
-# Until the worker records a DeliveryUncertain part as sent (unconfirmed) instead of releasing the job to send it again,
-# the platforms without an idempotency key get a second copy here. Strict: the marker must go once the worker does.
-NEEDS_WORKER = pytest.mark.xfail(
-    strict=True, reason="the worker re-sends a DeliveryUncertain part (pipeline/worker.py integration pending)"
-)
 
 
 @pytest.mark.model
-@pytest.mark.parametrize(
-    "case",
-    [pytest.param(c, id=c.platform, marks=[] if c.platform == "feishu" else [NEEDS_WORKER]) for c in CASES],
-)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.platform) for c in CASES])
 def test_slow_platform_gets_one_copy_of_the_real_answer(
     case: Case, make_app: AppFactory, platform: PlatformStandIn, model_server: str
 ) -> None:

@@ -21,7 +21,7 @@ from ..channels.base import OutputChannel
 from ..channels.loader import RoutedChannel
 from ..connectors.base import Connector
 from ..engines.base import estimate_tokens
-from ..errors import DeliveryFailed, EngineUnavailable
+from ..errors import DeliveryFailed, DeliveryUncertain, EngineUnavailable
 from ..messages import ChatTurn, InboundMessage, OutboundText
 from ..observability import (
     ANSWER_DURATION,
@@ -199,12 +199,17 @@ class Pipeline:
             channel, part = plan[index]
             try:
                 await channel.deliver(part)
+            except DeliveryUncertain as exc:
+                # It may have been posted and the platform has no idempotency key: sending it again could show the
+                # user a second copy, so it counts as sent (at most one copy; docs/connectors.md, ADR 0003).
+                log.warning("delivery %d/%d of %s unconfirmed (%s); not sent again", index + 1, len(plan), job.id, exc)
             except DeliveryFailed as exc:
                 if job.attempts >= self.settings.worker.max_attempts:
                     await self._give_up(job, f"delivery {index + 1}/{len(plan)}: {exc}")
                     return
                 ceiling = self.settings.worker.retry_backoff_seconds * 2 ** (job.attempts - 1)
-                delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
+                # Never sooner than the platform's Retry-After (a 429 or 503 that named one).
+                delay = max(random.uniform(ceiling / 2, ceiling), exc.retry_after or 0.0)  # noqa: S311 (jitter)
                 log.warning(
                     "delivery %d/%d of %s failed (%s); retrying in %.1f s", index + 1, len(plan), job.id, exc, delay
                 )
@@ -334,9 +339,9 @@ class Pipeline:
         for routed in self.routed:
             if routed.wants(msg.connector):
                 key = f"{msg.event_id}:{routed.channel.name}"
-                plan.append(
-                    (routed.channel, OutboundText(msg.connector, msg.chat_id, answer, 1, 1, key, in_reply_to=msg))
-                )
+                part = OutboundText(msg.connector, msg.chat_id, answer, 1, 1, key, in_reply_to=msg)
+                # One plan entry per piece (a copy to another connector may need several), each checkpointed.
+                plan.extend(routed.deliveries(part))
         return plan
 
     async def _answer(self, msg: InboundMessage) -> tuple[str, str, list[ChatTurn]]:
