@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
+import boto3  # type: ignore[import-untyped]
 import pytest
 
 from ai_assistant.backup.collect import Sources, collect
