@@ -145,6 +145,22 @@ def _copytree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns(".staging", "*.tmp"))
 
 
+def _mirror_owner(source_root: Path, copy_root: Path) -> None:
+    """Copies made as root (the backup unit) get the owner and mode of their source, so that restic records, and a
+    restore as root brings back, files the service account can still write."""
+    if os.geteuid() != 0 or not copy_root.exists():
+        return
+    fallback = source_root.stat()
+    for copy in [copy_root, *copy_root.rglob("*")]:
+        try:
+            st = (source_root / copy.relative_to(copy_root)).lstat()
+        except FileNotFoundError:
+            st = fallback
+        os.lchown(copy, st.st_uid, st.st_gid)
+        if not copy.is_symlink():
+            os.chmod(copy, st.st_mode & 0o7777)
+
+
 def collect(sources: Sources, root: Path) -> Manifest:
     """Fill `root` (an empty directory) and write its manifest last: a backup without a manifest is incomplete."""
     data = sources.data_dir
@@ -154,6 +170,9 @@ def collect(sources: Sources, root: Path) -> Manifest:
         raise BackupError(f"{sources.config_dir}: config dir not found")
     ident = install_id(data, create=True)
     assert ident is not None
+    if os.geteuid() == 0:
+        st = data.stat()
+        os.chown(data / INSTALL_ID_FILE, st.st_uid, st.st_gid)
     parts: list[str] = ["config"]
     (root / "data").mkdir(parents=True)
     shutil.copy2(data / INSTALL_ID_FILE, root / "data" / INSTALL_ID_FILE)
@@ -177,6 +196,10 @@ def collect(sources: Sources, root: Path) -> Manifest:
         shutil.copy2(secrets, root / SECRETS)
         parts.append("secrets")
     _copytree(sources.config_dir, root / "config")
+    _mirror_owner(data, root / "data")
+    _mirror_owner(sources.config_dir, root / "config")
+    if secrets.exists():
+        _mirror_owner(secrets, root / SECRETS)
     manifest = Manifest(
         format=FORMAT,
         app_version=__version__,

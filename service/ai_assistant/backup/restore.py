@@ -182,6 +182,11 @@ def restore(
                 parts.remove("config")
         aside = data_dir / f".pre-restore-{stamp}"
         moved = _swap(pairs, aside)
+        if os.geteuid() == 0 and not only_knowledge:
+            # A freshly mounted, empty volume is root's: give the data dir back to the account that owned it, or the
+            # service could not create its SQLite journal files next to the restored database.
+            st = (staging / "data").stat()
+            os.chown(data_dir, st.st_uid, st.st_gid)
         return Restored(manifest, snapshot, parts, aside if moved else None)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
