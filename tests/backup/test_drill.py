@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -186,3 +187,24 @@ def test_list_verify_and_retention(tmp_path: Path, s3: S3, restic_env: Path) -> 
     verified = cli("backup", "verify", *repo, snaps[0]["short_id"], "--data-dir", str(data))
     assert verified.returncode == 0, verified.stderr
     assert "OK" in verified.stdout and "knowledge" in verified.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the backup unit runs as root over files of another account")
+def test_restore_as_root_gives_the_files_back_to_the_service_account(tmp_path: Path, s3: S3, restic_env: Path) -> None:
+    """The unit runs as root; the service does not. Copies and restored files must keep the service's owner, or the
+    service could not write its own database after a restore."""
+    config, data = make_install(tmp_path)
+    store = SQLiteStore(data / "state.sqlite3")
+    asyncio.run(in_store(lambda: store, write_conversation))
+    write_kb(data)
+    service_uid = 65534  # nobody: any account that is not root
+    for path in [data, *data.rglob("*")]:
+        os.chown(path, service_uid, service_uid)
+    repo = ["--repo", s3.repo("owners"), "--password-file", str(restic_env)]
+    made = cli("backup", "create", *repo, *args(config, data))
+    assert made.returncode == 0, made.stderr
+    shutil.rmtree(data)
+    restored = cli("backup", "restore", *repo, *args(config, data))
+    assert restored.returncode == 0, restored.stderr
+    owners = {p.relative_to(data).as_posix(): p.stat().st_uid for p in [data, *data.rglob("*")]}
+    assert set(owners.values()) == {service_uid}, owners
