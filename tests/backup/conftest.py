@@ -3,6 +3,7 @@ which cannot exist here), real SQLite, and a redis-server with persistence on, s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -27,15 +28,16 @@ class S3:
         return f"s3:{self.endpoint}/{bucket}/{prefix}"
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+@contextlib.contextmanager
+def moto_server(workdir: Path) -> Iterator[S3]:
+    """moto's S3 server on a free loopback port (a VM guest reaches it as 10.0.2.2 through QEMU's slirp)."""
     if shutil.which("restic") is None:
         pytest.fail("restic is not installed: scripts/bootstrap installs it (scripts/apt-packages.txt)")
     binary = Path(sys.executable).parent / "moto_server"
     if not binary.exists():
         pytest.fail("moto_server is missing: pip install -e '.[dev]' installs moto[server]")
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = workdir / "moto.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
@@ -54,6 +56,12 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    with moto_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
 
 @pytest.fixture
