@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3  # type: ignore[import-untyped]
@@ -198,3 +199,36 @@ def test_unknown_part_is_named(tmp_path: Path, restic_env: Path, install: tuple[
         cli("backup", "restore", *repo_args(str(tmp_path / "r"), restic_env), *args(config, data), "--only", "redis"),
         "--only redis: unknown part",
     )
+
+
+@pytest.fixture
+def tiny_volume(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs: the nearest real thing to a bucket that is full (moto has no quotas)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here to fill up ({done.stderr.decode().strip()})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_repository_fails_the_backup_and_keeps_the_last_good_time(
+    tmp_path: Path, restic_env: Path, install: tuple[Path, Path], tiny_volume: Path
+) -> None:
+    config, data = install
+    textfiles = tmp_path / "textfile"
+    repo = repo_args(str(tiny_volume / "repo"), restic_env)
+    first = cli("backup", "create", *repo, *args(config, data), "--textfile-dir", str(textfiles))
+    assert first.returncode == 0, first.stderr
+    prom = textfiles / "ai_assistant_backup.prom"
+    succeeded = metric_value(prom.read_text(), "ai_assistant_backup_last_success_timestamp_seconds")
+    # A new plugin archive of incompressible bytes, larger than the space left.
+    (data / "plugins" / "big.zip").write_bytes(os.urandom(6 * 1024 * 1024))
+    failed = cli("backup", "create", *repo, *args(config, data), "--textfile-dir", str(textfiles))
+    fails_with(failed, "repository full")
+    assert metric_value(prom.read_text(), "ai_assistant_backup_last_run_success") == 0
+    assert metric_value(prom.read_text(), "ai_assistant_backup_last_success_timestamp_seconds") == succeeded
+    assert not (data / ".backup-staging").exists()

@@ -20,7 +20,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import AssistantError
 from . import metrics
 from .collect import Sources, collect
 from .errors import BackupError
@@ -111,7 +110,7 @@ def create(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         restic.forget(keep_daily, keep_weekly, keep_monthly, [f"install:{manifest.install_id}"])
-    except (AssistantError, OSError) as exc:
+    except Exception as exc:  # whatever the cause, the failure must reach the metric that pages
         if textfile_dir is not None:
             metrics.write(textfile_dir, target, ok=False, duration=time.monotonic() - started, size=None)
         if isinstance(exc, OSError):

@@ -30,7 +30,7 @@ _CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("nosuchbucket", "bucket does not exist"), "bucket of {repo} does not exist"),
     (
         ("quotaexceeded", "quota exceeded", "entitytoolarge", "no space left", "insufficient storage", "storage full"),
-        "bucket full: {repo} refuses new data",
+        "repository full: {repo} refuses new data (bucket quota or disk space)",
     ),
     (
         (
