@@ -184,6 +184,9 @@ def test_list_verify_and_retention(tmp_path: Path, s3: S3, restic_env: Path) -> 
     assert len(snaps) == 1, "retention keeps one backup a day: the first was forgotten and pruned"
     install = (data / "install-id").read_text().strip()
     assert f"install:{install}" in snaps[0]["tags"]
+    table = cli("backup", "list", *repo)
+    assert table.returncode == 0, table.stderr
+    assert snaps[0]["short_id"] in table.stdout and install[:8] in table.stdout
     verified = cli("backup", "verify", *repo, snaps[0]["short_id"], "--data-dir", str(data))
     assert verified.returncode == 0, verified.stderr
     assert "OK" in verified.stdout and "knowledge" in verified.stdout

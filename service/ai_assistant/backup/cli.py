@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -126,6 +127,17 @@ def create(
     )
 
 
+def _restic_time(text: str) -> datetime | None:
+    """restic prints local time with nanoseconds and an offset (2026-12-05T09:53:28.237750307+01:00); Python reads
+    microseconds."""
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?$", text)
+    if m is None:
+        return None
+    fraction = (m.group(2) or ".0")[:7]
+    offset = "+00:00" if m.group(3) in (None, "Z") else m.group(3)
+    return datetime.fromisoformat(m.group(1) + fraction + offset).astimezone(UTC)
+
+
 @backup_app.command("list")
 def list_(
     repo: Repo, password_file: PasswordFile = None, as_json: Annotated[bool, typer.Option("--json")] = False
@@ -137,7 +149,7 @@ def list_(
         return
     table = Table("snapshot", "time (UTC)", "host", "install")
     for s in snaps:
-        when = datetime.fromisoformat(str(s["time"])[:26].rstrip("Z")).replace(tzinfo=UTC) if s.get("time") else None
+        when = _restic_time(str(s.get("time", "")))
         install = next((t.removeprefix("install:") for t in s.get("tags", []) if t.startswith("install:")), "")
         table.add_row(
             str(s["short_id"]), when.strftime("%Y-%m-%d %H:%M:%S") if when else "", str(s["hostname"]), install
