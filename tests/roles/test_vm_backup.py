@@ -37,7 +37,7 @@ from tests.roles.test_vm import https
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(2700, func_only=True)]
 
 CLI = "/opt/ai-assistant/venv/bin/ai-assistant"
-ENV = "set -a; . /etc/ai-assistant/secrets.env; . /etc/ai-assistant/backup.env; set +a"
+ENV = "set -a; . /etc/ai-assistant/secrets.env; . /etc/ai-assistant-backup/backup.env; set +a"
 DIRS = "--config-dir /etc/ai-assistant --data-dir /data/state"
 CHAT = "vm-backup-chat"
 BUCKET = "vm-drill"
@@ -196,7 +196,7 @@ def test_backup_timer_and_restore_drill(
     second = test_vm.play(playbook, "-e", f"@{extra}", name="backup2")
     assert second.rc == 0 and second.changed == 0, f"not idempotent: {second.changed_tasks()}"
     assert redis_password not in first.output and PASSWORD not in first.output
-    for path in ("/etc/ai-assistant/backup.password", "/etc/ai-assistant/backup.env"):
+    for path in ("/etc/ai-assistant-backup/backup.password", "/etc/ai-assistant-backup/backup.env"):
         f = host.file(path)
         assert f.mode == 0o600 and f.user == "root", path
     assert host.check_output("systemctl show -P RandomizedDelayUSec ai-assistant-backup.timer") == "10s"
