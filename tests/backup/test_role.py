@@ -28,7 +28,7 @@ def test_the_units_command_and_environment_make_a_backup(tmp_path: Path, s3: S3,
         "inventory_hostname": "app-1",
         "backup_s3_endpoint": s3.endpoint,
         "backup_bucket": "role-contract",
-        "backup_restic_password": "correct horse battery staple",
+        "backup_restic_password": "correct horse battery staple",  # pragma: allowlist secret
         "backup_s3_access_key_id": KEYS["AWS_ACCESS_KEY_ID"],
         "backup_s3_secret_access_key": KEYS["AWS_SECRET_ACCESS_KEY"],
         "backup_s3_region": "us-east-1",
@@ -63,9 +63,10 @@ def test_redis_url_is_built_from_the_backup_user_with_the_password_escaped() -> 
                 "backup_s3_endpoint": "s3.eu-west-1.amazonaws.com",
                 "backup_bucket": "b",
                 "backup_redis_enabled": True,
-                "backup_redis_password": "p@ss/word",
+                "backup_redis_password": "p@ss/word",  # pragma: allowlist secret
             },
         )
     )
-    assert env_file["AI_ASSISTANT_BACKUP_REDIS_URL"] == "redis://backup:p%40ss%2Fword@127.0.0.1:6379/0"
+    escaped = "redis://backup:p%40ss%2Fword@127.0.0.1:6379/0"  # pragma: allowlist secret
+    assert env_file["AI_ASSISTANT_BACKUP_REDIS_URL"] == escaped
     assert env_file["RESTIC_REPOSITORY"] == "s3:s3.eu-west-1.amazonaws.com/b/data-1"

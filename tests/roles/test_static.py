@@ -287,7 +287,11 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
     "backup-no-bucket": ("backup", {"backup_s3_endpoint": "s3.eu-west-1.amazonaws.com"}, "backup_bucket"),
     "backup-short-key": (
         "backup",
-        {"backup_s3_endpoint": "s3.x.amazonaws.com", "backup_bucket": "ai-backups", "backup_restic_password": "short"},
+        {
+            "backup_s3_endpoint": "s3.x.amazonaws.com",
+            "backup_bucket": "ai-backups",
+            "backup_restic_password": "short",  # pragma: allowlist secret
+        },
         "backup_restic_password: at least 16 characters",
     ),
     "backup-half-s3-keys": (
@@ -295,7 +299,7 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
         {
             "backup_s3_endpoint": "s3.x.amazonaws.com",
             "backup_bucket": "ai-backups",
-            "backup_restic_password": "a-long-enough-repository-key",
+            "backup_restic_password": "a-long-enough-repository-key",  # pragma: allowlist secret
             "backup_s3_access_key_id": "AKIAEXAMPLE",
         },
         "are set together or not at all",

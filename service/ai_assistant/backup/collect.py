@@ -33,7 +33,7 @@ KB_DB = "knowledge.sqlite3"
 KB_INDEX = "index.usearch"
 KB_GENERATION = "index.generation"
 PLUGINS_DIR = "plugins"
-SECRETS = "secrets/secrets.env"
+SECRETS = "secrets/secrets.env"  # pragma: allowlist secret
 REDIS_RDB = "redis/dump.rdb"
 
 
