@@ -233,3 +233,11 @@ def test_full_repository_fails_the_backup_and_keeps_the_last_good_time(
     assert metric_value(prom.read_text(), "ai_assistant_backup_last_run_success") == 0
     assert metric_value(prom.read_text(), "ai_assistant_backup_last_success_timestamp_seconds") == succeeded
     assert not (data / ".backup-staging").exists()
+
+
+def test_unknown_snapshot_is_named(tmp_path: Path, s3: S3, restic_env: Path, install: tuple[Path, Path]) -> None:
+    config, data = install
+    repo = backed_up(s3, "unknown-snapshot", restic_env, config, data)
+    before = tree(data)
+    fails_with(cli("backup", "restore", *repo, "deadbeef", *args(config, data)), "no such snapshot")
+    assert tree(data) == before

@@ -21,6 +21,7 @@ TAG = "ai-assistant"
 
 # stderr fragments -> the cause an operator acts on. Order matters: the first match wins.
 _CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("no matching id", "no snapshot found", "no snapshot matched"), "no such snapshot in {repo} (see `backup list`)"),
     (("wrong password", "no key found"), "wrong repository password (the restic key does not open {repo})"),
     (
         ("connection refused", "no such host", "i/o timeout", "network is unreachable", "connect: ", "tls: "),
@@ -129,9 +130,7 @@ class Restic:
         proc = self.run("restore", snapshot, "--target", str(target), cause=False)
         if proc.returncode != 0:
             message = describe(proc.stderr, self.repository)
-            if message.startswith("restic failed"):
-                raise BackupInvalid(f"snapshot {snapshot}: {message} (corrupt or truncated backup)")
-            raise RepositoryError(message) if "corrupt" not in message else BackupInvalid(message)
+            raise BackupInvalid(message) if "corrupt" in message else RepositoryError(message)
 
     def forget(self, keep_daily: int, keep_weekly: int, keep_monthly: int, tags: list[str]) -> None:
         self.run(
