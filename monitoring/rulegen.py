@@ -530,6 +530,15 @@ def host_file() -> RuleFile:
             "Two nightly backups in a row have not succeeded.",
         ),
         Alert(
+            "BackupFailed",
+            "ai_assistant_backup_last_run_success == 0",
+            "critical",
+            "The last {{ $labels.target }} backup on {{ $labels.instance }} failed",
+            "ai-assistant-backup.service ended with an error; the off-site copy is getting older. Its journal names"
+            " the cause on one line.",
+            for_="5m",
+        ),
+        Alert(
             "BackupMetricMissing",
             "absent(ai_assistant_backup_last_success_timestamp_seconds)",
             "warning",

@@ -40,12 +40,14 @@ app = typer.Typer(
 
 def _mount_subcommands() -> None:
     from .dlq import dlq_app
+    from .backup.cli import backup_app
     from .knowledge.cli import kb_app
     from .plugins.cli import plugin_app
 
     app.add_typer(kb_app, name="kb")
     app.add_typer(plugin_app, name="plugin")
     app.add_typer(dlq_app, name="dlq")
+    app.add_typer(backup_app, name="backup")
 
 
 _mount_subcommands()

@@ -75,14 +75,11 @@ def exporters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     daemons = Daemons(work)
     ports = {k: free_port() for k in ("node", "blackbox", "tls", "prometheus", "alertmanager")}
     try:
-        # The backup job's textfile, as docs/metrics.md tells it to write it.
+        # The backup job's textfile, written by the code that `ai-assistant backup create` runs.
+        from ai_assistant.backup import metrics as backup_metrics
+
         textfile = work / "textfile"
-        textfile.mkdir()
-        (textfile / "ai_assistant_backup.prom").write_text(
-            "# HELP ai_assistant_backup_last_success_timestamp_seconds Last successful backup, Unix time.\n"
-            "# TYPE ai_assistant_backup_last_success_timestamp_seconds gauge\n"
-            'ai_assistant_backup_last_success_timestamp_seconds{target="sqlite"} 1.7e+09\n'
-        )
+        backup_metrics.write(textfile, "sqlite", ok=True, duration=12.5, size=4096, now=1.7e9)
         daemons.start(
             "prometheus-node-exporter",
             f"--web.listen-address=127.0.0.1:{ports['node']}",
@@ -224,6 +221,7 @@ def test_the_service_exports_what_monitoring_expects(exporters: dict[str, str]) 
 
 def test_node_exporter_reads_the_backup_textfile(exporters: dict[str, str]) -> None:
     assert 'ai_assistant_backup_last_success_timestamp_seconds{target="sqlite"} 1.7e+09' in exporters["node"]
+    assert 'ai_assistant_backup_last_run_success{target="sqlite"} 1' in exporters["node"]
 
 
 def test_blackbox_reports_certificate_expiry(exporters: dict[str, str]) -> None:

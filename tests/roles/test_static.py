@@ -284,6 +284,26 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
         "model_server_model_sha256: a 64-hex-digit SHA-256 is required",
     ),
     "weaviate-unknown-tier": ("weaviate", {"weaviate_tier": "huge"}, "weaviate_tier"),
+    "backup-no-bucket": ("backup", {"backup_s3_endpoint": "s3.eu-west-1.amazonaws.com"}, "backup_bucket"),
+    "backup-short-key": (
+        "backup",
+        {
+            "backup_s3_endpoint": "s3.x.amazonaws.com",
+            "backup_bucket": "ai-backups",
+            "backup_restic_password": "short",  # pragma: allowlist secret
+        },
+        "backup_restic_password: at least 16 characters",
+    ),
+    "backup-half-s3-keys": (
+        "backup",
+        {
+            "backup_s3_endpoint": "s3.x.amazonaws.com",
+            "backup_bucket": "ai-backups",
+            "backup_restic_password": "a-long-enough-repository-key",  # pragma: allowlist secret
+            "backup_s3_access_key_id": "AKIAEXAMPLE",
+        },
+        "are set together or not at all",
+    ),
 }
 
 

@@ -1,0 +1,252 @@
+"""The restore drill in the VM (issue 18), on the host site.yml converged (no second converge of the site).
+
+Stand-ins, because the real thing cannot exist here: a moto S3 server on the test runner for the cloud bucket (the
+guest reaches the runner's loopback as 10.0.2.2 through QEMU's slirp), the reply receiver for the IM platform, and
+the Redis ACL user for backups, which the test writes into the converged host's ACL file because the redis role
+does not create one yet. Everything else is real: restic, systemd's timer and unit, node_exporter, Redis, the
+service and its knowledge base.
+
+The drill: state is written (an answered message: memory and a de-duplication key; a knowledge-base document; a
+message acknowledged but not answered yet), the timer's backup lands in the bucket, the data volume's contents and
+Redis's data are destroyed, `ai-assistant backup restore` brings them back, and then: the same memory and knowledge
+base answers, the queued message answered exactly once, a platform retry of the answered event still de-duplicated.
+RPO (age of the newest backup at failure) and RTO (restore start to /readyz) are printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+
+from tests.backup.conftest import KEYS, S3, moto_server
+from tests.helpers import message, signed_generic_request, wait_until
+from tests.roles.conftest import REPO, TIMINGS, TestVM
+from tests.roles.test_vm import https
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(2700, func_only=True)]
+
+CLI = "/opt/ai-assistant/venv/bin/ai-assistant"
+ENV = "set -a; . /etc/ai-assistant/secrets.env; . /etc/ai-assistant-backup/backup.env; set +a"
+DIRS = "--config-dir /etc/ai-assistant --data-dir /data/state"
+CHAT = "vm-backup-chat"
+BUCKET = "vm-drill"
+PASSWORD = "vm-drill-" + secrets.token_hex(16)  # pragma: allowlist secret
+
+HISTORY = f"""
+import asyncio, json
+from ai_assistant.settings import load_settings
+from ai_assistant.store import open_store
+
+async def main():
+    store = open_store(load_settings())
+    turns = await store.history("im-connector:{CHAT}", 20)
+    print(json.dumps([[t.role, t.content] for t in turns]))
+    await store.close()
+
+asyncio.run(main())
+"""
+
+# What the edge does when it acknowledges a webhook: de-duplicate and enqueue, through the service's own store.
+ENQUEUE = """
+import asyncio, sys, time
+from ai_assistant.messages import InboundMessage
+from ai_assistant.settings import load_settings
+from ai_assistant.store import open_store
+
+async def main():
+    settings = load_settings()
+    store = open_store(settings)
+    msg = InboundMessage(connector="im-connector", event_id=sys.argv[1], chat_id=sys.argv[2], user_id="u-1",
+                         text="Say goodbye.", received_at=time.time())
+    assert await store.enqueue(msg, settings.store.dedupe_ttl_seconds)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+def guest_python(test_vm: TestVM, script: str, *argv: str) -> str:
+    """The service's own code as the service user, with its environment (secrets.env), the script on stdin."""
+    command = (
+        "runuser -u ai-assistant -- sh -c 'set -a; . /etc/ai-assistant/secrets.env; set +a; "
+        "export AI_ASSISTANT_CONFIG_DIR=/etc/ai-assistant AI_ASSISTANT_DATA_DIR=/data/state; "
+        "exec /opt/ai-assistant/venv/bin/python - " + " ".join(argv) + "'"
+    )
+    done = subprocess.run(
+        ["ssh", "-F", str(test_vm.ssh_config), "testvm", command],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def history(test_vm: TestVM) -> list[list[str]]:
+    return list(json.loads(guest_python(test_vm, HISTORY).strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """moto on the runner's loopback: the guest reaches it as 10.0.2.2 (slirp), nothing else can."""
+    with moto_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def host(test_vm: TestVM) -> Any:
+    return testinfra.get_host("ssh://testvm", ssh_config=str(test_vm.ssh_config))
+
+
+def run(test_vm: TestVM, command: str, timeout: float = 600) -> str:
+    done = test_vm.ssh(command, timeout=timeout)
+    assert done.returncode == 0, f"{command[:200]}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
+def restic_snapshots(s3: S3, tmp_path: Path) -> list[dict[str, Any]]:
+    password = tmp_path / "password"
+    password.write_text(PASSWORD + "\n")
+    env = {**os.environ, **KEYS, "RESTIC_CACHE_DIR": str(tmp_path / "cache"), "RESTIC_PASSWORD_FILE": str(password)}
+    done = subprocess.run(
+        ["restic", "-r", s3.repo(BUCKET, "testvm"), "snapshots", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout) or [])
+
+
+def post(test_vm: TestVM, pebble_root: str, event_id: str, text: str) -> None:
+    raw, headers = signed_generic_request(message(event_id, text, chat_id=CHAT), secret=test_vm.connector_secret)
+    with https(test_vm, pebble_root) as client:
+        r = client.post("/api/im/callback", content=raw, headers=headers)
+    assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="module")
+def pebble_root(test_vm: TestVM) -> str:
+    out = test_vm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
+    assert out.returncode == 0 and "BEGIN CERTIFICATE" in out.stdout, out.stderr
+    return out.stdout
+
+
+def test_backup_timer_and_restore_drill(
+    test_vm: TestVM,
+    host: Any,
+    bucket: S3,
+    pebble_root: str,
+    tmp_path: Path,
+) -> None:
+    receiver = test_vm.receiver
+    # -- state: an answered message (memory, de-duplication key) and a knowledge-base document -------------------
+    answered = f"bk-{uuid.uuid4().hex[:8]}"
+    post(test_vm, pebble_root, answered, "Say hello.")
+    wait_until(lambda: receiver.for_event(answered), 600, f"the reply to {answered}", interval=1)
+    run(test_vm, "mkdir -p /tmp/kb && printf '# Leave policy\\n\\nStaff get 25 days of annual leave.\\n' > "
+        "/tmp/kb/leave.md && chmod -R a+rX /tmp/kb")  # fmt: skip
+    run(test_vm, f"runuser -u ai-assistant -- sh -c '{CLI} kb {DIRS} ingest /tmp/kb --no-progress'", timeout=900)
+    kb_before = run(test_vm, f"runuser -u ai-assistant -- sh -c '{CLI} kb {DIRS} search \"annual leave\"'", 900)
+    assert "leave" in kb_before.lower()
+    # A message the edge acknowledged but no worker answered yet: the service is stopped, as at a crash.
+    run(test_vm, "systemctl stop ai-assistant")
+    queued = f"bk-{uuid.uuid4().hex[:8]}"
+    guest_python(test_vm, ENQUEUE, queued, CHAT)
+    history_before = history(test_vm)
+    assert history_before, "the answered message left conversation memory"
+
+    # -- the backup role, with a Redis user allowed BGSAVE (stand-in for the redis role's backup user) ------------
+    redis_password = secrets.token_hex(20)
+    digest = hashlib.sha256(redis_password.encode()).hexdigest()
+    run(test_vm, "cp -p /etc/redis/users.acl /root/users.acl.orig && echo 'user backup on #" + digest + " ~* "
+        "+bgsave +lastsave +info +ping +flushdb +restore +multi +exec +discard' >> /etc/redis/users.acl "
+        "&& systemctl restart redis-server")  # fmt: skip
+    variables = {
+        "backup_s3_endpoint": bucket.endpoint.replace("127.0.0.1", "10.0.2.2"),
+        "backup_bucket": BUCKET,
+        "backup_restic_password": PASSWORD,
+        "backup_s3_access_key_id": KEYS["AWS_ACCESS_KEY_ID"],
+        "backup_s3_secret_access_key": KEYS["AWS_SECRET_ACCESS_KEY"],
+        "backup_s3_region": KEYS["AWS_DEFAULT_REGION"],
+        "backup_redis_enabled": True,
+        "backup_redis_password": redis_password,
+        # Every minute, so that the timer itself is seen to run within the test; daily in production.
+        "backup_on_calendar": "*-*-* *:*:00",
+        "backup_randomized_delay_sec": "10s",
+    }
+    extra = tmp_path / "backup-vars.json"
+    extra.write_text(json.dumps(variables))
+    playbook = REPO / "tests/roles/vm/backup.yml"
+    first = test_vm.play(playbook, "-e", f"@{extra}", name="backup1")
+    assert first.rc == 0 and first.failed == 0, f"backup role failed (log {first.log}):\n{first.tail()}"
+    second = test_vm.play(playbook, "-e", f"@{extra}", name="backup2")
+    assert second.rc == 0 and second.changed == 0, f"not idempotent: {second.changed_tasks()}"
+    assert redis_password not in first.output and PASSWORD not in first.output
+    for path in ("/etc/ai-assistant-backup/backup.password", "/etc/ai-assistant-backup/backup.env"):
+        f = host.file(path)
+        assert f.mode == 0o600 and f.user == "root", path
+    assert host.check_output("systemctl show -P RandomizedDelayUSec ai-assistant-backup.timer") == "10s"
+
+    # -- the timer runs the backup; it lands in the bucket and in node_exporter's metrics -------------------------
+    prom = "/var/lib/prometheus/node-exporter/ai_assistant_backup.prom"
+    wait_until(lambda: host.file(prom).exists and 'success{target="assistant"} 1' in host.file(prom).content_string,
+               600, "the timer's first successful backup", interval=5)  # fmt: skip
+    run(test_vm, "systemctl stop ai-assistant-backup.timer")
+    wait_until(lambda: host.run("systemctl is-active ai-assistant-backup.service").stdout.strip() != "activating",
+               600, "the running backup to finish", interval=2)  # fmt: skip
+    assert host.check_output("systemctl show -P Result ai-assistant-backup.service") == "success"
+    assert host.check_output("systemctl show -P CapabilityBoundingSet ai-assistant-backup.service") != ""
+    metrics = host.check_output("curl -sS http://127.0.0.1:9100/metrics")
+    assert 'ai_assistant_backup_last_success_timestamp_seconds{target="assistant"}' in metrics
+    snaps = restic_snapshots(bucket, tmp_path)
+    assert snaps, "no snapshot in the stand-in bucket"
+    newest = max(float(line.split()[-1]) for line in host.file(prom).content_string.splitlines()
+                 if line.startswith("ai_assistant_backup_last_success_timestamp_seconds"))  # fmt: skip
+
+    # -- the failure: the data volume's state and Redis's data are gone ---------------------------------------
+    failure = float(host.check_output("date +%s.%N"))
+    run(test_vm, "systemctl stop redis-server && find /data/state /data/redis -mindepth 1 -delete "
+        "&& systemctl start redis-server")  # fmt: skip
+
+    # -- the restore, timed to the service being ready ------------------------------------------------------------
+    started = time.monotonic()
+    restored = run(test_vm, f"{ENV}; {CLI} backup restore {DIRS}", timeout=900)
+    run(test_vm, "systemctl start ai-assistant")
+    wait_until(lambda: host.run("curl -fsS http://127.0.0.1:8080/readyz").rc == 0, 600, "/readyz", interval=2)
+    rto = time.monotonic() - started
+    rpo = failure - newest
+    TIMINGS["backup drill RTO"] = rto
+    print(f"\n[VM restore drill] RPO {rpo:.0f} s (age of the newest backup at failure); RTO {rto:.0f} s "
+          f"(restore start to /readyz)\n{restored}")  # fmt: skip
+    assert rto <= 15 * 60, f"RTO {rto:.0f} s is above the 15-minute goal"
+
+    # -- the checks ----------------------------------------------------------------------------------------------
+    assert history(test_vm)[: len(history_before)] == history_before
+    assert run(test_vm, f"runuser -u ai-assistant -- sh -c '{CLI} kb {DIRS} search \"annual leave\"'", 900) == kb_before
+    replies = wait_until(
+        lambda: [r for r in receiver.for_event(queued) if len(receiver.for_event(queued)) >= r["parts"]],
+        900,
+        f"every part of the answer to the queued {queued}",
+        interval=2,
+    )
+    answered_count = len(receiver.for_event(answered))
+    post(test_vm, pebble_root, answered, "Say hello.")  # the platform retries an event that was answered before
+    time.sleep(30)  # a duplicate, if any, would be sent well within this on a warm service
+    parts = [r["part"] for r in receiver.for_event(queued)]
+    assert len(parts) == len(set(parts)) == replies[0]["parts"], f"the queued message was not answered once: {parts}"
+    assert len(receiver.for_event(answered)) == answered_count, "a retry of an answered event was answered again"
+    run(test_vm, "cp -p /root/users.acl.orig /etc/redis/users.acl && systemctl restart redis-server")
