@@ -482,3 +482,73 @@ def test_a_tagged_run_skips_included_tasks_unless_the_include_applies_its_tags(t
     out = run_tagged(tmp_path, play, "t")
     assert "inner ran via apply" in out
     assert "inner ran via bare" not in out
+
+
+# Secret values the no-log check below hands to the assistant role; none may appear in Ansible's output.
+_LEAK_CANARIES = {
+    "app_secret": "canary-app-secret-7f3a9c",
+    "other_secret": "canary-other-secret-51be20",
+    "alerts_token": "canary-alerts-token-0d4e88",
+    "redis_password": "canary-redis-password-a61f07",
+}
+
+
+@pytest.mark.parametrize("verbosity", ["-v", "-vvv"])
+def test_no_secret_in_ansible_output_even_when_preflight_fails(tmp_path: Path, verbosity: str) -> None:
+    """The real ansible-playbook (localhost, check mode) runs the assistant role's preflight with connector secrets:
+    once where the connector checks pass and the alerts check fails, once where a connector check itself fails on a
+    secret's connector. Loop items and failed results are printed in full at -v, so a check that loops over the
+    secrets dict would show app_secret; none of the values may appear, while the one-line messages must."""
+    wheel = tmp_path / "ai_assistant-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    (tmp_path / "wheelhouse").mkdir()
+    c = _LEAK_CANARIES
+    common = {
+        "assistant_wheel": str(wheel),
+        "assistant_wheelhouse": str(tmp_path / "wheelhouse"),
+        "assistant_redis_password": c["redis_password"],
+        "assistant_alerts_token": c["alerts_token"],
+    }
+    connectors = {"im-connector": {"platform": "generic_im", "app_id": "cli_1"}}
+    cases = {
+        "alerts": {
+            **common,
+            "assistant_connectors": {**connectors, "ops": {"platform": "generic_im"}},
+            "assistant_connector_secrets": {"im-connector": {"app_secret": c["app_secret"]},
+                                            "ops": {"app_secret": c["other_secret"]}},
+        },
+        "plain": {
+            **common,
+            "assistant_alerts_connector": "im-connector",
+            "assistant_alerts_chat_id": "ops",
+            "assistant_connectors": {**connectors, "ops": {"platform": "generic_im", "app_secret": "x"}},
+            "assistant_connector_secrets": {"im-connector": {"app_secret": c["app_secret"]},
+                                            "ops": {"app_secret": c["other_secret"]}},
+        },
+    }  # fmt: skip
+    tasks = [
+        {
+            "name": f"case {name}",
+            "block": [{"ansible.builtin.include_role": {"name": "assistant"}, "vars": variables}],
+            "rescue": [{"ansible.builtin.debug": {"msg": f"case {name} stopped"}}],
+        }
+        for name, variables in cases.items()
+    ]
+    play = [{"hosts": "localhost", "gather_facts": False, "become": False, "tasks": tasks}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check", verbosity, "play.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**ansible_env(), "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    # Both cases really reached the checks that handle the secrets, and stopped where they should.
+    assert "case alerts stopped" in out and "case plain stopped" in out, out[-4000:]
+    assert "assistant_alerts_connector and assistant_alerts_chat_id: required" in out, out[-4000:]
+    assert "assistant_connectors.ops: secret fields belong in assistant_connector_secrets" in out, out[-4000:]
+    leaked = [name for name, value in c.items() if value in out]
+    assert not leaked, f"secret values printed at {verbosity}: {leaked}"
