@@ -552,3 +552,33 @@ def test_no_secret_in_ansible_output_even_when_preflight_fails(tmp_path: Path, v
     assert "assistant_connectors.ops: secret fields belong in assistant_connector_secrets" in out, out[-4000:]
     leaked = [name for name, value in c.items() if value in out]
     assert not leaked, f"secret values printed at {verbosity}: {leaked}"
+
+
+def test_the_tier_reaches_the_units_and_the_service_settings(tmp_path: Path) -> None:
+    """What infra passes per tier (memory limit, worker count) lands in the unit and in a settings file the service
+    accepts; without it the unit has no limit at all rather than a made-up one."""
+    from ai_assistant.settings import Settings
+
+    base = {"assistant_wheel": "/x/ai_assistant-0.1.0-py3-none-any.whl", "assistant_config_dir": str(tmp_path)}
+    tiered = {**base, "assistant_memory_max_mib": 2560, "assistant_worker_concurrency": 4}
+    unit = render("assistant", "ai-assistant.service.j2", tiered)
+    assert re.search(r"^MemoryMax=2560M$", unit, re.M), unit
+    assert "MemoryMax" not in render("assistant", "ai-assistant.service.j2", base)
+    settings = yaml.safe_load(render("assistant", "assistant.yaml.j2", tiered))
+    assert Settings(**settings).worker.concurrency == 4
+
+
+def test_nginx_believes_the_load_balancer_for_the_client_address() -> None:
+    out = render(
+        "reverse_proxy",
+        "nginx.conf.j2",
+        {
+            "reverse_proxy_server_names": ["a.example.com"],
+            "reverse_proxy_real_ip_from": ["10.40.0.0/24", "10.40.1.0/24"],
+        },
+    )
+    http = out.split("limit_req_zone", 1)[0]  # before the rate-limit zones, which key on the real client address
+    assert "set_real_ip_from 10.40.0.0/24;" in http and "set_real_ip_from 10.40.1.0/24;" in http
+    assert "real_ip_header X-Forwarded-For;" in http and "real_ip_recursive on;" in http
+    bare = render("reverse_proxy", "nginx.conf.j2", {"reverse_proxy_server_names": ["a.example.com"]})
+    assert "set_real_ip_from" not in bare and "real_ip_header" not in bare
