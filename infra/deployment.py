@@ -34,6 +34,8 @@ class Deployment:
     # How many hosts that source lists once every scaling group reached its minimum: the hand-off waits for them.
     dynamic_hosts: int = 0
     ready: list[pulumi.Resource] = field(default_factory=list)  # what the hand-off waits for
+    # The bastion's SSH host public key when Pulumi generated it (cloud-init installs it); None: unknown.
+    bastion_host_key: pulumi.Output[str] | None = None
 
 
 def zone_suffix(zone: str) -> str:

@@ -535,6 +535,16 @@ def host_file() -> RuleFile:
 
 def monitoring_file() -> RuleFile:
     alerts = (
+        # The dead man's switch: always firing, so its absence at the receiver (roles/alertmanager's watchdog route)
+        # means Prometheus, Alertmanager or their host is gone. severity none: it pages nobody by itself.
+        Alert(
+            "Watchdog",
+            "vector(1)",
+            "none",
+            "The alerting pipeline is alive",
+            "Always firing. Alertmanager posts it to the dead man's switch every few minutes; that service pages when"
+            " the posts stop, which no alert of this stack could report.",
+        ),
         Alert(
             "TargetDown",
             f'up{{job!~"{JOB_ASSISTANT}|{JOB_MODEL_SERVER}|{JOB_WEAVIATE}|{JOB_NODE}"}} == 0',
