@@ -582,3 +582,18 @@ def test_nginx_believes_the_load_balancer_for_the_client_address() -> None:
     assert "real_ip_header X-Forwarded-For;" in http and "real_ip_recursive on;" in http
     bare = render("reverse_proxy", "nginx.conf.j2", {"reverse_proxy_server_names": ["a.example.com"]})
     assert "set_real_ip_from" not in bare and "real_ip_header" not in bare
+
+
+def test_every_synchronize_honours_the_inventorys_ssh_settings() -> None:
+    """synchronize runs its own ssh: without use_ssh_args it drops the bastion ProxyCommand and the hand-off's
+    known_hosts, and without verify_host it turns host-key checking off (issue 17)."""
+    found = []
+    for path in sorted(ROLES_DIR.glob("*/tasks/*.yml")):
+        for task in load(path) or []:
+            args = task.get("ansible.posix.synchronize", task.get("synchronize"))
+            if args is None:
+                continue
+            found.append(path.relative_to(REPO))
+            assert args.get("use_ssh_args") is True, f"{path.relative_to(REPO)}: {task.get('name')}: use_ssh_args"
+            assert args.get("verify_host") is True, f"{path.relative_to(REPO)}: {task.get('name')}: verify_host"
+    assert len(found) >= 2, found  # the assistant's and the model server's wheel copies
