@@ -455,3 +455,58 @@ def test_write_handoff_files_takes_a_harness_host_and_its_key(tmp_path: Path) ->
     assert hostvars["ansible_host"] == "127.0.0.1" and hostvars["ansible_port"] == 2222
     assert hostvars["ai_assistant_zone"]  # what the program declared is kept
     assert files.known_hosts.read_text() == "[127.0.0.1]:2222 ssh-ed25519 AAAAvmkey\n"
+
+
+HANDOFF_BAD_CONFIG: list[tuple[str, dict[str, Any], str]] = [
+    ("connector without platform", {"connectors": {"bot": {"app_id": "x"}}}, "ai-assistant:connectors.bot.platform:"),
+    ("connector name", {"connectors": {"Bad Name": {"platform": "slack"}}}, "ai-assistant:connectors.Bad Name: names"),
+    (
+        "secret in plain config",
+        {"connectors": {"bot": {"platform": "generic_im", "app_secret": "s"}}},
+        "ai-assistant:connectors.bot.app_secret: a secret; set it in imSecrets",
+    ),
+    ("connectors not a map", {"connectors": ["bot"]}, "ai-assistant:connectors: expected name -> options"),
+    ("alerts to nowhere", {"alerts": {"connector": "ghost", "chatId": "c"}}, "ai-assistant:alerts.connector: 'ghost'"),
+    ("alerts without chat", {"alerts": {"connector": "bot"}}, "ai-assistant:alerts: expected {connector"),
+    ("e-mail without SMTP", {"alertSmtp": None}, "ai-assistant:alertSmtp: required when alertReceivers has an e-mail"),
+    ("bad smarthost", {"alertSmtp": {"smarthost": "smtp", "from": "a@b.co"}}, "ai-assistant:alertSmtp.smarthost:"),
+    ("bad sender", {"alertSmtp": {"smarthost": "s.example.com:25", "from": "x"}}, "ai-assistant:alertSmtp.from: 'x'"),
+    (
+        "SMTP login without password",
+        {"alertSmtp": {"smarthost": "s.example.com:25", "from": "a@b.co", "username": "u"}},
+        "ai-assistant:alertSmtpPassword: required with alertSmtp.username",
+    ),
+    (
+        "plain-HTTP fallback webhook",
+        {"alertReceivers": [{"name": "p", "webhook": "http://pager.example.com"}]},
+        "ai-assistant:alertReceivers[0].webhook: 'http://pager.example.com' is not an https:// URL",
+    ),
+    ("receiver with neither", {"alertReceivers": [{"name": "p"}]}, "ai-assistant:alertReceivers[0]: needs a name and"),
+    ("plain-HTTP watchdog", {"watchdogUrl": "http://deadman"}, "ai-assistant:watchdogUrl: 'http://deadman' is not"),
+]
+
+
+@pytest.mark.parametrize(("case", "overrides", "message"), HANDOFF_BAD_CONFIG, ids=[b[0] for b in HANDOFF_BAD_CONFIG])
+def test_bad_handoff_config_fails_with_one_line_before_any_resource(
+    case: str, overrides: dict[str, Any], message: str
+) -> None:
+    from infra.config import ConfigError
+    from tests.infra.harness import Run
+
+    base = {"connectors": {"bot": {"platform": "generic_im"}}} if "alerts" in overrides else {}
+    run = Run()
+    with pytest.raises(ConfigError) as exc:
+        run_program(config_for("aws", "basic", {**base, **overrides}), run=run)
+    assert message in str(exc.value), f"{case}: {exc.value}"
+    assert "\n" not in str(exc.value)
+    assert run.resources == [], f"{case}: resources declared before the error"
+
+
+def test_without_an_alerts_chat_the_assistant_gets_no_alert_route(tmp_path: Path) -> None:
+    """No `alerts` in Pulumi config: the hand-off passes no chat, and playbooks/group_vars leave the alert token off
+    (so the preflight accepts it) while Alertmanager keeps the fallback receivers."""
+    files = _handoff(tmp_path, alerts=None)
+    inv = yaml.safe_load(files.inventory.read_text())["all"]
+    assert inv["children"]["assistant"]["vars"]["assistant_alerts_connector"] == ""
+    proc = _site_preflight(tmp_path, files)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
