@@ -134,7 +134,14 @@ def test_inhibition_on_a_real_alertmanager(alertmanager: str) -> None:
         {**bot, "severity": "warning"},  # another instance: not muted
         {"alertname": "ModelServerDown", "severity": "critical", "service": "model-server", "instance": "gpu:8080"},
         engine,  # follows from the model server being down: muted
-    ]
+        {"alertname": "AIAssistantDown", "severity": "critical", "service": "ai-assistant", "instance": "app-a:9464"},
+        # The IM webhook goes through the assistant: its failure is the same outage, muted (one outage, one page)...
+        {"alertname": "AlertmanagerNotificationsFailing", "severity": "critical", "service": "monitoring",
+         "integration": "webhook"},
+        # ...but a failing e-mail path is news of its own.
+        {"alertname": "AlertmanagerNotificationsFailing", "severity": "critical", "service": "monitoring",
+         "integration": "email"},
+    ]  # fmt: skip
     assert httpx.post(alertmanager + "/api/v2/alerts", json=[_alert(a) for a in sent], timeout=5).status_code == 200
 
     def states() -> dict[tuple[str, str, str], str] | None:
@@ -143,7 +150,11 @@ def test_inhibition_on_a_real_alertmanager(alertmanager: str) -> None:
             return None
         out = {}
         for a in got:
-            key = (a["labels"]["alertname"], a["labels"]["severity"], a["labels"].get("instance", ""))
+            key = (
+                a["labels"]["alertname"],
+                a["labels"]["severity"],
+                a["labels"].get("instance", a["labels"].get("integration", "")),
+            )
             out[key] = a["status"]["state"]
         return out if "unprocessed" not in out.values() else None
 
@@ -154,4 +165,7 @@ def test_inhibition_on_a_real_alertmanager(alertmanager: str) -> None:
         ("TLSCertificateExpiring", "warning", "https://bot.corp.example"): "active",
         ("ModelServerDown", "critical", "gpu:8080"): "active",
         ("AIAssistantEngineErrors", "critical", ""): "suppressed",
+        ("AIAssistantDown", "critical", "app-a:9464"): "active",
+        ("AlertmanagerNotificationsFailing", "critical", "webhook"): "suppressed",
+        ("AlertmanagerNotificationsFailing", "critical", "email"): "active",
     }
