@@ -510,3 +510,45 @@ def test_without_an_alerts_chat_the_assistant_gets_no_alert_route(tmp_path: Path
     assert inv["children"]["assistant"]["vars"]["assistant_alerts_connector"] == ""
     proc = _site_preflight(tmp_path, files)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+def test_known_host_keys_turn_strict_checking_on_for_both_hops() -> None:
+    """When the cloud modules hand over the keys cloud-init installs (Host.host_key, Deployment.bastion_host_key),
+    the inventory checks strictly and known_hosts pins every address, bastion included."""
+    from infra.inventory import known_hosts, render, ssh_args
+
+    strict = ssh_args("ansible", "203.0.113.5", keys_known=True)
+    assert strict.count("StrictHostKeyChecking=yes") == 2 and "accept-new" not in strict
+    assert strict.count("UserKnownHostsFile={{ ai_assistant_known_hosts }}") == 2
+    assert strict.endswith("-W %h:%p -q ansible@203.0.113.5'")
+    assert "accept-new" in ssh_args("ansible", "203.0.113.5", keys_known=False)
+    lines = known_hosts(
+        [("10.40.32.7", "ssh-ed25519 AAAAhost\n"), ("10.40.32.8", None), ("203.0.113.5", "ssh-ed25519 B")]
+    )
+    assert lines == "10.40.32.7 ssh-ed25519 AAAAhost\n203.0.113.5 ssh-ed25519 B\n"
+    inv = yaml.safe_load(render([], [], {"ansible_user": "ansible"}, "203.0.113.5", None, keys_known=True))["all"]
+    assert inv["vars"]["ansible_ssh_common_args"] == strict
+    assert inv["vars"]["ai_assistant_known_hosts"] == "{{ inventory_dir }}/known_hosts"
+
+
+@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible is not installed in this virtualenv")
+def test_ansible_resolves_the_known_hosts_path_next_to_the_exported_inventory(tmp_path: Path) -> None:
+    """The plain `inventory` output used by hand (`pulumi stack output inventory > inv/inventory.yml`, knownHosts next
+    to it): Ansible's own templating turns the ssh options into the file beside the inventory."""
+    run = run_program(config_for("aws", "basic"))
+    (tmp_path / "inventory.yml").write_text(run.exports["inventory"][0])
+    (tmp_path / "play.yml").write_text(
+        "- hosts: assistant\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.debug: {msg: 'ARGS={{ ansible_ssh_common_args }}'}\n"
+    )
+    proc = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "inventory.yml"), str(tmp_path / "play.yml")],
+        cwd=tmp_path,
+        env=_ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert f"UserKnownHostsFile={tmp_path}/known_hosts" in proc.stdout, proc.stdout[-3000:]
