@@ -144,19 +144,20 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def build_wheels(repo_root: Path, dest: Path, python: str = sys.executable) -> tuple[Path, Path]:
-    """The service wheel from this checkout and a wheelhouse of its dependencies for the hosts' Python."""
-    dist, house = dest / "dist", dest / "wheelhouse"
-    pip = [python, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(dist), str(repo_root)], check=True)
-    wheel = next(dist.glob("ai_assistant-*.whl"))
-    subprocess.run(
-        [*pip, "download", "--only-binary=:all:", "--python-version", HOST_PYTHON, "-d", str(house), str(wheel)],
-        check=True,
-    )
-    for w in house.glob("ai_assistant-*.whl"):
+def build_wheel(repo_root: Path, dest: Path, python: str = sys.executable) -> Path:
+    """The service wheel built from this checkout (pip wheel --no-deps): what the hosts will run."""
+    cmd = [python, "-m", "pip", "-q", "--disable-pip-version-check", "wheel", "--no-deps", "-w", str(dest)]
+    subprocess.run([*cmd, str(repo_root)], check=True)
+    return next(dest.glob("ai_assistant-*.whl"))
+
+
+def build_wheelhouse(wheel: Path, dest: Path, python: str = sys.executable) -> Path:
+    """The wheel's dependencies as wheels for the hosts' Python (pip download from the package index)."""
+    cmd = [python, "-m", "pip", "-q", "--disable-pip-version-check", "download", "--only-binary=:all:"]
+    subprocess.run([*cmd, "--python-version", HOST_PYTHON, "-d", str(dest), str(wheel)], check=True)
+    for w in dest.glob("ai_assistant-*.whl"):
         w.unlink()  # the service wheel travels on its own (roles/assistant)
-    return wheel, house
+    return dest
 
 
 def write_handoff_files(
@@ -237,7 +238,8 @@ def main(argv: list[str]) -> int:
                 raise HandoffError("AI_ASSISTANT_WHEELHOUSE: required with AI_ASSISTANT_WHEEL")
             wheelhouse = Path(os.environ["AI_ASSISTANT_WHEELHOUSE"])
         else:
-            wheel, wheelhouse = build_wheels(Path.cwd(), dest / "build")
+            wheel = build_wheel(Path.cwd(), dest / "build" / "dist")
+            wheelhouse = build_wheelhouse(wheel, dest / "build" / "wheelhouse")
         write_handoff_files(os.environ, dest, wheel=wheel, wheelhouse=wheelhouse)
     except HandoffError as e:
         print(f"ansible hand-off: {e}", file=sys.stderr)

@@ -112,7 +112,7 @@ def _repo_with_script(repo: Path) -> None:
 
 
 def _wheel_env(tmp_path: Path) -> dict[str, str]:
-    """A stand-in wheel and wheelhouse: these tests check the script, not the wheel build (test_build_wheels does)."""
+    """A stand-in wheel and wheelhouse: these tests check the script, not the wheel build (test_build_wheel does)."""
     wheel = tmp_path / "ai_assistant-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"")
     (tmp_path / "wheelhouse").mkdir(exist_ok=True)
@@ -552,3 +552,24 @@ def test_ansible_resolves_the_known_hosts_path_next_to_the_exported_inventory(tm
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert f"UserKnownHostsFile={tmp_path}/known_hosts" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_build_wheel_builds_the_service_from_this_checkout(tmp_path: Path) -> None:
+    """The hand-off's wheel step for real (pip wheel, no index needed). The wheelhouse step downloads the
+    dependencies from the package index, which these tests do not reach; the VM harness passes its own."""
+    import tomllib
+
+    from infra.handoff import WHEEL_NAME, build_wheel
+
+    wheel = build_wheel(ROOT, tmp_path / "dist")
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert WHEEL_NAME.match(wheel.name) and wheel.name.startswith(f"ai_assistant-{version}-"), wheel.name
+
+
+def test_the_stack_exports_known_hosts_in_plain_text() -> None:
+    """Public host keys, for `pulumi stack output knownHosts > known_hosts` beside the exported inventory."""
+    run = run_program(config_for("aws", "basic"))
+    text, secret = run.exports["knownHosts"]
+    assert secret is False and isinstance(text, str)
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    assert env["AI_ASSISTANT_KNOWN_HOSTS"] == text
