@@ -168,6 +168,8 @@ def write_handoff_files(
     wheelhouse: Path,
     hostvars: Mapping[str, Mapping[str, Any]] | None = None,
     known_hosts: str | None = None,
+    single_host: str | None = None,
+    ssh_common_args: str | None = None,
 ) -> HandoffFiles:
     """Write what Ansible needs for one hand-off into ``dest`` (an empty, private directory).
 
@@ -175,6 +177,9 @@ def write_handoff_files(
     AI_ASSISTANT_SECRET_VARS, AI_ASSISTANT_KNOWN_HOSTS). ``wheel``/``wheelhouse`` become assistant_wheel and
     assistant_wheelhouse. ``hostvars`` (host name -> variables) and ``known_hosts`` replace what the program
     declared, for a harness whose hosts are not where the mocks put them (a VM behind a port forward).
+    ``single_host`` folds every host into one of that name, member of every group that had a host, with the variables
+    of the first assistant host (the single-host layout of the roles' VM); ``hostvars`` then names it.
+    ``ssh_common_args`` replaces the SSH options (e.g. ``infra.inventory.ssh_args`` for another jump host).
     Raises HandoffError (one line) on bad input; writes nothing secret anywhere but ``secret_vars`` and ``ca_dir``.
     """
     if not WHEEL_NAME.match(wheel.name) or not wheel.is_file():
@@ -195,9 +200,20 @@ def write_handoff_files(
             raise HandoffError(f"AI_ASSISTANT_SECRET_VARS: {key} is missing")
 
     # Everything that can be refused is checked before the first file is written: no half-written hand-off.
+    children = doc["all"].get("children") or {}
+    if single_host is not None:
+        first = sorted((children.get("assistant") or {}).get("hosts") or {})
+        if not first:
+            raise HandoffError("single_host: the inventory has no assistant host to take the variables from")
+        merged = dict(children["assistant"]["hosts"][first[0]] or {})
+        for group in children.values():
+            if isinstance(group, dict) and group.get("hosts"):
+                group["hosts"] = {single_host: None}
+        # Host variables sit once, in the role group (as infra.inventory.render writes them).
+        children["assistant"]["hosts"] = {single_host: merged}
     for name, override in (hostvars or {}).items():
         found = False
-        for group in (doc["all"].get("children") or {}).values():
+        for group in children.values():
             entry = (group.get("hosts") or {}) if isinstance(group, dict) else {}
             if name in entry and entry[name] is not None:
                 entry[name] = {**entry[name], **override}
@@ -220,6 +236,8 @@ def write_handoff_files(
     all_vars.update(
         {KNOWN_HOSTS_VAR: str(known), "assistant_wheel": str(wheel), "assistant_wheelhouse": str(wheelhouse)}
     )
+    if ssh_common_args is not None:
+        all_vars["ansible_ssh_common_args"] = ssh_common_args
     inventory = dest / "inventory.yml"
     _write_private(inventory, yaml.safe_dump(doc, sort_keys=False, width=1000))
     return HandoffFiles(inventory, known, dest / "secrets.json", ca_dir)

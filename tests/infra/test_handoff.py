@@ -580,3 +580,55 @@ def test_the_stack_exports_known_hosts_in_plain_text() -> None:
     assert secret is False and isinstance(text, str)
     env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
     assert env["AI_ASSISTANT_KNOWN_HOSTS"] == text
+
+
+@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible is not installed in this virtualenv")
+def test_single_host_layout_for_the_vm_keeps_every_groups_variables(tmp_path: Path) -> None:
+    """The VM harness converges one VM with what a multi-host `pulumi up` declares: every group's variables land on
+    the one host, as Ansible itself merges them (ansible-inventory), with the harness's address and jump host."""
+    from infra.handoff import write_handoff_files
+    from infra.inventory import ssh_args
+
+    run = run_program(config_for("aws", "standard", PRODUCTION), secrets={"imSecrets": IM_SECRETS})
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    w = _wheel_env(tmp_path)
+    args = ssh_args("root", "127.0.0.1 -p 2222", keys_known=True)
+    files = write_handoff_files(
+        env,
+        tmp_path / "out",
+        wheel=Path(w["AI_ASSISTANT_WHEEL"]),
+        wheelhouse=Path(w["AI_ASSISTANT_WHEELHOUSE"]),
+        single_host="testvm",
+        hostvars={"testvm": {"ansible_host": "127.0.0.1", "ansible_port": 22}},
+        ssh_common_args=args,
+    )
+    proc = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK.parent / "ansible-inventory"), "-i", str(files.inventory), "--list"],
+        env=_ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    parsed = json.loads(proc.stdout)
+    hv = parsed["_meta"]["hostvars"]
+    assert list(hv) == ["testvm"]
+    for group in ("assistant", "data", "monitoring", "color_blue"):
+        assert parsed[group]["hosts"] == ["testvm"], group
+    got = hv["testvm"]
+    assert got["ansible_host"] == "127.0.0.1" and got["ai_assistant_zone"]
+    assert got["assistant_connectors"] == CONNECTORS and got["redis_maxmemory"].endswith("mb")
+    assert got["alertmanager_watchdog_url"] == PRODUCTION["watchdogUrl"]
+    assert got["ansible_ssh_common_args"] == args and "StrictHostKeyChecking=yes" in args
+
+    from infra.handoff import HandoffError
+
+    with pytest.raises(HandoffError, match=r"^single_host: the inventory has no assistant host"):
+        write_handoff_files(
+            {**env, "AI_ASSISTANT_INVENTORY": "all: {children: {assistant: {hosts: {}}}}\n"},
+            tmp_path / "none",
+            wheel=Path(w["AI_ASSISTANT_WHEEL"]),
+            wheelhouse=Path(w["AI_ASSISTANT_WHEELHOUSE"]),
+            single_host="testvm",
+        )
