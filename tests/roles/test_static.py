@@ -580,6 +580,8 @@ def test_nginx_believes_the_load_balancer_for_the_client_address() -> None:
     http = out.split("limit_req_zone", 1)[0]  # before the rate-limit zones, which key on the real client address
     assert "set_real_ip_from 10.40.0.0/24;" in http and "set_real_ip_from 10.40.1.0/24;" in http
     assert "real_ip_header X-Forwarded-For;" in http and "real_ip_recursive on;" in http
+    # The service's per-connector allowlists read the address nginx hands on: the real client, after realip.
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in out
     bare = render("reverse_proxy", "nginx.conf.j2", {"reverse_proxy_server_names": ["a.example.com"]})
     assert "set_real_ip_from" not in bare and "real_ip_header" not in bare
 
