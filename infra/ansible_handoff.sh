@@ -14,7 +14,16 @@ ansible_bin=$(dirname "$python")
 
 work=$(mktemp -d -t ai-assistant-handoff.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-printf '%s' "$AI_ASSISTANT_INVENTORY" > "$work/inventory.yml"
+if [ ! -f "$playbook" ]; then
+  echo "ansible hand-off: $playbook not found; set handoff: false or add the playbook" >&2
+  exit 2
+fi
+
+# infra/handoff.py write_handoff_files: the inventory (with the wheel built from this checkout, or the one in
+# $AI_ASSISTANT_WHEEL/$AI_ASSISTANT_WHEELHOUSE), known_hosts from the keys Pulumi knows, the 0600 secret vars file
+# and the internal CA where the tls role's internal_ca mode looks for it. The VM harness calls the same function.
+"$python" -m infra.handoff write "$work"
+unset AI_ASSISTANT_SECRET_VARS
 inventories=(-i "$work/inventory.yml")
 dynamic=
 if [ -n "${AI_ASSISTANT_DYNAMIC_INVENTORY:-}" ]; then
@@ -27,27 +36,6 @@ if [ -n "${AI_ASSISTANT_DYNAMIC_INVENTORY:-}" ]; then
   inventories+=(-i "$dynamic")
 fi
 
-# The secret vars JSON becomes a vars file; the internal CA goes where the tls role's internal_ca mode looks for it.
-mkdir -m 0700 "$work/internal-ca"
-"$python" - "$work" <<'PY'
-import json, os, sys
-work = sys.argv[1]
-secrets = json.loads(os.environ["AI_ASSISTANT_SECRET_VARS"])
-def write(path, text):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-write(f"{work}/internal-ca/ca.key", secrets.pop("internal_ca_key_pem"))
-write(f"{work}/internal-ca/ca.crt", secrets.pop("internal_ca_cert_pem"))
-secrets["tls_internal_ca_dir"] = f"{work}/internal-ca"
-write(f"{work}/secrets.json", json.dumps(secrets))
-PY
-unset AI_ASSISTANT_SECRET_VARS
-
-if [ ! -f "$playbook" ]; then
-  echo "ansible hand-off: $playbook not found; set handoff: false or add the playbook" >&2
-  exit 2
-fi
 # Scaling groups launch their hosts after the group exists, so the cloud may not list them yet: wait until the
 # dynamic source shows as many as the groups' minimum. A source that cannot be read fails here, not silently later.
 if [ -n "$dynamic" ] && [ "${AI_ASSISTANT_DYNAMIC_HOSTS:-0}" -gt 0 ]; then

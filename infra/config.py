@@ -51,7 +51,26 @@ class Inference:
 @dataclass(frozen=True)
 class AlertReceiver:
     name: str
-    email: str
+    email: str | None = None
+    webhook: str | None = None  # an https endpoint Alertmanager posts to directly (not through the assistant)
+
+
+@dataclass(frozen=True)
+class AlertSmtp:
+    """The relay Alertmanager sends e-mail through; its password is the secret alertSmtpPassword."""
+
+    smarthost: str
+    sender: str
+    username: str = ""
+    require_tls: bool = True
+
+
+@dataclass(frozen=True)
+class AlertsTarget:
+    """The connector and chat the assistant posts Alertmanager's alerts into."""
+
+    connector: str
+    chat_id: str
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,12 @@ class InfraConfig:
     # would plan a replacement of every host whenever the distribution publishes a new image.
     image_id: str = ""
     vpc_cidr: str = "10.40.0.0/16"
+    # The hand-off's inputs (issue 17): connectors without their secrets, where alerts go, the fallback paths.
+    connectors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    alerts: AlertsTarget | None = None
+    alert_smtp: AlertSmtp | None = None
+    watchdog_url: str | None = None
+    alert_smtp_password: pulumi.Output[str] | None = field(default=None, compare=False)
     # Secrets the operator sets with `pulumi config set --secret`; never read as plain values.
     im_secrets: pulumi.Output[Any] | None = field(default=None, compare=False)
     inference_api_key: pulumi.Output[str] | None = field(default=None, compare=False)
@@ -211,9 +236,15 @@ def _receivers(cfg: pulumi.Config) -> tuple[AlertReceiver, ...]:
         raise ConfigError(f"{_key('alertReceivers')}: expected a list of {{name, email}}")
     out = []
     for i, r in enumerate(raw):
-        if not isinstance(r, Mapping) or not r.get("name") or not _EMAIL.match(str(r.get("email", ""))):
-            raise ConfigError(f"{_key(f'alertReceivers[{i}]')}: needs a name and a valid email, got {r!r}")
-        out.append(AlertReceiver(str(r["name"]), str(r["email"])))
+        key = _key(f"alertReceivers[{i}]")
+        if not isinstance(r, Mapping) or not r.get("name") or not (r.get("email") or r.get("webhook")):
+            raise ConfigError(f"{key}: needs a name and a valid email or webhook, got {r!r}")
+        email, webhook = r.get("email"), r.get("webhook")
+        if email is not None and not _EMAIL.match(str(email)):
+            raise ConfigError(f"{key}: needs a name and a valid email, got {r!r}")
+        if webhook is not None:
+            _https_url(f"alertReceivers[{i}].webhook", webhook)
+        out.append(AlertReceiver(str(r["name"]), str(email) if email else None, str(webhook) if webhook else None))
     return tuple(out)
 
 
@@ -286,6 +317,7 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         vpc_cidr=_cidr("vpcCidr", cfg.get("vpcCidr") or "10.40.0.0/16", allow_world=False),
         im_secrets=cfg.get_secret_object("imSecrets"),
         inference_api_key=cfg.get_secret("inferenceApiKey"),
+        **_handoff_inputs(cfg),
     )
 
 
@@ -306,3 +338,76 @@ def traffic_weights(conf: InfraConfig) -> dict[tuple[Color, int], int]:
         for zi, zs in enumerate(zone_share):
             out[(color, zi)] = color_share * zs // 100
     return out
+
+
+# --- the hand-off's inputs (issue 17): connectors, the alerts chat, SMTP and the dead man's switch ---------------
+
+_CONNECTOR_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Option names that hold credentials on some platform: they belong in the secret imSecrets, never in plain config.
+SECRET_OPTION_NAMES = frozenset(
+    {"app_secret", "secret", "token", "bot_token", "encrypt_key", "aes_key", "signing_secret", "verification_token"}
+)
+
+
+def _https_url(name: str, value: object) -> str:
+    parsed = urlparse(str(value))
+    if parsed.scheme != "https" or not parsed.hostname:
+        raise ConfigError(f"{_key(name)}: {value!r} is not an https:// URL")
+    return str(value)
+
+
+def _connectors(cfg: pulumi.Config) -> dict[str, dict[str, Any]]:
+    raw = _object(cfg, "connectors", {})
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{_key('connectors')}: expected name -> options (connectors.yaml's shape, no secrets)")
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in raw.items():
+        if not _CONNECTOR_NAME.match(str(name)):
+            raise ConfigError(f"{_key(f'connectors.{name}')}: names are lower-case letters, digits, - and _")
+        if not isinstance(options, Mapping) or not isinstance(options.get("platform"), str):
+            raise ConfigError(f"{_key(f'connectors.{name}.platform')}: required (e.g. generic_im, feishu, slack)")
+        leaked = sorted(SECRET_OPTION_NAMES.intersection(options))
+        if leaked:
+            raise ConfigError(
+                f"{_key(f'connectors.{name}.{leaked[0]}')}: a secret; set it in imSecrets "
+                f"(pulumi config set --secret --path 'imSecrets.{name}.{leaked[0]}' ...)"
+            )
+        out[str(name)] = dict(options)
+    return out
+
+
+def _handoff_inputs(cfg: pulumi.Config) -> dict[str, Any]:
+    connectors = _connectors(cfg)
+    alerts_raw = _object(cfg, "alerts", None)
+    alerts = None
+    if alerts_raw is not None:
+        if not isinstance(alerts_raw, Mapping) or not alerts_raw.get("connector") or not alerts_raw.get("chatId"):
+            raise ConfigError(f"{_key('alerts')}: expected {{connector: <name in connectors>, chatId: <chat>}}")
+        if alerts_raw["connector"] not in connectors:
+            raise ConfigError(f"{_key('alerts.connector')}: {alerts_raw['connector']!r} is not in connectors")
+        alerts = AlertsTarget(str(alerts_raw["connector"]), str(alerts_raw["chatId"]))
+    smtp_raw = _object(cfg, "alertSmtp", None)
+    smtp = None
+    if smtp_raw is not None:
+        host = str(smtp_raw.get("smarthost", "")) if isinstance(smtp_raw, Mapping) else ""
+        if not re.match(r"^[A-Za-z0-9.-]+:\d{1,5}$", host):
+            raise ConfigError(f"{_key('alertSmtp.smarthost')}: expected host:port of the SMTP relay, got {host!r}")
+        sender = str(smtp_raw.get("from", ""))
+        if not _EMAIL.match(sender):
+            raise ConfigError(f"{_key('alertSmtp.from')}: {sender!r} is not an e-mail address")
+        require_tls = smtp_raw.get("requireTls", True)
+        if not isinstance(require_tls, bool):
+            raise ConfigError(f"{_key('alertSmtp.requireTls')}: {require_tls!r} is not true or false")
+        smtp = AlertSmtp(host, sender, str(smtp_raw.get("username") or ""), require_tls)
+        if smtp.username and cfg.get_secret("alertSmtpPassword") is None:
+            raise ConfigError(f"{_key('alertSmtpPassword')}: required with alertSmtp.username (--secret)")
+    if smtp is None and any(r.email for r in _receivers(cfg)):
+        raise ConfigError(f"{_key('alertSmtp')}: required when alertReceivers has an e-mail ({{smarthost, from}})")
+    watchdog = cfg.get("watchdogUrl")
+    return {
+        "connectors": connectors,
+        "alerts": alerts,
+        "alert_smtp": smtp,
+        "watchdog_url": _https_url("watchdogUrl", watchdog) if watchdog else None,
+        "alert_smtp_password": cfg.get_secret("alertSmtpPassword"),
+    }

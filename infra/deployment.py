@@ -46,6 +46,8 @@ class Deployment:
     egress_ips: list[pulumi.Output[str]] = field(default_factory=list)
     # The one Redis every assistant host in both zones uses (managed, with a standby in the second zone).
     redis: RedisEndpoint | None = None
+    # The bastion's SSH host public key when Pulumi generated it (cloud-init installs it); None: unknown.
+    bastion_host_key: pulumi.Output[str] | None = None
 
 
 def zone_suffix(zone: str) -> str:

@@ -5,21 +5,35 @@ the command's environment, which is a Pulumi secret (encrypted in state, masked 
 a 0600 vars file in a private temporary directory and gives Ansible the file's path, never the values, on argv.
 The triggers are digests of roles/, playbooks/, ansible.cfg and the inventory, so a change to any of them
 replaces the command, which runs the playbook again.
+
+The script turns that environment into files with ``write_handoff_files`` (``python -m infra.handoff write DIR``):
+the inventory with the wheel built from this checkout, known_hosts from the host keys Pulumi knows, the 0600 secret
+vars file and the internal CA. The VM harness calls the same function on the environment of a mocked ``pulumi up``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pulumi
+import yaml
 from pulumi_command import local
+
+from infra.inventory import KNOWN_HOSTS_VAR
 
 SCRIPT = "infra/ansible_handoff.sh"
 PLAYBOOK = "playbooks/site.yml"
 CONFIG_PATHS = ("roles", "playbooks", "ansible.cfg")
+SERVICE_PATHS = ("service", "pyproject.toml")
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ansible", ".cache"}
 
 
@@ -56,6 +70,7 @@ class AnsibleHandoff(pulumi.ComponentResource):
         dynamic_hosts: int,
         depends_on: list[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
+        known_hosts: pulumi.Output[str] | None = None,
     ) -> None:
         super().__init__("ai-assistant:config:AnsibleHandoff", name, None, opts)
         roles = tree_digest(repo_root)
@@ -66,6 +81,7 @@ class AnsibleHandoff(pulumi.ComponentResource):
             "AI_ASSISTANT_SECRET_VARS": secrets_json,
             "AI_ASSISTANT_PLAYBOOK": PLAYBOOK,
             "ANSIBLE_CONFIG": str(repo_root / "ansible.cfg"),
+            "AI_ASSISTANT_KNOWN_HOSTS": known_hosts if known_hosts is not None else "",
         }
         if dynamic_inventory is not None:
             env["AI_ASSISTANT_DYNAMIC_INVENTORY"] = dynamic_inventory
@@ -75,6 +91,8 @@ class AnsibleHandoff(pulumi.ComponentResource):
             roles,
             inventory.apply(_sha256),
             (dynamic_inventory or pulumi.Output.from_input("")).apply(_sha256),
+            # The service itself: a new wheel is a new version to install.
+            tree_digest(repo_root, SERVICE_PATHS),
         )
         self.command = local.Command(
             name,
@@ -93,3 +111,159 @@ class AnsibleHandoff(pulumi.ComponentResource):
             ),
         )
         self.register_outputs({"triggers": self.triggers})
+
+
+# --- what the hand-off script writes (also called by the VM harness on a mocked `pulumi up`) ---------------------
+
+WHEEL_NAME = re.compile(r"^ai_assistant-[^-]+-.*\.whl$")
+# The hosts' interpreter (Debian 12): dependency wheels are picked for it, not for the controller's Python.
+HOST_PYTHON = "3.11"
+
+
+class HandoffError(Exception):
+    """Bad hand-off input; the message is one line naming the variable or file."""
+
+
+@dataclass(frozen=True)
+class HandoffFiles:
+    """The files one hand-off run gives Ansible (all under one private directory)."""
+
+    inventory: Path
+    known_hosts: Path
+    secret_vars: Path  # 0600, JSON, passed as -e @file
+    ca_dir: Path
+
+    def playbook_args(self, playbook: str = PLAYBOOK) -> list[str]:
+        """ansible-playbook's arguments for these files (prefix with the ansible-playbook path)."""
+        return ["-i", str(self.inventory), "-e", f"@{self.secret_vars}", playbook]
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def build_wheel(repo_root: Path, dest: Path, python: str = sys.executable) -> Path:
+    """The service wheel built from this checkout (pip wheel --no-deps): what the hosts will run."""
+    cmd = [python, "-m", "pip", "-q", "--disable-pip-version-check", "wheel", "--no-deps", "-w", str(dest)]
+    subprocess.run([*cmd, str(repo_root)], check=True)
+    return next(dest.glob("ai_assistant-*.whl"))
+
+
+def build_wheelhouse(wheel: Path, dest: Path, python: str = sys.executable) -> Path:
+    """The wheel's dependencies as wheels for the hosts' Python (pip download from the package index)."""
+    cmd = [python, "-m", "pip", "-q", "--disable-pip-version-check", "download", "--only-binary=:all:"]
+    subprocess.run([*cmd, "--python-version", HOST_PYTHON, "-d", str(dest), str(wheel)], check=True)
+    for w in dest.glob("ai_assistant-*.whl"):
+        w.unlink()  # the service wheel travels on its own (roles/assistant)
+    return dest
+
+
+def write_handoff_files(
+    env: Mapping[str, str],
+    dest: Path,
+    *,
+    wheel: Path,
+    wheelhouse: Path,
+    hostvars: Mapping[str, Mapping[str, Any]] | None = None,
+    known_hosts: str | None = None,
+    single_host: str | None = None,
+    ssh_common_args: str | None = None,
+) -> HandoffFiles:
+    """Write what Ansible needs for one hand-off into ``dest`` (an empty, private directory).
+
+    ``env`` is the hand-off command's environment as the Pulumi program declares it (AI_ASSISTANT_INVENTORY,
+    AI_ASSISTANT_SECRET_VARS, AI_ASSISTANT_KNOWN_HOSTS). ``wheel``/``wheelhouse`` become assistant_wheel and
+    assistant_wheelhouse. ``hostvars`` (host name -> variables) and ``known_hosts`` replace what the program
+    declared, for a harness whose hosts are not where the mocks put them (a VM behind a port forward).
+    ``single_host`` folds every host into one of that name, member of every group that had a host, with the variables
+    of the first assistant host (the single-host layout of the roles' VM); ``hostvars`` then names it.
+    ``ssh_common_args`` replaces the SSH options (e.g. ``infra.inventory.ssh_args`` for another jump host).
+    Raises HandoffError (one line) on bad input; writes nothing secret anywhere but ``secret_vars`` and ``ca_dir``.
+    """
+    if not WHEEL_NAME.match(wheel.name) or not wheel.is_file():
+        raise HandoffError(f"assistant_wheel: {wheel} is not an ai_assistant wheel")
+    if not wheelhouse.is_dir():
+        raise HandoffError(f"assistant_wheelhouse: {wheelhouse} is not a directory")
+    try:
+        doc = yaml.safe_load(env["AI_ASSISTANT_INVENTORY"])
+        secrets = json.loads(env["AI_ASSISTANT_SECRET_VARS"])
+    except KeyError as e:
+        raise HandoffError(f"{e.args[0]}: missing from the hand-off environment") from None
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise HandoffError(f"hand-off environment: not valid YAML/JSON ({type(e).__name__})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("all"), dict):
+        raise HandoffError("AI_ASSISTANT_INVENTORY: expected an inventory with an `all` group")
+    for key in ("internal_ca_key_pem", "internal_ca_cert_pem"):
+        if not isinstance(secrets.get(key), str):
+            raise HandoffError(f"AI_ASSISTANT_SECRET_VARS: {key} is missing")
+
+    # Everything that can be refused is checked before the first file is written: no half-written hand-off.
+    children = doc["all"].get("children") or {}
+    if single_host is not None:
+        first = sorted((children.get("assistant") or {}).get("hosts") or {})
+        if not first:
+            raise HandoffError("single_host: the inventory has no assistant host to take the variables from")
+        merged = dict(children["assistant"]["hosts"][first[0]] or {})
+        for group in children.values():
+            if isinstance(group, dict) and group.get("hosts"):
+                group["hosts"] = {single_host: None}
+        # Host variables sit once, in the role group (as infra.inventory.render writes them).
+        children["assistant"]["hosts"] = {single_host: merged}
+    for name, override in (hostvars or {}).items():
+        found = False
+        for group in children.values():
+            entry = (group.get("hosts") or {}) if isinstance(group, dict) else {}
+            if name in entry and entry[name] is not None:
+                entry[name] = {**entry[name], **override}
+                found = True
+        if not found:
+            raise HandoffError(f"hostvars: {name} is not a host of the inventory")
+
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca_dir = dest / "internal-ca"
+    ca_dir.mkdir(mode=0o700)
+    _write_private(ca_dir / "ca.key", secrets.pop("internal_ca_key_pem"))
+    _write_private(ca_dir / "ca.crt", secrets.pop("internal_ca_cert_pem"))
+    # The tls role's internal_ca mode signs the hosts' certificates with this CA, on the controller.
+    secrets["tls_internal_ca_dir"] = str(ca_dir)
+    _write_private(dest / "secrets.json", json.dumps(secrets))
+
+    known = dest / "known_hosts"
+    _write_private(known, known_hosts if known_hosts is not None else env.get("AI_ASSISTANT_KNOWN_HOSTS", ""))
+    all_vars = doc["all"].setdefault("vars", {})
+    all_vars.update(
+        {KNOWN_HOSTS_VAR: str(known), "assistant_wheel": str(wheel), "assistant_wheelhouse": str(wheelhouse)}
+    )
+    if ssh_common_args is not None:
+        all_vars["ansible_ssh_common_args"] = ssh_common_args
+    inventory = dest / "inventory.yml"
+    _write_private(inventory, yaml.safe_dump(doc, sort_keys=False, width=1000))
+    return HandoffFiles(inventory, known, dest / "secrets.json", ca_dir)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m infra.handoff write DIR`: the hand-off script's file step, from its environment."""
+    if len(argv) != 2 or argv[0] != "write":
+        print("usage: python -m infra.handoff write DIR", file=sys.stderr)
+        return 2
+    dest = Path(argv[1])
+    try:
+        if os.environ.get("AI_ASSISTANT_WHEEL"):
+            wheel = Path(os.environ["AI_ASSISTANT_WHEEL"])
+            if not os.environ.get("AI_ASSISTANT_WHEELHOUSE"):
+                raise HandoffError("AI_ASSISTANT_WHEELHOUSE: required with AI_ASSISTANT_WHEEL")
+            wheelhouse = Path(os.environ["AI_ASSISTANT_WHEELHOUSE"])
+        else:
+            wheel = build_wheel(Path.cwd(), dest / "build" / "dist")
+            wheelhouse = build_wheelhouse(wheel, dest / "build" / "wheelhouse")
+        write_handoff_files(os.environ, dest, wheel=wheel, wheelhouse=wheelhouse)
+    except HandoffError as e:
+        print(f"ansible hand-off: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

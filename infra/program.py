@@ -11,7 +11,7 @@ from infra import config as config_mod
 from infra.config import InfraConfig, traffic_weights
 from infra.deployment import WEAVIATE_GRPC, WEAVIATE_HTTP, Deployment
 from infra.handoff import AnsibleHandoff
-from infra.inventory import inventory_output
+from infra.inventory import inventory_output, known_hosts_output
 from infra.secrets import InternalSecrets
 from infra.tiers import CATALOGUE
 
@@ -20,7 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
     """Variables every host gets. No secret here: this dict ends up in the plain `inventory` output."""
-    tier = CATALOGUE[conf.tier]
     return {
         "ansible_user": config_mod.ADMIN_USER,
         "ansible_become": True,  # the admin user has passwordless sudo (cloud-init); roles need root
@@ -34,9 +33,6 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         "ai_assistant_backup_region": conf.region,
         "ai_assistant_backup_replica_bucket": dep.backup_replica_bucket,
         "ai_assistant_backup_retention_days": conf.backup_retention_days,
-        "ai_assistant_service_workers": tier.service_workers,
-        # Typed in infra/config.py (alertReceivers); the monitoring play maps them onto Alertmanager's receivers.
-        "ai_assistant_alert_receivers": [{"name": r.name, "email": r.email} for r in conf.alert_receivers],
         # One state for both zones (docs/adr/0034-one-state-across-zones.md): every assistant host, whatever its zone
         # or colour, uses this Redis (managed, standby in the second zone) and this knowledge base (Weaviate on the
         # primary zone's data host; its API key travels as the secret weaviate_api_key).
@@ -45,6 +41,8 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         "ai_assistant_egress_ip": dep.egress_ip,
         "ai_assistant_egress_ips": dep.egress_ips,
         "firewall_lb_cidrs": dep.public_cidrs,
+        # The load balancer's subnets: nginx takes the client address from its X-Forwarded-For (allowlists, limits).
+        "reverse_proxy_real_ip_from": dep.public_cidrs,
         "firewall_admin_cidrs": dep.public_cidrs,  # SSH arrives from the bastion's subnet
         # The monitoring host's own address, resolved by Ansible from the inventory (security groups hold the rest).
         "firewall_monitoring_cidrs": "{{ groups['monitoring'] | map('extract', hostvars, 'ansible_host')"
@@ -82,10 +80,26 @@ def _knowledge_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
 def _group_vars(conf: InfraConfig) -> dict[str, dict[str, Any]]:
     tier = CATALOGUE[conf.tier]
     a, d = tier.assistant.memory_limits_mib, tier.data.memory_limits_mib
+    alerts = conf.alerts
+    smtp = conf.alert_smtp
     return {
         "assistant": {
-            "ai_assistant_memory_max_mib": a["assistant"],
-            "ai_assistant_nginx_memory_max_mib": a["nginx"],
+            "assistant_memory_max_mib": a["assistant"],
+            "reverse_proxy_memory_max_mib": a["nginx"],
+            "assistant_worker_concurrency": tier.service_workers,
+            # Connectors without their secrets (imSecrets reaches assistant_connector_secrets as im_secrets).
+            "assistant_connectors": {name: dict(opts) for name, opts in conf.connectors.items()},
+            "assistant_alerts_connector": alerts.connector if alerts else "",
+            "assistant_alerts_chat_id": alerts.chat_id if alerts else "",
+        },
+        "monitoring": {
+            "alertmanager_email_to": [r.email for r in conf.alert_receivers if r.email],
+            "alertmanager_fallback_webhook_urls": [r.webhook for r in conf.alert_receivers if r.webhook],
+            "alertmanager_watchdog_url": conf.watchdog_url or "",
+            "alertmanager_smtp_smarthost": smtp.smarthost if smtp else "",
+            "alertmanager_smtp_from": smtp.sender if smtp else "",
+            "alertmanager_smtp_auth_username": smtp.username if smtp else "",
+            "alertmanager_smtp_require_tls": smtp.require_tls if smtp else True,
         },
         "data": {
             "redis_maxmemory": f"{d['redis']}mb",
@@ -111,11 +125,16 @@ def main(repo_root: Path = REPO_ROOT) -> None:
     secrets = InternalSecrets("internal")
     dep = cloud_module.build(conf, stack, secrets.values["redis_password"])
 
-    inventory = inventory_output(dep.hosts, _plain_vars(conf, dep), dep.bastion_ip, _group_vars(conf))
+    # Strict host-key checking when Pulumi knows every key (not for autoscaled hosts, which come and go).
+    keys_known = bool(dep.hosts) and all(h.host_key is not None for h in dep.hosts) and dep.bastion_host_key is not None
+    inventory = inventory_output(dep.hosts, _plain_vars(conf, dep), dep.bastion_ip, _group_vars(conf), keys_known)
+    known_hosts = known_hosts_output(dep.hosts, dep.bastion_ip, dep.bastion_host_key)
     secret_vars: dict[str, Any] = {
         "im_secrets": conf.im_secrets or {},
         "inference_api_key": conf.inference_api_key or "",
     }
+    if conf.alert_smtp_password is not None:
+        secret_vars["alertmanager_smtp_password"] = conf.alert_smtp_password
     all_secrets = pulumi.Output.all(secrets.ansible_vars(), pulumi.Output.from_input(secret_vars)).apply(
         lambda v: {**v[0], **v[1]}
     )
@@ -128,6 +147,7 @@ def main(repo_root: Path = REPO_ROOT) -> None:
             dep.dynamic_inventory,
             dep.dynamic_hosts,
             depends_on=dep.ready,
+            known_hosts=known_hosts,
         )
         pulumi.export("handoffTriggers", handoff.triggers)
 
@@ -144,6 +164,7 @@ def main(repo_root: Path = REPO_ROOT) -> None:
     pulumi.export("backupBucket", dep.backup_bucket)
     pulumi.export("backupReplicaBucket", dep.backup_replica_bucket)
     pulumi.export("inventory", inventory)
+    pulumi.export("knownHosts", known_hosts)  # public host keys: `pulumi stack output knownHosts > known_hosts`
     if dep.dynamic_inventory is not None:
         pulumi.export("dynamicInventory", dep.dynamic_inventory)
     pulumi.export("hosts", [h.name for h in dep.hosts])

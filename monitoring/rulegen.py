@@ -260,8 +260,8 @@ def assistant_file() -> RuleFile:
             "critical",
             "The assistant on {{ $labels.instance }} does not answer scrapes",
             "Prometheus has failed to scrape {{ $labels.instance }} for 2 minutes. Webhooks to it are not acknowledged;"
-            " IM platforms retry for a while, then drop the messages. This alert reaches you by e-mail only: the IM"
-            " receiver goes through the assistant itself.",
+            " IM platforms retry for a while, then drop the messages. This alert reaches you through the fallback"
+            " receivers only (e-mail, webhook): the IM receiver goes through the assistant itself.",
             for_="2m",
         ),
         Alert(
@@ -553,6 +553,16 @@ def host_file() -> RuleFile:
 
 def monitoring_file() -> RuleFile:
     alerts = (
+        # The dead man's switch: always firing, so its absence at the receiver (roles/alertmanager's watchdog route)
+        # means Prometheus, Alertmanager or their host is gone. severity none: it pages nobody by itself.
+        Alert(
+            "Watchdog",
+            "vector(1)",
+            "none",
+            "The alerting pipeline is alive",
+            "Always firing. Alertmanager posts it to the dead man's switch every few minutes; that service pages when"
+            " the posts stop, which no alert of this stack could report.",
+        ),
         Alert(
             "TargetDown",
             f'up{{job!~"{JOB_ASSISTANT}|{JOB_MODEL_SERVER}|{JOB_WEAVIATE}|{JOB_NODE}"}} == 0',
@@ -582,8 +592,8 @@ def monitoring_file() -> RuleFile:
             "rate(alertmanager_notifications_failed_total[5m]) > 0",
             "critical",
             "Alertmanager fails to deliver through {{ $labels.integration }}",
-            "Notifications through the {{ $labels.integration }} integration fail. Critical alerts also go by"
-            " e-mail, so one broken receiver does not silence them.",
+            "Notifications through the {{ $labels.integration }} integration fail. Critical alerts also go to"
+            " the fallback receivers, so one broken receiver does not silence them.",
             for_="10m",
         ),
     )

@@ -204,6 +204,7 @@ def config_for(cloud: str, tier: str, overrides: dict[str, Any] | None = None, *
         "sshPublicKey": SSH_KEY,
         "inference": {"mode": "gpu"},
         "alertReceivers": [{"name": "ops", "email": "ops@example.com"}],
+        "alertSmtp": {"smarthost": "smtp.example.com:587", "from": "alertmanager@example.com"},
         **BASE[cloud],
     }
     cfg.update(overrides or {})

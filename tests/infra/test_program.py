@@ -324,9 +324,10 @@ def test_inventory_lists_every_instance_by_role_zone_and_colour(stack_run: Get, 
     assert set().union(*(groups[g]["hosts"] for g in zone_groups)) == names
     assert set(groups["color_blue"]["hosts"]) == set(groups["assistant"]["hosts"])
     bastion = next(r for r in run.of(INSTANCE[cloud]) if _role(r) == "bastion")
+    # The hand-off's own known_hosts file for both hops (accept-new: these mocked hosts have no Pulumi-known keys).
+    opts = "-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={{ ai_assistant_known_hosts }}"
     assert inv["vars"]["ansible_ssh_common_args"] == (
-        "-o StrictHostKeyChecking=accept-new "
-        f"-o ProxyCommand='ssh -o StrictHostKeyChecking=accept-new -W %h:%p -q ansible@{bastion.outputs['publicIp']}'"
+        f"{opts} -o ProxyCommand='ssh {opts} -W %h:%p -q ansible@{bastion.outputs['publicIp']}'"
     )
     assert groups["data"]["vars"]["redis_maxmemory"] == f"{CATALOGUE[tier].data.memory_limits_mib['redis']}mb"
 

@@ -3,21 +3,27 @@ Prometheus scrapes it with this repository's rules, steady failing traffic makes
 the example routing posts them to the assistant's POST /api/alerts, and the assistant posts them through its
 generic-IM connector into the IM stand-in (tests.helpers.ReplyReceiver, which verifies the connector's signature).
 Forged webhooks raise a warning (IM only); genuine messages meeting a dead model server raise a critical alert, which
-also goes by e-mail, to a real SMTP server on loopback (aiosmtpd).
+also goes by e-mail, to a real SMTP server on loopback (aiosmtpd), and to the fallback webhook. With the assistant
+stopped, its AIAssistantDown page reaches the fallback webhook and e-mail, which do not go through it. The Watchdog
+reaches the dead man's switch only. The fallback webhook and the dead man's switch are stand-ins (WebhookSink: a
+pager or a heartbeat service cannot exist here), listening on loopback.
 
 Two things differ from production, so that the test takes seconds instead of minutes: the copies of the rules have
 `for:` removed (promtool's unit tests cover the hold times), and the copy of alertmanager.yml waits 1 s instead of
-30 s before a group's first notification. Scrape and evaluation run every second. Everything started is stopped.
+30 s before a group's first notification. Scrape and evaluation run every second, and Prometheus resends a firing
+alert after 1 s instead of 1 min. Everything started is stopped.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +94,55 @@ class Mailbox:
         return "250 OK"
 
 
+class WebhookSink:
+    """A loopback HTTP endpoint that keeps every Alertmanager webhook payload it receives (stand-in for a pager or a
+    dead man's switch service)."""
+
+    def __init__(self) -> None:
+        self.payloads: list[dict[str, Any]] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server's hook name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.payloads.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def alertnames(self, status: str = "firing") -> list[str]:
+        return [a["labels"]["alertname"] for p in self.payloads for a in p["alerts"] if a["status"] == status]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def pager() -> Iterator[WebhookSink]:
+    sink = WebhookSink()
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+@pytest.fixture
+def deadman() -> Iterator[WebhookSink]:
+    sink = WebhookSink()
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
 @pytest.fixture
 def mailbox() -> Iterator[tuple[Mailbox, int]]:
     box = Mailbox()
@@ -134,7 +189,11 @@ def _rules_without_hold_times(dest: Path) -> None:
 
 @pytest.fixture
 def stack(
-    tmp_path: Path, service: tuple[ServiceProcess, int], mailbox: tuple[Mailbox, int]
+    tmp_path: Path,
+    service: tuple[ServiceProcess, int],
+    mailbox: tuple[Mailbox, int],
+    pager: WebhookSink,
+    deadman: WebhookSink,
 ) -> Iterator[dict[str, str]]:
     svc, metrics_port = service
     work = tmp_path / "stack"
@@ -149,8 +208,12 @@ def stack(
     (work / "token").write_text(TOKEN + "\n")
     for receiver in am["receivers"]:
         for hook in receiver.get("webhook_configs", []):
-            hook["url"] = f"{svc.base}/api/alerts"
-            hook["http_config"]["authorization"]["credentials_file"] = str(work / "token")
+            if "authorization" in hook.get("http_config", {}):  # the assistant's (plain HTTP on loopback here)
+                hook["url"] = f"{svc.base}/api/alerts"
+                hook["http_config"]["authorization"]["credentials_file"] = str(work / "token")
+                hook["http_config"].pop("tls_config", None)
+            else:
+                hook["url"] = deadman.url if receiver["name"] == "watchdog" else pager.url
     am["route"]["group_wait"] = "1s"
     for route in am["route"]["routes"]:
         route["group_wait"] = "1s"
@@ -181,6 +244,9 @@ def stack(
             f"--config.file={work / 'prometheus.yml'}",
             f"--storage.tsdb.path={work / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prom_port}",
+            # An alert that fired before Prometheus found Alertmanager is sent again only after this delay (1 min in
+            # production); the Watchdog fires at the first evaluation, so that would be a minute of waiting here.
+            "--rules.alert.resend-delay=1s",
         )
         am_url, prom_url = f"http://127.0.0.1:{am_port}", f"http://127.0.0.1:{prom_port}"
         wait_until(lambda: _ready(am_url + "/-/ready"), 20, f"alertmanager\n{stack.log('prometheus-alertmanager')}")
@@ -210,6 +276,8 @@ def test_failing_traffic_fires_alerts_that_reach_the_team_chat_and_email(
     stack: dict[str, str],
     receiver: ReplyReceiver,
     mailbox: tuple[Mailbox, int],
+    pager: WebhookSink,
+    deadman: WebhookSink,
 ) -> None:
     svc, _ = service
     box, _ = mailbox
@@ -278,6 +346,15 @@ def test_failing_traffic_fires_alerts_that_reach_the_team_chat_and_email(
     print(f"\n[e-mail] {subject}")
     assert "model-server.md#aiassistantengineerrors" in body
     assert not any("AIAssistantSignatureFailures" in subject for subject, _ in box.messages), "a warning went by e-mail"
+    # The critical alert reached the fallback webhook too (team-im-and-fallback); the warning did not.
+    wait_until(
+        lambda: "AIAssistantEngineErrors" in pager.alertnames(), 30, "the critical alert at the fallback webhook"
+    )
+    assert "AIAssistantSignatureFailures" not in pager.alertnames()
+    # The heartbeat reached the dead man's switch and nobody else.
+    assert "Watchdog" in deadman.alertnames()
+    assert not any("Watchdog" in r["text"] for r in receiver.received), "the Watchdog was posted into the team chat"
+    assert "Watchdog" not in pager.alertnames()
     assert receiver.rejected == 0, "the stand-in received a post with a bad connector signature"
 
     firing = _firing(prom)
@@ -289,3 +366,42 @@ def test_failing_traffic_fires_alerts_that_reach_the_team_chat_and_email(
     time.sleep(2)  # Alertmanager's retries or a second evaluation would show up as a second post by now
     assert len(_alert_posts(receiver, "AIAssistantSignatureFailures")) == 1
     assert len(_alert_posts(receiver, "AIAssistantEngineErrors")) == 1
+
+
+def test_with_the_assistant_stopped_its_page_reaches_the_fallback_webhook_and_email(
+    service: tuple[ServiceProcess, int],
+    stack: dict[str, str],
+    receiver: ReplyReceiver,
+    mailbox: tuple[Mailbox, int],
+    pager: WebhookSink,
+    deadman: WebhookSink,
+) -> None:
+    """The IM path goes through the assistant: when it is down, the page must take the other way (issue 17)."""
+    svc, _ = service
+    box, _ = mailbox
+    prom = stack["prometheus"]
+    wait_until(lambda: _query(prom, 'up{job="ai-assistant"} == 1'), 30, "Prometheus to scrape the assistant")
+    # The dead man's switch hears from a healthy pipeline before anything breaks.
+    try:
+        wait_until(lambda: "Watchdog" in deadman.alertnames(), 30, "the Watchdog at the dead man's switch")
+    except AssertionError:
+        am = httpx.get(stack["alertmanager"] + "/api/v2/alerts", timeout=5).json()
+        raise AssertionError(f"firing {_firing(prom)}; alertmanager has {am}; sink got {deadman.payloads}") from None
+    svc.stop()
+
+    def paged() -> bool:
+        return "AIAssistantDown" in pager.alertnames() and any("AIAssistantDown" in m[0] for m in box.messages)
+
+    try:
+        wait_until(paged, 60, "AIAssistantDown at the fallback webhook and by e-mail", interval=0.5)
+    except AssertionError:
+        raise AssertionError(
+            f"pager got {pager.alertnames()}, mail got {[m[0] for m in box.messages]}, firing {_firing(prom)}"
+        ) from None
+    page = next(a for p in pager.payloads for a in p["alerts"] if a["labels"]["alertname"] == "AIAssistantDown")
+    print(f"\n[fallback webhook] {page['labels']['alertname']}: {page['annotations']['summary']}")
+    assert page["labels"]["severity"] == "critical" and page["annotations"]["runbook_url"].endswith("#aiassistantdown")
+    assert pager.payloads[0]["receiver"] == "fallback"
+    # Nothing went (or could go) into the chat for it, and the heartbeat still goes only to the dead man's switch.
+    assert not any("AIAssistantDown" in r["text"] for r in receiver.received)
+    assert "Watchdog" not in pager.alertnames()

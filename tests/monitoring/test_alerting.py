@@ -84,7 +84,7 @@ def webhook(*alerts: dict[str, Any], status: str = "firing", truncated: int = 0)
         "groupKey": '{}/{severity="critical"}:{alertname="AIAssistantEngineErrors", service="model-server"}',
         "truncatedAlerts": truncated,
         "status": status,
-        "receiver": "team-im-and-email",
+        "receiver": "team-im-and-fallback",
         "groupLabels": {"alertname": "AIAssistantEngineErrors", "service": "model-server"},
         "commonLabels": common,
         "commonAnnotations": {},

@@ -19,6 +19,13 @@ from .conftest import ALERTMANAGER_YML, tool
 from .test_rules import alerts
 
 
+def write_ca(path: Path) -> None:
+    """A CA certificate where the config's tls_config.ca_file points (Alertmanager loads it at start)."""
+    import trustme
+
+    path.write_bytes(trustme.CA().cert_pem.bytes())
+
+
 def routes(amtool: str, config: Path, labels: dict[str, str]) -> list[str]:
     proc = subprocess.run(
         [amtool, "config", "routes", "test", f"--config.file={config}", *(f"{k}={v}" for k, v in labels.items())],
@@ -39,15 +46,16 @@ def test_amtool_check_config(amtool: str) -> None:
     [
         (
             {"alertname": "AIAssistantEngineErrors", "severity": "critical", "service": "model-server"},
-            "team-im-and-email",
+            "team-im-and-fallback",
         ),
         ({"alertname": "NodeMemoryLow", "severity": "warning", "service": "node"}, "team-im"),
-        ({"alertname": "AIAssistantDown", "severity": "critical", "service": "ai-assistant"}, "team-email"),
+        ({"alertname": "AIAssistantDown", "severity": "critical", "service": "ai-assistant"}, "fallback"),
         (
             {"alertname": "AlertmanagerNotificationsFailing", "severity": "critical", "integration": "webhook"},
-            "team-email",
+            "fallback",
         ),
         ({"alertname": "SomethingNew", "severity": "info"}, "team-im"),
+        ({"alertname": "Watchdog", "severity": "none", "service": "monitoring"}, "watchdog"),
     ],
 )
 def test_routing_with_verify_receivers(amtool: str, labels: dict[str, str], receiver: str) -> None:
@@ -67,7 +75,9 @@ def test_every_critical_alert_also_goes_by_email_and_every_warning_to_the_im(amt
     for rule in alerts():
         labels = {"alertname": rule["alert"], **{k: str(v) for k, v in rule["labels"].items()}}
         got = routes(amtool, ALERTMANAGER_YML, labels)
-        if rule["labels"]["severity"] == "critical":
+        if rule["alert"] == "Watchdog":
+            assert got == ["watchdog"], f"the heartbeat is routed to {got}: it must reach the dead man's switch only"
+        elif rule["labels"]["severity"] == "critical":
             assert set(got) & email, f"{rule['alert']} (critical) is routed to {got}, none sends e-mail"
         else:
             assert got == ["team-im"], f"{rule['alert']} (warning) is routed to {got}"
@@ -80,6 +90,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
     (tmp_path / "alertmanager.yml").write_text(config)
     (tmp_path / "alertmanager-smtp.password").write_text("unused\n")
     (tmp_path / "alertmanager-assistant.token").write_text("unused\n")
+    write_ca(tmp_path / "alertmanager-assistant-ca.crt")
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -123,7 +134,14 @@ def test_inhibition_on_a_real_alertmanager(alertmanager: str) -> None:
         {**bot, "severity": "warning"},  # another instance: not muted
         {"alertname": "ModelServerDown", "severity": "critical", "service": "model-server", "instance": "gpu:8080"},
         engine,  # follows from the model server being down: muted
-    ]
+        {"alertname": "AIAssistantDown", "severity": "critical", "service": "ai-assistant", "instance": "app-a:9464"},
+        # The IM webhook goes through the assistant: its failure is the same outage, muted (one outage, one page)...
+        {"alertname": "AlertmanagerNotificationsFailing", "severity": "critical", "service": "monitoring",
+         "integration": "webhook"},
+        # ...but a failing e-mail path is news of its own.
+        {"alertname": "AlertmanagerNotificationsFailing", "severity": "critical", "service": "monitoring",
+         "integration": "email"},
+    ]  # fmt: skip
     assert httpx.post(alertmanager + "/api/v2/alerts", json=[_alert(a) for a in sent], timeout=5).status_code == 200
 
     def states() -> dict[tuple[str, str, str], str] | None:
@@ -132,7 +150,11 @@ def test_inhibition_on_a_real_alertmanager(alertmanager: str) -> None:
             return None
         out = {}
         for a in got:
-            key = (a["labels"]["alertname"], a["labels"]["severity"], a["labels"].get("instance", ""))
+            key = (
+                a["labels"]["alertname"],
+                a["labels"]["severity"],
+                a["labels"].get("instance", a["labels"].get("integration", "")),
+            )
             out[key] = a["status"]["state"]
         return out if "unprocessed" not in out.values() else None
 
@@ -143,4 +165,7 @@ def test_inhibition_on_a_real_alertmanager(alertmanager: str) -> None:
         ("TLSCertificateExpiring", "warning", "https://bot.corp.example"): "active",
         ("ModelServerDown", "critical", "gpu:8080"): "active",
         ("AIAssistantEngineErrors", "critical", ""): "suppressed",
+        ("AIAssistantDown", "critical", "app-a:9464"): "active",
+        ("AlertmanagerNotificationsFailing", "critical", "webhook"): "suppressed",
+        ("AlertmanagerNotificationsFailing", "critical", "email"): "active",
     }

@@ -102,6 +102,11 @@ ROLE_VARS = {
     "alertmanager_smtp_smarthost": "smtp.corp.example:587",
     "alertmanager_smtp_from": "alertmanager@corp.example",
     "alertmanager_smtp_auth_username": "alertmanager@corp.example",
+    "alertmanager_fallback_webhook_urls": ["https://events.pager.corp.example/hook/ai-assistant"],
+    "alertmanager_watchdog_url": "https://deadman.corp.example/ping/ai-assistant",
+    "alertmanager_assistant_url": "https://10.40.32.10/api/alerts",
+    "alertmanager_assistant_ca_cert": "-----BEGIN CERTIFICATE-----\nnot-parsed-here\n-----END CERTIFICATE-----\n",
+    "alertmanager_assistant_server_name": "assistant.corp.example",
     "prometheus_assistant_targets": ["10.0.1.10:9464"],
     "prometheus_node_targets": ["10.0.1.10:9100"],
     "prometheus_model_server_targets": ["10.0.1.20:8089"],
@@ -130,7 +135,7 @@ def test_rendered_alertmanager_config_is_valid_and_routes_like_the_example(amtoo
     rendered, example = yaml.safe_load(config.read_text()), yaml.safe_load(ALERTMANAGER_YML.read_text())
     assert rendered["route"] == example["route"]
     assert rendered["inhibit_rules"] == example["inhibit_rules"]
-    assert [r["name"] for r in rendered["receivers"]] == [r["name"] for r in example["receivers"]]
+    assert rendered["receivers"] == example["receivers"]
     assert "x" * 32 not in config.read_text()  # the token is in a file referenced by path
     for rule in alerts():
         labels = {"alertname": rule["alert"], **{k: str(v) for k, v in rule["labels"].items()}}
@@ -142,7 +147,9 @@ def test_rendered_alertmanager_config_without_email_sends_everything_to_the_im(a
     config = out / "alertmanager.yml"
     proc = subprocess.run([amtool, "check-config", str(config)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert [r["name"] for r in yaml.safe_load(config.read_text())["receivers"]] == ["team-im"]
+    # The watchdog receiver has no integration without a URL: the heartbeat stays out of the team chat.
+    receivers = yaml.safe_load(config.read_text())["receivers"]
+    assert receivers == [receivers[0], {"name": "watchdog"}] and receivers[0]["name"] == "team-im"
     assert routes(amtool, config, {"alertname": "AIAssistantDown", "severity": "critical"}) == ["team-im"]
 
 
@@ -216,7 +223,14 @@ def test_playbook_derives_scrape_targets_and_alert_url_from_the_inventory(tmp_pa
     probe = [{"hosts": "monitoring", "connection": "local", "gather_facts": False, "vars": variables, "tasks": [task]}]
     (tmp_path / "probe.yml").write_text(yaml.safe_dump(probe))
     hosts = {
-        "assistant": {"app-a": {"ansible_host": "10.0.1.10", "tls_domains": ["bot.corp.example"]}, "app-b": {}},
+        "assistant": {
+            "app-a": {
+                "ansible_host": "10.0.1.10",
+                "tls_domains": ["bot.corp.example"],
+                "assistant_alerts_connector": "im-connector",
+            },
+            "app-b": {},
+        },
         "inference": {"gpu-a": {"ansible_host": "10.0.1.20", "model_server_port": 8080}},
         "data": {"kb-a": {"ansible_host": "10.0.1.30"}},
         "monitoring": {"mon-a": {"ansible_host": "10.0.1.40"}},
@@ -242,4 +256,6 @@ def test_playbook_derives_scrape_targets_and_alert_url_from_the_inventory(tmp_pa
         "10.0.1.40:9100",
     ]
     assert got["prometheus_model_server_targets"] == ["10.0.1.20:8080"]
-    assert got["alertmanager_assistant_url"] == "https://bot.corp.example/api/alerts"
+    # The private path: nginx on the first assistant host's private address, its certificate checked by name.
+    assert got["alertmanager_assistant_url"] == "https://10.0.1.10/api/alerts"
+    assert got["alertmanager_assistant_server_name"] == "bot.corp.example"

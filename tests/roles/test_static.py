@@ -502,3 +502,120 @@ def test_a_tagged_run_skips_included_tasks_unless_the_include_applies_its_tags(t
     out = run_tagged(tmp_path, play, "t")
     assert "inner ran via apply" in out
     assert "inner ran via bare" not in out
+
+
+# Secret values the no-log check below hands to the assistant role; none may appear in Ansible's output.
+_LEAK_CANARIES = {
+    "app_secret": "canary-app-secret-7f3a9c",
+    "other_secret": "canary-other-secret-51be20",
+    "alerts_token": "canary-alerts-token-0d4e88",
+    "redis_password": "canary-redis-password-a61f07",
+}
+
+
+@pytest.mark.parametrize("verbosity", ["-v", "-vvv"])
+def test_no_secret_in_ansible_output_even_when_preflight_fails(tmp_path: Path, verbosity: str) -> None:
+    """The real ansible-playbook (localhost, check mode) runs the assistant role's preflight with connector secrets:
+    once where the connector checks pass and the alerts check fails, once where a connector check itself fails on a
+    secret's connector. Loop items and failed results are printed in full at -v, so a check that loops over the
+    secrets dict would show app_secret; none of the values may appear, while the one-line messages must."""
+    wheel = tmp_path / "ai_assistant-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    (tmp_path / "wheelhouse").mkdir()
+    c = _LEAK_CANARIES
+    common = {
+        "assistant_wheel": str(wheel),
+        "assistant_wheelhouse": str(tmp_path / "wheelhouse"),
+        "assistant_redis_password": c["redis_password"],
+        "assistant_alerts_token": c["alerts_token"],
+    }
+    connectors = {"im-connector": {"platform": "generic_im", "app_id": "cli_1"}}
+    cases = {
+        "alerts": {
+            **common,
+            "assistant_connectors": {**connectors, "ops": {"platform": "generic_im"}},
+            "assistant_connector_secrets": {"im-connector": {"app_secret": c["app_secret"]},
+                                            "ops": {"app_secret": c["other_secret"]}},
+        },
+        "plain": {
+            **common,
+            "assistant_alerts_connector": "im-connector",
+            "assistant_alerts_chat_id": "ops",
+            "assistant_connectors": {**connectors, "ops": {"platform": "generic_im", "app_secret": "x"}},
+            "assistant_connector_secrets": {"im-connector": {"app_secret": c["app_secret"]},
+                                            "ops": {"app_secret": c["other_secret"]}},
+        },
+    }  # fmt: skip
+    tasks = [
+        {
+            "name": f"case {name}",
+            "block": [{"ansible.builtin.include_role": {"name": "assistant"}, "vars": variables}],
+            "rescue": [{"ansible.builtin.debug": {"msg": f"case {name} stopped"}}],
+        }
+        for name, variables in cases.items()
+    ]
+    play = [{"hosts": "localhost", "gather_facts": False, "become": False, "tasks": tasks}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check", verbosity, "play.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**ansible_env(), "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    # Both cases really reached the checks that handle the secrets, and stopped where they should.
+    assert "case alerts stopped" in out and "case plain stopped" in out, out[-4000:]
+    assert "assistant_alerts_connector and assistant_alerts_chat_id: required" in out, out[-4000:]
+    assert "assistant_connectors.ops: secret fields belong in assistant_connector_secrets" in out, out[-4000:]
+    leaked = [name for name, value in c.items() if value in out]
+    assert not leaked, f"secret values printed at {verbosity}: {leaked}"
+
+
+def test_the_tier_reaches_the_units_and_the_service_settings(tmp_path: Path) -> None:
+    """What infra passes per tier (memory limit, worker count) lands in the unit and in a settings file the service
+    accepts; without it the unit has no limit at all rather than a made-up one."""
+    from ai_assistant.settings import Settings
+
+    base = {"assistant_wheel": "/x/ai_assistant-0.1.0-py3-none-any.whl", "assistant_config_dir": str(tmp_path)}
+    tiered = {**base, "assistant_memory_max_mib": 2560, "assistant_worker_concurrency": 4}
+    unit = render("assistant", "ai-assistant.service.j2", tiered)
+    assert re.search(r"^MemoryMax=2560M$", unit, re.M), unit
+    assert "MemoryMax" not in render("assistant", "ai-assistant.service.j2", base)
+    settings = yaml.safe_load(render("assistant", "assistant.yaml.j2", tiered))
+    assert Settings(**settings).worker.concurrency == 4
+
+
+def test_nginx_believes_the_load_balancer_for_the_client_address() -> None:
+    out = render(
+        "reverse_proxy",
+        "nginx.conf.j2",
+        {
+            "reverse_proxy_server_names": ["a.example.com"],
+            "reverse_proxy_real_ip_from": ["10.40.0.0/24", "10.40.1.0/24"],
+        },
+    )
+    http = out.split("limit_req_zone", 1)[0]  # before the rate-limit zones, which key on the real client address
+    assert "set_real_ip_from 10.40.0.0/24;" in http and "set_real_ip_from 10.40.1.0/24;" in http
+    assert "real_ip_header X-Forwarded-For;" in http and "real_ip_recursive on;" in http
+    # The service's per-connector allowlists read the address nginx hands on: the real client, after realip.
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in out
+    bare = render("reverse_proxy", "nginx.conf.j2", {"reverse_proxy_server_names": ["a.example.com"]})
+    assert "set_real_ip_from" not in bare and "real_ip_header" not in bare
+
+
+def test_every_synchronize_honours_the_inventorys_ssh_settings() -> None:
+    """synchronize runs its own ssh: without use_ssh_args it drops the bastion ProxyCommand and the hand-off's
+    known_hosts, and without verify_host it turns host-key checking off (issue 17)."""
+    found = []
+    for path in sorted(ROLES_DIR.glob("*/tasks/*.yml")):
+        for task in load(path) or []:
+            args = task.get("ansible.posix.synchronize", task.get("synchronize"))
+            if args is None:
+                continue
+            found.append(path.relative_to(REPO))
+            assert args.get("use_ssh_args") is True, f"{path.relative_to(REPO)}: {task.get('name')}: use_ssh_args"
+            assert args.get("verify_host") is True, f"{path.relative_to(REPO)}: {task.get('name')}: verify_host"
+    assert len(found) >= 2, found  # the assistant's and the model server's wheel copies

@@ -1,0 +1,207 @@
+"""The production path on the one converged VM (issue 17): the tier's limits in the units, nginx believing the load
+balancer for the client address, and alerts that arrive (the IM path over the private route, the Watchdog, the
+fallback receiver while the assistant is stopped).
+
+Read-mostly and without a re-converge: every expectation comes from the inventory the VM was converged with (read by
+ansible-inventory, as Ansible read it), so the same checks hold for the roles' own inventory and for the one the
+hand-off writes from a mocked `pulumi up` (infra.handoff.write_handoff_files). A check whose input the inventory does
+not give skips and says which variable to set. Stand-ins, as in tests/roles/test_vm.py: the reply receiver on the
+runner for the IM platform, and a small HTTP listener on the VM's loopback for the fallback webhook (a pager).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import testinfra
+import yaml
+
+from tests.helpers import wait_until
+from tests.roles.conftest import DOMAIN, TestVM
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(900, func_only=True)]
+
+VENV_BIN = Path(sys.executable).parent
+# slirp delivers every packet from the test runner as this address: to the VM it is the load balancer.
+RUNNER = ipaddress.ip_address("10.0.2.2")
+
+
+@pytest.fixture(scope="module")
+def host(test_vm: TestVM) -> Any:
+    return testinfra.get_host("ssh://testvm", ssh_config=str(test_vm.ssh_config))
+
+
+@pytest.fixture(scope="module")
+def pebble_root(test_vm: TestVM) -> str:
+    out = test_vm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
+    assert out.returncode == 0 and "BEGIN CERTIFICATE" in out.stdout, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def hostvars(test_vm: TestVM) -> dict[str, Any]:
+    """The assistant host's variables as Ansible sees them in the inventory the VM was converged with."""
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-inventory"), "-i", str(test_vm.inventory), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    parsed = json.loads(proc.stdout)
+    name = sorted(parsed["assistant"]["hosts"])[0]
+    found: dict[str, Any] = parsed["_meta"]["hostvars"][name]
+    return found
+
+
+def https(test_vm: TestVM, root_pem: str) -> httpx.Client:
+    ctx = ssl.create_default_context(cadata=root_pem)
+    return httpx.Client(
+        base_url=f"https://127.0.0.1:{test_vm.vm.ports['https']}",
+        verify=ctx,
+        headers={"host": DOMAIN},
+        timeout=30,
+        event_hooks={"request": [lambda request: request.extensions.update(sni_hostname=DOMAIN)]},
+    )
+
+
+def _run(host: Any, command: str) -> str:
+    out = host.run(command)
+    assert out.rc == 0, f"{command}: {out.stderr}"
+    return str(out.stdout).strip()
+
+
+# --- the tier reaches the host -------------------------------------------------------------------------------------
+
+
+def test_the_tiers_memory_limits_and_workers_reach_the_running_units(host: Any, hostvars: dict[str, Any]) -> None:
+    for unit, var in (("ai-assistant", "assistant_memory_max_mib"), ("nginx", "reverse_proxy_memory_max_mib")):
+        mib = int(hostvars.get(var, 0))
+        want = str(mib * 1024 * 1024) if mib > 0 else "infinity"
+        assert _run(host, f"systemctl show -p MemoryMax --value {unit}") == want, f"{unit}: MemoryMax ({var}={mib})"
+        # The running service's cgroup, not only the unit file: a drop-in without daemon-reload would not be here.
+        cgroup = _run(host, f"cat /sys/fs/cgroup/system.slice/{unit}.service/memory.max")
+        assert cgroup == (want if mib > 0 else "max"), f"{unit}: cgroup memory.max is {cgroup}"
+    settings = yaml.safe_load(_run(host, "cat /etc/ai-assistant/assistant.yaml"))
+    assert settings["worker"]["concurrency"] == int(hostvars.get("assistant_worker_concurrency", 2))
+
+
+def test_nginx_takes_the_client_address_from_the_load_balancer(
+    test_vm: TestVM, host: Any, hostvars: dict[str, Any], pebble_root: str
+) -> None:
+    trusted = [ipaddress.ip_network(c) for c in hostvars.get("reverse_proxy_real_ip_from", [])]
+    if not any(RUNNER in net for net in trusted):
+        pytest.skip("reverse_proxy_real_ip_from does not hold 10.0.2.2/32 (the runner, the VM's load balancer)")
+    probe = uuid.uuid4().hex
+    with https(test_vm, pebble_root) as client:
+        r = client.get(f"/readyz?probe={probe}", headers={"x-forwarded-for": "198.51.100.77"})
+    assert r.status_code == 200, r.text
+    line = wait_until(
+        lambda: host.run(f"grep -h {probe} /var/log/nginx/access.log").stdout.strip(), 30, "the request in the log"
+    )
+    assert line.startswith("198.51.100.77 "), f"nginx logged {line!r}: it did not believe the load balancer"
+
+
+# --- alerts that arrive ----------------------------------------------------------------------------------------------
+
+
+def test_alertmanager_routes_the_watchdog_and_the_outage_page(host: Any, hostvars: dict[str, Any]) -> None:
+    def route(*labels: str) -> str:
+        return _run(
+            host, "amtool config routes test --config.file=/etc/prometheus/alertmanager.yml " + " ".join(labels)
+        )
+
+    assert route("alertname=Watchdog", "severity=none") == "watchdog"
+    fallback = hostvars.get("alertmanager_fallback_webhook_urls") or hostvars.get("alertmanager_email_to")
+    assert route("alertname=AIAssistantDown", "severity=critical") == ("fallback" if fallback else "team-im")
+    # The Watchdog is always firing: Alertmanager holds it (Prometheus resends within a minute of starting).
+    wait_until(
+        lambda: json.loads(
+            _run(host, "curl -sf 'http://127.0.0.1:9093/api/v2/alerts?filter=alertname%3D%22Watchdog%22'")
+        ),
+        150,
+        "the Watchdog in Alertmanager",
+        interval=5,
+    )
+
+
+def test_a_firing_alert_reaches_the_im_stand_in_over_the_private_path(
+    test_vm: TestVM, host: Any, hostvars: dict[str, Any]
+) -> None:
+    """Alertmanager -> its IM receiver (the assistant's /api/alerts on the private path) -> the alerts connector ->
+    the IM stand-in. The alert enters through Alertmanager's API as Prometheus would send it (amtool alert add): a
+    rule that fires on demand would need minutes of failing traffic under emulation."""
+    chat = hostvars.get("assistant_alerts_chat_id")
+    if not (chat and hostvars.get("assistant_alerts_connector")):
+        pytest.skip("no alerts chat in the inventory (assistant_alerts_connector, assistant_alerts_chat_id)")
+    name = f"VMAlertPathProbe{uuid.uuid4().hex[:6]}"
+    _run(
+        host,
+        f"amtool alert add --alertmanager.url=http://127.0.0.1:9093 alertname={name} severity=warning "
+        "service=ai-assistant --annotation=summary='The alert path probe' --annotation=description='From the VM test'",
+    )
+
+    def posted() -> list[dict[str, Any]]:
+        return [r for r in test_vm.receiver.received if r.get("chat_id") == chat and name in r.get("text", "")]
+
+    got = wait_until(posted, 180, f"{name} in chat {chat}", interval=2)
+    assert got[0]["text"].startswith(f"[FIRING] warning: {name}"), got[0]["text"]
+
+
+STANDIN = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with open(sys.argv[2], "a") as f:
+            f.write(json.dumps(json.loads(body)) + "\\n")
+        self.send_response(200)
+        self.end_headers()
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def test_with_the_assistant_stopped_the_page_reaches_the_fallback_stand_in(
+    test_vm: TestVM, host: Any, hostvars: dict[str, Any]
+) -> None:
+    """Stops ai-assistant for about three minutes (AIAssistantDown holds for 2 min) and starts it again."""
+    loopback = [
+        u for u in hostvars.get("alertmanager_fallback_webhook_urls", []) if urlparse(u).hostname == "127.0.0.1"
+    ]
+    if not loopback:
+        pytest.skip("alertmanager_fallback_webhook_urls has no http://127.0.0.1:<port>/ stand-in URL for this check")
+    port = urlparse(loopback[0]).port or 80
+    log = "/run/ai-fallback-standin.jsonl"
+    script = "/run/ai-fallback-standin.py"
+    assert test_vm.ssh(f"cat > {script} <<'EOF'\n{STANDIN}\nEOF\nrm -f {log}").returncode == 0
+    started = test_vm.ssh(f"systemd-run --unit=ai-fallback-standin --collect python3 {script} {port} {log}")
+    assert started.returncode == 0, started.stderr
+    before = len(test_vm.receiver.received)
+    start = time.monotonic()
+    try:
+        _run(host, "systemctl stop ai-assistant")
+
+        def paged() -> bool:
+            out = host.run(f"cat {log}")
+            alerts = [a for line in out.stdout.splitlines() for a in json.loads(line)["alerts"]] if out.rc == 0 else []
+            return any(a["labels"]["alertname"] == "AIAssistantDown" and a["status"] == "firing" for a in alerts)
+
+        wait_until(paged, 420, "AIAssistantDown at the fallback stand-in", interval=10)
+        print(f"\n[fallback stand-in] AIAssistantDown {time.monotonic() - start:.0f} s after the stop")
+    finally:
+        host.run("systemctl start ai-assistant")
+        host.run("systemctl stop ai-fallback-standin")
+        wait_until(lambda: host.run("curl -sf http://127.0.0.1:8080/healthz").rc == 0, 180, "ai-assistant back up", 3)
+    assert not any("AIAssistantDown" in r.get("text", "") for r in test_vm.receiver.received[before:])
