@@ -72,7 +72,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 # profile_tasks' recap lines: "Task name ------------------------ 12.34s"
-PROFILE_LINE = re.compile(r"^(?P<task>\S.*?) -{2,} (?P<seconds>\d+\.\d+)s$", re.M)
+PROFILE_LINE = re.compile(r"^(?P<task>\S.*?) -+ (?P<seconds>\d+\.\d+)s$", re.M)
 
 
 def slowest_tasks(output: str) -> list[tuple[str, float]]:
@@ -281,6 +281,10 @@ def _write_inventory(workdir: Path, vm: VM, art: dict[str, Path], reply_port: in
     host["alertmanager_assistant_token"] = secrets.token_urlsafe(32)
     host["assistant_alerts_connector"] = "im-connector"
     host["assistant_alerts_chat_id"] = "ops-alerts"
+    # The runner is the VM's load balancer: nginx takes the client address from its X-Forwarded-For.
+    host["reverse_proxy_real_ip_from"] = ["10.0.2.2/32"]
+    # A pager stand-in on the VM's loopback (test_vm_production.py starts it only while it stops the assistant).
+    host["alertmanager_fallback_webhook_urls"] = ["http://127.0.0.1:9099/hook"]
     groups = {"assistant": {"hosts": {"testvm": host}}}
     groups.update({g: {"hosts": {"testvm": {}}} for g in ("data", "monitoring")})
     inventory = {"all": {"children": groups}}
