@@ -39,8 +39,8 @@ app = typer.Typer(
 
 
 def _mount_subcommands() -> None:
-    from .dlq import dlq_app
     from .backup.cli import backup_app
+    from .dlq import dlq_app
     from .knowledge.cli import kb_app
     from .plugins.cli import plugin_app
 
