@@ -241,7 +241,7 @@ class BackupBuckets(pulumi.ComponentResource):
                     id="retention",
                     enabled=True,
                     prefix="",
-                    expirations=[ali.oss.BucketLifecycleRuleExpirationArgs(days=conf.backup_retention_days)],
+                    # No expiry of current objects: restic's snapshots keep using old data packs (see aws_stack).
                     noncurrent_version_expirations=[
                         ali.oss.BucketLifecycleRuleNoncurrentVersionExpirationArgs(days=conf.backup_retention_days)
                     ],

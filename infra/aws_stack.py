@@ -338,7 +338,9 @@ class BackupBuckets(pulumi.ComponentResource):
                     id="retention",
                     status="Enabled",
                     filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
-                    expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=conf.backup_retention_days),
+                    # No expiry of current objects: restic's new snapshots keep using old data packs, so only restic
+                    # (`forget --prune`, roles/backup) may delete them; what it deletes stays as a noncurrent version
+                    # for the retention period (a guard against a compromised host deleting the backups).
                     noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
                         noncurrent_days=conf.backup_retention_days
                     ),

@@ -19,6 +19,9 @@ SECRET_VARS = (
     "assistant_admin_token",
     "alertmanager_assistant_token",  # the assistant checks the same token (AI_ASSISTANT_ALERTS__TOKEN)
     "grafana_admin_password",
+    # restic's repository key (roles/backup): without it the backups cannot be read, so it lives in the stack's
+    # encrypted state; docs/runbooks/restore.md says how to read it back for a restore on a fresh host.
+    "ai_assistant_backup_restic_password",
 )
 
 

@@ -294,7 +294,9 @@ CONNECTORS = {
         "reply_url": "https://im.example.com/bot/reply",
     }
 }
-IM_SECRETS = {"im-connector": {"app_secret": "whsec_cHVsdW1pLWNvbmZpZy1zZWNyZXQtb2YtMzItYnl0ZXMh"}}
+IM_SECRETS = {
+    "im-connector": {"app_secret": "whsec_cHVsdW1pLWNvbmZpZy1zZWNyZXQtb2YtMzItYnl0ZXMh"}  # pragma: allowlist secret
+}
 PRODUCTION = {
     "connectors": CONNECTORS,
     "alerts": {"connector": "im-connector", "chatId": "ops-chat"},

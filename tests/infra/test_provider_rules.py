@@ -972,7 +972,11 @@ RULES: list[Rule] = [
         "ApsaraDB for Redis account: name up to 16 lowercase letters, digits, _ from a letter; password 8..32, 3 types",
         "https://www.alibabacloud.com/help/en/redis/developer-reference/api-r-kvstore-2015-01-01-createaccount",
         _ali_kvstore_account,
-        ("alicloud:kvstore/account:Account", "a", {"accountName": "ai-assistant", "accountPassword": "Passw0rd"}),
+        (
+            "alicloud:kvstore/account:Account",
+            "a",
+            {"accountName": "ai-assistant", "accountPassword": "Passw0rd"},  # pragma: allowlist secret
+        ),
     ),
     Rule(
         ("random:index/randomPassword:RandomPassword",),
@@ -1016,7 +1020,7 @@ UNCONSTRAINED: dict[str, str] = {
     "alicloud:dns/alidnsRecord:AlidnsRecord": "the record comes from the validated domain",
     "alicloud:ecs/ecsDisk:EcsDisk": "sizes from the tier catalogue (tags covered above)",
     "alicloud:ecs/ecsDiskAttachment:EcsDiskAttachment": "ids only",
-    "tls:index/privateKey:PrivateKey": "local resource, no cloud API",
+    "tls:index/privateKey:PrivateKey": "local resource, no cloud API",  # pragma: allowlist secret
     "tls:index/selfSignedCert:SelfSignedCert": "local resource, no cloud API",
     "command:local:Command": "runs on the operator's machine",
 }

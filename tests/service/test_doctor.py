@@ -171,7 +171,7 @@ def test_platform_refusing_credentials_fails_with_its_own_reason(
             "platform": "feishu",
             "api_base": platform.base,
             "app_id": p.FEISHU_APP_ID,
-            "app_secret": "a-secret-feishu-no-longer-knows",
+            "app_secret": "a-secret-feishu-no-longer-knows",  # pragma: allowlist secret
             "verification_token": p.FEISHU_TOKEN,
             "encrypt_key": p.FEISHU_KEY,
             "bot_open_id": p.FEISHU_BOT_OPEN_ID,
@@ -288,7 +288,8 @@ def test_broken_connectors_file_reports_the_config_error_and_runs_the_other_chec
     receiver: ReplyReceiver, tmp_path: Path
 ) -> None:
     config = write_config(tmp_path / "config", reply_url=receiver.url, engine_url=closed_url("/v1"))
-    bad = {"im-connector": {"platform": "generic_im", "app_secret": "YOUR_APP_SECRET", "reply_url": receiver.url}}
+    placeholder = "YOUR_APP_SECRET"  # pragma: allowlist secret
+    bad = {"im-connector": {"platform": "generic_im", "app_secret": placeholder, "reply_url": receiver.url}}
     (config / "connectors.yaml").write_text(yaml.safe_dump(bad))
     expired = tmp_path / "expired.pem"
     expired.write_bytes(_certificate(days_left=-2))
