@@ -39,11 +39,13 @@ app = typer.Typer(
 
 
 def _mount_subcommands() -> None:
+    from .console.cli import admin_app
     from .knowledge.cli import kb_app
     from .plugins.cli import plugin_app
 
     app.add_typer(kb_app, name="kb")
     app.add_typer(plugin_app, name="plugin")
+    app.add_typer(admin_app, name="admin")
 
 
 _mount_subcommands()

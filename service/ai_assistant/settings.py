@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .console.settings import ConsoleSettings
 from .errors import ConfigError
 from .knowledge.settings import KnowledgeSettings
 
@@ -121,6 +122,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     alerts: AlertsSettings = AlertsSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @classmethod
     def settings_customise_sources(
