@@ -188,12 +188,14 @@ class ConnectorsFile:
             raise ConnectorEditError(errors)
         # Typed values as the model reads them (numbers, booleans), defaults left out to keep the file short.
         clean = config.model_dump(mode="json", exclude_defaults=True)
-        entry = {"platform": platform}
-        for key in raw:
-            if key == "platform":
-                continue
-            entry[key] = raw[key] if isinstance(raw[key], str) and "${" in raw[key] else clean.get(key, raw[key])
-        return {k: v for k, v in entry.items() if k == "platform" or k in raw}, new_secrets
+        secret = {f.name for f in form_fields(model) if f.kind == "secret"}
+        entry: dict[str, Any] = {"platform": platform}
+        for key, value in raw.items():
+            if key != "platform":
+                # Secrets and `${ENV}` references as written (the dump would mask them); the rest as the model read it.
+                keep = key in secret or (isinstance(value, str) and "${" in value)
+                entry[key] = value if keep else clean.get(key, value)
+        return entry, new_secrets
 
     # -- writing ----------------------------------------------------------------------------------------------------
     def save(
