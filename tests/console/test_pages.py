@@ -105,6 +105,16 @@ def test_edit_keeps_a_secret_left_empty_and_never_shows_it(console: Console) -> 
     assert logged["before"]["app_secret"] == "***" and "replaced_secrets" not in logged["after"]  # type: ignore[index,operator]
 
 
+def test_checkbox_defaults_survive_the_form(console: Console) -> None:
+    """A key the file leaves out has the model's default: the form must show it, or saving would flip it."""
+    console.login()
+    assert 'name="group_mention_only" checked' in console.client.get("/admin/connectors/new?platform=generic_im").text
+    edit = console.client.get("/admin/connectors/im-connector/edit")
+    assert "group_mention_only" not in console.connectors_yaml() and 'name="group_mention_only" checked' in edit.text
+    assert console.client.get("/admin/connectors/new?platform=carrier-pigeon").status_code == 404
+    assert console.client.get("/admin/connectors/nope/edit").status_code == 404
+
+
 @pytest.mark.parametrize(
     ("change", "field", "problem"),
     [

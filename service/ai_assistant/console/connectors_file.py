@@ -45,6 +45,7 @@ class Field:
     kind: str  # text | secret | bool | list | number
     required: bool
     description: str
+    default: Any = None
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -71,8 +72,23 @@ def form_fields(model: type[ConnectorConfig]) -> list[Field]:
             kind = "number"
         else:
             kind = "text"
-        out.append(Field(name, kind, info.is_required(), info.description or ""))
-    return out
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        out.append(Field(name, kind, info.is_required(), info.description or "", default))
+    # Required keys first: they are what a new connector needs; the optional ones have working defaults.
+    return sorted(out, key=lambda f: not f.required)
+
+
+def form_values(model: type[ConnectorConfig], entry: dict[str, Any]) -> dict[str, Any]:
+    """What the form shows: the model's defaults under the entry (a checkbox left out of the file is its default,
+    not unchecked), lists joined, secrets redacted."""
+    values: dict[str, Any] = {f.name: f.default for f in form_fields(model) if f.default not in (None, [])}
+    values.update(redact(entry, model) or {})
+    return {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in values.items()}
+
+
+def route(url: Any) -> str | None:
+    """The local route of a webhook URL, as `Connector.path` computes it (the loader refuses two on one path)."""
+    return (urlsplit(url).path or "/") if isinstance(url, str) and url else None
 
 
 def redact(entry: dict[str, Any] | None, model: type[ConnectorConfig] | None) -> dict[str, Any] | None:
@@ -179,10 +195,10 @@ class ConnectorsFile:
                 problem = {"missing": "required"}.get(err["type"], str(err["msg"]).removeprefix("Value error, "))
                 errors.setdefault(key, problem)
             raise ConnectorEditError(errors) from None
-        path = _route(config.webhook_url)
+        path = route(config.webhook_url)
         if path is not None:
             for other, options in enabled.items():
-                if other != name and path == _route(options.get("webhook_url")):
+                if other != name and path == route(options.get("webhook_url")):
                     errors["webhook_url"] = f"path {path} is already used by {other}"
         if errors:
             raise ConnectorEditError(errors)
@@ -225,11 +241,6 @@ class ConnectorsFile:
         if disabled is not None:
             self.disabled_path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_yaml(self.disabled_path, disabled)
-
-
-def _route(url: Any) -> str | None:
-    """The local route of a webhook URL, as `Connector.path` computes it (the loader refuses two on one path)."""
-    return (urlsplit(url).path or "/") if isinstance(url, str) and url else None
 
 
 _HEADER = (

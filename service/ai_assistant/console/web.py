@@ -27,7 +27,7 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 
 from .. import __version__
 from ..store import StateStore
-from .connectors_file import ConnectorEditError, ConnectorsFile, form_fields, redact
+from .connectors_file import ConnectorEditError, ConnectorsFile, form_fields, form_values, redact, route
 from .i18n import LANGUAGES, translator
 from .overview import ERROR_OUTCOMES, AnswerRate, answers_by_outcome, latency_quantiles
 from .settings import ConsoleSettings
@@ -250,7 +250,8 @@ def console_router(console: Console) -> APIRouter:
         rows = []
         for state, entries in (("enabled", files.enabled()), ("disabled", files.disabled())):
             for name, entry in entries.items():
-                rows.append({"name": name, "state": state, **(redact(entry, _model(files, entry)) or {})})
+                rows.append({"name": name, "state": state, "platform": entry.get("platform"),
+                             "path": route(entry.get("webhook_url"))})  # fmt: skip
         return console.render(
             request,
             "connectors.html",
@@ -296,7 +297,9 @@ def console_router(console: Console) -> APIRouter:
         user = console.user(request)
         if isinstance(user, Response):
             return user
-        return form_page(request, user, "", platform, True, {})
+        if platform not in files.platforms():
+            return console.render(request, "message.html", 404, user, message_key="not_found")
+        return form_page(request, user, "", platform, True, form_values(files.model(platform), {}))
 
     @router.post("/connectors/new")
     async def create(request: Request) -> Response:
@@ -327,9 +330,10 @@ def console_router(console: Console) -> APIRouter:
         entry, _ = find(name)
         if entry is None:
             return console.render(request, "message.html", 404, user, message_key="not_found")
-        values = redact(entry, _model(files, entry)) or {}
-        values = {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in values.items()}
-        return form_page(request, user, name, str(entry["platform"]), False, values)
+        model = _model(files, entry)
+        if model is None:  # a platform whose plugin is gone: the file still names it, the form cannot be built
+            return console.render(request, "message.html", 404, user, message_key="not_found")
+        return form_page(request, user, name, str(entry["platform"]), False, form_values(model, entry))
 
     @router.post("/connectors/{name}/edit")
     async def edit(request: Request, name: str) -> Response:
