@@ -18,8 +18,10 @@ from ai_assistant.console.store import ConsoleStore
 from ai_assistant.settings import load_settings
 from tests.helpers import write_config
 
-ADMIN_PASSWORD = "correct horse battery staple"
-VIEWER_PASSWORD = "viewer password 12345"
+ADMIN_PASSWORD = "correct horse battery staple"  # pragma: allowlist secret
+VIEWER_PASSWORD = "viewer password 12345"  # pragma: allowlist secret
+# base64("new-secret-of-thirty-two-bytes!!"): the webhook secret of connectors the tests add
+NEW_SECRET = "whsec_" + "bmV3LXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzISE="  # pragma: allowlist secret
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.console.conftest import NEW_SECRET
 from tests.helpers import (
     ReplyReceiver,
     ServiceProcess,
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.model
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ADMIN, VIEWER = ("alice", "admin password 123"), ("victor", "viewer password 123")
-NEW_SECRET = "whsec_" + "bmV3LXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzISE="
 
 
 @pytest.fixture
@@ -90,16 +90,24 @@ def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyRec
     def text(css: str) -> str:
         return str(driver.find_element(By.CSS_SELECTOR, css).text)
 
+    def loaded() -> None:
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
     def click(element_id: str) -> None:
-        """Click, then wait for the next page (a form post returns before the browser has loaded its answer)."""
+        """Click, then wait until the next page has replaced this one and finished loading (a click returns as soon
+        as the event is dispatched, before the browser has the server's answer)."""
+        loaded()
         page = driver.find_element(By.TAG_NAME, "html")
         driver.find_element(By.ID, element_id).click()
         WebDriverWait(driver, 60).until(staleness_of(page))
+        loaded()
 
     def run_js(script: str) -> None:
+        loaded()
         page = driver.find_element(By.TAG_NAME, "html")
         driver.execute_script(script)
         WebDriverWait(driver, 60).until(staleness_of(page))
+        loaded()
 
     def sign_in(name: str, password: str) -> None:
         driver.get(svc.base + "/admin/login")

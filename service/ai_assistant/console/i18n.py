@@ -12,7 +12,7 @@ EN: dict[str, str] = {
     "sign_in": "Sign in",
     "sign_out": "Sign out",
     "name": "Name",
-    "password": "Password",
+    "password": "Password",  # pragma: allowlist secret
     "role": "Role",
     "signed_in_as": "Signed in as",
     "bad_credentials": "Wrong name or password.",
@@ -49,8 +49,8 @@ EN: dict[str, str] = {
     "cancel": "Cancel",
     "choose_platform": "Platform of the new connector",
     "next": "Next",
-    "secret_hint": "write-only: leave empty to keep the current value",
-    "secret_set": "set",
+    "secret_hint": "write-only: leave empty to keep the current value",  # pragma: allowlist secret
+    "secret_set": "set",  # pragma: allowlist secret
     "list_hint": "comma-separated",
     "saved_restart": "Saved to connectors.yaml. It applies at the next restart of the service.",
     "restart_pending": "connectors.yaml differs from what the service started with: restart the service to apply it.",
