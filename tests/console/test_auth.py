@@ -173,3 +173,35 @@ def test_create_user_stores_an_argon2_hash_and_audits(tmp_path: Path) -> None:
     entry = store.audit_entries()[0]
     assert entry.action == "user.create" and entry.target == "carol" and entry.actor.startswith("cli:")
     assert (tmp_path / "console.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+def test_secure_cookie_when_the_trusted_proxy_says_tls(tmp_path: Path) -> None:
+    """The real process behind a loopback 'proxy': X-Forwarded-Proto is believed from server.trusted_proxies only."""
+    import httpx
+
+    from tests.console.conftest import add_users
+    from tests.helpers import ServiceProcess, write_config
+
+    def session_cookie(trusted: list[str]) -> str:
+        config = write_config(
+            tmp_path / f"config-{len(trusted)}",
+            reply_url="http://127.0.0.1:9/replies",
+            engine_url="http://127.0.0.1:9/v1",
+            assistant={"worker": {"enabled": False}, "server": {"trusted_proxies": trusted}},
+        )
+        data = tmp_path / f"data-{len(trusted)}"
+        add_users(data)
+        svc = ServiceProcess(config, data).start()
+        try:
+            # The browser is on TLS at the proxy: it would send a Secure cookie, which httpx on plain HTTP does not.
+            page = httpx.get(svc.base + "/admin/login", headers={"x-forwarded-proto": "https"})
+            form = {"name": "alice", "password": ADMIN_PASSWORD, "csrf_token": csrf(page)}
+            cookie = {"x-forwarded-proto": "https", "cookie": f"aia_csrf={page.cookies['aia_csrf']}"}
+            resp = httpx.post(svc.base + "/admin/login", data=form, headers=cookie)
+            assert resp.status_code == 303, resp.text
+            return next(c for c in resp.headers.get_list("set-cookie") if c.startswith("aia_session="))
+        finally:
+            svc.stop()
+
+    assert "Secure" in session_cookie(["127.0.0.1/32"])
+    assert "Secure" not in session_cookie([])

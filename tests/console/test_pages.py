@@ -56,6 +56,19 @@ def test_latency_quantiles_follow_the_histogram() -> None:
         assert 0.25 < found[0.5] <= 0.5 and 0.25 < found[0.99] <= 0.5
 
 
+def test_answers_per_minute_is_the_increase_between_views() -> None:
+    from ai_assistant import observability
+    from ai_assistant.console.overview import AnswerRate
+
+    rate = AnswerRate()
+    first = rate.observe(now=1_000.0)
+    assert first.window_seconds is None  # no earlier view yet: the average since the process started
+    observability.ANSWERS.labels(connector="rate-test", outcome="answered").inc(3)
+    later = rate.observe(now=1_060.0)
+    assert later.window_seconds == 60 and later.per_minute == pytest.approx(3.0)
+    assert rate.observe(now=1_000.0 + 700).window_seconds is None  # samples older than the window are dropped
+
+
 def test_add_connector_writes_file_secrets_backup_and_audit(console: Console) -> None:
     console.login()
     resp = console.post("/admin/connectors/new", NEW)
