@@ -106,6 +106,12 @@ def test_idle_session_expires(tmp_path: Path) -> None:
         assert resp.headers["location"] == "/admin/login?expired=1"
         assert "session has expired" in console.client.get(resp.headers["location"]).text
         assert console.client.get("/admin/overview", follow_redirects=False).headers["location"] == "/admin/login"
+        console.client.cookies.clear()
+        console.login("victor", VIEWER_PASSWORD)  # leaves its session idle, without signing out
+        time.sleep(2.2)
+        console.login()
+        store = ConsoleStore.in_data_dir(console.data_dir)
+        assert [row[0] for row in store._rows("SELECT user FROM sessions")] == ["alice"]  # the idle one is gone
 
 
 def test_viewer_sees_pages_but_every_change_is_refused(console: Console) -> None:

@@ -159,9 +159,11 @@ class ConsoleStore:
         return User(name, role)
 
     # -- sessions ---------------------------------------------------------------------------------------------------
-    def new_session(self, user: User) -> str:
+    def new_session(self, user: User, idle_timeout: float) -> str:
         token = secrets.token_urlsafe(32)
         now = time.time()
+        # Sessions abandoned without signing out would otherwise stay forever: drop every idle one at each sign-in.
+        self._run("DELETE FROM sessions WHERE last_seen < ?", now - idle_timeout)
         self._run("INSERT INTO sessions VALUES (?, ?, ?, ?)", _digest(token), user.name, now, now)
         return token
 

@@ -196,7 +196,8 @@ def console_router(console: Console) -> APIRouter:
             return console.render(request, "login.html", 401, message_key=key, name=name)
         console.accounts.audit(user.name, "sign_in", "console")
         response = RedirectResponse(f"{PREFIX}/overview", status_code=303)
-        console._cookie(request, response, SESSION_COOKIE, console.accounts.new_session(user), None)
+        session = console.accounts.new_session(user, s.idle_timeout_seconds)
+        console._cookie(request, response, SESSION_COOKIE, session, None)
         # A fresh CSRF cookie at sign-in: a token planted before it is worthless (login CSRF / fixation).
         console._cookie(request, response, CSRF_COOKIE, secrets.token_urlsafe(24), None)
         return response
