@@ -211,3 +211,35 @@ def test_secure_cookie_when_the_trusted_proxy_says_tls(tmp_path: Path) -> None:
 
     assert "Secure" in session_cookie(["127.0.0.1/32"])
     assert "Secure" not in session_cookie([])
+
+
+def test_rate_limit_counts_the_real_client_behind_the_trusted_proxy(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.console.conftest import add_users
+    from tests.helpers import ServiceProcess, write_config
+
+    config = write_config(
+        tmp_path / "config",
+        reply_url="http://127.0.0.1:9/replies",
+        engine_url="http://127.0.0.1:9/v1",
+        assistant={
+            "worker": {"enabled": False},
+            "server": {"trusted_proxies": ["127.0.0.1/32"]},
+            "console": {"login_attempts_per_minute": 2, "max_failed_logins": 100},
+        },
+    )
+    add_users(tmp_path / "data")
+    svc = ServiceProcess(config, tmp_path / "data").start()
+    try:
+        with httpx.Client(base_url=svc.base) as client:
+            token = csrf(client.get("/admin/login"))
+
+            def attempt(client_ip: str) -> int:
+                form = {"name": "nobody", "password": "wrong password!", "csrf_token": token}
+                return client.post("/admin/login", data=form, headers={"x-forwarded-for": client_ip}).status_code
+
+            assert [attempt("203.0.113.7") for _ in range(3)] == [401, 401, 429]
+            assert attempt("198.51.100.9") == 401  # another client behind the same proxy has its own budget
+    finally:
+        svc.stop()

@@ -26,6 +26,7 @@ from fastapi.templating import Jinja2Templates
 from itsdangerous import BadData, URLSafeTimedSerializer
 
 from .. import __version__
+from ..edge import client_address
 from ..store import StateStore
 from .connectors_file import ConnectorEditError, ConnectorsFile, form_fields, form_values, redact, route
 from .i18n import LANGUAGES, translator
@@ -176,7 +177,8 @@ def console_router(console: Console) -> APIRouter:
         name = form.get("name", "").strip()
         if not console.csrf_ok(request, form):
             return console.render(request, "login.html", 403, message_key="csrf", name=name)
-        peer = request.client.host if request.client else "-"
+        # Behind nginx every peer is the proxy: count per real client (X-Forwarded-For from trusted proxies only).
+        peer = client_address(request.scope, request.headers, console.deps.trusted_proxies) or "-"
         limiter = console._limiters.get(peer)
         if limiter is None:
             if len(console._limiters) > 10_000:  # bounded memory whatever the traffic
