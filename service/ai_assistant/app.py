@@ -176,6 +176,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             if parts.knowledge is not None:
                 parts.knowledge.close()
             await parts.store.close()
+            if console_store is not None:
+                console_store.close()
 
     app = AssistantApp(title="ai-assistant", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.parts = parts
@@ -208,16 +210,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
             report = await diagnose_running(settings, parts.connectors, list(parts.registry.problems))
             return JSONResponse({"ready": report.ok, **report.as_dict()}, status_code=200 if report.ok else 503)
-        checks: dict[str, str] = {}
-        try:
-            await parts.store.ping()
-            checks["store"] = "ok"
-        except Exception as exc:  # any driver error means "not ready", never a 500
-            checks["store"] = f"unavailable: {type(exc).__name__}"
-        checks["engine"] = "ok" if await parts.engine.ready() else "unavailable"
-        if settings.worker.enabled:
-            problems = parts.workers.problems()
-            checks["workers"] = "; ".join(problems) if problems else "ok"
+        checks = await readiness(parts)
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
@@ -241,10 +234,27 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             "plugin_problems": list(parts.registry.problems),
         }
 
+    console_store = _mount_console(app, parts) if settings.console.enabled else None
+
     if settings.server.metrics_port is None:
         app.add_api_route("/metrics", metrics_endpoint, include_in_schema=False)
 
     return app
+
+
+async def readiness(parts: Parts) -> dict[str, str]:
+    """/readyz's checks, also shown on the console's overview."""
+    checks: dict[str, str] = {}
+    try:
+        await parts.store.ping()
+        checks["store"] = "ok"
+    except Exception as exc:  # any driver error means "not ready", never a 500
+        checks["store"] = f"unavailable: {type(exc).__name__}"
+    checks["engine"] = "ok" if await parts.engine.ready() else "unavailable"
+    if parts.settings.worker.enabled:
+        problems = parts.workers.problems()
+        checks["workers"] = "; ".join(problems) if problems else "ok"
+    return checks
 
 
 def _sink(parts: Parts) -> Any:
@@ -255,6 +265,21 @@ def _sink(parts: Parts) -> Any:
         return await parts.store.enqueue(message, parts.settings.store.dedupe_ttl_seconds)
 
     return sink
+
+
+def _mount_console(app: FastAPI, parts: Parts) -> Any:
+    from .console.connectors_file import ConnectorsFile
+    from .console.web import ConsoleDeps, mount_console
+
+    settings = parts.settings
+    deps = ConsoleDeps(
+        store=parts.store,
+        readiness=lambda: readiness(parts),
+        connectors_file=ConnectorsFile(settings.config_dir, settings.data_dir, parts.registry),
+        running_connectors=sorted(parts.connectors),
+        trusted_proxies=settings.server.trusted_proxies,
+    )
+    return mount_console(app, settings.console, settings.data_dir, deps)
 
 
 def admin_dependency(tokens: BearerTokens) -> Callable[..., Awaitable[None]]:

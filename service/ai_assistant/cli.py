@@ -40,6 +40,7 @@ app = typer.Typer(
 
 def _mount_subcommands() -> None:
     from .backup.cli import backup_app
+    from .console.cli import admin_app
     from .dlq import dlq_app
     from .knowledge.cli import kb_app
     from .plugins.cli import plugin_app
@@ -48,6 +49,7 @@ def _mount_subcommands() -> None:
     app.add_typer(plugin_app, name="plugin")
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(backup_app, name="backup")
+    app.add_typer(admin_app, name="admin")
 
 
 _mount_subcommands()

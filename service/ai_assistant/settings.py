@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .console.settings import ConsoleSettings
 from .errors import ConfigError
 from .knowledge.settings import KnowledgeSettings
 
@@ -154,6 +155,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     alerts: AlertsSettings = AlertsSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,79 @@
+"""The console through the real app (create_app) in-process with TestClient, real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from ai_assistant.app import create_app
+from ai_assistant.console.store import ConsoleStore
+from ai_assistant.settings import load_settings
+from tests.helpers import write_config
+
+ADMIN_PASSWORD = "correct horse battery staple"  # pragma: allowlist secret
+VIEWER_PASSWORD = "viewer password 12345"  # pragma: allowlist secret
+# base64("new-secret-of-thirty-two-bytes!!"): the webhook secret of connectors the tests add
+NEW_SECRET = "whsec_" + "bmV3LXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzISE="  # pragma: allowlist secret
+TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf(page: httpx.Response) -> str:
+    found = TOKEN.search(page.text)
+    assert found, f"no CSRF token on {page.url}"
+    return found.group(1)
+
+
+def add_users(data_dir: Path) -> None:
+    store = ConsoleStore.in_data_dir(data_dir)
+    store.set_user("alice", "admin", ADMIN_PASSWORD)
+    store.set_user("victor", "viewer", VIEWER_PASSWORD)
+    store.close()
+
+
+@dataclass
+class Console:
+    client: TestClient
+    config_dir: Path
+    data_dir: Path
+
+    def login(self, name: str = "alice", password: str = ADMIN_PASSWORD) -> httpx.Response:
+        token = csrf(self.client.get("/admin/login"))
+        return self.client.post(
+            "/admin/login", data={"name": name, "password": password, "csrf_token": token}, follow_redirects=False
+        )
+
+    def post(self, path: str, data: dict[str, Any] | None = None, page: str = "/admin/connectors") -> httpx.Response:
+        token = csrf(self.client.get(page))
+        return self.client.post(path, data={**(data or {}), "csrf_token": token}, follow_redirects=False)
+
+    def connectors_yaml(self) -> str:
+        return (self.config_dir / "connectors.yaml").read_text()
+
+
+@contextlib.contextmanager
+def make_console(tmp_path: Path, console_settings: dict[str, Any] | None = None) -> Iterator[Console]:
+    config = write_config(
+        tmp_path / "config",
+        reply_url="http://127.0.0.1:9/replies",
+        engine_url="http://127.0.0.1:9/v1",
+        assistant={"worker": {"enabled": False}, "console": console_settings or {}},
+    )
+    data = tmp_path / "data"
+    add_users(data)
+    app = create_app(load_settings(config, data))
+    with TestClient(app) as client:
+        yield Console(client, config, data)
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[Console]:
+    with make_console(tmp_path) as made:
+        yield made
