@@ -32,8 +32,10 @@ async def write_conversation(store: StateStore) -> None:
     job = await store.claim(30)
     assert job is not None and job.message.event_id == ANSWERED.event_id
     turns = [ChatTurn("user", ANSWERED.text), ChatTurn("assistant", "25 days a year.")]
-    await store.save_answer(job.id, "25 days a year.", "answered", ANSWERED.conversation_key, turns, 6)
-    await store.complete(job.id)
+    assert await store.save_answer(
+        job.id, job.lease_token, "25 days a year.", "answered", ANSWERED.conversation_key, turns, 6
+    )
+    assert await store.complete(job.id, job.lease_token)
     assert await store.enqueue(QUEUED, TTL)
 
 

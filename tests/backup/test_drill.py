@@ -57,7 +57,7 @@ async def check_conversation(store: SQLiteStore | RedisStore) -> None:
     assert not await store.enqueue(ANSWERED, TTL), "a platform retry of an answered event must stay de-duplicated"
     job = await store.claim(30)
     assert job is not None and job.message.event_id == QUEUED.event_id and job.message.chat_id == CHAT
-    await store.complete(job.id)
+    assert await store.complete(job.id, job.lease_token)
     assert await store.claim(30) is None, "the queued message must be there exactly once"
 
 
@@ -157,7 +157,7 @@ def test_knowledge_base_alone_is_restored_and_the_rest_left_as_it_is(tmp_path: P
     store = SQLiteStore(data / "state.sqlite3")
     job = asyncio.run(store.claim(30))
     assert job is not None
-    asyncio.run(store.complete(job.id))
+    asyncio.run(store.complete(job.id, job.lease_token))
     asyncio.run(store.close())
     state_after = hashlib.sha256((data / "state.sqlite3").read_bytes()).hexdigest()
 

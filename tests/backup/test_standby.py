@@ -75,7 +75,7 @@ def test_promoted_replica_carries_the_queue_dedupe_and_memory(pair: tuple[subpro
         assert not await store.enqueue(ANSWERED, TTL), "the platform's retry must still be refused"
         job = await store.claim(30)
         assert job is not None and job.message.event_id == QUEUED.event_id
-        await store.complete(job.id)
+        assert await store.complete(job.id, job.lease_token)
         assert await store.claim(30) is None
 
     asyncio.run(in_store(lambda: RedisStore(f"redis://127.0.0.1:{r_port}/0"), carries_on))
