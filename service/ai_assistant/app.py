@@ -153,6 +153,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         stop = asyncio.Event()
         for connector in parts.connectors.values():
             connector.sink = _sink(parts)
+            connector.leases = parts.store
             await connector.start()
         tasks = [asyncio.create_task(export_queue_stats(parts.store, stop), name="queue-stats")]
         if settings.worker.enabled:
@@ -215,7 +216,10 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         except Exception as exc:  # any driver error means "not ready", never a 500
             checks["store"] = f"unavailable: {type(exc).__name__}"
         checks["engine"] = "ok" if await parts.engine.ready() else "unavailable"
-        ready = all(v == "ok" for v in checks.values())
+        for name, connector in parts.connectors.items():
+            if connector.link is not None:  # mode: stream; "standby" = another instance holds the connection
+                checks[f"stream:{name}"] = connector.link.state
+        ready = all(v in ("ok", "standby") for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     require_admin = admin_dependency(parts.admin_tokens)

@@ -3,8 +3,11 @@
 It answers like the real APIs do on the paths our connectors call (token endpoints included), checks the access
 token a send carries against the one it issued, and records every request. Tests can script failures (429, 5xx,
 revoked tokens), make a request stall after it was posted or hang without being posted, and, for DingTalk Stream,
-push CALLBACK frames down a real WebSocket and read the acks that come back. It also stands in for a generic-IM
-receiver (Standard Webhooks, signature checked) on /generic/replies.
+push CALLBACK frames down a real WebSocket and read the acks that come back, and for Telegram long polling, hold
+updates that getUpdates hands out with the Bot API's offset semantics (an update is forgotten only when a later
+getUpdates passes an offset above its update_id; a getUpdates waits up to its `timeout`; a second concurrent one ends
+the first with 409; a set webhook and an unknown token are refused as the Bot API does). It also stands in for a
+generic-IM receiver (Standard Webhooks, signature checked) on /generic/replies.
 
 `copies()` is what users would see: the posted messages, with the copies that the platform drops by idempotency key
 counted once (Feishu keeps one message per `uuid`, a Standard Webhooks receiver one per `webhook-id`).
@@ -18,6 +21,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +30,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from tests.connectors.producers import TG_BOT_TOKEN
 from tests.helpers import SECRET, free_port, wait_until
 
 
@@ -92,6 +97,7 @@ class PlatformStandIn:
         self.acks: list[dict[str, Any]] = []
         self.stream_connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._telegram_reset()
         self.app = self._build()
         self.server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
@@ -119,6 +125,19 @@ class PlatformStandIn:
         self.frames_out = None
         self._numbers = itertools.count(1)
         self._token_numbers = itertools.count(1)
+        self._telegram_reset()
+
+    def _telegram_reset(self) -> None:
+        self.bot_tokens = {TG_BOT_TOKEN}  # clear() to revoke
+        self.webhook_set = False
+        self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
+        self.offsets: list[int | None] = []  # the offset of every getUpdates, in order
+        self.on_confirm: Callable[[int], None] | None = None  # called before updates below the offset are forgotten
+        self.polls_open = 0
+        self._poll_generation = 0
+
+    def push_update(self, update: dict[str, Any]) -> None:
+        self.updates.append(update)
 
     def script(self, path_suffix: str, status: int, body: Any, headers: dict[str, str] | None = None, times: int = 1):
         """The next `times` requests whose path ends with `path_suffix` get this answer instead of the normal one."""
@@ -274,12 +293,53 @@ class PlatformStandIn:
                     status, answer, headers = queue.popleft()
                     call.posted = is_send and status < 300
                     return JSONResponse(answer, status_code=status, headers=headers)
+            if call.path.startswith("/bot") and call.path.endswith("/getUpdates"):
+                status, answer = await standin._get_updates(call)
+                return JSONResponse(answer, status_code=status)
             status, answer = standin._answer(call.method, call.path, call.query, call.headers)
             # Token-less or rejected sends answer 200 with an error code on some platforms: posted means "ok".
             call.posted = is_send and status < 300 and _accepted(answer)
             return JSONResponse(answer, status_code=status)
 
         return app
+
+    async def _get_updates(self, call: Call) -> tuple[int, Any]:
+        token = call.path.removeprefix("/bot").removesuffix("/getUpdates")
+        if token not in self.bot_tokens:
+            return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+        if self.webhook_set:
+            return 409, {
+                "ok": False,
+                "error_code": 409,
+                "description": "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            }
+        body = call.body if isinstance(call.body, dict) else {}
+        offset, timeout = body.get("offset"), body.get("timeout", 0)
+        self._poll_generation += 1
+        mine = self._poll_generation
+        self.offsets.append(offset)
+        if isinstance(offset, int):
+            if self.on_confirm is not None:
+                self.on_confirm(offset)
+            self.updates = [u for u in self.updates if u.get("update_id", offset) >= offset]
+        deadline = time.monotonic() + min(float(timeout), 50.0)
+        self.polls_open += 1
+        try:
+            while True:
+                if self._poll_generation != mine:
+                    return 409, {
+                        "ok": False,
+                        "error_code": 409,
+                        "description": "Conflict: terminated by other getUpdates request; "
+                        "make sure that only one bot instance is running",
+                    }
+                pending = self.updates if offset is None else [u for u in self.updates if u["update_id"] >= offset]
+                if pending or time.monotonic() >= deadline:
+                    return 200, {"ok": True, "result": pending[:100]}
+                await asyncio.sleep(0.05)
+        finally:
+            self.polls_open -= 1
 
 
 def _accepted(answer: Any) -> bool:

@@ -161,3 +161,15 @@ async def test_concurrent_claims_never_share_a_job(store: StateStore) -> None:
     claimed = await asyncio.gather(*(store.claim(30) for _ in range(30)))
     ids = [j.id for j in claimed if j is not None]
     assert len(ids) == 20 and len(set(ids)) == 20
+
+
+async def test_a_named_lease_has_one_holder_until_it_expires_or_is_given_back(store: StateStore) -> None:
+    assert await store.hold("stream:bot", "a", 30)
+    assert not await store.hold("stream:bot", "b", 30)
+    assert await store.hold("stream:bot", "a", 0.3)  # the holder renews (here: shortens) its own lease
+    await asyncio.sleep(0.5)
+    assert await store.hold("stream:bot", "b", 30)  # a's lease ran out: b takes over
+    await store.let_go("stream:bot", "a")  # not a's any more: nothing happens
+    assert not await store.hold("stream:bot", "a", 30)
+    await store.let_go("stream:bot", "b")
+    assert await store.hold("stream:bot", "a", 30)

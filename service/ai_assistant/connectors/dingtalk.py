@@ -47,6 +47,7 @@ from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, same
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after, server_error
+from .streaming import StreamLink
 from .tokens import CachedToken
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class DingTalkConnector(Connector):
         self._proxy = (base.scheme, base.netloc) if base else None
         self._stream: asyncio.Task[None] | None = None
         self.stream_connected = asyncio.Event()
+        self.link = StreamLink(name) if config.mode == "stream" else None
 
     @property
     def path(self) -> str | None:
@@ -185,6 +187,8 @@ class DingTalkConnector(Connector):
                 uri = f"{conn['endpoint']}?ticket={quote_plus(conn['ticket'])}"
                 async with websockets.connect(uri) as ws:
                     self.stream_connected.set()
+                    if self.link is not None:
+                        self.link.connected()
                     delay = 1.0
                     async for raw in ws:
                         ack, disconnect = await handler.route(raw)
@@ -195,10 +199,15 @@ class DingTalkConnector(Connector):
             except asyncio.CancelledError:
                 raise
             except (DeliveryFailed, KeyError, TypeError, OSError, websockets.WebSocketException) as exc:
-                log.warning("%s: stream connection lost (%s); reconnecting in %.0f s", self.name, exc, delay)
-            except Exception:  # anything else must not end the only task that receives this bot's messages
+                if self.link is not None:  # always set in stream mode; the check is for the type checker
+                    self.link.failed("disconnected", f"connection lost ({exc}); reconnecting in {delay:.0f} s")
+            except Exception as exc:  # anything else must not end the only task that receives this bot's messages
                 log.exception("%s: stream failed; reconnecting in %.0f s", self.name, delay)
+                if self.link is not None:
+                    self.link.failed("error", type(exc).__name__)
             self.stream_connected.clear()
+            if self.link is not None and self.link.state == "ok":  # the gateway moved us: not a failure
+                self.link.stopped()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
 
