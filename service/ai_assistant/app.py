@@ -29,8 +29,8 @@ from .knowledge.api import kb_router
 from .knowledge.grounding import ground
 from .knowledge.retrieval import KnowledgeBase
 from .localsecrets import load_local_secrets
-from .messages import InboundMessage
-from .observability import register_secrets
+from .messages import Feedback, InboundMessage
+from .observability import FEEDBACK, register_secrets
 from .pipeline.adapters import InputAdapter
 from .pipeline.filters import SensitiveWordFilter
 from .pipeline.worker import Grounding, Pipeline, export_queue_stats
@@ -154,6 +154,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         for connector in parts.connectors.values():
             connector.sink = _sink(parts)
             connector.leases = parts.store
+            connector.feedback = _feedback(parts, connector.name)
             await connector.start()
         tasks = [asyncio.create_task(export_queue_stats(parts.store, stop), name="queue-stats")]
         if settings.worker.enabled:
@@ -255,6 +256,18 @@ def _sink(parts: Parts) -> Any:
         return await parts.store.enqueue(message, parts.settings.store.dedupe_ttl_seconds)
 
     return sink
+
+
+def _feedback(parts: Parts, connector: str) -> Callable[[Feedback], Awaitable[None]]:
+    """Feedback that arrived over a long connection, counted once, as the webhook edge counts it."""
+
+    async def count(feedback: Feedback) -> None:
+        if await parts.store.remember(
+            f"feedback:{connector}:{feedback.event_id}", parts.settings.store.dedupe_ttl_seconds
+        ):
+            FEEDBACK.labels(connector=connector, rating=feedback.rating).inc()
+
+    return count
 
 
 def admin_dependency(tokens: BearerTokens) -> Callable[..., Awaitable[None]]:

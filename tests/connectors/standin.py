@@ -6,8 +6,11 @@ revoked tokens), make a request stall after it was posted or hang without being 
 push CALLBACK frames down a real WebSocket and read the acks that come back, and for Telegram long polling, hold
 updates that getUpdates hands out with the Bot API's offset semantics (an update is forgotten only when a later
 getUpdates passes an offset above its update_id; a getUpdates waits up to its `timeout`; a second concurrent one ends
-the first with 409; a set webhook and an unknown token are refused as the Bot API does). It also stands in for a
-generic-IM receiver (Standard Webhooks, signature checked) on /generic/replies.
+the first with 409; a set webhook and an unknown token are refused as the Bot API does), and for Slack Socket Mode,
+apps.connections.open and the WebSocket behind it in Socket Mode's published frames (hello, events_api envelopes
+acknowledged by envelope_id, disconnect), re-sending an envelope that was not acknowledged on the next connection with
+retry_attempt counted up, as Slack does. It also stands in for a generic-IM receiver (Standard Webhooks, signature
+checked) on /generic/replies.
 
 `copies()` is what users would see: the posted messages, with the copies that the platform drops by idempotency key
 counted once (Feishu keeps one message per `uuid`, a Standard Webhooks receiver one per `webhook-id`).
@@ -30,7 +33,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.connectors.producers import TG_BOT_TOKEN
+from tests.connectors.producers import SLACK_APP_TOKEN, TG_BOT_TOKEN
 from tests.helpers import SECRET, free_port, wait_until
 
 
@@ -98,6 +101,7 @@ class PlatformStandIn:
         self.stream_connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._telegram_reset()
+        self._slack_reset()
         self.app = self._build()
         self.server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
@@ -126,6 +130,41 @@ class PlatformStandIn:
         self._numbers = itertools.count(1)
         self._token_numbers = itertools.count(1)
         self._telegram_reset()
+        self._slack_reset()
+
+    def _slack_reset(self) -> None:
+        self.app_tokens = {SLACK_APP_TOKEN}  # clear() to revoke
+        self.envelopes: dict[str, dict[str, Any]] = {}  # handed out, not yet acknowledged
+        self.envelope_acks: list[str] = []
+        self.on_envelope_ack: Callable[[str], None] | None = None
+        self.slack_connections = 0
+        self.drop_after_next_envelope = False  # the socket dies right after the next envelope: its ack is lost
+        self._slack_out: asyncio.Queue[dict[str, Any] | None] | None = None
+        self._envelope_numbers = itertools.count(1)
+
+    def push_envelope(self, payload: dict[str, Any]) -> str:
+        """Hand an Events API body to the app over the open Socket Mode connection; returns the envelope_id."""
+        envelope = f"env-{next(self._envelope_numbers)}"
+        frame = {
+            "envelope_id": envelope,
+            "payload": payload,
+            "type": "events_api",
+            "accepts_response_payload": False,
+            "retry_attempt": 0,
+            "retry_reason": "",
+        }
+        self.envelopes[envelope] = frame
+        self.push_slack_frame(frame)
+        return envelope
+
+    def push_slack_frame(self, frame: dict[str, Any]) -> None:
+        assert self._loop is not None and self._slack_out is not None, "no Socket Mode connection yet"
+        self._loop.call_soon_threadsafe(self._slack_out.put_nowait, frame)
+
+    def close_slack_socket(self) -> None:
+        """The platform drops the connection without a disconnect frame."""
+        assert self._loop is not None and self._slack_out is not None, "no Socket Mode connection yet"
+        self._loop.call_soon_threadsafe(self._slack_out.put_nowait, None)
 
     def _telegram_reset(self) -> None:
         self.bot_tokens = {TG_BOT_TOKEN}  # clear() to revoke
@@ -133,7 +172,6 @@ class PlatformStandIn:
         self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self.offsets: list[int | None] = []  # the offset of every getUpdates, in order
         self.on_confirm: Callable[[int], None] | None = None  # called before updates below the offset are forgotten
-        self.polls_open = 0
         self._poll_generation = 0
 
     def push_update(self, update: dict[str, Any]) -> None:
@@ -230,6 +268,10 @@ class PlatformStandIn:
             return 200, {"errcode": 0, "errmsg": "ok"}
         if path == "/generic/replies":
             return 200, {"ok": True}
+        if path == "/api/apps.connections.open":
+            if bearer not in self.app_tokens:
+                return 200, {"ok": False, "error": "invalid_auth"}
+            return 200, {"ok": True, "url": f"ws://127.0.0.1:{self.port}/slack-socket?ticket={next(self._numbers)}"}
         if path == "/v1.0/gateway/connections/open":
             return 200, {"endpoint": f"ws://127.0.0.1:{self.port}/stream", "ticket": "ticket-1"}
         return 404, {"error": f"stand-in has no {method} {path}"}
@@ -255,6 +297,60 @@ class PlatformStandIn:
                 while True:
                     standin.acks.append(json.loads(await ws.receive_text()))
             except WebSocketDisconnect:
+                pass
+            finally:
+                task.cancel()
+
+        @app.websocket("/slack-socket")
+        async def slack_socket(ws: WebSocket) -> None:
+            await ws.accept()
+            standin._loop = asyncio.get_running_loop()
+            out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+            standin._slack_out = out
+            standin.slack_connections += 1
+            for frame in list(standin.envelopes.values()):  # not acknowledged on an earlier connection: again
+                frame["retry_attempt"] += 1
+                frame["retry_reason"] = "timeout"
+                out.put_nowait(frame)
+            await ws.send_json(
+                {
+                    "type": "hello",
+                    "num_connections": 1,
+                    "debug_info": {"host": "applink-standin", "approximate_connection_time": 18060},
+                    "connection_info": {"app_id": "A0APP0001"},
+                }
+            )
+
+            dropping = False  # set before the socket is closed: what arrives afterwards is lost
+
+            async def pump() -> None:
+                nonlocal dropping
+                while True:
+                    frame = await out.get()
+                    if frame is None:
+                        dropping = True
+                        await ws.close()
+                        return
+                    drop = frame.get("type") == "events_api" and standin.drop_after_next_envelope
+                    dropping = dropping or drop
+                    await ws.send_json(frame)
+                    if drop:
+                        standin.drop_after_next_envelope = False
+                        await ws.close()
+                        return
+
+            task = asyncio.create_task(pump())
+            try:
+                while True:
+                    ack = json.loads(await ws.receive_text())
+                    if dropping:
+                        break
+                    envelope = ack.get("envelope_id")
+                    if standin.on_envelope_ack is not None:
+                        standin.on_envelope_ack(envelope)
+                    standin.envelope_acks.append(envelope)
+                    standin.envelopes.pop(envelope, None)
+            except (WebSocketDisconnect, RuntimeError):
                 pass
             finally:
                 task.cancel()
@@ -324,22 +420,18 @@ class PlatformStandIn:
                 self.on_confirm(offset)
             self.updates = [u for u in self.updates if u.get("update_id", offset) >= offset]
         deadline = time.monotonic() + min(float(timeout), 50.0)
-        self.polls_open += 1
-        try:
-            while True:
-                if self._poll_generation != mine:
-                    return 409, {
-                        "ok": False,
-                        "error_code": 409,
-                        "description": "Conflict: terminated by other getUpdates request; "
-                        "make sure that only one bot instance is running",
-                    }
-                pending = self.updates if offset is None else [u for u in self.updates if u["update_id"] >= offset]
-                if pending or time.monotonic() >= deadline:
-                    return 200, {"ok": True, "result": pending[:100]}
-                await asyncio.sleep(0.05)
-        finally:
-            self.polls_open -= 1
+        while True:
+            if self._poll_generation != mine:
+                return 409, {
+                    "ok": False,
+                    "error_code": 409,
+                    "description": "Conflict: terminated by other getUpdates request; "
+                    "make sure that only one bot instance is running",
+                }
+            pending = self.updates if offset is None else [u for u in self.updates if u["update_id"] >= offset]
+            if pending or time.monotonic() >= deadline:
+                return 200, {"ok": True, "result": pending[:100]}
+            await asyncio.sleep(0.05)
 
 
 def _accepted(answer: Any) -> bool:

@@ -213,8 +213,11 @@ def test_an_update_that_could_not_be_queued_stays_at_telegram_until_the_store_is
     server = _redis_server(port, tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        app = make_app(_options(platform), store={"backend": "redis", "redis_url": url})
-        wait_until(lambda: _state(app) == "ok" and platform.polls_open == 1, 30, "an open poll")
+        # Long polls of 10 s: the store is stopped while one of them is open.
+        app = make_app({**_options(platform), "poll_timeout_seconds": 10}, store={"backend": "redis", "redis_url": url})
+        wait_until(lambda: _state(app) == "ok", 30, "the poller")
+        polls = len(platform.offsets)
+        wait_until(lambda: len(platform.offsets) > polls, 30, "a poll that started after the last one was answered")
         before = app.metric("ai_assistant_stream_errors_total", connector="bot", reason="store")
         server.terminate()
         server.wait(10)
