@@ -5,6 +5,7 @@ real WebSocket from the stand-in gateway, acknowledged with the SDK's AckMessage
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -191,15 +192,17 @@ def test_stream_mode_acks_every_frame_and_queues_one_job(make_app: AppFactory, p
     assert len([c for c in platform.calls if c.path == "/v1.0/gateway/connections/open"]) == 2
 
 
-def test_stream_mode_reports_a_gateway_that_refuses_the_connection(
-    make_app: AppFactory, platform: PlatformStandIn
+def test_stream_mode_reports_a_gateway_that_refuses_the_credentials(
+    make_app: AppFactory, platform: PlatformStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     platform.script(
         "/gateway/connections/open", 401, {"code": "InvalidAuthentication", "message": "bad secret"}, times=1
     )
-    app = make_app(_stream_options(platform))
-    wait_until(lambda: app.client.get("/readyz").json()["checks"]["stream:bot"] == "down: disconnected", 30, "down")
-    assert app.metric("ai_assistant_stream_errors_total", connector="bot", reason="disconnected") >= 1
+    with caplog.at_level(logging.WARNING):
+        app = make_app(_stream_options(platform))
+        wait_until(lambda: app.client.get("/readyz").json()["checks"]["stream:bot"] == "down: unauthorized", 30, "down")
+    assert app.metric("ai_assistant_stream_errors_total", connector="bot", reason="unauthorized") >= 1
+    assert "HTTP 401: app_key / app_secret are wrong or were reset" in caplog.text
     assert app.metric("ai_assistant_stream_up", connector="bot") == 0
     wait_until(lambda: app.connector.stream_connected.is_set(), 30, "the retry to connect")  # back-off: 1 s
     assert app.client.get("/readyz").json()["checks"]["stream:bot"] == "ok"
