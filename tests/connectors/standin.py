@@ -9,7 +9,10 @@ getUpdates passes an offset above its update_id; a getUpdates waits up to its `t
 the first with 409; a set webhook and an unknown token are refused as the Bot API does), and for Slack Socket Mode,
 apps.connections.open and the WebSocket behind it in Socket Mode's published frames (hello, events_api envelopes
 acknowledged by envelope_id, disconnect), re-sending an envelope that was not acknowledged on the next connection with
-retry_attempt counted up, as Slack does. It also stands in for a generic-IM receiver (Standard Webhooks, signature
+retry_attempt counted up, as Slack does; and for the Feishu/Lark long connection, endpoint discovery and a WebSocket
+carrying protobuf Frames built with lark-oapi's own generated `Frame` class (DATA frames of type `event`, answered
+with the same frame and a JSON `{"code": ...}` payload; pings answered with pongs; an event not answered with 200 is
+pushed again on the next connection). It also stands in for a generic-IM receiver (Standard Webhooks, signature
 checked) on /generic/replies.
 
 `copies()` is what users would see: the posted messages, with the copies that the platform drops by idempotency key
@@ -31,9 +34,10 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
+from lark_oapi.ws.pb.pbbp2_pb2 import Frame
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.connectors.producers import SLACK_APP_TOKEN, TG_BOT_TOKEN
+from tests.connectors.producers import FEISHU_APP_ID, FEISHU_APP_SECRET, SLACK_APP_TOKEN, TG_BOT_TOKEN
 from tests.helpers import SECRET, free_port, wait_until
 
 
@@ -102,6 +106,7 @@ class PlatformStandIn:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._telegram_reset()
         self._slack_reset()
+        self._feishu_reset()
         self.app = self._build()
         self.server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
@@ -131,6 +136,32 @@ class PlatformStandIn:
         self._token_numbers = itertools.count(1)
         self._telegram_reset()
         self._slack_reset()
+        self._feishu_reset()
+
+    def _feishu_reset(self) -> None:
+        self.feishu_secrets = {FEISHU_APP_SECRET}  # clear() to reset the secret in the console
+        self.feishu_events: dict[str, bytes] = {}  # frame message_id -> event payload, until answered with 200
+        self.feishu_answers: list[tuple[str, int]] = []  # (message_id, code) of every answered DATA frame
+        self.on_feishu_answer: Callable[[str, int], None] | None = None
+        self.feishu_connections = 0
+        self.feishu_pings = 0
+        self.feishu_drop_after_next_event = False  # the socket dies right after the next event: its answer is lost
+        self._feishu_out: asyncio.Queue[bytes | None] | None = None
+        self._feishu_numbers = itertools.count(1)
+
+    def push_feishu_event(self, event: dict[str, Any], *, parts: int = 1) -> str:
+        """Send a schema 2.0 event down the long connection (split over `parts` frames); returns the frame id."""
+        frame_id = f"fs-{next(self._feishu_numbers)}"
+        payload = json.dumps(event, ensure_ascii=False).encode()
+        self.feishu_events[frame_id] = payload
+        for frame in _feishu_frames(frame_id, payload, parts):
+            self.push_feishu_frame(frame)
+        return frame_id
+
+    def push_feishu_frame(self, raw: bytes | None) -> None:
+        """Raw bytes down the socket (None closes it, as a platform dropping the connection)."""
+        assert self._loop is not None and self._feishu_out is not None, "no long connection yet"
+        self._loop.call_soon_threadsafe(self._feishu_out.put_nowait, raw)
 
     def _slack_reset(self) -> None:
         self.app_tokens = {SLACK_APP_TOKEN}  # clear() to revoke
@@ -268,6 +299,8 @@ class PlatformStandIn:
             return 200, {"errcode": 0, "errmsg": "ok"}
         if path == "/generic/replies":
             return 200, {"ok": True}
+        if path == "/callback/ws/endpoint":
+            return 200, {"code": 0, "msg": "ok"}  # answered in _feishu_endpoint (needs the body)
         if path == "/api/apps.connections.open":
             if bearer not in self.app_tokens:
                 return 200, {"ok": False, "error": "invalid_auth"}
@@ -297,6 +330,62 @@ class PlatformStandIn:
                 while True:
                     standin.acks.append(json.loads(await ws.receive_text()))
             except WebSocketDisconnect:
+                pass
+            finally:
+                task.cancel()
+
+        @app.websocket("/feishu-ws")
+        async def feishu_ws(ws: WebSocket) -> None:
+            await ws.accept()
+            standin._loop = asyncio.get_running_loop()
+            out: asyncio.Queue[bytes | None] = asyncio.Queue()
+            standin._feishu_out = out
+            standin.feishu_connections += 1
+            service = int(ws.query_params["service_id"])
+            for frame_id, payload in list(standin.feishu_events.items()):  # not answered with 200 yet: again
+                for frame in _feishu_frames(frame_id, payload, 1):
+                    out.put_nowait(frame)
+
+            dropping = False  # set before the socket is closed: what arrives afterwards is lost
+
+            async def pump() -> None:
+                nonlocal dropping
+                while True:
+                    raw = await out.get()
+                    drop = raw is None or standin.feishu_drop_after_next_event
+                    dropping = dropping or drop
+                    if raw is not None:
+                        await ws.send_bytes(raw)
+                    if drop:
+                        standin.feishu_drop_after_next_event = False
+                        await ws.close()
+                        return
+
+            task = asyncio.create_task(pump())
+            try:
+                while True:
+                    received = await ws.receive_bytes()
+                    if dropping:
+                        break
+                    frame = Frame()
+                    frame.ParseFromString(received)
+                    headers = {h.key: h.value for h in frame.headers}
+                    if frame.method == 0 and headers.get("type") == "ping":
+                        assert frame.service == service, "a ping for another service"
+                        standin.feishu_pings += 1
+                        pong = Frame(SeqID=0, LogID=0, service=service, method=0)
+                        pong.headers.add(key="type", value="pong")
+                        pong.payload = json.dumps({"PingInterval": 120}).encode()
+                        await ws.send_bytes(pong.SerializeToString())
+                    elif frame.method == 1:
+                        code = int(json.loads(frame.payload)["code"])
+                        frame_id = headers["message_id"]
+                        if standin.on_feishu_answer is not None:
+                            standin.on_feishu_answer(frame_id, code)
+                        standin.feishu_answers.append((frame_id, code))
+                        if code == 200:
+                            standin.feishu_events.pop(frame_id, None)
+            except (WebSocketDisconnect, RuntimeError):
                 pass
             finally:
                 task.cancel()
@@ -389,6 +478,8 @@ class PlatformStandIn:
                     status, answer, headers = queue.popleft()
                     call.posted = is_send and status < 300
                     return JSONResponse(answer, status_code=status, headers=headers)
+            if call.path == "/callback/ws/endpoint":
+                return JSONResponse(standin._feishu_endpoint(call.body))
             if call.path.startswith("/bot") and call.path.endswith("/getUpdates"):
                 status, answer = await standin._get_updates(call)
                 return JSONResponse(answer, status_code=status)
@@ -398,6 +489,24 @@ class PlatformStandIn:
             return JSONResponse(answer, status_code=status)
 
         return app
+
+    def _feishu_endpoint(self, body: Any) -> dict[str, Any]:
+        body = body if isinstance(body, dict) else {}
+        if body.get("AppID") != FEISHU_APP_ID or body.get("AppSecret") not in self.feishu_secrets:
+            return {"code": 10014, "msg": "app secret invalid"}
+        return {
+            "code": 0,
+            "msg": "ok",
+            "data": {
+                "URL": f"ws://127.0.0.1:{self.port}/feishu-ws?device_id=d{next(self._numbers)}&service_id=33",
+                "ClientConfig": {
+                    "ReconnectCount": -1,
+                    "ReconnectInterval": 120,
+                    "ReconnectNonce": 30,
+                    "PingInterval": 1,
+                },
+            },
+        }
 
     async def _get_updates(self, call: Call) -> tuple[int, Any]:
         token = call.path.removeprefix("/bot").removesuffix("/getUpdates")
@@ -432,6 +541,25 @@ class PlatformStandIn:
             if pending or time.monotonic() >= deadline:
                 return 200, {"ok": True, "result": pending[:100]}
             await asyncio.sleep(0.05)
+
+
+def _feishu_frames(frame_id: str, payload: bytes, parts: int) -> list[bytes]:
+    """DATA frames of type `event` as Feishu's gateway sends them (lark-oapi's Frame; split when parts > 1)."""
+    size = -(-len(payload) // parts)
+    frames = []
+    for seq in range(parts):
+        frame = Frame(SeqID=seq, LogID=0, service=33, method=1)
+        for key, value in (
+            ("type", "event"),
+            ("message_id", frame_id),
+            ("trace_id", "t"),
+            ("sum", str(parts)),
+            ("seq", str(seq)),
+        ):
+            frame.headers.add(key=key, value=value)
+        frame.payload = payload[seq * size : (seq + 1) * size]
+        frames.append(frame.SerializeToString())
+    return frames
 
 
 def _accepted(answer: Any) -> bool:

@@ -1,5 +1,6 @@
-"""What every long-connection mode shares (`mode: stream`: DingTalk Stream, Telegram long polling, Slack Socket Mode):
-the connection's state for /readyz and the metrics, and the supervisor that reconnects with jittered back-off.
+"""What every long-connection mode shares (`mode: stream`: Feishu/Lark long connection, DingTalk Stream, Telegram
+long polling, Slack Socket Mode): the connection's state for /readyz and the metrics, and the supervisor that
+reconnects with jittered back-off.
 
 A connection reports one of: `connecting`, `ok` (events flow), `standby` (another instance holds the connection's
 lease; see docs/adr/0072-long-connections.md) or `down: <reason>`. Each failure is one log line and one increment of
