@@ -232,3 +232,24 @@ def test_an_update_that_could_not_be_queued_stays_at_telegram_until_the_store_is
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_replayed_update_is_answered_once_with_the_real_model(
+    make_app: AppFactory, platform: PlatformStandIn, model_server: str
+) -> None:
+    first = make_app(_options(platform), engine_url=model_server, workers=True)
+    wait_until(lambda: _state(first) == "ok", 30, "the poller")
+    platform.script("/getUpdates", 502, {"ok": False, "error_code": 502, "description": "Bad Gateway"}, times=1000)
+    platform.push_update(p.telegram_update(1301, message_id=1))
+    wait_until(lambda: first.jobs() == [("1301", "done", 1)], 240, "the answer")
+    first.stop()  # Telegram still holds 1301: the offset past it never reached Telegram
+    assert [u["update_id"] for u in platform.updates] == [1301]
+    platform.scripted.clear()
+    again = RunningApp(first.settings.config_dir, first.data_dir, workers=True).start()
+    try:
+        wait_until(lambda: not platform.updates, 30, "the replayed update to be confirmed")
+        assert again.jobs() == [("1301", "done", 1)]
+        [sent] = [c for c in platform.sends() if c.path.endswith("/sendMessage")]
+        assert sent.body["reply_parameters"]["message_id"] == 1 and sent.text().strip()
+    finally:
+        again.stop()
