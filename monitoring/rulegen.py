@@ -326,6 +326,16 @@ def assistant_file() -> RuleFile:
             " revoked credentials, a rate limit, or the platform is down.",
             for_="10m",
         ),
+        # Standby instances (Telegram's polling lease) report 0 too: the bot is down only when no instance is up.
+        Alert(
+            "AIAssistantStreamDown",
+            "max by (connector) (ai_assistant_stream_up) == 0",
+            "critical",
+            "Connector {{ $labels.connector }}: no instance receives its events",
+            "No instance has had a working long connection (mode: stream) for {{ $labels.connector }} for 5 minutes:"
+            " its users' messages are not received. The reason is in ai_assistant_stream_errors_total and /readyz.",
+            for_="5m",
+        ),
     )
     return RuleFile("assistant", JOB_ASSISTANT, recs, alerts)
 

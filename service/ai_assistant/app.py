@@ -30,8 +30,8 @@ from .knowledge.api import kb_router
 from .knowledge.grounding import ground
 from .knowledge.retrieval import KnowledgeBase
 from .localsecrets import load_local_secrets
-from .messages import InboundMessage
-from .observability import register_secrets
+from .messages import Feedback, InboundMessage
+from .observability import FEEDBACK, register_secrets
 from .pipeline.adapters import InputAdapter
 from .pipeline.filters import SensitiveWordFilter
 from .pipeline.supervisor import Workers
@@ -157,6 +157,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         stop = asyncio.Event()
         for connector in parts.connectors.values():
             connector.sink = _sink(parts)
+            connector.leases = parts.store
+            connector.feedback = _feedback(parts, connector.name)
             await connector.start()
         tasks = [asyncio.create_task(export_queue_stats(parts.store, stop), name="queue-stats")]
         tasks += parts.workers.start(stop)
@@ -211,7 +213,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             report = await diagnose_running(settings, parts.connectors, list(parts.registry.problems))
             return JSONResponse({"ready": report.ok, **report.as_dict()}, status_code=200 if report.ok else 503)
         checks = await readiness(parts)
-        ready = all(v == "ok" for v in checks.values())
+        ready = all(v in ("ok", "standby") for v in checks.values())
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     require_admin = admin_dependency(parts.admin_tokens)
@@ -254,6 +256,9 @@ async def readiness(parts: Parts) -> dict[str, str]:
     if parts.settings.worker.enabled:
         problems = parts.workers.problems()
         checks["workers"] = "; ".join(problems) if problems else "ok"
+    for name, connector in parts.connectors.items():
+        if connector.link is not None:  # mode: stream; "standby" = another instance holds the connection
+            checks[f"stream:{name}"] = connector.link.state
     return checks
 
 
@@ -280,6 +285,18 @@ def _mount_console(app: FastAPI, parts: Parts) -> Any:
         trusted_proxies=settings.server.trusted_proxies,
     )
     return mount_console(app, settings.console, settings.data_dir, deps)
+
+
+def _feedback(parts: Parts, connector: str) -> Callable[[Feedback], Awaitable[None]]:
+    """Feedback that arrived over a long connection, counted once, as the webhook edge counts it."""
+
+    async def count(feedback: Feedback) -> None:
+        if await parts.store.remember(
+            f"feedback:{connector}:{feedback.event_id}", parts.settings.store.dedupe_ttl_seconds
+        ):
+            FEEDBACK.labels(connector=connector, rating=feedback.rating).inc()
+
+    return count
 
 
 def admin_dependency(tokens: BearerTokens) -> Callable[..., Awaitable[None]]:

@@ -73,6 +73,17 @@ AMBIGUOUS_SENDS = Counter(
     "HTTP 504), by handling: resent (the platform drops a copy with the same idempotency key) or not_resent",
     ["connector", "handling"],
 )
+STREAM_UP = Gauge(
+    "ai_assistant_stream_up",
+    "1 while this instance's long connection (mode: stream) delivers events; 0 connecting, down or standing by",
+    ["connector"],
+)
+STREAM_ERRORS = Counter(
+    "ai_assistant_stream_errors",
+    "Long-connection failures and skipped malformed events, by reason (unauthorized, conflict, malformed, "
+    "disconnected, store, error)",
+    ["connector", "reason"],
+)
 FEEDBACK = Counter("ai_assistant_feedback", "User feedback on answers", ["connector", "rating"])
 BUILD_INFO = Gauge("ai_assistant_build_info", "Version of the running assistant", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)

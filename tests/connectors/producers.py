@@ -138,6 +138,7 @@ def feishu_request(
 # --------------------------------------------------------------------------------------------------------- Slack
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 SLACK_BOT_TOKEN = "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy"
+SLACK_APP_TOKEN = "xapp-1-A0APP0001-0000000000-standin0app0level0token"
 SLACK_BOT_USER = "U0BOT0001"
 
 

@@ -3,8 +3,17 @@
 It answers like the real APIs do on the paths our connectors call (token endpoints included), checks the access
 token a send carries against the one it issued, and records every request. Tests can script failures (429, 5xx,
 revoked tokens), make a request stall after it was posted or hang without being posted, and, for DingTalk Stream,
-push CALLBACK frames down a real WebSocket and read the acks that come back. It also stands in for a generic-IM
-receiver (Standard Webhooks, signature checked) on /generic/replies.
+push CALLBACK frames down a real WebSocket and read the acks that come back, and for Telegram long polling, hold
+updates that getUpdates hands out with the Bot API's offset semantics (an update is forgotten only when a later
+getUpdates passes an offset above its update_id; a getUpdates waits up to its `timeout`; a second concurrent one ends
+the first with 409; a set webhook and an unknown token are refused as the Bot API does), and for Slack Socket Mode,
+apps.connections.open and the WebSocket behind it in Socket Mode's published frames (hello, events_api envelopes
+acknowledged by envelope_id, disconnect), re-sending an envelope that was not acknowledged on the next connection with
+retry_attempt counted up, as Slack does; and for the Feishu/Lark long connection, endpoint discovery and a WebSocket
+carrying protobuf Frames built with lark-oapi's own generated `Frame` class (DATA frames of type `event`, answered
+with the same frame and a JSON `{"code": ...}` payload; pings answered with pongs; an event not answered with 200 is
+pushed again on the next connection). It also stands in for a generic-IM receiver (Standard Webhooks, signature
+checked) on /generic/replies.
 
 `copies()` is what users would see: the posted messages, with the copies that the platform drops by idempotency key
 counted once (Feishu keeps one message per `uuid`, a Standard Webhooks receiver one per `webhook-id`).
@@ -18,14 +27,17 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
+from lark_oapi.ws.pb.pbbp2_pb2 import Frame
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from tests.connectors.producers import FEISHU_APP_ID, FEISHU_APP_SECRET, SLACK_APP_TOKEN, TG_BOT_TOKEN
 from tests.helpers import SECRET, free_port, wait_until
 
 
@@ -92,6 +104,9 @@ class PlatformStandIn:
         self.acks: list[dict[str, Any]] = []
         self.stream_connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._telegram_reset()
+        self._slack_reset()
+        self._feishu_reset()
         self.app = self._build()
         self.server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
@@ -119,6 +134,79 @@ class PlatformStandIn:
         self.frames_out = None
         self._numbers = itertools.count(1)
         self._token_numbers = itertools.count(1)
+        self._telegram_reset()
+        self._slack_reset()
+        self._feishu_reset()
+
+    def _feishu_reset(self) -> None:
+        self.feishu_secrets = {FEISHU_APP_SECRET}  # clear() to reset the secret in the console
+        self.feishu_events: dict[str, bytes] = {}  # frame message_id -> event payload, until answered with 200
+        self.feishu_answers: list[tuple[str, int]] = []  # (message_id, code) of every answered DATA frame
+        self.on_feishu_answer: Callable[[str, int], None] | None = None
+        self.feishu_connections = 0
+        self.feishu_pings = 0
+        self.feishu_drop_after_next_event = False  # the socket dies right after the next event: its answer is lost
+        self._feishu_out: asyncio.Queue[bytes | None] | None = None
+        self._feishu_numbers = itertools.count(1)
+
+    def push_feishu_event(self, event: dict[str, Any], *, parts: int = 1) -> str:
+        """Send a schema 2.0 event down the long connection (split over `parts` frames); returns the frame id."""
+        frame_id = f"fs-{next(self._feishu_numbers)}"
+        payload = json.dumps(event, ensure_ascii=False).encode()
+        self.feishu_events[frame_id] = payload
+        for frame in _feishu_frames(frame_id, payload, parts):
+            self.push_feishu_frame(frame)
+        return frame_id
+
+    def push_feishu_frame(self, raw: bytes | None) -> None:
+        """Raw bytes down the socket (None closes it, as a platform dropping the connection)."""
+        assert self._loop is not None and self._feishu_out is not None, "no long connection yet"
+        self._loop.call_soon_threadsafe(self._feishu_out.put_nowait, raw)
+
+    def _slack_reset(self) -> None:
+        self.app_tokens = {SLACK_APP_TOKEN}  # clear() to revoke
+        self.envelopes: dict[str, dict[str, Any]] = {}  # handed out, not yet acknowledged
+        self.envelope_acks: list[str] = []
+        self.on_envelope_ack: Callable[[str], None] | None = None
+        self.slack_connections = 0
+        self.drop_after_next_envelope = False  # the socket dies right after the next envelope: its ack is lost
+        self._slack_out: asyncio.Queue[dict[str, Any] | None] | None = None
+        self._envelope_numbers = itertools.count(1)
+
+    def push_envelope(self, payload: dict[str, Any]) -> str:
+        """Hand an Events API body to the app over the open Socket Mode connection; returns the envelope_id."""
+        envelope = f"env-{next(self._envelope_numbers)}"
+        frame = {
+            "envelope_id": envelope,
+            "payload": payload,
+            "type": "events_api",
+            "accepts_response_payload": False,
+            "retry_attempt": 0,
+            "retry_reason": "",
+        }
+        self.envelopes[envelope] = frame
+        self.push_slack_frame(frame)
+        return envelope
+
+    def push_slack_frame(self, frame: dict[str, Any]) -> None:
+        assert self._loop is not None and self._slack_out is not None, "no Socket Mode connection yet"
+        self._loop.call_soon_threadsafe(self._slack_out.put_nowait, frame)
+
+    def close_slack_socket(self) -> None:
+        """The platform drops the connection without a disconnect frame."""
+        assert self._loop is not None and self._slack_out is not None, "no Socket Mode connection yet"
+        self._loop.call_soon_threadsafe(self._slack_out.put_nowait, None)
+
+    def _telegram_reset(self) -> None:
+        self.bot_tokens = {TG_BOT_TOKEN}  # clear() to revoke
+        self.webhook_set = False
+        self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
+        self.offsets: list[int | None] = []  # the offset of every getUpdates, in order
+        self.on_confirm: Callable[[int], None] | None = None  # called before updates below the offset are forgotten
+        self._poll_generation = 0
+
+    def push_update(self, update: dict[str, Any]) -> None:
+        self.updates.append(update)
 
     def script(self, path_suffix: str, status: int, body: Any, headers: dict[str, str] | None = None, times: int = 1):
         """The next `times` requests whose path ends with `path_suffix` get this answer instead of the normal one."""
@@ -211,6 +299,12 @@ class PlatformStandIn:
             return 200, {"errcode": 0, "errmsg": "ok"}
         if path == "/generic/replies":
             return 200, {"ok": True}
+        if path == "/callback/ws/endpoint":
+            return 200, {"code": 0, "msg": "ok"}  # answered in _feishu_endpoint (needs the body)
+        if path == "/api/apps.connections.open":
+            if bearer not in self.app_tokens:
+                return 200, {"ok": False, "error": "invalid_auth"}
+            return 200, {"ok": True, "url": f"ws://127.0.0.1:{self.port}/slack-socket?ticket={next(self._numbers)}"}
         if path == "/v1.0/gateway/connections/open":
             return 200, {"endpoint": f"ws://127.0.0.1:{self.port}/stream", "ticket": "ticket-1"}
         return 404, {"error": f"stand-in has no {method} {path}"}
@@ -236,6 +330,116 @@ class PlatformStandIn:
                 while True:
                     standin.acks.append(json.loads(await ws.receive_text()))
             except WebSocketDisconnect:
+                pass
+            finally:
+                task.cancel()
+
+        @app.websocket("/feishu-ws")
+        async def feishu_ws(ws: WebSocket) -> None:
+            await ws.accept()
+            standin._loop = asyncio.get_running_loop()
+            out: asyncio.Queue[bytes | None] = asyncio.Queue()
+            standin._feishu_out = out
+            standin.feishu_connections += 1
+            service = int(ws.query_params["service_id"])
+            for frame_id, payload in list(standin.feishu_events.items()):  # not answered with 200 yet: again
+                for frame in _feishu_frames(frame_id, payload, 1):
+                    out.put_nowait(frame)
+
+            dropping = False  # set before the socket is closed: what arrives afterwards is lost
+
+            async def pump() -> None:
+                nonlocal dropping
+                while True:
+                    raw = await out.get()
+                    drop = raw is None or standin.feishu_drop_after_next_event
+                    dropping = dropping or drop
+                    if raw is not None:
+                        await ws.send_bytes(raw)
+                    if drop:
+                        standin.feishu_drop_after_next_event = False
+                        await ws.close()
+                        return
+
+            task = asyncio.create_task(pump())
+            try:
+                while True:
+                    received = await ws.receive_bytes()
+                    if dropping:
+                        break
+                    frame = Frame()
+                    frame.ParseFromString(received)
+                    headers = {h.key: h.value for h in frame.headers}
+                    if frame.method == 0 and headers.get("type") == "ping":
+                        assert frame.service == service, "a ping for another service"
+                        standin.feishu_pings += 1
+                        pong = Frame(SeqID=0, LogID=0, service=service, method=0)
+                        pong.headers.add(key="type", value="pong")
+                        pong.payload = json.dumps({"PingInterval": 120}).encode()
+                        await ws.send_bytes(pong.SerializeToString())
+                    elif frame.method == 1:
+                        code = int(json.loads(frame.payload)["code"])
+                        frame_id = headers["message_id"]
+                        if standin.on_feishu_answer is not None:
+                            standin.on_feishu_answer(frame_id, code)
+                        standin.feishu_answers.append((frame_id, code))
+                        if code == 200:
+                            standin.feishu_events.pop(frame_id, None)
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            finally:
+                task.cancel()
+
+        @app.websocket("/slack-socket")
+        async def slack_socket(ws: WebSocket) -> None:
+            await ws.accept()
+            standin._loop = asyncio.get_running_loop()
+            out: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+            standin._slack_out = out
+            standin.slack_connections += 1
+            for frame in list(standin.envelopes.values()):  # not acknowledged on an earlier connection: again
+                frame["retry_attempt"] += 1
+                frame["retry_reason"] = "timeout"
+                out.put_nowait(frame)
+            await ws.send_json(
+                {
+                    "type": "hello",
+                    "num_connections": 1,
+                    "debug_info": {"host": "applink-standin", "approximate_connection_time": 18060},
+                    "connection_info": {"app_id": "A0APP0001"},
+                }
+            )
+
+            dropping = False  # set before the socket is closed: what arrives afterwards is lost
+
+            async def pump() -> None:
+                nonlocal dropping
+                while True:
+                    frame = await out.get()
+                    if frame is None:
+                        dropping = True
+                        await ws.close()
+                        return
+                    drop = frame.get("type") == "events_api" and standin.drop_after_next_envelope
+                    dropping = dropping or drop
+                    await ws.send_json(frame)
+                    if drop:
+                        standin.drop_after_next_envelope = False
+                        await ws.close()
+                        return
+
+            task = asyncio.create_task(pump())
+            try:
+                while True:
+                    ack = json.loads(await ws.receive_text())
+                    if dropping:
+                        break
+                    envelope = ack.get("envelope_id")
+                    if standin.on_envelope_ack is not None:
+                        standin.on_envelope_ack(envelope)
+                    standin.envelope_acks.append(envelope)
+                    standin.envelopes.pop(envelope, None)
+            except (WebSocketDisconnect, RuntimeError):
                 pass
             finally:
                 task.cancel()
@@ -274,12 +478,88 @@ class PlatformStandIn:
                     status, answer, headers = queue.popleft()
                     call.posted = is_send and status < 300
                     return JSONResponse(answer, status_code=status, headers=headers)
+            if call.path == "/callback/ws/endpoint":
+                return JSONResponse(standin._feishu_endpoint(call.body))
+            if call.path.startswith("/bot") and call.path.endswith("/getUpdates"):
+                status, answer = await standin._get_updates(call)
+                return JSONResponse(answer, status_code=status)
             status, answer = standin._answer(call.method, call.path, call.query, call.headers)
             # Token-less or rejected sends answer 200 with an error code on some platforms: posted means "ok".
             call.posted = is_send and status < 300 and _accepted(answer)
             return JSONResponse(answer, status_code=status)
 
         return app
+
+    def _feishu_endpoint(self, body: Any) -> dict[str, Any]:
+        body = body if isinstance(body, dict) else {}
+        if body.get("AppID") != FEISHU_APP_ID or body.get("AppSecret") not in self.feishu_secrets:
+            return {"code": 10014, "msg": "app secret invalid"}
+        return {
+            "code": 0,
+            "msg": "ok",
+            "data": {
+                "URL": f"ws://127.0.0.1:{self.port}/feishu-ws?device_id=d{next(self._numbers)}&service_id=33",
+                "ClientConfig": {
+                    "ReconnectCount": -1,
+                    "ReconnectInterval": 120,
+                    "ReconnectNonce": 30,
+                    "PingInterval": 1,
+                },
+            },
+        }
+
+    async def _get_updates(self, call: Call) -> tuple[int, Any]:
+        token = call.path.removeprefix("/bot").removesuffix("/getUpdates")
+        if token not in self.bot_tokens:
+            return 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+        if self.webhook_set:
+            return 409, {
+                "ok": False,
+                "error_code": 409,
+                "description": "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            }
+        body = call.body if isinstance(call.body, dict) else {}
+        offset, timeout = body.get("offset"), body.get("timeout", 0)
+        self._poll_generation += 1
+        mine = self._poll_generation
+        self.offsets.append(offset)
+        if isinstance(offset, int):
+            if self.on_confirm is not None:
+                self.on_confirm(offset)
+            self.updates = [u for u in self.updates if u.get("update_id", offset) >= offset]
+        deadline = time.monotonic() + min(float(timeout), 50.0)
+        while True:
+            if self._poll_generation != mine:
+                return 409, {
+                    "ok": False,
+                    "error_code": 409,
+                    "description": "Conflict: terminated by other getUpdates request; "
+                    "make sure that only one bot instance is running",
+                }
+            pending = self.updates if offset is None else [u for u in self.updates if u["update_id"] >= offset]
+            if pending or time.monotonic() >= deadline:
+                return 200, {"ok": True, "result": pending[:100]}
+            await asyncio.sleep(0.05)
+
+
+def _feishu_frames(frame_id: str, payload: bytes, parts: int) -> list[bytes]:
+    """DATA frames of type `event` as Feishu's gateway sends them (lark-oapi's Frame; split when parts > 1)."""
+    size = -(-len(payload) // parts)
+    frames = []
+    for seq in range(parts):
+        frame = Frame(SeqID=seq, LogID=0, service=33, method=1)
+        for key, value in (
+            ("type", "event"),
+            ("message_id", frame_id),
+            ("trace_id", "t"),
+            ("sum", str(parts)),
+            ("seq", str(seq)),
+        ):
+            frame.headers.add(key=key, value=value)
+        frame.payload = payload[seq * size : (seq + 1) * size]
+        frames.append(frame.SerializeToString())
+    return frames
 
 
 def _accepted(answer: Any) -> bool:

@@ -5,6 +5,7 @@ real WebSocket from the stand-in gateway, acknowledged with the SDK's AckMessage
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -171,6 +172,8 @@ def test_stream_mode_acks_every_frame_and_queues_one_job(make_app: AppFactory, p
     [opened] = [c for c in platform.calls if c.path == "/v1.0/gateway/connections/open"]
     assert opened.body["clientId"] == p.DT_APP_KEY
     assert opened.body["subscriptions"] == [{"type": "CALLBACK", "topic": "/v1.0/im/bot/messages/get"}]
+    assert app.client.get("/readyz").json()["checks"]["stream:bot"] == "ok"
+    assert app.metric("ai_assistant_stream_up", connector="bot") == 1
     body = p.dingtalk_message("msg-s1", session_webhook=f"{platform.base}/robot/sendBySession?session=s")
     for i in range(3):  # the gateway re-delivers a frame it thinks was not acknowledged
         platform.push_frame(p.dingtalk_frame(body, f"frame-{i}"))
@@ -187,6 +190,22 @@ def test_stream_mode_acks_every_frame_and_queues_one_job(make_app: AppFactory, p
     platform.push_frame(_system_frame("disconnect", "sys-2"))
     wait_until(lambda: platform.stream_connections == connections + 1, 20, "a new stream connection")
     assert len([c for c in platform.calls if c.path == "/v1.0/gateway/connections/open"]) == 2
+
+
+def test_stream_mode_reports_a_gateway_that_refuses_the_credentials(
+    make_app: AppFactory, platform: PlatformStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    platform.script(
+        "/gateway/connections/open", 401, {"code": "InvalidAuthentication", "message": "bad secret"}, times=1
+    )
+    with caplog.at_level(logging.WARNING):
+        app = make_app(_stream_options(platform))
+        wait_until(lambda: app.client.get("/readyz").json()["checks"]["stream:bot"] == "down: unauthorized", 30, "down")
+    assert app.metric("ai_assistant_stream_errors_total", connector="bot", reason="unauthorized") >= 1
+    assert "HTTP 401: app_key / app_secret are wrong or were reset" in caplog.text
+    assert app.metric("ai_assistant_stream_up", connector="bot") == 0
+    wait_until(lambda: app.connector.stream_connected.is_set(), 30, "the retry to connect")  # back-off: 1 s
+    assert app.client.get("/readyz").json()["checks"]["stream:bot"] == "ok"
 
 
 def _system_frame(topic: str, frame_id: str) -> dict[str, object]:

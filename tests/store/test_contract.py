@@ -302,3 +302,15 @@ async def test_a_repeated_checkpoint_by_the_holder_changes_nothing(store: StateS
     assert await store.release(job.id, job.lease_token, 0, "retry")
     again = await store.claim(30)
     assert again is not None and again.answer == "hello"
+
+
+async def test_a_named_lease_has_one_holder_until_it_expires_or_is_given_back(store: StateStore) -> None:
+    assert await store.hold("stream:bot", "a", 30)
+    assert not await store.hold("stream:bot", "b", 30)
+    assert await store.hold("stream:bot", "a", 0.3)  # the holder renews (here: shortens) its own lease
+    await asyncio.sleep(0.5)
+    assert await store.hold("stream:bot", "b", 30)  # a's lease ran out: b takes over
+    await store.let_go("stream:bot", "a")  # not a's any more: nothing happens
+    assert not await store.hold("stream:bot", "a", 30)
+    await store.let_go("stream:bot", "b")
+    assert await store.hold("stream:bot", "a", 30)

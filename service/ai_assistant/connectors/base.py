@@ -6,14 +6,23 @@ from __future__ import annotations
 import ipaddress
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import ClassVar, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Feedback, InboundMessage, OutboundText, RawRequest, Verdict
 from .splitting import chars, split_text
+from .streaming import StreamLink
+
+
+class Leases(Protocol):
+    """The part of the state store that long connections use to keep one connection per bot across instances."""
+
+    async def hold(self, key: str, holder: str, ttl: float) -> bool: ...
+
+    async def let_go(self, key: str, holder: str) -> None: ...
 
 
 class ConnectorConfig(BaseModel):
@@ -50,6 +59,12 @@ class Connector(ABC):
         # Set by the app before start(): long-connection modes feed messages into the same de-duplicated queue.
         # Returns False when the message was a duplicate.
         self.sink: Callable[[InboundMessage], Awaitable[bool]] | None = None
+        # Set by the app before start(): long connections count user feedback (reactions) through it, once each.
+        self.feedback: Callable[[Feedback], Awaitable[None]] | None = None
+        # Set by the app before start(), for long connections that must run on one instance only (Telegram).
+        self.leases: Leases | None = None
+        # The long connection's state (mode: stream), reported by /readyz and as metrics; None for webhooks.
+        self.link: StreamLink | None = None
 
     @property
     def path(self) -> str | None:

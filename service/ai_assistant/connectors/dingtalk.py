@@ -47,6 +47,7 @@ from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, same
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after, server_error
+from .streaming import StreamDown, StreamLink, supervise
 from .tokens import CachedToken
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class DingTalkConnector(Connector):
         self._proxy = (base.scheme, base.netloc) if base else None
         self._stream: asyncio.Task[None] | None = None
         self.stream_connected = asyncio.Event()
+        self.link = StreamLink(name) if config.mode == "stream" else None
 
     @property
     def path(self) -> str | None:
@@ -163,44 +165,49 @@ class DingTalkConnector(Connector):
         await super().aclose()
 
     async def _run_stream(self) -> None:
-        """Connect, read frames, reconnect with capped back-off; one task, closed by aclose() so a restart never leaves
-        a stale connection stealing messages."""
+        """One task, closed by aclose() so a restart never leaves a stale connection stealing messages; supervise()
+        reconnects with jittered back-off."""
+        assert self.link is not None
+        await supervise(self.link, self._stream_session)
+
+    async def _stream_session(self) -> None:
+        """One connection: open it, read frames until the gateway closes it or asks us to move (a disconnect frame)."""
         handler = _StreamHandler(self)
-        delay = 1.0
-        while True:
-            try:
-                conn = await self.api.call(
-                    "POST",
-                    f"{self.api_base}/v1.0/gateway/connections/open",
-                    endpoint="gateway/connections/open",
-                    json={
-                        "clientId": self.config.app_key,
-                        "clientSecret": self.config.app_secret.get_secret_value(),
-                        "subscriptions": [{"type": "CALLBACK", "topic": ChatbotMessage.TOPIC}],
-                        "ua": "ai-assistant",
-                    },
-                    limited=False,
-                    idempotent=True,  # posts nothing
-                )
-                uri = f"{conn['endpoint']}?ticket={quote_plus(conn['ticket'])}"
-                async with websockets.connect(uri) as ws:
-                    self.stream_connected.set()
-                    delay = 1.0
-                    async for raw in ws:
-                        ack, disconnect = await handler.route(raw)
-                        if ack is not None:
-                            await ws.send(json.dumps(ack.to_dict()))
-                        if disconnect:  # the gateway asks us to move to a new connection
-                            break
-            except asyncio.CancelledError:
-                raise
-            except (DeliveryFailed, KeyError, TypeError, OSError, websockets.WebSocketException) as exc:
-                log.warning("%s: stream connection lost (%s); reconnecting in %.0f s", self.name, exc, delay)
-            except Exception:  # anything else must not end the only task that receives this bot's messages
-                log.exception("%s: stream failed; reconnecting in %.0f s", self.name, delay)
+        try:
+            conn = await self.api.call(
+                "POST",
+                f"{self.api_base}/v1.0/gateway/connections/open",
+                endpoint="gateway/connections/open",
+                json={
+                    "clientId": self.config.app_key,
+                    "clientSecret": self.config.app_secret.get_secret_value(),
+                    "subscriptions": [{"type": "CALLBACK", "topic": ChatbotMessage.TOPIC}],
+                    "ua": "ai-assistant",
+                },
+                limited=False,
+                idempotent=True,  # posts nothing
+            )
+            uri = f"{conn['endpoint']}?ticket={quote_plus(conn['ticket'])}"
+        except (DeliveryFailed, KeyError, TypeError) as exc:
+            if " 401" in str(exc) or " 403" in str(exc):
+                raise StreamDown("unauthorized", f"{exc}: app_key / app_secret are wrong or were reset") from None
+            raise StreamDown("disconnected", str(exc)) from None
+        try:
+            async with websockets.connect(uri) as ws:
+                self.stream_connected.set()
+                assert self.link is not None
+                self.link.connected()
+                async for raw in ws:
+                    ack, disconnect = await handler.route(raw)
+                    if ack is not None:
+                        await ws.send(json.dumps(ack.to_dict()))
+                    if disconnect:  # the gateway asks us to move to a new connection: not a failure
+                        return
+        except (OSError, websockets.WebSocketException) as exc:
+            raise StreamDown("disconnected", f"connection lost ({type(exc).__name__}: {exc})") from None
+        finally:
             self.stream_connected.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+        raise StreamDown("disconnected", "the gateway closed the connection")
 
     # ------------------------------------------------------------------------------------------------ outbound
     async def _fetch_token(self) -> tuple[str, float]:

@@ -11,6 +11,13 @@ Without an Encrypt Key Feishu signs nothing: the verification token in the body 
 Feishu re-pushes an unacknowledged event at 15 s, 5 min, 1 h and 6 h, and the same message may come back under a new
 event_id, so messages are de-duplicated on `event_id` and on `message_id` (docs/adr/0071-im-connectors.md).
 
+Long connection (`mode: stream`, no public URL needed): the endpoint from POST /callback/ws/endpoint (app id and
+secret), then a WebSocket carrying lark-oapi's protobuf `Frame`s (the SDK's own generated class). A DATA frame of
+type `event` holds the same schema 2.0 body as a webhook, unencrypted (the socket was opened with the app secret); it
+is read by the same code, queued, and only then answered with the frame's response (code 200), or 500 when it could not
+be queued, so Feishu pushes it again. lark-oapi's own `ws.Client` is not used: it answers a frame as soon as a
+synchronous handler returns, so the answer could not wait for the durable enqueue (docs/adr/0072-long-connections.md).
+
 Outbound: POST /open-apis/im/v1/messages/{message_id}/reply with a `uuid` derived from the inbound message id and the
 part number, so Feishu itself drops a re-sent part; tenant_access_token cached and refreshed 10 minutes early.
 """
@@ -24,16 +31,32 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 import uuid
 from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import websockets
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from pydantic import Field, SecretStr
+from lark_oapi.ws.const import (  # type: ignore[import-untyped]
+    GEN_ENDPOINT_URI,
+    HEADER_BIZ_RT,
+    HEADER_MESSAGE_ID,
+    HEADER_SEQ,
+    HEADER_SUM,
+    HEADER_TYPE,
+    SERVICE_ID,
+)
+from lark_oapi.ws.enum import FrameType, MessageType  # type: ignore[import-untyped]
+from lark_oapi.ws.pb.google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # the SDK's copy
+from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
+from pydantic import Field, SecretStr, model_validator
 
-from ..errors import DeliveryFailed, Forbidden, MalformedRequest, SignatureInvalid
+from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
 from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
+from ..observability import DUPLICATES
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, obj, same
 from .outbound import (
@@ -47,6 +70,7 @@ from .outbound import (
     server_error,
 )
 from .splitting import utf8_bytes
+from .streaming import StreamDown, StreamLink, supervise
 from .tokens import CachedToken
 
 log = logging.getLogger(__name__)
@@ -63,7 +87,10 @@ class FeishuConfig(ConnectorConfig, OutboundOptions):
     platform: Literal["feishu", "lark"] = "feishu"
     app_id: str = Field(min_length=1, description="App ID (cli_...) from Credentials & Basic Info")
     app_secret: SecretStr = Field(description="App Secret from Credentials & Basic Info")
-    verification_token: SecretStr = Field(description="Events & Callbacks > Encryption Strategy > Verification Token")
+    verification_token: SecretStr | None = Field(
+        None, description="Events & Callbacks > Encryption Strategy > Verification Token; required for mode: webhook"
+    )
+    mode: Literal["webhook", "stream"] = Field("webhook", description="stream: no public URL, Feishu's long connection")
     encrypt_key: SecretStr | None = Field(None, description="Encryption Strategy > Encrypt Key (turns on signatures)")
     bot_open_id: str | None = Field(None, description="the bot's open_id; asked from /bot/v3/info at start when unset")
     # Retries come up to ~7.1 h after the first push; a request older than this is refused even when its event_id
@@ -72,6 +99,12 @@ class FeishuConfig(ConnectorConfig, OutboundOptions):
     reply_in_thread: bool = Field(True, description="answer group messages in a thread under the question")
     rate_limit_per_second: float = Field(5.0, gt=0)  # "100/min, 5/sec" per app
     chat_rate_limit_per_second: float | None = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _token_for_webhooks(self) -> FeishuConfig:
+        if self.mode == "webhook" and self.verification_token is None:
+            raise ValueError("verification_token: required with mode: webhook (how Feishu's calls are recognised)")
+        return self
 
 
 def _content_bytes(text: str) -> int:
@@ -96,15 +129,29 @@ class FeishuConnector(Connector):
         self.bot_open_id = config.bot_open_id
         self._info: asyncio.Task[None] | None = None
         self._aes_key = hashlib.sha256(key.encode()).digest() if key else None
-        if key is None:
+        self.link = StreamLink(name) if config.mode == "stream" else None
+        self._stream: asyncio.Task[None] | None = None
+        self._parts: dict[str, list[bytes | None]] = {}  # a payload split over several frames, by message_id
+        if key is None and config.mode == "webhook":
             log.warning("%s: no encrypt_key: Feishu will not sign requests; set one in the developer console", name)
 
     async def start(self) -> None:
         # In the background: a slow or unreachable API must not hold up the service's start.
         if self.bot_open_id is None and self._info is None:
             self._info = asyncio.create_task(self._learn_bot_open_id(), name=f"feishu-bot-info-{self.name}")
+        if self.link is not None and self._stream is None:
+            self._stream = asyncio.create_task(supervise(self.link, self._session), name=f"feishu-ws-{self.name}")
+
+    @property
+    def path(self) -> str | None:
+        return super().path if self.config.mode == "webhook" else None
 
     async def aclose(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stream
+            self._stream = None
         if self._info is not None:
             self._info.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -147,7 +194,8 @@ class FeishuConnector(Connector):
             payload = outer
         header = payload.get("header") if isinstance(payload.get("header"), dict) else None
         token = header.get("token") if header is not None else payload.get("token")
-        if not isinstance(token, str) or not same(token, self.config.verification_token.get_secret_value()):
+        expected = self.config.verification_token
+        if not isinstance(token, str) or expected is None or not same(token, expected.get_secret_value()):
             raise SignatureInvalid("verification token does not match")
         if payload.get("type") == "url_verification":
             challenge = payload.get("challenge")
@@ -156,6 +204,11 @@ class FeishuConnector(Connector):
             return Verdict(ack=Ack(200, {"challenge": challenge}), handshake=True)
         if self._aes_key is not None and not signed:
             raise SignatureInvalid("X-Lark-Signature is missing")
+        return self.read(payload)
+
+    def read(self, payload: dict[str, Any]) -> Verdict:
+        """A schema 2.0 event body (a verified webhook's, or a long-connection frame's) -> Verdict."""
+        header = payload.get("header") if isinstance(payload.get("header"), dict) else None
         if header is None:
             raise MalformedRequest("header: only event subscription schema 2.0 is supported")
         if header.get("app_id") != self.config.app_id:
@@ -164,6 +217,127 @@ class FeishuConnector(Connector):
             return Verdict()  # other subscribed events are acknowledged and ignored
         message = self._message(header, payload.get("event"))
         return Verdict(messages=[message] if message else [])
+
+    # ------------------------------------------------------------------------------------------------ long connection
+    async def _session(self) -> None:
+        assert self.link is not None
+        url, ping_interval = await self._endpoint()
+        try:
+            service = int(parse_qs(urlsplit(url).query)[SERVICE_ID][0])
+        except (KeyError, ValueError):
+            raise StreamDown("malformed", "callback/ws/endpoint: the URL has no service_id") from None
+        try:
+            async with websockets.connect(url, proxy=None) as ws:
+                self.link.connected()
+                pinger = asyncio.create_task(self._ping(ws, service, ping_interval))
+                try:
+                    async for raw in ws:
+                        await self._on_frame(ws, raw)
+                finally:
+                    pinger.cancel()
+        except (OSError, websockets.WebSocketException) as exc:
+            raise StreamDown("disconnected", f"long connection lost ({type(exc).__name__}: {exc})") from None
+        raise StreamDown("disconnected", "Feishu closed the long connection")
+
+    async def _endpoint(self) -> tuple[str, float]:
+        """The WebSocket URL and ping interval from Feishu's endpoint discovery, with the errors told apart."""
+        try:
+            resp = await self.http.post(
+                f"{self.api_base}{GEN_ENDPOINT_URI}",
+                json={"AppID": self.config.app_id, "AppSecret": self.config.app_secret.get_secret_value()},
+                headers={"locale": "zh"},
+            )
+            body = resp.json()
+        except httpx.HTTPError as exc:
+            raise StreamDown("disconnected", f"callback/ws/endpoint: {type(exc).__name__}") from None
+        except ValueError:
+            raise StreamDown("malformed", f"callback/ws/endpoint: HTTP {resp.status_code}, not JSON") from None
+        code = body.get("code") if isinstance(body, dict) else None
+        msg = str(body.get("msg", ""))[:200] if isinstance(body, dict) else ""
+        if resp.status_code >= 500 or code in (1, 1000040343):  # system busy, internal error: the SDK retries these
+            raise StreamDown("disconnected", f"callback/ws/endpoint: HTTP {resp.status_code} code {code} {msg}")
+        if code == 1000040350:
+            raise StreamDown("conflict", f"callback/ws/endpoint: {msg}: more connections than Feishu allows per app")
+        if resp.status_code != 200 or code != 0:  # the SDK's "client error": credentials or the app's settings
+            raise StreamDown(
+                "unauthorized",
+                f"callback/ws/endpoint: code {code} {msg}: app_id / app_secret are wrong, or the app does not use "
+                "the long connection (Events & Callbacks > subscription mode)",
+            )
+        data = obj(body, "data")
+        url = data.get("URL")
+        if not isinstance(url, str):
+            raise StreamDown("malformed", "callback/ws/endpoint: no URL in the answer")
+        interval = obj(data, "ClientConfig").get("PingInterval")
+        return url, float(interval) if isinstance(interval, int | float) and interval > 0 else 120.0
+
+    async def _ping(self, ws: Any, service: int, interval: float) -> None:
+        while True:
+            frame = Frame(SeqID=0, LogID=0, service=service, method=FrameType.CONTROL.value)
+            frame.headers.add(key=HEADER_TYPE, value=MessageType.PING.value)
+            await ws.send(frame.SerializeToString())
+            await asyncio.sleep(interval)
+
+    async def _on_frame(self, ws: Any, raw: str | bytes) -> None:
+        assert self.link is not None
+        frame = Frame()
+        try:
+            frame.ParseFromString(raw if isinstance(raw, bytes) else raw.encode())
+        except DecodeError:
+            self.link.problem("malformed", "a frame that is not a protobuf Frame was ignored")
+            return
+        if frame.method != FrameType.DATA.value:
+            return  # pong (may carry new intervals: our pings keep the first), or a control frame we do not use
+        headers = {h.key: h.value for h in frame.headers}
+        payload = self._whole(headers, frame.payload)
+        if payload is None:
+            return  # more parts to come
+        started = time.monotonic()
+        code = 200
+        if headers.get(HEADER_TYPE) == MessageType.EVENT.value:
+            code = await self._take(headers.get(HEADER_MESSAGE_ID, "?"), payload)
+        frame.headers.add(key=HEADER_BIZ_RT, value=str(int((time.monotonic() - started) * 1000)))
+        frame.payload = json.dumps({"code": code}).encode()
+        await ws.send(frame.SerializeToString())
+
+    def _whole(self, headers: dict[str, str], part: bytes) -> bytes | None:
+        try:
+            total, seq = int(headers.get(HEADER_SUM, "1")), int(headers.get(HEADER_SEQ, "0"))
+        except ValueError:
+            total, seq = 1, 0
+        if total <= 1:
+            return part
+        parts = self._parts.setdefault(headers.get(HEADER_MESSAGE_ID, ""), [None] * total)
+        if not 0 <= seq < len(parts):
+            return None
+        parts[seq] = part
+        if any(p is None for p in parts):
+            return None
+        del self._parts[headers.get(HEADER_MESSAGE_ID, "")]
+        return b"".join(p for p in parts if p is not None)
+
+    async def _take(self, frame_id: str, payload: bytes) -> int:
+        """Queue an event; the frame's answer code: 200 once queued (or unreadable: a retry cannot fix that), 500
+        when it could not be queued, so Feishu pushes it again."""
+        assert self.link is not None
+        try:
+            verdict = self.read(load_json(payload, "frame payload"))
+        except RejectedRequest as exc:
+            self.link.problem("malformed", f"event in frame {frame_id} skipped: {exc.detail}")
+            return 200
+        try:
+            for message in verdict.messages:
+                if message.is_group and not message.mentioned and self.config.group_mention_only:
+                    continue
+                if self.sink is None:
+                    raise RuntimeError("the queue is not open yet")
+                if not await self.sink(message):
+                    DUPLICATES.labels(connector=self.name).inc()
+                    log.info("duplicate delivery of %s acknowledged", message.event_id)
+        except Exception as exc:
+            self.link.problem("store", f"event in frame {frame_id} not queued ({type(exc).__name__}); Feishu retries")
+            return 500
+        return 200
 
     def _check_signature(self, request: RawRequest) -> None:
         if self._encrypt_key is None:

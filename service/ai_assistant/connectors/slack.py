@@ -7,24 +7,45 @@ signed, so only the event_id catches it; a message seen both as `message` and `a
 Feedback: a thumbs-up or thumbs-down reaction (`reaction_added`) on one of the bot's own messages counts once per
 user, answer and rating, however often it is removed and added again.
 
+Socket Mode (`mode: stream`, no public URL needed): slack_sdk's Socket Mode client (websockets) on a WebSocket that
+apps.connections.open hands out for the app-level token. Each events_api envelope carries the same event_callback
+body as the HTTP request (no signature: the socket was opened with the app token); it is read by the same code and
+acknowledged by its envelope_id only after the durable enqueue, so an unacknowledged event that Slack sends again is
+absorbed by the de-duplication on event_id. Slack spreads events over up to 10 connections of one app, one connection
+per event, so every instance keeps its own (docs/adr/0072-long-connections.md).
+
 Outbound: chat.postMessage with the bot token, in the question's thread in channels; about one message per second per
 channel, with Retry-After honoured on HTTP 429.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
+from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.websockets import SocketModeClient
+from slack_sdk.web.async_client import AsyncWebClient
+from websockets.exceptions import WebSocketException
 
-from ..errors import MalformedRequest, SignatureInvalid
+from ..errors import MalformedRequest, RejectedRequest, SignatureInvalid
 from ..messages import Ack, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
+from ..observability import DUPLICATES
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check, retry_after
+from .streaming import StreamDown, StreamLink, supervise
+
+log = logging.getLogger(__name__)
+# apps.connections.open errors that mean the app-level token itself is refused: retrying cannot help until it is fixed.
+_AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "token_revoked", "account_inactive", "not_allowed_token_type"})
 
 WINDOW = 300  # Slack's own documented replay window; slack_sdk enforces the same
 # Reaction names as Slack sends them (aliases included; a skin tone arrives as "+1::skin-tone-2").
@@ -38,12 +59,26 @@ RATINGS: dict[str, Literal["positive", "negative"]] = {
 
 class SlackConfig(ConnectorConfig, OutboundOptions):
     platform: Literal["slack"] = "slack"
-    signing_secret: SecretStr = Field(description="Basic Information > App Credentials > Signing Secret")
+    signing_secret: SecretStr | None = Field(
+        None, description="Basic Information > App Credentials > Signing Secret; required for mode: webhook"
+    )
+    mode: Literal["webhook", "stream"] = Field("webhook", description="stream: no public URL, Slack's Socket Mode")
+    app_token: SecretStr | None = Field(
+        None, description="Basic Information > App-Level Tokens (xapp-..., scope connections:write); for mode: stream"
+    )
     bot_token: SecretStr = Field(description="OAuth & Permissions > Bot User OAuth Token (xoxb-...)")
     bot_user_id: str | None = Field(None, description="the bot's user id (U...); read from each event when unset")
     reply_in_thread: bool = True
     rate_limit_per_second: float = Field(10.0, gt=0)
     chat_rate_limit_per_second: float | None = Field(1.0, gt=0)  # chat.postMessage: ~1/s per channel
+
+    @model_validator(mode="after")
+    def _credentials_for_mode(self) -> SlackConfig:
+        if self.mode == "webhook" and self.signing_secret is None:
+            raise ValueError("signing_secret: required with mode: webhook (it is how Slack's calls are recognised)")
+        if self.mode == "stream" and self.app_token is None:
+            raise ValueError("app_token: required with mode: stream (an xapp-... token with connections:write)")
+        return self
 
 
 class SlackConnector(Connector):
@@ -56,15 +91,25 @@ class SlackConnector(Connector):
         super().__init__(name, config)
         self.api_base = (config.api_base or "https://slack.com/api").rstrip("/")
         self.api = PlatformAPI(name, config, lambda: self.http)
-        self._verifier = SignatureVerifier(config.signing_secret.get_secret_value())
+        secret = config.signing_secret
+        self._verifier = SignatureVerifier(secret.get_secret_value()) if secret is not None else None
+        self.link = StreamLink(name) if config.mode == "stream" else None
+        self._socket: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> str | None:
+        return super().path if self.config.mode == "webhook" else None
 
     async def verify(self, request: RawRequest) -> Verdict:
         ts = request.headers.get("x-slack-request-timestamp")
         check_window(ts, WINDOW, header="X-Slack-Request-Timestamp")
         signature = request.headers.get("x-slack-signature")
-        if not signature or not self._verifier.is_valid(request.body, ts, signature):
+        if not signature or self._verifier is None or not self._verifier.is_valid(request.body, ts, signature):
             raise SignatureInvalid("X-Slack-Signature does not match the body")
-        payload = load_json(request.body)
+        return self.read(load_json(request.body))
+
+    def read(self, payload: dict[str, Any]) -> Verdict:
+        """An Events API body (the HTTP request's, or a Socket Mode envelope's payload) -> Verdict."""
         kind = payload.get("type")
         if kind == "url_verification":
             challenge = payload.get("challenge")
@@ -83,6 +128,99 @@ class SlackConnector(Connector):
         message = self._message(event_id, event, payload)
         return Verdict(messages=[message] if message else [])
 
+    # ------------------------------------------------------------------------------------------------ Socket Mode
+    async def start(self) -> None:
+        if self.link is not None and self._socket is None:
+            self._socket = asyncio.create_task(supervise(self.link, self._session), name=f"slack-socket-{self.name}")
+
+    async def aclose(self) -> None:
+        if self._socket is not None:
+            self._socket.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._socket
+            self._socket = None
+        await super().aclose()
+
+    async def _session(self) -> None:
+        """One Socket Mode client until its connection is lost. The SDK's own reconnection is off (it retries on a
+        fixed interval without reporting): supervise() reconnects with jittered back-off instead. A `disconnect`
+        frame (Slack refreshing the connection) is still handled by the SDK, which moves to a new URL in place."""
+        assert self.link is not None
+        assert self.config.app_token is not None
+        client = SocketModeClient(
+            app_token=self.config.app_token.get_secret_value(),
+            web_client=AsyncWebClient(base_url=f"{self.api_base}/", timeout=int(self.config.http_timeout_seconds)),
+            auto_reconnect_enabled=False,
+            logger=log,
+        )
+        client.message_listeners.append(self._on_frame)
+        try:
+            try:
+                await client.connect()  # type: ignore[no-untyped-call]
+            except SlackApiError as exc:
+                error = str(exc.response.get("error", "")) if exc.response is not None else ""
+                if error in (
+                    "invalid_auth",
+                    "not_authed",
+                    "token_revoked",
+                    "account_inactive",
+                    "not_allowed_token_type",
+                ):
+                    raise StreamDown(
+                        "unauthorized",
+                        f"apps.connections.open: {error}: app_token is wrong or was revoked "
+                        "(an app-level xapp-... token with connections:write, Socket Mode enabled)",
+                    ) from None
+                raise StreamDown("disconnected", f"apps.connections.open: {error or type(exc).__name__}") from None
+            except (TimeoutError, OSError, WebSocketException) as exc:
+                raise StreamDown("disconnected", f"Socket Mode connection: {type(exc).__name__}") from None
+            while await client.is_connected():  # noqa: ASYNC110 (the SDK has no event for a closed session)
+                await asyncio.sleep(1.0)
+            raise StreamDown("disconnected", "Slack closed the Socket Mode connection")
+        finally:
+            await client.close()  # type: ignore[no-untyped-call]
+
+    async def _on_frame(self, client: AsyncBaseSocketModeClient, frame: dict[str, Any], raw: str | None) -> None:
+        assert self.link is not None
+        kind = frame.get("type")
+        if kind == "hello":
+            self.link.connected()
+            return
+        envelope = frame.get("envelope_id")
+        if kind is None or not isinstance(envelope, str):
+            self.link.problem(
+                "malformed", f"a frame that is not a Socket Mode envelope was ignored ({kind or 'no type'})"
+            )
+            return
+        if kind != "events_api":
+            # Interactivity and slash commands are not used by this connector: acknowledged so Slack does not retry.
+            await client.send_socket_mode_response({"envelope_id": envelope})
+            return
+        payload = frame.get("payload")
+        try:
+            verdict = self.read(payload if isinstance(payload, dict) else {})
+        except RejectedRequest as exc:
+            self.link.problem("malformed", f"envelope {envelope} skipped: {exc.detail}")
+            await client.send_socket_mode_response({"envelope_id": envelope})  # a retry cannot fix it
+            return
+        try:
+            for message in verdict.messages:
+                if message.is_group and not message.mentioned and self.config.group_mention_only:
+                    continue
+                if self.sink is None:
+                    raise RuntimeError("the queue is not open yet")
+                if not await self.sink(message):
+                    DUPLICATES.labels(connector=self.name).inc()
+                    log.info("duplicate delivery of %s acknowledged", message.event_id)
+            for feedback in verdict.feedback:
+                if self.feedback is not None:
+                    await self.feedback(feedback)
+        except Exception as exc:  # not acknowledged: Slack sends the event again, and the store may be back by then
+            self.link.problem("store", f"envelope {envelope} not queued ({type(exc).__name__}); Slack will retry it")
+            return
+        await client.send_socket_mode_response({"envelope_id": envelope})
+
+    # ------------------------------------------------------------------------------------------------ feedback
     def _feedback(self, event: dict[str, Any], payload: dict[str, Any]) -> Feedback | None:
         """A thumbs-up/down on the bot's own message; any other reaction, or one on somebody else's message, is not
         feedback on an answer."""

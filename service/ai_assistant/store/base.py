@@ -51,6 +51,13 @@ class StateStore(Protocol):
     async def forget(self, key: str) -> None:
         """Drop a key set by `remember`."""
 
+    async def hold(self, key: str, holder: str, ttl: float) -> bool:
+        """Take or renew a named lease: True if `key` was free, expired or already `holder`'s, and it is now
+        `holder`'s for `ttl` seconds; False while another holder's lease runs (one long connection per bot)."""
+
+    async def let_go(self, key: str, holder: str) -> None:
+        """Give a lease back early (a clean shutdown), if `holder` still holds it."""
+
     async def claim(self, lease_seconds: float) -> Job | None:
         """Lease the oldest visible job. A job whose lease expires (its worker died) becomes visible again."""
 

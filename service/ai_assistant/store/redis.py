@@ -166,6 +166,20 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('DEL', KEYS[1])
 """
 
+_HOLD = """
+-- KEYS: lease key   ARGV: holder, ttl_ms
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_LET_GO = """
+-- KEYS: lease key   ARGV: holder
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 
 async def _close_later(client: aioredis.Redis, delay: float) -> None:
     await asyncio.sleep(delay)
@@ -189,6 +203,8 @@ class RedisStore:
         self._dead_letter = self._r.register_script(_DEAD_LETTER)
         self._replay = self._r.register_script(_REPLAY)
         self._drop = self._r.register_script(_DROP)
+        self._hold = self._r.register_script(_HOLD)
+        self._let_go = self._r.register_script(_LET_GO)
 
     async def reconnect(self, url: str) -> None:
         """After a password rotation: new connections use the new URL; the old pool is closed once in-flight
@@ -218,6 +234,12 @@ class RedisStore:
 
     async def forget(self, key: str) -> None:
         await self._r.delete(P + "dedupe:" + key)
+
+    async def hold(self, key: str, holder: str, ttl: float) -> bool:
+        return bool(await self._hold(keys=[P + "lease:" + key], args=[holder, int(ttl * 1000)]))
+
+    async def let_go(self, key: str, holder: str) -> None:
+        await self._let_go(keys=[P + "lease:" + key], args=[holder])
 
     async def claim(self, lease_seconds: float) -> Job | None:
         result = await self._claim(keys=[QUEUE], args=[lease_seconds, P, uuid.uuid4().hex])

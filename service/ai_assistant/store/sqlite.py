@@ -44,6 +44,7 @@ def _job_id() -> str:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     message TEXT NOT NULL,
@@ -194,6 +195,23 @@ class SQLiteStore:
 
     async def forget(self, key: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM dedupe WHERE key = ?", (key,)))
+
+    async def hold(self, key: str, holder: str, ttl: float) -> bool:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT holder, expires_at FROM leases WHERE key = ?", (key,)).fetchone()
+            if row and row[0] != holder and row[1] >= now:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases (key, holder, expires_at) VALUES (?, ?, ?)", (key, holder, now + ttl)
+            )
+            return True
+
+        return await self._run(lambda db: self._tx(db, body))
+
+    async def let_go(self, key: str, holder: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM leases WHERE key = ? AND holder = ?", (key, holder)))
 
     async def claim(self, lease_seconds: float) -> Job | None:
         now = time.time()
