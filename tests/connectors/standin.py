@@ -202,6 +202,8 @@ class PlatformStandIn:
         self.webhook_set = False
         self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self.offsets: list[int | None] = []  # the offset of every getUpdates, in order
+        # getUpdates calls whose offset is above this (i.e. would confirm a later update) answer 502.
+        self.fail_offsets_above: int | None = None
         self.on_confirm: Callable[[int], None] | None = None  # called before updates below the offset are forgotten
         self._poll_generation = 0
 
@@ -521,6 +523,9 @@ class PlatformStandIn:
             }
         body = call.body if isinstance(call.body, dict) else {}
         offset, timeout = body.get("offset"), body.get("timeout", 0)
+        if self.fail_offsets_above is not None and isinstance(offset, int) and offset > self.fail_offsets_above:
+            # A confirmation that never arrives (the process "died" after queueing): whatever the timing of the polls.
+            return 502, {"ok": False, "error_code": 502, "description": "Bad Gateway"}
         self._poll_generation += 1
         mine = self._poll_generation
         self.offsets.append(offset)
