@@ -156,7 +156,7 @@ def test_embedded_stack_passes_every_check_and_readyz_verbose_reports_the_same(
         assert by_name(verbose)["config"]["summary"].startswith("loaded at start: 1 connector(s)")
         assert httpx.get(service.base + "/readyz", timeout=30).json() == {
             "ready": True,
-            "checks": {"store": "ok", "engine": "ok"},
+            "checks": {"store": "ok", "engine": "ok", "workers": "ok"},
         }
     finally:
         service.stop()
@@ -354,7 +354,7 @@ def test_redis_state_store_and_its_queue(redis_url: str, receiver: ReplyReceiver
             assert await store.enqueue(message, 3600)
         job = await store.claim(30)
         assert job is not None
-        await store.dead_letter(job.id, "engine unavailable")
+        assert await store.dead_letter(job.id, job.lease_token, "engine unavailable")
         await store.close()
 
     asyncio.run(fill())
@@ -422,7 +422,7 @@ def _stopped_service_state(path: Path) -> None:
             assert await store.enqueue(message, 3600)
         job = await store.claim(30)
         assert job is not None
-        await store.dead_letter(job.id, "engine unavailable")
+        assert await store.dead_letter(job.id, job.lease_token, "engine unavailable")
         await store.close()
 
     asyncio.run(fill())
