@@ -4,8 +4,9 @@ InboundMessages plus the ack the platform expects, and it sends text back throug
 from __future__ import annotations
 
 import ipaddress
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import ClassVar, Protocol
 from urllib.parse import urlsplit
 
@@ -13,8 +14,11 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..messages import Feedback, InboundMessage, OutboundText, RawRequest, Verdict
+from ..observability import DUPLICATES
 from .splitting import chars, split_text
 from .streaming import StreamLink
+
+log = logging.getLogger(__name__)
 
 
 class Leases(Protocol):
@@ -90,6 +94,19 @@ class Connector(ABC):
     @abstractmethod
     async def send(self, part: OutboundText) -> None:
         """Deliver one part. Must be idempotent on `part.idempotency_key`. Raises DeliveryFailed on failure."""
+
+    async def queue(self, messages: Iterable[InboundMessage]) -> None:
+        """For long connections, what the webhook edge does with a verified request's messages: skip group messages
+        that do not mention the bot (group_mention_only), then de-duplicate and durably enqueue each through `sink`.
+        Raises when the store cannot take one, so the caller leaves the event unacknowledged (the platform resends)."""
+        for message in messages:
+            if message.is_group and not message.mentioned and self.config.group_mention_only:
+                continue
+            if self.sink is None:
+                raise RuntimeError("the queue is not open yet")
+            if not await self.sink(message):
+                DUPLICATES.labels(connector=self.name).inc()
+                log.info("duplicate delivery of %s acknowledged", message.event_id)
 
     async def start(self) -> None:  # noqa: B027 (an optional hook, empty on purpose)
         """Open long-lived connections (long-connection modes). Webhook-only connectors need nothing."""

@@ -56,7 +56,6 @@ from pydantic import Field, SecretStr, model_validator
 
 from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
 from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
-from ..observability import DUPLICATES
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, obj, same
 from .outbound import (
@@ -326,14 +325,7 @@ class FeishuConnector(Connector):
             self.link.problem("malformed", f"event in frame {frame_id} skipped: {exc.detail}")
             return 200
         try:
-            for message in verdict.messages:
-                if message.is_group and not message.mentioned and self.config.group_mention_only:
-                    continue
-                if self.sink is None:
-                    raise RuntimeError("the queue is not open yet")
-                if not await self.sink(message):
-                    DUPLICATES.labels(connector=self.name).inc()
-                    log.info("duplicate delivery of %s acknowledged", message.event_id)
+            await self.queue(verdict.messages)
         except Exception as exc:
             self.link.problem("store", f"event in frame {frame_id} not queued ({type(exc).__name__}); Feishu retries")
             return 500

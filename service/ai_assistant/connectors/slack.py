@@ -37,7 +37,6 @@ from websockets.exceptions import WebSocketException
 
 from ..errors import MalformedRequest, RejectedRequest, SignatureInvalid
 from ..messages import Ack, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
-from ..observability import DUPLICATES
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check, retry_after
@@ -204,14 +203,7 @@ class SlackConnector(Connector):
             await client.send_socket_mode_response({"envelope_id": envelope})  # a retry cannot fix it
             return
         try:
-            for message in verdict.messages:
-                if message.is_group and not message.mentioned and self.config.group_mention_only:
-                    continue
-                if self.sink is None:
-                    raise RuntimeError("the queue is not open yet")
-                if not await self.sink(message):
-                    DUPLICATES.labels(connector=self.name).inc()
-                    log.info("duplicate delivery of %s acknowledged", message.event_id)
+            await self.queue(verdict.messages)
             for feedback in verdict.feedback:
                 if self.feedback is not None:
                     await self.feedback(feedback)
