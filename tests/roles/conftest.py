@@ -134,6 +134,9 @@ class TestVM:
     connector_secret: str
     # sha256 of every secret the roles generate on the host, taken right after the first converge
     generated_secrets: dict[str, str] = field(default_factory=dict)
+    # The root pebble signed the site certificate with, read right after the first converge: pebble makes a new root
+    # at every start, so after a reboot its current root no longer verifies the certificate nginx serves.
+    pebble_root: str = ""
 
     def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A command in the guest over the shared control connection (see _write_ssh_config)."""
@@ -332,9 +335,14 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
         assert prep.rc == 0, f"prepare.yml failed (log {prep.log}):\n{prep.tail()}"
         # The production transport (Ansible's ssh connection) runs every task of the first converge; later plays
         # reuse the converged VM through Mitogen (TestVM.play).
-        first = _timed("converge 1", tvm.play, REPO / "playbooks/site.yml", name="converge1", transport="ssh")
+        # VM_FIRST_CONVERGE_TRANSPORT=mitogen: a developer's quick iteration on later checks (CI keeps ssh).
+        transport = os.environ.get("VM_FIRST_CONVERGE_TRANSPORT", "ssh")
+        first = _timed("converge 1", tvm.play, REPO / "playbooks/site.yml", name="converge1", transport=transport)
         assert first.rc == 0 and first.failed == 0, f"first converge failed (log {first.log}):\n{first.tail()}"
         tvm.generated_secrets = secret_digests(tvm)
+        root = tvm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
+        assert root.returncode == 0 and "BEGIN CERTIFICATE" in root.stdout, root.stderr
+        tvm.pebble_root = root.stdout
         yield tvm
     finally:
         vm.stop()
@@ -342,3 +350,9 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
         console = vm.console
         if console.exists():
             shutil.copy(console, workdir / "console-final.log")
+
+
+@pytest.fixture(scope="session")
+def pebble_root(test_vm: TestVM) -> str:
+    """The root that verifies the site certificate (see TestVM.pebble_root)."""
+    return test_vm.pebble_root

@@ -32,14 +32,6 @@ def host(test_vm: TestVM) -> Any:
     return testinfra.get_host("ssh://testvm", ssh_config=str(test_vm.ssh_config))
 
 
-@pytest.fixture(scope="module")
-def pebble_root(test_vm: TestVM) -> str:
-    """The root pebble signed the site certificate with (pebble makes a new one every start)."""
-    out = test_vm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
-    assert out.returncode == 0 and "BEGIN CERTIFICATE" in out.stdout, out.stderr
-    return out.stdout
-
-
 def https(test_vm: TestVM, root_pem: str) -> httpx.Client:
     ctx = ssl.create_default_context(cadata=root_pem)
     return httpx.Client(
@@ -334,6 +326,7 @@ def test_node_exporter_is_dropped_from_outside(test_vm: TestVM, host: Any) -> No
 # --- reboot and re-run -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.vm_last
 def test_data_survives_a_reboot_and_a_rerun_does_not_reformat(test_vm: TestVM, host: Any) -> None:
     marker = uuid.uuid4().hex
     assert host.run(f"echo {marker} > /data/backups/marker && sync").rc == 0

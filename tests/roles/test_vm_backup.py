@@ -138,13 +138,6 @@ def post(test_vm: TestVM, pebble_root: str, event_id: str, text: str) -> None:
     assert r.status_code == 200, r.text
 
 
-@pytest.fixture(scope="module")
-def pebble_root(test_vm: TestVM) -> str:
-    out = test_vm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
-    assert out.returncode == 0 and "BEGIN CERTIFICATE" in out.stdout, out.stderr
-    return out.stdout
-
-
 def test_backup_timer_and_restore_drill(
     test_vm: TestVM,
     host: Any,

@@ -43,13 +43,6 @@ def host(test_vm: TestVM) -> Any:
 
 
 @pytest.fixture(scope="module")
-def pebble_root(test_vm: TestVM) -> str:
-    out = test_vm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
-    assert out.returncode == 0 and "BEGIN CERTIFICATE" in out.stdout, out.stderr
-    return out.stdout
-
-
-@pytest.fixture(scope="module")
 def hostvars(test_vm: TestVM) -> dict[str, Any]:
     """The assistant host's variables as Ansible sees them in the inventory the VM was converged with."""
     proc = subprocess.run(
