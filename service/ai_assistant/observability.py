@@ -84,6 +84,12 @@ STREAM_ERRORS = Counter(
     "disconnected, store, error)",
     ["connector", "reason"],
 )
+ANSWER_CACHE_LOOKUPS = Counter(
+    "ai_assistant_answer_cache_lookups",
+    "Answer cache lookups in the connectors that opted in, by result: hit, miss, personal (conversation memory was in "
+    "the prompt: not looked up, not stored) or error (the store failed: the engine answered)",
+    ["connector", "result"],
+)
 FEEDBACK = Counter("ai_assistant_feedback", "User feedback on answers", ["connector", "rating"])
 BUILD_INFO = Gauge("ai_assistant_build_info", "Version of the running assistant", ["version"])
 BUILD_INFO.labels(version=__version__).set(1)

@@ -140,6 +140,15 @@ class AlertsSettings(_Section):
     chat_id: str | None = None
 
 
+class AnswerCacheSettings(_Section):
+    """Answers to repeated questions, reused per connector (pipeline/answer_cache.py, docs/adr/0006). Off unless a
+    connector is named here: a cached answer goes to everyone who asks the same question in that connector."""
+
+    connectors: list[str] = Field(default_factory=list, description="connectors whose answers are cached (opt-in)")
+    ttl_seconds: float = Field(24 * 3600.0, gt=0, description="how long an answer is reused")
+    max_entries: int = Field(10_000, ge=1, description="per connector; the oldest answers go first")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AI_ASSISTANT_", env_nested_delimiter="__", extra="forbid")
 
@@ -156,6 +165,7 @@ class Settings(BaseSettings):
     alerts: AlertsSettings = AlertsSettings()
     knowledge: KnowledgeSettings = KnowledgeSettings()
     console: ConsoleSettings = ConsoleSettings()
+    answer_cache: AnswerCacheSettings = AnswerCacheSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -304,6 +314,7 @@ def secret_values(model: BaseModel) -> list[str]:
 __all__ = [
     "AdminSettings",
     "AlertsSettings",
+    "AnswerCacheSettings",
     "EngineSettings",
     "Settings",
     "load_settings",

@@ -23,6 +23,7 @@ def validate(settings: Settings) -> Configured:
     connection. `check-config` and the doctor share it, so neither creates the data directory or the SQLite file."""
     from ..channels.loader import load_channels
     from ..connectors.loader import load_connectors
+    from ..pipeline.answer_cache import check_connectors
     from ..pipeline.filters import SensitiveWordFilter
     from ..plugins.loader import registry_with_plugins
     from ..registry import Kind
@@ -36,6 +37,7 @@ def validate(settings: Settings) -> Configured:
     words = settings.resolve(settings.filters.words_file) if settings.filters.words_file else None
     SensitiveWordFilter.from_file(words, settings.filters.action)
     load_channels(settings.config_dir, registry, connectors)
+    check_connectors(settings.answer_cache, list(connectors))
     if settings.store.backend == "redis" and settings.store.redis_url is None:
         raise ConfigError("assistant.yaml", "store.redis_url", "required when store.backend is redis")
     if settings.knowledge.enabled:

@@ -6,6 +6,7 @@ Embedding and store calls are CPU-bound or blocking, so every async method runs 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -146,6 +147,21 @@ class KnowledgeBase:
 
     async def delete(self, ref: str) -> DocumentRecord | None:
         return await self._thread(partial(self.delete_sync, ref))
+
+    # -- version (the answer cache's key) ------------------------------------------------------------------------
+    def version_sync(self) -> str:
+        """Changes whenever a document is added, replaced or deleted. A store with a counter of its own (the
+        embedded store's generation) answers directly; for any other the listing of documents is digested."""
+        counter = getattr(self.store, "version", None)
+        if callable(counter):
+            return f"g{counter()}"
+        digest = hashlib.sha256()
+        for doc in sorted(self.store.list_documents(), key=lambda d: d.doc_id):
+            digest.update(f"{doc.doc_id}\0{doc.content_hash}\0{doc.title}\0{doc.ingested_at}\n".encode())
+        return "d" + digest.hexdigest()[:16]
+
+    async def version(self) -> str:
+        return await self._thread(self.version_sync)
 
     def backup_sync(self, destination: str) -> str:
         self.store.flush()

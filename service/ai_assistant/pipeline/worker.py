@@ -37,6 +37,7 @@ from ..observability import (
 from ..settings import Settings
 from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
+from .answer_cache import AnswerCache
 from .filters import SensitiveWordFilter
 from .supervisor import WorkerState, sleep_unless_stopped
 
@@ -76,6 +77,7 @@ class Pipeline:
     adapters: dict[str, InputAdapter] = field(default_factory=dict)
     retriever: Retriever | None = None
     routed: list[RoutedChannel] = field(default_factory=list)
+    answer_cache: AnswerCache | None = None
 
     async def run(self, stop: asyncio.Event, state: WorkerState | None = None) -> None:
         """One worker: poll the queue until `stop` is set. Store failures are logged with their cause and backed off
@@ -368,7 +370,10 @@ class Pipeline:
         history, kept = fitted
         question = "<documents>\n" + "\n".join(kept) + f"\n</documents>\n\n{user_text}" if kept else user_text
         turns = [ChatTurn("system", system), *history, ChatTurn("user", question)]
-        raw = await self.engine.chat(turns)  # type: ignore[attr-defined]  # EngineUnavailable: see process()
+        chat = self.engine.chat  # type: ignore[attr-defined]  # EngineUnavailable: see process()
+        if self.answer_cache is not None:  # pipeline/answer_cache.py: the engine is asked only on a miss
+            chat = self.answer_cache.around(chat, msg, user_text, context=[system, *kept], personal=bool(history))
+        raw = await chat(turns)
         # The filter sees exactly what goes out, sources footer included (a document title is text from anyone);
         # the memory keeps the model's own words, filtered the same way.
         checked_out = self.output_filter.apply(raw + (f"\n\n{footer}" if footer else ""))

@@ -119,3 +119,13 @@ class StateStore(Protocol):
         """Raise if the store cannot be used."""
 
     async def close(self) -> None: ...
+
+    # -- Answer cache (pipeline/answer_cache.py) -----------------------------------------------------------------
+    # Answers to repeated questions, per connector. Each lookup counts a hit or a miss in the store itself, so that
+    # `ai-assistant doctor` (another process) can report the hit ratio of every instance together.
+
+    async def cache_get(self, connector: str, key: str) -> str | None:
+        """The answer stored under `key` for this connector, or None (never stored, expired or evicted)."""
+
+    async def cache_put(self, connector: str, key: str, answer: str, ttl: float, max_entries: int) -> None:
+        """Keep `answer` for `ttl` seconds. Beyond `max_entries` for this connector the oldest entries are dropped."""

@@ -345,3 +345,53 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._r.aclose()
+
+    # -- Answer cache (pipeline/answer_cache.py) ---------------------------------------------------------------
+    # aia:cache:<connector>:<key> holds an answer with its TTL; the zset aia:cache-index:<connector> orders them by
+    # when they were stored, for the size bound; the hash aia:cache-stats counts "<connector>:hits"/":misses".
+    async def cache_get(self, connector: str, key: str) -> str | None:
+        script = self._r.register_script(_CACHE_GET)  # by SHA: cheap, and follows the client across reconnect()
+        keys = [f"{CACHE}{connector}:{key}", CACHE_INDEX + connector, CACHE_STATS]
+        found = await script(keys=keys, args=[key, connector])
+        return None if found is None else str(found)
+
+    async def cache_put(self, connector: str, key: str, answer: str, ttl: float, max_entries: int) -> None:
+        script = self._r.register_script(_CACHE_PUT)
+        keys = [f"{CACHE}{connector}:{key}", CACHE_INDEX + connector]
+        await script(keys=keys, args=[key, answer, max(1, int(ttl * 1000)), max_entries, f"{CACHE}{connector}:"])
+
+
+CACHE = P + "cache:"
+CACHE_INDEX = P + "cache-index:"
+CACHE_STATS = P + "cache-stats"
+
+_CACHE_GET = """
+-- KEYS: entry, index, stats   ARGV: key, connector
+local answer = redis.call('GET', KEYS[1])
+if answer then
+  redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':hits', 1)
+  return answer
+end
+redis.call('ZREM', KEYS[2], ARGV[1])  -- expired: its index entry goes too
+redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':misses', 1)
+return nil
+"""
+
+_CACHE_PUT = (
+    """
+-- KEYS: entry, index   ARGV: key, answer, ttl_ms, max_entries, entry prefix
+"""
+    + _NOW
+    + """
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]) / 1000)  -- their entries have expired
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
+if extra > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[2], extra)  -- member, score, member, score, ...
+  for i = 1, #popped, 2 do redis.call('DEL', ARGV[5] .. popped[i]) end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+)

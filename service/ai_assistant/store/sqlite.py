@@ -401,3 +401,69 @@ class SQLiteStore:
             cur = self._db.execute("SELECT * FROM jobs ORDER BY rowid")
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, row, strict=True)) | {"message": json.loads(row[1])} for row in cur.fetchall()]
+
+    # -- Answer cache (pipeline/answer_cache.py) ---------------------------------------------------------------
+    # Its tables are created on first use, so the store's schema above stays the queue's.
+    _CACHE_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS answer_cache (
+        connector TEXT NOT NULL,
+        key TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        stored_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (connector, key)
+    );
+    CREATE INDEX IF NOT EXISTS answer_cache_age ON answer_cache (connector, stored_at);
+    CREATE TABLE IF NOT EXISTS answer_cache_stats (
+        connector TEXT PRIMARY KEY,
+        hits INTEGER NOT NULL DEFAULT 0,
+        misses INTEGER NOT NULL DEFAULT 0
+    );
+    """
+    _cache_ready = False
+
+    def _cache_tables(self, db: sqlite3.Connection) -> None:
+        if not self._cache_ready:
+            db.executescript(self._CACHE_SCHEMA)
+            self._cache_ready = True
+
+    async def cache_get(self, connector: str, key: str) -> str | None:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> str | None:
+            self._cache_tables(db)
+            row = db.execute(
+                "SELECT answer FROM answer_cache WHERE connector = ? AND key = ? AND expires_at > ?",
+                (connector, key, now),
+            ).fetchone()
+            column = "hits" if row is not None else "misses"
+            db.execute(
+                f"INSERT INTO answer_cache_stats (connector, {column}) VALUES (?, 1) "  # noqa: S608 (fixed names)
+                f"ON CONFLICT (connector) DO UPDATE SET {column} = {column} + 1",
+                (connector,),
+            )
+            return None if row is None else str(row[0])
+
+        return await self._run(body)
+
+    async def cache_put(self, connector: str, key: str, answer: str, ttl: float, max_entries: int) -> None:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO answer_cache VALUES (?, ?, ?, ?, ?)", (connector, key, answer, now, now + ttl)
+            )
+            db.execute("DELETE FROM answer_cache WHERE connector = ? AND expires_at <= ?", (connector, now))
+            (count,) = db.execute("SELECT COUNT(*) FROM answer_cache WHERE connector = ?", (connector,)).fetchone()
+            if count > max_entries:
+                db.execute(
+                    "DELETE FROM answer_cache WHERE rowid IN (SELECT rowid FROM answer_cache WHERE connector = ? "
+                    "ORDER BY stored_at, rowid LIMIT ?)",
+                    (connector, count - max_entries),
+                )
+
+        def locked(db: sqlite3.Connection) -> None:
+            self._cache_tables(db)
+            self._tx(db, body)
+
+        await self._run(locked)

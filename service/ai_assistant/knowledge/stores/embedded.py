@@ -271,6 +271,12 @@ class EmbeddedStore:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
+    def version(self) -> int:
+        """The generation number: every add, replace or delete bumps it, from any process (the answer cache keys
+        on it, so an ingest next to the running service invalidates the answers given before)."""
+        with self._lock:
+            return self._generation()
+
     def flush(self) -> None:
         with self._lock:
             # Skip when another process has written since: its own flush owns the newer index.
