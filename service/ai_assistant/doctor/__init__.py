@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..connectors.base import Connector
 from ..settings import Settings
+from .cache import cache_check
 from .clock import Clocks, clock_checks
 from .config import Configured, config_check, load_configuration, validate
 from .engine import engine_check, engine_probe, knowledge_check
@@ -67,6 +68,7 @@ async def run_checks(
         if settings
         else skipped("knowledge store", not_loaded)
     )
+    cache = _guard("answer cache", cache_check(settings, data_dir)) if settings else skipped("answer cache", not_loaded)
     if connectors is not None:
         connector_checks = [_guard(f"connector {n}", connector_check(c, clocks)) for n, c in connectors.items()]
     else:
@@ -78,7 +80,7 @@ async def run_checks(
         )
     ]
     pairs, rest = await asyncio.gather(
-        asyncio.gather(store_and_queue(), engine_and_probe()), asyncio.gather(knowledge, *connector_checks, *tls)
+        asyncio.gather(store_and_queue(), engine_and_probe()), asyncio.gather(knowledge, cache, *connector_checks, *tls)
     )
     (store, queue), (engine, probe) = pairs
     checks: list[Check] = [config, store, queue, engine, probe, *rest]

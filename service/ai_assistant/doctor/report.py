@@ -19,6 +19,7 @@ SECTIONS = frozenset(
         "engine",
         "engine-probe",
         "knowledge-store",
+        "answer-cache",
         "connectors",
         "tls",
         "clock-skew",
