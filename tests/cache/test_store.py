@@ -63,3 +63,47 @@ async def test_storing_a_key_again_replaces_its_answer(store: StateStore) -> Non
     await store.cache_put("im", "k", "old", 600, 3)
     await store.cache_put("im", "k", "new", 600, 3)
     assert await store.cache_get("im", "k") == "new"
+
+
+async def test_the_doctor_reads_the_hit_ratio_every_lookup_leaves_in_the_store(
+    store: StateStore, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from ai_assistant.doctor.cache import cache_check
+    from ai_assistant.settings import AnswerCacheSettings, Settings, StoreSettings
+
+    backend = "redis" if type(store).__name__ == "RedisStore" else "sqlite"
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    settings = Settings(
+        config_dir=tmp_path,
+        data_dir=tmp_path,
+        store=StoreSettings(backend=backend, redis_url=redis_url),
+        answer_cache=AnswerCacheSettings(connectors=["im"]),
+    )
+    before = await cache_check(settings, tmp_path)
+    assert before.status.value == "pass" and "no lookups yet" in before.summary, before
+    await store.cache_put("im", "k", "an answer", 600, 10)
+    for key in ("k", "k", "k", "absent"):
+        await store.cache_get("im", key)
+    await store.cache_get("other", "k")  # another connector's lookups count in the same total
+    check = await cache_check(settings, tmp_path)
+    assert check.status.value == "pass", check
+    assert (check.details["hits"], check.details["misses"], check.details["entries"]) == (3, 2, 1)
+    assert check.details["hit_ratio"] == 0.6 and "hit ratio 60%" in check.summary
+
+
+async def test_the_doctor_warns_when_many_lookups_find_almost_nothing(tmp_path: Path) -> None:
+    from ai_assistant.doctor.cache import MIN_LOOKUPS, cache_check
+    from ai_assistant.settings import AnswerCacheSettings, Settings
+    from ai_assistant.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "state.sqlite3")  # the thresholds do not depend on the backend
+    settings = Settings(config_dir=tmp_path, data_dir=tmp_path, answer_cache=AnswerCacheSettings(connectors=["im"]))
+    try:
+        for i in range(MIN_LOOKUPS):
+            await store.cache_get("im", f"never-{i}")
+    finally:
+        await store.close()
+    check = await cache_check(settings, tmp_path)
+    assert check.status.value == "warn" and check.runbook.endswith("#answer-cache"), check
+    off = await cache_check(settings.model_copy(update={"answer_cache": AnswerCacheSettings()}), tmp_path)
+    assert off.status.value == "skip"
