@@ -139,4 +139,32 @@ def build() -> gdash.Dashboard:
             width=24,
         )
     )
+    # Last, so that the panel ids above (links such as ?viewPanel=7) stay as they were.
+    d.with_row(gdash.Row("Answer cache (answer_cache in assistant.yaml; docs/knowledge.md)"))
+    lookups = "ai_assistant_answer_cache_lookups_total"
+    d.with_panel(
+        ts(
+            "Answer cache hit ratio",
+            "Hits / (hits + misses) in the connectors that opted in; questions with conversation memory in the prompt"
+            " are never looked up and are left out. A drop right after `kb ingest` is expected (the knowledge base's"
+            " version is in the key). The doctor's `answer cache` check reads the same counters from the store.",
+            "percentunit",
+            [
+                (
+                    f'sum by (connector) (rate({lookups}{{{CONNECTOR}, result="hit"}}[$__rate_interval]))'
+                    f' / sum by (connector) (rate({lookups}{{{CONNECTOR}, result=~"hit|miss"}}[$__rate_interval]))',
+                    "{{connector}}",
+                )
+            ],
+        )
+    )
+    d.with_panel(
+        ts(
+            "Answer cache lookups by result",
+            "hit, miss, personal (memory in the prompt: not cached), error (the store failed; the engine answered).",
+            "reqps",
+            [(f"sum by (result) (rate({lookups}{{{CONNECTOR}}}[$__rate_interval]))", "{{result}}")],
+            stacked=True,
+        )
+    )
     return d
