@@ -19,6 +19,7 @@ from ai_assistant.pipeline.answer_cache import AnswerCache, normalise
 from ai_assistant.pipeline.filters import SensitiveWordFilter
 from ai_assistant.pipeline.worker import Pipeline
 from ai_assistant.settings import AnswerCacheSettings, EngineSettings, Settings
+from ai_assistant.store.redis import RedisStore
 from ai_assistant.store.sqlite import SQLiteStore
 from tests.faults.engine_standin import ANSWER
 from tests.faults.procs import EngineStandin
@@ -41,7 +42,7 @@ class Recorder:
 @dataclass
 class Rig:
     pipeline: Pipeline
-    store: SQLiteStore
+    store: SQLiteStore | RedisStore
     engine: EngineStandin
     channel: Recorder
     sent = 0
@@ -134,3 +135,30 @@ def test_normalisation_folds_width_case_spacing_and_trailing_punctuation() -> No
     assert normalise("  ＶＰＮ  Address？ ") == normalise("vpn address") == "vpn address"
     assert normalise("年假有几天？") == normalise("年假有几天")
     assert normalise("leave policy") != normalise("leave-policy")
+
+
+async def test_two_instances_on_one_redis_share_the_cache(tmp_path: Path, redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    await aioredis.from_url(redis_url).flushdb()
+    engine_proc = EngineStandin(tmp_path).start()
+    settings = Settings(config_dir=tmp_path, data_dir=tmp_path, answer_cache=AnswerCacheSettings(connectors=["faq"]))
+    words = SensitiveWordFilter([], "mask")
+    rigs = []
+    for _ in range(2):  # two instances: their own store client, engine client and channel
+        store = RedisStore(redis_url)
+        engine = HFInferenceEngine(EngineSettings(base_url=engine_proc.base_url))
+        channel = Recorder()
+        cache = AnswerCache.from_settings(settings, store, ["faq"], kb_version=None)
+        pipeline = Pipeline(settings, store, engine, {}, channel, words, words, answer_cache=cache)
+        rigs.append(Rig(pipeline, store, engine_proc, channel))
+    try:
+        rigs[1].sent = 100  # distinct event ids across the two instances
+        assert await rigs[0].ask("How do I reset my password?", chat="c1") == ANSWER
+        assert await rigs[1].ask("How do I reset my password?", chat="c2") == ANSWER
+        assert len(engine_proc.requests()) == 1, "the second instance found the first one's answer"
+    finally:
+        for rig in rigs:
+            await rig.store.close()
+        engine_proc.kill()
+        await asyncio.sleep(0)
