@@ -203,6 +203,12 @@ def test_redis_persists_and_requires_the_acl_password(host: Any) -> None:
     assert len(secret) == 40
     assert secret not in host.check_output("cat /etc/redis/users.acl")  # only its SHA-256 is stored
     assert host.file("/etc/redis/ai-assistant.secret").mode == 0o600
+    # The backup job's user: BGSAVE yes, reading or writing the assistant's data no (least privilege).
+    backup = host.check_output("cat /etc/redis/backup.secret")
+    assert len(backup) == 40 and backup not in host.check_output("cat /etc/redis/users.acl")
+    as_backup = "redis-cli --no-auth-warning --user backup --pass " + backup
+    assert host.check_output(f"{as_backup} lastsave").isdigit()
+    assert "NOPERM" in host.run(f"{as_backup} get aia:anything 2>&1").stdout
 
 
 # --- assistant and model server ------------------------------------------------------------------------------------
