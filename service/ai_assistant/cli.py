@@ -115,13 +115,13 @@ def _listeners(settings: Settings, service_app: object) -> list[Listener]:
 def _check_store_tls(settings: Settings) -> None:
     """A Redis certificate the configured CA does not verify stops the start with one line (ConfigError): unlike
     Redis being briefly unreachable, which the store rides out, it will not heal by retrying."""
+    store = settings.store
+    if store.backend != "redis" or store.redis_url is None:
+        return
     import asyncio
 
     from .store.redis import check_tls
 
-    store = settings.store
-    if store.backend != "redis" or store.redis_url is None:
-        return
     ca_file = settings.resolve(store.redis_ca_file) if store.redis_ca_file is not None else None
     asyncio.run(check_tls(store.redis_url.get_secret_value(), ca_file))
 
