@@ -205,6 +205,23 @@ async def test_a_wrong_ca_is_refused_with_one_line(port: int, pki: dict[str, CA]
         await store.close()
 
 
+async def test_a_secrets_reload_reconnects_with_the_same_verification(
+    tls_redis: Callable[[str], int], port: int, pki: dict[str, CA]
+) -> None:
+    """SIGHUP after a password rotation (app.reload_secrets): the new URL is verified with the same CA before the
+    store switches to it, and a URL whose certificate does not verify leaves the store on the old connection."""
+    store = RedisStore(url(port), pki["right"].pem)
+    try:
+        other = tls_redis("redis.other.internal")
+        with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await store.reconnect(url(other))
+        await store.ping()  # still on the first server
+        await store.reconnect(url(port, host="localhost"))  # the certificate names localhost too
+        assert await store.remember("after-reload-" + uuid.uuid4().hex, 60)
+    finally:
+        await store.close()
+
+
 async def test_without_a_ca_file_the_system_store_is_used_and_does_not_trust_a_private_ca(port: int) -> None:
     with pytest.raises(ConfigError, match="not trusted by the system trust store"):
         await check_tls(url(port), None)
