@@ -110,6 +110,10 @@ class InfraConfig:
     # Secrets the operator sets with `pulumi config set --secret`; never read as plain values.
     im_secrets: pulumi.Output[Any] | None = field(default=None, compare=False)
     inference_api_key: pulumi.Output[str] | None = field(default=None, compare=False)
+    # PEM of the CA that signs the managed Redis' TLS certificate, for hosts whose trust store lacks it: ApsaraDB for
+    # Redis signs with Alibaba Cloud's own CA (console: the instance's SSL settings, "Download CA certificate").
+    # ElastiCache's certificates chain to a public root, so AWS needs none. Public: handed over as a plain variable.
+    redis_ca_cert: str | None = None
 
     @property
     def standby_color(self) -> Color:
@@ -315,10 +319,27 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         dns_zone=dns_zone,
         image_id=_image(cfg, cloud),
         vpc_cidr=_cidr("vpcCidr", cfg.get("vpcCidr") or "10.40.0.0/16", allow_world=False),
+        redis_ca_cert=_pem_certificate("redisCaCert", cfg.get("redisCaCert")),
         im_secrets=cfg.get_secret_object("imSecrets"),
         inference_api_key=cfg.get_secret("inferenceApiKey"),
         **_handoff_inputs(cfg),
     )
+
+
+_PEM_CERT = re.compile(r"^(-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----\n?)+$")
+
+
+def _pem_certificate(name: str, raw: str | None) -> str | None:
+    if not raw:
+        return None
+    text = raw.replace("\r\n", "\n").strip() + "\n"
+    if "PRIVATE KEY" in text:
+        raise ConfigError(f"{_key(name)}: holds a private key; only the CA's certificate belongs here")
+    if not _PEM_CERT.match(text):
+        raise ConfigError(
+            f"{_key(name)}: not PEM certificates (-----BEGIN CERTIFICATE----- ... -----END CERTIFICATE-----)"
+        )
+    return text
 
 
 def traffic_weights(conf: InfraConfig) -> dict[tuple[Color, int], int]:

@@ -36,7 +36,7 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         # One state for both zones (docs/adr/0034-one-state-across-zones.md): every assistant host, whatever its zone
         # or colour, uses this Redis (managed, standby in the second zone) and this knowledge base (Weaviate on the
         # primary zone's data host; its API key travels as the secret weaviate_api_key).
-        "ai_assistant_redis": _redis_vars(dep),
+        "ai_assistant_redis": _redis_vars(conf, dep),
         "ai_assistant_knowledge": _knowledge_vars(conf, dep),
         "ai_assistant_egress_ip": dep.egress_ip,
         "ai_assistant_egress_ips": dep.egress_ips,
@@ -55,11 +55,16 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
     }
 
 
-def _redis_vars(dep: Deployment) -> dict[str, Any]:
+def _redis_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
+    # The password is not here: it is the secret redis_password. The playbooks use these instead of a data host's
+    # Redis (playbooks/group_vars/assistant.yml), and the data play then runs no Redis of its own (site.yml).
     if dep.redis is None:
         return {}
     r = dep.redis
-    return {"host": r.host, "port": r.port, "user": r.user, "tls": r.tls}
+    out: dict[str, Any] = {"host": r.host, "port": r.port, "user": r.user, "tls": r.tls}
+    if conf.redis_ca_cert:
+        out["ca_cert"] = conf.redis_ca_cert  # the hosts verify the server against it instead of their trust store
+    return out
 
 
 def _knowledge_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:

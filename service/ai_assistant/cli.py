@@ -112,6 +112,20 @@ def _listeners(settings: Settings, service_app: object) -> list[Listener]:
     return listeners
 
 
+def _check_store_tls(settings: Settings) -> None:
+    """A Redis certificate the configured CA does not verify stops the start with one line (ConfigError): unlike
+    Redis being briefly unreachable, which the store rides out, it will not heal by retrying."""
+    store = settings.store
+    if store.backend != "redis" or store.redis_url is None:
+        return
+    import asyncio
+
+    from .store.redis import check_tls
+
+    ca_file = settings.resolve(store.redis_ca_file) if store.redis_ca_file is not None else None
+    asyncio.run(check_tls(store.redis_url.get_secret_value(), ca_file))
+
+
 @app.command()
 def serve(
     config_dir: ConfigDir = Path("config"), data_dir: DataDir = Path("data"), host: Host = None, port: Port = None
@@ -124,6 +138,7 @@ def serve(
     settings = _settings(config_dir, data_dir, host, port)
     configure_logging(settings.server.log_level, settings.server.json_logs)
     service = create_app(settings)
+    _check_store_tls(settings)
     listeners = _listeners(settings, service)
     with _pid_file(settings):
         run(serve_all(listeners, on_ready=lambda: _print_ready(settings, listeners), on_reload=_reloader(service)))
@@ -148,6 +163,7 @@ def up(
     embedded = {"base_url": model.base_url, "model": "local", "context_tokens": settings.local_model.context}
     settings = settings.model_copy(update={"engine": settings.engine.model_copy(update=embedded)})
     service = create_app(settings)  # configuration errors surface before anything starts
+    _check_store_tls(settings)
     inbox_listener = _local_inbox(settings)
     _ingest_sample_corpus(settings)
     with console.status(f"Starting the local model server ({model.model_path.name}) ...") as status:

@@ -43,6 +43,9 @@ class ServerSettings(_Section):
 class StoreSettings(_Section):
     backend: Literal["sqlite", "redis"] = "sqlite"
     redis_url: SecretStr | None = None  # may carry the ACL password
+    # PEM bundle of the CA that signed the Redis server's certificate, for a rediss:// URL (relative to the config
+    # dir). Unset: the system trust store. Either way the certificate and its host name are verified.
+    redis_ca_file: Path | None = None
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
     # At least every platform's retry horizon: Feishu re-pushes for ~7.1 h, Telegram keeps updates 24 h.
     dedupe_ttl_seconds: int = Field(24 * 3600, ge=8 * 3600)

@@ -51,6 +51,12 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("no certificate", {"dnsZone": None}, "ai-assistant:certificateId: required"),
     ("image not pinned", {"imageId": None}, "ai-assistant:imageId: required: pin the Debian 12 x86_64 image"),
     ("image not an AMI", {"imageId": "debian-12-amd64"}, "ai-assistant:imageId: 'debian-12-amd64' is not an AMI id"),
+    ("Redis CA not PEM", {"redisCaCert": "ApsaraDB-CA-Chain.jks"}, "ai-assistant:redisCaCert: not PEM certificates"),
+    (
+        "Redis CA with a key",
+        {"redisCaCert": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
+        "ai-assistant:redisCaCert: holds a private key",
+    ),
 ]
 
 

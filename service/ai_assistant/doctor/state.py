@@ -43,7 +43,9 @@ def read_sqlite(path: Path, queries: Sequence[str]) -> tuple[float, list[tuple[A
 async def state_store(settings: Settings | None, data_dir: Path) -> tuple[Check, QueueInfo | None]:
     name = "state store"
     if settings is not None and settings.store.backend == "redis" and settings.store.redis_url is not None:
-        return await _redis_store(settings.store.redis_url.get_secret_value())
+        ca_file = settings.store.redis_ca_file
+        ca = settings.resolve(ca_file) if ca_file is not None else None
+        return await _redis_store(settings.store.redis_url.get_secret_value(), ca)
     path = data_dir / "state.sqlite3"
     if not path.exists():
         return (
@@ -78,15 +80,17 @@ async def state_store(settings: Settings | None, data_dir: Path) -> tuple[Check,
     return check, queue
 
 
-async def _redis_store(url: str) -> tuple[Check, QueueInfo | None]:
-    import redis.asyncio as aioredis
+async def _redis_store(url: str, ca_file: Path | None = None) -> tuple[Check, QueueInfo | None]:
     from redis.exceptions import RedisError
 
-    from ..store.redis import ENQUEUED, QUEUE, P
+    from ..store.redis import ENQUEUED, QUEUE, P, redis_client, tls_problem
 
     where = urlsplit(url)
     label = f"Redis at {where.hostname}:{where.port or 6379}"  # never the URL: it may carry the password
-    client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client = redis_client(url, ca_file, socket_timeout=5, socket_connect_timeout=5)
+    except ConfigError as exc:
+        return Check("state store", Status.FAIL, one_line(exc), "see the runbook", "state-store"), None
     try:
         started = time.perf_counter()
         await cast(Awaitable[Any], client.ping())
@@ -99,7 +103,8 @@ async def _redis_store(url: str) -> tuple[Check, QueueInfo | None]:
             if dead >= 100_000:  # bounded: the count only has to say "there are many"
                 break
     except (RedisError, OSError) as exc:
-        check = Check("state store", Status.FAIL, f"{label}: {one_line(exc)}", "see the runbook", "state-store")
+        problem = tls_problem(exc, url, ca_file) or f"{label}: {one_line(exc)}"
+        check = Check("state store", Status.FAIL, problem, "see the runbook", "state-store")
         return check, None
     finally:
         await client.aclose()

@@ -14,7 +14,10 @@ def open_store(settings: Settings) -> StateStore:
             from ..errors import ConfigError
 
             raise ConfigError("assistant.yaml", "store.redis_url", "required when store.backend is redis")
-        return RedisStore(settings.store.redis_url.get_secret_value())
+        ca_file = settings.store.redis_ca_file
+        return RedisStore(
+            settings.store.redis_url.get_secret_value(), settings.resolve(ca_file) if ca_file is not None else None
+        )
     from .sqlite import SQLiteStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 import uuid
+from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from ..errors import ConfigError
 from ..messages import ChatTurn, InboundMessage
+from ..settings import ASSISTANT_FILE
 from .base import DeadLetter, Job, QueueStats
 
 P = "aia:"  # key prefix
@@ -186,13 +192,71 @@ async def _close_later(client: aioredis.Redis, delay: float) -> None:
     await client.aclose()
 
 
+# --- connection setup: the one way this package opens Redis ---------------------------------------------------------
+
+CA_KEY = "store.redis_ca_file"
+
+
+def redis_client(url: str, ca_file: Path | None = None, **options: Any) -> aioredis.Redis:
+    """A client for ``url``. ``rediss://`` always verifies the server's certificate chain and host name, against
+    ``ca_file`` (PEM) when given, else the system trust store. A CA file with a plain ``redis://`` URL is refused:
+    it would suggest an encryption that is not there."""
+    scheme = urlsplit(url).scheme
+    if ca_file is not None:
+        if scheme != "rediss":
+            raise ConfigError(ASSISTANT_FILE, CA_KEY, f"set, but store.redis_url is {scheme}://, not rediss://")
+        if not ca_file.is_file():
+            raise ConfigError(ASSISTANT_FILE, CA_KEY, f"{ca_file}: no such file")
+        options["ssl_ca_certs"] = str(ca_file)
+    if scheme == "rediss":
+        # Explicit, so that neither a library default nor a later change here can turn verification off.
+        options.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+    return aioredis.from_url(url, **options)
+
+
+def redis_label(url: str) -> str:
+    """host:port for messages: never the URL itself, which may carry the password."""
+    where = urlsplit(url)
+    return f"{where.scheme}://{where.hostname}:{where.port or 6379}"
+
+
+def tls_problem(exc: BaseException, url: str, ca_file: Path | None) -> str | None:
+    """One line when ``exc`` is a refused server certificate (a wrong CA, an expired certificate, a host name that is
+    not on it): a configuration problem that retrying will not fix. None for anything else."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, ssl.SSLCertVerificationError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    trust = f"the CA in {ca_file}" if ca_file is not None else "the system trust store"
+    reason = seen.verify_message or seen.reason or "verification failed"
+    return f"{redis_label(url)}: the server's TLS certificate is not trusted by {trust} ({reason}); set {CA_KEY}"
+
+
+async def check_tls(url: str, ca_file: Path | None, seconds: float = 10.0) -> None:
+    """Connect once and raise ConfigError (one line) if the server's certificate is refused. Other failures (Redis
+    restarting, a network blip) are left to the store's own retries: they heal, a wrong CA does not."""
+    if urlsplit(url).scheme != "rediss":
+        return
+    client = redis_client(url, ca_file, socket_timeout=seconds, socket_connect_timeout=seconds)
+    try:
+        await cast(Any, client.ping())
+    except (RedisError, OSError) as exc:
+        problem = tls_problem(exc, url, ca_file)
+        if problem is not None:
+            raise ConfigError(ASSISTANT_FILE, "store.redis_url", problem) from None
+    finally:
+        await client.aclose()
+
+
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ca_file: Path | None = None) -> None:
         self._url = url
+        self._ca_file = ca_file
         self._connect(url)
 
     def _connect(self, url: str) -> None:
-        self._r = aioredis.from_url(url, decode_responses=True)
+        self._r = redis_client(url, self._ca_file, decode_responses=True)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._claim = self._r.register_script(_CLAIM)
         self._save = self._r.register_script(_SAVE_ANSWER)
@@ -212,7 +276,11 @@ class RedisStore:
         still accepted)."""
         if url == self._url:
             return
-        await aioredis.from_url(url).ping()  # refuse a URL that does not work before switching to it
+        probe = redis_client(url, self._ca_file)
+        try:
+            await cast(Any, probe.ping())  # refuse a URL that does not work before switching to it
+        finally:
+            await probe.aclose()
         old = self._r
         self._url = url
         self._connect(url)

@@ -1,0 +1,163 @@
+"""From a mocked `pulumi up` to the files on an assistant host: the managed Redis and the shared knowledge base reach
+the service's settings, secrets only through the secret hand-off.
+
+The program runs under Pulumi's mocks (the cloud accounts are the only stand-in); the hand-off's inventory and secret
+variables then go through real Ansible (`ansible-playbook` resolves playbooks/group_vars for each assistant host) and
+the assistant role's templates are rendered with Ansible's own templating and loaded by the service's settings code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.infra.harness import Run, config_for, is_secret, run_program, unwrap
+from tests.roles.test_static import VENV_BIN, render
+
+ROOT = Path(__file__).resolve().parents[2]
+Get = Callable[[str, str], Run]
+# Everything the assistant role takes from the hand-off about Redis and the knowledge base.
+ROLE_VARS = (
+    "assistant_redis_host",
+    "assistant_redis_port",
+    "assistant_redis_user",
+    "assistant_redis_password",
+    "assistant_redis_tls",
+    "assistant_redis_ca_cert",
+    "assistant_knowledge_store",
+    "assistant_knowledge_url",
+    "assistant_knowledge_grpc_port",
+    "assistant_knowledge_api_key",
+)
+# What ApsaraDB for Redis' console hands out (any PEM does here: the text is only carried, not parsed).
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBsTCCAVegAwIBAgIUTESTONLY\n-----END CERTIFICATE-----\n"
+
+
+def handoff(run: Run) -> tuple[str, dict[str, Any]]:
+    [cmd] = run.of("command:local:Command")
+    assert is_secret(cmd.inputs["environment"]), "the hand-off environment is a Pulumi secret"
+    env = unwrap(cmd.inputs["environment"])
+    return env["AI_ASSISTANT_INVENTORY"], json.loads(env["AI_ASSISTANT_SECRET_VARS"])
+
+
+def resolve(run: Run, work: Path) -> dict[str, dict[str, Any]]:
+    """The role variables above for every assistant host, as ansible-playbook resolves them from the hand-off's
+    inventory, its secret variables (-e @file, as infra/ansible_handoff.sh passes them) and playbooks/group_vars."""
+    inventory, secrets = handoff(run)
+    shutil.copytree(ROOT / "playbooks", work / "playbooks", ignore=shutil.ignore_patterns("inventory"))
+    (work / "inventory.yml").write_text(inventory)
+    (work / "secrets.json").write_text(json.dumps(secrets))
+    probe = [
+        {
+            "hosts": "assistant",
+            "gather_facts": False,
+            "become": False,
+            # debug runs on the controller: nothing connects to the (mocked) hosts.
+            "tasks": [
+                {"ansible.builtin.debug": {"msg": "{{ {" + ", ".join(f"'{v}': {v}" for v in ROLE_VARS) + "} }}"}}
+            ],
+        }
+    ]
+    (work / "playbooks" / "probe.yml").write_text(yaml.safe_dump(probe, sort_keys=False))
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", "inventory.yml", "-e", "@secrets.json", "playbooks/probe.yml"]
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    hosts = result["plays"][0]["tasks"][0]["hosts"]
+    return {name: dict(r["msg"]) for name, r in hosts.items()}
+
+
+def host_settings(variables: dict[str, Any], config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The service's settings from the role's assistant.yaml and secrets.env for these variables."""
+    from ai_assistant.settings import load_settings
+
+    extra = {**variables, "assistant_wheel": "/x/ai_assistant-0.1.0-py3-none-any.whl"}
+    extra |= {"assistant_admin_token": "admintoken", "assistant_config_dir": str(config_dir)}
+    config_dir.mkdir()
+    (config_dir / "assistant.yaml").write_text(render("assistant", "assistant.yaml.j2", extra))
+    env = render("assistant", "secrets.env.j2", extra)
+    for line in env.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            monkeypatch.setenv(key, value)
+    return load_settings(config_dir)
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_assistant_hosts_use_the_managed_redis_over_tls_and_the_one_knowledge_base(
+    stack_run: Get, cloud: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = stack_run(cloud, "standard")
+    inventory, secrets = handoff(run)
+    plain = yaml.safe_load(inventory)["all"]["vars"]
+    redis, kb = plain["ai_assistant_redis"], plain["ai_assistant_knowledge"]
+    resolved = resolve(run, tmp_path)
+    assert len(resolved) >= 2, "assistant hosts in both zones"
+    for host, v in resolved.items():
+        # The same endpoints for every host, whatever its zone: not its zone's data host.
+        assert (v["assistant_redis_host"], int(v["assistant_redis_port"])) == (redis["host"], 6379), host
+        assert v["assistant_redis_user"] == redis["user"] and v["assistant_redis_tls"] in (True, "True"), host
+        assert v["assistant_redis_password"] == secrets["redis_password"], host
+        assert (v["assistant_knowledge_store"], v["assistant_knowledge_url"]) == ("weaviate", kb["url"]), host
+        assert v["assistant_knowledge_api_key"] == secrets["weaviate_api_key"], host
+
+    host, v = sorted(resolved.items())[0]
+    settings = host_settings(v, tmp_path / "config", monkeypatch)
+    user = "" if redis["user"] == "default" else redis["user"]  # ElastiCache: the AUTH token alone
+    assert settings.store.redis_url.get_secret_value() == (
+        f"rediss://{user}:{secrets['redis_password']}@{redis['host']}:6379/0"
+    )
+    assert settings.store.redis_ca_file is None, "no CA given: the system trust store"
+    store = settings.knowledge.store
+    assert (store.name, store.url, store.grpc_port) == ("weaviate", kb["url"], 50051)
+    assert store.api_key is not None and store.api_key.get_secret_value() == secrets["weaviate_api_key"]
+    written = (tmp_path / "config" / "assistant.yaml").read_text()
+    assert secrets["redis_password"] not in written and secrets["weaviate_api_key"] not in written
+    assert "rediss" not in written, "the URL (with its password) lives in secrets.env only"
+
+
+def test_a_redis_ca_from_the_stack_config_reaches_the_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(config_for("alicloud", "basic", redisCaCert=CA_PEM))
+    assert yaml.safe_load(handoff(run)[0])["all"]["vars"]["ai_assistant_redis"]["ca_cert"] == CA_PEM
+    _, v = sorted(resolve(run, tmp_path).items())[0]
+    assert v["assistant_redis_ca_cert"] == CA_PEM
+    settings = host_settings(v, tmp_path / "config", monkeypatch)
+    assert settings.store.redis_ca_file == tmp_path / "config" / "redis-ca.pem"
+
+
+def test_without_infra_the_hosts_keep_the_data_hosts_redis_and_their_embedded_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The role's defaults (the single-host layout, the VM suite): plain redis:// on loopback, the embedded store.
+    settings = host_settings({"assistant_redis_password": "r3dis"}, tmp_path / "config", monkeypatch)
+    assert settings.store.redis_url.get_secret_value() == "redis://ai-assistant:r3dis@127.0.0.1:6379/0"
+    assert settings.knowledge.store.name == "embedded" and settings.knowledge.store.api_key is None
+
+
+@pytest.mark.parametrize(("handed_over", "runs"), [({"host": "r.example", "tls": True}, False), (None, True)])
+def test_the_data_play_runs_no_redis_where_a_managed_one_is_handed_over(
+    handed_over: dict[str, Any] | None, runs: bool
+) -> None:
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    [data_play] = [p for p in yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text()) if p.get("hosts") == "data"]
+    [redis_role] = [r for r in data_play["roles"] if r["role"] == "redis"]
+    variables = {} if handed_over is None else {"ai_assistant_redis": handed_over}
+    templar = Templar(loader=DataLoader(), variables=variables)
+    when = trust_as_template("{{ " + redis_role["when"] + " }}")
+    assert templar.template(when) is runs
