@@ -22,7 +22,6 @@ import time
 import tomllib
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +164,9 @@ def assert_all_answered_exactly_once(test_vm: TestVM, load: SignedLoad) -> None:
         wait_until(lambda: not unanswered(), limit, f"answers to all {len(ids)} messages of {load.phase}", interval=5)
     except AssertionError:
         missing = unanswered()
-        raise AssertionError(f"{load.phase}: {len(missing)} of {len(ids)} never answered in {limit} s: {missing[:10]}")
+        raise AssertionError(
+            f"{load.phase}: {len(missing)} of {len(ids)} never answered in {limit} s: {missing[:10]}"
+        ) from None
     # A moment more: a second answer to any of them would arrive now.
     time.sleep(20)
     counts = Counter((r["event_id"], r["part"]) for r in replies())
@@ -192,16 +193,16 @@ def assert_serving(test_vm: TestVM, colour: str, version: str) -> None:
     assert stopped != "active", f"{UNITS[other]} still runs: two versions would answer"
     enabled = test_vm.ssh(f"systemctl is-enabled {UNITS[colour]}").stdout.strip()
     assert enabled == "enabled", f"{UNITS[colour]} would not start at boot ({enabled})"
-    conf = test_vm.ssh("grep -c 'proxy_pass http://127.0.0.1:%d;' /etc/nginx/nginx.conf" % PORTS[colour])
+    conf = test_vm.ssh(f"grep -c 'proxy_pass http://127.0.0.1:{PORTS[colour]};' /etc/nginx/nginx.conf")
     assert int(conf.stdout.strip() or 0) > 0, f"nginx.conf does not route to {colour} ({PORTS[colour]})"
     metrics = test_vm.ssh(f"curl -sf http://127.0.0.1:{METRICS[colour]}/metrics")
     assert f'ai_assistant_build_info{{version="{version}"}}' in metrics.stdout, f"{colour} does not run {version}"
 
 
 @pytest.fixture(scope="module")
-def wheels(test_vm: TestVM) -> Iterator[dict[str, Path]]:
+def wheels(test_vm: TestVM) -> dict[str, Path]:
     work = test_vm.workdir / "bluegreen"
-    yield {"new": _wheel(work, NEW_VERSION), "broken": _wheel(work, BROKEN_VERSION, broken=True)}
+    return {"new": _wheel(work, NEW_VERSION), "broken": _wheel(work, BROKEN_VERSION, broken=True)}
 
 
 def test_deploy_switches_to_the_new_version_with_no_webhook_lost_or_doubled(
