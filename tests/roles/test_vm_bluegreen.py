@@ -5,8 +5,11 @@ acknowledged (200 through nginx) and answered exactly once.
 
 The load starts when the play reaches the gate (the new colour starting beside the serving one) and runs until the play
 has ended, so it spans both colours answering from the shared queue, the nginx reload and the retire of the old colour.
-Its rate is what software emulation answers in minutes (the model writes every answer), not the issue's 50 req/s: that
-throughput belongs to bench/, this checks that none is lost or doubled. Stand-in, as in tests/roles/test_vm.py: the
+Most messages are longer than the model's context, so the worker answers them with the service's fixed "too long"
+reply after counting their tokens: the same queue, de-duplication, lease, send and fenced writes as any answer, without
+a generation that takes the emulated VM most of a minute. Every SHORT_EVERY-th message is a short question the model
+answers. The rate (one a second) is not the issue's 50 req/s: throughput belongs to bench/; this checks that nothing
+is lost or doubled while the colours change. Stand-in, as in tests/roles/test_vm.py: the
 reply receiver on the runner for the IM platform. The module leaves blue serving the converged wheel, as it found it.
 """
 
@@ -40,8 +43,11 @@ NEW_VERSION = f"{BASE_VERSION}+bluegreen"
 BROKEN_VERSION = f"{BASE_VERSION}+broken"
 # The play's task after which the incoming colour runs beside the serving one (roles/assistant/tasks/slot_gate.yml).
 LOAD_FROM_TASK = "Wait until the incoming colour is ready"
-LOAD_INTERVAL_S = 1.5
+LOAD_INTERVAL_S = 1.0
 LOAD_CAP = 150
+# One message in this many is a short question for the model; the rest exceed engine.context_tokens (2048 by default).
+SHORT_EVERY = 20
+LONG_TEXT = "Please summarise the following note. " + "lorem ipsum dolor sit amet " * 1200
 UNITS = {"blue": "ai-assistant", "green": "ai-assistant-green"}
 METRICS = {"blue": 9464, "green": 9465}
 PORTS = {"blue": 8080, "green": 8081}
@@ -105,9 +111,11 @@ class SignedLoad:
             event_hooks={"request": [lambda request: request.extensions.update(sni_hostname=DOMAIN)]},
         ) as client:
             while not self._stop.is_set() and len(self.sent) < LOAD_CAP:
-                event_id = f"bg-{self.phase}-{len(self.sent):03d}-{uuid.uuid4().hex[:6]}"
+                n = len(self.sent)
+                event_id = f"bg-{self.phase}-{n:03d}-{uuid.uuid4().hex[:6]}"
+                text = "Say hi." if n % SHORT_EVERY == 0 else LONG_TEXT
                 raw, headers = signed_generic_request(
-                    message(event_id, "Say hi.", chat_id="bluegreen"), secret=self.test_vm.connector_secret
+                    message(event_id, text, chat_id="bluegreen"), secret=self.test_vm.connector_secret
                 )
                 try:
                     outcome: int | str = client.post("/api/im/callback", content=raw, headers=headers).status_code
