@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,56 @@ def test_a_host_recorded_green_converges_green_and_nginx_follows(tmp_path: Path)
     assert "Environment=AI_ASSISTANT_SERVER__METRICS_PORT=9465\n" in unit
     # One configuration and one data directory for both colours.
     assert "--config-dir /etc/ai-assistant --data-dir /data/state" in unit
+
+
+NGINX_RENDER = """
+- hosts: localhost
+  gather_facts: false
+  vars:
+    reverse_proxy_server_names: [assistant.example.com]
+  tasks:
+    - ansible.builtin.import_role:
+        name: reverse_proxy
+        tasks_from: upstream
+      when: false  # only its defaults: the switch itself needs nginx
+    - ansible.builtin.template:
+        src: "{{ repo }}/roles/reverse_proxy/templates/nginx.conf.j2"
+        dest: "{{ out }}/nginx-{{ item }}.conf"
+        mode: "0644"
+      vars:
+        reverse_proxy_upstream: http://127.0.0.1:{{ item }}
+      loop: [8080, 8081]
+"""
+
+
+def test_the_switch_leaves_nginx_conf_as_the_role_renders_it_for_the_new_colour(tmp_path: Path) -> None:
+    """roles/reverse_proxy/tasks/upstream.yml rewrites proxy_pass in place; the result must be what nginx.conf.j2
+    renders for the new upstream, or the next site.yml would change nginx.conf back and forth."""
+    (tmp_path / "render.yml").write_text(NGINX_RENDER)
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-e",
+            json.dumps({"out": str(tmp_path), "repo": str(REPO)}),
+            str(tmp_path / "render.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_env(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    task = yaml.safe_load((REPO / "roles/reverse_proxy/tasks/upstream.yml").read_text())[0]["ansible.builtin.replace"]
+    blue, green = (tmp_path / "nginx-8080.conf").read_text(), (tmp_path / "nginx-8081.conf").read_text()
+    replacement = task["replace"].replace("{{ reverse_proxy_upstream }}", "http://127.0.0.1:8081")
+    switched, n = re.subn(task["regexp"], replacement, blue)
+    assert n >= 5, f"only {n} proxy_pass lines matched the switch's pattern"
+    assert switched == green
+    assert "127.0.0.1:8080" not in switched
