@@ -46,7 +46,7 @@ LOAD_FROM_TASK = "Wait until the incoming colour is ready"
 LOAD_INTERVAL_S = 1.0
 LOAD_CAP = 150
 # One message in this many is a short question for the model; the rest exceed engine.context_tokens (2048 by default).
-SHORT_EVERY = 20
+SHORT_EVERY = 40
 LONG_TEXT = "Please summarise the following note. " + "lorem ipsum dolor sit amet " * 1200
 UNITS = {"blue": "ai-assistant", "green": "ai-assistant-green"}
 METRICS = {"blue": 9464, "green": 9465}
@@ -175,11 +175,14 @@ def assert_all_answered_exactly_once(test_vm: TestVM, load: SignedLoad) -> None:
         raise AssertionError(
             f"{load.phase}: {len(missing)} of {len(ids)} never answered in {limit} s: {missing[:10]}"
         ) from None
-    # A moment more: a second answer to any of them would arrive now.
+    # A moment more: a job handed back at the old colour's shutdown is answered by the new one at once.
     time.sleep(20)
-    counts = Counter((r["event_id"], r["part"]) for r in replies())
+    got = replies()
+    counts = Counter((r["event_id"], r["part"]) for r in got)
     doubled = {k: n for k, n in counts.items() if n > 1}
-    assert not doubled, f"{load.phase}: answered more than once: {doubled}"
+    # Same webhook-id twice is a resend a Standard Webhooks receiver drops (ADR 0003); different ids are two answers.
+    ids_of = {k: sorted({r["webhook_id"] for r in got if (r["event_id"], r["part"]) == k}) for k in doubled}
+    assert not doubled, f"{load.phase}: answered more than once (part -> webhook ids): {ids_of}"
     assert test_vm.receiver.rejected == 0
     print(
         f"\n[bluegreen {load.phase}] {len(ids)} webhooks through nginx, all acknowledged; "
