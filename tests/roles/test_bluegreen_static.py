@@ -67,6 +67,11 @@ BAD_INPUT = {
         ["-e", f"assistant_wheel={WHEEL}", "-e", "assistant_store_backend=sqlite"],
         "assistant_store_backend: blue/green needs redis, not sqlite",
     ),
+    "colliding-ports": (
+        "playbooks/deploy.yml",
+        ["-e", f"assistant_wheel={WHEEL}", "-e", "assistant_green_port=8080"],
+        "assistant_green_port and assistant_green_metrics_port: must differ",
+    ),
     "pinned-upstream": (
         "playbooks/deploy.yml",
         ["-e", f"assistant_wheel={WHEEL}", "-e", "reverse_proxy_upstream=http://127.0.0.1:9999"],
