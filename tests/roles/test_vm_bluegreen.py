@@ -109,6 +109,9 @@ class SignedLoad:
             headers={"host": DOMAIN},
             timeout=30,
             event_hooks={"request": [lambda request: request.extensions.update(sni_hostname=DOMAIN)]},
+            # A connection per webhook, as platforms send them: a kept-alive one would race the old nginx worker
+            # closing it at the reload, a failure of the test client rather than of the switch.
+            limits=httpx.Limits(max_keepalive_connections=0),
         ) as client:
             while not self._stop.is_set() and len(self.sent) < LOAD_CAP:
                 n = len(self.sent)
