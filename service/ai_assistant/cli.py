@@ -85,7 +85,11 @@ def _pid_file(settings: Settings) -> Iterator[None]:
     try:
         yield
     finally:
-        path.unlink(missing_ok=True)
+        # Only while it is still ours: during a blue/green switch (playbooks/deploy.yml) the incoming slot, which shares
+        # this data directory, wrote its pid after ours, and `rotate-secrets` and `backup restore` must still find it.
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == str(os.getpid()):
+                path.unlink()
 
 
 def _reloader(service: Any) -> Callable[[], Coroutine[Any, Any, None]]:
