@@ -229,10 +229,11 @@ def test_nginx_template_routes_and_limits() -> None:
 
 
 def test_redis_acl_stores_only_a_hash() -> None:
-    out = render("redis", "users.acl.j2", {"redis_acl_password": "s3cret-value"})
-    assert "s3cret-value" not in out
-    assert "user default off" in out
+    out = render("redis", "users.acl.j2", {"redis_acl_password": "s3cret-value", "redis_backup_acl_password": "b4ck"})
+    assert "s3cret-value" not in out and "b4ck" not in out
+    assert "\nuser default off " in "\n" + out  # no one authenticates as it (see the template for its permissions)
     assert "#" + __import__("hashlib").sha256(b"s3cret-value").hexdigest() in out
+    assert "#" + __import__("hashlib").sha256(b"b4ck").hexdigest() in out
 
 
 def test_weaviate_memory_follows_the_tier() -> None:
