@@ -283,6 +283,7 @@ def _mount_console(app: FastAPI, parts: Parts) -> Any:
         connectors_file=ConnectorsFile(settings.config_dir, settings.data_dir, parts.registry),
         running_connectors=sorted(parts.connectors),
         trusted_proxies=settings.server.trusted_proxies,
+        knowledge=parts.knowledge,
     )
     return mount_console(app, settings.console, settings.data_dir, deps)
 

@@ -59,12 +59,14 @@ class Console:
 
 
 @contextlib.contextmanager
-def make_console(tmp_path: Path, console_settings: dict[str, Any] | None = None) -> Iterator[Console]:
+def make_console(
+    tmp_path: Path, console_settings: dict[str, Any] | None = None, assistant: dict[str, Any] | None = None
+) -> Iterator[Console]:
     config = write_config(
         tmp_path / "config",
         reply_url="http://127.0.0.1:9/replies",
         engine_url="http://127.0.0.1:9/v1",
-        assistant={"worker": {"enabled": False}, "console": console_settings or {}},
+        assistant={"worker": {"enabled": False}, "console": console_settings or {}, **(assistant or {})},
     )
     data = tmp_path / "data"
     add_users(data)

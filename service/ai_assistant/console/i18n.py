@@ -136,6 +136,60 @@ ZH: dict[str, str] = {
     "version": "版本",
 }
 
+# -- knowledge base page ---------------------------------------------------------------------------------------------
+EN |= {
+    "knowledge": "Knowledge base",
+    "kb_disabled": "The knowledge base is off (knowledge.enabled: false in assistant.yaml).",
+    "kb_deleted": "Document deleted.",
+    "kb_search": "Search the knowledge base as the assistant would",
+    "kb_search_button": "Search",
+    "kb_hits": "Hits (score: similarity above the everyday-sentence baseline)",
+    "kb_no_hits": "Nothing relevant enough: the assistant would answer without documents.",
+    "kb_upload": "Upload documents",
+    "kb_upload_button": "Upload",
+    "kb_limits": "Types: {types}. At most {files} files of {mb} MB each. Drop files on the field or choose them.",
+    "kb_documents": "Documents",
+    "kb_title": "Title",
+    "kb_source": "Source",
+    "kb_chunks": "Chunks",
+    "kb_size": "Bytes",
+    "kb_ingested": "Ingested",
+    "kb_reingest": "Re-ingest",
+    "kb_cli_only": "CLI",
+    "kb_not_kept": "Ingested from files on the host: re-ingest with `ai-assistant kb ingest`.",
+    "kb_added": "added",
+    "kb_updated": "updated",
+    "kb_unchanged": "unchanged (same bytes and pipeline: nothing to redo)",
+    "kb_skipped": "skipped",
+    "kb_failed": "failed",
+}
+ZH |= {
+    "knowledge": "知识库",
+    "kb_disabled": "知识库未启用（assistant.yaml 中 knowledge.enabled: false）。",
+    "kb_deleted": "文档已删除。",
+    "kb_search": "像助理一样检索知识库",
+    "kb_search_button": "检索",
+    "kb_hits": "命中（分数：高于日常语句基线的相似度）",
+    "kb_no_hits": "没有足够相关的内容：助理将不引用文档作答。",
+    "kb_upload": "上传文档",
+    "kb_upload_button": "上传",
+    "kb_limits": "类型：{types}。每次最多 {files} 个文件，每个不超过 {mb} MB。可拖放到此处或点击选择。",
+    "kb_documents": "文档",
+    "kb_title": "标题",
+    "kb_source": "来源",
+    "kb_chunks": "分块",
+    "kb_size": "字节",
+    "kb_ingested": "导入时间",
+    "kb_reingest": "重新导入",
+    "kb_cli_only": "命令行",
+    "kb_not_kept": "由主机上的文件导入：请用 `ai-assistant kb ingest` 重新导入。",
+    "kb_added": "已添加",
+    "kb_updated": "已更新",
+    "kb_unchanged": "未变化（内容与流程相同，无需重做）",
+    "kb_skipped": "已跳过",
+    "kb_failed": "失败",
+}
+
 STRINGS = {"en": EN, "zh": ZH}
 
 

@@ -1,0 +1,13 @@
+"""The console's pages in navigation order: an explicit list, no registration by import side effect. A new page is a
+module with a `router(console) -> APIRouter` factory, its templates, its i18n keys, and one line here."""
+
+from __future__ import annotations
+
+from . import knowledge_page
+from .web import AUDIT_PAGE, CORE_PAGES, Page
+
+PAGES: tuple[Page, ...] = (
+    *CORE_PAGES,
+    Page("knowledge", "/knowledge", knowledge_page.router),
+    AUDIT_PAGE,
+)
