@@ -248,6 +248,60 @@ ZH |= {
     "dlq_none": "没有死信。",
 }
 
+# -- plugins and sensitive words pages -------------------------------------------------------------------------------
+EN |= {
+    "plugins": "Plugins",
+    "plugin_type": "Type",
+    "plugin_version": "Version",
+    "plugin_signer": "Signed by",
+    "plugin_permissions": "Permissions",
+    "plugins_saved": "Saved. A plugin is loaded or unloaded at the next restart of the service.",
+    "plugins_none": "No archive plugins installed.",
+    "plugins_cli": "Install, upgrade and remove with `ai-assistant plugin` (signature and checksum checked there).",
+    "plugins_keys": "Trusted signing keys (plugins.yaml)",
+    "plugins_signature_required": "A signature by one of these keys is required.",
+    "plugins_unsigned_accepted": "Unsigned plugins are accepted (require_signature: false).",
+    "plugins_no_keys": "No key is trusted.",
+    "words": "Sensitive words",
+    "words_off": "No word list is configured (filters.words_file in assistant.yaml).",
+    "words_saved": "Saved. The running service filters with the new list now.",
+    "words_read_only": "The word list is read-only here (managed by Ansible): change assistant_sensitive_words.",
+    "words_explained": "Action on a hit: {action}. {count} words in the saved list.",
+    "words_tester": "Test a text against the saved list",
+    "words_test": "Test",
+    "words_blocked": "Blocked ({hits} hits): the user would get the block message.",
+    "words_masked": "Masked ({hits} hits)",
+    "words_clean": "No hit.",
+    "words_list": "Word list: one per line, lines starting with # are comments",
+    "words_hint": "At most {max} lines; matching ignores case.",
+}
+ZH |= {
+    "plugins": "插件",
+    "plugin_type": "类型",
+    "plugin_version": "版本",
+    "plugin_signer": "签名者",
+    "plugin_permissions": "权限",
+    "plugins_saved": "已保存。插件在服务下次重启时加载或卸载。",
+    "plugins_none": "未安装归档插件。",
+    "plugins_cli": "安装、升级和删除请使用 `ai-assistant plugin`（会在其中校验签名和校验和）。",
+    "plugins_keys": "受信任的签名密钥（plugins.yaml）",
+    "plugins_signature_required": "必须由其中一个密钥签名。",
+    "plugins_unsigned_accepted": "接受未签名插件（require_signature: false）。",
+    "plugins_no_keys": "没有受信任的密钥。",
+    "words": "敏感词",
+    "words_off": "未配置词表（assistant.yaml 中的 filters.words_file）。",
+    "words_saved": "已保存。运行中的服务已使用新词表过滤。",
+    "words_read_only": "词表对服务只读（由 Ansible 管理）：请修改 assistant_sensitive_words。",
+    "words_explained": "命中时的处理：{action}。已保存的词表共 {count} 个词。",
+    "words_tester": "用已保存的词表测试一段文字",
+    "words_test": "测试",
+    "words_blocked": "已拦截（{hits} 处命中）：用户将收到拦截提示。",
+    "words_masked": "已遮盖（{hits} 处命中）",
+    "words_clean": "未命中。",
+    "words_list": "词表：每行一个，以 # 开头的行为注释",
+    "words_hint": "最多 {max} 行；匹配不区分大小写。",
+}
+
 STRINGS = {"en": EN, "zh": ZH}
 
 

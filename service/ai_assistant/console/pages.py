@@ -3,7 +3,7 @@ module with a `router(console) -> APIRouter` factory, its templates, its i18n ke
 
 from __future__ import annotations
 
-from . import conversations_page, dead_letters_page, knowledge_page
+from . import conversations_page, dead_letters_page, knowledge_page, plugins_page, words_page
 from .web import AUDIT_PAGE, CORE_PAGES, Page
 
 PAGES: tuple[Page, ...] = (
@@ -11,5 +11,7 @@ PAGES: tuple[Page, ...] = (
     Page("knowledge", "/knowledge", knowledge_page.router),
     Page("conversations", "/conversations", conversations_page.router),
     Page("dead_letters", "/dead-letters", dead_letters_page.router),
+    Page("plugins", "/plugins", plugins_page.router),
+    Page("words", "/words", words_page.router),
     AUDIT_PAGE,
 )

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,12 +28,14 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from .. import __version__
 from ..edge import client_address
 from ..knowledge.retrieval import KnowledgeBase
+from ..plugins.manager import PluginManager
 from ..store import StateStore
 from .connectors_file import ConnectorEditError, ConnectorsFile, form_fields, form_values, redact, route
 from .i18n import LANGUAGES, translator
 from .overview import ERROR_OUTCOMES, AnswerRate, answers_by_outcome, latency_quantiles
 from .settings import ConsoleSettings
 from .store import ConsoleStore, LoginRefused, User
+from .words_file import WordsFile
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -56,6 +58,9 @@ class ConsoleDeps:
     trusted_proxies: Sequence[Network]
     # None where the knowledge base is off (knowledge.enabled: false): its page says so instead of failing.
     knowledge: KnowledgeBase | None = None
+    plugins: PluginManager | None = None
+    running_plugins: list[str] = field(default_factory=list)  # archive plugins the running service loaded
+    words: WordsFile | None = None  # None where filters.words_file is not set
 
 
 @dataclass(frozen=True)
