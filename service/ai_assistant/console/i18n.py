@@ -52,7 +52,8 @@ EN: dict[str, str] = {
     "secret_hint": "write-only: leave empty to keep the current value",  # pragma: allowlist secret
     "secret_set": "set",  # pragma: allowlist secret
     "list_hint": "comma-separated",
-    "saved_restart": "Saved to connectors.yaml. It applies at the next restart of the service.",
+    "saved_restart": "Saved to connectors.yaml. It applies at the next restart of the service: webhook routes and "
+    "long connections are bound when it starts, and swapping them live could drop a message in flight.",
     "restart_pending": "connectors.yaml differs from what the service started with: restart the service to apply it.",
     "read_only": "connectors.yaml is read-only for the service (managed by Ansible): change assistant_connectors.",
     "until_restart": "not yet in the running service",
@@ -118,7 +119,8 @@ ZH: dict[str, str] = {
     "secret_hint": "只写：留空则保留当前值",
     "secret_set": "已设置",
     "list_hint": "用逗号分隔",
-    "saved_restart": "已保存到 connectors.yaml，服务下次重启后生效。",
+    "saved_restart": "已保存到 connectors.yaml，服务下次重启后生效：回调路由和长连接在启动时建立，"
+    "运行中替换可能丢失正在处理的消息。",
     "restart_pending": "connectors.yaml 与服务启动时不同：重启服务后生效。",
     "read_only": "connectors.yaml 对服务只读（由 Ansible 管理）：请修改 assistant_connectors。",
     "until_restart": "运行中的服务尚未应用",
@@ -134,6 +136,20 @@ ZH: dict[str, str] = {
     "language": "English",
     "not_found": "未找到。",
     "version": "版本",
+}
+
+# -- connector test button -------------------------------------------------------------------------------------------
+EN |= {
+    "test": "Test",
+    "test_explained": "Checked with the credentials saved in connectors.yaml through the platform's token or who-am-I "
+    "call, as `ai-assistant doctor` does; no message was sent.",
+    "callback_url": "Callback URL to paste into the platform's console",
+}
+ZH |= {
+    "test": "测试",
+    "test_explained": "使用 connectors.yaml 中保存的凭据，通过平台的获取令牌或身份查询接口检查"
+    "（与 `ai-assistant doctor` 相同），未发送任何消息。",
+    "callback_url": "填入平台后台的回调地址",
 }
 
 # -- knowledge base page ---------------------------------------------------------------------------------------------

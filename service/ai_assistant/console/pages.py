@@ -3,11 +3,12 @@ module with a `router(console) -> APIRouter` factory, its templates, its i18n ke
 
 from __future__ import annotations
 
-from . import conversations_page, dead_letters_page, knowledge_page, plugins_page, words_page
+from . import connector_test, conversations_page, dead_letters_page, knowledge_page, plugins_page, words_page
 from .web import AUDIT_PAGE, CORE_PAGES, Page
 
 PAGES: tuple[Page, ...] = (
     *CORE_PAGES,
+    Page(None, "/connectors", connector_test.router),
     Page("knowledge", "/knowledge", knowledge_page.router),
     Page("conversations", "/conversations", conversations_page.router),
     Page("dead_letters", "/dead-letters", dead_letters_page.router),

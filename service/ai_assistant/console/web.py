@@ -67,7 +67,7 @@ class ConsoleDeps:
 class Page:
     """One entry of the navigation and the routes behind it. Pages are registered in pages.PAGES, in nav order."""
 
-    key: str  # i18n key of the nav label
+    key: str | None  # i18n key of the nav label; None for routes that belong to another page (no nav entry)
     path: str  # under PREFIX; also what marks the nav entry current
     # None for a page whose routes another page's router already holds (the core pages share console_router)
     router: Callable[[Console], APIRouter] | None
@@ -489,7 +489,7 @@ def mount_console(
     accounts = ConsoleStore.in_data_dir(data_dir)
     console = Console(settings, accounts, deps, data_dir)
     chosen = list(PAGES if pages is None else pages)
-    console.nav = [(p.key, PREFIX + p.path) for p in chosen]
+    console.nav = [(p.key, PREFIX + p.path) for p in chosen if p.key is not None]
     for page in chosen:
         if page.router is not None:
             app.include_router(page.router(console))
