@@ -231,8 +231,8 @@ EN |= {
     "dlq_error": "Last error",
     "dlq_replay": "Replay",
     "dlq_drop": "Drop",
-    "dlq_replayed": "Queued again:",
-    "dlq_droped": "Dropped:",
+    "dlq_done_replay": "Queued again:",
+    "dlq_done_drop": "Dropped:",
     "dlq_none": "No dead letters.",
 }
 ZH |= {
@@ -259,8 +259,8 @@ ZH |= {
     "dlq_error": "最后错误",
     "dlq_replay": "重放",
     "dlq_drop": "丢弃",
-    "dlq_replayed": "已重新入队：",
-    "dlq_droped": "已丢弃：",
+    "dlq_done_replay": "已重新入队：",
+    "dlq_done_drop": "已丢弃：",
     "dlq_none": "没有死信。",
 }
 
