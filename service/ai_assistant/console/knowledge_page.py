@@ -63,6 +63,8 @@ class Originals:
         return self.root / doc_id
 
     def keep(self, doc_id: str, name: str, data: bytes) -> None:
+        if not doc_id.isalnum():  # see find(): such a document is re-ingested with the CLI
+            return
         folder = self._folder(doc_id)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
@@ -80,13 +82,16 @@ class Originals:
                 other.unlink(missing_ok=True)
 
     def find(self, doc_id: str) -> Path | None:
+        if not doc_id.isalnum():  # not an id this class ever wrote (a store plugin with other ids): no original
+            return None
         folder = self._folder(doc_id)
         if not folder.is_dir():
             return None
         return next((f for f in sorted(folder.iterdir()) if not f.name.startswith(".")), None)
 
     def forget(self, doc_id: str) -> None:
-        shutil.rmtree(self._folder(doc_id), ignore_errors=True)
+        if doc_id.isalnum():
+            shutil.rmtree(self._folder(doc_id), ignore_errors=True)
 
 
 def too_large(request: Request, limit: int) -> UploadRefused | None:
