@@ -141,3 +141,19 @@ def test_page_says_when_the_knowledge_base_is_off(console: Console) -> None:
     page = console.client.get("/admin/knowledge")
     assert page.status_code == 200 and 'id="kb-disabled"' in page.text
     assert console.post("/admin/knowledge/upload", page="/admin/knowledge").status_code == 409
+
+
+def test_delete_and_reingest_need_csrf_and_an_admin(kb_console: Console) -> None:
+    upload(kb_console, [("canteen.md", CANTEEN)])
+    doc = kb(kb_console).list_documents_sync()[0]
+    for action in ("delete", "reingest"):
+        forged = kb_console.client.post(f"/admin/knowledge/{doc.doc_id}/{action}", data={"csrf_token": "forged"})
+        assert forged.status_code == 403, action
+    kb_console.client.cookies.clear()
+    kb_console.login("victor", VIEWER_PASSWORD)
+    assert f'action="/admin/knowledge/{doc.doc_id}/delete"' not in kb_console.client.get("/admin/knowledge").text
+    for action in ("delete", "reingest"):
+        assert kb_console.post(f"/admin/knowledge/{doc.doc_id}/{action}", page="/admin/knowledge").status_code == 403
+    assert sources(kb_console) == ["uploads/canteen.md"]
+    assert (kb_console.data_dir / "console" / "kb-originals" / doc.doc_id / "canteen.md").is_file()
+    assert [a for a in audit_actions(kb_console) if a.startswith("knowledge.")] == ["knowledge.upload"]
