@@ -279,14 +279,32 @@ def _sink(parts: Parts) -> Any:
 def _mount_console(app: FastAPI, parts: Parts) -> Any:
     from .console.connectors_file import ConnectorsFile
     from .console.web import ConsoleDeps, mount_console
+    from .console.words_file import WordsFile
+    from .plugins.manager import PluginManager
+    from .plugins.settings import load_plugin_settings
 
     settings = parts.settings
+    pipeline = parts.pipeline
+
+    def apply_words(new: SensitiveWordFilter) -> None:
+        # One reference swap: a message being handled keeps the filter it read; the next one reads the new list.
+        pipeline.input_filter = pipeline.output_filter = new
+
+    words_file = settings.filters.words_file
+    words = WordsFile(settings.resolve(words_file), settings.filters.action, apply_words) if words_file else None
+    loaded = {
+        e.source.removeprefix("plugin:") for e in parts.registry.entries.values() if e.source.startswith("plugin:")
+    }
     deps = ConsoleDeps(
         store=parts.store,
         readiness=lambda: readiness(parts),
         connectors_file=ConnectorsFile(settings.config_dir, settings.data_dir, parts.registry),
         running_connectors=sorted(parts.connectors),
         trusted_proxies=settings.server.trusted_proxies,
+        knowledge=parts.knowledge,
+        plugins=PluginManager(settings.data_dir, load_plugin_settings(settings.config_dir)),
+        running_plugins=sorted(loaded),
+        words=words,
     )
     return mount_console(app, settings.console, settings.data_dir, deps)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,15 @@ from fastapi.testclient import TestClient
 from ai_assistant.app import create_app
 from ai_assistant.console.store import ConsoleStore
 from ai_assistant.settings import load_settings
-from tests.helpers import write_config
+from tests.helpers import venv_bin, write_config
 
 ADMIN_PASSWORD = "correct horse battery staple"  # pragma: allowlist secret
 VIEWER_PASSWORD = "viewer password 12345"  # pragma: allowlist secret
 # base64("new-secret-of-thirty-two-bytes!!"): the webhook secret of connectors the tests add
 NEW_SECRET = "whsec_" + "bmV3LXNlY3JldC1vZi10aGlydHktdHdvLWJ5dGVzISE="  # pragma: allowlist secret
+# Accounts of the browser tests, created with the real CLI.
+ADMIN, VIEWER = ("alice", "admin password 123"), ("victor", "viewer password 123")
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -59,12 +64,14 @@ class Console:
 
 
 @contextlib.contextmanager
-def make_console(tmp_path: Path, console_settings: dict[str, Any] | None = None) -> Iterator[Console]:
+def make_console(
+    tmp_path: Path, console_settings: dict[str, Any] | None = None, assistant: dict[str, Any] | None = None
+) -> Iterator[Console]:
     config = write_config(
         tmp_path / "config",
         reply_url="http://127.0.0.1:9/replies",
         engine_url="http://127.0.0.1:9/v1",
-        assistant={"worker": {"enabled": False}, "console": console_settings or {}},
+        assistant={"worker": {"enabled": False}, "console": console_settings or {}, **(assistant or {})},
     )
     data = tmp_path / "data"
     add_users(data)
@@ -77,3 +84,35 @@ def make_console(tmp_path: Path, console_settings: dict[str, Any] | None = None)
 def console(tmp_path: Path) -> Iterator[Console]:
     with make_console(tmp_path) as made:
         yield made
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("chromium and chromium-driver are not installed (scripts/apt-packages.txt lists them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(service=Service(DRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def create_user(data_dir: Path, name: str, password: str, role: str) -> None:
+    cmd = [venv_bin("ai-assistant"), "admin", "create-user", name, f"--role={role}", f"--data-dir={data_dir}"]
+    subprocess.run(
+        [*cmd, "--password-stdin"],
+        input=password + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )

@@ -4,61 +4,22 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.console.conftest import NEW_SECRET
+from tests.console.conftest import ADMIN, NEW_SECRET, VIEWER, create_user
 from tests.helpers import (
     ReplyReceiver,
     ServiceProcess,
     message,
     signed_generic_request,
-    venv_bin,
     wait_until,
     write_config,
 )
 
 pytestmark = pytest.mark.model
-
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-ADMIN, VIEWER = ("alice", "admin password 123"), ("victor", "viewer password 123")
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("chromium and chromium-driver are not installed (scripts/apt-packages.txt lists them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    driver = webdriver.Chrome(service=Service(DRIVER, log_output=str(tmp_path / "chromedriver.log")), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def create_user(data_dir: Path, name: str, password: str, role: str) -> None:
-    cmd = [venv_bin("ai-assistant"), "admin", "create-user", name, f"--role={role}", f"--data-dir={data_dir}"]
-    subprocess.run(
-        [*cmd, "--password-stdin"],
-        input=password + "\n",
-        text=True,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyReceiver, model_server: str) -> None:

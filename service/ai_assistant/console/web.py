@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,12 +27,15 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 
 from .. import __version__
 from ..edge import client_address
+from ..knowledge.retrieval import KnowledgeBase
+from ..plugins.manager import PluginManager
 from ..store import StateStore
 from .connectors_file import ConnectorEditError, ConnectorsFile, form_fields, form_values, redact, route
 from .i18n import LANGUAGES, translator
 from .overview import ERROR_OUTCOMES, AnswerRate, answers_by_outcome, latency_quantiles
 from .settings import ConsoleSettings
 from .store import ConsoleStore, LoginRefused, User
+from .words_file import WordsFile
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -53,11 +56,27 @@ class ConsoleDeps:
     connectors_file: ConnectorsFile
     running_connectors: list[str]
     trusted_proxies: Sequence[Network]
+    # None where the knowledge base is off (knowledge.enabled: false): its page says so instead of failing.
+    knowledge: KnowledgeBase | None = None
+    plugins: PluginManager | None = None
+    running_plugins: list[str] = field(default_factory=list)  # archive plugins the running service loaded
+    words: WordsFile | None = None  # None where filters.words_file is not set
+
+
+@dataclass(frozen=True)
+class Page:
+    """One entry of the navigation and the routes behind it. Pages are registered in pages.PAGES, in nav order."""
+
+    key: str | None  # i18n key of the nav label; None for routes that belong to another page (no nav entry)
+    path: str  # under PREFIX; also what marks the nav entry current
+    # None for a page whose routes another page's router already holds (the core pages share console_router)
+    router: Callable[[Console], APIRouter] | None
 
 
 class Console:
-    def __init__(self, settings: ConsoleSettings, accounts: ConsoleStore, deps: ConsoleDeps) -> None:
+    def __init__(self, settings: ConsoleSettings, accounts: ConsoleStore, deps: ConsoleDeps, data_dir: Path) -> None:
         self.settings = settings
+        self.data_dir = data_dir
         self.accounts = accounts
         self.deps = deps
         self.signer = URLSafeTimedSerializer(accounts.signing_key(), salt="ai-assistant-console-csrf")
@@ -65,6 +84,8 @@ class Console:
         self.rate = AnswerRate()
         self.started_digest = deps.connectors_file.digest()
         self._limiters: dict[str, AsyncLimiter] = {}
+        # (i18n key, path) of every page in nav order; mount_console fills it from the registered pages.
+        self.nav: list[tuple[str, str]] = []
 
     # -- request helpers --------------------------------------------------------------------------------------------
     def _tls(self, request: Request) -> bool:
@@ -122,6 +143,7 @@ class Console:
                 "csrf_token": self.signer.dumps(self._csrf_payload(request, cookie)),
                 "path": request.url.path,
                 "version": __version__,
+                "nav": self.nav,
                 **context,
             },
             status_code=status,
@@ -452,9 +474,24 @@ def _attachment(name: str) -> dict[str, str]:
     return {"content-disposition": f"attachment; filename*=UTF-8''{quote(f'console-{stamp}-{name}')}"}
 
 
-def mount_console(app: FastAPI, settings: ConsoleSettings, data_dir: Path, deps: ConsoleDeps) -> ConsoleStore:
-    """Add the console's pages and static files to the service's app; returns its store for the lifespan to close."""
+# The pages of console_router, listed so that they sit in the navigation like the rest.
+CORE_PAGES = (Page("overview", "/overview", console_router), Page("connectors", "/connectors", None))
+AUDIT_PAGE = Page("audit", "/audit", None)
+
+
+def mount_console(
+    app: FastAPI, settings: ConsoleSettings, data_dir: Path, deps: ConsoleDeps, pages: Sequence[Page] | None = None
+) -> ConsoleStore:
+    """Add the console's pages and static files to the service's app; returns its store for the lifespan to close.
+    `pages` defaults to pages.PAGES; a new page is one module with a router factory and one entry there."""
+    from .pages import PAGES
+
     accounts = ConsoleStore.in_data_dir(data_dir)
-    app.include_router(console_router(Console(settings, accounts, deps)))
+    console = Console(settings, accounts, deps, data_dir)
+    chosen = list(PAGES if pages is None else pages)
+    console.nav = [(p.key, PREFIX + p.path) for p in chosen if p.key is not None]
+    for page in chosen:
+        if page.router is not None:
+            app.include_router(page.router(console))
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
     return accounts

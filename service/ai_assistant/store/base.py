@@ -4,7 +4,7 @@ two or more instances behind a load balancer (blue/green and two zones need shar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..messages import ChatTurn, InboundMessage
 
@@ -38,6 +38,23 @@ class DeadLetter:
 class QueueStats:
     depth: int
     oldest_age_seconds: float
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """One conversation in memory (connector:chat), for the console's conversations page."""
+
+    conversation: str
+    turns: int
+    last_at: float
+
+
+@runtime_checkable
+class ConversationIndex(Protocol):
+    """Listing conversations by recency, which the SQLite store can answer from its table. The Redis store keeps one
+    list per conversation and no index of them, so it does not offer this (the console then looks one up by key)."""
+
+    async def conversations(self, limit: int, offset: int) -> list[ConversationSummary]: ...
 
 
 class StateStore(Protocol):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..messages import ChatTurn, InboundMessage
-from .base import DeadLetter, Job, QueueStats
+from .base import ConversationSummary, DeadLetter, Job, QueueStats
 
 T = TypeVar("T")
 CLEANUP_INTERVAL_SECONDS = 60.0
@@ -376,6 +376,19 @@ class SQLiteStore:
                 (conversation, limit * 2),
             ).fetchall()
             return [ChatTurn(role=r[0], content=r[1]) for r in reversed(rows)]
+
+        return await self._run(body)
+
+    async def conversations(self, limit: int, offset: int) -> list[ConversationSummary]:
+        """Most recently active first (ConversationIndex)."""
+
+        def body(db: sqlite3.Connection) -> list[ConversationSummary]:
+            rows = db.execute(
+                "SELECT conversation, COUNT(*), MAX(at) FROM history GROUP BY conversation "
+                "ORDER BY MAX(at) DESC, conversation LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+            return [ConversationSummary(r[0], int(r[1]), float(r[2])) for r in rows]
 
         return await self._run(body)
 
