@@ -184,7 +184,9 @@ class ServiceProcess:
         cmd += ["--port", str(self.port)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        wait_until(self._healthy, 30, f"service on {self.base} (log: {self.log})")
+        # Generous: the service imports its whole stack at start, which takes tens of seconds beside a QEMU VM and
+        # the rest of the suite on two cores; a process that exits is reported at once by _healthy.
+        wait_until(self._healthy, 180, f"service on {self.base} (log: {self.log})")
         return self
 
     def _healthy(self) -> bool:
