@@ -42,7 +42,7 @@ class ReplyNode(NodeBase):
         yield "text", self.text, frozenset()
 
     async def run(self, ctx: RunContext) -> Outcome:
-        text = ctx.render(self.text)
+        text = ctx.render(self.text).strip()  # a template's conditional parts leave spaces at the ends
         return Outcome(outputs={"text": text}, reply=text)
 
 
