@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends
+import yaml
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from ..store import StateStore
-from .schema import Workflow
+from .errors import WorkflowError
+from .schema import Workflow, parse
+
+MAX_DOCUMENT_BYTES = 256 * 1024
 
 
 def summary(flow: Workflow) -> dict[str, Any]:
@@ -43,6 +48,25 @@ def workflows_router(store: StateStore, flows: list[Workflow], require_admin: Ca
     @router.get("")
     async def list_workflows() -> dict[str, Any]:
         return {"workflows": [summary(flow) for flow in flows]}
+
+    @router.post("/validate", response_model=None)
+    async def validate(request: Request) -> dict[str, Any] | JSONResponse:
+        """Validate a document (YAML or JSON body) as the service would at start, without saving it: the editor's
+        check before it writes a file. 422 with the node named when it does not validate."""
+        body = await request.body()
+        if len(body) > MAX_DOCUMENT_BYTES:
+            return JSONResponse({"error": "too_large", "detail": f"over {MAX_DOCUMENT_BYTES} bytes"}, 413)
+        try:
+            data = yaml.safe_load(body.decode("utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            return JSONResponse({"error": "invalid", "key": "", "detail": f"not valid UTF-8 YAML{where}"}, 422)
+        try:
+            flow = parse(data, "workflow", os.environ)
+        except WorkflowError as exc:
+            return JSONResponse({"error": "invalid", "key": exc.key, "detail": exc.problem}, status_code=422)
+        return {"ok": True, "id": flow.id, "version": flow.version, "nodes": len(flow.nodes)}
 
     @router.get("/traces/{event_id}", response_model=None)
     async def show_trace(event_id: str) -> dict[str, Any] | JSONResponse:
