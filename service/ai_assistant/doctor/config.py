@@ -36,6 +36,9 @@ def validate(settings: Settings) -> Configured:
     words = settings.resolve(settings.filters.words_file) if settings.filters.words_file else None
     SensitiveWordFilter.from_file(words, settings.filters.action)
     load_channels(settings.config_dir, registry, connectors)
+    from ..workflows.loader import load_workflows
+
+    load_workflows(settings.config_dir)
     if settings.store.backend == "redis" and settings.store.redis_url is None:
         raise ConfigError("assistant.yaml", "store.redis_url", "required when store.backend is redis")
     if settings.knowledge.enabled:
