@@ -249,7 +249,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     require_admin = admin_dependency(parts.admin_tokens)
     app.include_router(dlq_router(parts.store, require_admin))
     flows = parts.pipeline.workflows.flows if parts.pipeline.workflows is not None else []
-    app.include_router(workflows_router(parts.store, flows, require_admin))
+    dry = Services(engine=parts.engine, retriever=parts.pipeline.retriever)  # the dry run posts nothing: no channel
+    app.include_router(workflows_router(parts.store, flows, require_admin, dry))
     if parts.knowledge is not None:
         app.include_router(kb_router(parts.knowledge, require_admin))
     if settings.alerts.token is not None:

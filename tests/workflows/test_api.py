@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,3 +72,63 @@ def test_validate_accepts_a_good_document_and_names_the_node_of_a_bad_one(client
     assert scalar.status_code == 422 and "must be a mapping" in scalar.json()["detail"]
     big = client.post("/admin/api/workflows/validate", headers=AUTH, content=b"#" * (256 * 1024 + 1))
     assert big.status_code == 413 and big.json()["error"] == "too_large"
+
+
+def dry_doc(base: str) -> dict[str, object]:
+    return {
+        "id": "dry",
+        "version": 1,
+        "settings": {"http": {"allow_hosts": ["127.0.0.1"], "allow_private": True}},
+        "nodes": [
+            {"id": "start", "kind": "trigger", "keywords": ["order"]},
+            {"id": "erp", "kind": "http", "url": base + "/orders/{{ message.text.split()[-1] }}",
+             "map": {"status": "{{ response.json.status }}"}},
+            {"id": "notify", "kind": "http", "method": "POST", "url": base + "/orders/notify", "json": {"a": "b"},
+             "map": {"ticket": "{{ response.json.order }}"}},
+            {"id": "support", "kind": "handoff", "chat_id": "support", "text": "{{ message.text }}"},
+            {"id": "answer", "kind": "reply", "text": "Order is {{ vars.status }}.{{ vars.ticket }}"},
+        ],
+        "edges": [
+            {"from": "start", "to": "erp"},
+            {"from": "erp", "to": "notify"},
+            {"from": "notify", "to": "support"},
+            {"from": "support", "to": "answer"},
+        ],
+    }  # fmt: skip
+
+
+def test_dry_run_shows_each_node_and_changes_nothing(client: TestClient, tmp_path: Path) -> None:
+    from tests.workflows.standin import BusinessSystem
+
+    erp = BusinessSystem()
+    try:
+        asked = {"document": yaml.safe_dump(dry_doc(erp.base)), "message": {"text": "order 12"}}
+        resp = client.post("/admin/api/workflows/dry-run", headers=AUTH, content=json.dumps(asked).encode())
+        assert resp.status_code == 200, resp.text
+        result = resp.json()
+        assert result["answer"] == "Order is shipped." and result["outcome"] == "answered"
+        steps = {s["node"]: s for s in result["steps"]}
+        assert list(steps) == ["start", "erp", "notify", "support", "answer"]
+        assert steps["erp"]["outputs"]["json"]["order"] == "12"
+        assert steps["notify"]["outputs"] == {"dry_run": "POST not sent in a dry run"}
+        assert steps["support"]["outputs"]["delivered"] is False
+        assert dict(erp.calls) == {"/orders/12": 1}, "only the GET request was sent"
+    finally:
+        erp.close()
+    with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM workflow_steps").fetchone() == (0,), "nothing recorded"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "detail"),
+    [
+        (b"{not json", "", "Invalid JSON"),
+        (json.dumps({"document": {"id": "x"}, "message": {}}).encode(), "message.text", "Field required"),
+        (json.dumps({"document": {"id": "x"}, "message": {"text": "hi"}, "extra": 1}).encode(), "extra", "Extra"),
+        (json.dumps({"document": "id: x", "message": {"text": "hi"}}).encode(), "nodes", "non-empty list"),
+    ],
+)
+def test_dry_run_refuses_bad_input_with_the_field_named(client: TestClient, body: bytes, key: str, detail: str) -> None:
+    resp = client.post("/admin/api/workflows/dry-run", headers=AUTH, content=body)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"] == "invalid" and resp.json()["key"] == key and detail in resp.json()["detail"]

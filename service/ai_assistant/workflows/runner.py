@@ -19,7 +19,7 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from ..messages import ChatTurn
+from ..messages import ChatTurn, InboundMessage
 from ..pipeline.adapters import InputAdapter, message_text
 from ..pipeline.filters import SensitiveWordFilter
 from ..store import Job, StateStore
@@ -91,12 +91,16 @@ class WorkflowRunner:
         checked = self.input_filter.apply(await message_text(job.message, self.adapters))
         if checked.blocked:
             return self.block_message, "blocked", []
-        replies, failed = await self._run(flow, job, checked.text, steps, write)
-        text = "\n\n".join([*replies, *([flow.settings.error_reply] if failed or not replies else [])])
+
+        async def record(step: Step) -> None:
+            save = partial(self.store.save_workflow_step, job.id, job.lease_token, job.message.event_id, step.step)
+            await write("save_workflow_step", partial(save, step.dump()))
+
+        replies, failed = await run_steps(flow, job.message, checked.text, steps, self.services, record)
+        text, outcome = answer_text(flow, replies, failed)
         out = self.output_filter.apply(text)
         if out.blocked:
             return self.block_message, "blocked", []
-        outcome = FAILED if failed or not replies else ANSWERED
         return out.text, outcome, [ChatTurn("user", checked.text), ChatTurn("assistant", out.text)]
 
     def _resumed(self, steps: list[Step]) -> Workflow | None:
@@ -106,44 +110,70 @@ class WorkflowRunner:
                 return flow
         return None
 
-    async def _run(
-        self, flow: Workflow, job: Job, text: str, steps: list[Step], write: FencedWrite
-    ) -> tuple[list[str], bool]:
-        msg = job.message
-        if steps:
-            last = steps[-1]
-            node_id, index, replies, failed = last.next, last.step + 1, list(last.replies), last.failed
-            variables: dict[str, Any] = dict(last.vars)
-            outputs = {s.node: dict(s.outputs) for s in steps}
-            log.info("resuming workflow %s for %s after step %d (%s)", flow.id, msg.event_id, last.step, last.node)
-        else:
-            node_id, index, replies, failed, variables, outputs = flow.trigger.id, 0, [], False, {}, {}
-        while node_id is not None:
-            if index >= flow.settings.max_steps:
-                log.error("workflow %s for %s stopped after %d steps", flow.id, msg.event_id, index)
-                return replies, True
-            node = flow.node(node_id)
-            ctx = RunContext(msg, text, dict(variables), outputs, index, self.services, flow.settings)
-            started = time.time()
-            try:
-                outcome = await node.run(ctx)
-            except (NodeFailed, TemplateError) as exc:  # EngineUnavailable and store errors are the pipeline's
-                outcome = Outcome(outputs={"error": f"{type(exc).__name__}: {exc}"}, label="error")
-            variables.update(outcome.sets)
-            outputs[node.id] = dict(outcome.outputs)
-            if outcome.reply is not None:
-                replies.append(outcome.reply)
-            following = None if outcome.end else flow.next_node(node.id, outcome.label)
-            if outcome.label == "error" and following is None:
-                failed = True
-                log.warning("workflow %s node %s failed for %s: %s", flow.id, node.id, msg.event_id,
-                            outcome.outputs.get("error"))  # fmt: skip
-            step = Step(
-                flow.id, flow.version, index, node.id, node.kind, outcome.label, following,
-                dict(outcome.inputs), dict(outcome.outputs), started, time.time(), dict(variables), list(replies),
-                failed,
-            )  # fmt: skip
-            save = partial(self.store.save_workflow_step, job.id, job.lease_token, msg.event_id, index, step.dump())
-            await write("save_workflow_step", save)
-            node_id, index = following, index + 1
-        return replies, failed
+
+def answer_text(flow: Workflow, replies: list[str], failed: bool) -> tuple[str, str]:
+    """The run's replies as one answer, and its outcome; a failure, or a path with no reply, ends with error_reply."""
+    if failed or not replies:
+        return "\n\n".join([*replies, flow.settings.error_reply]), FAILED
+    return "\n\n".join(replies), ANSWERED
+
+
+async def run_steps(
+    flow: Workflow,
+    msg: InboundMessage,
+    text: str,
+    steps: list[Step],
+    services: Services,
+    record: Callable[[Step], Awaitable[None]],
+) -> tuple[list[str], bool]:
+    """Run from the trigger, or on from the last of `steps`, recording each finished node; (replies, failed)."""
+    if steps:
+        last = steps[-1]
+        node_id, index, replies, failed = last.next, last.step + 1, list(last.replies), last.failed
+        variables: dict[str, Any] = dict(last.vars)
+        outputs = {s.node: dict(s.outputs) for s in steps}
+        log.info("resuming workflow %s for %s after step %d (%s)", flow.id, msg.event_id, last.step, last.node)
+    else:
+        node_id, index, replies, failed, variables, outputs = flow.trigger.id, 0, [], False, {}, {}
+    while node_id is not None:
+        if index >= flow.settings.max_steps:
+            log.error("workflow %s for %s stopped after %d steps", flow.id, msg.event_id, index)
+            return replies, True
+        node = flow.node(node_id)
+        ctx = RunContext(msg, text, dict(variables), outputs, index, services, flow.settings)
+        started = time.time()
+        try:
+            outcome = await node.run(ctx)
+        except (NodeFailed, TemplateError) as exc:  # EngineUnavailable and store errors are the pipeline's
+            outcome = Outcome(outputs={"error": f"{type(exc).__name__}: {exc}"}, label="error")
+        variables.update(outcome.sets)
+        outputs[node.id] = dict(outcome.outputs)
+        if outcome.reply is not None:
+            replies.append(outcome.reply)
+        following = None if outcome.end else flow.next_node(node.id, outcome.label)
+        if outcome.label == "error" and following is None:
+            failed = True
+            log.warning("workflow %s node %s failed for %s: %s", flow.id, node.id, msg.event_id,
+                        outcome.outputs.get("error"))  # fmt: skip
+        step = Step(
+            flow.id, flow.version, index, node.id, node.kind, outcome.label, following,
+            dict(outcome.inputs), dict(outcome.outputs), started, time.time(), dict(variables), list(replies), failed,
+        )  # fmt: skip
+        await record(step)
+        node_id, index = following, index + 1
+    return replies, failed
+
+
+async def dry_run(flow: Workflow, msg: InboundMessage, services: Services) -> tuple[str, str, list[Step]]:
+    """Run a workflow against a sample message without recording anything and without side effects: the editor's
+    dry run. Knowledge and the model are used; only GET requests are sent; other HTTP requests and hand-offs are
+    shown, not made (nodes/http.py, nodes/handoff.py). No filters, no memory: what each node does, nothing more."""
+    steps: list[Step] = []
+
+    async def record(step: Step) -> None:
+        steps.append(step)
+
+    dry = Services(engine=services.engine, retriever=services.retriever, channel=None, dry_run=True)
+    replies, failed = await run_steps(flow, msg, msg.text, [], dry, record)
+    text, outcome = answer_text(flow, replies, failed)
+    return text, outcome, steps

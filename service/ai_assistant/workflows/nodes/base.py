@@ -48,6 +48,7 @@ class Services:
     engine: object | None = None
     retriever: Callable[[InboundMessage, str], Awaitable[Any]] | None = None
     channel: OutputChannel | None = None
+    dry_run: bool = False  # the editor's dry run (runner.dry_run): nodes with side effects show what they would do
 
 
 @dataclass

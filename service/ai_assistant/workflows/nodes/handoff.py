@@ -29,14 +29,16 @@ class HandoffNode(NodeBase):
         yield "text", self.text, frozenset()
 
     async def run(self, ctx: RunContext) -> Outcome:
+        connector = self.connector or ctx.message.connector
+        text = ctx.render(self.text)
+        inputs = {"connector": connector, "chat_id": self.chat_id, "text": text}
+        if ctx.services.dry_run:
+            return Outcome(outputs={"delivered": False, "dry_run": "not posted in a dry run"}, inputs=inputs)
         channel = ctx.services.channel
         if channel is None:
             raise NodeFailed("no output channel to hand off through")
-        connector = self.connector or ctx.message.connector
-        text = ctx.render(self.text)
         key = f"{ctx.message.event_id}:{self.id}:{ctx.step}"
         part = OutboundText(connector, self.chat_id, text, 1, 1, key)
-        inputs = {"connector": connector, "chat_id": self.chat_id, "text": text}
         try:
             await channel.deliver(part)
         except DeliveryUncertain as exc:  # may have been posted: not sent again (at most one copy, as for answers)

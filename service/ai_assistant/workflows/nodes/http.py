@@ -78,6 +78,9 @@ class HttpNode(NodeBase):
         http = ctx.settings.http
         url = ctx.render(self.url)
         inputs: dict[str, Any] = {"method": self.method, "url": url}
+        if ctx.services.dry_run and self.method != "GET":  # a dry run must not change anything in a business system
+            empty = dict.fromkeys(self.map, "")
+            return Outcome(outputs={"dry_run": f"{self.method} not sent in a dry run"}, inputs=inputs, sets=empty)
         try:
             await _check_destination(url, http.allow_hosts, http.allow_private)
             # Secrets go into the request only, never into the trace: header values are not recorded.

@@ -74,7 +74,7 @@ class TriggerNode(NodeBase, TextMatch):
         return "any message" if self.empty() else self.matches(message.text)
 
     async def run(self, ctx: RunContext) -> Outcome:
-        return Outcome(outputs={"matched": self.accepts(ctx.message) or "resumed"})
+        return Outcome(outputs={"matched": self.accepts(ctx.message) or "no (a dry run starts here anyway)"})
 
 
 class Case(TextMatch):
