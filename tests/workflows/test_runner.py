@@ -219,3 +219,43 @@ async def test_checkpoints_are_fenced_and_a_retried_write_changes_nothing(store:
     assert await store.complete(taken.id, taken.lease_token)
     assert await store.workflow_trace(job.message.event_id) == [record], "the trace outlives the finished job"
     assert await store.workflow_trace("no-such-event") == []
+
+
+async def test_an_engine_outage_at_the_llm_node_resumes_there_without_repeating_the_http_call(
+    sqlite: StateStore, erp: BusinessSystem, tmp_path: Path
+) -> None:
+    """The model server (the fault tests' stand-in process, a real OpenAI-compatible server) fails its first request:
+    the LLM node raises EngineUnavailable for the pipeline to wait on, and the next claim resumes at that node."""
+    from ai_assistant.engines.hf_inference import HFInferenceEngine
+    from ai_assistant.errors import EngineUnavailable
+    from ai_assistant.settings import EngineSettings
+    from tests.faults.engine_standin import ANSWER
+    from tests.faults.procs import EngineStandin
+
+    model = EngineStandin(tmp_path).start("--fail", "1", "--status", "503")
+    try:
+        engine = HFInferenceEngine(EngineSettings(base_url=model.base_url, max_retries=0, timeout_seconds=30))
+        doc = flow(erp.base)
+        doc["nodes"].append({"id": "line", "kind": "llm", "prompt": "Say that the order is {{ vars.status }}."})
+        doc["nodes"][2]["text"] = "{{ vars.status }}: {{ nodes.line.text }}"
+        doc["edges"] = [
+            {"from": "start", "to": "erp"},
+            {"from": "erp", "to": "line"},
+            {"from": "erp", "to": "down", "when": "error"},
+            {"from": "line", "to": "answer"},
+        ]
+        words = SensitiveWordFilter.from_file(None, "mask")
+        wf = WorkflowRunner([parse(doc, "f.yaml", {})], sqlite, Services(engine=engine), words, words, "blocked")
+        job = await claimed(sqlite, "order 5")
+        with pytest.raises(EngineUnavailable):
+            await wf.answer(job, fenced(sqlite, job))
+        assert [s["node"] for s in await steps(sqlite, job)] == ["start", "erp"]
+        assert await sqlite.release(job.id, job.lease_token, 0, "engine unavailable", count_attempt=False)
+        again = await sqlite.claim(30)
+        assert again is not None
+        ran = await wf.answer(again, fenced(sqlite, again))
+        assert ran is not None and ran[0] == f"shipped: {ANSWER}", ran
+        assert erp.calls["/orders/5"] == 1 and len(model.requests()) == 2
+        assert [s["node"] for s in await steps(sqlite, again)] == ["start", "erp", "line", "answer"]
+    finally:
+        model.kill()
