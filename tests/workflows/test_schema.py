@@ -215,3 +215,13 @@ def test_cli_validate_names_the_node_and_fails(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["workflow", "validate", "--config-dir", str(tmp_path)], env=ENV)
     assert result.exit_code == 1
     assert "error: workflows/orders.yaml: node answer: text: unknown variable 'vars.colour'" in result.output
+
+
+def test_cli_list_shows_what_the_service_would_load(tmp_path: Path) -> None:
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "orders.yaml").write_text(yaml.safe_dump(valid()))
+    result = CliRunner().invoke(app, ["workflow", "list", "--config-dir", str(tmp_path)], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "orders" in result.output and '{"keywords": ["order"]}' in result.output
+    empty = CliRunner().invoke(app, ["workflow", "validate", "--config-dir", str(tmp_path / "none")])
+    assert empty.exit_code == 1 and "no workflow files in" in empty.output
