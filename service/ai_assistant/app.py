@@ -41,6 +41,11 @@ from .plugins.loader import registry_with_plugins
 from .registry import Kind, Registry
 from .settings import Settings, load_settings, secret_values
 from .store import StateStore, open_store
+from .workflows.api import workflows_router
+from .workflows.loader import load_workflows
+from .workflows.nodes import Services
+from .workflows.runner import WorkflowRunner
+from .workflows.schema import secret_names
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
     knowledge = (
         KnowledgeBase.from_settings(settings.knowledge, settings.data_dir) if settings.knowledge.enabled else None
     )
+    retriever = _retriever(settings, knowledge) if knowledge is not None else None
+    workflows = _workflows(settings, store, engine, retriever, ReplyChannel(connectors), word_filter, adapters)
     pipeline = Pipeline(
         settings=settings,
         store=store,
@@ -101,11 +108,12 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         input_filter=word_filter,
         output_filter=word_filter,
         adapters=adapters,
-        retriever=_retriever(settings, knowledge) if knowledge is not None else None,
+        retriever=retriever,
         routed=routed,
         answer_cache=AnswerCache.from_settings(
             settings, store, list(connectors), knowledge.version if knowledge is not None else None
         ),
+        workflows=workflows,
     )
     return Parts(
         settings,
@@ -135,6 +143,28 @@ async def reload_secrets(parts: Parts) -> None:
     if reconnect is not None and fresh.store.redis_url is not None:
         await reconnect(fresh.store.redis_url.get_secret_value())
     log.info("secrets reloaded")
+
+
+def _workflows(
+    settings: Settings,
+    store: StateStore,
+    engine: Any,
+    retriever: Any,
+    channel: ReplyChannel,
+    word_filter: SensitiveWordFilter,
+    adapters: dict[str, InputAdapter],
+) -> WorkflowRunner | None:
+    """config/workflows/*.yaml, refused here (before serving) with file and node named; none: today's answers."""
+    import os
+
+    flows = load_workflows(settings.config_dir)
+    if not flows:
+        return None
+    register_secrets([os.environ[name] for flow in flows for name in secret_names(flow) if name in os.environ])
+    log.info("workflows loaded: %s", ", ".join(f"{f.id} v{f.version}" for f in flows))
+    services = Services(engine=engine, retriever=retriever, channel=channel)
+    block = settings.filters.block_message
+    return WorkflowRunner(flows, store, services, word_filter, word_filter, block, adapters)
 
 
 def _retriever(settings: Settings, kb: KnowledgeBase) -> Any:
@@ -222,6 +252,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     require_admin = admin_dependency(parts.admin_tokens)
     app.include_router(dlq_router(parts.store, require_admin))
+    flows = parts.pipeline.workflows.flows if parts.pipeline.workflows is not None else []
+    dry = Services(engine=parts.engine, retriever=parts.pipeline.retriever)  # the dry run posts nothing: no channel
+    app.include_router(workflows_router(parts.store, flows, require_admin, dry))
     if parts.knowledge is not None:
         app.include_router(kb_router(parts.knowledge, require_admin))
     if settings.alerts.token is not None:

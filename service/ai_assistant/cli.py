@@ -44,12 +44,14 @@ def _mount_subcommands() -> None:
     from .dlq import dlq_app
     from .knowledge.cli import kb_app
     from .plugins.cli import plugin_app
+    from .workflows.cli import workflow_app
 
     app.add_typer(kb_app, name="kb")
     app.add_typer(plugin_app, name="plugin")
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(backup_app, name="backup")
     app.add_typer(admin_app, name="admin")
+    app.add_typer(workflow_app, name="workflow")
 
 
 _mount_subcommands()

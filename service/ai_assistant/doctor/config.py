@@ -38,6 +38,9 @@ def validate(settings: Settings) -> Configured:
     SensitiveWordFilter.from_file(words, settings.filters.action)
     load_channels(settings.config_dir, registry, connectors)
     check_connectors(settings.answer_cache, list(connectors))
+    from ..workflows.loader import load_workflows
+
+    load_workflows(settings.config_dir)
     if settings.store.backend == "redis" and settings.store.redis_url is None:
         raise ConfigError("assistant.yaml", "store.redis_url", "required when store.backend is redis")
     if settings.knowledge.enabled:

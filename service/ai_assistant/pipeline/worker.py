@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 from ..channels.base import OutputChannel
 from ..channels.loader import RoutedChannel
@@ -40,6 +41,9 @@ from .adapters import InputAdapter, message_text
 from .answer_cache import AnswerCache
 from .filters import SensitiveWordFilter
 from .supervisor import WorkerState, sleep_unless_stopped
+
+if TYPE_CHECKING:
+    from ..workflows.runner import WorkflowRunner
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class Pipeline:
     retriever: Retriever | None = None
     routed: list[RoutedChannel] = field(default_factory=list)
     answer_cache: AnswerCache | None = None
+    workflows: WorkflowRunner | None = None  # config/workflows/: a matching trigger runs its workflow (_respond)
 
     async def run(self, stop: asyncio.Event, state: WorkerState | None = None) -> None:
         """One worker: poll the queue until `stop` is set. Store failures are logged with their cause and backed off
@@ -181,7 +186,7 @@ class Pipeline:
         answer, outcome = job.answer, job.outcome
         if answer is None:
             try:
-                answer, outcome, turns = await self._answer(msg)
+                answer, outcome, turns = await self._respond(job)
             except EngineUnavailable as exc:
                 delay = self._engine_wait(job, exc)
                 if delay is not None:
@@ -345,6 +350,15 @@ class Pipeline:
                 # One plan entry per piece (a copy to another connector may need several), each checkpointed.
                 plan.extend(routed.deliveries(part))
         return plan
+
+    async def _respond(self, job: Job) -> tuple[str, str, list[ChatTurn]]:
+        """The workflow whose trigger matches (or whose run this job resumes) answers; with none, the default answer
+        below, as when no workflow is defined (workflows/runner.py)."""
+        if self.workflows is not None:
+            ran = await self.workflows.answer(job, lambda op, write: self._write(op, job, write))
+            if ran is not None:
+                return ran
+        return await self._answer(job.message)
 
     async def _answer(self, msg: InboundMessage) -> tuple[str, str, list[ChatTurn]]:
         """The answer text, its outcome label and the turns to remember."""

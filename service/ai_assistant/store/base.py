@@ -146,3 +146,21 @@ class StateStore(Protocol):
 
     async def cache_put(self, connector: str, key: str, answer: str, ttl: float, max_entries: int) -> None:
         """Keep `answer` for `ttl` seconds. Beyond `max_entries` for this connector the oldest entries are dropped."""
+
+    # --- Workflow checkpoints and traces (workflows/runner.py) -------------------------------------------------
+    # Kept apart from the queue methods above: a workflow run records one step per node it ran, as an opaque JSON
+    # document the runner owns. The write is fenced like every job write; `step` numbers a run's steps from 0.
+
+    async def save_workflow_step(self, job_id: str, lease_token: str, event_id: str, step: int, record: str) -> bool:
+        """Checkpoint one finished node of the job's workflow run. Only the first write of a step counts: a retry by
+        the same holder returns True and changes nothing. False if the lease is no longer `lease_token`'s."""
+
+    async def workflow_steps(self, job_id: str) -> list[str]:
+        """The job's checkpointed steps, in step order (what a resumed run starts from)."""
+
+    async def workflow_trace(self, event_id: str) -> list[str]:
+        """Every recorded step of the runs for messages with this event id, oldest first (kept for
+        WORKFLOW_TRACE_RETENTION_SECONDS)."""
+
+
+WORKFLOW_TRACE_RETENTION_SECONDS = 7 * 24 * 3600

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from ..errors import ConfigError
 from ..messages import ChatTurn, InboundMessage
 from ..settings import ASSISTANT_FILE
-from .base import DeadLetter, Job, QueueStats
+from .base import WORKFLOW_TRACE_RETENTION_SECONDS, DeadLetter, Job, QueueStats
 
 P = "aia:"  # key prefix
 QUEUE = P + "queue"  # zset job id -> visible_at
@@ -185,6 +185,23 @@ _LET_GO = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
+
+
+# Workflow checkpoints (workflows/runner.py): a hash of step -> record per job, and a set of job ids per event id for
+# traces. Both outlive the job (a finished job's hash is deleted) until WORKFLOW_TRACE_RETENTION_SECONDS.
+_SAVE_WORKFLOW_STEP = (
+    """
+-- KEYS: job key, steps key, event index   ARGV: token, step, record, retention seconds, job id
+"""
+    + _HELD
+    + """
+redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])  -- a retry of a write that landed changes nothing
+redis.call('SADD', KEYS[3], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return 1
+"""
+)
 
 
 async def _close_later(client: aioredis.Redis, delay: float) -> None:
@@ -413,6 +430,25 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._r.aclose()
+
+    # --- Workflow checkpoints and traces (workflows/runner.py) -------------------------------------------------
+
+    async def save_workflow_step(self, job_id: str, lease_token: str, event_id: str, step: int, record: str) -> bool:
+        script = self._r.register_script(_SAVE_WORKFLOW_STEP)
+        keys = [P + "job:" + job_id, P + "wf:" + job_id, P + "wfev:" + event_id]
+        args: list[str | int] = [lease_token, step, record, int(WORKFLOW_TRACE_RETENTION_SECONDS), job_id]
+        return bool(await script(keys=keys, args=args))
+
+    async def workflow_steps(self, job_id: str) -> list[str]:
+        fields: dict[str, str] = await cast(Any, self._r.hgetall(P + "wf:" + job_id))
+        return [fields[k] for k in sorted(fields, key=int)]
+
+    async def workflow_trace(self, event_id: str) -> list[str]:
+        job_ids: set[str] = await cast(Any, self._r.smembers(P + "wfev:" + event_id))
+        runs = [await self.workflow_steps(job_id) for job_id in sorted(job_ids)]
+        # Several runs for one event id (two connectors' events may share it): oldest run first.
+        runs.sort(key=lambda run: float(json.loads(run[0]).get("started", 0)) if run else 0.0)
+        return [record for run in runs for record in run]
 
     # -- Answer cache (pipeline/answer_cache.py) ---------------------------------------------------------------
     # aia:cache:<connector>:<key> holds an answer with its TTL; the zset aia:cache-index:<connector> orders them by

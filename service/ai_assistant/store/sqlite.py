@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..messages import ChatTurn, InboundMessage
-from .base import ConversationSummary, DeadLetter, Job, QueueStats
+from .base import WORKFLOW_TRACE_RETENTION_SECONDS, ConversationSummary, DeadLetter, Job, QueueStats
 
 T = TypeVar("T")
 CLEANUP_INTERVAL_SECONDS = 60.0
@@ -74,6 +74,21 @@ CREATE INDEX IF NOT EXISTS history_conversation ON history (conversation, id);
 """
 
 
+# Workflow checkpoints and traces (workflows/runner.py): one row per node a run finished.
+_WORKFLOW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workflow_steps (
+    job_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (job_id, step)
+);
+CREATE INDEX IF NOT EXISTS workflow_steps_event ON workflow_steps (event_id);
+CREATE INDEX IF NOT EXISTS workflow_steps_at ON workflow_steps (at);
+"""
+
+
 class SQLiteStore:
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
@@ -81,6 +96,7 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
+        self._db.executescript(_WORKFLOW_SCHEMA)
         self._lock = threading.Lock()  # the executor's thread vs dump_jobs() called from another thread
         # One thread for every statement, in submission order: SQLite has one writer anyway, and a one-thread
         # executor hands work over through a C queue (SimpleQueue), which on the ack path costs less than a thread
@@ -480,3 +496,40 @@ class SQLiteStore:
             self._tx(db, body)
 
         await self._run(locked)
+
+    # --- Workflow checkpoints and traces (workflows/runner.py) -------------------------------------------------
+
+    async def save_workflow_step(self, job_id: str, lease_token: str, event_id: str, step: int, record: str) -> bool:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> bool:
+            held = db.execute(
+                f"SELECT 1 FROM jobs WHERE {self._HELD}",  # noqa: S608 (constant text)
+                (job_id, lease_token),
+            ).fetchone()
+            if held is None:
+                return False
+            db.execute(
+                "INSERT OR IGNORE INTO workflow_steps (job_id, event_id, step, record, at) VALUES (?, ?, ?, ?, ?)",
+                (job_id, event_id, step, record, now),
+            )
+            db.execute("DELETE FROM workflow_steps WHERE at < ?", (now - WORKFLOW_TRACE_RETENTION_SECONDS,))
+            return True
+
+        return await self._run(lambda db: self._tx(db, body))
+
+    async def workflow_steps(self, job_id: str) -> list[str]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT record FROM workflow_steps WHERE job_id = ? ORDER BY step", (job_id,)
+            ).fetchall()
+        )
+        return [str(r[0]) for r in rows]
+
+    async def workflow_trace(self, event_id: str) -> list[str]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT record FROM workflow_steps WHERE event_id = ? ORDER BY at, step", (event_id,)
+            ).fetchall()
+        )
+        return [str(r[0]) for r in rows]
