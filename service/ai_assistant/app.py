@@ -33,6 +33,7 @@ from .localsecrets import load_local_secrets
 from .messages import Feedback, InboundMessage
 from .observability import FEEDBACK, register_secrets
 from .pipeline.adapters import InputAdapter
+from .pipeline.commands import Commands, plugin_commands
 from .pipeline.filters import SensitiveWordFilter
 from .pipeline.supervisor import Workers
 from .pipeline.worker import Grounding, Pipeline, export_queue_stats
@@ -102,6 +103,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         adapters=adapters,
         retriever=_retriever(settings, knowledge) if knowledge is not None else None,
         routed=routed,
+        commands=Commands(plugin_commands(settings.config_dir, settings.data_dir)),
     )
     return Parts(
         settings,

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -29,6 +29,28 @@ class Leases(Protocol):
     async def let_go(self, key: str, holder: str) -> None: ...
 
 
+# knowledge_only: a question the documents do not cover gets the canned no-hit answer, without the model;
+# knowledge_first: it gets the model's general answer, marked as not from company documents; general: no retrieval.
+AnswerMode = Literal["knowledge_only", "knowledge_first", "general"]
+# Whose history a message continues: the whole chat's, its thread's, or (in groups) its sender's in that thread.
+MemoryScope = Literal["chat", "thread", "user"]
+
+
+class MemoryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scope: MemoryScope = "user"
+
+
+class ChatOverride(BaseModel):
+    """Per-chat settings under `chats: {<chat id>: ...}`; a key left out keeps the connector's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer_mode: AnswerMode | None = None
+    memory: MemoryConfig | None = None
+
+
 class ConnectorConfig(BaseModel):
     """Keys every platform shares. Platform configs subclass this with the platform's own key names."""
 
@@ -45,6 +67,20 @@ class ConnectorConfig(BaseModel):
     http_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="how long an outbound call waits for the platform's answer (connect: 5 s)"
     )
+    answer_mode: AnswerMode = "knowledge_first"
+    general_answer_note: str | None = Field(
+        None, max_length=500, description="the line that marks a knowledge_first general answer (default: built in)"
+    )
+    memory: MemoryConfig = MemoryConfig()
+    chats: dict[str, ChatOverride] = Field(default_factory=dict)
+
+    def answer_mode_for(self, chat_id: str) -> AnswerMode:
+        override = self.chats.get(chat_id)
+        return override.answer_mode if override and override.answer_mode else self.answer_mode
+
+    def memory_scope_for(self, chat_id: str) -> MemoryScope:
+        override = self.chats.get(chat_id)
+        return override.memory.scope if override and override.memory else self.memory.scope
 
 
 class Connector(ABC):

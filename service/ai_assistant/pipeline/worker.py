@@ -19,9 +19,10 @@ from functools import partial
 
 from ..channels.base import OutputChannel
 from ..channels.loader import RoutedChannel
-from ..connectors.base import Connector
+from ..connectors.base import AnswerMode, Connector, MemoryScope
 from ..engines.base import estimate_tokens
 from ..errors import DeliveryFailed, DeliveryUncertain, EngineUnavailable
+from ..knowledge.grounding import GENERAL_PROMPT, general_answer
 from ..messages import ChatTurn, InboundMessage, OutboundText
 from ..observability import (
     ANSWER_DURATION,
@@ -37,6 +38,7 @@ from ..observability import (
 from ..settings import Settings
 from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
+from .commands import Commands
 from .filters import SensitiveWordFilter
 from .supervisor import WorkerState, sleep_unless_stopped
 
@@ -76,6 +78,7 @@ class Pipeline:
     adapters: dict[str, InputAdapter] = field(default_factory=dict)
     retriever: Retriever | None = None
     routed: list[RoutedChannel] = field(default_factory=list)
+    commands: Commands = field(default_factory=Commands)
 
     async def run(self, stop: asyncio.Event, state: WorkerState | None = None) -> None:
         """One worker: poll the queue until `stop` is set. Store failures are logged with their cause and backed off
@@ -190,7 +193,9 @@ class Pipeline:
                     return
                 log.warning("no answer for %s by its deadline: %s", msg.event_id, exc)
                 answer, outcome, turns = self.settings.engine.error_reply, "engine_error", []
-            checkpoint = (answer, outcome or "answered", msg.conversation_key, turns, self.settings.memory.turns)
+            # /reset keeps no turns: the memory is cleared in the same fenced write that checkpoints its reply.
+            keep = 0 if outcome == "reset" else self.settings.memory.turns
+            checkpoint = (answer, outcome or "answered", self._memory_key(msg), turns, keep)
             await self._write("save_answer", job, lambda: self.store.save_answer(job.id, job.lease_token, *checkpoint))
         plan = self._delivery_plan(msg, answer)
         for index in range(job.parts_sent, len(plan)):
@@ -351,16 +356,25 @@ class Pipeline:
         if checked.blocked:
             return self.settings.filters.block_message, "blocked", []
         user_text = checked.text
+        command = self.commands.handle(user_text)
+        if command is not None:
+            return command.reply, command.outcome, []
+        mode, _, note = self._conversation(msg)
         system = self.settings.engine.system_prompt
         documents: tuple[str, ...] = ()
         footer = ""
-        if self.retriever is not None:
+        general = False  # a knowledge_first answer that no document backs: marked as such below
+        if self.retriever is not None and mode != "general":
             grounding = await self.retriever(msg, user_text)
             if grounding.no_hit_answer is not None:
-                return grounding.no_hit_answer, "answered", []
-            system = f"{system}\n\n{grounding.system}" if grounding.system else system
-            documents, footer = grounding.documents, grounding.footer
-        history = await self.store.history(msg.conversation_key, self.settings.memory.turns)
+                if mode == "knowledge_only":
+                    return grounding.no_hit_answer, "answered", []
+                general = True
+                system = f"{system}\n\n{GENERAL_PROMPT}"
+            else:
+                system = f"{system}\n\n{grounding.system}" if grounding.system else system
+                documents, footer = grounding.documents, grounding.footer
+        history = await self.store.history(self._memory_key(msg), self.settings.memory.turns)
         fitted = await self._fit(system, history, list(documents), user_text)
         if isinstance(fitted, TooLong):
             reply = self.settings.engine.too_long_reply.format(tokens=fitted.tokens, limit=fitted.limit)
@@ -375,8 +389,20 @@ class Pipeline:
         checked_own = self.output_filter.apply(raw) if footer else checked_out
         if checked_out.blocked or checked_own.blocked:
             return self.settings.filters.block_message, "blocked", []
-        answer = checked_out.text
+        answer = general_answer(checked_out.text, user_text, note) if general else checked_out.text
         return answer, "answered", [ChatTurn("user", user_text), ChatTurn("assistant", checked_own.text)]
+
+    def _conversation(self, msg: InboundMessage) -> tuple[AnswerMode, MemoryScope, str | None]:
+        """The connector's (or the chat's override of) answer mode, memory scope and general-answer line; a message
+        from a connector that is not configured here (a test, a replayed dead letter) gets the defaults."""
+        connector = self.connectors.get(msg.connector)
+        if connector is None:
+            return "knowledge_first", "user", None
+        config = connector.config
+        return config.answer_mode_for(msg.chat_id), config.memory_scope_for(msg.chat_id), config.general_answer_note
+
+    def _memory_key(self, msg: InboundMessage) -> str:
+        return msg.memory_key(self._conversation(msg)[1])
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,8 @@ class StateStore(Protocol):
         keep_turns: int,
     ) -> bool:
         """Checkpoint the answer and append the exchange to the conversation memory, in one transaction. Only the
-        first checkpoint counts: a retry by the same holder returns True and changes nothing."""
+        first checkpoint counts: a retry by the same holder returns True and changes nothing. `keep_turns` 0 leaves
+        the conversation with no memory at all (`/reset`)."""
 
     async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool: ...
 

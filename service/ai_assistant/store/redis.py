@@ -84,7 +84,8 @@ _SAVE_ANSWER = (
 if redis.call('HEXISTS', KEYS[1], 'answer') == 1 then return 1 end  -- a retry of a write that landed
 redis.call('HSET', KEYS[1], 'answer', ARGV[2], 'outcome', ARGV[3])
 for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+if tonumber(ARGV[4]) == 0 then redis.call('DEL', KEYS[2])  -- keep none: /reset, or memory.turns 0
+else redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1) end
 return 1
 """
 )
@@ -276,7 +277,7 @@ class RedisStore:
         return bool(
             await self._save(
                 keys=[P + "job:" + job_id, P + "history:" + conversation],
-                args=[lease_token, answer, outcome, max(keep_turns * 2, 1), *encoded],
+                args=[lease_token, answer, outcome, max(keep_turns * 2, 0), *encoded],
             )
         )
 
