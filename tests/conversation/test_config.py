@@ -1,0 +1,65 @@
+"""Bad conversation settings in connectors.yaml stop `ai-assistant check-config` (and the service) with one line
+naming the file and the key, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import SECRET, write_config
+from tests.service.test_config_errors import check
+
+
+def connectors(**options: Any) -> dict[str, Any]:
+    base = {
+        "platform": "generic_im",
+        "app_secret": SECRET,
+        "webhook_url": "https://x.example/api/im/callback",
+        "reply_url": "http://127.0.0.1:9/replies",
+    }
+    return {"im-connector": {**base, **options}}
+
+
+CASES = {
+    "unknown answer mode": ({"answer_mode": "smart"}, "im-connector.answer_mode: Input should be 'knowledge_only'"),
+    "unknown memory scope": ({"memory": {"scope": "team"}}, "im-connector.memory.scope: Input should be 'chat'"),
+    "misspelt memory key": ({"memory": {"scop": "chat"}}, "im-connector.memory.scop: unknown key"),
+    "bad chat override": (
+        {"chats": {"oc_1": {"answer_mode": "always"}}},
+        "im-connector.chats.oc_1.answer_mode: Input should be",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_conversation_settings_are_one_line_errors(case: str, tmp_path: Path) -> None:
+    options, expected = CASES[case]
+    config = write_config(
+        tmp_path / "c",
+        reply_url="http://127.0.0.1:9/r",
+        engine_url="http://127.0.0.1:9/v1",
+        connectors=connectors(**options),
+    )
+    result = check(config, tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "connectors.yaml" in lines[0] and expected in lines[0], lines[0]
+
+
+def test_valid_conversation_settings_pass(tmp_path: Path) -> None:
+    options = {
+        "answer_mode": "general",
+        "memory": {"scope": "thread"},
+        "chats": {"oc_1": {"answer_mode": "knowledge_only"}},
+    }
+    config = write_config(
+        tmp_path / "c",
+        reply_url="http://127.0.0.1:9/r",
+        engine_url="http://127.0.0.1:9/v1",
+        connectors=connectors(**options),
+    )
+    result = check(config, tmp_path)
+    assert result.returncode == 0, result.stderr
