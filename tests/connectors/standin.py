@@ -251,6 +251,19 @@ class PlatformStandIn:
             out = [c for c in out if chat in json.dumps(c.body, ensure_ascii=False) or chat in c.path]
         return out
 
+    def edits(self, ref: str | None = None) -> list[Call]:
+        """Edits of posted messages (Slack chat.update, Feishu PUT im/v1/messages/:id), optionally of one message."""
+        out = [
+            c
+            for c in self.calls
+            if c.path == "/api/chat.update" or (c.method == "PUT" and c.path.startswith("/open-apis/im/v1/messages/"))
+        ]
+        if ref is not None:
+            out = [
+                c for c in out if c.path.endswith("/" + ref) or (isinstance(c.body, dict) and c.body.get("ts") == ref)
+            ]
+        return out
+
     def token_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith(TOKEN_PATHS)]
 
@@ -281,6 +294,10 @@ class PlatformStandIn:
             if not bearer.startswith("xoxb-"):
                 return 200, {"ok": False, "error": "invalid_auth"}
             return 200, {"ok": True, "ts": f"{time.time():.6f}"}
+        if path == "/api/chat.update":
+            if not bearer.startswith("xoxb-"):
+                return 200, {"ok": False, "error": "invalid_auth"}
+            return 200, {"ok": True, "ts": "", "text": ""}
         if path.startswith("/bot") and path.endswith("/getMe"):
             return 200, {"ok": True, "result": {"id": 42, "is_bot": True, "username": "assistant_bot"}}
         if path.startswith("/bot") and path.endswith("/sendMessage"):
@@ -446,7 +463,7 @@ class PlatformStandIn:
             finally:
                 task.cancel()
 
-        @app.api_route("/{path:path}", methods=["GET", "POST"])
+        @app.api_route("/{path:path}", methods=["GET", "POST", "PUT"])  # PUT: Feishu's message edit
         async def anything(path: str, request: Request) -> Response:
             raw = await request.body()
             try:

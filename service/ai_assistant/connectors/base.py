@@ -73,6 +73,11 @@ class ConnectorConfig(BaseModel):
     )
     memory: MemoryConfig = MemoryConfig()
     chats: dict[str, ChatOverride] = Field(default_factory=dict)
+    # Where the platform can edit a posted message (Slack, Feishu/Lark): post the answer's first words while the
+    # model writes, then edit that message in place, at most once per interval and max_edits times in all.
+    progressive_replies: bool = True
+    progressive_interval_seconds: float = Field(1.0, ge=0.2, le=30)
+    progressive_max_edits: int = Field(15, ge=1, le=100)
 
     def answer_mode_for(self, chat_id: str) -> AnswerMode:
         override = self.chats.get(chat_id)
@@ -91,6 +96,8 @@ class Connector(ABC):
     measure = staticmethod(chars)
     # HTTP methods the webhook route accepts (WeCom's URL check is a GET).
     methods: ClassVar[tuple[str, ...]] = ("POST",)
+    # Whether post_editable() and edit() work on this platform (progressive replies, pipeline/progressive.py).
+    editable: ClassVar[bool] = False
 
     def __init__(self, name: str, config: ConnectorConfig) -> None:
         self.name = name
@@ -130,6 +137,16 @@ class Connector(ABC):
     @abstractmethod
     async def send(self, part: OutboundText) -> None:
         """Deliver one part. Must be idempotent on `part.idempotency_key`. Raises DeliveryFailed on failure."""
+
+    async def post_editable(self, part: OutboundText) -> str:
+        """Post `part` like send() and return the platform's id of the new message, for edit(). Editable
+        platforms only."""
+        raise NotImplementedError(f"{self.platform} cannot edit a posted message")
+
+    async def edit(self, ref: str, part: OutboundText) -> None:
+        """Replace the text of the message `ref` (from post_editable) with `part.text`. Editing to the same text
+        twice does no harm, so a retry is safe. Raises DeliveryFailed on failure."""
+        raise NotImplementedError(f"{self.platform} cannot edit a posted message")
 
     async def queue(self, messages: Iterable[InboundMessage]) -> None:
         """For long connections, what the webhook edge does with a verified request's messages: skip group messages

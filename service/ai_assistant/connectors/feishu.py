@@ -54,7 +54,7 @@ from lark_oapi.ws.pb.google.protobuf.message import DecodeError  # type: ignore[
 from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr, model_validator
 
-from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
+from ..errors import DeliveryFailed, DeliveryUncertain, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
 from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, obj, same
@@ -115,6 +115,7 @@ class FeishuConnector(Connector):
     platform: ClassVar[str] = "feishu"
     Config = FeishuConfig
     config: FeishuConfig
+    editable: ClassVar[bool] = True  # chat.update / PUT im/v1/messages/:id: progressive replies
     max_message_size: ClassVar[int] = 150 * 1000  # request bodies up to 150 KB for text
     measure = staticmethod(_content_bytes)
 
@@ -409,6 +410,30 @@ class FeishuConnector(Connector):
         return token, float(body.get("expire", 7200))
 
     async def send(self, part: OutboundText) -> None:
+        await self._post(part)
+
+    async def post_editable(self, part: OutboundText) -> str:
+        data = (await self._post(part)).get("data")
+        message_id = data.get("message_id") if isinstance(data, dict) else None
+        if not isinstance(message_id, str):
+            raise DeliveryUncertain("send_message: the answer carries no message_id")
+        return message_id
+
+    async def edit(self, ref: str, part: OutboundText) -> None:
+        # PUT /im/v1/messages/:id edits a text message in place (a card would be PATCHed instead).
+        await self.api.call(
+            "PUT",
+            f"{self.api_base}/open-apis/im/v1/messages/{ref}",
+            endpoint="edit_message",
+            chat=part.chat_id,
+            token=self.token,
+            auth=lambda t: {"headers": {"Authorization": f"Bearer {t}"}},
+            json={"msg_type": "text", "content": json.dumps({"text": part.text}, ensure_ascii=False)},
+            check=_check,
+            idempotent=True,  # setting the same text twice shows the user nothing new
+        )
+
+    async def _post(self, part: OutboundText) -> Any:
         message_id = part.in_reply_to.reply_context.get("message_id") if part.in_reply_to else None
         seed = f"{message_id}:{part.part}" if message_id else part.idempotency_key
         body: dict[str, Any] = {
@@ -427,7 +452,7 @@ class FeishuConnector(Connector):
             url = f"{self.api_base}/open-apis/im/v1/messages"
             params = {"receive_id_type": "chat_id"}
             body["receive_id"] = part.chat_id
-        await self.api.call(
+        return await self.api.call(
             "POST",
             url,
             endpoint="send_message",

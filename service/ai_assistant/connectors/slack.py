@@ -35,7 +35,7 @@ from slack_sdk.socket_mode.websockets import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 from websockets.exceptions import WebSocketException
 
-from ..errors import MalformedRequest, RejectedRequest, SignatureInvalid
+from ..errors import DeliveryUncertain, MalformedRequest, RejectedRequest, SignatureInvalid
 from ..messages import Ack, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json
@@ -84,6 +84,7 @@ class SlackConnector(Connector):
     platform: ClassVar[str] = "slack"
     Config = SlackConfig
     config: SlackConfig
+    editable: ClassVar[bool] = True  # chat.update / PUT im/v1/messages/:id: progressive replies
     max_message_size: ClassVar[int] = 4000  # Slack advises 4,000 characters; longer text is truncated at 40,000
 
     def __init__(self, name: str, config: SlackConfig) -> None:
@@ -270,11 +271,32 @@ class SlackConnector(Connector):
         )
 
     async def send(self, part: OutboundText) -> None:
+        await self._post(part)
+
+    async def post_editable(self, part: OutboundText) -> str:
+        ts = (await self._post(part)).get("ts")
+        if not isinstance(ts, str):
+            raise DeliveryUncertain("chat.postMessage: the answer carries no ts")
+        return ts
+
+    async def edit(self, ref: str, part: OutboundText) -> None:
+        await self.api.call(
+            "POST",
+            f"{self.api_base}/chat.update",
+            endpoint="chat.update",
+            chat=part.chat_id,
+            headers={"Authorization": f"Bearer {self.config.bot_token.get_secret_value()}"},
+            json={"channel": part.chat_id, "ts": ref, "text": part.text},
+            check=_check,
+            idempotent=True,  # setting the same text twice shows the user nothing new
+        )
+
+    async def _post(self, part: OutboundText) -> Any:
         body: dict[str, Any] = {"channel": part.chat_id, "text": part.text}
         thread = part.in_reply_to.thread_id if part.in_reply_to else None
         if thread:
             body["thread_ts"] = thread
-        await self.api.call(
+        return await self.api.call(
             "POST",
             f"{self.api_base}/chat.postMessage",
             endpoint="chat.postMessage",

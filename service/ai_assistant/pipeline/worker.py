@@ -40,6 +40,7 @@ from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
 from .commands import Commands
 from .filters import SensitiveWordFilter
+from .progressive import Progress
 from .supervisor import WorkerState, sleep_unless_stopped
 
 log = logging.getLogger(__name__)
@@ -180,9 +181,10 @@ class Pipeline:
             await self._give_up(job, f"gave up after {job.attempts - 1} attempts")
             return
         answer, outcome = job.answer, job.outcome
+        progress = self._progress(job)
         if answer is None:
             try:
-                answer, outcome, turns = await self._answer(msg)
+                answer, outcome, turns = await self._answer(msg, progress)
             except EngineUnavailable as exc:
                 delay = self._engine_wait(job, exc)
                 if delay is not None:
@@ -197,7 +199,7 @@ class Pipeline:
             keep = 0 if outcome == "reset" else self.settings.memory.turns
             checkpoint = (answer, outcome or "answered", self._memory_key(msg), turns, keep)
             await self._write("save_answer", job, lambda: self.store.save_answer(job.id, job.lease_token, *checkpoint))
-        plan = self._delivery_plan(msg, answer)
+        plan = self._delivery_plan(msg, answer, progress.ref if progress else None)
         for index in range(job.parts_sent, len(plan)):
             if heartbeat is not None and heartbeat.done():
                 return  # our lease is gone: the worker that holds it now sends the rest
@@ -329,18 +331,24 @@ class Pipeline:
         delay = max(random.uniform(grown / 2, grown), exc.retry_after or 0.0)  # noqa: S311 (jitter, not a secret)
         return min(delay, deadline - now)
 
-    def _delivery_plan(self, msg: InboundMessage, answer: str) -> list[tuple[OutputChannel, OutboundText]]:
+    def _delivery_plan(
+        self, msg: InboundMessage, answer: str, reply_ref: str | None = None
+    ) -> list[tuple[OutputChannel, OutboundText]]:
         """Every delivery this answer needs, in a fixed order, so `parts_sent` can say how far a previous attempt got:
-        the reply's parts first, then one copy per routed channel that wants this connector's answers."""
+        the reply's parts first, then one copy per routed channel that wants this connector's answers. With a
+        progressive reply already posted (`reply_ref`), the first part edits that message instead of posting."""
         connector = self.connectors.get(msg.connector)
         pieces = connector.split(answer) if connector else [answer]
         plan: list[tuple[OutputChannel, OutboundText]] = [
             (
                 self.channel,
-                OutboundText(msg.connector, msg.chat_id, text, i, len(pieces), f"{msg.event_id}:{i}", in_reply_to=msg),
+                OutboundText(
+                    msg.connector, msg.chat_id, text, i, len(pieces), f"{msg.event_id}:{i}", in_reply_to=msg,
+                    extra={"edit": reply_ref} if reply_ref and i == 1 else {},
+                ),
             )
             for i, text in enumerate(pieces, start=1)
-        ]
+        ]  # fmt: skip
         for routed in self.routed:
             if routed.wants(msg.connector):
                 key = f"{msg.event_id}:{routed.channel.name}"
@@ -349,8 +357,22 @@ class Pipeline:
                 plan.extend(routed.deliveries(part))
         return plan
 
-    async def _answer(self, msg: InboundMessage) -> tuple[str, str, list[ChatTurn]]:
-        """The answer text, its outcome label and the turns to remember."""
+    def _progress(self, job: Job) -> Progress | None:
+        """A progressive reply for this job, where its connector can edit messages and nothing was delivered yet."""
+        connector = self.connectors.get(job.message.connector)
+        if connector is None or not connector.editable or not connector.config.progressive_replies:
+            return None
+        if job.parts_sent or (job.answer is not None and job.reply_ref is None):
+            return None
+
+        async def save_ref(ref: str) -> None:
+            await self._write("save_reply_ref", job, partial(self.store.save_reply_ref, job.id, job.lease_token, ref))
+
+        return Progress(connector, job.message, job.reply_ref, save_ref, self.output_filter)
+
+    async def _answer(self, msg: InboundMessage, progress: Progress | None = None) -> tuple[str, str, list[ChatTurn]]:
+        """The answer text, its outcome label and the turns to remember. With `progress`, the model's words are shown
+        to the user while they are written (pipeline/progressive.py)."""
         text = await message_text(msg, self.adapters)
         checked = self.input_filter.apply(text)
         if checked.blocked:
@@ -382,7 +404,12 @@ class Pipeline:
         history, kept = fitted
         question = "<documents>\n" + "\n".join(kept) + f"\n</documents>\n\n{user_text}" if kept else user_text
         turns = [ChatTurn("system", system), *history, ChatTurn("user", question)]
-        raw = await self.engine.chat(turns)  # type: ignore[attr-defined]  # EngineUnavailable: see process()
+        if progress is not None and getattr(self.engine, "streams", False):
+            raw = await self.engine.chat(turns, on_text=progress.update)  # type: ignore[attr-defined]
+            if progress.error is not None:  # the lease was lost while the message was being posted
+                raise progress.error
+        else:
+            raw = await self.engine.chat(turns)  # type: ignore[attr-defined]  # EngineUnavailable: see process()
         # The filter sees exactly what goes out, sources footer included (a document title is text from anyone);
         # the memory keeps the model's own words, filtered the same way.
         checked_out = self.output_filter.apply(raw + (f"\n\n{footer}" if footer else ""))

@@ -90,6 +90,17 @@ return 1
 """
 )
 
+_SAVE_REF = (
+    """
+-- KEYS: job key   ARGV: token, reply_ref
+"""
+    + _HELD
+    + """
+redis.call('HSET', KEYS[1], 'reply_ref', ARGV[2])
+return 1
+"""
+)
+
 _MARK_PART = (
     """
 -- KEYS: job key   ARGV: token, parts_sent
@@ -199,6 +210,7 @@ class RedisStore:
         self._save = self._r.register_script(_SAVE_ANSWER)
         self._extend = self._r.register_script(_EXTEND)
         self._mark_part = self._r.register_script(_MARK_PART)
+        self._save_ref = self._r.register_script(_SAVE_REF)
         self._complete = self._r.register_script(_COMPLETE)
         self._release = self._r.register_script(_RELEASE)
         self._dead_letter = self._r.register_script(_DEAD_LETTER)
@@ -257,6 +269,7 @@ class RedisStore:
             parts_sent=int(fields.get("parts_sent", 0)),
             enqueued_at=float(fields["enqueued_at"]),
             lease_token=fields["lease_token"],
+            reply_ref=fields.get("reply_ref"),
         )
 
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
@@ -283,6 +296,9 @@ class RedisStore:
 
     async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool:
         return bool(await self._mark_part(keys=[P + "job:" + job_id], args=[lease_token, parts_sent]))
+
+    async def save_reply_ref(self, job_id: str, lease_token: str, reply_ref: str) -> bool:
+        return bool(await self._save_ref(keys=[P + "job:" + job_id], args=[lease_token, reply_ref]))
 
     async def complete(self, job_id: str, lease_token: str) -> bool:
         keys = [P + "job:" + job_id, QUEUE, ENQUEUED]
