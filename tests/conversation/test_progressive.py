@@ -42,8 +42,8 @@ def platform() -> Iterator[PlatformStandIn]:
     standin.stop()
 
 
-def build(platform_name: str, base: str) -> Connector:
-    options = {"progressive_interval_seconds": 0.2}
+def build(platform_name: str, base: str, **extra: Any) -> Connector:
+    options = {"progressive_interval_seconds": 0.2, **extra}
     if platform_name == "slack":
         return SlackConnector("slack", SlackConfig.model_validate({**SLACK.options(base), **options}))
     return FeishuConnector("feishu", FeishuConfig.model_validate({**FEISHU.options(base), **options}))
@@ -133,6 +133,29 @@ async def test_a_crash_between_edits_does_not_post_a_second_message(
         assert len(platform.sends()) == 1, "resumed, the job edits the message it posted; it never posts again"
         assert _text(platform.edits()[-1]) == ANSWER
         assert await store.claim(30) is None, "the job is complete"
+    finally:
+        await store.close()
+        await connector.aclose()
+        engine.kill()
+
+
+async def test_an_unconfirmed_first_post_falls_back_to_one_full_message(
+    tmp_path: Path, platform: PlatformStandIn
+) -> None:
+    """Slack has no idempotency key: a first post that timed out may or may not show. The answer is then posted in
+    full as one message rather than lost behind a half-written stub (which, if it was posted, is the one extra)."""
+    engine = EngineStandin(tmp_path).start("--answer", ANSWER)
+    connector = build("slack", platform.base, http_timeout_seconds=1.0, retry_backoff_seconds=0.05)
+    pipe, store = pipeline(tmp_path, connector, engine.base_url)
+    platform.stall("/chat.postMessage", posted=True)
+    try:
+        assert await store.enqueue(inbound("slack", "e3"), 60)
+        job = await store.claim(30)
+        assert job is not None
+        await pipe.process(job)
+        platform.release()
+        assert [_text(c) for c in platform.copies()] == ["Our" + TYPING, ANSWER]
+        assert platform.edits() == [], "nothing to edit: the stub's id never came back"
     finally:
         await store.close()
         await connector.aclose()
