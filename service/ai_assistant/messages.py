@@ -15,6 +15,9 @@ class Attachment(BaseModel):
     url: str | None = None
     data_b64: str | None = None
     mime_type: str | None = None
+    # The platform's id of the file (Telegram file_id, Feishu image_key/file_key, a Slack file's private URL): the
+    # worker has the connector download it (Connector.fetch_media) before an input adapter reads it.
+    ref: str | None = None
 
 
 class InboundMessage(BaseModel):

@@ -98,6 +98,7 @@ class PlatformStandIn:
         self.stalls: dict[str, deque[bool]] = {}
         self._release = threading.Event()
         self.valid_tokens: set[str] = set()
+        self.files: dict[str, tuple[bytes, str]] = {}  # path -> (content, content type): media to download
         self._numbers = itertools.count(1)
         self._token_numbers = itertools.count(1)
         self.frames_out: asyncio.Queue[str] | None = None
@@ -300,6 +301,8 @@ class PlatformStandIn:
             return 200, {"ok": True, "ts": "", "text": ""}
         if path.startswith("/bot") and path.endswith("/getMe"):
             return 200, {"ok": True, "result": {"id": 42, "is_bot": True, "username": "assistant_bot"}}
+        if path.startswith("/bot") and path.endswith("/getFile"):
+            return 200, {"ok": True, "result": {"file_id": "f", "file_path": "photos/file_0.jpg", "file_size": 1}}
         if path.startswith("/bot") and path.endswith("/sendMessage"):
             return 200, {"ok": True, "result": {"message_id": next(self._numbers)}}
         if path == "/cgi-bin/gettoken":
@@ -497,6 +500,9 @@ class PlatformStandIn:
                     status, answer, headers = queue.popleft()
                     call.posted = is_send and status < 300
                     return JSONResponse(answer, status_code=status, headers=headers)
+            if call.method == "GET" and call.path in standin.files:
+                content, content_type = standin.files[call.path]
+                return Response(content, media_type=content_type)
             if call.path == "/callback/ws/endpoint":
                 return JSONResponse(standin._feishu_endpoint(call.body))
             if call.path.startswith("/bot") and call.path.endswith("/getUpdates"):

@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..messages import Feedback, InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Attachment, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
 from ..observability import DUPLICATES
+from .media import MediaUnavailable
 from .splitting import chars, split_text
 from .streaming import StreamLink
 
@@ -78,6 +79,9 @@ class ConnectorConfig(BaseModel):
     progressive_replies: bool = True
     progressive_interval_seconds: float = Field(1.0, ge=0.2, le=30)
     progressive_max_edits: int = Field(15, ge=1, le=100)
+    media_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="largest image or voice file downloaded"
+    )
 
     def answer_mode_for(self, chat_id: str) -> AnswerMode:
         override = self.chats.get(chat_id)
@@ -147,6 +151,11 @@ class Connector(ABC):
         """Replace the text of the message `ref` (from post_editable) with `part.text`. Editing to the same text
         twice does no harm, so a retry is safe. Raises DeliveryFailed on failure."""
         raise NotImplementedError(f"{self.platform} cannot edit a posted message")
+
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        """Download `attachment.ref` through the platform's API: (bytes, MIME type), at most config.media_max_bytes
+        and checked to be the attachment's kind (connectors/media.py). Raises MediaUnavailable."""
+        raise MediaUnavailable(f"{self.platform} attachments are not downloaded")
 
     async def queue(self, messages: Iterable[InboundMessage]) -> None:
         """For long connections, what the webhook edge does with a verified request's messages: skip group messages

@@ -30,10 +30,11 @@ import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ..errors import DeliveryFailed, MalformedRequest, SignatureInvalid
-from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Attachment, InboundMessage, OutboundText, RawRequest, Verdict
 from ..observability import DUPLICATES
 from .base import Connector, ConnectorConfig
 from .common import inbound, load_json, obj, same
+from .media import MediaUnavailable, download, sniff
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check, server_error
 from .splitting import utf16_units
 from .streaming import StreamDown, StreamLink, supervise
@@ -80,6 +81,7 @@ class TelegramConnector(Connector):
         super().__init__(name, config)
         base = (config.api_base or "https://api.telegram.org").rstrip("/")
         self._bot_url = f"{base}/bot{config.bot_token.get_secret_value()}"
+        self._file_url = f"{base}/file/bot{config.bot_token.get_secret_value()}"
         self.api = PlatformAPI(name, config, lambda: self.http)
         self.username = config.bot_username.lstrip("@").lower() if config.bot_username else None
         self.link = StreamLink(name) if config.mode == "stream" else None
@@ -239,6 +241,10 @@ class TelegramConnector(Connector):
         text = message.get("text")
         if not isinstance(chat.get("id"), int) or not isinstance(message.get("message_id"), int):
             raise MalformedRequest("message: chat.id and message_id are required")
+        attachments = _attachments(message)
+        if attachments and not isinstance(text, str):
+            caption = message.get("caption")
+            text = caption if isinstance(caption, str) else ""
         if not isinstance(text, str) or sender.get("is_bot"):
             return None
         is_group = chat.get("type") in ("group", "supergroup")
@@ -261,7 +267,25 @@ class TelegramConnector(Connector):
             mentioned=mentioned or not is_group,
             thread_id=str(thread) if thread is not None else None,
             reply_context={"message_id": message["message_id"]},
+            attachments=attachments,
         )
+
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        # getFile turns the file_id into a path valid for an hour; the file is then under /file/bot<token>/<path>.
+        if not attachment.ref:
+            raise MediaUnavailable("the attachment names no file")
+        try:
+            body = await self.api.call(
+                "POST", f"{self._bot_url}/getFile", endpoint="getFile", json={"file_id": attachment.ref}, check=_check,
+                limited=False,
+            )  # fmt: skip
+        except DeliveryFailed as exc:
+            raise MediaUnavailable(f"getFile failed ({exc})") from None
+        path = obj(body, "result").get("file_path")
+        if not isinstance(path, str) or ".." in path:
+            raise MediaUnavailable("getFile gave no usable file_path")
+        data, declared = await download(self.http, f"{self._file_url}/{path}", self.config.media_max_bytes)
+        return data, sniff(attachment.kind, data, declared)
 
     async def send(self, part: OutboundText) -> None:
         body: dict[str, Any] = {"chat_id": part.chat_id, "text": part.text}
@@ -277,6 +301,17 @@ class TelegramConnector(Connector):
         await self.api.call(
             "POST", f"{self._bot_url}/sendMessage", endpoint="sendMessage", chat=part.chat_id, json=body, check=_check
         )
+
+
+def _attachments(message: dict[str, Any]) -> list[Attachment]:
+    """A photo (the largest of the sizes Telegram offers) or a voice message, by file_id."""
+    photos = message.get("photo")
+    if isinstance(photos, list) and photos and isinstance(photos[-1], dict) and photos[-1].get("file_id"):
+        return [Attachment(kind="image", ref=str(photos[-1]["file_id"]))]
+    voice = message.get("voice")
+    if isinstance(voice, dict) and voice.get("file_id"):
+        return [Attachment(kind="voice", ref=str(voice["file_id"]), mime_type=voice.get("mime_type"))]
+    return []
 
 
 def _check(resp: httpx.Response) -> Any:

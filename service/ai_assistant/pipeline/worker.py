@@ -9,6 +9,7 @@ one part that may have been sent just before a crash.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
@@ -20,10 +21,12 @@ from functools import partial
 from ..channels.base import OutputChannel
 from ..channels.loader import RoutedChannel
 from ..connectors.base import AnswerMode, Connector, MemoryScope
+from ..connectors.media import MediaUnavailable, describe
 from ..engines.base import estimate_tokens
 from ..errors import DeliveryFailed, DeliveryUncertain, EngineUnavailable
+from ..inputs._media import note
 from ..knowledge.grounding import GENERAL_PROMPT, general_answer
-from ..messages import ChatTurn, InboundMessage, OutboundText
+from ..messages import Attachment, ChatTurn, InboundMessage, OutboundText
 from ..observability import (
     ANSWER_DURATION,
     ANSWERS,
@@ -357,6 +360,29 @@ class Pipeline:
                 plan.extend(routed.deliveries(part))
         return plan
 
+    async def _with_media(self, msg: InboundMessage) -> InboundMessage:
+        """The message with each platform file (an image, a voice message) downloaded by its connector, for the input
+        adapters; one that cannot be fetched becomes a note in the text, so the user hears why it was not read."""
+        connector = self.connectors.get(msg.connector)
+        if connector is None or not any(a.ref and a.data_b64 is None for a in msg.attachments):
+            return msg
+        kept: list[Attachment] = []
+        notes: list[str] = []
+        for attachment in msg.attachments:
+            if not attachment.ref or attachment.data_b64 is not None:
+                kept.append(attachment)
+                continue
+            try:
+                data, mime = await connector.fetch_media(msg, attachment)
+            except MediaUnavailable as exc:
+                log.warning("%s of %s not read: %s", attachment.kind, msg.event_id, exc)
+                notes.append(note(describe(attachment), str(exc)))
+                continue
+            encoded = base64.b64encode(data).decode("ascii")
+            kept.append(attachment.model_copy(update={"data_b64": encoded, "mime_type": mime}))
+        text = "\n".join(t for t in (msg.text, *notes) if t)
+        return msg.model_copy(update={"attachments": kept, "text": text})
+
     def _progress(self, job: Job) -> Progress | None:
         """A progressive reply for this job, where its connector can edit messages and nothing was delivered yet."""
         connector = self.connectors.get(job.message.connector)
@@ -373,7 +399,7 @@ class Pipeline:
     async def _answer(self, msg: InboundMessage, progress: Progress | None = None) -> tuple[str, str, list[ChatTurn]]:
         """The answer text, its outcome label and the turns to remember. With `progress`, the model's words are shown
         to the user while they are written (pipeline/progressive.py)."""
-        text = await message_text(msg, self.adapters)
+        text = await message_text(await self._with_media(msg), self.adapters)
         checked = self.input_filter.apply(text)
         if checked.blocked:
             return self.settings.filters.block_message, "blocked", []

@@ -1,0 +1,181 @@
+"""Issue 21, item 4: images and voice messages from the platforms reach the input adapters. The real Telegram
+connector reads updates built by python-telegram-bot (the platform's real message shapes) and downloads the file
+through getFile from the platform API stand-in on loopback (the platform cannot be reached here); the real RapidOCR
+adapter reads the image; the real pipeline and SQLite store; the engine is the stand-in model server process that
+records its prompts."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ai_assistant.connectors.media import MediaUnavailable
+from ai_assistant.connectors.telegram import TelegramConfig, TelegramConnector
+from ai_assistant.engines.hf_inference import HFInferenceEngine
+from ai_assistant.messages import Attachment, InboundMessage, RawRequest
+from ai_assistant.pipeline.filters import SensitiveWordFilter
+from ai_assistant.pipeline.worker import Pipeline
+from ai_assistant.settings import EngineSettings, Settings
+from ai_assistant.store.sqlite import SQLiteStore
+from tests.connectors import producers as p
+from tests.connectors.cases import TELEGRAM
+from tests.connectors.standin import PlatformStandIn
+from tests.faults.procs import EngineStandin
+
+from .conftest import Recorder
+
+pytestmark = pytest.mark.anyio
+
+FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
+FILE_PATH = f"/file/bot{p.TG_BOT_TOKEN}/photos/file_0.jpg"  # where the stand-in's getFile says the file is
+
+
+@pytest.fixture
+def platform() -> Iterator[PlatformStandIn]:
+    standin = PlatformStandIn().start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="module")
+def invoice_png() -> bytes:
+    if not FONT.exists():
+        pytest.skip("fonts-wqy-microhei is not installed (scripts/bootstrap installs it): no font to draw with")
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (900, 120), "white")
+    ImageDraw.Draw(img).text((30, 30), "Invoice No. 12345", font=ImageFont.truetype(str(FONT), 44), fill="black")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def telegram(base: str, **options: Any) -> TelegramConnector:
+    return TelegramConnector("telegram", TelegramConfig.model_validate({**TELEGRAM.options(base), **options}))
+
+
+def update(update_id: int, **fields: Any) -> dict[str, Any]:
+    from telegram import Chat, Message, Update, User
+
+    message = Message(
+        message_id=update_id,
+        date=datetime.now(tz=UTC),
+        chat=Chat(id=777, type=Chat.PRIVATE),
+        from_user=User(id=777, first_name="Ann", is_bot=False),
+        **fields,
+    )
+    return dict(Update(update_id=update_id, message=message).to_dict())
+
+
+def photo_update(update_id: int) -> dict[str, Any]:
+    from telegram import PhotoSize
+
+    sizes = (PhotoSize("small-id", "s1", 90, 12), PhotoSize("large-id", "s2", 900, 120, file_size=4000))
+    return update(update_id, photo=sizes, caption="What is this invoice number?")
+
+
+async def verify(connector: TelegramConnector, body: dict[str, Any]) -> InboundMessage:
+    req = p.telegram_request(body)
+    raw = RawRequest(req.method, req.path, {k.lower(): v for k, v in req.headers.items()}, {}, req.body)
+    [msg] = (await connector.verify(raw)).messages
+    return msg
+
+
+async def test_a_telegram_photo_is_downloaded_and_read_by_ocr(
+    tmp_path: Path, platform: PlatformStandIn, invoice_png: bytes
+) -> None:
+    from ai_assistant.inputs.image import ImageOCRAdapter
+
+    pytest.importorskip("rapidocr_onnxruntime", reason="the media extra (rapidocr-onnxruntime) is not installed")
+    platform.files[FILE_PATH] = (invoice_png, "application/octet-stream")  # as Telegram labels every file
+    connector = telegram(platform.base)
+    engine = EngineStandin(tmp_path).start()
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    words = SensitiveWordFilter([], "mask")
+    pipe = Pipeline(
+        Settings(config_dir=tmp_path, data_dir=tmp_path),
+        store,
+        HFInferenceEngine(EngineSettings(base_url=engine.base_url)),
+        {"telegram": connector},
+        Recorder(),
+        words,
+        words,
+        adapters={"image": ImageOCRAdapter()},
+    )
+    try:
+        msg = await verify(connector, photo_update(501))
+        assert msg.text == "What is this invoice number?"
+        assert [(a.kind, a.ref, a.data_b64) for a in msg.attachments] == [("image", "large-id", None)]
+        assert await store.enqueue(msg.model_copy(update={"received_at": time.time()}), 60)
+        job = await store.claim(30)
+        assert job is not None
+        await pipe.process(job)
+        [get_file] = [c for c in platform.calls if c.path.endswith("/getFile")]
+        assert get_file.body == {"file_id": "large-id"}, "the largest size is the one fetched"
+        [request] = engine.requests()
+        prompt = request["body"]["messages"][-1]["content"]
+        assert prompt.startswith("What is this invoice number?\n[image] ") and "12345" in prompt, prompt
+    finally:
+        await store.close()
+        await connector.aclose()
+        engine.kill()
+
+
+async def test_a_telegram_voice_message_carries_its_file_id(platform: PlatformStandIn) -> None:
+    from telegram import Voice
+
+    connector = telegram(platform.base)
+    try:
+        msg = await verify(connector, update(502, voice=Voice("voice-id", "v1", 3, mime_type="audio/ogg")))
+        assert msg.text == ""
+        assert [(a.kind, a.ref, a.mime_type) for a in msg.attachments] == [("voice", "voice-id", "audio/ogg")]
+        platform.files[FILE_PATH] = (b"OggS" + bytes(200), "application/octet-stream")
+        data, mime = await connector.fetch_media(msg, msg.attachments[0])
+        assert mime == "audio/ogg" and data.startswith(b"OggS")
+    finally:
+        await connector.aclose()
+
+
+BAD_FILES = {
+    "an error page": ((b"<html>expired</html>", "text/html"), "text/html, not the image"),
+    "not an image": ((b"PK\x03\x04 a zip file" * 10, "application/octet-stream"), "not in a readable image format"),
+    "too large": ((b"\x89PNG\r\n\x1a\n" + bytes(4096), "image/png"), "larger than"),
+    "missing": (None, "HTTP 404"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+async def test_bad_downloads_become_a_note_for_the_user(case: str, tmp_path: Path, platform: PlatformStandIn) -> None:
+    served, expected = BAD_FILES[case]
+    if served is not None:
+        platform.files[FILE_PATH] = served
+    connector = telegram(platform.base, media_max_bytes=2048)
+    attachment = Attachment(kind="image", ref="large-id")
+    msg = InboundMessage(
+        connector="telegram", event_id="e", chat_id="777", user_id="u", text="", attachments=[attachment]
+    )
+    try:
+        with pytest.raises(MediaUnavailable) as refused:
+            await connector.fetch_media(msg, attachment)
+        assert expected in str(refused.value), str(refused.value)
+        assert p.TG_BOT_TOKEN not in str(refused.value), "the token-bearing URL never appears in a reason"
+        # Through the worker: the user's text gains one line saying why the file was not read.
+        store = SQLiteStore(tmp_path / "state.sqlite3")
+        words = SensitiveWordFilter([], "mask")
+        pipe = Pipeline(
+            Settings(config_dir=tmp_path, data_dir=tmp_path), store, object(), {"telegram": connector},
+            Recorder(), words, words,
+        )  # fmt: skip
+        read = await pipe._with_media(msg)
+        await store.close()
+        assert read.attachments == [] and read.text.startswith("(the user sent an image that could not be read:")
+        assert json.dumps(read.model_dump()).count(expected.split(",")[0]) >= 1
+    finally:
+        await connector.aclose()
