@@ -6,6 +6,7 @@ records its prompts."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -178,4 +179,87 @@ async def test_bad_downloads_become_a_note_for_the_user(case: str, tmp_path: Pat
         assert read.attachments == [] and read.text.startswith("(the user sent an image that could not be read:")
         assert json.dumps(read.model_dump()).count(expected.split(",")[0]) >= 1
     finally:
+        await connector.aclose()
+
+
+async def raw(req: p.Req) -> RawRequest:
+    return RawRequest(req.method, req.path, {k.lower(): v for k, v in req.headers.items()}, {}, req.body)
+
+
+def pipeline_for(tmp_path: Path, connector: Any, store: SQLiteStore) -> Pipeline:
+    words = SensitiveWordFilter([], "mask")
+    settings = Settings(config_dir=tmp_path, data_dir=tmp_path)
+    return Pipeline(settings, store, object(), {connector.name: connector}, Recorder(), words, words)
+
+
+async def test_a_slack_file_share_is_downloaded_with_the_bot_token(
+    tmp_path: Path, platform: PlatformStandIn, invoice_png: bytes
+) -> None:
+    from ai_assistant.connectors.slack import SlackConfig, SlackConnector
+    from tests.connectors.cases import SLACK
+
+    connector = SlackConnector("slack", SlackConfig.model_validate(SLACK.options(platform.base)))
+    url = f"{platform.base}/files-pri/T0TEAM001-F0FILE001/download/invoice.png"
+    platform.files["/files-pri/T0TEAM001-F0FILE001/download/invoice.png"] = (invoice_png, "image/png")
+    payload = p.slack_event("EvFile1", "what is this?")
+    payload["event"] |= {
+        "subtype": "file_share",
+        "files": [
+            {"id": "F0FILE001", "name": "invoice.png", "mimetype": "image/png", "filetype": "png",
+             "url_private": url, "url_private_download": url, "size": len(invoice_png)},
+            {"id": "F0FILE002", "name": "notes.pdf", "mimetype": "application/pdf", "url_private": url},
+        ],
+    }  # fmt: skip
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    try:
+        [msg] = (await connector.verify(await raw(p.slack_request(payload)))).messages
+        assert msg.text == "what is this?"
+        assert [(a.kind, a.ref) for a in msg.attachments] == [("image", url)], "the PDF is not an image or voice"
+        read = await pipeline_for(tmp_path, connector, store)._with_media(msg)
+        [image] = read.attachments
+        assert image.mime_type == "image/png" and base64.b64decode(image.data_b64 or "") == invoice_png
+        [download] = [c for c in platform.calls if c.path.startswith("/files-pri/")]
+        assert download.headers["authorization"] == f"Bearer {p.SLACK_BOT_TOKEN}"
+
+        elsewhere = msg.attachments[0].model_copy(update={"ref": "https://attacker.example/x.png"})
+        with pytest.raises(MediaUnavailable, match="not on Slack's file host"):
+            await connector.fetch_media(msg, elsewhere)  # the bot token never goes to another host
+    finally:
+        await store.close()
+        await connector.aclose()
+
+
+@pytest.mark.parametrize(
+    ("message_type", "content", "kind", "query"),
+    [
+        ("image", {"image_key": "img_v2_0001"}, "image", "type=image"),
+        ("audio", {"file_key": "file_v2_0002", "duration": 2000}, "voice", "type=file"),
+    ],
+)
+async def test_a_feishu_image_or_voice_message_is_read_through_its_message(
+    tmp_path: Path, platform: PlatformStandIn, invoice_png: bytes, message_type: str, content: dict[str, Any],
+    kind: str, query: str,
+) -> None:  # fmt: skip
+    from ai_assistant.connectors.feishu import FeishuConfig, FeishuConnector
+    from tests.connectors.cases import FEISHU
+
+    connector = FeishuConnector("feishu", FeishuConfig.model_validate(FEISHU.options(platform.base)))
+    key = next(iter(v for v in content.values() if isinstance(v, str)))
+    data = invoice_png if kind == "image" else b"OggS" + bytes(300)
+    platform.files[f"/open-apis/im/v1/messages/om_media1/resources/{key}"] = (data, "application/octet-stream")
+    event = p.feishu_message("ev-media1", "om_media1")
+    event["event"]["message"] |= {"message_type": message_type, "content": json.dumps(content)}
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    try:
+        [msg] = (await connector.verify(await raw(p.feishu_request(event)))).messages
+        assert msg.text == "" and [(a.kind, a.ref) for a in msg.attachments] == [(kind, key)]
+        read = await pipeline_for(tmp_path, connector, store)._with_media(msg)
+        [got] = read.attachments
+        assert base64.b64decode(got.data_b64 or "") == data
+        assert got.mime_type == ("image/png" if kind == "image" else "audio/ogg")
+        [download] = [c for c in platform.calls if "/resources/" in c.path]
+        assert download.query == {"type": query.split("=")[1]}
+        assert download.headers["authorization"].startswith("Bearer t-"), "the tenant token the stand-in issued"
+    finally:
+        await store.close()
         await connector.aclose()

@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, ClassVar, Literal
@@ -55,9 +56,10 @@ from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr, model_validator
 
 from ..errors import DeliveryFailed, DeliveryUncertain, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
-from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Ack, Attachment, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, obj, same
+from .media import MediaUnavailable, download, sniff
 from .outbound import (
     Fatal,
     OutboundOptions,
@@ -366,8 +368,10 @@ class FeishuConnector(Connector):
         if not isinstance(message_id, str) or not isinstance(chat_id, str):
             raise MalformedRequest("event.message: message_id and chat_id are required")
         text = _text_of(msg)
-        if text is None:
-            return None  # images, files, stickers: not handled by this connector
+        attachments = _attachments(msg) if text is None else []
+        if text is None and not attachments:
+            return None  # files, stickers, cards: not handled by this connector
+        text = text or ""
         mentioned = False
         for mention in msg.get("mentions") or []:
             if not isinstance(mention, dict):
@@ -391,7 +395,20 @@ class FeishuConnector(Connector):
             mentioned=mentioned or not is_group,
             thread_id=msg.get("thread_id") or msg.get("root_id") or None,
             reply_context={"message_id": message_id},
+            attachments=attachments,
         )
+
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        # A file a user sent is read through the message it came in: GET im/v1/messages/:id/resources/:key.
+        message_id = message.reply_context.get("message_id")
+        key = attachment.ref or ""
+        if not isinstance(message_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", key):
+            raise MediaUnavailable("the message names no file")
+        kind = "image" if attachment.kind == "image" else "file"
+        url = f"{self.api_base}/open-apis/im/v1/messages/{message_id}/resources/{key}?type={kind}"
+        headers = {"Authorization": f"Bearer {await self.token.get()}"}
+        data, declared = await download(self.http, url, self.config.media_max_bytes, headers=headers)
+        return data, sniff(attachment.kind, data, declared)
 
     # ------------------------------------------------------------------------------------------------ outbound
     async def _fetch_token(self) -> tuple[str, float]:
@@ -494,6 +511,21 @@ def _text_of(msg: dict[str, Any]) -> str | None:
         title = content.get("title") or ""
         return " ".join(w for w in [title, *words] if w) or None
     return None
+
+
+def _attachments(msg: dict[str, Any]) -> list[Attachment]:
+    """An image (`image_key`) or a voice message (`audio`, `file_key`; Feishu records voice as Opus in Ogg)."""
+    try:
+        content = json.loads(msg.get("content") or "{}")
+    except ValueError:
+        raise MalformedRequest("event.message.content is not valid JSON") from None
+    if not isinstance(content, dict):
+        return []
+    if msg.get("message_type") == "image" and isinstance(content.get("image_key"), str):
+        return [Attachment(kind="image", ref=content["image_key"])]
+    if msg.get("message_type") == "audio" and isinstance(content.get("file_key"), str):
+        return [Attachment(kind="voice", ref=content["file_key"])]
+    return []
 
 
 def _check(resp: httpx.Response) -> Any:
