@@ -22,6 +22,7 @@ _COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]{0,31})(?:@\S+)?(?:\s+(.*))?$", r
 RESET_REPLY = "Done: I have forgotten our conversation here. The next message starts afresh."
 HELP_HEADER = "Ask me anything in plain words. Commands:"
 UNKNOWN_REPLY = "Unknown command /{name}."
+RESET_OUTCOME = "reset"  # checkpointed with the reply; counted as `answered` in ai_assistant_answers_total
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,10 @@ BUILT_IN = (
 
 @dataclass(frozen=True)
 class Handled:
-    """A command answered here: the reply, and whether this conversation's memory is cleared with it."""
+    """A command answered here: the reply, and its outcome (RESET_OUTCOME makes the checkpoint clear the memory)."""
 
     reply: str
-    outcome: str  # the answers metric's label: "reset" or "command"
-    forget: bool = False
+    outcome: str
 
 
 class Commands:
@@ -62,12 +62,12 @@ class Commands:
             return None
         name = match.group(1).lower()
         if name == "reset":
-            return Handled(RESET_REPLY, "reset", forget=True)
+            return Handled(RESET_REPLY, RESET_OUTCOME)
         if name == "help":
-            return Handled(self.help_text(), "command")
+            return Handled(self.help_text(), "answered")
         if name in self.commands:
             return None
-        return Handled(f"{UNKNOWN_REPLY.format(name=name)} {self.help_text()}", "command")
+        return Handled(f"{UNKNOWN_REPLY.format(name=name)} {self.help_text()}", "answered")
 
     def help_text(self) -> str:
         lines = [f"/{c.name}: {c.description}" if c.description else f"/{c.name}" for c in self.commands.values()]

@@ -41,7 +41,7 @@ from ..observability import (
 from ..settings import Settings
 from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
-from .commands import Commands
+from .commands import RESET_OUTCOME, Commands
 from .filters import SensitiveWordFilter
 from .progressive import Progress
 from .supervisor import WorkerState, sleep_unless_stopped
@@ -199,7 +199,7 @@ class Pipeline:
                 log.warning("no answer for %s by its deadline: %s", msg.event_id, exc)
                 answer, outcome, turns = self.settings.engine.error_reply, "engine_error", []
             # /reset keeps no turns: the memory is cleared in the same fenced write that checkpoints its reply.
-            keep = 0 if outcome == "reset" else self.settings.memory.turns
+            keep = 0 if outcome == RESET_OUTCOME else self.settings.memory.turns
             checkpoint = (answer, outcome or "answered", self._memory_key(msg), turns, keep)
             await self._write("save_answer", job, lambda: self.store.save_answer(job.id, job.lease_token, *checkpoint))
         plan = self._delivery_plan(msg, answer, progress.ref if progress else None)
@@ -230,7 +230,8 @@ class Pipeline:
             )
         parts = [p for c, p in plan if c is self.channel]
         await self._write("complete", job, lambda: self.store.complete(job.id, job.lease_token))
-        ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
+        label = "answered" if outcome in (None, RESET_OUTCOME) else outcome  # a command's reply is an answer too
+        ANSWERS.labels(connector=msg.connector, outcome=label).inc()
         ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
         log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
 
