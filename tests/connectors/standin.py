@@ -252,18 +252,14 @@ class PlatformStandIn:
             out = [c for c in out if chat in json.dumps(c.body, ensure_ascii=False) or chat in c.path]
         return out
 
-    def edits(self, ref: str | None = None) -> list[Call]:
-        """Edits of posted messages (Slack chat.update, Feishu PUT im/v1/messages/:id), optionally of one message."""
-        out = [
+    def edits(self) -> list[Call]:
+        """Edits of posted messages: Slack chat.update, Telegram editMessageText, Feishu PUT im/v1/messages/:id."""
+        return [
             c
             for c in self.calls
-            if c.path == "/api/chat.update" or (c.method == "PUT" and c.path.startswith("/open-apis/im/v1/messages/"))
+            if c.path.endswith(("/api/chat.update", "/editMessageText"))
+            or (c.method == "PUT" and c.path.startswith("/open-apis/im/v1/messages/"))
         ]
-        if ref is not None:
-            out = [
-                c for c in out if c.path.endswith("/" + ref) or (isinstance(c.body, dict) and c.body.get("ts") == ref)
-            ]
-        return out
 
     def token_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith(TOKEN_PATHS)]
@@ -301,6 +297,8 @@ class PlatformStandIn:
             return 200, {"ok": True, "ts": "", "text": ""}
         if path.startswith("/bot") and path.endswith("/getMe"):
             return 200, {"ok": True, "result": {"id": 42, "is_bot": True, "username": "assistant_bot"}}
+        if path.startswith("/bot") and path.endswith("/editMessageText"):
+            return 200, {"ok": True, "result": {"message_id": 1}}
         if path.startswith("/bot") and path.endswith("/getFile"):
             return 200, {"ok": True, "result": {"file_id": "f", "file_path": "photos/file_0.jpg", "file_size": 1}}
         if path.startswith("/bot") and path.endswith("/sendMessage"):

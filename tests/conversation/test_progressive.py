@@ -1,8 +1,8 @@
-"""Issue 21, item 3: progressive replies. The real Slack and Feishu connectors against the platform API stand-in on
-loopback (tests/connectors/standin.py: the platforms cannot be reached here), the real engine client streaming from
-the stand-in model server process (tests/faults/engine_standin.py, which can stall after the first word), the real
-pipeline and SQLite store. The first words are posted, the one message is edited in place, its final text is the
-checkpointed answer, and a crash between edits never posts a second message."""
+"""Issue 21, item 3: progressive replies. The real Slack, Feishu and Telegram connectors against the platform API
+stand-in on loopback (tests/connectors/standin.py: the platforms cannot be reached here), the real engine client
+streaming from the stand-in model server process (tests/faults/engine_standin.py, which can stall after the first
+word), the real pipeline and SQLite store. The first words are posted, the one message is edited in place, its final
+text is the checkpointed answer, and a crash between edits never posts a second message."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ai_assistant.channels.reply import ReplyChannel
 from ai_assistant.connectors.base import Connector
 from ai_assistant.connectors.feishu import FeishuConfig, FeishuConnector
 from ai_assistant.connectors.slack import SlackConfig, SlackConnector
+from ai_assistant.connectors.telegram import TelegramConfig, TelegramConnector
 from ai_assistant.engines.hf_inference import HFInferenceEngine
 from ai_assistant.messages import InboundMessage
 from ai_assistant.pipeline.filters import SensitiveWordFilter
@@ -26,7 +27,7 @@ from ai_assistant.pipeline.progressive import TYPING
 from ai_assistant.pipeline.worker import Pipeline
 from ai_assistant.settings import EngineSettings, Settings
 from ai_assistant.store.sqlite import SQLiteStore
-from tests.connectors.cases import FEISHU, SLACK
+from tests.connectors.cases import FEISHU, SLACK, TELEGRAM
 from tests.connectors.standin import Call, PlatformStandIn
 from tests.faults.procs import EngineStandin
 
@@ -46,11 +47,13 @@ def build(platform_name: str, base: str, **extra: Any) -> Connector:
     options = {"progressive_interval_seconds": 0.2, **extra}
     if platform_name == "slack":
         return SlackConnector("slack", SlackConfig.model_validate({**SLACK.options(base), **options}))
+    if platform_name == "telegram":
+        return TelegramConnector("telegram", TelegramConfig.model_validate({**TELEGRAM.options(base), **options}))
     return FeishuConnector("feishu", FeishuConfig.model_validate({**FEISHU.options(base), **options}))
 
 
 def inbound(platform_name: str, event_id: str) -> InboundMessage:
-    chat = "C1" if platform_name == "slack" else "oc_chat1"
+    chat = {"slack": "C1", "telegram": "777"}.get(platform_name, "oc_chat1")
     return InboundMessage(
         connector=platform_name,
         event_id=event_id,
@@ -71,7 +74,7 @@ def pipeline(tmp_path: Path, connector: Connector, engine_url: str) -> tuple[Pip
     return Pipeline(settings, store, engine, connectors, ReplyChannel(connectors), words, words), store
 
 
-@pytest.mark.parametrize("platform_name", ["slack", "feishu"])
+@pytest.mark.parametrize("platform_name", ["slack", "feishu", "telegram"])
 async def test_a_streamed_reply_is_posted_once_and_edited_in_place(
     tmp_path: Path, platform: PlatformStandIn, platform_name: str
 ) -> None:
@@ -89,7 +92,7 @@ async def test_a_streamed_reply_is_posted_once_and_edited_in_place(
         assert len(edits) >= 2, [_text(e) for e in edits]
         assert all(_text(e).endswith(TYPING) for e in edits[:-1])
         assert _text(edits[-1]) == ANSWER, "the final edit is the checkpointed answer"
-        targets = {e.body["ts"] if platform_name == "slack" else e.path for e in edits}
+        targets = {str(e.body.get("ts") or e.body.get("message_id") or e.path) for e in edits}
         assert len(targets) == 1 and "" not in targets, "every edit is of the one posted message"
     finally:
         await store.close()
@@ -103,7 +106,7 @@ def saved_ref(db: Path) -> Any:
     return row[0] if row else None
 
 
-@pytest.mark.parametrize("platform_name", ["slack", "feishu"])
+@pytest.mark.parametrize("platform_name", ["slack", "feishu", "telegram"])
 async def test_a_crash_between_edits_does_not_post_a_second_message(
     tmp_path: Path, platform: PlatformStandIn, platform_name: str
 ) -> None:
