@@ -311,6 +311,10 @@ class PlatformStandIn:
             return 200, {"errcode": 0, "errmsg": "ok", "msgid": str(next(self._numbers))}
         if path == "/v1.0/oauth2/accessToken":
             return 200, {"accessToken": self._issue("dt"), "expireIn": 7200}
+        if path == "/v1.0/robot/messageFiles/download":
+            if headers.get("x-acs-dingtalk-access-token") not in self.valid_tokens:
+                return 401, {"code": "InvalidAuthentication", "message": "token invalid"}
+            return 200, {"downloadUrl": f"{self.base}/dingtalk-files/{next(self._numbers)}"}
         if path.startswith("/v1.0/robot/"):
             if headers.get("x-acs-dingtalk-access-token") not in self.valid_tokens:
                 return 401, {"code": "InvalidAuthentication", "message": "token invalid"}

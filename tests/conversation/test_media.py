@@ -183,7 +183,7 @@ async def test_bad_downloads_become_a_note_for_the_user(case: str, tmp_path: Pat
 
 
 async def raw(req: p.Req) -> RawRequest:
-    return RawRequest(req.method, req.path, {k.lower(): v for k, v in req.headers.items()}, {}, req.body)
+    return RawRequest(req.method, req.path, {k.lower(): v for k, v in req.headers.items()}, dict(req.query), req.body)
 
 
 def pipeline_for(tmp_path: Path, connector: Any, store: SQLiteStore) -> Pipeline:
@@ -260,6 +260,69 @@ async def test_a_feishu_image_or_voice_message_is_read_through_its_message(
         [download] = [c for c in platform.calls if "/resources/" in c.path]
         assert download.query == {"type": query.split("=")[1]}
         assert download.headers["authorization"].startswith("Bearer t-"), "the tenant token the stand-in issued"
+    finally:
+        await store.close()
+        await connector.aclose()
+
+
+async def test_a_dingtalk_picture_is_fetched_through_its_download_code(
+    tmp_path: Path, platform: PlatformStandIn, invoice_png: bytes
+) -> None:
+    from ai_assistant.connectors.dingtalk import DingTalkConfig, DingTalkConnector
+    from tests.connectors.cases import DINGTALK
+
+    connector = DingTalkConnector("dingtalk", DingTalkConfig.model_validate(DINGTALK.options(platform.base)))
+    body = p.dingtalk_message("msgpic1", session_webhook=f"{platform.base}/robot/sendBySession?session=s1")
+    del body["text"]
+    body |= {"msgtype": "picture", "content": {"downloadCode": "dlcode-001", "pictureDownloadCode": "pic-001"}}
+    platform.files["/dingtalk-files/1"] = (invoice_png, "image/png")
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    try:
+        [msg] = (await connector.verify(await raw(p.dingtalk_request(body)))).messages
+        assert msg.text == "" and [(a.kind, a.ref) for a in msg.attachments] == [("image", "dlcode-001")]
+        read = await pipeline_for(tmp_path, connector, store)._with_media(msg)
+        assert base64.b64decode(read.attachments[0].data_b64 or "") == invoice_png
+        [resolve] = [c for c in platform.calls if c.path == "/v1.0/robot/messageFiles/download"]
+        assert resolve.body == {"downloadCode": "dlcode-001", "robotCode": p.DT_ROBOT}
+    finally:
+        await store.close()
+        await connector.aclose()
+
+
+def wecom_media(msg_id: str, kind: str, media_id: str) -> str:
+    extra = (
+        "<Format><![CDATA[amr]]></Format>"
+        if kind == "voice"
+        else "<PicUrl><![CDATA[https://wework.qpic.cn/x]]></PicUrl>"
+    )
+    return (
+        f"<xml><ToUserName><![CDATA[{p.WECOM_CORP}]]></ToUserName><FromUserName><![CDATA[zhangsan]]></FromUserName>"
+        f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[{kind}]]></MsgType>"
+        f"<MediaId><![CDATA[{media_id}]]></MediaId>{extra}<MsgId>{msg_id}</MsgId><AgentID>{p.WECOM_AGENT}</AgentID></xml>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "mime"), [("voice", b"#!AMR\n" + bytes(64), "audio/amr"), ("image", None, "image/png")]
+)
+async def test_a_wecom_image_or_voice_is_fetched_with_media_get(
+    tmp_path: Path, platform: PlatformStandIn, invoice_png: bytes, kind: str, data: bytes | None, mime: str
+) -> None:
+    from ai_assistant.connectors.wecom import WeComConfig, WeComConnector
+    from tests.connectors.cases import WECOM
+
+    connector = WeComConnector("wecom", WeComConfig.model_validate(WECOM.options(platform.base)))
+    content = data or invoice_png
+    platform.files["/cgi-bin/media/get"] = (content, "application/octet-stream")
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    try:
+        [msg] = (await connector.verify(await raw(p.wecom_post(wecom_media("7100001", kind, "media-9"))))).messages
+        assert [(a.kind, a.ref) for a in msg.attachments] == [(kind, "media-9")]
+        read = await pipeline_for(tmp_path, connector, store)._with_media(msg)
+        [got] = read.attachments
+        assert base64.b64decode(got.data_b64 or "") == content and got.mime_type == mime
+        [fetch] = [c for c in platform.calls if c.path == "/cgi-bin/media/get"]
+        assert fetch.query["media_id"] == "media-9" and fetch.query["access_token"].startswith("wx-")
     finally:
         await store.close()
         await connector.aclose()
