@@ -63,3 +63,31 @@ def test_valid_conversation_settings_pass(tmp_path: Path) -> None:
     )
     result = check(config, tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_console_form_keeps_nested_conversation_settings(tmp_path: Path) -> None:
+    """The admin console's connector form is flat: `memory` and `chats` are edited in the file, and saving the form
+    (what the browser posts back: every field it showed) keeps them as written."""
+    from ai_assistant.console.connectors_file import ConnectorsFile, form_fields, form_values
+    from ai_assistant.registry import default_registry
+
+    options = {
+        "answer_mode": "knowledge_only",
+        "memory": {"scope": "chat"},
+        "chats": {"oc_1": {"answer_mode": "general"}},
+    }
+    config = write_config(
+        tmp_path / "c",
+        reply_url="http://127.0.0.1:9/r",
+        engine_url="http://127.0.0.1:9/v1",
+        connectors=connectors(**options),
+    )
+    files = ConnectorsFile(config, tmp_path / "d", default_registry())
+    model = files.model("generic_im")
+    assert {"memory", "chats"}.isdisjoint(f.name for f in form_fields(model))
+    shown = form_values(model, files.enabled()["im-connector"])
+    posted = {k: ("on" if v is True else str(v)) for k, v in shown.items() if v is not False}
+    posted["app_secret"] = ""  # a secret left empty keeps the current one
+    entry, _ = files.build("im-connector", "generic_im", posted, creating=False)
+    assert entry["memory"] == {"scope": "chat"} and entry["chats"] == {"oc_1": {"answer_mode": "general"}}
+    assert entry["answer_mode"] == "knowledge_only"
