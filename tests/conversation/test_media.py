@@ -326,3 +326,48 @@ async def test_a_wecom_image_or_voice_is_fetched_with_media_get(
     finally:
         await store.close()
         await connector.aclose()
+
+
+SPOKEN = "Please reset my password."
+
+
+async def test_a_telegram_voice_message_is_transcribed_by_the_speech_adapter(
+    tmp_path: Path, platform: PlatformStandIn
+) -> None:
+    """Telegram serves voice as Ogg/Opus; the clip here is a WAV made by espeak-ng (the speech adapter decodes both;
+    its Ogg/Opus path is tested in tests/plugins/test_media_inputs.py)."""
+    import shutil
+    import subprocess
+
+    from telegram import Voice
+
+    pytest.importorskip("faster_whisper", reason="the media extra (faster-whisper) is not installed")
+    from ai_assistant.inputs.voice import WhisperSpeechAdapter, assemble_model
+
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (scripts/bootstrap installs it): no way to make a spoken clip")
+    wav = tmp_path / "clip.wav"
+    subprocess.run([espeak, "-v", "en", "-w", str(wav), SPOKEN], check=True, timeout=60)
+    platform.files[FILE_PATH] = (wav.read_bytes(), "application/octet-stream")
+    connector = telegram(platform.base)
+    engine = EngineStandin(tmp_path).start()
+    store = SQLiteStore(tmp_path / "state.sqlite3")
+    words = SensitiveWordFilter([], "mask")
+    stt = WhisperSpeechAdapter(model_dir=assemble_model(tmp_path / "models"), language="en")
+    settings = Settings(config_dir=tmp_path, data_dir=tmp_path)
+    model = HFInferenceEngine(EngineSettings(base_url=engine.base_url))
+    pipe = Pipeline(settings, store, model, {"telegram": connector}, Recorder(), words, words, adapters={"voice": stt})
+    try:
+        msg = await verify(connector, update(503, voice=Voice("voice-id", "v1", 2, mime_type="audio/ogg")))
+        assert await store.enqueue(msg.model_copy(update={"received_at": time.time()}), 60)
+        job = await store.claim(120)
+        assert job is not None
+        await pipe.process(job)
+        [request] = engine.requests()
+        prompt = request["body"]["messages"][-1]["content"]
+        assert prompt.startswith("[voice] ") and "password" in prompt.lower(), prompt
+    finally:
+        await store.close()
+        await connector.aclose()
+        engine.kill()
