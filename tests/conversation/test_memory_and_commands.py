@@ -170,3 +170,23 @@ async def test_help_lists_plugin_commands_which_go_on_to_the_model(
 async def test_a_disabled_plugins_commands_are_not_listed(plugin_env: Env) -> None:
     plugin_env.manager().set_enabled("weather", False)
     assert plugin_commands(plugin_env.config_dir, plugin_env.data_dir) == []
+
+
+async def test_the_posted_message_id_is_a_fenced_checkpoint(store: StateStore) -> None:
+    """Progressive replies (pipeline/progressive.py) checkpoint the id of the message they posted; the next claim of
+    the job carries it, and a worker that lost its lease cannot overwrite it."""
+    assert await store.enqueue(message("p1", "hello"), 60)
+    stale = await store.claim(0.01)
+    assert stale is not None and stale.reply_ref is None
+    current = None
+    for _ in range(600):  # bounded: 60 s at most for the short lease to run out
+        current = await store.claim(30)
+        if current is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert current is not None
+    assert not await store.save_reply_ref(stale.id, stale.lease_token, "from-the-stale-worker")
+    assert await store.save_reply_ref(current.id, current.lease_token, "1700000000.000100")
+    assert await store.release(current.id, current.lease_token, 0.0, "crash", count_attempt=False)
+    again = await store.claim(30)
+    assert again is not None and again.reply_ref == "1700000000.000100"
