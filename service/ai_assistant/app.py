@@ -34,6 +34,7 @@ from .messages import Feedback, InboundMessage
 from .observability import FEEDBACK, register_secrets
 from .pipeline.adapters import InputAdapter
 from .pipeline.answer_cache import AnswerCache
+from .pipeline.commands import Commands, plugin_commands
 from .pipeline.filters import SensitiveWordFilter
 from .pipeline.supervisor import Workers
 from .pipeline.worker import Grounding, Pipeline, export_queue_stats
@@ -114,6 +115,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
             settings, store, list(connectors), knowledge.version if knowledge is not None else None
         ),
         workflows=workflows,
+        commands=Commands(plugin_commands(settings.config_dir, settings.data_dir)),
     )
     return Parts(
         settings,

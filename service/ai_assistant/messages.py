@@ -15,6 +15,9 @@ class Attachment(BaseModel):
     url: str | None = None
     data_b64: str | None = None
     mime_type: str | None = None
+    # The platform's id of the file (Telegram file_id, Feishu image_key/file_key, a Slack file's private URL): the
+    # worker has the connector download it (Connector.fetch_media) before an input adapter reads it.
+    ref: str | None = None
 
 
 class InboundMessage(BaseModel):
@@ -41,6 +44,17 @@ class InboundMessage(BaseModel):
     @property
     def conversation_key(self) -> str:
         return f"{self.connector}:{self.chat_id}"
+
+    def memory_key(self, scope: Literal["chat", "thread", "user"]) -> str:
+        """The conversation memory this message continues. `chat`: the whole chat; `thread`: its thread (the chat
+        outside threads); `user`: in groups, the sender's own history in that thread. A direct message without a
+        thread keeps `conversation_key` under every scope, so a change of scope leaves such histories where they are."""
+        key = self.conversation_key
+        if scope != "chat" and self.thread_id:
+            key += f":thread:{self.thread_id}"
+        if scope == "user" and self.is_group:
+            key += f":user:{self.user_id}"
+        return key
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ class PlatformStandIn:
         self.stalls: dict[str, deque[bool]] = {}
         self._release = threading.Event()
         self.valid_tokens: set[str] = set()
+        self.files: dict[str, tuple[bytes, str]] = {}  # path -> (content, content type): media to download
         self._numbers = itertools.count(1)
         self._token_numbers = itertools.count(1)
         self.frames_out: asyncio.Queue[str] | None = None
@@ -251,6 +252,15 @@ class PlatformStandIn:
             out = [c for c in out if chat in json.dumps(c.body, ensure_ascii=False) or chat in c.path]
         return out
 
+    def edits(self) -> list[Call]:
+        """Edits of posted messages: Slack chat.update, Telegram editMessageText, Feishu PUT im/v1/messages/:id."""
+        return [
+            c
+            for c in self.calls
+            if c.path.endswith(("/api/chat.update", "/editMessageText"))
+            or (c.method == "PUT" and c.path.startswith("/open-apis/im/v1/messages/"))
+        ]
+
     def token_calls(self) -> list[Call]:
         return [c for c in self.calls if c.path.endswith(TOKEN_PATHS)]
 
@@ -281,8 +291,16 @@ class PlatformStandIn:
             if not bearer.startswith("xoxb-"):
                 return 200, {"ok": False, "error": "invalid_auth"}
             return 200, {"ok": True, "ts": f"{time.time():.6f}"}
+        if path == "/api/chat.update":
+            if not bearer.startswith("xoxb-"):
+                return 200, {"ok": False, "error": "invalid_auth"}
+            return 200, {"ok": True, "ts": "", "text": ""}
         if path.startswith("/bot") and path.endswith("/getMe"):
             return 200, {"ok": True, "result": {"id": 42, "is_bot": True, "username": "assistant_bot"}}
+        if path.startswith("/bot") and path.endswith("/editMessageText"):
+            return 200, {"ok": True, "result": {"message_id": 1}}
+        if path.startswith("/bot") and path.endswith("/getFile"):
+            return 200, {"ok": True, "result": {"file_id": "f", "file_path": "photos/file_0.jpg", "file_size": 1}}
         if path.startswith("/bot") and path.endswith("/sendMessage"):
             return 200, {"ok": True, "result": {"message_id": next(self._numbers)}}
         if path == "/cgi-bin/gettoken":
@@ -293,6 +311,10 @@ class PlatformStandIn:
             return 200, {"errcode": 0, "errmsg": "ok", "msgid": str(next(self._numbers))}
         if path == "/v1.0/oauth2/accessToken":
             return 200, {"accessToken": self._issue("dt"), "expireIn": 7200}
+        if path == "/v1.0/robot/messageFiles/download":
+            if headers.get("x-acs-dingtalk-access-token") not in self.valid_tokens:
+                return 401, {"code": "InvalidAuthentication", "message": "token invalid"}
+            return 200, {"downloadUrl": f"{self.base}/dingtalk-files/{next(self._numbers)}"}
         if path.startswith("/v1.0/robot/"):
             if headers.get("x-acs-dingtalk-access-token") not in self.valid_tokens:
                 return 401, {"code": "InvalidAuthentication", "message": "token invalid"}
@@ -446,7 +468,7 @@ class PlatformStandIn:
             finally:
                 task.cancel()
 
-        @app.api_route("/{path:path}", methods=["GET", "POST"])
+        @app.api_route("/{path:path}", methods=["GET", "POST", "PUT"])  # PUT: Feishu's message edit
         async def anything(path: str, request: Request) -> Response:
             raw = await request.body()
             try:
@@ -480,6 +502,9 @@ class PlatformStandIn:
                     status, answer, headers = queue.popleft()
                     call.posted = is_send and status < 300
                     return JSONResponse(answer, status_code=status, headers=headers)
+            if call.method == "GET" and call.path in standin.files:
+                content, content_type = standin.files[call.path]
+                return Response(content, media_type=content_type)
             if call.path == "/callback/ws/endpoint":
                 return JSONResponse(standin._feishu_endpoint(call.body))
             if call.path.startswith("/bot") and call.path.endswith("/getUpdates"):

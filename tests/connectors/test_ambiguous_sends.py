@@ -292,7 +292,9 @@ def test_slow_platform_gets_one_copy_of_the_real_answer(
 ) -> None:
     """The whole service: the real app, worker and SQLite store, the real model; the stand-in posts the answer's
     first part and answers only after the connector's timeout."""
-    app = make_app({**case.options(platform.base), **FAST}, engine_url=model_server, workers=True)
+    # One-shot sends are the subject here; a progressive reply's first post is covered in tests/conversation.
+    options = {**case.options(platform.base), **FAST, "progressive_replies": False}
+    app = make_app(options, engine_url=model_server, workers=True)
     platform.stall(SEND_PATH[case.platform], posted=True)
     assert app.send(case.genuine(7, platform.base)).status_code == 200
     wait_until(lambda: app.jobs() and all(state != "queued" for _, state, _ in app.jobs()), 240, "the answer")

@@ -21,7 +21,11 @@ class ReplyChannel:
         if connector is None:
             raise DeliveryFailed(f"connector {part.connector!r} is not configured any more")
         try:
-            await connector.send(part)
+            ref = part.extra.get("edit")
+            if isinstance(ref, str) and connector.editable:  # the final text of a progressive reply
+                await connector.edit(ref, part)
+            else:
+                await connector.send(part)
         except DeliveryUncertain:
             DELIVERIES.labels(connector=part.connector, outcome="unconfirmed").inc()
             raise

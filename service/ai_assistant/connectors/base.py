@@ -7,14 +7,15 @@ import ipaddress
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..messages import Feedback, InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Attachment, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
 from ..observability import DUPLICATES
+from .media import MediaUnavailable
 from .splitting import chars, split_text
 from .streaming import StreamLink
 
@@ -27,6 +28,28 @@ class Leases(Protocol):
     async def hold(self, key: str, holder: str, ttl: float) -> bool: ...
 
     async def let_go(self, key: str, holder: str) -> None: ...
+
+
+# knowledge_only: a question the documents do not cover gets the canned no-hit answer, without the model;
+# knowledge_first: it gets the model's general answer, marked as not from company documents; general: no retrieval.
+AnswerMode = Literal["knowledge_only", "knowledge_first", "general"]
+# Whose history a message continues: the whole chat's, its thread's, or (in groups) its sender's in that thread.
+MemoryScope = Literal["chat", "thread", "user"]
+
+
+class MemoryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scope: MemoryScope = "user"
+
+
+class ChatOverride(BaseModel):
+    """Per-chat settings under `chats: {<chat id>: ...}`; a key left out keeps the connector's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer_mode: AnswerMode | None = None
+    memory: MemoryConfig | None = None
 
 
 class ConnectorConfig(BaseModel):
@@ -45,6 +68,28 @@ class ConnectorConfig(BaseModel):
     http_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="how long an outbound call waits for the platform's answer (connect: 5 s)"
     )
+    answer_mode: AnswerMode = "knowledge_first"
+    general_answer_note: str | None = Field(
+        None, max_length=500, description="the line that marks a knowledge_first general answer (default: built in)"
+    )
+    memory: MemoryConfig = MemoryConfig()
+    chats: dict[str, ChatOverride] = Field(default_factory=dict)
+    # Where the platform can edit a posted message (Slack, Feishu/Lark): post the answer's first words while the
+    # model writes, then edit that message in place, at most once per interval and max_edits times in all.
+    progressive_replies: bool = True
+    progressive_interval_seconds: float = Field(1.0, ge=0.2, le=30)
+    progressive_max_edits: int = Field(15, ge=1, le=100)
+    media_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024, description="largest image or voice file downloaded"
+    )
+
+    def answer_mode_for(self, chat_id: str) -> AnswerMode:
+        override = self.chats.get(chat_id)
+        return override.answer_mode if override and override.answer_mode else self.answer_mode
+
+    def memory_scope_for(self, chat_id: str) -> MemoryScope:
+        override = self.chats.get(chat_id)
+        return override.memory.scope if override and override.memory else self.memory.scope
 
 
 class Connector(ABC):
@@ -55,6 +100,8 @@ class Connector(ABC):
     measure = staticmethod(chars)
     # HTTP methods the webhook route accepts (WeCom's URL check is a GET).
     methods: ClassVar[tuple[str, ...]] = ("POST",)
+    # Whether post_editable() and edit() work on this platform (progressive replies, pipeline/progressive.py).
+    editable: ClassVar[bool] = False
 
     def __init__(self, name: str, config: ConnectorConfig) -> None:
         self.name = name
@@ -94,6 +141,21 @@ class Connector(ABC):
     @abstractmethod
     async def send(self, part: OutboundText) -> None:
         """Deliver one part. Must be idempotent on `part.idempotency_key`. Raises DeliveryFailed on failure."""
+
+    async def post_editable(self, part: OutboundText) -> str:
+        """Post `part` like send() and return the platform's id of the new message, for edit(). Editable
+        platforms only."""
+        raise NotImplementedError(f"{self.platform} cannot edit a posted message")
+
+    async def edit(self, ref: str, part: OutboundText) -> None:
+        """Replace the text of the message `ref` (from post_editable) with `part.text`. Editing to the same text
+        twice does no harm, so a retry is safe. Raises DeliveryFailed on failure."""
+        raise NotImplementedError(f"{self.platform} cannot edit a posted message")
+
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        """Download `attachment.ref` through the platform's API: (bytes, MIME type), at most config.media_max_bytes
+        and checked to be the attachment's kind (connectors/media.py). Raises MediaUnavailable."""
+        raise MediaUnavailable(f"{self.platform} attachments are not downloaded")
 
     async def queue(self, messages: Iterable[InboundMessage]) -> None:
         """For long connections, what the webhook edge does with a verified request's messages: skip group messages

@@ -43,9 +43,10 @@ from dingtalk_stream import (  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr
 
 from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
-from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
+from ..messages import Attachment, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, same
+from .media import MediaUnavailable, download, sniff
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, retry_after, server_error
 from .streaming import StreamDown, StreamLink, supervise
 from .tokens import CachedToken
@@ -121,10 +122,14 @@ class DingTalkConnector(Connector):
             raise MalformedRequest("body is not a DingTalk robot message") from None
         if not msg.message_id or not msg.conversation_id:
             raise MalformedRequest("msgId and conversationId are required")
-        if msg.message_type != "text" or msg.text is None or not isinstance(msg.text.content, str):
-            return None  # pictures, files, rich text: not handled by this connector
+        attachments = _attachments(data)
+        if not attachments and (
+            msg.message_type != "text" or msg.text is None or not isinstance(msg.text.content, str)
+        ):
+            return None  # files, rich text: not handled by this connector
         is_group = msg.conversation_type == "2"
-        text = msg.text.content.replace(f"@{self.config.bot_name}", "")
+        content = msg.text.content if msg.text is not None and isinstance(msg.text.content, str) else ""
+        text = content.replace(f"@{self.config.bot_name}", "")
         return inbound(
             connector=self.name,
             event_id=str(msg.message_id),
@@ -142,7 +147,27 @@ class DingTalkConnector(Connector):
                 # Whether conversationId and staff_id may be replied to once the sessionWebhook has expired.
                 "ids_authentic": authentic,
             },
+            attachments=attachments,
         )
+
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        # A downloadCode resolves only for this robot's own messages, so one from an unsigned body fetches nothing
+        # foreign; the downloadUrl DingTalk returns is a short-lived link to its file storage.
+        try:
+            body = await self.api.call(
+                "POST", f"{self.api_base}/v1.0/robot/messageFiles/download", endpoint="messageFiles/download",
+                token=self.token, auth=lambda t: {"headers": {"x-acs-dingtalk-access-token": t}},
+                json={"downloadCode": attachment.ref, "robotCode": self.config.robot_code}, check=_check,
+                limited=False,
+            )  # fmt: skip
+        except DeliveryFailed as exc:
+            raise MediaUnavailable(f"messageFiles/download failed ({exc})") from None
+        url = body.get("downloadUrl") if isinstance(body, dict) else None
+        where, api = urlsplit(str(url or "")), urlsplit(self.api_base)
+        if where.scheme != "https" and (where.scheme, where.netloc) != (api.scheme, api.netloc):
+            raise MediaUnavailable("DingTalk gave no https download link")
+        data, declared = await download(self.http, str(url), self.config.media_max_bytes)
+        return data, sniff(attachment.kind, data, declared)
 
     def _reply_allowed(self, url: Any) -> bool:
         if not isinstance(url, str):
@@ -340,3 +365,17 @@ def _check(resp: httpx.Response) -> Any:
     if errcode != 0:
         raise Fatal(f"errcode {errcode}: {str(body.get('errmsg', ''))[:200]}")
     return body
+
+
+def _attachments(data: dict[str, Any]) -> list[Attachment]:
+    """A picture or a voice message (`audio`, AMR or Opus) by its downloadCode."""
+    content = data.get("content")
+    code = content.get("downloadCode") if isinstance(content, dict) else None
+    if not isinstance(code, str) or not code:
+        return []
+    kind = data.get("msgtype")
+    if kind == "picture":
+        return [Attachment(kind="image", ref=code)]
+    if kind == "audio":
+        return [Attachment(kind="voice", ref=code)]
+    return []

@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, ClassVar, Literal
@@ -54,10 +55,11 @@ from lark_oapi.ws.pb.google.protobuf.message import DecodeError  # type: ignore[
 from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr, model_validator
 
-from ..errors import DeliveryFailed, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
-from ..messages import Ack, InboundMessage, OutboundText, RawRequest, Verdict
+from ..errors import DeliveryFailed, DeliveryUncertain, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
+from ..messages import Ack, Attachment, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, obj, same
+from .media import MediaUnavailable, download, sniff
 from .outbound import (
     Fatal,
     OutboundOptions,
@@ -115,6 +117,7 @@ class FeishuConnector(Connector):
     platform: ClassVar[str] = "feishu"
     Config = FeishuConfig
     config: FeishuConfig
+    editable: ClassVar[bool] = True  # chat.update / PUT im/v1/messages/:id: progressive replies
     max_message_size: ClassVar[int] = 150 * 1000  # request bodies up to 150 KB for text
     measure = staticmethod(_content_bytes)
 
@@ -365,8 +368,10 @@ class FeishuConnector(Connector):
         if not isinstance(message_id, str) or not isinstance(chat_id, str):
             raise MalformedRequest("event.message: message_id and chat_id are required")
         text = _text_of(msg)
-        if text is None:
-            return None  # images, files, stickers: not handled by this connector
+        attachments = _attachments(msg) if text is None else []
+        if text is None and not attachments:
+            return None  # files, stickers, cards: not handled by this connector
+        text = text or ""
         mentioned = False
         for mention in msg.get("mentions") or []:
             if not isinstance(mention, dict):
@@ -390,7 +395,20 @@ class FeishuConnector(Connector):
             mentioned=mentioned or not is_group,
             thread_id=msg.get("thread_id") or msg.get("root_id") or None,
             reply_context={"message_id": message_id},
+            attachments=attachments,
         )
+
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        # A file a user sent is read through the message it came in: GET im/v1/messages/:id/resources/:key.
+        message_id = message.reply_context.get("message_id")
+        key = attachment.ref or ""
+        if not isinstance(message_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", key):
+            raise MediaUnavailable("the message names no file")
+        kind = "image" if attachment.kind == "image" else "file"
+        url = f"{self.api_base}/open-apis/im/v1/messages/{message_id}/resources/{key}?type={kind}"
+        headers = {"Authorization": f"Bearer {await self.token.get()}"}
+        data, declared = await download(self.http, url, self.config.media_max_bytes, headers=headers)
+        return data, sniff(attachment.kind, data, declared)
 
     # ------------------------------------------------------------------------------------------------ outbound
     async def _fetch_token(self) -> tuple[str, float]:
@@ -409,6 +427,30 @@ class FeishuConnector(Connector):
         return token, float(body.get("expire", 7200))
 
     async def send(self, part: OutboundText) -> None:
+        await self._post(part)
+
+    async def post_editable(self, part: OutboundText) -> str:
+        data = (await self._post(part)).get("data")
+        message_id = data.get("message_id") if isinstance(data, dict) else None
+        if not isinstance(message_id, str):
+            raise DeliveryUncertain("send_message: the answer carries no message_id")
+        return message_id
+
+    async def edit(self, ref: str, part: OutboundText) -> None:
+        # PUT /im/v1/messages/:id edits a text message in place (a card would be PATCHed instead).
+        await self.api.call(
+            "PUT",
+            f"{self.api_base}/open-apis/im/v1/messages/{ref}",
+            endpoint="edit_message",
+            chat=part.chat_id,
+            token=self.token,
+            auth=lambda t: {"headers": {"Authorization": f"Bearer {t}"}},
+            json={"msg_type": "text", "content": json.dumps({"text": part.text}, ensure_ascii=False)},
+            check=_check,
+            idempotent=True,  # setting the same text twice shows the user nothing new
+        )
+
+    async def _post(self, part: OutboundText) -> Any:
         message_id = part.in_reply_to.reply_context.get("message_id") if part.in_reply_to else None
         seed = f"{message_id}:{part.part}" if message_id else part.idempotency_key
         body: dict[str, Any] = {
@@ -427,7 +469,7 @@ class FeishuConnector(Connector):
             url = f"{self.api_base}/open-apis/im/v1/messages"
             params = {"receive_id_type": "chat_id"}
             body["receive_id"] = part.chat_id
-        await self.api.call(
+        return await self.api.call(
             "POST",
             url,
             endpoint="send_message",
@@ -469,6 +511,21 @@ def _text_of(msg: dict[str, Any]) -> str | None:
         title = content.get("title") or ""
         return " ".join(w for w in [title, *words] if w) or None
     return None
+
+
+def _attachments(msg: dict[str, Any]) -> list[Attachment]:
+    """An image (`image_key`) or a voice message (`audio`, `file_key`; Feishu records voice as Opus in Ogg)."""
+    try:
+        content = json.loads(msg.get("content") or "{}")
+    except ValueError:
+        raise MalformedRequest("event.message.content is not valid JSON") from None
+    if not isinstance(content, dict):
+        return []
+    if msg.get("message_type") == "image" and isinstance(content.get("image_key"), str):
+        return [Attachment(kind="image", ref=content["image_key"])]
+    if msg.get("message_type") == "audio" and isinstance(content.get("file_key"), str):
+        return [Attachment(kind="voice", ref=content["file_key"])]
+    return []
 
 
 def _check(resp: httpx.Response) -> Any:

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import re
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import Field, SecretStr, model_validator
@@ -35,10 +36,11 @@ from slack_sdk.socket_mode.websockets import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 from websockets.exceptions import WebSocketException
 
-from ..errors import MalformedRequest, RejectedRequest, SignatureInvalid
-from ..messages import Ack, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
+from ..errors import DeliveryUncertain, MalformedRequest, RejectedRequest, SignatureInvalid
+from ..messages import Ack, Attachment, Feedback, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json
+from .media import MediaUnavailable, download, sniff
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check, retry_after
 from .streaming import StreamDown, StreamLink, supervise
 
@@ -84,6 +86,7 @@ class SlackConnector(Connector):
     platform: ClassVar[str] = "slack"
     Config = SlackConfig
     config: SlackConfig
+    editable: ClassVar[bool] = True  # chat.update / PUT im/v1/messages/:id: progressive replies
     max_message_size: ClassVar[int] = 4000  # Slack advises 4,000 characters; longer text is truncated at 40,000
 
     def __init__(self, name: str, config: SlackConfig) -> None:
@@ -242,8 +245,9 @@ class SlackConnector(Connector):
         kind = event.get("type")
         if kind not in ("message", "app_mention"):
             return None
-        # Edits, joins, bot posts (our own answers included): never answered, or the bot would talk to itself.
-        if event.get("subtype") or event.get("bot_id"):
+        # Edits, joins, bot posts (our own answers included): never answered, or the bot would talk to itself. A
+        # message with files (`file_share`) is a user's message like any other.
+        if event.get("subtype") not in (None, "file_share") or event.get("bot_id"):
             return None
         bot = self._bot_user(payload)
         user, channel, ts, text = event.get("user"), event.get("channel"), event.get("ts"), event.get("text")
@@ -267,14 +271,47 @@ class SlackConnector(Connector):
             is_group=is_group,
             mentioned=mentioned or not is_group,
             thread_id=thread if isinstance(thread, str) else None,
+            attachments=_attachments(event),
         )
 
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        # The bot token goes only to Slack's file host (or the configured API host: a proxy, the tests' stand-in).
+        url = attachment.ref or ""
+        where, api = urlsplit(url), urlsplit(self.api_base)
+        on_slack = where.scheme == "https" and where.hostname == "files.slack.com"
+        if not on_slack and (where.scheme, where.netloc) != (api.scheme, api.netloc):
+            raise MediaUnavailable("the file is not on Slack's file host")
+        headers = {"Authorization": f"Bearer {self.config.bot_token.get_secret_value()}"}
+        data, declared = await download(self.http, url, self.config.media_max_bytes, headers=headers)
+        return data, sniff(attachment.kind, data, declared)
+
     async def send(self, part: OutboundText) -> None:
+        await self._post(part)
+
+    async def post_editable(self, part: OutboundText) -> str:
+        ts = (await self._post(part)).get("ts")
+        if not isinstance(ts, str):
+            raise DeliveryUncertain("chat.postMessage: the answer carries no ts")
+        return ts
+
+    async def edit(self, ref: str, part: OutboundText) -> None:
+        await self.api.call(
+            "POST",
+            f"{self.api_base}/chat.update",
+            endpoint="chat.update",
+            chat=part.chat_id,
+            headers={"Authorization": f"Bearer {self.config.bot_token.get_secret_value()}"},
+            json={"channel": part.chat_id, "ts": ref, "text": part.text},
+            check=_check,
+            idempotent=True,  # setting the same text twice shows the user nothing new
+        )
+
+    async def _post(self, part: OutboundText) -> Any:
         body: dict[str, Any] = {"channel": part.chat_id, "text": part.text}
         thread = part.in_reply_to.thread_id if part.in_reply_to else None
         if thread:
             body["thread_ts"] = thread
-        await self.api.call(
+        return await self.api.call(
             "POST",
             f"{self.api_base}/chat.postMessage",
             endpoint="chat.postMessage",
@@ -283,6 +320,20 @@ class SlackConnector(Connector):
             json=body,
             check=_check,
         )
+
+
+def _attachments(event: dict[str, Any]) -> list[Attachment]:
+    """Images and audio clips (voice clips are audio files in Slack) shared in the message, by private URL."""
+    found: list[Attachment] = []
+    for file in event.get("files") or []:
+        if not isinstance(file, dict):
+            continue
+        mime = str(file.get("mimetype") or "")
+        url = file.get("url_private_download") or file.get("url_private")
+        kind = "image" if mime.startswith("image/") else "voice" if mime.startswith(("audio/", "video/webm")) else None
+        if kind and isinstance(url, str):
+            found.append(Attachment(kind=kind, ref=url, mime_type=mime))
+    return found
 
 
 def _check(resp: httpx.Response) -> Any:

@@ -29,11 +29,12 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from ..errors import DeliveryFailed, MalformedRequest, SignatureInvalid
-from ..messages import InboundMessage, OutboundText, RawRequest, Verdict
+from ..errors import DeliveryFailed, DeliveryUncertain, MalformedRequest, SignatureInvalid
+from ..messages import Attachment, InboundMessage, OutboundText, RawRequest, Verdict
 from ..observability import DUPLICATES
 from .base import Connector, ConnectorConfig
 from .common import inbound, load_json, obj, same
+from .media import MediaUnavailable, download, sniff
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, default_check, server_error
 from .splitting import utf16_units
 from .streaming import StreamDown, StreamLink, supervise
@@ -73,6 +74,7 @@ class TelegramConnector(Connector):
     platform: ClassVar[str] = "telegram"
     Config = TelegramConfig
     config: TelegramConfig
+    editable: ClassVar[bool] = True  # editMessageText: progressive replies
     max_message_size: ClassVar[int] = 4096
     measure = staticmethod(utf16_units)
 
@@ -80,6 +82,7 @@ class TelegramConnector(Connector):
         super().__init__(name, config)
         base = (config.api_base or "https://api.telegram.org").rstrip("/")
         self._bot_url = f"{base}/bot{config.bot_token.get_secret_value()}"
+        self._file_url = f"{base}/file/bot{config.bot_token.get_secret_value()}"
         self.api = PlatformAPI(name, config, lambda: self.http)
         self.username = config.bot_username.lstrip("@").lower() if config.bot_username else None
         self.link = StreamLink(name) if config.mode == "stream" else None
@@ -239,6 +242,10 @@ class TelegramConnector(Connector):
         text = message.get("text")
         if not isinstance(chat.get("id"), int) or not isinstance(message.get("message_id"), int):
             raise MalformedRequest("message: chat.id and message_id are required")
+        attachments = _attachments(message)
+        if attachments and not isinstance(text, str):
+            caption = message.get("caption")
+            text = caption if isinstance(caption, str) else ""
         if not isinstance(text, str) or sender.get("is_bot"):
             return None
         is_group = chat.get("type") in ("group", "supergroup")
@@ -261,9 +268,43 @@ class TelegramConnector(Connector):
             mentioned=mentioned or not is_group,
             thread_id=str(thread) if thread is not None else None,
             reply_context={"message_id": message["message_id"]},
+            attachments=attachments,
         )
 
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        # getFile turns the file_id into a path valid for an hour; the file is then under /file/bot<token>/<path>.
+        if not attachment.ref:
+            raise MediaUnavailable("the attachment names no file")
+        try:
+            body = await self.api.call(
+                "POST", f"{self._bot_url}/getFile", endpoint="getFile", json={"file_id": attachment.ref}, check=_check,
+                limited=False,
+            )  # fmt: skip
+        except DeliveryFailed as exc:
+            raise MediaUnavailable(f"getFile failed ({exc})") from None
+        path = obj(body, "result").get("file_path")
+        if not isinstance(path, str) or ".." in path:
+            raise MediaUnavailable("getFile gave no usable file_path")
+        data, declared = await download(self.http, f"{self._file_url}/{path}", self.config.media_max_bytes)
+        return data, sniff(attachment.kind, data, declared)
+
     async def send(self, part: OutboundText) -> None:
+        await self._post(part)
+
+    async def post_editable(self, part: OutboundText) -> str:
+        message_id = obj(await self._post(part), "result").get("message_id")
+        if not isinstance(message_id, int):
+            raise DeliveryUncertain("sendMessage: the answer carries no message_id")
+        return str(message_id)
+
+    async def edit(self, ref: str, part: OutboundText) -> None:
+        body = {"chat_id": part.chat_id, "message_id": int(ref), "text": part.text}
+        await self.api.call(
+            "POST", f"{self._bot_url}/editMessageText", endpoint="editMessageText", chat=part.chat_id, json=body,
+            check=_check_edit, idempotent=True,  # setting the same text twice shows the user nothing new
+        )  # fmt: skip
+
+    async def _post(self, part: OutboundText) -> Any:
         body: dict[str, Any] = {"chat_id": part.chat_id, "text": part.text}
         reply = part.in_reply_to
         if reply is not None:
@@ -274,9 +315,27 @@ class TelegramConnector(Connector):
                     "message_id": reply.reply_context["message_id"],
                     "allow_sending_without_reply": True,
                 }
-        await self.api.call(
+        return await self.api.call(
             "POST", f"{self._bot_url}/sendMessage", endpoint="sendMessage", chat=part.chat_id, json=body, check=_check
         )
+
+
+def _check_edit(resp: httpx.Response) -> Any:
+    # A retried edit that had landed is refused as "message is not modified": the text is already what we want.
+    if resp.status_code == 400 and "message is not modified" in resp.text:
+        return {"ok": True}
+    return _check(resp)
+
+
+def _attachments(message: dict[str, Any]) -> list[Attachment]:
+    """A photo (the largest of the sizes Telegram offers) or a voice message, by file_id."""
+    photos = message.get("photo")
+    if isinstance(photos, list) and photos and isinstance(photos[-1], dict) and photos[-1].get("file_id"):
+        return [Attachment(kind="image", ref=str(photos[-1]["file_id"]))]
+    voice = message.get("voice")
+    if isinstance(voice, dict) and voice.get("file_id"):
+        return [Attachment(kind="voice", ref=str(voice["file_id"]), mime_type=voice.get("mime_type"))]
+    return []
 
 
 def _check(resp: httpx.Response) -> Any:

@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import struct
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlencode
 from xml.etree.ElementTree import Element
 
 import httpx
@@ -27,9 +28,10 @@ from defusedxml.ElementTree import ParseError, fromstring
 from pydantic import Field, SecretStr, field_validator
 
 from ..errors import Forbidden, MalformedRequest, SignatureInvalid
-from ..messages import Ack, OutboundText, RawRequest, Verdict
+from ..messages import Ack, Attachment, InboundMessage, OutboundText, RawRequest, Verdict
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, same
+from .media import MediaUnavailable, download, sniff
 from .outbound import Fatal, OutboundOptions, PlatformAPI, Retry, TokenRejected, default_check
 from .splitting import utf8_bytes
 from .tokens import CachedToken
@@ -102,16 +104,30 @@ class WeComConnector(Connector):
         if agent is not None and agent != str(self.config.agent_id):
             raise Forbidden("AgentID is not this connector's agent_id")
         ack = Ack(200, "", "text/plain")  # an empty 200 means "received, no passive reply"
-        if _text(msg, "MsgType") != "text":
-            return Verdict(ack=ack)  # events (enter_agent, ...) and media: acknowledged, not answered
+        kind = _text(msg, "MsgType")
+        media = kind in ("image", "voice")
+        if kind != "text" and not media:
+            return Verdict(ack=ack)  # events (enter_agent, ...), files, video: acknowledged, not answered
         user, created, content = _text(msg, "FromUserName"), _text(msg, "CreateTime"), _text(msg, "Content")
-        if not user or content is None:
-            raise MalformedRequest("FromUserName and Content are required in a text message")
+        media_id = _text(msg, "MediaId")
+        if not user or (content is None and not media) or (media and not media_id):
+            raise MalformedRequest("FromUserName and Content (MediaId for image and voice) are required")
         msg_id = _text(msg, "MsgId") or f"{user}:{created}"
+        attachments = [Attachment(kind="image" if kind == "image" else "voice", ref=media_id)] if media else []
         message = inbound(
-            connector=self.name, event_id=msg_id, chat_id=user, user_id=user, text=content.strip(), is_group=False
-        )
+            connector=self.name, event_id=msg_id, chat_id=user, user_id=user, text=(content or "").strip(),
+            is_group=False, attachments=attachments,
+        )  # fmt: skip
         return Verdict(messages=[message], ack=ack)
+
+    async def fetch_media(self, message: InboundMessage, attachment: Attachment) -> tuple[bytes, str]:
+        # media/get answers the file itself, or a JSON error (an expired media id: media lives three days).
+        if not attachment.ref:
+            raise MediaUnavailable("the message names no file")
+        token = await self.token.get()
+        url = f"{self.api_base}/cgi-bin/media/get?" + urlencode({"access_token": token, "media_id": attachment.ref})
+        data, declared = await download(self.http, url, self.config.media_max_bytes)
+        return data, sniff(attachment.kind, data, declared)
 
     def _check_signature(self, signature: str, ts: str, nonce: str, encrypted: str) -> None:
         token = self.config.token.get_secret_value()

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from ..connectors.base import ConnectorConfig
 from ..errors import ConfigError
@@ -62,6 +62,8 @@ def form_fields(model: type[ConnectorConfig]) -> list[Field]:
         if name == "platform":
             continue
         inner, _ = _unwrap(info.annotation)
+        if typing.get_origin(inner) is dict or (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            continue  # nested keys (memory, chats) have no flat form field: edited in the file, kept by build()
         if inner is SecretStr:
             kind = "secret"
         elif inner is bool:
@@ -179,6 +181,10 @@ class ConnectorsFile:
                     raw[field.name] = items
             elif value:
                 raw[field.name] = value
+        shown = {f.name for f in form_fields(model)}
+        for key, value in (current or {}).items():
+            if key != "platform" and key not in shown and key in model.model_fields:
+                raw[key] = value
         # Validate what the loader will see: references expanded, the new secrets in place of theirs.
         resolved = {
             k: (new_secrets[v[2:-1]] if isinstance(v, str) and v[2:-1] in new_secrets else v) for k, v in raw.items()

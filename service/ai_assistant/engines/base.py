@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from ..messages import ChatTurn
@@ -15,6 +16,8 @@ class Engine(Protocol):
     async def chat(self, turns: list[ChatTurn]) -> str:
         """The assistant's answer. Raises EngineUnavailable once bounded retries are exhausted."""
 
+    # Optional: `streams = True` and `chat(turns, on_text=...)`, which awaits on_text with the whole answer so far
+    # as it is generated (progressive replies, pipeline/progressive.py); on_text must not raise.
     # Optional: `async def count_tokens(self, texts: list[str]) -> list[int]` with the server's own tokenizer; the
     # pipeline falls back to `estimate_tokens` without it.
 
@@ -23,6 +26,8 @@ class Engine(Protocol):
 
     async def aclose(self) -> None: ...
 
+
+OnText = Callable[[str], Awaitable[None]]
 
 _WIDE = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
 

@@ -18,7 +18,7 @@ from ..errors import EngineUnavailable
 from ..messages import ChatTurn
 from ..observability import ENGINE_ATTEMPTS, ENGINE_DURATION, ENGINE_ERRORS
 from ..settings import EngineSettings
-from .base import estimate_tokens
+from .base import OnText, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,14 @@ class _WaitHonouringRetryAfter:
 
 class HFInferenceEngine:
     name = "hf_inference"
+    streams = True  # chat() takes on_text (engines/base.py)
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._tokenizer: str | None = None  # "tgi", "llama.cpp" or "estimate" once the server was asked
 
-    async def chat(self, turns: list[ChatTurn]) -> str:
+    async def chat(self, turns: list[ChatTurn], on_text: OnText | None = None) -> str:
         messages = [{"role": t.role, "content": t.content} for t in turns]
         start = time.perf_counter()
         try:
@@ -125,7 +126,7 @@ class HFInferenceEngine:
             ):
                 with attempt:
                     ENGINE_ATTEMPTS.labels(engine=self.name).inc()
-                    return await self._stream(messages)
+                    return await self._stream(messages, on_text)
         except EngineUnavailable:
             ENGINE_ERRORS.labels(engine=self.name).inc()
             raise
@@ -140,7 +141,7 @@ class HFInferenceEngine:
             ENGINE_DURATION.labels(engine=self.name).observe(time.perf_counter() - start)
         raise EngineUnavailable(f"{self.name}: no attempt made")  # unreachable: AsyncRetrying yields at least once
 
-    async def _stream(self, messages: list[dict[str, str]]) -> str:
+    async def _stream(self, messages: list[dict[str, str]], on_text: OnText | None = None) -> str:
         # Streaming keeps a slow generation alive under the per-read timeout instead of one long blocking call.
         # One client per call, closed with it: AsyncInferenceClient keeps every streamed response open on its exit
         # stack until the client is closed, so a long-lived client would hold one response per answer ever given.
@@ -159,6 +160,8 @@ class HFInferenceEngine:
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     pieces.append(chunk.choices[0].delta.content)
+                    if on_text is not None:  # a retried attempt starts again from its own first words
+                        await on_text("".join(pieces))
         text = "".join(pieces).strip()
         if not text:
             raise EngineUnavailable(f"{self.name}: empty answer", transient=False)

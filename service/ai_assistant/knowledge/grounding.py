@@ -32,12 +32,28 @@ NO_HIT_TEXT = {
     "zh": "在企业知识库中没有找到与此问题相关的内容。",
 }
 SOURCES_LABEL = {"en": "Sources", "zh": "来源"}
+# answer_mode knowledge_first, when no document matched: the model answers from general knowledge, and the reply says
+# plainly that it did not come from the company's documents (a colleague would say so too).
+GENERAL_PROMPT = (
+    "No company document covers this message. Answer it helpfully from general knowledge. Do not invent company "
+    "policies, numbers, names or procedures. Answer in the language of the question."
+)
+GENERAL_NOTE = {
+    "en": "(General answer: not from the company documents.)",
+    "zh": "（通用回答：并非来自企业知识库。）",
+}
 
 
 def language(text: str) -> str:
     """'zh' when the text is mostly Chinese (at least a fifth of the non-space characters), else 'en'."""
     letters = [ch for ch in text if not ch.isspace()]
     return "zh" if letters and len(_CJK.findall(text)) * 5 >= len(letters) else "en"
+
+
+def general_answer(reply: str, question: str, note: str | None = None) -> str:
+    """A knowledge_first reply the documents did not back: the model's text with the marking line under it, in the
+    question's language unless the connector configured its own line."""
+    return f"{reply.rstrip()}\n\n{note or GENERAL_NOTE[language(question)]}"
 
 
 def _escape(text: str) -> str:

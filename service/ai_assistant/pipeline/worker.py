@@ -9,6 +9,7 @@ one part that may have been sent just before a crash.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
@@ -20,10 +21,13 @@ from typing import TYPE_CHECKING
 
 from ..channels.base import OutputChannel
 from ..channels.loader import RoutedChannel
-from ..connectors.base import Connector
+from ..connectors.base import AnswerMode, Connector, MemoryScope
+from ..connectors.media import MediaUnavailable, describe
 from ..engines.base import estimate_tokens
 from ..errors import DeliveryFailed, DeliveryUncertain, EngineUnavailable
-from ..messages import ChatTurn, InboundMessage, OutboundText
+from ..inputs._media import note
+from ..knowledge.grounding import GENERAL_PROMPT, general_answer
+from ..messages import Attachment, ChatTurn, InboundMessage, OutboundText
 from ..observability import (
     ANSWER_DURATION,
     ANSWERS,
@@ -39,7 +43,9 @@ from ..settings import Settings
 from ..store import Job, StateStore
 from .adapters import InputAdapter, message_text
 from .answer_cache import AnswerCache
+from .commands import RESET_OUTCOME, Commands
 from .filters import SensitiveWordFilter
+from .progressive import Progress
 from .supervisor import WorkerState, sleep_unless_stopped
 
 if TYPE_CHECKING:
@@ -83,6 +89,7 @@ class Pipeline:
     routed: list[RoutedChannel] = field(default_factory=list)
     answer_cache: AnswerCache | None = None
     workflows: WorkflowRunner | None = None  # config/workflows/: a matching trigger runs its workflow (_respond)
+    commands: Commands = field(default_factory=Commands)
 
     async def run(self, stop: asyncio.Event, state: WorkerState | None = None) -> None:
         """One worker: poll the queue until `stop` is set. Store failures are logged with their cause and backed off
@@ -184,9 +191,10 @@ class Pipeline:
             await self._give_up(job, f"gave up after {job.attempts - 1} attempts")
             return
         answer, outcome = job.answer, job.outcome
+        progress = self._progress(job)
         if answer is None:
             try:
-                answer, outcome, turns = await self._respond(job)
+                answer, outcome, turns = await self._respond(job, progress)
             except EngineUnavailable as exc:
                 delay = self._engine_wait(job, exc)
                 if delay is not None:
@@ -197,9 +205,11 @@ class Pipeline:
                     return
                 log.warning("no answer for %s by its deadline: %s", msg.event_id, exc)
                 answer, outcome, turns = self.settings.engine.error_reply, "engine_error", []
-            checkpoint = (answer, outcome or "answered", msg.conversation_key, turns, self.settings.memory.turns)
+            # /reset keeps no turns: the memory is cleared in the same fenced write that checkpoints its reply.
+            keep = 0 if outcome == RESET_OUTCOME else self.settings.memory.turns
+            checkpoint = (answer, outcome or "answered", self._memory_key(msg), turns, keep)
             await self._write("save_answer", job, lambda: self.store.save_answer(job.id, job.lease_token, *checkpoint))
-        plan = self._delivery_plan(msg, answer)
+        plan = self._delivery_plan(msg, answer, progress.ref if progress else None)
         for index in range(job.parts_sent, len(plan)):
             if heartbeat is not None and heartbeat.done():
                 return  # our lease is gone: the worker that holds it now sends the rest
@@ -227,7 +237,8 @@ class Pipeline:
             )
         parts = [p for c, p in plan if c is self.channel]
         await self._write("complete", job, lambda: self.store.complete(job.id, job.lease_token))
-        ANSWERS.labels(connector=msg.connector, outcome=outcome or "answered").inc()
+        label = "answered" if outcome in (None, RESET_OUTCOME) else outcome  # a command's reply is an answer too
+        ANSWERS.labels(connector=msg.connector, outcome=label).inc()
         ANSWER_DURATION.labels(connector=msg.connector).observe(max(0.0, time.time() - msg.received_at))
         log.info("answered %s in %d part(s), outcome %s", msg.event_id, len(parts), outcome)
 
@@ -331,18 +342,24 @@ class Pipeline:
         delay = max(random.uniform(grown / 2, grown), exc.retry_after or 0.0)  # noqa: S311 (jitter, not a secret)
         return min(delay, deadline - now)
 
-    def _delivery_plan(self, msg: InboundMessage, answer: str) -> list[tuple[OutputChannel, OutboundText]]:
+    def _delivery_plan(
+        self, msg: InboundMessage, answer: str, reply_ref: str | None = None
+    ) -> list[tuple[OutputChannel, OutboundText]]:
         """Every delivery this answer needs, in a fixed order, so `parts_sent` can say how far a previous attempt got:
-        the reply's parts first, then one copy per routed channel that wants this connector's answers."""
+        the reply's parts first, then one copy per routed channel that wants this connector's answers. With a
+        progressive reply already posted (`reply_ref`), the first part edits that message instead of posting."""
         connector = self.connectors.get(msg.connector)
         pieces = connector.split(answer) if connector else [answer]
         plan: list[tuple[OutputChannel, OutboundText]] = [
             (
                 self.channel,
-                OutboundText(msg.connector, msg.chat_id, text, i, len(pieces), f"{msg.event_id}:{i}", in_reply_to=msg),
+                OutboundText(
+                    msg.connector, msg.chat_id, text, i, len(pieces), f"{msg.event_id}:{i}", in_reply_to=msg,
+                    extra={"edit": reply_ref} if reply_ref and i == 1 else {},
+                ),
             )
             for i, text in enumerate(pieces, start=1)
-        ]
+        ]  # fmt: skip
         for routed in self.routed:
             if routed.wants(msg.connector):
                 key = f"{msg.event_id}:{routed.channel.name}"
@@ -351,32 +368,78 @@ class Pipeline:
                 plan.extend(routed.deliveries(part))
         return plan
 
-    async def _respond(self, job: Job) -> tuple[str, str, list[ChatTurn]]:
+    async def _respond(self, job: Job, progress: Progress | None) -> tuple[str, str, list[ChatTurn]]:
         """The workflow whose trigger matches (or whose run this job resumes) answers; with none, the default answer
         below, as when no workflow is defined (workflows/runner.py)."""
         if self.workflows is not None:
             ran = await self.workflows.answer(job, lambda op, write: self._write(op, job, write))
             if ran is not None:
                 return ran
-        return await self._answer(job.message)
+        return await self._answer(job.message, progress)
 
-    async def _answer(self, msg: InboundMessage) -> tuple[str, str, list[ChatTurn]]:
-        """The answer text, its outcome label and the turns to remember."""
-        text = await message_text(msg, self.adapters)
+    async def _with_media(self, msg: InboundMessage) -> InboundMessage:
+        """The message with each platform file (an image, a voice message) downloaded by its connector, for the input
+        adapters; one that cannot be fetched becomes a note in the text, so the user hears why it was not read."""
+        connector = self.connectors.get(msg.connector)
+        if connector is None or not any(a.ref and a.data_b64 is None for a in msg.attachments):
+            return msg
+        kept: list[Attachment] = []
+        notes: list[str] = []
+        for attachment in msg.attachments:
+            if not attachment.ref or attachment.data_b64 is not None:
+                kept.append(attachment)
+                continue
+            try:
+                data, mime = await connector.fetch_media(msg, attachment)
+            except MediaUnavailable as exc:
+                log.warning("%s of %s not read: %s", attachment.kind, msg.event_id, exc)
+                notes.append(note(describe(attachment), str(exc)))
+                continue
+            encoded = base64.b64encode(data).decode("ascii")
+            kept.append(attachment.model_copy(update={"data_b64": encoded, "mime_type": mime}))
+        text = "\n".join(t for t in (msg.text, *notes) if t)
+        return msg.model_copy(update={"attachments": kept, "text": text})
+
+    def _progress(self, job: Job) -> Progress | None:
+        """A progressive reply for this job, where its connector can edit messages and nothing was delivered yet."""
+        connector = self.connectors.get(job.message.connector)
+        if connector is None or not connector.editable or not connector.config.progressive_replies:
+            return None
+        if job.parts_sent or (job.answer is not None and job.reply_ref is None):
+            return None
+
+        async def save_ref(ref: str) -> None:
+            await self._write("save_reply_ref", job, partial(self.store.save_reply_ref, job.id, job.lease_token, ref))
+
+        return Progress(connector, job.message, job.reply_ref, save_ref, self.output_filter)
+
+    async def _answer(self, msg: InboundMessage, progress: Progress | None = None) -> tuple[str, str, list[ChatTurn]]:
+        """The answer text, its outcome label and the turns to remember. With `progress`, the model's words are shown
+        to the user while they are written (pipeline/progressive.py)."""
+        text = await message_text(await self._with_media(msg), self.adapters)
         checked = self.input_filter.apply(text)
         if checked.blocked:
             return self.settings.filters.block_message, "blocked", []
         user_text = checked.text
+        command = self.commands.handle(user_text)
+        if command is not None:
+            return command.reply, command.outcome, []
+        mode, _, note = self._conversation(msg)
         system = self.settings.engine.system_prompt
         documents: tuple[str, ...] = ()
         footer = ""
-        if self.retriever is not None:
+        general = False  # a knowledge_first answer that no document backs: marked as such below
+        if self.retriever is not None and mode != "general":
             grounding = await self.retriever(msg, user_text)
             if grounding.no_hit_answer is not None:
-                return grounding.no_hit_answer, "answered", []
-            system = f"{system}\n\n{grounding.system}" if grounding.system else system
-            documents, footer = grounding.documents, grounding.footer
-        history = await self.store.history(msg.conversation_key, self.settings.memory.turns)
+                if mode == "knowledge_only":
+                    return grounding.no_hit_answer, "answered", []
+                general = True
+                system = f"{system}\n\n{GENERAL_PROMPT}"
+            else:
+                system = f"{system}\n\n{grounding.system}" if grounding.system else system
+                documents, footer = grounding.documents, grounding.footer
+        history = await self.store.history(self._memory_key(msg), self.settings.memory.turns)
         fitted = await self._fit(system, history, list(documents), user_text)
         if isinstance(fitted, TooLong):
             reply = self.settings.engine.too_long_reply.format(tokens=fitted.tokens, limit=fitted.limit)
@@ -385,17 +448,33 @@ class Pipeline:
         question = "<documents>\n" + "\n".join(kept) + f"\n</documents>\n\n{user_text}" if kept else user_text
         turns = [ChatTurn("system", system), *history, ChatTurn("user", question)]
         chat = self.engine.chat  # type: ignore[attr-defined]  # EngineUnavailable: see process()
+        if progress is not None and getattr(self.engine, "streams", False):
+            chat = partial(chat, on_text=progress.update)
         if self.answer_cache is not None:  # pipeline/answer_cache.py: the engine is asked only on a miss
             chat = self.answer_cache.around(chat, msg, user_text, context=[system, *kept], personal=bool(history))
         raw = await chat(turns)
+        if progress is not None and progress.error is not None:  # the lease was lost while the message was posted
+            raise progress.error
         # The filter sees exactly what goes out, sources footer included (a document title is text from anyone);
         # the memory keeps the model's own words, filtered the same way.
         checked_out = self.output_filter.apply(raw + (f"\n\n{footer}" if footer else ""))
         checked_own = self.output_filter.apply(raw) if footer else checked_out
         if checked_out.blocked or checked_own.blocked:
             return self.settings.filters.block_message, "blocked", []
-        answer = checked_out.text
+        answer = general_answer(checked_out.text, user_text, note) if general else checked_out.text
         return answer, "answered", [ChatTurn("user", user_text), ChatTurn("assistant", checked_own.text)]
+
+    def _conversation(self, msg: InboundMessage) -> tuple[AnswerMode, MemoryScope, str | None]:
+        """The connector's (or the chat's override of) answer mode, memory scope and general-answer line; a message
+        from a connector that is not configured here (a test, a replayed dead letter) gets the defaults."""
+        connector = self.connectors.get(msg.connector)
+        if connector is None:
+            return "knowledge_first", "user", None
+        config = connector.config
+        return config.answer_mode_for(msg.chat_id), config.memory_scope_for(msg.chat_id), config.general_answer_note
+
+    def _memory_key(self, msg: InboundMessage) -> str:
+        return msg.memory_key(self._conversation(msg)[1])
 
 
 @dataclass(frozen=True)

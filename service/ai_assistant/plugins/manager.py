@@ -84,6 +84,7 @@ class Checked:
     record: PluginRecord
     status: Status
     detail: str = ""
+    manifest: PluginManifest | None = None  # read from the verified files (what /help lists comes from here)
 
 
 class PluginManager:
@@ -241,7 +242,7 @@ class PluginManager:
                 "incompatible",
                 f"{record.name}: requires assistant {manifest.requires_assistant}, running {self.assistant_version}",
             )
-        return Checked(record, "enabled" if record.enabled else "disabled")
+        return Checked(record, "enabled" if record.enabled else "disabled", manifest=manifest)
 
     # ----------------------------------------------------------------------------------------------------------
     def _stage_and_commit(

@@ -8,6 +8,7 @@ entry_point = "im_connector:SimpleIMConnector"
 requires_assistant = ">=0.1,<1"       # PEP 440 specifier the running assistant must satisfy
 permissions = ["network", "secrets"]  # what the plugin says it needs; shown to whoever installs it
 description = "..."
+commands = [{ name = "weather", description = "today's weather for a city" }]  # optional: listed by /help
 ```
 """
 
@@ -48,6 +49,16 @@ PluginName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 _ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$")
 
 
+class CommandDeclaration(BaseModel):
+    """A chat command the plugin handles (`/name ...`): /help lists it, and the pipeline passes such a message on
+    instead of answering "unknown command" (pipeline/commands.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    description: str = Field("", max_length=200)
+
+
 class PluginManifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,6 +69,7 @@ class PluginManifest(BaseModel):
     requires_assistant: str = Field(description="PEP 440 specifier, e.g. '>=0.1,<1'")
     permissions: list[Permission] = Field(default_factory=list)
     description: str = Field("", max_length=500)
+    commands: list[CommandDeclaration] = Field(default_factory=list)
 
     @field_validator("version")
     @classmethod

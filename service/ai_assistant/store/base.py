@@ -19,6 +19,9 @@ class Job:
     parts_sent: int
     enqueued_at: float
     lease_token: str = ""  # changes at every claim: a worker whose lease was taken over must stop
+    # The platform's id of the message a progressive reply was posted as (pipeline/progressive.py): a resumed job
+    # edits that message instead of posting a second one.
+    reply_ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,13 @@ class StateStore(Protocol):
         keep_turns: int,
     ) -> bool:
         """Checkpoint the answer and append the exchange to the conversation memory, in one transaction. Only the
-        first checkpoint counts: a retry by the same holder returns True and changes nothing."""
+        first checkpoint counts: a retry by the same holder returns True and changes nothing. `keep_turns` 0 leaves
+        the conversation with no memory at all (`/reset`)."""
 
     async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool: ...
+
+    async def save_reply_ref(self, job_id: str, lease_token: str, reply_ref: str) -> bool:
+        """Record the id of the message a progressive reply was posted as; the next claim's `Job.reply_ref`."""
 
     async def complete(self, job_id: str, lease_token: str) -> bool:
         """The answer is fully delivered: the job leaves the queue."""

@@ -90,7 +90,19 @@ _SAVE_ANSWER = (
 if redis.call('HEXISTS', KEYS[1], 'answer') == 1 then return 1 end  -- a retry of a write that landed
 redis.call('HSET', KEYS[1], 'answer', ARGV[2], 'outcome', ARGV[3])
 for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+if tonumber(ARGV[4]) == 0 then redis.call('DEL', KEYS[2])  -- keep none: /reset, or memory.turns 0
+else redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1) end
+return 1
+"""
+)
+
+_SAVE_REF = (
+    """
+-- KEYS: job key   ARGV: token, reply_ref
+"""
+    + _HELD
+    + """
+redis.call('HSET', KEYS[1], 'reply_ref', ARGV[2])
 return 1
 """
 )
@@ -279,6 +291,7 @@ class RedisStore:
         self._save = self._r.register_script(_SAVE_ANSWER)
         self._extend = self._r.register_script(_EXTEND)
         self._mark_part = self._r.register_script(_MARK_PART)
+        self._save_ref = self._r.register_script(_SAVE_REF)
         self._complete = self._r.register_script(_COMPLETE)
         self._release = self._r.register_script(_RELEASE)
         self._dead_letter = self._r.register_script(_DEAD_LETTER)
@@ -341,6 +354,7 @@ class RedisStore:
             parts_sent=int(fields.get("parts_sent", 0)),
             enqueued_at=float(fields["enqueued_at"]),
             lease_token=fields["lease_token"],
+            reply_ref=fields.get("reply_ref"),
         )
 
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
@@ -361,12 +375,15 @@ class RedisStore:
         return bool(
             await self._save(
                 keys=[P + "job:" + job_id, P + "history:" + conversation],
-                args=[lease_token, answer, outcome, max(keep_turns * 2, 1), *encoded],
+                args=[lease_token, answer, outcome, max(keep_turns * 2, 0), *encoded],
             )
         )
 
     async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool:
         return bool(await self._mark_part(keys=[P + "job:" + job_id], args=[lease_token, parts_sent]))
+
+    async def save_reply_ref(self, job_id: str, lease_token: str, reply_ref: str) -> bool:
+        return bool(await self._save_ref(keys=[P + "job:" + job_id], args=[lease_token, reply_ref]))
 
     async def complete(self, job_id: str, lease_token: str) -> bool:
         keys = [P + "job:" + job_id, QUEUE, ENQUEUED]

@@ -97,6 +97,9 @@ class SQLiteStore:
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
         self._db.executescript(_WORKFLOW_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "reply_ref" not in columns:  # a state file from before progressive replies
+            self._db.execute("ALTER TABLE jobs ADD COLUMN reply_ref TEXT")
         self._lock = threading.Lock()  # the executor's thread vs dump_jobs() called from another thread
         # One thread for every statement, in submission order: SQLite has one writer anyway, and a one-thread
         # executor hands work over through a C queue (SimpleQueue), which on the ack path costs less than a thread
@@ -234,7 +237,7 @@ class SQLiteStore:
 
         def body(db: sqlite3.Connection) -> Job | None:
             row = db.execute(
-                "SELECT id, message, attempts, answer, outcome, parts_sent, enqueued_at FROM jobs "
+                "SELECT id, message, attempts, answer, outcome, parts_sent, enqueued_at, reply_ref FROM jobs "
                 "WHERE state = 'queued' AND visible_at <= ? ORDER BY visible_at, rowid LIMIT 1",
                 (now,),
             ).fetchone()
@@ -254,6 +257,7 @@ class SQLiteStore:
                 parts_sent=row[5],
                 enqueued_at=row[6],
                 lease_token=token,
+                reply_ref=row[7],
             )
 
         return await self._run(lambda db: self._tx(db, body))
@@ -313,6 +317,9 @@ class SQLiteStore:
 
     async def mark_part_sent(self, job_id: str, lease_token: str, parts_sent: int) -> bool:
         return await self._fenced("UPDATE jobs SET parts_sent = ?", (parts_sent, job_id, lease_token))
+
+    async def save_reply_ref(self, job_id: str, lease_token: str, reply_ref: str) -> bool:
+        return await self._fenced("UPDATE jobs SET reply_ref = ?", (reply_ref, job_id, lease_token))
 
     async def complete(self, job_id: str, lease_token: str) -> bool:
         return await self._fenced("UPDATE jobs SET state = 'done', finished_at = ?", (time.time(), job_id, lease_token))
