@@ -104,8 +104,8 @@ def test_compose_refuses_to_start_without_its_env_file(tmp_path: Path, runc_conf
 
 
 class Install:
-    def __init__(self, env_file: Path, project: str, env: dict[str, str]) -> None:
-        self.env_file, self.project, self.env = env_file, project, env
+    def __init__(self, env_file: Path, project: str, env: dict[str, str], receiver: ReplyReceiver) -> None:
+        self.env_file, self.project, self.env, self.receiver = env_file, project, env, receiver
         self.values = read_env(env_file)
         self.base = f"http://127.0.0.1:{self.values['ASSISTANT_PORT']}"
 
@@ -137,9 +137,24 @@ class Install:
 
 
 @pytest.fixture
-def install(images: Images, tmp_path: Path, receiver: ReplyReceiver, runc_conf: dict[str, str]) -> Iterator[Install]:
-    config = write_config(
-        tmp_path / "config",
+def install(images: Images, tmp_path: Path, runc_conf: dict[str, str]) -> Iterator[Install]:
+    config = tmp_path / "config"
+    env_file = tmp_path / "install.env"
+    ports = {key: str(free_port()) for key in ("ASSISTANT_PORT", "MODEL_SERVER_PORT", "REDIS_PORT")}
+    result = compose_env(
+        str(env_file),
+        *(f"{k}={v}" for k, v in ports.items()),
+        "MODEL_SERVER_THREADS=1",
+        f"AI_ASSISTANT_CONFIG_DIR={config}",
+        f"ASSISTANT_IMAGE={images.assistant}",
+        f"MODEL_SERVER_IMAGE={images.model_server}",
+        f"REDIS_IMAGE={images.redis}",
+    )
+    assert result.returncode == 0, result.stderr
+    # The stand-in for the IM platform checks the answers' signatures with this install's generated secret.
+    receiver = ReplyReceiver(secret=read_env(env_file)["AI_ASSISTANT_GENERIC_SECRET"])
+    write_config(
+        config,
         reply_url=receiver.url,
         engine_url="http://127.0.0.1:9/v1",  # compose.yaml points the engine at its model server
         connectors={
@@ -153,22 +168,11 @@ def install(images: Images, tmp_path: Path, receiver: ReplyReceiver, runc_conf: 
             }
         },
     )
-    env_file = tmp_path / "install.env"
-    ports = {key: str(free_port()) for key in ("ASSISTANT_PORT", "MODEL_SERVER_PORT", "REDIS_PORT")}
-    result = compose_env(
-        str(env_file),
-        *(f"{k}={v}" for k, v in ports.items()),
-        "MODEL_SERVER_THREADS=1",
-        f"AI_ASSISTANT_CONFIG_DIR={config}",
-        f"ASSISTANT_IMAGE={images.assistant}",
-        f"MODEL_SERVER_IMAGE={images.model_server}",
-        f"REDIS_IMAGE={images.redis}",
-    )
-    assert result.returncode == 0, result.stderr
-    inst = Install(env_file, f"aiatest{free_port()}", runc_conf)
+    inst = Install(env_file, f"aiatest{free_port()}", runc_conf, receiver)
     try:
         yield inst
     finally:
+        receiver.close()
         for service in ("assistant", "model-server", "redis"):
             logs = podman("logs", f"{inst.project}_{service}_1", check=False)
             print(f"--- {service} ---\n{(logs.stdout + logs.stderr)[-2000:]}")
@@ -181,7 +185,8 @@ def install(images: Images, tmp_path: Path, receiver: ReplyReceiver, runc_conf: 
 
 @pytest.mark.images
 @pytest.mark.timeout(3600)  # the images may be built first (see test_images.py)
-def test_compose_round_trip_keeps_data_and_still_deduplicates(install: Install, receiver: ReplyReceiver) -> None:
+def test_compose_round_trip_keeps_data_and_still_deduplicates(install: Install) -> None:
+    receiver = install.receiver
     started = time.monotonic()
     install.up()
     print(f"\n[compose up: healthy in {time.monotonic() - started:.0f} s]")
