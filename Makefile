@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test test-fast test-vm lint typecheck bench monitoring plugin-example infra-preview clean
+.PHONY: help bootstrap up test test-fast test-vm lint typecheck bench monitoring plugin-example infra-preview clean images
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -30,6 +30,9 @@ test-fast: bootstrap  ## everything except the VM suite (about 13 min)
 
 test-vm: bootstrap  ## only the Ansible roles converged and verified in a Debian 12 VM (QEMU, about 30 min)
 	$(BIN)/pytest -m vm tests/roles $(PYTEST_ARGS)
+
+images: bootstrap  ## build the assistant and model-server images with podman (cached by their inputs; docs/images.md)
+	PYTHON=$(BIN)/python scripts/build-images
 
 bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)
 	$(BIN)/python bench/ack_bench.py
