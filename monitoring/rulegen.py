@@ -88,6 +88,11 @@ class Slo:
 SLO_THRESHOLDS = {"availability": False, "ack_latency": True, "answer_latency": True}
 
 
+def _by_host(expr: str) -> str:
+    """The series of `expr` with a `host` label: its instance without the port (the host's blue and green slots)."""
+    return f'label_replace({expr}, "host", "$1", "instance", "(.+):[0-9]+")'
+
+
 def load_config(path: Path = CONFIG) -> tuple[str, list[Slo]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -256,12 +261,17 @@ def assistant_file() -> RuleFile:
     alerts = (
         Alert(
             "AIAssistantDown",
-            f'up{{job="{JOB_ASSISTANT}"}} == 0',
+            # Each host runs a blue and a green slot (docs/runbooks/deploy.md); only the serving one is up, so a
+            # slot that is down pages only when no slot on its host answers.
+            _by_host(f'up{{job="{JOB_ASSISTANT}"}} == 0')
+            + "\nunless on (host)\n"
+            + _by_host(f'up{{job="{JOB_ASSISTANT}"}} == 1'),
             "critical",
-            "The assistant on {{ $labels.instance }} does not answer scrapes",
-            "Prometheus has failed to scrape {{ $labels.instance }} for 2 minutes. Webhooks to it are not acknowledged;"
-            " IM platforms retry for a while, then drop the messages. This alert reaches you through the fallback"
-            " receivers only (e-mail, webhook): the IM receiver goes through the assistant itself.",
+            "The assistant on {{ $labels.host }} does not answer scrapes",
+            "Prometheus has failed to scrape {{ $labels.instance }} for 2 minutes and no other slot (blue/green) on"
+            " {{ $labels.host }} answers. Webhooks to it are not acknowledged; IM platforms retry for a while, then"
+            " drop the messages. This alert reaches you through the fallback receivers only (e-mail, webhook): the IM"
+            " receiver goes through the assistant itself.",
             for_="2m",
         ),
         Alert(

@@ -247,7 +247,8 @@ def test_playbook_derives_scrape_targets_and_alert_url_from_the_inventory(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["mon-a"]["msg"]
     got = json.loads(result) if isinstance(result, str) else result
-    assert got["prometheus_assistant_targets"] == ["10.0.1.10:9464", "app-b:9464"]
+    # Both slots of each assistant host (blue/green): the idle one is down by design (AIAssistantDown knows).
+    assert got["prometheus_assistant_targets"] == ["10.0.1.10:9464", "10.0.1.10:9465", "app-b:9464", "app-b:9465"]
     assert got["prometheus_node_targets"] == [
         "10.0.1.10:9100",
         "app-b:9100",
