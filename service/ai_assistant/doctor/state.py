@@ -82,7 +82,7 @@ async def _redis_store(url: str) -> tuple[Check, QueueInfo | None]:
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    from ..store.redis import ENQUEUED, QUEUE, P
+    from ..store.redis import ENQUEUED, P
 
     where = urlsplit(url)
     label = f"Redis at {where.hostname}:{where.port or 6379}"  # never the URL: it may carry the password
@@ -91,7 +91,7 @@ async def _redis_store(url: str) -> tuple[Check, QueueInfo | None]:
         started = time.perf_counter()
         await cast(Awaitable[Any], client.ping())
         latency = time.perf_counter() - started
-        depth = int(await client.zcard(QUEUE))
+        depth = int(await client.zcard(ENQUEUED))  # QUEUE holds only the first job of each chat
         oldest: list[Any] = await client.zrange(ENQUEUED, 0, 0, withscores=True)
         dead = 0
         async for _ in client.scan_iter(match=P + "dead:*", count=1000):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .base import DeadLetter, Job, QueueStats, StateStore
+from .base import Bucket, DeadLetter, Job, QueueFull, QueueStats, StateStore
 
 
 def open_store(settings: Settings) -> StateStore:
@@ -14,11 +14,15 @@ def open_store(settings: Settings) -> StateStore:
             from ..errors import ConfigError
 
             raise ConfigError("assistant.yaml", "store.redis_url", "required when store.backend is redis")
-        return RedisStore(settings.store.redis_url.get_secret_value())
+        return RedisStore(settings.store.redis_url.get_secret_value(), history_ttl=settings.store.history_ttl_seconds)
     from .sqlite import SQLiteStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(settings.data_dir / "state.sqlite3", synchronous=settings.store.sqlite_synchronous)
+    return SQLiteStore(
+        settings.data_dir / "state.sqlite3",
+        synchronous=settings.store.sqlite_synchronous,
+        history_ttl=settings.store.history_ttl_seconds,
+    )
 
 
-__all__ = ["DeadLetter", "Job", "QueueStats", "StateStore", "open_store"]
+__all__ = ["Bucket", "DeadLetter", "Job", "QueueFull", "QueueStats", "StateStore", "open_store"]
