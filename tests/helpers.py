@@ -171,7 +171,7 @@ class ServiceProcess:
         self.log = data_dir / f"service-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServiceProcess:
+    def start(self, timeout: float = 30) -> ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             venv_bin("ai-assistant"),
@@ -184,7 +184,7 @@ class ServiceProcess:
         cmd += ["--port", str(self.port)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        wait_until(self._healthy, 30, f"service on {self.base} (log: {self.log})")
+        wait_until(self._healthy, timeout, f"service on {self.base} (log: {self.log})")
         return self
 
     def _healthy(self) -> bool:
