@@ -69,6 +69,7 @@ class LoadConfig:
     redeliveries: int = 60  # a 503 is delivered again after `redelivery_seconds`, at most this often
     redelivery_seconds: float = 1.0
     drain_seconds: float = 240.0
+    quotas: dict[str, float] = field(default_factory=dict)  # assistant.yaml `quotas:` (the defaults otherwise)
 
 
 @dataclass
@@ -77,7 +78,8 @@ class Report:
     sent: int = 0  # distinct messages
     posts: int = 0  # HTTP requests, redeliveries included
     acked: int = 0
-    refused_503: int = 0
+    refused_503: int = 0  # queue full
+    unavailable_503: int = 0  # the store did not answer in time (a busy machine)
     timeouts: int = 0  # no answer within 30 s: delivered again, like a platform would
     unacked: int = 0  # given up by the load generator after all redeliveries
     send_seconds: float = 0.0
@@ -89,6 +91,7 @@ class Report:
     lost: int = 0
     duplicates: int = 0
     order_violations: int = 0
+    order_pairs: int = 0  # pairs of one chat's messages whose queueing order is certain (checked)
     max_depth_seen: int = 0
     rss_start_kib: int = 0
     rss_max_kib: int = 0
@@ -107,7 +110,10 @@ class Report:
             ("limits", f"queue.max_depth {c.max_depth}, queue.max_age_seconds {c.max_age:g}"),
             ("messages sent", f"{self.sent} ({self.sent / max(self.send_seconds, 1e-9):.1f} msg/s achieved)"),
             ("acked (200)", str(self.acked)),
-            ("503 (queue full), then delivered again", f"{self.refused_503} posts; {self.unacked} never acked"),
+            (
+                "503 queue full / store unavailable, then delivered again",
+                f"{self.refused_503} / {self.unavailable_503} posts; {self.unacked} never acked",
+            ),
             ("client timeouts (30 s), then delivered again", str(self.timeouts)),
             ("replies", str(self.replies)),
             ("  model answers", str(self.answered)),
@@ -117,6 +123,7 @@ class Report:
             ("lost", str(self.lost)),
             ("duplicates", str(self.duplicates)),
             ("per-chat order violations", str(self.order_violations)),
+            ("  pairs of one chat's messages checked", str(self.order_pairs)),
             ("max queue depth / bound", f"{self.max_depth_seen} / {c.max_depth}"),
             (
                 "service RSS start / max / end",
@@ -188,6 +195,9 @@ class Sent:
     chat_id: str
     flooder: bool
     acked_at: float | None = None
+    # When the first request that may have queued it went out (any but a 503 for a full queue, which queues nothing):
+    # the message was queued after this, and before acked_at.
+    order_key: float | None = None
 
 
 IN_FLIGHT = 200  # requests the load generator has open at once (a platform's sender is bounded too)
@@ -205,22 +215,29 @@ async def _deliver(
             await slots.acquire()
         raw, headers = signed_generic_request(body)
         r.posts += 1
+        sent_at = time.monotonic()
         try:
-            status = (await client.post(base + PATH, content=raw, headers=headers)).status_code
+            response = await client.post(base + PATH, content=raw, headers=headers)
+            status, error = response.status_code, response.content
         except httpx.HTTPError:
-            status = 0
+            status, error = 0, b""
         finally:
             slots.release()
+        queue_full = status == 503 and b'"busy"' in error
+        if not queue_full and msg.order_key is None:
+            msg.order_key = sent_at
         if status == 200:
             msg.acked_at = time.monotonic()
             r.acked += 1
             return
-        if status == 503:
+        if queue_full:
             r.refused_503 += 1
+        elif status == 503:
+            r.unavailable_503 += 1
+        elif status == 0:
+            r.timeouts += 1
         else:
-            r.timeouts += status == 0
-            if status:
-                r.problems.append(f"{msg.event_id}: HTTP {status}")
+            r.problems.append(f"{msg.event_id}: HTTP {status}")
     r.unacked += 1
 
 
@@ -279,15 +296,19 @@ def _tally(r: Report, sent: list[Sent], receiver: ReplyReceiver) -> None:
     other = [t for t in texts if t not in (ANSWER, BUSY_REPLY, QUOTA_REPLY)]
     if other:
         r.problems.append(f"{len(other)} replies were neither an answer nor a shed reply, e.g. {other[0]!r}")
-    # Per chat, the replies must come in the order the service acknowledged the chat's messages.
+    # Per chat, replies must follow the order in which the messages were queued. From outside that order is certain
+    # for a pair only when the first was acknowledged before any request that may have queued the second went out;
+    # messages sent while another of the chat was still being acknowledged could be queued either way.
     arrival = {reply["event_id"]: i for i, reply in enumerate(receiver.received)}
     chats: dict[str, list[Sent]] = defaultdict(list)
-    for m in sorted(acked, key=lambda m: m.acked_at or 0.0):
+    for m in acked:
         if m.event_id in arrival:
             chats[m.chat_id].append(m)
     for msgs in chats.values():
-        positions = [arrival[m.event_id] for m in msgs]
-        r.order_violations += sum(b < a for a, b in itertools.pairwise(positions))
+        for a, b in itertools.permutations(msgs, 2):
+            if a.acked_at is not None and b.order_key is not None and a.acked_at < b.order_key:
+                r.order_pairs += 1
+                r.order_violations += arrival[b.event_id] < arrival[a.event_id]
 
 
 async def _run(cfg: LoadConfig, workdir: Path, say: Any) -> Report:
@@ -305,10 +326,11 @@ async def _run(cfg: LoadConfig, workdir: Path, say: Any) -> Report:
             engine_url=engine.base_url,
             assistant={
                 "store": {"backend": "redis", "redis_url": redis.url},
-                "worker": {"concurrency": cfg.concurrency, "poll_interval_seconds": 0.1},
+                # the service's default poll interval (the tests' config polls faster)
+                "worker": {"concurrency": cfg.concurrency, "poll_interval_seconds": 0.2},
                 "engine": {"timeout_seconds": 60},
                 "queue": {"max_depth": cfg.max_depth, "max_age_seconds": cfg.max_age, "busy_reply": BUSY_REPLY},
-                "quotas": {"reply": QUOTA_REPLY},
+                "quotas": {"reply": QUOTA_REPLY, **cfg.quotas},
                 "server": {"log_level": "WARNING"},
             },
         )

@@ -57,7 +57,11 @@ def _texts(receiver: ReplyReceiver, event_id: str) -> list[str]:
 def test_a_short_load_is_answered_exactly_once_and_in_each_chats_order(tmp_path: Path) -> None:
     """20 msg/s for 5 s into a 2-second model over ten chats, with a user flooding a chat of their own: every
     acknowledged message gets exactly one reply in its chat's order, except the flooder's dropped ones (counted)."""
-    cfg = LoadConfig(rate=20, seconds=5, chats=10, users=40, flooders=1, flood_rate=4, max_age=600, drain_seconds=300)
+    # Ordinary users send at most 3 messages each: within a burst of 5, however slowly a busy machine sends.
+    quotas = {"user_per_minute": 1, "user_burst": 5, "notice_interval_seconds": 3600}
+    cfg = LoadConfig(
+        rate=20, seconds=5, chats=10, users=40, flooders=1, flood_rate=4, max_age=600, drain_seconds=300, quotas=quotas
+    )
     report = run_load(cfg, tmp_path, say=print)
     print(report.table())
     assert report.problems == []
