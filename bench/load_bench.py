@@ -69,7 +69,10 @@ class LoadConfig:
     redeliveries: int = 60  # a 503 is delivered again after `redelivery_seconds`, at most this often
     redelivery_seconds: float = 1.0
     drain_seconds: float = 240.0
-    quotas: dict[str, float] = field(default_factory=dict)  # assistant.yaml `quotas:` (the defaults otherwise)
+    # assistant.yaml `quotas:`, fixed here so that the figures do not move with the service's defaults
+    quotas: dict[str, float] = field(
+        default_factory=lambda: {"user_per_minute": 20, "user_burst": 10, "chat_per_minute": 60, "chat_burst": 30}
+    )
 
 
 @dataclass
@@ -108,6 +111,7 @@ class Report:
             ("offered", f"{c.rate:g} msg/s for {c.seconds:g} s + {c.flooders} flooder(s) at {c.flood_rate:g} msg/s"),
             ("model", f"{c.engine_seconds:g} s per answer, worker.concurrency {c.concurrency}"),
             ("limits", f"queue.max_depth {c.max_depth}, queue.max_age_seconds {c.max_age:g}"),
+            ("quotas", ", ".join(f"{k} {v:g}" for k, v in c.quotas.items())),
             ("messages sent", f"{self.sent} ({self.sent / max(self.send_seconds, 1e-9):.1f} msg/s achieved)"),
             ("acked (200)", str(self.acked)),
             (

@@ -171,7 +171,7 @@ class ServiceProcess:
         self.log = data_dir / f"service-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30) -> ServiceProcess:
+    def start(self, timeout: float = 120) -> ServiceProcess:  # a loaded machine takes long to import
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             venv_bin("ai-assistant"),

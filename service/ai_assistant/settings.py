@@ -137,8 +137,9 @@ class QuotaSettings(_Section):
     """Per-user and per-chat inbound quotas: token buckets in the store, so they hold across instances. Over a quota
     the user gets `reply` once per `notice_interval_seconds`; further messages in that time are dropped (counted)."""
 
-    user_per_minute: float = Field(20.0, ge=0, description="0: no per-user quota")
-    user_burst: int = Field(10, ge=1)
+    # A person types a few messages a minute; a burst of 20 leaves room for pasted lists and quick corrections.
+    user_per_minute: float = Field(30.0, ge=0, description="0: no per-user quota")
+    user_burst: int = Field(20, ge=1)
     chat_per_minute: float = Field(60.0, ge=0, description="0: no per-chat quota")
     chat_burst: int = Field(30, ge=1)
     notice_interval_seconds: float = Field(60.0, gt=0)
