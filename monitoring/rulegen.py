@@ -310,6 +310,18 @@ def assistant_file() -> RuleFile:
             " model server is down.",
             for_="5m",
         ),
+        # Quota drops are left out: they are one user's flood, handled by design, not a capacity problem.
+        Alert(
+            "AIAssistantShedding",
+            'sum by (instance, reason) (increase(ai_assistant_shed_total{reason=~"queue_full|too_old"}[10m])) > 0',
+            "warning",
+            "{{ $labels.instance }} sheds load: {{ $value | humanize }} messages ({{ $labels.reason }}) in 10 minutes",
+            "Messages come faster than the workers answer them: some were refused with 503 at queue.max_depth"
+            " (queue_full; the platform delivers them again) or got queue.busy_reply after waiting longer than"
+            " queue.max_age_seconds (too_old). More workers (a bigger tier), another instance or a faster model"
+            " server.",
+            for_="5m",
+        ),
         Alert(
             "AIAssistantWorkersDown",
             "ai_assistant_workers_up < ai_assistant_workers_configured",

@@ -171,7 +171,7 @@ class ServiceProcess:
         self.log = data_dir / f"service-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServiceProcess:
+    def start(self, timeout: float = 180) -> ServiceProcess:  # a loaded machine takes long to import
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             venv_bin("ai-assistant"),
@@ -186,7 +186,7 @@ class ServiceProcess:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         # Generous: the service imports its whole stack at start, which takes tens of seconds beside a QEMU VM and
         # the rest of the suite on two cores; a process that exits is reported at once by _healthy.
-        wait_until(self._healthy, 180, f"service on {self.base} (log: {self.log})")
+        wait_until(self._healthy, timeout, f"service on {self.base} (log: {self.log})")
         return self
 
     def _healthy(self) -> bool:

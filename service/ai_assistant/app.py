@@ -25,7 +25,7 @@ from .connectors.base import Connector
 from .connectors.loader import load_connectors
 from .credentials import BearerTokens
 from .dlq import dlq_router
-from .edge import AssistantApp, WebhookEndpoint
+from .edge import Admission, AssistantApp, WebhookEndpoint
 from .knowledge.api import kb_router
 from .knowledge.grounding import ground
 from .knowledge.retrieval import KnowledgeBase
@@ -66,6 +66,7 @@ class Parts:
     admin_tokens: BearerTokens
     alert_tokens: BearerTokens
     workers: Workers
+    admission: Admission  # quotas and the queue bound in front of every enqueue (edge.py)
 
 
 def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
@@ -129,6 +130,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         BearerTokens(settings.admin.token, settings.admin.previous_token),
         BearerTokens(settings.alerts.token, settings.alerts.previous_token),
         Workers(pipeline, settings.worker),
+        Admission(store, settings.queue, settings.quotas, settings.store.dedupe_ttl_seconds),
     )
 
 
@@ -229,6 +231,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             max_body_bytes=settings.server.max_body_bytes,
             dedupe_ttl=settings.store.dedupe_ttl_seconds,
             trusted_proxies=settings.server.trusted_proxies,
+            admission=parts.admission,
         )
         # Raw bytes, not FastAPI's parameter parsing, and dispatched ahead of FastAPI's stack (AssistantApp).
         app.add_webhook(connector.path, endpoint, connector.methods)
@@ -306,7 +309,7 @@ def _sink(parts: Parts) -> Any:
         import time
 
         message.received_at = message.received_at or time.time()
-        return await parts.store.enqueue(message, parts.settings.store.dedupe_ttl_seconds)
+        return await parts.admission.admit(message)
 
     return sink
 

@@ -1,7 +1,9 @@
-"""The HTTP edge: raw bytes -> allowlist -> size limit -> connector.verify -> de-duplicate + durable enqueue -> ack.
+"""The HTTP edge: raw bytes -> allowlist -> size limit -> connector.verify -> quotas -> de-duplicate + durable enqueue
+(bounded) -> ack.
 
 It never waits on a model: the ack goes out as soon as the message is durably queued (IM platforms re-deliver after
-1-5 s). Rejections are 4xx with a JSON body and queue nothing; a store outage is a 503 so the platform retries."""
+1-5 s). Rejections are 4xx with a JSON body and queue nothing; a store outage or a full queue is a 503 so the platform
+retries."""
 
 from __future__ import annotations
 
@@ -20,12 +22,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .connectors.base import Connector
 from .errors import Forbidden, MalformedRequest, PayloadTooLarge, RejectedRequest
-from .messages import Ack, RawRequest
-from .observability import DUPLICATES, FEEDBACK, REJECTED, REQUESTS, RESPONSE_TIME, request_id
-from .store import StateStore
+from .messages import Ack, InboundMessage, RawRequest
+from .observability import DUPLICATES, FEEDBACK, REJECTED, REQUESTS, RESPONSE_TIME, SHED, request_id
+from .settings import QueueSettings, QuotaSettings
+from .store import Bucket, QueueFull, StateStore
+from .store.base import SHED_QUOTA, SHED_QUOTA_SILENT
 
 log = logging.getLogger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NO_QUOTAS = QuotaSettings(user_per_minute=0, chat_per_minute=0)
 
 
 def client_address(scope: Scope, headers: Mapping[str, str], trusted_proxies: Sequence[Network]) -> str | None:
@@ -87,6 +92,50 @@ def _error(status: int, error: str, detail: str) -> tuple[int, bytes, bytes]:
     return status, b"application/json", _json({"error": error, "detail": detail})
 
 
+class Admission:
+    """What every inbound message passes before it is queued, from a webhook or a long connection alike: the per-user
+    and per-chat quotas (token buckets in the store, so they hold across instances) and the queue bound.
+
+    Over a quota the message is still queued, marked (Job.shed), so that its one polite reply goes out through the
+    worker's normal, exactly-once delivery path and keeps its place in the chat's order; the worker never asks the
+    model for it. A full queue refuses (QueueFull): nothing is acknowledged, so the platform delivers again later."""
+
+    def __init__(self, store: StateStore, queue: QueueSettings, quotas: QuotaSettings, dedupe_ttl: float) -> None:
+        self.store = store
+        self.queue = queue
+        self.quotas = quotas
+        self.dedupe_ttl = dedupe_ttl
+
+    async def admit(self, message: InboundMessage) -> bool:
+        """Queue the message (False: a duplicate, nothing queued). Raises QueueFull."""
+        shed = await self._over_quota(message)
+        try:
+            accepted = await self.store.enqueue(message, self.dedupe_ttl, shed=shed, max_depth=self.queue.max_depth)
+        except QueueFull:
+            SHED.labels(reason="queue_full").inc()
+            log.warning("queue full (queue.max_depth %d): %s refused with 503", self.queue.max_depth, message.event_id)
+            raise
+        if accepted and shed is not None:
+            SHED.labels(reason=shed).inc()
+        return accepted
+
+    async def _over_quota(self, message: InboundMessage) -> str | None:
+        q = self.quotas
+        buckets = []
+        if q.user_per_minute:
+            buckets.append(Bucket(f"user:{message.connector}:{message.user_id}", q.user_per_minute / 60, q.user_burst))
+        if q.chat_per_minute:
+            buckets.append(Bucket(f"chat:{message.conversation_key}", q.chat_per_minute / 60, q.chat_burst))
+        empty = await self.store.take(buckets)
+        if empty is None:
+            return None
+        # One reply per notice interval and bucket: telling a flooding user once is polite, telling them each time
+        # would double the flood.
+        first = await self.store.remember(f"quota-notice:{empty}", q.notice_interval_seconds)
+        log.info("%s is over its quota (%s)%s", message.event_id, empty, "" if first else "; dropped")
+        return SHED_QUOTA if first else SHED_QUOTA_SILENT
+
+
 class WebhookEndpoint:
     """One instance per connector, mounted at the PATH of the connector's webhook_url. A plain ASGI app: it reads
     the body from ASGI messages and sends its answer as two ASGI messages, with no Request or Response objects in
@@ -100,11 +149,14 @@ class WebhookEndpoint:
         max_body_bytes: int,
         dedupe_ttl: float,
         trusted_proxies: Sequence[Network],
+        admission: Admission | None = None,
     ) -> None:
         self.connector = connector
         self.store = store
         self.max_body_bytes = max_body_bytes
         self.dedupe_ttl = dedupe_ttl
+        # Without one (tools and benchmarks that build an endpoint by hand): no quotas, no bound.
+        self.admission = admission or Admission(store, QueueSettings(max_depth=0), _NO_QUOTAS, dedupe_ttl)
         self.trusted_proxies = list(trusted_proxies)
         self.allowed = list(connector.config.allowed_cidrs)
         self._succeeded = REQUESTS.labels(status="success")  # bound once: .labels() takes a lock and a dict lookup
@@ -148,7 +200,7 @@ class WebhookEndpoint:
                 if message.is_group and not message.mentioned and self.connector.config.group_mention_only:
                     continue  # group etiquette: speak only when spoken to
                 message.received_at = received
-                if not await self.store.enqueue(message, self.dedupe_ttl):
+                if not await self.admission.admit(message):
                     DUPLICATES.labels(connector=name).inc()
                     log.info("duplicate delivery of %s acknowledged", message.event_id)
             for feedback in verdict.feedback:
@@ -156,6 +208,9 @@ class WebhookEndpoint:
                     FEEDBACK.labels(connector=name, rating=feedback.rating).inc()
             self._succeeded.inc()
             return _rendered(verdict.ack)
+        except QueueFull:
+            self._failed.inc()
+            return _error(503, "busy", "too many messages are waiting; try again later")
         except RejectedRequest as exc:
             REJECTED.labels(connector=name, reason=exc.reason).inc()
             self._failed.inc()

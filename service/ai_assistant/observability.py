@@ -66,6 +66,12 @@ STALE_WRITES = Counter(
     "Job writes refused because the worker's lease had passed to another worker (fencing), by operation",
     ["op"],
 )
+SHED = Counter(
+    "ai_assistant_shed",
+    "Messages not answered by the model under load: queue_full (503, the platform resends), too_old (waited "
+    "past queue.max_age_seconds: busy reply), quota (over a quota: polite reply), quota_silent (dropped)",
+    ["reason"],
+)
 DELIVERIES = Counter("ai_assistant_deliveries", "Outbound platform API sends", ["connector", "outcome"])
 AMBIGUOUS_SENDS = Counter(
     "ai_assistant_ambiguous_sends",
@@ -101,7 +107,7 @@ def create_series(connectors: list[str], engine: str) -> None:
     for c in connectors:
         DUPLICATES.labels(connector=c)
         ANSWER_DURATION.labels(connector=c)
-        for outcome in ("answered", "engine_error", "blocked", "too_long", "dead"):
+        for outcome in ("answered", "engine_error", "blocked", "too_long", "dead", "busy", "quota", "dropped"):
             ANSWERS.labels(connector=c, outcome=outcome)
         for reason in ("signature", "stale", "malformed", "too_large", "forbidden"):
             REJECTED.labels(connector=c, reason=reason)
@@ -121,6 +127,8 @@ def create_series(connectors: list[str], engine: str) -> None:
     for op in ("save_answer", "mark_part_sent", "complete", "release", "dead_letter"):
         STALE_WRITES.labels(op=op)
     ENGINE_DURATION.labels(engine=engine)
+    for reason in ("queue_full", "too_old", "quota", "quota_silent"):
+        SHED.labels(reason=reason)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -49,6 +49,9 @@ class StoreSettings(_Section):
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "FULL"
     # At least every platform's retry horizon: Feishu re-pushes for ~7.1 h, Telegram keeps updates 24 h.
     dedupe_ttl_seconds: int = Field(24 * 3600, ge=8 * 3600)
+    # A conversation's memory is forgotten this long after its last answer (Redis: the key's TTL), so memory of
+    # one-off chats does not pile up until Redis reaches maxmemory.
+    history_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
 
 
 class EngineSettings(_Section):
@@ -121,6 +124,31 @@ class WorkerSettings(_Section):
     dead_letter_reply: str = "Sorry, the answer to your message could not be delivered. Please ask again later."
 
 
+class QueueSettings(_Section):
+    """Backpressure (docs/architecture.md, "Backpressure and fairness")."""
+
+    # At this many queued messages the edge answers 503 and queues nothing: the platform delivers again later, and
+    # the queue (and Redis memory) stays bounded. 0: no bound.
+    max_depth: int = Field(20_000, ge=0)
+    # A message that waited longer than this before a worker first took it up gets busy_reply instead of an answer:
+    # under overload, a short apology now beats an answer minutes late. 0: no limit.
+    max_age_seconds: float = Field(120.0, ge=0)
+    busy_reply: str = "Sorry, I'm too busy to answer that right now. Please ask again in a few minutes."
+
+
+class QuotaSettings(_Section):
+    """Per-user and per-chat inbound quotas: token buckets in the store, so they hold across instances. Over a quota
+    the user gets `reply` once per `notice_interval_seconds`; further messages in that time are dropped (counted)."""
+
+    # A person types a few messages a minute; a burst of 20 leaves room for pasted lists and quick corrections.
+    user_per_minute: float = Field(30.0, ge=0, description="0: no per-user quota")
+    user_burst: int = Field(20, ge=1)
+    chat_per_minute: float = Field(60.0, ge=0, description="0: no per-chat quota")
+    chat_burst: int = Field(30, ge=1)
+    notice_interval_seconds: float = Field(60.0, gt=0)
+    reply: str = "You're sending messages faster than I can answer. I'll skip new ones for a minute; please slow down."
+
+
 class FilterSettings(_Section):
     words_file: Path | None = Path("sensitive_words.txt")  # relative to the config dir
     action: Literal["block", "mask"] = "mask"
@@ -162,6 +190,8 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     local_model: LocalModelSettings = LocalModelSettings()
     worker: WorkerSettings = WorkerSettings()
+    queue: QueueSettings = QueueSettings()
+    quotas: QuotaSettings = QuotaSettings()
     filters: FilterSettings = FilterSettings()
     memory: MemorySettings = MemorySettings()
     admin: AdminSettings = AdminSettings()

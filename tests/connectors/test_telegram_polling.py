@@ -147,7 +147,7 @@ def test_an_answer_that_is_not_a_list_of_updates_reconnects(make_app: AppFactory
 def _redis_jobs(url: str) -> list[str]:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        ids = client.zrange("aia:queue", 0, -1)
+        ids = client.zrange("aia:enqueued", 0, -1)  # aia:queue holds only the first job of each chat
         return sorted(str(json.loads(client.hget(f"aia:job:{i}", "message"))["event_id"]) for i in ids)
     finally:
         client.close()

@@ -56,6 +56,9 @@ CASES = {
         {"assistant": {"engine": {"too_long_reply": "Too long ({count} tokens)"}}},
         "engine.too_long_reply: bad placeholder 'count'; the text may use {tokens} and {limit}",
     ),
+    "negative queue bound": ({"assistant": {"queue": {"max_depth": -1}}}, "queue.max_depth:"),
+    "a quota burst of zero": ({"assistant": {"quotas": {"user_burst": 0}}}, "quotas.user_burst:"),
+    "unknown quotas key": ({"assistant": {"quotas": {"per_user": 5}}}, "quotas.per_user: unknown key"),
     "unknown connector key": (
         {"connectors": {"im": connector(app_secert="x")}},
         "connectors.yaml: im.app_secert: unknown key",

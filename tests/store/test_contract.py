@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,24 +12,6 @@ from ai_assistant.messages import ChatTurn, InboundMessage
 from ai_assistant.store.base import Job, StateStore
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    if request.param == "sqlite":
-        from ai_assistant.store.sqlite import SQLiteStore
-
-        s: StateStore = SQLiteStore(tmp_path / "state.sqlite3")
-    else:
-        import redis.asyncio as aioredis
-
-        from ai_assistant.store.redis import RedisStore
-
-        url = request.getfixturevalue("redis_url")
-        await aioredis.from_url(url).flushdb()
-        s = RedisStore(url)
-    yield s
-    await s.close()
 
 
 def msg(event_id: str | None = None, aliases: list[str] | None = None, chat: str = "c1") -> InboundMessage:
@@ -157,7 +137,7 @@ async def test_remember_and_forget(store: StateStore) -> None:
 
 async def test_concurrent_claims_never_share_a_job(store: StateStore) -> None:
     for i in range(20):
-        await store.enqueue(msg(f"e{i}"), 60)
+        await store.enqueue(msg(f"e{i}", chat=f"c{i}"), 60)
     claimed = await asyncio.gather(*(store.claim(30) for _ in range(30)))
     ids = [j.id for j in claimed if j is not None]
     assert len(ids) == 20 and len(set(ids)) == 20
@@ -233,7 +213,7 @@ async def test_redis_leases_run_on_the_servers_clock(
     import ai_assistant.store.redis as redis_store
 
     await store.enqueue(msg("e1"), 60)
-    await store.enqueue(msg("e2"), 60)
+    await store.enqueue(msg("e2", chat="c2"), 60)
     held = await store.claim(30)
     assert held is not None
 

@@ -83,7 +83,7 @@ async def state_store(settings: Settings | None, data_dir: Path) -> tuple[Check,
 async def _redis_store(url: str, ca_file: Path | None = None) -> tuple[Check, QueueInfo | None]:
     from redis.exceptions import RedisError
 
-    from ..store.redis import ENQUEUED, QUEUE, P, redis_client, tls_problem
+    from ..store.redis import ENQUEUED, P, redis_client, tls_problem
 
     where = urlsplit(url)
     label = f"Redis at {where.hostname}:{where.port or 6379}"  # never the URL: it may carry the password
@@ -95,7 +95,7 @@ async def _redis_store(url: str, ca_file: Path | None = None) -> tuple[Check, Qu
         started = time.perf_counter()
         await cast(Awaitable[Any], client.ping())
         latency = time.perf_counter() - started
-        depth = int(await client.zcard(QUEUE))
+        depth = int(await client.zcard(ENQUEUED))  # QUEUE holds only the first job of each chat
         oldest: list[Any] = await client.zrange(ENQUEUED, 0, 0, withscores=True)
         dead = 0
         async for _ in client.scan_iter(match=P + "dead:*", count=1000):

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -35,12 +35,14 @@ from ..observability import (
     ENGINE_WAITS,
     QUEUE_DEPTH,
     QUEUE_OLDEST_AGE,
+    SHED,
     STALE_WRITES,
     WORKER_ERRORS,
     request_id,
 )
 from ..settings import Settings
 from ..store import Job, StateStore
+from ..store.base import SHED_QUOTA_SILENT
 from .adapters import InputAdapter, message_text
 from .answer_cache import AnswerCache
 from .commands import RESET_OUTCOME, Commands
@@ -54,6 +56,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ENGINE_WAIT_SECONDS = 60.0
+BUSY = "busy"  # the outcome of a message answered with queue.busy_reply
+
+
+def _waited(job: Job) -> float:
+    return time.time() - (job.message.received_at or job.enqueued_at)
 
 
 class LeaseLost(Exception):
@@ -115,7 +122,7 @@ class Pipeline:
     async def _work(self, job: Job, state: WorkerState, stop: asyncio.Event) -> None:
         token = request_id.set(job.message.event_id)
         heartbeat = asyncio.create_task(self._heartbeat(job))
-        work = asyncio.create_task(self.process(job, heartbeat))
+        work = asyncio.create_task(self._shed_or_process(job, heartbeat))
         try:
             if not await self._finish_or_hand_back(job, work, stop):
                 return
@@ -165,6 +172,42 @@ class Pipeline:
             if state is not None:
                 state.failed("release", exc)
             log.warning("could not release %s (%s: %s); its lease will expire", job.id, type(exc).__name__, exc)
+
+    async def _shed_or_process(self, job: Job, heartbeat: asyncio.Task[None]) -> None:
+        """Backpressure (docs/architecture.md): a message over a quota, or one that waited in the queue longer than
+        queue.max_age_seconds before any worker took it up, gets a short canned reply instead of the model's answer.
+        The reply is checkpointed like an answer and sent by process(), so it goes out exactly once and in the chat's
+        order; it is not remembered in the conversation. A message dropped over a quota (the user was told once
+        already) just leaves the queue."""
+        reason = self._shed_reason(job)
+        if reason is None:
+            await self.process(job, heartbeat)
+            return
+        msg = job.message
+        if reason == SHED_QUOTA_SILENT:
+            await self._write("complete", job, lambda: self.store.complete(job.id, job.lease_token))
+            ANSWERS.labels(connector=msg.connector, outcome="dropped").inc()
+            return
+        if reason == BUSY:
+            SHED.labels(reason="too_old").inc()
+            log.warning("%s waited %.0f s in the queue: too busy to answer it", msg.event_id, _waited(job))
+        reply = self.settings.queue.busy_reply if reason == BUSY else self.settings.quotas.reply
+        turns = self.settings.memory.turns
+        save = partial(self.store.save_answer, job.id, job.lease_token, reply, reason, msg.conversation_key, [], turns)
+        await self._write("save_answer", job, save)
+        await self.process(replace(job, answer=reply, outcome=reason), heartbeat)
+
+    def _shed_reason(self, job: Job) -> str | None:
+        if job.answer is not None:  # checkpointed already (an answer or a canned reply): deliver what it is
+            return None
+        if job.shed is not None:
+            return job.shed
+        max_age = self.settings.queue.max_age_seconds
+        # Only a message no worker has started yet: one waiting for the engine or handed back at a shutdown has its
+        # own deadline (worker.answer_deadline_seconds).
+        if max_age and job.claims == 1 and _waited(job) > max_age:
+            return BUSY
+        return None
 
     async def _heartbeat(self, job: Job) -> None:
         """Renews the lease while the job is worked on; ends (and so flags the loss) if another worker took it over,

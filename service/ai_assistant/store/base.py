@@ -3,10 +3,15 @@ two or more instances behind a load balancer (blue/green and two zones need shar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from ..messages import ChatTurn, InboundMessage
+
+# Job.shed: over a quota, the first message of a window gets one polite reply, the rest of the window none.
+SHED_QUOTA = "quota"
+SHED_QUOTA_SILENT = "quota_silent"
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,11 @@ class Job:
     # The platform's id of the message a progressive reply was posted as (pipeline/progressive.py): a resumed job
     # edits that message instead of posting a second one.
     reply_ref: str | None = None
+    # Why the edge admitted it without a model answer (SHED_QUOTA, SHED_QUOTA_SILENT), or None for an ordinary message.
+    shed: str | None = None
+    # Every claim so far, this one included, engine waits and hand-backs too (unlike `attempts`): 1 means the job
+    # has never been started, which is when queue.max_age_seconds applies.
+    claims: int = 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,18 @@ class DeadLetter:
     dead_at: float
     answer: str | None
     parts_sent: int
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str  # e.g. user:<connector>:<user id>
+    per_second: float  # refill rate
+    burst: int  # capacity, and what a new bucket starts with
+
+
+class QueueFull(Exception):
+    """The queue already holds queue.max_depth messages: nothing was remembered or queued (the edge answers 503 and
+    the platform delivers again later)."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +83,19 @@ class ConversationIndex(Protocol):
 
 
 class StateStore(Protocol):
-    async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
+    async def enqueue(
+        self, message: InboundMessage, dedupe_ttl: float, *, shed: str | None = None, max_depth: int = 0
+    ) -> bool:
         """Atomically: if none of the message's dedupe keys was seen within the TTL, remember them all and queue the
-        message. Returns False for a duplicate (nothing queued). Durable when it returns."""
+        message. Returns False for a duplicate (nothing queued). Durable when it returns. `shed` marks a message
+        admitted only for a canned reply (Job.shed). With `max_depth` > 0, raises QueueFull (and changes nothing)
+        when that many messages are queued already."""
+
+    async def take(self, buckets: Sequence[Bucket]) -> str | None:
+        """Token buckets (the inbound quotas), in one step: if every bucket has a token, take one from each and return
+        None; otherwise take nothing and return the name of the first empty one. Redis keeps them for every instance;
+        a bucket left alone until it is full again is forgotten (its key expires). The SQLite store serves one
+        instance and keeps them in the process: a quota is not worth a disk flush per message."""
 
     async def remember(self, key: str, ttl: float) -> bool:
         """Set-if-absent with expiry: True the first time a key is seen within `ttl` seconds."""
@@ -79,7 +111,9 @@ class StateStore(Protocol):
         """Give a lease back early (a clean shutdown), if `holder` still holds it."""
 
     async def claim(self, lease_seconds: float) -> Job | None:
-        """Lease the oldest visible job. A job whose lease expires (its worker died) becomes visible again."""
+        """Lease the oldest visible job whose conversation has no older job still queued or in flight, so answers
+        in one chat keep the order of its messages while other chats go on in parallel. A job whose lease expires
+        (its worker died) becomes visible again."""
 
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
         """Renew the lease (the worker's heartbeat). False if another worker has claimed the job since."""

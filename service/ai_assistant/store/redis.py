@@ -8,6 +8,7 @@ import json
 import ssl
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -18,10 +19,10 @@ from redis.exceptions import RedisError
 from ..errors import ConfigError
 from ..messages import ChatTurn, InboundMessage
 from ..settings import ASSISTANT_FILE
-from .base import WORKFLOW_TRACE_RETENTION_SECONDS, DeadLetter, Job, QueueStats
+from .base import WORKFLOW_TRACE_RETENTION_SECONDS, Bucket, DeadLetter, Job, QueueFull, QueueStats
 
 P = "aia:"  # key prefix
-QUEUE = P + "queue"  # zset job id -> visible_at
+QUEUE = P + "queue"  # zset job id -> visible_at, the first job of each conversation only (_ADVANCE)
 ENQUEUED = P + "enqueued"  # zset job id -> enqueued_at (for the oldest-message age)
 DEAD = P + "dead"  # zset job id -> dead-lettered at; the job itself is the hash aia:dead:<id>
 
@@ -33,20 +34,39 @@ _NOW = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) + tonumber(t[2]
 # deleted and a dead-lettered one renamed, so a stale worker finds no token there either.
 _HELD = "if redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[1] then return 0 end\n"
 
+# Per-conversation order: every job id also goes on its conversation's list (aia:conv:<connector>:<chat>), and only
+# the list's head is in the queue zset. Finishing or dead-lettering the head moves the next one into the queue, with
+# the score it was queued with (so it keeps its place among other chats), never earlier than now.
+_ADVANCE = """
+local function advance(conv, id, prefix, queue, now)
+  redis.call('LREM', conv, 1, id)
+  local nxt = redis.call('LINDEX', conv, 0)
+  if nxt then
+    local at = tonumber(redis.call('HGET', prefix .. 'job:' .. nxt, 'queued_at')) or now
+    redis.call('ZADD', queue, 'NX', math.min(at, now), nxt)
+  end
+end
+"""
+
 _ENQUEUE = (
     """
--- KEYS: dedupe keys..., job key, queue, enqueued   ARGV: ttl_ms, job_id, message, enqueued_at
-local n = #KEYS - 3
+-- KEYS: dedupe keys..., job key, queue, enqueued, conversation list
+-- ARGV: ttl_ms, job_id, message, enqueued_at, shed ('' for none), max_depth (0: no bound)
+local n = #KEYS - 4
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
+local bound = tonumber(ARGV[6])
+if bound > 0 and redis.call('ZCARD', KEYS[n + 3]) >= bound then return -1 end
 """
     + _NOW
     + """
 for i = 1, n do redis.call('SET', KEYS[i], '1', 'PX', ARGV[1]) end
-redis.call('HSET', KEYS[n + 1], 'message', ARGV[3], 'attempts', 0, 'parts_sent', 0, 'enqueued_at', ARGV[4])
-redis.call('ZADD', KEYS[n + 2], now, ARGV[2])
+redis.call('HSET', KEYS[n + 1], 'message', ARGV[3], 'attempts', 0, 'claims', 0, 'parts_sent', 0,
+  'enqueued_at', ARGV[4], 'queued_at', tostring(now), 'conv', KEYS[n + 4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[n + 1], 'shed', ARGV[5]) end
 redis.call('ZADD', KEYS[n + 3], ARGV[4], ARGV[2])
+if redis.call('RPUSH', KEYS[n + 4], ARGV[2]) == 1 then redis.call('ZADD', KEYS[n + 2], now, ARGV[2]) end
 return 1
 """
 )
@@ -63,8 +83,34 @@ local id = ids[1]
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id)
 local key = ARGV[2] .. 'job:' .. id
 redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HINCRBY', key, 'claims', 1)
 redis.call('HSET', key, 'lease_token', ARGV[3])
 return {id, redis.call('HGETALL', key)}
+"""
+)
+
+_TAKE = (
+    """
+-- KEYS: buckets...   ARGV: per_second, burst for each bucket in turn
+"""
+    + _NOW
+    + """
+local state = {}
+for i = 1, #KEYS do
+  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local b = redis.call('HMGET', KEYS[i], 'tokens', 'at')
+  local tokens = tonumber(b[1]) or burst
+  tokens = math.min(burst, tokens + math.max(0, now - (tonumber(b[2]) or now)) * rate)
+  if tokens < 1 then return i end
+  state[i] = tokens - 1
+end
+for i = 1, #KEYS do
+  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  redis.call('HSET', KEYS[i], 'tokens', tostring(state[i]), 'at', tostring(now))
+  -- Once it would be full again a bucket is the same as none: let the key go.
+  redis.call('PEXPIRE', KEYS[i], math.ceil((burst - state[i]) / rate * 1000) + 1000)
+end
+return 0
 """
 )
 
@@ -83,15 +129,18 @@ return 1
 
 _SAVE_ANSWER = (
     """
--- KEYS: job key, history key   ARGV: token, answer, outcome, keep, turns...
+-- KEYS: job key, history key   ARGV: token, answer, outcome, keep, history ttl ms, turns...
 """
     + _HELD
     + """
 if redis.call('HEXISTS', KEYS[1], 'answer') == 1 then return 1 end  -- a retry of a write that landed
 redis.call('HSET', KEYS[1], 'answer', ARGV[2], 'outcome', ARGV[3])
-for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 6, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 if tonumber(ARGV[4]) == 0 then redis.call('DEL', KEYS[2])  -- keep none: /reset, or memory.turns 0
-else redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1) end
+elseif #ARGV >= 6 then
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
 return 1
 """
 )
@@ -120,13 +169,17 @@ return 1
 
 _COMPLETE = (
     """
--- KEYS: job key, queue, enqueued   ARGV: token, job id
+-- KEYS: job key, queue, enqueued   ARGV: token, job id, prefix
 """
     + _HELD
+    + _NOW
+    + _ADVANCE
     + """
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
+local conv = redis.call('HGET', KEYS[1], 'conv')
 redis.call('DEL', KEYS[1])
+if conv then advance(conv, ARGV[2], ARGV[3], KEYS[2], now) end
 return 1
 """
 )
@@ -147,16 +200,19 @@ return 1
 
 _DEAD_LETTER = (
     """
--- KEYS: job key, queue, enqueued, dead key, dead index   ARGV: token, job id, error
+-- KEYS: job key, queue, enqueued, dead key, dead index   ARGV: token, job id, error, prefix
 """
     + _HELD
     + _NOW
+    + _ADVANCE
     + """
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[3], 'finished_at', now)
+local conv = redis.call('HGET', KEYS[1], 'conv')
 redis.call('RENAME', KEYS[1], KEYS[4])
 redis.call('ZADD', KEYS[5], now, ARGV[2])
+if conv then advance(conv, ARGV[2], ARGV[4], KEYS[2], now) end
 return 1
 """
 )
@@ -170,10 +226,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
     + """
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('HDEL', KEYS[2], 'state', 'lease_token', 'finished_at')
-redis.call('HSET', KEYS[2], 'attempts', 0)
-redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('HSET', KEYS[2], 'attempts', 0, 'queued_at', tostring(now))
 redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[2], 'enqueued_at'), ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
+-- Back at the end of its conversation: it waits for the messages of that chat already queued.
+local conv = redis.call('HGET', KEYS[2], 'conv')
+if not conv or redis.call('RPUSH', conv, ARGV[1]) == 1 then redis.call('ZADD', KEYS[3], now, ARGV[1]) end
 return 1
 """
 )
@@ -279,15 +337,17 @@ async def check_tls(url: str, ca_file: Path | None, seconds: float = 10.0) -> No
 
 
 class RedisStore:
-    def __init__(self, url: str, ca_file: Path | None = None) -> None:
+    def __init__(self, url: str, ca_file: Path | None = None, history_ttl: float = 7 * 24 * 3600) -> None:
         self._url = url
         self._ca_file = ca_file
+        self._history_ttl_ms = int(history_ttl * 1000)
         self._connect(url)
 
     def _connect(self, url: str) -> None:
         self._r = redis_client(url, self._ca_file, decode_responses=True)
         self._enqueue = self._r.register_script(_ENQUEUE)
         self._claim = self._r.register_script(_CLAIM)
+        self._take = self._r.register_script(_TAKE)
         self._save = self._r.register_script(_SAVE_ANSWER)
         self._extend = self._r.register_script(_EXTEND)
         self._mark_part = self._r.register_script(_MARK_PART)
@@ -316,16 +376,31 @@ class RedisStore:
         self._connect(url)
         self._retired = asyncio.create_task(_close_later(old, 30.0))
 
-    async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
+    async def enqueue(
+        self, message: InboundMessage, dedupe_ttl: float, *, shed: str | None = None, max_depth: int = 0
+    ) -> bool:
         job_id = uuid.uuid4().hex
-        keys = [P + "dedupe:" + k for k in message.dedupe_keys()] + [P + "job:" + job_id, QUEUE, ENQUEUED]
+        keys = [P + "dedupe:" + k for k in message.dedupe_keys()]
+        keys += [P + "job:" + job_id, QUEUE, ENQUEUED, P + "conv:" + message.conversation_key]
         args: list[str | float] = [
             int(dedupe_ttl * 1000),
             job_id,
             message.model_dump_json(),
             message.received_at or time.time(),
+            shed or "",
+            max_depth,
         ]
-        return bool(await self._enqueue(keys=keys, args=args))
+        result = int(await self._enqueue(keys=keys, args=args))
+        if result < 0:
+            raise QueueFull(f"{max_depth} messages are queued (queue.max_depth)")
+        return result == 1
+
+    async def take(self, buckets: Sequence[Bucket]) -> str | None:
+        if not buckets:
+            return None
+        args = [x for b in buckets for x in (b.per_second, b.burst)]
+        empty = int(await self._take(keys=[P + "quota:" + b.name for b in buckets], args=args))
+        return buckets[empty - 1].name if empty else None
 
     async def remember(self, key: str, ttl: float) -> bool:
         return bool(await self._r.set(P + "dedupe:" + key, "1", nx=True, px=int(ttl * 1000)))
@@ -355,6 +430,8 @@ class RedisStore:
             enqueued_at=float(fields["enqueued_at"]),
             lease_token=fields["lease_token"],
             reply_ref=fields.get("reply_ref"),
+            shed=fields.get("shed"),
+            claims=int(fields.get("claims", 1)),
         )
 
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
@@ -375,7 +452,7 @@ class RedisStore:
         return bool(
             await self._save(
                 keys=[P + "job:" + job_id, P + "history:" + conversation],
-                args=[lease_token, answer, outcome, max(keep_turns * 2, 0), *encoded],
+                args=[lease_token, answer, outcome, max(keep_turns * 2, 0), self._history_ttl_ms, *encoded],
             )
         )
 
@@ -387,7 +464,7 @@ class RedisStore:
 
     async def complete(self, job_id: str, lease_token: str) -> bool:
         keys = [P + "job:" + job_id, QUEUE, ENQUEUED]
-        return bool(await self._complete(keys=keys, args=[lease_token, job_id]))
+        return bool(await self._complete(keys=keys, args=[lease_token, job_id, P]))
 
     async def release(
         self, job_id: str, lease_token: str, delay_seconds: float, error: str, *, count_attempt: bool = True
@@ -398,7 +475,7 @@ class RedisStore:
 
     async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
         keys = [P + "job:" + job_id, QUEUE, ENQUEUED, P + "dead:" + job_id, DEAD]
-        return bool(await self._dead_letter(keys=keys, args=[lease_token, job_id, error[:500]]))
+        return bool(await self._dead_letter(keys=keys, args=[lease_token, job_id, error[:500], P]))
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         ids: list[str] = await cast(Any, self._r.zrevrange(DEAD, 0, max(limit, 1) - 1))
@@ -437,7 +514,7 @@ class RedisStore:
         return [ChatTurn(role=t["role"], content=t["content"]) for t in turns]
 
     async def stats(self) -> QueueStats:
-        depth = await self._r.zcard(QUEUE)
+        depth = await self._r.zcard(ENQUEUED)  # QUEUE holds only each conversation's first job
         oldest: list[Any] = await self._r.zrange(ENQUEUED, 0, 0, withscores=True)
         age = max(0.0, time.time() - float(oldest[0][1])) if oldest else 0.0
         return QueueStats(depth=depth, oldest_age_seconds=age)

@@ -10,30 +10,37 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from ..messages import ChatTurn, InboundMessage
-from .base import WORKFLOW_TRACE_RETENTION_SECONDS, ConversationSummary, DeadLetter, Job, QueueStats
+from .base import WORKFLOW_TRACE_RETENTION_SECONDS, Bucket, ConversationSummary, DeadLetter, Job, QueueFull, QueueStats
 
 T = TypeVar("T")
 CLEANUP_INTERVAL_SECONDS = 60.0
+BUCKETS_BEFORE_SWEEP = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class _Row:
-    """A message ready to insert: its de-duplication keys and its jobs row (id, message JSON, enqueued_at)."""
+    """A message ready to insert: its de-duplication keys and its jobs row (id, message JSON, enqueued_at,
+    conversation, shed)."""
 
     keys: list[str]
     expires_at: float
-    job: tuple[str, str, float]
+    job: tuple[str, str, float, str, str | None]
     ttl: float
+    max_depth: int
 
 
-_Pending = tuple[_Row, "asyncio.Future[bool]"]
+_Pending = tuple[_Row, "asyncio.Future[bool | None]"]  # None: refused, the queue is full
+
+
+def _refilled(bucket: Bucket, tokens: float, elapsed: float) -> float:
+    return min(float(bucket.burst), tokens + max(0.0, elapsed) * bucket.per_second)
 
 
 def _job_id() -> str:
@@ -57,7 +64,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     enqueued_at REAL NOT NULL,
     finished_at REAL,
     last_error TEXT,
-    lease_token TEXT
+    lease_token TEXT,
+    conversation TEXT,                              -- connector:chat, for per-conversation order in claim()
+    shed TEXT,                                      -- Job.shed
+    claims INTEGER NOT NULL DEFAULT 0               -- Job.claims
 );
 CREATE INDEX IF NOT EXISTS jobs_visible ON jobs (state, visible_at);
 -- The periodic clean-up deletes by expiry; without these it scans every key and job while the ack path waits for it.
@@ -71,6 +81,21 @@ CREATE TABLE IF NOT EXISTS history (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_conversation ON history (conversation, id);
+"""
+
+# Columns added after the first release: a database file from before gets them on open (the job's conversation is
+# filled in from its message), then the indexes that use them.
+_ADDED_COLUMNS = {
+    "conversation": "TEXT",
+    "shed": "TEXT",
+    "claims": "INTEGER NOT NULL DEFAULT 0",
+    "reply_ref": "TEXT",  # pipeline/progressive.py
+}
+_AFTER_MIGRATION = """
+UPDATE jobs SET conversation = json_extract(message, '$.connector') || ':' || json_extract(message, '$.chat_id')
+WHERE conversation IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_conversation ON jobs (conversation, state);
+CREATE INDEX IF NOT EXISTS history_at ON history (at);
 """
 
 
@@ -90,16 +115,19 @@ CREATE INDEX IF NOT EXISTS workflow_steps_at ON workflow_steps (at);
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL", history_ttl: float = 7 * 24 * 3600) -> None:
         self.path = path
+        self.history_ttl = history_ttl
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
         self._db.executescript(_WORKFLOW_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "reply_ref" not in columns:  # a state file from before progressive replies
-            self._db.execute("ALTER TABLE jobs ADD COLUMN reply_ref TEXT")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        self._db.executescript(_AFTER_MIGRATION)
         self._lock = threading.Lock()  # the executor's thread vs dump_jobs() called from another thread
         # One thread for every statement, in submission order: SQLite has one writer anyway, and a one-thread
         # executor hands work over through a C queue (SimpleQueue), which on the ack path costs less than a thread
@@ -108,6 +136,8 @@ class SQLiteStore:
         self._next_cleanup = 0.0
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._buckets: dict[str, tuple[float, float]] = {}  # take(): name -> (tokens, monotonic time)
+        self._bucket_specs: dict[str, Bucket] = {}
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -127,25 +157,31 @@ class SQLiteStore:
         db.execute("COMMIT")
         return result
 
-    async def enqueue(self, message: InboundMessage, dedupe_ttl: float) -> bool:
+    async def enqueue(
+        self, message: InboundMessage, dedupe_ttl: float, *, shed: str | None = None, max_depth: int = 0
+    ) -> bool:
         """Group commit: concurrent enqueues share one transaction (one fsync), so throughput under load does not
         pay one disk flush per webhook, while a lone request still commits at once.
 
         The row is serialised here, on the event loop, so that the writer thread runs almost no Python: every
         statement it executes releases the GIL and must win it back from the busy loop, so fewer, set-based
         statements per batch (json_each) keep the two threads from taking turns (docs/benchmarks.md)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         now = time.time()
         row = _Row(
             keys=message.dedupe_keys(),
             expires_at=now + dedupe_ttl,
-            job=(_job_id(), message.model_dump_json(), message.received_at or now),
+            job=(_job_id(), message.model_dump_json(), message.received_at or now, message.conversation_key, shed),
             ttl=dedupe_ttl,
+            max_depth=max_depth,
         )
         self._pending.append((row, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        accepted = await future
+        if accepted is None:
+            raise QueueFull(f"{max_depth} messages are queued (queue.max_depth)")
+        return accepted
 
     async def _flush(self) -> None:
         while self._pending:
@@ -162,13 +198,17 @@ class SQLiteStore:
                 if not future.done():
                     future.set_result(accepted)
 
-    def _insert(self, db: sqlite3.Connection, rows: list[_Row]) -> list[bool]:
+    def _insert(self, db: sqlite3.Connection, rows: list[_Row]) -> list[bool | None]:
         now = time.time()
         if now >= self._next_cleanup:  # by the clock, not per N writes: bursts should not pay for it more often
             self._next_cleanup = now + CLEANUP_INTERVAL_SECONDS
             db.execute("DELETE FROM dedupe WHERE expires_at < ?", (now,))
             oldest_ttl = max(row.ttl for row in rows)
             db.execute("DELETE FROM jobs WHERE state = 'done' AND finished_at < ?", (now - oldest_ttl,))
+            db.execute("DELETE FROM history WHERE at < ?", (now - self.history_ttl,))
+        depth = None
+        if any(row.max_depth for row in rows):
+            (depth,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()
         wanted = [key for row in rows for key in row.keys]
         seen = {
             key
@@ -177,11 +217,17 @@ class SQLiteStore:
                 (json.dumps(wanted), now),
             )
         }
-        results, marks, jobs = [], [], []
+        results: list[bool | None] = []
+        marks, jobs = [], []
         for row in rows:
             if seen.intersection(row.keys):  # queued before, or earlier in this same batch
                 results.append(False)
                 continue
+            if depth is not None and row.max_depth and depth >= row.max_depth:
+                results.append(None)
+                continue
+            if depth is not None:
+                depth += 1
             seen.update(row.keys)
             marks += [(key, row.expires_at) for key in row.keys]
             jobs.append(row.job)
@@ -193,12 +239,31 @@ class SQLiteStore:
                 (json.dumps(marks),),
             )
             db.execute(
-                "INSERT INTO jobs (id, message, visible_at, enqueued_at) "
-                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, json_extract(value, '$[2]') "
-                "FROM json_each(?)",
+                "INSERT INTO jobs (id, message, visible_at, enqueued_at, conversation, shed) "
+                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, json_extract(value, '$[2]'), "
+                "json_extract(value, '$[3]'), json_extract(value, '$[4]') FROM json_each(?)",
                 (now, json.dumps(jobs)),
             )
         return results
+
+    async def take(self, buckets: Sequence[Bucket]) -> str | None:
+        now = time.monotonic()
+        levels = []
+        for b in buckets:
+            tokens, at = self._buckets.get(b.name, (float(b.burst), now))
+            tokens = _refilled(b, tokens, now - at)
+            if tokens < 1:
+                return b.name
+            levels.append(tokens - 1)
+        for b, tokens in zip(buckets, levels, strict=True):
+            self._buckets[b.name] = (tokens, now)
+            self._bucket_specs[b.name] = b
+        if len(self._buckets) > BUCKETS_BEFORE_SWEEP:  # forget the buckets that are full again (the same as none)
+            specs = self._bucket_specs
+            full = [k for k, (t, at) in self._buckets.items() if _refilled(specs[k], t, now - at) >= specs[k].burst]
+            for k in full:
+                del self._buckets[k], self._bucket_specs[k]
+        return None
 
     async def remember(self, key: str, ttl: float) -> bool:
         now = time.time()
@@ -236,16 +301,22 @@ class SQLiteStore:
         now = time.time()
 
         def body(db: sqlite3.Connection) -> Job | None:
+            # A job waits while an older job of its conversation is still queued: in flight (leased), waiting for a
+            # retry, or simply ahead of it.
             row = db.execute(
-                "SELECT id, message, attempts, answer, outcome, parts_sent, enqueued_at, reply_ref FROM jobs "
-                "WHERE state = 'queued' AND visible_at <= ? ORDER BY visible_at, rowid LIMIT 1",
+                "SELECT id, message, attempts, answer, outcome, parts_sent, enqueued_at, shed, claims, reply_ref "
+                "FROM jobs j "
+                "WHERE state = 'queued' AND visible_at <= ? AND NOT EXISTS (SELECT 1 FROM jobs o "
+                "WHERE o.conversation = j.conversation AND o.state = 'queued' AND o.rowid < j.rowid) "
+                "ORDER BY visible_at, rowid LIMIT 1",
                 (now,),
             ).fetchone()
             if row is None:
                 return None
             token = uuid.uuid4().hex
             db.execute(
-                "UPDATE jobs SET visible_at = ?, attempts = attempts + 1, lease_token = ? WHERE id = ?",
+                "UPDATE jobs SET visible_at = ?, attempts = attempts + 1, claims = claims + 1, lease_token = ? "
+                "WHERE id = ?",
                 (now + lease_seconds, token, row[0]),
             )
             return Job(
@@ -257,7 +328,9 @@ class SQLiteStore:
                 parts_sent=row[5],
                 enqueued_at=row[6],
                 lease_token=token,
-                reply_ref=row[7],
+                shed=row[7],
+                claims=row[8] + 1,
+                reply_ref=row[9],
             )
 
         return await self._run(lambda db: self._tx(db, body))
@@ -395,8 +468,8 @@ class SQLiteStore:
 
         def body(db: sqlite3.Connection) -> list[ChatTurn]:
             rows = db.execute(
-                "SELECT role, content FROM history WHERE conversation = ? ORDER BY id DESC LIMIT ?",
-                (conversation, limit * 2),
+                "SELECT role, content FROM history WHERE conversation = ? AND at >= ? ORDER BY id DESC LIMIT ?",
+                (conversation, time.time() - self.history_ttl, limit * 2),
             ).fetchall()
             return [ChatTurn(role=r[0], content=r[1]) for r in reversed(rows)]
 
