@@ -14,12 +14,15 @@ from typing import Any
 
 import yaml
 
+from ai_assistant.workflows.versions import canonical, parse_text
 from tests.console.conftest import ADMIN, create_user
 from tests.console.test_browser_pages import Service
 from tests.helpers import ReplyReceiver, message, signed_generic_request, wait_until, write_config
 
 VENDOR = Path(__file__).parents[2] / "service/ai_assistant/console/static/vendor/drawflow"
 ANSWER = "Hi from the canvas workflow"
+EXAMPLE = Path(__file__).parents[2] / "config/workflows/examples/order-status.yaml"
+ERP_ENV = {"ERP_TOKEN": "erp-token-for-the-canvas-test"}
 
 
 def test_vendored_drawflow_matches_its_readme() -> None:
@@ -48,7 +51,12 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
     data = tmp_path / "data"
     create_user(data, *ADMIN, "admin")
     saved_file = config / "workflows" / "greet.yaml"
-    svc = Service(config, data).start()
+    # A richer document for the round trip (branch labels, an error edge, secrets): the shipped example, as a
+    # console save would write it.
+    example = canonical(parse_text(EXAMPLE.read_text(), "example", ERP_ENV))
+    (config / "workflows").mkdir()
+    (config / "workflows" / "order-status.yaml").write_text(example)
+    svc = Service(config, data, env=ERP_ENV).start()
 
     def shot(name: str) -> None:
         driver.save_screenshot(str(screens / f"{name}.png"))
@@ -96,7 +104,7 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
         until("signed in", lambda: staleness_of(page)(driver))
         driver.get(svc.base + "/admin/workflows")
         loaded()
-        assert "No workflows yet" in find("#workflows").text
+        assert "order-status" in find("#workflows").text and "greet" not in find("#workflows").text
 
         find("#wf-id").send_keys("greet")
         drop("trigger", -250, -100)
@@ -152,6 +160,17 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
         loaded()
         assert saved_file.read_text() == written
         assert (config / "workflows/versions/greet.v1.yaml").read_text() == written
+
+        driver.get(svc.base + "/admin/workflows/order-status")
+        loaded()
+        drawn = driver.execute_script("return window.workflowEditor.toDocument()")
+        assert drawn == yaml.safe_load(example)
+        page = find("html")
+        find("#save-canvas").click()
+        until("example saved", lambda: staleness_of(page)(driver))
+        loaded()
+        assert (config / "workflows" / "order-status.yaml").read_text() == example
+        shot("35-canvas-example")
 
         # The loader reads workflows at start: restart, then a signed message is answered by the saved workflow.
         svc.stop()

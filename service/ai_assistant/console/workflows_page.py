@@ -17,6 +17,8 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from jinja2.utils import htmlsafe_json_dumps
+from markupsafe import Markup
 from pydantic import ValidationError
 
 from ..messages import InboundMessage
@@ -55,10 +57,11 @@ def router(console: Console) -> APIRouter:
     files = console.deps.workflows
 
     async def page(request: Request, user: User, status: int = 200, **extra: Any) -> Response:
+        doc = extra.pop("doc", None)
         rows = await anyio.to_thread.run_sync(files.rows) if files else []
         return console.render(
             request, "workflows.html", status, user=user, available=files is not None, rows=rows,
-            kinds=kinds(), doc=extra.pop("doc", None), error=extra.pop("error", None), **extra,
+            kinds=kinds(), doc_json=script_json(doc), doc=doc, error=extra.pop("error", None), **extra,
         )  # fmt: skip
 
     @r.get("/workflows")
@@ -197,6 +200,12 @@ def router(console: Console) -> APIRouter:
         return await change_file(request, workflow_id, "rollback")
 
     return r
+
+
+def script_json(value: Any) -> Markup:
+    """JSON for a <script type="application/json"> block, keys in the document's order (Jinja's tojson sorts them,
+    and the canvas writes nodes' fields back in the order it reads them). <, > and & are escaped as in tojson."""
+    return htmlsafe_json_dumps(value, ensure_ascii=False)
 
 
 def json_safe(value: Any) -> Any:
