@@ -111,6 +111,11 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
         drop("reply", 50, -100)
         configure("trigger", {"keywords": ["hello"]})
         configure("reply", {"text": ANSWER})
+        drop("end", 50, 100)  # placed, then deleted again
+        find(".drawflow-node.wf-end .wf-title").click()
+        until("end selected", lambda: find("#node-title").text == "end")
+        find("#node-delete").click()
+        until("end deleted", lambda: not driver.find_elements(By.CSS_SELECTOR, ".drawflow-node.wf-end"))
         shot("31-canvas-two-nodes")
 
         # Not connected yet: the server names the trigger (its result goes nowhere), and the canvas marks it.

@@ -216,3 +216,16 @@ def test_viewers_and_forged_tokens_change_nothing(console: Console) -> None:
     assert console.client.get(PAGE).status_code == 200, "a viewer sees the page"
     assert not folder(console).exists()
     assert console.client.get(f"{PAGE}/..%2F..%2Fassistant").status_code in (404, 422)
+
+
+def test_a_file_that_does_not_validate_is_shown_not_drawn(console: Console) -> None:
+    folder(console).mkdir()
+    doc = valid()
+    node(doc, "ask")["kind"] = "teleport"
+    (folder(console) / "orders.yaml").write_text(yaml.safe_dump(doc))
+    listing = console.client.get(PAGE)
+    assert "workflows/orders.yaml: node ask: unknown kind &#39;teleport&#39;" in listing.text
+    page = console.client.get(f"{PAGE}/orders")
+    assert page.status_code == 409 and "node ask: unknown kind" in page.text
+    assert "kind: teleport" in page.text, "its text is in the YAML form, to be fixed and saved"
+    assert console.client.get(f"{PAGE}/missing").status_code == 404
