@@ -213,7 +213,9 @@ def test_viewers_and_forged_tokens_change_nothing(console: Console) -> None:
     console.client.cookies.clear()
     assert console.login("victor", VIEWER_PASSWORD).status_code == 303
     assert save(console, document).status_code == 403
-    assert console.client.get(PAGE).status_code == 200, "a viewer sees the page"
+    viewed = console.client.get(PAGE)
+    assert viewed.status_code == 200 and 'id="canvas"' in viewed.text, "a viewer sees the page"
+    assert 'id="validate"' not in viewed.text and 'id="save-canvas"' not in viewed.text
     assert not folder(console).exists()
     assert console.client.get(f"{PAGE}/..%2F..%2Fassistant").status_code in (404, 422)
 

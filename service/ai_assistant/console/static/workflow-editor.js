@@ -265,7 +265,8 @@ function documentOrError() {
   }
 }
 
-$("validate").addEventListener("click", async () => {
+// Validate, dry run and save are POSTs behind the admin role: a viewer's page has no such buttons.
+$("validate")?.addEventListener("click", async () => {
   const doc = documentOrError();
   if (doc === null) return;
   const { ok, data } = await post("/admin/workflows/validate", { document: doc });
@@ -273,7 +274,7 @@ $("validate").addEventListener("click", async () => {
   else refused(data);
 });
 
-$("dry-run").addEventListener("click", async () => {
+$("dry-run")?.addEventListener("click", async () => {
   const doc = documentOrError();
   if (doc === null) return;
   const { ok, data } = await post("/admin/workflows/dry-run", { document: doc, message: $("sample").value });
