@@ -320,6 +320,7 @@ def _mount_console(app: FastAPI, parts: Parts) -> Any:
     from .console.words_file import WordsFile
     from .plugins.manager import PluginManager
     from .plugins.settings import load_plugin_settings
+    from .workflows.versions import WorkflowFiles
 
     settings = parts.settings
     pipeline = parts.pipeline
@@ -343,6 +344,8 @@ def _mount_console(app: FastAPI, parts: Parts) -> Any:
         plugins=PluginManager(settings.data_dir, load_plugin_settings(settings.config_dir)),
         running_plugins=sorted(loaded),
         words=words,
+        # The editor's dry run uses the model and knowledge like the admin API's, and posts nothing (no channel).
+        workflows=WorkflowFiles(settings.config_dir, Services(engine=parts.engine, retriever=pipeline.retriever)),
     )
     return mount_console(app, settings.console, settings.data_dir, deps)
 

@@ -318,6 +318,60 @@ ZH |= {
     "words_hint": "最多 {max} 行；匹配不区分大小写。",
 }
 
+# -- workflows page ---------------------------------------------------------------------------------------------------
+EN |= {
+    "workflows": "Workflows",
+    "wf_restart": "Saved workflows are checked here as at start and take effect when the service restarts.",
+    "wf_saved": "Saved; the previous file is kept as a version.",
+    "wf_off": "The workflow editor is not available in this service.",
+    "wf_id": "Id",
+    "wf_version": "Version",
+    "wf_name": "Name",
+    "wf_enabled": "Enabled",
+    "wf_versions": "Kept versions",
+    "wf_none": "No workflows yet: today's default answer handles every message.",
+    "wf_new": "New workflow",
+    "wf_validate": "Validate",
+    "wf_palette": "Drag a node",
+    "wf_node": "Node",
+    "wf_config": "Fields (JSON)",
+    "wf_apply": "Apply",
+    "wf_delete": "Delete node",
+    "wf_sample": "Sample message",
+    "wf_dry_run": "Dry run",
+    "wf_disable": "Disable",
+    "wf_enable": "Enable",
+    "wf_rollback": "Restore this version",
+    "wf_yaml": "Or paste a workflow as YAML",
+    "wf_settings": "Workflow settings (JSON)",
+}
+ZH |= {
+    "workflows": "工作流",
+    "wf_restart": "保存时按启动时的规则校验，服务重启后生效。",
+    "wf_saved": "已保存；之前的文件已保留为一个版本。",
+    "wf_off": "此服务未启用工作流编辑器。",
+    "wf_id": "ID",
+    "wf_version": "版本",
+    "wf_name": "名称",
+    "wf_enabled": "启用",
+    "wf_versions": "保留的版本",
+    "wf_none": "还没有工作流：所有消息按默认方式回答。",
+    "wf_new": "新建工作流",
+    "wf_validate": "校验",
+    "wf_palette": "拖入节点",
+    "wf_node": "节点",
+    "wf_config": "字段（JSON）",
+    "wf_apply": "应用",
+    "wf_delete": "删除节点",
+    "wf_sample": "示例消息",
+    "wf_dry_run": "试运行",
+    "wf_disable": "停用",
+    "wf_enable": "启用",
+    "wf_rollback": "恢复此版本",
+    "wf_yaml": "或粘贴 YAML 格式的工作流",
+    "wf_settings": "工作流设置（JSON）",
+}
+
 STRINGS = {"en": EN, "zh": ZH}
 
 

@@ -3,7 +3,15 @@ module with a `router(console) -> APIRouter` factory, its templates, its i18n ke
 
 from __future__ import annotations
 
-from . import connector_test, conversations_page, dead_letters_page, knowledge_page, plugins_page, words_page
+from . import (
+    connector_test,
+    conversations_page,
+    dead_letters_page,
+    knowledge_page,
+    plugins_page,
+    words_page,
+    workflows_page,
+)
 from .web import AUDIT_PAGE, CORE_PAGES, Page
 
 PAGES: tuple[Page, ...] = (
@@ -14,5 +22,6 @@ PAGES: tuple[Page, ...] = (
     Page("dead_letters", "/dead-letters", dead_letters_page.router),
     Page("plugins", "/plugins", plugins_page.router),
     Page("words", "/words", words_page.router),
+    Page("workflows", "/workflows", workflows_page.router),
     AUDIT_PAGE,
 )

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -36,6 +36,9 @@ from .overview import ERROR_OUTCOMES, AnswerRate, answers_by_outcome, latency_qu
 from .settings import ConsoleSettings
 from .store import ConsoleStore, LoginRefused, User
 from .words_file import WordsFile
+
+if TYPE_CHECKING:
+    from ..workflows.versions import WorkflowFiles
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -61,6 +64,7 @@ class ConsoleDeps:
     plugins: PluginManager | None = None
     running_plugins: list[str] = field(default_factory=list)  # archive plugins the running service loaded
     words: WordsFile | None = None  # None where filters.words_file is not set
+    workflows: WorkflowFiles | None = None  # the config dir's workflows/ folder, as the editor saves it
 
 
 @dataclass(frozen=True)
