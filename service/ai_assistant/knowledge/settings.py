@@ -46,8 +46,8 @@ class VectorStoreSettings(_Section):
     timeout_seconds: float = Field(10.0, gt=0)
     # Embedded store: HNSW parameters of usearch, chosen with bench/kb_bench.py (docs/knowledge.md).
     connectivity: int = Field(16, ge=4, le=64)
-    expansion_add: int = Field(128, ge=16, le=1024)
-    expansion_search: int = Field(128, ge=16, le=1024)
+    expansion_add: int = Field(400, ge=16, le=1024)
+    expansion_search: int = Field(256, ge=16, le=1024)
 
 
 class KnowledgeSettings(_Section):
