@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from ai_assistant.store.base import StateStore
 from tests.helpers import ReplyReceiver, free_port, wait_until
 
 
@@ -79,3 +80,23 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
+    """The two backends every store-level test runs against: SQLite (one host) and the session's real redis-server
+    (shared), emptied first."""
+    if request.param == "sqlite":
+        from ai_assistant.store.sqlite import SQLiteStore
+
+        s: StateStore = SQLiteStore(tmp_path / "state.sqlite3")
+    else:
+        import redis.asyncio as aioredis
+
+        from ai_assistant.store.redis import RedisStore
+
+        url = request.getfixturevalue("redis_url")
+        await aioredis.from_url(url).flushdb()
+        s = RedisStore(url)
+    yield s
+    await s.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,24 +10,6 @@ import pytest
 from ai_assistant.store.base import StateStore
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    if request.param == "sqlite":
-        from ai_assistant.store.sqlite import SQLiteStore
-
-        s: StateStore = SQLiteStore(tmp_path / "state.sqlite3")
-    else:
-        import redis.asyncio as aioredis
-
-        from ai_assistant.store.redis import RedisStore
-
-        url = request.getfixturevalue("redis_url")
-        await aioredis.from_url(url).flushdb()
-        s = RedisStore(url)
-    yield s
-    await s.close()
 
 
 async def test_an_answer_put_is_found_again_for_its_connector_only(store: StateStore) -> None:

@@ -6,19 +6,17 @@ not its words); the platform is a recording channel."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ai_assistant.engines.hf_inference import HFInferenceEngine
 from ai_assistant.pipeline.commands import RESET_REPLY, Commands, plugin_commands
 from ai_assistant.settings import EngineSettings
 from ai_assistant.store import StateStore
-from ai_assistant.store.redis import RedisStore
 from ai_assistant.store.sqlite import SQLiteStore
 from tests.faults.engine_standin import ANSWER
 from tests.faults.procs import EngineStandin
@@ -34,18 +32,6 @@ def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineStandin]
     proc = EngineStandin(tmp_path_factory.mktemp("engine")).start()
     yield proc
     proc.kill()
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    if request.param == "sqlite":
-        made: StateStore = SQLiteStore(tmp_path / "state.sqlite3")
-    else:
-        url = request.getfixturevalue("redis_url")
-        await aioredis.from_url(url).flushdb()  # one server for the session: each test starts from an empty one
-        made = RedisStore(url)
-    yield made
-    await made.close()
 
 
 def make(tmp_path: Path, store: StateStore, standin: EngineStandin, **options: Any) -> Harness:

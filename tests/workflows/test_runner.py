@@ -25,24 +25,6 @@ from tests.workflows.standin import BusinessSystem
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    if request.param == "sqlite":
-        from ai_assistant.store.sqlite import SQLiteStore
-
-        s: StateStore = SQLiteStore(tmp_path / "state.sqlite3")
-    else:
-        import redis.asyncio as aioredis
-
-        from ai_assistant.store.redis import RedisStore
-
-        url = request.getfixturevalue("redis_url")
-        await aioredis.from_url(url).flushdb()
-        s = RedisStore(url)
-    yield s
-    await s.close()
-
-
 @pytest.fixture
 async def sqlite(tmp_path: Path) -> AsyncIterator[StateStore]:
     from ai_assistant.store.sqlite import SQLiteStore
