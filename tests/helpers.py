@@ -77,6 +77,7 @@ class ReplyReceiver:
     rejected: int = 0
     # A reply for which this returns True is answered 503 and not recorded (a platform that fails some sends).
     refuse: Callable[[dict[str, Any]], bool] | None = None
+    bind_port: int = 0  # 0: any free port; a kept VM (VM_KEEP) was configured with an earlier run's port
 
     def __post_init__(self) -> None:
         receiver = self
@@ -103,7 +104,7 @@ class ReplyReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.bind_port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/replies"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -309,12 +309,57 @@ def _write_ssh_config(workdir: Path, vm: VM) -> Path:
     return path
 
 
+def _kept_vm(keep: Path) -> TestVM | None:
+    """The converged VM an earlier run left running under VM_KEEP, if it still answers."""
+    state_file = keep / "state.json"
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    vm = VM(Path(state["image"]), keep / "vm", ports=state["ports"])
+    try:
+        os.kill(state["pid"], 0)
+        alive = vm.ssh("true", timeout=15).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        alive = False
+    if not alive:
+        state_file.unlink()
+        return None
+    receiver = ReplyReceiver(bind_port=state["reply_port"])
+    receiver.secret = state["secret"]
+    tvm = TestVM(vm, keep, keep / "inventory.json", keep / "ssh_config", receiver, state["secret"])
+    tvm.generated_secrets, tvm.pebble_root = state["generated_secrets"], state["pebble_root"]
+    return tvm
+
+
+def _keep_vm(keep: Path, tvm: TestVM, image: Path) -> None:
+    assert tvm.vm.proc is not None
+    state = {
+        "image": str(image), "ports": tvm.vm.ports, "pid": tvm.vm.proc.pid, "reply_port": tvm.receiver.port,
+        "secret": tvm.connector_secret, "generated_secrets": tvm.generated_secrets, "pebble_root": tvm.pebble_root,
+    }  # fmt: skip
+    (keep / "state.json").write_text(json.dumps(state))
+
+
 @pytest.fixture(scope="session")
 def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
     missing = missing_tools()
     if missing:
         pytest.skip(f"the VM tests need {', '.join(missing)} (scripts/bootstrap installs them from apt)")
-    workdir = tmp_path_factory.mktemp("roles-vm")
+    # VM_KEEP=DIR, for a developer iterating on VM checks only (CI never sets it): the first run converges and leaves
+    # the VM running in DIR; later runs reuse it while it answers (`kill $(jq .pid DIR/state.json)` to drop it).
+    # The checks then see whatever earlier runs left behind; CI's fresh converge is the one that counts.
+    keep = Path(os.environ["VM_KEEP"]).resolve() if os.environ.get("VM_KEEP") else None
+    if keep is not None:
+        kept = _kept_vm(keep)
+        if kept is not None:
+            try:
+                yield kept
+            finally:
+                kept.receiver.close()
+            return
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+    workdir = keep or tmp_path_factory.mktemp("roles-vm")
     image = _timed("image build (cached: ~0)", build_image, workdir / "build.log")
     art = _timed("wheels", _artifacts, workdir)
     receiver = ReplyReceiver()
@@ -345,9 +390,12 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
         root = tvm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
         assert root.returncode == 0 and "BEGIN CERTIFICATE" in root.stdout, root.stderr
         tvm.pebble_root = root.stdout
+        if keep is not None:
+            _keep_vm(keep, tvm, image)
         yield tvm
     finally:
-        vm.stop()
+        if keep is None:
+            vm.stop()
         receiver.close()
         console = vm.console
         if console.exists():

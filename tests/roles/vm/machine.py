@@ -96,7 +96,9 @@ class VM:
             "-device", "virtio-blk-pci,drive=d1,serial=data01",
             "-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # stderr to a file, not a pipe: a VM kept running (VM_KEEP) outlives the test process that would read it.
+        with (self.workdir / "qemu.err").open("wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
 
     def ssh_args(self) -> list[str]:
         return [
@@ -113,7 +115,7 @@ class VM:
         start = time.monotonic()
         while time.monotonic() - start < deadline_s:
             if self.proc is not None and self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = (self.workdir / "qemu.err").read_text(errors="replace")
                 raise RuntimeError(f"qemu exited with {self.proc.returncode}: {err.strip()}")
             try:
                 if self.ssh("true", timeout=15).returncode == 0:
