@@ -88,6 +88,8 @@ class Console:
         self.deps = deps
         self.signer = URLSafeTimedSerializer(accounts.signing_key(), salt="ai-assistant-console-csrf")
         self.templates = Jinja2Templates(directory=HERE / "templates")
+        # The audit log's before/after as people wrote them: Jinja's tojson would show 助理 as \u52a9\u7406.
+        self.templates.env.filters["json_text"] = lambda v: json.dumps(v, ensure_ascii=False, sort_keys=True)
         self.rate = AnswerRate()
         self.started_digest = deps.connectors_file.digest()
         self._limiters: dict[str, AsyncLimiter] = {}
