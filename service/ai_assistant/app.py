@@ -194,9 +194,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         for connector in parts.connectors.values():
-            connector.sink = _sink(parts)
-            connector.leases = parts.store
-            connector.feedback = _feedback(parts, connector.name)
+            _wire(parts, connector)
             await connector.start()
         tasks = [asyncio.create_task(export_queue_stats(parts.store, stop), name="queue-stats")]
         tasks += parts.workers.start(stop)
@@ -208,6 +206,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            live = getattr(app.state, "live_connectors", None)
+            if live is not None:
+                await live.aclose()  # connectors replaced by console edits, still within their grace time
             for connector in parts.connectors.values():
                 await connector.aclose()
             close = getattr(parts.engine, "aclose", None)
@@ -223,18 +224,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app.state.parts = parts
 
     for connector in parts.connectors.values():
-        if connector.path is None:
-            continue
-        endpoint = WebhookEndpoint(
-            connector,
-            parts.store,
-            max_body_bytes=settings.server.max_body_bytes,
-            dedupe_ttl=settings.store.dedupe_ttl_seconds,
-            trusted_proxies=settings.server.trusted_proxies,
-            admission=parts.admission,
-        )
-        # Raw bytes, not FastAPI's parameter parsing, and dispatched ahead of FastAPI's stack (AssistantApp).
-        app.add_webhook(connector.path, endpoint, connector.methods)
+        if connector.path is not None:
+            _mount_webhook(app, parts, connector)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -304,6 +295,28 @@ async def readiness(parts: Parts) -> dict[str, str]:
     return checks
 
 
+def _mount_webhook(app: AssistantApp, parts: Parts, connector: Connector) -> None:
+    assert connector.path is not None
+    settings = parts.settings
+    endpoint = WebhookEndpoint(
+        connector,
+        parts.store,
+        max_body_bytes=settings.server.max_body_bytes,
+        dedupe_ttl=settings.store.dedupe_ttl_seconds,
+        trusted_proxies=settings.server.trusted_proxies,
+        admission=parts.admission,
+    )
+    # Raw bytes, not FastAPI's parameter parsing, and dispatched ahead of FastAPI's stack (AssistantApp).
+    app.add_webhook(connector.path, endpoint, connector.methods)
+
+
+def _wire(parts: Parts, connector: Connector) -> None:
+    """What a connector needs from the service before start(); also for one added by the console while serving."""
+    connector.sink = _sink(parts)
+    connector.leases = parts.store
+    connector.feedback = _feedback(parts, connector.name)
+
+
 def _sink(parts: Parts) -> Any:
     async def sink(message: Any) -> bool:
         import time
@@ -314,8 +327,9 @@ def _sink(parts: Parts) -> Any:
     return sink
 
 
-def _mount_console(app: FastAPI, parts: Parts) -> Any:
+def _mount_console(app: AssistantApp, parts: Parts) -> Any:
     from .console.connectors_file import ConnectorsFile
+    from .console.live import LiveConnectors
     from .console.web import ConsoleDeps, mount_console
     from .console.words_file import WordsFile
     from .plugins.manager import PluginManager
@@ -334,7 +348,18 @@ def _mount_console(app: FastAPI, parts: Parts) -> Any:
     loaded = {
         e.source.removeprefix("plugin:") for e in parts.registry.entries.values() if e.source.startswith("plugin:")
     }
+    # Console connector edits apply to the running service through the same connectors mapping (console/live.py).
+    live = LiveConnectors(
+        app,
+        settings,
+        parts.registry,
+        parts.connectors,
+        mount=lambda c: _mount_webhook(app, parts, c),
+        wire=lambda c: _wire(parts, c),
+    )
+    app.state.live_connectors = live
     deps = ConsoleDeps(
+        live_connectors=live,
         store=parts.store,
         readiness=lambda: readiness(parts),
         connectors_file=ConnectorsFile(settings.config_dir, settings.data_dir, parts.registry),

@@ -254,6 +254,12 @@ class AssistantApp(FastAPI):
             self._webhooks[(method, path)] = handler
         self.router.routes.append(Route(path, handler, methods=methods, include_in_schema=False))
 
+    def remove_webhook(self, path: str) -> None:
+        """Take a connector's webhook away while serving (console/live.py): the path then answers 404."""
+        gone = {id(h) for (_, p), h in self._webhooks.items() if p == path}
+        self._webhooks = {key: h for key, h in self._webhooks.items() if key[1] != path}
+        self.router.routes[:] = [r for r in self.router.routes if not (isinstance(r, Route) and id(r.endpoint) in gone)]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not self.root_path:
             handler = self._webhooks.get((scope["method"], scope["path"]))

@@ -106,6 +106,46 @@ def browser(tmp_path: Path) -> Iterator[object]:
         driver.quit()
 
 
+REPO = Path(__file__).resolve().parents[2]
+PHONE = (390, 844)
+
+
+@pytest.fixture
+def screens(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Where a browser test's screenshots go: build/test-logs/console-screens/<test>/, emptied first, so that a CI
+    run keeps them as an artefact and a person can look at every page (each at a laptop and a phone width)."""
+    folder = REPO / "build" / "test-logs" / "console-screens" / request.node.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    yield folder
+    print(f"\n[console screenshots in {folder}]")
+
+
+def replaced(page: Any) -> Any:
+    """A WebDriverWait condition: `page` (the old <html>) is gone. Selenium's staleness_of only expects its stale
+    exception, but chromium also answers "Node with given id does not belong to the document" while the new page is
+    being swapped in; both mean the old page is gone."""
+    from selenium.common.exceptions import WebDriverException
+
+    def check(_: Any) -> bool:
+        try:
+            page.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    return check
+
+
+def shoot(driver: Any, folder: Path, name: str) -> None:
+    """<name>.png at the window's size and <name>-phone.png at a phone's, then the window as it was."""
+    driver.save_screenshot(str(folder / f"{name}.png"))
+    size = driver.get_window_size()
+    driver.set_window_size(*PHONE)
+    driver.save_screenshot(str(folder / f"{name}-phone.png"))
+    driver.set_window_size(size["width"], size["height"])
+
+
 def create_user(data_dir: Path, name: str, password: str, role: str) -> None:
     cmd = [venv_bin("ai-assistant"), "admin", "create-user", name, f"--role={role}", f"--data-dir={data_dir}"]
     subprocess.run(

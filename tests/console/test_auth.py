@@ -232,7 +232,9 @@ def test_rate_limit_counts_the_real_client_behind_the_trusted_proxy(tmp_path: Pa
     add_users(tmp_path / "data")
     svc = ServiceProcess(config, tmp_path / "data").start()
     try:
-        with httpx.Client(base_url=svc.base) as client:
+        # Generous: each attempt hashes with argon2 in the service, which took over httpx's default 5 s on a loaded
+        # two-core machine (load average 16).
+        with httpx.Client(base_url=svc.base, timeout=60) as client:
             token = csrf(client.get("/admin/login"))
 
             def attempt(client_ip: str) -> int:

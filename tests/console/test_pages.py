@@ -81,8 +81,10 @@ def test_add_connector_writes_file_secrets_backup_and_audit(console: Console) ->
     assert entry["bot_name"] == "助理B" and entry["group_mention_only"] is True
     assert written["im-connector"]["app_secret"] == SECRET  # the other connector is untouched
     assert len(list((console.data_dir / "console" / "backups").iterdir())) == 1
-    listing = console.client.get("/admin/connectors?saved=1")
-    assert "team-b" in listing.text and "next restart" in listing.text and "restart the service" in listing.text
+    assert resp.headers["location"] == "/admin/connectors?saved=live"
+    listing = console.client.get(resp.headers["location"])
+    assert "team-b" in listing.text and "applied to the running service" in listing.text
+    assert 'id="pending"' not in listing.text and "not yet in the running service" not in listing.text
     assert NEW_SECRET not in listing.text
     entry_log = audit(console)[0]
     assert entry_log["action"] == "connector.add" and entry_log["actor"] == "alice"

@@ -52,11 +52,14 @@ EN: dict[str, str] = {
     "secret_hint": "write-only: leave empty to keep the current value",  # pragma: allowlist secret
     "secret_set": "set",  # pragma: allowlist secret
     "list_hint": "comma-separated",
-    "saved_restart": "Saved to connectors.yaml. It applies at the next restart of the service: webhook routes and "
-    "long connections are bound when it starts, and swapping them live could drop a message in flight.",
+    "saved_restart": "Saved to connectors.yaml. It applies at the next restart of the service.",
     "restart_pending": "connectors.yaml differs from what the service started with: restart the service to apply it.",
     "read_only": "connectors.yaml is read-only for the service (managed by Ansible): change assistant_connectors.",
     "until_restart": "not yet in the running service",
+    "saved_live": "Saved to connectors.yaml and applied to the running service: a new webhook answers now, a "
+    "disabled one no longer does, and messages already queued are answered once by the connector as saved.",
+    "apply_failed": "Saved to connectors.yaml, but the running service could not take it (it applies at the next "
+    "restart):",
     "fix_errors": "Nothing was saved: fix the fields marked below.",
     "confirm_delete": "Delete this connector? A backup of connectors.yaml is kept.",
     "when": "When",
@@ -119,11 +122,13 @@ ZH: dict[str, str] = {
     "secret_hint": "只写：留空则保留当前值",
     "secret_set": "已设置",
     "list_hint": "用逗号分隔",
-    "saved_restart": "已保存到 connectors.yaml，服务下次重启后生效：回调路由和长连接在启动时建立，"
-    "运行中替换可能丢失正在处理的消息。",
+    "saved_restart": "已保存到 connectors.yaml，服务下次重启后生效。",
     "restart_pending": "connectors.yaml 与服务启动时不同：重启服务后生效。",
     "read_only": "connectors.yaml 对服务只读（由 Ansible 管理）：请修改 assistant_connectors。",
     "until_restart": "运行中的服务尚未应用",
+    "saved_live": "已保存到 connectors.yaml 并已应用到运行中的服务：新的回调地址立即可用，停用的不再响应，"
+    "已排队的消息按保存后的连接器各回答一次。",
+    "apply_failed": "已保存到 connectors.yaml，但运行中的服务未能应用（下次重启后生效）：",
     "fix_errors": "未保存：请修正下面标出的字段。",
     "confirm_delete": "删除此连接器？connectors.yaml 的备份会保留。",
     "when": "时间",
@@ -165,6 +170,7 @@ EN |= {
     "kb_upload_button": "Upload",
     "kb_limits": "Types: {types}. At most {files} files of {mb} MB each. Drop files on the field or choose them.",
     "kb_documents": "Documents",
+    "kb_results": "This upload",
     "kb_title": "Title",
     "kb_source": "Source",
     "kb_chunks": "Chunks",
@@ -191,6 +197,7 @@ ZH |= {
     "kb_upload_button": "上传",
     "kb_limits": "类型：{types}。每次最多 {files} 个文件，每个不超过 {mb} MB。可拖放到此处或点击选择。",
     "kb_documents": "文档",
+    "kb_results": "本次上传",
     "kb_title": "标题",
     "kb_source": "来源",
     "kb_chunks": "分块",

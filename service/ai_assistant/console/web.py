@@ -32,6 +32,7 @@ from ..plugins.manager import PluginManager
 from ..store import StateStore
 from .connectors_file import ConnectorEditError, ConnectorsFile, form_fields, form_values, redact, route
 from .i18n import LANGUAGES, translator
+from .live import ApplyFailed, LiveConnectors
 from .overview import ERROR_OUTCOMES, AnswerRate, answers_by_outcome, latency_quantiles
 from .settings import ConsoleSettings
 from .store import ConsoleStore, LoginRefused, User
@@ -65,6 +66,8 @@ class ConsoleDeps:
     running_plugins: list[str] = field(default_factory=list)  # archive plugins the running service loaded
     words: WordsFile | None = None  # None where filters.words_file is not set
     workflows: WorkflowFiles | None = None  # the config dir's workflows/ folder, as the editor saves it
+    # The running service's connectors; None (tools, tests of the pages alone): edits apply at the next restart.
+    live_connectors: LiveConnectors | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class Console:
         self.deps = deps
         self.signer = URLSafeTimedSerializer(accounts.signing_key(), salt="ai-assistant-console-csrf")
         self.templates = Jinja2Templates(directory=HERE / "templates")
+        # The audit log's before/after as people wrote them: Jinja's tojson would show 助理 as \u52a9\u7406.
+        self.templates.env.filters["json_text"] = lambda v: json.dumps(v, ensure_ascii=False, sort_keys=True)
         self.rate = AnswerRate()
         self.started_digest = deps.connectors_file.digest()
         self._limiters: dict[str, AsyncLimiter] = {}
@@ -275,6 +280,21 @@ def console_router(console: Console) -> APIRouter:
         )
 
     # -- connectors -------------------------------------------------------------------------------------------------
+    live = console.deps.live_connectors
+
+    async def applied(request: Request, user: User) -> Response:
+        """After a saved edit: apply it to the running service, or say it waits for a restart."""
+        if live is None:
+            return RedirectResponse(f"{PREFIX}/connectors?saved=1", status_code=303)
+        try:
+            await live.apply()
+        except ApplyFailed as exc:
+            log.error("console: connectors.yaml saved but not applied live: %s", exc)
+            problem = translator(console._lang(request))["apply_failed"] + " " + str(exc)
+            return listing(request, user, 409, saved="1", problem=problem)
+        console.started_digest = files.digest()
+        return RedirectResponse(f"{PREFIX}/connectors?saved=live", status_code=303)
+
     def listing(request: Request, user: User, status: int = 200, **extra: Any) -> Response:
         rows = []
         for state, entries in (("enabled", files.enabled()), ("disabled", files.disabled())):
@@ -290,7 +310,7 @@ def console_router(console: Console) -> APIRouter:
             platforms=files.platforms(),
             writable=files.writable(),
             pending=files.digest() != console.started_digest,
-            running=console.deps.running_connectors,
+            running=live.names() if live is not None else console.deps.running_connectors,
             **extra,
         )
 
@@ -299,7 +319,7 @@ def console_router(console: Console) -> APIRouter:
         user = console.user(request)
         if isinstance(user, Response):
             return user
-        return listing(request, user, saved=saved is not None)
+        return listing(request, user, saved=saved)
 
     def form_page(
         request: Request, user: User, name: str, platform: str, creating: bool, values: dict[str, Any], **extra: Any
@@ -343,7 +363,7 @@ def console_router(console: Console) -> APIRouter:
         except ConnectorEditError as exc:
             return form_page(request, user, name, platform, True, form, errors=exc.errors, status=400)
         console.accounts.audit(user.name, "connector.add", name, None, redact(entry, files.model(platform)))
-        return RedirectResponse(f"{PREFIX}/connectors?saved=1", status_code=303)
+        return await applied(request, user)
 
     def find(name: str) -> tuple[dict[str, Any] | None, bool]:
         enabled, disabled = files.enabled(), files.disabled()
@@ -386,7 +406,7 @@ def console_router(console: Console) -> APIRouter:
         changed = sorted(new_secrets)  # which secrets were replaced, never their values
         after = {**(redact(entry, model) or {}), **({"replaced_secrets": changed} if changed else {})}
         console.accounts.audit(user.name, "connector.edit", name, redact(before, model), after)
-        return RedirectResponse(f"{PREFIX}/connectors?saved=1", status_code=303)
+        return await applied(request, user)
 
     async def move(request: Request, name: str, action: str) -> Response:
         gate = await console.change(request)
@@ -397,6 +417,10 @@ def console_router(console: Console) -> APIRouter:
         entry = enabled.get(name) or disabled.get(name)
         if entry is None:
             return console.render(request, "message.html", 404, user, message_key="not_found")
+        if action in ("disable", "delete") and name in enabled and live is not None:
+            needed = live.still_needed(name)
+            if needed is not None:
+                return listing(request, user, 409, problem=needed)
         if action == "disable" and name in enabled:
             disabled[name] = enabled.pop(name)
         elif action == "enable" and name in disabled:
@@ -413,7 +437,7 @@ def console_router(console: Console) -> APIRouter:
         model = _model(files, entry)
         after = None if action == "delete" else {"state": "enabled" if action == "enable" else "disabled"}
         console.accounts.audit(user.name, f"connector.{action}", name, redact(entry, model), after)
-        return RedirectResponse(f"{PREFIX}/connectors?saved=1", status_code=303)
+        return await applied(request, user)
 
     @router.post("/connectors/{name}/disable")
     async def disable(request: Request, name: str) -> Response:
