@@ -194,7 +194,14 @@ class SQLiteStore:
         row = _Row(
             keys=message.dedupe_keys(),
             expires_at=now + dedupe_ttl,
-            job=(_job_id(), message.model_dump_json(), message.received_at or now, message.conversation_key, shed, lane),
+            job=(
+                _job_id(),
+                message.model_dump_json(),
+                message.received_at or now,
+                message.conversation_key,
+                shed,
+                lane,
+            ),
             ttl=dedupe_ttl,
             max_depth=max_depth,
         )
