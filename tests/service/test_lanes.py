@@ -17,7 +17,7 @@ from ai_assistant.store.base import SHED_QUOTA
 
 
 def msg(text: str = "What are the office hours?", *kinds: str) -> InboundMessage:
-    attachments = [Attachment(kind=kind, data_b64="AA==") for kind in kinds]  # type: ignore[arg-type]
+    attachments = [Attachment(kind=kind, data_b64="AA==") for kind in kinds]
     return InboundMessage(connector="im", event_id="e", chat_id="c", user_id="u", text=text, attachments=attachments)
 
 
