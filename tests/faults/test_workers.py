@@ -63,7 +63,10 @@ def test_redis_killed_and_restarted_while_a_message_is_claimed(tmp_path: Path, r
         assert metric_value(svc.metrics(), "ai_assistant_workers_up") < configured
         redis.start()  # same port, same append-only file
         wait_until(lambda: _readyz(svc).status_code == 200, 60, "/readyz to recover")
-        assert metric_value(svc.metrics(), "ai_assistant_workers_up") == configured
+        # Each worker finds its own pooled connection from before the restart closed, once: wait for all of them.
+        wait_until(
+            lambda: metric_value(svc.metrics(), "ai_assistant_workers_up") == configured, 60, "every worker to recover"
+        )
         _post(svc, "evt-after")  # acknowledged after the restart: must be answered too
         wait_until(lambda: receiver.for_event("evt-claimed") and receiver.for_event("evt-after"), 60, "both answers")
         time.sleep(1.0)
