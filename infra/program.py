@@ -92,6 +92,8 @@ def _group_vars(conf: InfraConfig) -> dict[str, dict[str, Any]]:
             "assistant_memory_max_mib": a["assistant"],
             "reverse_proxy_memory_max_mib": a["nginx"],
             "assistant_worker_concurrency": tier.service_workers,
+            "assistant_lane_long_workers": tier.long_workers,
+            "assistant_lane_media_workers": tier.media_workers,
             # Connectors without their secrets (imSecrets reaches assistant_connector_secrets as im_secrets).
             "assistant_connectors": {name: dict(opts) for name, opts in conf.connectors.items()},
             "assistant_alerts_connector": alerts.connector if alerts else "",

@@ -39,7 +39,11 @@ class Tier:
     data: NodeSize
     assistant_per_zone: int
     assistant_max_per_zone: int  # the autoscaling group's ceiling
-    service_workers: int
+    service_workers: int  # the text lane's workers (worker.concurrency)
+    # The long-generation and media lanes' workers (lanes.*; docs/architecture.md, "Lanes"). Media stays at one
+    # worker per vCPU or fewer: OCR and speech recognition are CPU-bound and load their models once per process.
+    long_workers: int
+    media_workers: int
 
 
 # The seed sizes the assistant hosts at 1c2G / 2c4G / 4c8G. Shared state (Redis, Weaviate) lives on a separate data
@@ -54,6 +58,8 @@ CATALOGUE: dict[TierName, Tier] = {
         assistant_per_zone=1,
         assistant_max_per_zone=2,
         service_workers=2,
+        long_workers=1,
+        media_workers=1,
     ),
     "standard": Tier(
         name="standard",
@@ -63,6 +69,8 @@ CATALOGUE: dict[TierName, Tier] = {
         assistant_per_zone=1,
         assistant_max_per_zone=3,
         service_workers=4,
+        long_workers=2,
+        media_workers=1,
     ),
     "enterprise": Tier(
         name="enterprise",
@@ -72,6 +80,8 @@ CATALOGUE: dict[TierName, Tier] = {
         assistant_per_zone=2,
         assistant_max_per_zone=6,
         service_workers=8,
+        long_workers=3,
+        media_workers=2,
     ),
 }
 

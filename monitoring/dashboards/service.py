@@ -97,6 +97,28 @@ def build() -> gdash.Dashboard:
     )
     d.with_panel(
         ts(
+            "Queue depth by lane",
+            "Text, long generations and media (images, voice) wait in lanes of their own (docs/architecture.md).",
+            "short",
+            [(f"max by (lane) (ai_assistant_lane_queue_depth{{{ASSISTANT}}})", "{{lane}}")],
+        )
+    )
+    d.with_panel(
+        ts(
+            "Wait for a worker by lane (p95)",
+            "From a message's arrival to its first claim by a worker of its lane.",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.95, sum by (lane, le) "
+                    f"(rate(ai_assistant_lane_wait_seconds_bucket{{{ASSISTANT}}}[$__rate_interval])))",
+                    "{{lane}}",
+                )
+            ],
+        )
+    )
+    d.with_panel(
+        ts(
             "Answer time (received to delivered)",
             "The answer-latency SLO counts answers within 60 s.",
             "s",

@@ -129,8 +129,8 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         knowledge,
         BearerTokens(settings.admin.token, settings.admin.previous_token),
         BearerTokens(settings.alerts.token, settings.alerts.previous_token),
-        Workers(pipeline, settings.worker),
-        Admission(store, settings.queue, settings.quotas, settings.store.dedupe_ttl_seconds),
+        Workers(pipeline, settings.worker, settings.lanes),
+        Admission(store, settings.queue, settings.quotas, settings.store.dedupe_ttl_seconds, settings.lanes),
     )
 
 

@@ -24,7 +24,8 @@ from .connectors.base import Connector
 from .errors import Forbidden, MalformedRequest, PayloadTooLarge, RejectedRequest
 from .messages import Ack, InboundMessage, RawRequest
 from .observability import DUPLICATES, FEEDBACK, REJECTED, REQUESTS, RESPONSE_TIME, SHED, request_id
-from .settings import QueueSettings, QuotaSettings
+from .pipeline.lanes import classify
+from .settings import LaneSettings, QueueSettings, QuotaSettings
 from .store import Bucket, QueueFull, StateStore
 from .store.base import SHED_QUOTA, SHED_QUOTA_SILENT
 
@@ -100,17 +101,28 @@ class Admission:
     worker's normal, exactly-once delivery path and keeps its place in the chat's order; the worker never asks the
     model for it. A full queue refuses (QueueFull): nothing is acknowledged, so the platform delivers again later."""
 
-    def __init__(self, store: StateStore, queue: QueueSettings, quotas: QuotaSettings, dedupe_ttl: float) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        queue: QueueSettings,
+        quotas: QuotaSettings,
+        dedupe_ttl: float,
+        lanes: LaneSettings | None = None,
+    ) -> None:
         self.store = store
         self.queue = queue
         self.quotas = quotas
         self.dedupe_ttl = dedupe_ttl
+        self.lanes = lanes or LaneSettings()
 
     async def admit(self, message: InboundMessage) -> bool:
         """Queue the message (False: a duplicate, nothing queued). Raises QueueFull."""
         shed = await self._over_quota(message)
+        lane = classify(message, self.lanes, shed=shed)  # pipeline/lanes.py: which queue, and so which workers
         try:
-            accepted = await self.store.enqueue(message, self.dedupe_ttl, shed=shed, max_depth=self.queue.max_depth)
+            accepted = await self.store.enqueue(
+                message, self.dedupe_ttl, shed=shed, max_depth=self.queue.max_depth, lane=lane
+            )
         except QueueFull:
             SHED.labels(reason="queue_full").inc()
             log.warning("queue full (queue.max_depth %d): %s refused with 503", self.queue.max_depth, message.event_id)

@@ -36,6 +36,14 @@ DUPLICATES = Counter(
 QUEUE_DEPTH = Gauge("ai_assistant_queue_depth", "Messages waiting for or being answered")
 QUEUE_OLDEST_AGE = Gauge("ai_assistant_queue_oldest_age_seconds", "Age of the oldest unanswered message")
 DEAD_LETTERS = Gauge("ai_assistant_dead_letters", "Dead letters waiting for an operator (ai-assistant dlq)")
+# Lanes by request type (pipeline/lanes.py): the lane names are fixed (store/base.py LANES).
+LANE_DEPTH = Gauge("ai_assistant_lane_queue_depth", "Messages waiting for or being answered, by lane", ["lane"])
+LANE_WAIT = Histogram(
+    "ai_assistant_lane_wait_seconds",
+    "From message received to its first claim by a worker of its lane",
+    ["lane"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+)
 ANSWERS = Counter("ai_assistant_answers", "Messages finished, by outcome", ["connector", "outcome"])
 ANSWER_DURATION = Histogram(
     "ai_assistant_answer_duration_seconds",
@@ -124,6 +132,9 @@ def create_series(connectors: list[str], engine: str) -> None:
     ENGINE_WAITS.labels(engine=engine)
     for step in ("claim", "job", "release", "loop"):
         WORKER_ERRORS.labels(step=step)
+    for lane in ("text", "long", "media"):  # store/base.py LANES; this module imports nothing of ours
+        LANE_DEPTH.labels(lane=lane)
+        LANE_WAIT.labels(lane=lane)
     for op in ("save_answer", "mark_part_sent", "complete", "release", "dead_letter"):
         STALE_WRITES.labels(op=op)
     ENGINE_DURATION.labels(engine=engine)

@@ -107,6 +107,7 @@ class LocalModelSettings(_Section):
 class WorkerSettings(_Section):
     # false: an acknowledge-only instance (answers are produced by other instances sharing the Redis queue)
     enabled: bool = True
+    # Workers of the text lane (short answers); the long and media lanes have their own (`lanes`).
     concurrency: int = Field(2, ge=1, le=64)
     # A worker renews its lease every third of this while it works; a crashed worker's message is picked up again
     # by another worker (or after a restart) within this many seconds.
@@ -134,6 +135,26 @@ class QueueSettings(_Section):
     # under overload, a short apology now beats an answer minutes late. 0: no limit.
     max_age_seconds: float = Field(120.0, ge=0)
     busy_reply: str = "Sorry, I'm too busy to answer that right now. Please ask again in a few minutes."
+
+
+class LaneSettings(_Section):
+    """Lanes by request type (pipeline/lanes.py, docs/architecture.md "Lanes"): each lane is its own queue in the
+    store with its own workers, so a burst of one kind cannot hold up the others. The text lane's workers are
+    worker.concurrency. A lane with 0 workers here is served by this instance's text workers."""
+
+    long_workers: int = Field(1, ge=0, le=64, description="workers for long generations")
+    media_workers: int = Field(1, ge=0, le=64, description="workers for images, voice and files (OCR, speech)")
+    # A question this long (pasted documents, "rewrite this") asks for a long answer; 0: only by keyword.
+    long_min_chars: int = Field(1500, ge=0)
+    # Words that ask for a long answer wherever they appear (case-insensitive), e.g. "summarize", "write a report".
+    long_keywords: list[str] = Field(default_factory=list)
+
+    @field_validator("long_keywords")
+    @classmethod
+    def _no_blank_keywords(cls, v: list[str]) -> list[str]:
+        if any(not k.strip() for k in v):
+            raise ValueError("a keyword is empty: it would send every message to the long lane")
+        return [k.strip() for k in v]
 
 
 class QuotaSettings(_Section):
@@ -191,6 +212,7 @@ class Settings(BaseSettings):
     local_model: LocalModelSettings = LocalModelSettings()
     worker: WorkerSettings = WorkerSettings()
     queue: QueueSettings = QueueSettings()
+    lanes: LaneSettings = LaneSettings()
     quotas: QuotaSettings = QuotaSettings()
     filters: FilterSettings = FilterSettings()
     memory: MemorySettings = MemorySettings()

@@ -346,6 +346,10 @@ def test_handoff_files_carry_what_the_roles_require(tmp_path: Path) -> None:
     assert assistant["assistant_memory_max_mib"] == tier.assistant.memory_limits_mib["assistant"]
     assert assistant["reverse_proxy_memory_max_mib"] == tier.assistant.memory_limits_mib["nginx"]
     assert assistant["assistant_worker_concurrency"] == tier.service_workers
+    assert (assistant["assistant_lane_long_workers"], assistant["assistant_lane_media_workers"]) == (
+        tier.long_workers,
+        tier.media_workers,
+    )
     assert inv["vars"]["reverse_proxy_real_ip_from"] and inv["vars"]["assistant_wheel"].endswith(".whl")
     monitoring = inv["children"]["monitoring"]["vars"]
     assert monitoring["alertmanager_email_to"] == ["ops@example.com"]

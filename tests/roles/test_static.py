@@ -582,11 +582,13 @@ def test_the_tier_reaches_the_units_and_the_service_settings(tmp_path: Path) -> 
 
     base = {"assistant_wheel": "/x/ai_assistant-0.1.0-py3-none-any.whl", "assistant_config_dir": str(tmp_path)}
     tiered = {**base, "assistant_memory_max_mib": 2560, "assistant_worker_concurrency": 4}
+    tiered |= {"assistant_lane_long_workers": 2, "assistant_lane_media_workers": 0}
     unit = render("assistant", "ai-assistant.service.j2", tiered)
     assert re.search(r"^MemoryMax=2560M$", unit, re.M), unit
     assert "MemoryMax" not in render("assistant", "ai-assistant.service.j2", base)
     settings = yaml.safe_load(render("assistant", "assistant.yaml.j2", tiered))
     assert Settings(**settings).worker.concurrency == 4
+    assert (Settings(**settings).lanes.long_workers, Settings(**settings).lanes.media_workers) == (2, 0)
 
 
 def test_nginx_believes_the_load_balancer_for_the_client_address() -> None:

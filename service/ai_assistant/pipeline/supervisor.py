@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 
 from ..observability import WORKER_ERRORS, WORKERS_CONFIGURED, WORKERS_UP
-from ..settings import WorkerSettings
+from ..settings import LaneSettings, WorkerSettings
+from ..store.base import LANES, Lane
+from .lanes import pools
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,9 @@ class WorkerState:
     failures: int = 0
     cause: str = ""
     running: bool = False
+    # The lanes this worker claims from (pipeline/lanes.py): its own, and on a text worker any lane that has no
+    # workers of its own here.
+    lanes: tuple[Lane, ...] = LANES
 
     def ok(self) -> None:
         if self.failing_since is not None:
@@ -56,12 +61,15 @@ async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
 
 
 class Workers:
-    """`concurrency` copies of the worker loop (Pipeline.run), each restarted if it ever ends with an error."""
+    """One pool of worker loops (Pipeline.run) per lane, each loop restarted if it ever ends with an error."""
 
-    def __init__(self, pipeline: object, settings: WorkerSettings) -> None:
+    def __init__(self, pipeline: object, settings: WorkerSettings, lanes: LaneSettings | None = None) -> None:
         self.pipeline = pipeline
         self.settings = settings
-        self.states = [WorkerState(f"worker-{i}") for i in range(settings.concurrency)] if settings.enabled else []
+        self.states = []
+        if settings.enabled:
+            for lane, size, claims in pools(settings, lanes or LaneSettings()):
+                self.states += [WorkerState(f"{lane}-worker-{i}", lanes=claims) for i in range(size)]
         WORKERS_CONFIGURED.set(len(self.states))
         WORKERS_UP.set_function(lambda: sum(s.healthy for s in self.states))
 

@@ -33,6 +33,8 @@ from ..observability import (
     ANSWERS,
     DEAD_LETTERS,
     ENGINE_WAITS,
+    LANE_DEPTH,
+    LANE_WAIT,
     QUEUE_DEPTH,
     QUEUE_OLDEST_AGE,
     SHED,
@@ -105,7 +107,7 @@ class Pipeline:
         worker = self.settings.worker
         while not stop.is_set():
             try:
-                job = await self.store.claim(worker.lease_seconds)
+                job = await self.store.claim(worker.lease_seconds, state.lanes)
             except Exception as exc:
                 delay = state.failed("claim", exc)
                 log.warning(
@@ -117,6 +119,8 @@ class Pipeline:
             if job is None:
                 await sleep_unless_stopped(stop, worker.poll_interval_seconds)
                 continue
+            if job.claims == 1:  # its first claim: how long it queued in its lane before any worker was free for it
+                LANE_WAIT.labels(lane=job.lane).observe(max(0.0, _waited(job)))
             await self._work(job, state, stop)
 
     async def _work(self, job: Job, state: WorkerState, stop: asyncio.Event) -> None:
@@ -551,6 +555,8 @@ async def export_queue_stats(store: StateStore, stop: asyncio.Event, every: floa
             QUEUE_DEPTH.set(stats.depth)
             QUEUE_OLDEST_AGE.set(stats.oldest_age_seconds)
             DEAD_LETTERS.set(await store.dead_letter_count())
+            for lane, lane_stats in (await store.lane_stats()).items():
+                LANE_DEPTH.labels(lane=lane).set(lane_stats.depth)
         except Exception:  # the store being down shows in /readyz; the gauges just keep their last value
             log.debug("queue stats unavailable", exc_info=True)
         with contextlib.suppress(TimeoutError):

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from ..messages import ChatTurn, InboundMessage
 
 # Job.shed: over a quota, the first message of a window gets one polite reply, the rest of the window none.
 SHED_QUOTA = "quota"
 SHED_QUOTA_SILENT = "quota_silent"
+
+# Lanes by request type (pipeline/lanes.py decides which): each is a queue of its own, claimed by its own workers, so
+# a burst of one kind cannot hold up another. To the store a lane is only a name on the job.
+Lane = Literal["text", "long", "media"]
+LANES: tuple[Lane, ...] = ("text", "long", "media")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class Job:
     # Every claim so far, this one included, engine waits and hand-backs too (unlike `attempts`): 1 means the job
     # has never been started, which is when queue.max_age_seconds applies.
     claims: int = 1
+    lane: Lane = "text"
 
 
 @dataclass(frozen=True)
@@ -84,12 +90,18 @@ class ConversationIndex(Protocol):
 
 class StateStore(Protocol):
     async def enqueue(
-        self, message: InboundMessage, dedupe_ttl: float, *, shed: str | None = None, max_depth: int = 0
+        self,
+        message: InboundMessage,
+        dedupe_ttl: float,
+        *,
+        shed: str | None = None,
+        max_depth: int = 0,
+        lane: Lane = "text",
     ) -> bool:
         """Atomically: if none of the message's dedupe keys was seen within the TTL, remember them all and queue the
-        message. Returns False for a duplicate (nothing queued). Durable when it returns. `shed` marks a message
-        admitted only for a canned reply (Job.shed). With `max_depth` > 0, raises QueueFull (and changes nothing)
-        when that many messages are queued already."""
+        message in `lane`. Returns False for a duplicate (nothing queued). Durable when it returns. `shed` marks a
+        message admitted only for a canned reply (Job.shed). With `max_depth` > 0, raises QueueFull (and changes
+        nothing) when that many messages are queued already, in all lanes together."""
 
     async def take(self, buckets: Sequence[Bucket]) -> str | None:
         """Token buckets (the inbound quotas), in one step: if every bucket has a token, take one from each and return
@@ -110,10 +122,10 @@ class StateStore(Protocol):
     async def let_go(self, key: str, holder: str) -> None:
         """Give a lease back early (a clean shutdown), if `holder` still holds it."""
 
-    async def claim(self, lease_seconds: float) -> Job | None:
-        """Lease the oldest visible job whose conversation has no older job still queued or in flight, so answers
-        in one chat keep the order of its messages while other chats go on in parallel. A job whose lease expires
-        (its worker died) becomes visible again."""
+    async def claim(self, lease_seconds: float, lanes: Sequence[Lane] = LANES) -> Job | None:
+        """Lease the oldest visible job in one of `lanes` whose conversation has no older job still queued or in
+        flight, in any lane, so answers in one chat keep the order of its messages while other chats go on in
+        parallel. A job whose lease expires (its worker died) becomes visible again."""
 
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
         """Renew the lease (the worker's heartbeat). False if another worker has claimed the job since."""
@@ -172,6 +184,9 @@ class StateStore(Protocol):
     async def history(self, conversation: str, limit: int) -> list[ChatTurn]: ...
 
     async def stats(self) -> QueueStats: ...
+
+    async def lane_stats(self) -> dict[Lane, QueueStats]:
+        """stats() for each lane, every lane present."""
 
     async def ping(self) -> None:
         """Raise if the store cannot be used."""

@@ -19,12 +19,34 @@ from redis.exceptions import RedisError
 from ..errors import ConfigError
 from ..messages import ChatTurn, InboundMessage
 from ..settings import ASSISTANT_FILE
-from .base import WORKFLOW_TRACE_RETENTION_SECONDS, Bucket, DeadLetter, Job, QueueFull, QueueStats
+from .base import LANES, WORKFLOW_TRACE_RETENTION_SECONDS, Bucket, DeadLetter, Job, Lane, QueueFull, QueueStats
 
 P = "aia:"  # key prefix
-QUEUE = P + "queue"  # zset job id -> visible_at, the first job of each conversation only (_ADVANCE)
-ENQUEUED = P + "enqueued"  # zset job id -> enqueued_at (for the oldest-message age)
+QUEUE = P + "queue"  # zset job id -> visible_at, the first job of each conversation only (_ADVANCE); the text lane
+ENQUEUED = P + "enqueued"  # zset job id -> enqueued_at (for the oldest-message age), every lane
 DEAD = P + "dead"  # zset job id -> dead-lettered at; the job itself is the hash aia:dead:<id>
+
+
+def lane_queue(lane: str) -> str:
+    """The lane's queue zset. The text lane keeps the name the one queue had, so jobs queued before lanes existed
+    (no `lane` field) are text jobs where they are."""
+    return QUEUE if lane == "text" else f"{QUEUE}:{lane}"
+
+
+def lane_enqueued(lane: str) -> str:
+    """Like ENQUEUED, for one lane (lane_stats)."""
+    return f"{ENQUEUED}:{lane}"
+
+
+# The same two names inside the scripts, from a job hash's `lane` field (false when absent: a text job).
+_LANE_KEYS = """
+local function lane_of(job) return redis.call('HGET', job, 'lane') or 'text' end
+local function lane_queue(prefix, lane)
+  if lane == 'text' then return prefix .. 'queue' end
+  return prefix .. 'queue:' .. lane
+end
+local function lane_enqueued(prefix, lane) return prefix .. 'enqueued:' .. lane end
+"""
 
 # Leases and delays are measured on the Redis server's clock (TIME inside the script), never on an instance's: two
 # hosts whose clocks disagree by seconds would otherwise steal each other's leases or see jobs early.
@@ -34,25 +56,27 @@ _NOW = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) + tonumber(t[2]
 # deleted and a dead-lettered one renamed, so a stale worker finds no token there either.
 _HELD = "if redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[1] then return 0 end\n"
 
-# Per-conversation order: every job id also goes on its conversation's list (aia:conv:<connector>:<chat>), and only
-# the list's head is in the queue zset. Finishing or dead-lettering the head moves the next one into the queue, with
-# the score it was queued with (so it keeps its place among other chats), never earlier than now.
+# Per-conversation order: every job id also goes on its conversation's list (aia:conv:<connector>:<chat>), whatever
+# its lane, and only the list's head is in a queue zset (its lane's). Finishing or dead-lettering the head moves the
+# next one into its lane's queue, with the score it was queued with (so it keeps its place among other chats), never
+# earlier than now.
 _ADVANCE = """
-local function advance(conv, id, prefix, queue, now)
+local function advance(conv, id, prefix, now)
   redis.call('LREM', conv, 1, id)
   local nxt = redis.call('LINDEX', conv, 0)
   if nxt then
-    local at = tonumber(redis.call('HGET', prefix .. 'job:' .. nxt, 'queued_at')) or now
-    redis.call('ZADD', queue, 'NX', math.min(at, now), nxt)
+    local job = prefix .. 'job:' .. nxt
+    local at = tonumber(redis.call('HGET', job, 'queued_at')) or now
+    redis.call('ZADD', lane_queue(prefix, lane_of(job)), 'NX', math.min(at, now), nxt)
   end
 end
 """
 
 _ENQUEUE = (
     """
--- KEYS: dedupe keys..., job key, queue, enqueued, conversation list
--- ARGV: ttl_ms, job_id, message, enqueued_at, shed ('' for none), max_depth (0: no bound)
-local n = #KEYS - 4
+-- KEYS: dedupe keys..., job key, lane queue, enqueued, conversation list, lane enqueued
+-- ARGV: ttl_ms, job_id, message, enqueued_at, shed ('' for none), max_depth (0: no bound), lane
+local n = #KEYS - 5
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
@@ -63,9 +87,10 @@ if bound > 0 and redis.call('ZCARD', KEYS[n + 3]) >= bound then return -1 end
     + """
 for i = 1, n do redis.call('SET', KEYS[i], '1', 'PX', ARGV[1]) end
 redis.call('HSET', KEYS[n + 1], 'message', ARGV[3], 'attempts', 0, 'claims', 0, 'parts_sent', 0,
-  'enqueued_at', ARGV[4], 'queued_at', tostring(now), 'conv', KEYS[n + 4])
+  'enqueued_at', ARGV[4], 'queued_at', tostring(now), 'conv', KEYS[n + 4], 'lane', ARGV[7])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[n + 1], 'shed', ARGV[5]) end
 redis.call('ZADD', KEYS[n + 3], ARGV[4], ARGV[2])
+redis.call('ZADD', KEYS[n + 5], ARGV[4], ARGV[2])
 if redis.call('RPUSH', KEYS[n + 4], ARGV[2]) == 1 then redis.call('ZADD', KEYS[n + 2], now, ARGV[2]) end
 return 1
 """
@@ -73,14 +98,19 @@ return 1
 
 _CLAIM = (
     """
--- KEYS: queue   ARGV: lease, prefix, token
+-- KEYS: the queues of the lanes to claim from   ARGV: lease, prefix, token
 """
     + _NOW
     + """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
-if #ids == 0 then return nil end
-local id = ids[1]
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), id)
+local id, queue, best
+for i = 1, #KEYS do
+  local head = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
+  if #head > 0 and (best == nil or tonumber(head[2]) < best) then
+    id, queue, best = head[1], KEYS[i], tonumber(head[2])
+  end
+end
+if id == nil then return nil end
+redis.call('ZADD', queue, now + tonumber(ARGV[1]), id)
 local key = ARGV[2] .. 'job:' .. id
 redis.call('HINCRBY', key, 'attempts', 1)
 redis.call('HINCRBY', key, 'claims', 1)
@@ -116,13 +146,15 @@ return 0
 
 _EXTEND = (
     """
--- KEYS: job key, queue   ARGV: token, job id, lease
+-- KEYS: job key   ARGV: token, job id, lease, prefix
 """
     + _HELD
     + _NOW
+    + _LANE_KEYS
     + """
-if not redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+local queue = lane_queue(ARGV[4], lane_of(KEYS[1]))
+if not redis.call('ZSCORE', queue, ARGV[2]) then return 0 end
+redis.call('ZADD', queue, now + tonumber(ARGV[3]), ARGV[2])
 return 1
 """
 )
@@ -169,29 +201,33 @@ return 1
 
 _COMPLETE = (
     """
--- KEYS: job key, queue, enqueued   ARGV: token, job id, prefix
+-- KEYS: job key, enqueued   ARGV: token, job id, prefix
 """
     + _HELD
     + _NOW
+    + _LANE_KEYS
     + _ADVANCE
     + """
+local lane = lane_of(KEYS[1])
+redis.call('ZREM', lane_queue(ARGV[3], lane), ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', lane_enqueued(ARGV[3], lane), ARGV[2])
 local conv = redis.call('HGET', KEYS[1], 'conv')
 redis.call('DEL', KEYS[1])
-if conv then advance(conv, ARGV[2], ARGV[3], KEYS[2], now) end
+if conv then advance(conv, ARGV[2], ARGV[3], now) end
 return 1
 """
 )
 
 _RELEASE = (
     """
--- KEYS: job key, queue   ARGV: token, job id, delay, error, refund (0 or 1)
+-- KEYS: job key   ARGV: token, job id, delay, error, refund (0 or 1), prefix
 """
     + _HELD
     + _NOW
+    + _LANE_KEYS
     + """
-redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZADD', lane_queue(ARGV[6], lane_of(KEYS[1])), 'XX', now + tonumber(ARGV[3]), ARGV[2])
 redis.call('HSET', KEYS[1], 'last_error', ARGV[4])
 if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
@@ -200,38 +236,47 @@ return 1
 
 _DEAD_LETTER = (
     """
--- KEYS: job key, queue, enqueued, dead key, dead index   ARGV: token, job id, error, prefix
+-- KEYS: job key, enqueued, dead key, dead index   ARGV: token, job id, error, prefix
 """
     + _HELD
     + _NOW
+    + _LANE_KEYS
     + _ADVANCE
     + """
+local lane = lane_of(KEYS[1])
+redis.call('ZREM', lane_queue(ARGV[4], lane), ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', lane_enqueued(ARGV[4], lane), ARGV[2])
 redis.call('HSET', KEYS[1], 'state', 'dead', 'last_error', ARGV[3], 'finished_at', now)
 local conv = redis.call('HGET', KEYS[1], 'conv')
-redis.call('RENAME', KEYS[1], KEYS[4])
-redis.call('ZADD', KEYS[5], now, ARGV[2])
-if conv then advance(conv, ARGV[2], ARGV[4], KEYS[2], now) end
+redis.call('RENAME', KEYS[1], KEYS[3])
+redis.call('ZADD', KEYS[4], now, ARGV[2])
+if conv then advance(conv, ARGV[2], ARGV[4], now) end
 return 1
 """
 )
 
 _REPLAY = (
     """
--- KEYS: dead key, job key, queue, enqueued, dead index   ARGV: job id
+-- KEYS: dead key, job key, enqueued, dead index   ARGV: job id, prefix
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 """
     + _NOW
+    + _LANE_KEYS
     + """
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('HDEL', KEYS[2], 'state', 'lease_token', 'finished_at')
 redis.call('HSET', KEYS[2], 'attempts', 0, 'queued_at', tostring(now))
-redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[2], 'enqueued_at'), ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
+local lane = lane_of(KEYS[2])
+local enqueued_at = redis.call('HGET', KEYS[2], 'enqueued_at')
+redis.call('ZADD', KEYS[3], enqueued_at, ARGV[1])
+redis.call('ZADD', lane_enqueued(ARGV[2], lane), enqueued_at, ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 -- Back at the end of its conversation: it waits for the messages of that chat already queued.
 local conv = redis.call('HGET', KEYS[2], 'conv')
-if not conv or redis.call('RPUSH', conv, ARGV[1]) == 1 then redis.call('ZADD', KEYS[3], now, ARGV[1]) end
+if not conv or redis.call('RPUSH', conv, ARGV[1]) == 1 then
+  redis.call('ZADD', lane_queue(ARGV[2], lane), now, ARGV[1])
+end
 return 1
 """
 )
@@ -377,11 +422,18 @@ class RedisStore:
         self._retired = asyncio.create_task(_close_later(old, 30.0))
 
     async def enqueue(
-        self, message: InboundMessage, dedupe_ttl: float, *, shed: str | None = None, max_depth: int = 0
+        self,
+        message: InboundMessage,
+        dedupe_ttl: float,
+        *,
+        shed: str | None = None,
+        max_depth: int = 0,
+        lane: Lane = "text",
     ) -> bool:
         job_id = uuid.uuid4().hex
         keys = [P + "dedupe:" + k for k in message.dedupe_keys()]
-        keys += [P + "job:" + job_id, QUEUE, ENQUEUED, P + "conv:" + message.conversation_key]
+        keys += [P + "job:" + job_id, lane_queue(lane), ENQUEUED, P + "conv:" + message.conversation_key]
+        keys.append(lane_enqueued(lane))
         args: list[str | float] = [
             int(dedupe_ttl * 1000),
             job_id,
@@ -389,6 +441,7 @@ class RedisStore:
             message.received_at or time.time(),
             shed or "",
             max_depth,
+            lane,
         ]
         result = int(await self._enqueue(keys=keys, args=args))
         if result < 0:
@@ -414,8 +467,9 @@ class RedisStore:
     async def let_go(self, key: str, holder: str) -> None:
         await self._let_go(keys=[P + "lease:" + key], args=[holder])
 
-    async def claim(self, lease_seconds: float) -> Job | None:
-        result = await self._claim(keys=[QUEUE], args=[lease_seconds, P, uuid.uuid4().hex])
+    async def claim(self, lease_seconds: float, lanes: Sequence[Lane] = LANES) -> Job | None:
+        queues = [lane_queue(lane) for lane in lanes]
+        result = await self._claim(keys=queues, args=[lease_seconds, P, uuid.uuid4().hex])
         if not result:
             return None
         job_id, flat = result
@@ -432,11 +486,12 @@ class RedisStore:
             reply_ref=fields.get("reply_ref"),
             shed=fields.get("shed"),
             claims=int(fields.get("claims", 1)),
+            lane=next((lane for lane in LANES if lane == fields.get("lane")), "text"),
         )
 
     async def extend(self, job_id: str, lease_token: str, lease_seconds: float) -> bool:
-        keys = [P + "job:" + job_id, QUEUE]
-        return bool(await self._extend(keys=keys, args=[lease_token, job_id, lease_seconds]))
+        keys = [P + "job:" + job_id]
+        return bool(await self._extend(keys=keys, args=[lease_token, job_id, lease_seconds, P]))
 
     async def save_answer(
         self,
@@ -463,18 +518,18 @@ class RedisStore:
         return bool(await self._save_ref(keys=[P + "job:" + job_id], args=[lease_token, reply_ref]))
 
     async def complete(self, job_id: str, lease_token: str) -> bool:
-        keys = [P + "job:" + job_id, QUEUE, ENQUEUED]
+        keys = [P + "job:" + job_id, ENQUEUED]
         return bool(await self._complete(keys=keys, args=[lease_token, job_id, P]))
 
     async def release(
         self, job_id: str, lease_token: str, delay_seconds: float, error: str, *, count_attempt: bool = True
     ) -> bool:
-        keys = [P + "job:" + job_id, QUEUE]
-        args: list[str | float] = [lease_token, job_id, delay_seconds, error[:500], 0 if count_attempt else 1]
+        keys = [P + "job:" + job_id]
+        args: list[str | float] = [lease_token, job_id, delay_seconds, error[:500], 0 if count_attempt else 1, P]
         return bool(await self._release(keys=keys, args=args))
 
     async def dead_letter(self, job_id: str, lease_token: str, error: str) -> bool:
-        keys = [P + "job:" + job_id, QUEUE, ENQUEUED, P + "dead:" + job_id, DEAD]
+        keys = [P + "job:" + job_id, ENQUEUED, P + "dead:" + job_id, DEAD]
         return bool(await self._dead_letter(keys=keys, args=[lease_token, job_id, error[:500], P]))
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
@@ -500,8 +555,8 @@ class RedisStore:
         )
 
     async def replay(self, job_id: str) -> bool:
-        keys = [P + "dead:" + job_id, P + "job:" + job_id, QUEUE, ENQUEUED, DEAD]
-        return bool(await self._replay(keys=keys, args=[job_id]))
+        keys = [P + "dead:" + job_id, P + "job:" + job_id, ENQUEUED, DEAD]
+        return bool(await self._replay(keys=keys, args=[job_id, P]))
 
     async def drop(self, job_id: str) -> bool:
         return bool(await self._drop(keys=[P + "dead:" + job_id, DEAD], args=[job_id]))
@@ -518,6 +573,19 @@ class RedisStore:
         oldest: list[Any] = await self._r.zrange(ENQUEUED, 0, 0, withscores=True)
         age = max(0.0, time.time() - float(oldest[0][1])) if oldest else 0.0
         return QueueStats(depth=depth, oldest_age_seconds=age)
+
+    async def lane_stats(self) -> dict[Lane, QueueStats]:
+        now = time.time()
+        pipe = self._r.pipeline(transaction=False)
+        for lane in LANES:
+            pipe.zcard(lane_enqueued(lane))
+            pipe.zrange(lane_enqueued(lane), 0, 0, withscores=True)
+        found = await pipe.execute()
+        out: dict[Lane, QueueStats] = {}
+        for i, lane in enumerate(LANES):
+            depth, oldest = found[2 * i], found[2 * i + 1]
+            out[lane] = QueueStats(int(depth), max(0.0, now - float(oldest[0][1])) if oldest else 0.0)
+        return out
 
     async def ping(self) -> None:
         await cast(Any, self._r.ping())

@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..messages import ChatTurn, InboundMessage
-from .base import WORKFLOW_TRACE_RETENTION_SECONDS, Bucket, ConversationSummary, DeadLetter, Job, QueueFull, QueueStats
+from .base import (
+    LANES,
+    WORKFLOW_TRACE_RETENTION_SECONDS,
+    Bucket,
+    ConversationSummary,
+    DeadLetter,
+    Job,
+    Lane,
+    QueueFull,
+    QueueStats,
+)
 
 T = TypeVar("T")
 CLEANUP_INTERVAL_SECONDS = 60.0
@@ -27,11 +37,11 @@ BUCKETS_BEFORE_SWEEP = 10_000
 @dataclass(frozen=True, slots=True)
 class _Row:
     """A message ready to insert: its de-duplication keys and its jobs row (id, message JSON, enqueued_at,
-    conversation, shed)."""
+    conversation, shed, lane)."""
 
     keys: list[str]
     expires_at: float
-    job: tuple[str, str, float, str, str | None]
+    job: tuple[str, str, float, str, str | None, str]
     ttl: float
     max_depth: int
 
@@ -41,6 +51,11 @@ _Pending = tuple[_Row, "asyncio.Future[bool | None]"]  # None: refused, the queu
 
 def _refilled(bucket: Bucket, tokens: float, elapsed: float) -> float:
     return min(float(bucket.burst), tokens + max(0.0, elapsed) * bucket.per_second)
+
+
+def _lane(value: object) -> Lane:
+    """A lane read back from the database; a name this version does not know (a newer one wrote it) is text."""
+    return next((lane for lane in LANES if lane == value), "text")
 
 
 def _job_id() -> str:
@@ -90,12 +105,14 @@ _ADDED_COLUMNS = {
     "shed": "TEXT",
     "claims": "INTEGER NOT NULL DEFAULT 0",
     "reply_ref": "TEXT",  # pipeline/progressive.py
+    "lane": "TEXT NOT NULL DEFAULT 'text'",  # Job.lane; jobs queued before lanes existed are text
 }
 _AFTER_MIGRATION = """
 UPDATE jobs SET conversation = json_extract(message, '$.connector') || ':' || json_extract(message, '$.chat_id')
 WHERE conversation IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_conversation ON jobs (conversation, state);
 CREATE INDEX IF NOT EXISTS history_at ON history (at);
+CREATE INDEX IF NOT EXISTS jobs_lane ON jobs (state, lane, visible_at);
 """
 
 
@@ -158,7 +175,13 @@ class SQLiteStore:
         return result
 
     async def enqueue(
-        self, message: InboundMessage, dedupe_ttl: float, *, shed: str | None = None, max_depth: int = 0
+        self,
+        message: InboundMessage,
+        dedupe_ttl: float,
+        *,
+        shed: str | None = None,
+        max_depth: int = 0,
+        lane: Lane = "text",
     ) -> bool:
         """Group commit: concurrent enqueues share one transaction (one fsync), so throughput under load does not
         pay one disk flush per webhook, while a lone request still commits at once.
@@ -171,7 +194,14 @@ class SQLiteStore:
         row = _Row(
             keys=message.dedupe_keys(),
             expires_at=now + dedupe_ttl,
-            job=(_job_id(), message.model_dump_json(), message.received_at or now, message.conversation_key, shed),
+            job=(
+                _job_id(),
+                message.model_dump_json(),
+                message.received_at or now,
+                message.conversation_key,
+                shed,
+                lane,
+            ),
             ttl=dedupe_ttl,
             max_depth=max_depth,
         )
@@ -239,9 +269,10 @@ class SQLiteStore:
                 (json.dumps(marks),),
             )
             db.execute(
-                "INSERT INTO jobs (id, message, visible_at, enqueued_at, conversation, shed) "
+                "INSERT INTO jobs (id, message, visible_at, enqueued_at, conversation, shed, lane) "
                 "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), ?, json_extract(value, '$[2]'), "
-                "json_extract(value, '$[3]'), json_extract(value, '$[4]') FROM json_each(?)",
+                "json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]') "
+                "FROM json_each(?)",
                 (now, json.dumps(jobs)),
             )
         return results
@@ -297,19 +328,21 @@ class SQLiteStore:
     async def let_go(self, key: str, holder: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM leases WHERE key = ? AND holder = ?", (key, holder)))
 
-    async def claim(self, lease_seconds: float) -> Job | None:
+    async def claim(self, lease_seconds: float, lanes: Sequence[Lane] = LANES) -> Job | None:
         now = time.time()
+        wanted = json.dumps(list(lanes))
 
         def body(db: sqlite3.Connection) -> Job | None:
-            # A job waits while an older job of its conversation is still queued: in flight (leased), waiting for a
-            # retry, or simply ahead of it.
+            # A job waits while an older job of its conversation is still queued, in any lane: in flight (leased),
+            # waiting for a retry, or simply ahead of it.
             row = db.execute(
-                "SELECT id, message, attempts, answer, outcome, parts_sent, enqueued_at, shed, claims, reply_ref "
+                "SELECT id, message, attempts, answer, outcome, parts_sent, enqueued_at, shed, claims, reply_ref, lane "
                 "FROM jobs j "
-                "WHERE state = 'queued' AND visible_at <= ? AND NOT EXISTS (SELECT 1 FROM jobs o "
+                "WHERE state = 'queued' AND lane IN (SELECT value FROM json_each(?)) AND visible_at <= ? "
+                "AND NOT EXISTS (SELECT 1 FROM jobs o "
                 "WHERE o.conversation = j.conversation AND o.state = 'queued' AND o.rowid < j.rowid) "
                 "ORDER BY visible_at, rowid LIMIT 1",
-                (now,),
+                (wanted, now),
             ).fetchone()
             if row is None:
                 return None
@@ -331,6 +364,7 @@ class SQLiteStore:
                 shed=row[7],
                 claims=row[8] + 1,
                 reply_ref=row[9],
+                lane=_lane(row[10]),
             )
 
         return await self._run(lambda db: self._tx(db, body))
@@ -494,6 +528,20 @@ class SQLiteStore:
         def body(db: sqlite3.Connection) -> QueueStats:
             depth, oldest = db.execute("SELECT COUNT(*), MIN(enqueued_at) FROM jobs WHERE state = 'queued'").fetchone()
             return QueueStats(depth=depth, oldest_age_seconds=max(0.0, now - oldest) if oldest else 0.0)
+
+        return await self._run(body)
+
+    async def lane_stats(self) -> dict[Lane, QueueStats]:
+        now = time.time()
+
+        def body(db: sqlite3.Connection) -> dict[Lane, QueueStats]:
+            rows = db.execute(
+                "SELECT lane, COUNT(*), MIN(enqueued_at) FROM jobs WHERE state = 'queued' GROUP BY lane"
+            ).fetchall()
+            out = {lane: QueueStats(0, 0.0) for lane in LANES}
+            for lane, depth, oldest in rows:
+                out[_lane(lane)] = QueueStats(depth=depth, oldest_age_seconds=max(0.0, now - oldest))
+            return out
 
         return await self._run(body)
 
