@@ -24,7 +24,9 @@ from tests.helpers import (
 PATH = "/api/im/callback"
 
 
-def _config(tmp_path: Path, receiver: ReplyReceiver, engine: EngineStandin, redis: RedisProcess) -> Path:
+def _config(
+    tmp_path: Path, receiver: ReplyReceiver, engine: EngineStandin, redis: RedisProcess, engine_timeout: float = 30
+) -> Path:
     return write_config(
         tmp_path / "config",
         reply_url=receiver.url,
@@ -32,6 +34,7 @@ def _config(tmp_path: Path, receiver: ReplyReceiver, engine: EngineStandin, redi
         assistant={
             "store": {"backend": "redis", "redis_url": redis.url},
             "worker": {"lease_seconds": 3, "retry_backoff_seconds": 0.3},
+            "engine": {"timeout_seconds": engine_timeout},
         },
     )
 
@@ -78,7 +81,10 @@ def test_a_frozen_worker_that_lost_its_lease_changes_nothing_when_it_wakes(
     redis = RedisProcess(tmp_path).start()
     # The first answer takes 10 s: long enough for A to lose its lease while frozen, short enough to reach A later.
     engine = EngineStandin(tmp_path).start("--stall", "10", "--stall-count", "1")
-    config = _config(tmp_path, receiver, engine, redis)
+    # A's engine timeout must outlast its freeze: on a loaded machine B takes a minute to start, and a timeout that
+    # expired while A was stopped fires when it wakes, before A reads the answer waiting in its socket (a retry, a
+    # third request: what the test would then count is the machine's speed, not the fencing).
+    config = _config(tmp_path, receiver, engine, redis, engine_timeout=600)
     a = ServiceProcess(config, tmp_path / "a").start()
     b: ServiceProcess | None = None
     try:
