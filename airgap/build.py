@@ -32,7 +32,11 @@ def version() -> str:
 
 def revision() -> str:
     done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+    if done.returncode != 0:
+        return "unknown"
+    # A bundle built from uncommitted changes must not pass for the commit it names.
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True).stdout
+    return done.stdout.strip() + ("-dirty" if dirty.strip() else "")
 
 
 def _say(message: str) -> None:
@@ -143,14 +147,41 @@ def build(
     key: str | None,
     python: Path,
 ) -> tuple[Path, str]:
-    ver, rev = version(), revision()
+    """Stage the bundle under `out`, archive it, and leave only the archive: a failed build leaves nothing that could
+    pass for a bundle (no staging directory, no partial archive under the final name)."""
+    ver = version()
     name = f"ai-assistant-bundle-{ver}"
     root = out / name
+    archive = out / f"{name}.tar"
     shutil.rmtree(root, ignore_errors=True)
+    archive.unlink(missing_ok=True)
     root.mkdir(parents=True)
-    for deb in debs:
-        if not deb.is_file() or deb.suffix != ".deb":
-            raise BundleError(f"--deb {deb}: not a .deb file")
+    try:
+        fingerprint = _stage(root, ver, parts=parts, debs=debs, gnupg_home=gnupg_home, key=key, python=python)
+        t0 = time.monotonic()
+        partial = archive.with_suffix(".tar.partial")
+        with tarfile.open(partial, "w") as tar:
+            tar.add(root, arcname=name)
+        partial.rename(archive)
+    finally:
+        # Only the archive travels; a second copy of hundreds of MB would only fill the build machine's disk.
+        shutil.rmtree(root, ignore_errors=True)
+        archive.with_suffix(".tar.partial").unlink(missing_ok=True)
+    _say(f"archive: {archive} ({archive.stat().st_size // 1_000_000} MB) in {time.monotonic() - t0:.0f} s")
+    return archive, fingerprint
+
+
+def _stage(
+    root: Path,
+    ver: str,
+    *,
+    parts: tuple[str, ...],
+    debs: list[Path],
+    gnupg_home: Path | None,
+    key: str | None,
+    python: Path,
+) -> str:
+    rev = revision()
     with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         home = gnupg_home or Path(tmp) / "gnupg"
         fingerprint = apt.signing_key(home, key) if gnupg_home else apt.new_key(home)
@@ -171,7 +202,7 @@ def build(
         if "apt" in parts:
             t0 = time.monotonic()
             packages = apt.all_packages()
-            cached = apt.closure(packages, log=out / "build-bundle-apt.log")
+            cached = apt.closure(packages, log=root.parent / "build-bundle-apt.log")
             found = sorted(cached.glob("*.deb")) + debs
             repo = Path(tmp) / "apt"
             apt.make_repo(found, repo, home=home, key=fingerprint, version=ver)
@@ -223,14 +254,7 @@ def build(
             str(root / manifest.SIGNATURE),
             str(root / manifest.MANIFEST),
         )
-    archive = out / f"{name}.tar"
-    t0 = time.monotonic()
-    with tarfile.open(archive, "w") as tar:
-        tar.add(root, arcname=name)
-    # Only the archive travels; a second copy of hundreds of MB would only fill the build machine's disk.
-    shutil.rmtree(root)
-    _say(f"archive: {archive} ({archive.stat().st_size // 1_000_000} MB) in {time.monotonic() - t0:.0f} s")
-    return archive, fingerprint
+    return fingerprint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [p for p in parts if p not in PARTS]
         if unknown:
             raise BundleError(f"--parts: unknown part {unknown[0]!r} (choose from {', '.join(PARTS)})")
+        for deb in args.deb:
+            if not deb.is_file() or deb.suffix != ".deb":
+                raise BundleError(f"--deb {deb}: not a .deb file")
         if args.key and not args.gnupg_home:
             raise BundleError("--key needs --gnupg-home (the GnuPG home that holds that secret key)")
         args.out.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,11 +76,13 @@ def _download(python: Path, dest: Path, *requirements: str) -> None:
 def guest_wheelhouse(python: Path, wheel: Path) -> Path:
     """A cached directory of every dependency wheel of `wheel` and of llama-cpp-python[server], for GUEST_PYTHON.
 
-    Keyed on pyproject.toml (the dependency pins), the guest's Python and the guest-only list; the service's own wheel
-    is left out: it travels on its own, rebuilt every run."""
+    Keyed on the runtime dependency pins (not the whole pyproject.toml: a new lint setting collects nothing again), the
+    llama.cpp version, the guest's Python and the guest-only list; the service's own wheel is left out: it travels on
+    its own, rebuilt every run."""
     llama = ensure_llama_wheel(python)
-    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    key += f"-py{GUEST_PYTHON}-{len(GUEST_ONLY_WHEELS)}"
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    inputs = json.dumps([deps, LLAMA_VERSION, GUEST_ONLY_WHEELS, GUEST_PYTHON])
+    key = hashlib.sha256(inputs.encode()).hexdigest()[:12] + f"-py{GUEST_PYTHON}"
     house = cache_root() / "vm-wheelhouse" / key
     if not (house / ".complete").exists():
         shutil.rmtree(house, ignore_errors=True)
