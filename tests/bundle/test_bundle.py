@@ -147,13 +147,15 @@ def test_a_bookworm_system_installs_the_roles_packages_from_the_bundle_alone(
     (files / "conf").write_text(_role_template("01ai-assistant-bundle.j2"))
     inside = f"{host_dir}/{bundle_id}"
     hooks = [
+        # Gone before the role's files are written: a list apt still read would now fail the update below.
+        f'rm -rf "$1{apt_repo}"',
         f'mkdir -p "$1{inside}" "$1/etc/apt/keyrings" "$1{role_vars["__base_bundle_parts_dir"]}"',
         f"copy-in {apt_repo} {inside}",
         f"upload {keyring} {role_vars['__base_bundle_keyring']}",
         f"upload {files / 'list'} {role_vars['__base_bundle_list']}",
         f"upload {files / 'conf'} {role_vars['__base_bundle_apt_conf']}",
-        # mmdebstrap's sources.list (the repository's outside path, unmounted by now) is still there: the role's
-        # apt.conf must make apt ignore it, or the update below reports an error.
+        # mmdebstrap's sources.list (naming the copy removed above) is still there: the role's apt.conf must make
+        # apt ignore it, or the update below reports an error.
         'chroot "$1" apt-get update -o Acquire::Languages=none 2>&1 | tee "$1/tmp/update.log"',
         '! grep -E "^(Err|W:|E:)" "$1/tmp/update.log"',
         'chroot "$1" apt-cache policy nginx | grep -q "file:/var/lib/ai-assistant-bundle"',
@@ -167,7 +169,9 @@ def test_a_bookworm_system_installs_the_roles_packages_from_the_bundle_alone(
                     "mmdebstrap", "--variant=apt", *apt.OPTIONS[1:], "--dpkgopt=force-unsafe-io",
                     # The bundle key for the bootstrap only (not copied in: the role's own signed-by is what is tested).
                     f"--keyring={keyring}",
-                    "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
+                    # A copy, not mmdebstrap's bind-mount hook: a failed run would leave the mount behind.
+                    f'--setup-hook=mkdir -p "$1{apt_repo.parent}"',
+                    f"--setup-hook=copy-in {apt_repo} {apt_repo.parent}",
                     f"--include={','.join(apt.all_packages())}",
                     *[f"--customize-hook={h}" for h in hooks],
                     apt.SUITE, "/dev/null", f"deb file://{apt_repo} ./",
