@@ -4,7 +4,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up test test-fast test-vm lint typecheck bench monitoring plugin-example infra-preview clean images
+.PHONY: help bootstrap up test test-fast test-vm lint typecheck bench monitoring plugin-example infra-preview clean images bundle
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -17,7 +17,7 @@ up: bootstrap  ## run the assistant, a local model server and a generic-IM inbox
 
 lint: bootstrap  ## ruff over everything, mypy --strict over service/, infra/ and monitoring/
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check service tests bench monitoring infra
+	$(BIN)/ruff format --check service tests bench monitoring infra airgap
 	$(BIN)/mypy
 
 typecheck: lint
@@ -33,6 +33,9 @@ test-vm: bootstrap  ## only the Ansible roles converged and verified in a Debian
 
 images: bootstrap  ## build the assistant and model-server images with podman (cached by their inputs; docs/images.md)
 	PYTHON=$(BIN)/python scripts/build-images
+
+bundle: bootstrap  ## the air-gapped bundle: one archive with wheels, models, a signed APT repository, Ansible (docs/images.md)
+	PYTHON=$(BIN)/python scripts/build-bundle $(BUNDLE_ARGS)
 
 bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md by hand)
 	$(BIN)/python bench/ack_bench.py

