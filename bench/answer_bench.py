@@ -118,9 +118,16 @@ class Result:
 
 @contextlib.contextmanager
 def stack(
-    workdir: Path, store: str, knowledge: bool, service_path: Path | None, concurrency: int
+    store: str, knowledge: bool, service_path: Path | None, concurrency: int
 ) -> Iterator[tuple[ServiceProcess, EngineStandin, ReplyReceiver, Redis | None]]:
     """Engine stand-in, platform stand-in, Redis when asked, and the service, all started and stopped together."""
+    with tempfile.TemporaryDirectory(prefix="answer-bench-") as tmp:
+        yield from _stack(Path(tmp), store, knowledge, service_path, concurrency)
+
+
+def _stack(
+    workdir: Path, store: str, knowledge: bool, service_path: Path | None, concurrency: int
+) -> Iterator[tuple[ServiceProcess, EngineStandin, ReplyReceiver, Redis | None]]:
     receiver = ReplyReceiver()
     engine = EngineStandin(workdir)
     engine.log = Path("/dev/null")  # the stand-in counts requests in its log: a file read per request is not "bare"
@@ -174,7 +181,7 @@ def _profiler(pid: int, out: Path) -> subprocess.Popen[bytes]:
     that tell where the CPU per answer goes. Its sampling costs the service a little CPU; compare profiles, not the
     figures of a profiled run."""
     spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-                            "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL)  # fmt: skip
+                            "--nonblocking", "--gil", "-o", str(out)], stdout=subprocess.DEVNULL)  # fmt: skip
     time.sleep(1.0)  # py-spy attaches
     return spy
 
@@ -204,88 +211,87 @@ def measure(
     profile: Path | None = None,
 ) -> Result:
     r = Result(label, store, knowledge, messages)
-    with tempfile.TemporaryDirectory(prefix="answer-bench-") as tmp:
-        with stack(Path(tmp), store, knowledge, service_path, concurrency) as (svc, engine, receiver, _):
-            assert svc.proc is not None and engine.proc is not None
-            pid, epid = svc.proc.pid, engine.proc.pid
-            r.rss_start_mib = rss_kib(pid) / 1024
-            # Warm-up: first use imports lazily, opens pools and compiles regexes; not part of the per-answer figure.
-            _post_all(svc.base, _bodies("warm", warmup, 50), in_flight)
-            _wait_replies(receiver, warmup, 120)
-            time.sleep(0.5)
-            idle0, t0 = cpu_seconds(pid), time.monotonic()
-            time.sleep(2.0)
-            r.idle_cpu_ms_per_s = 1000 * (cpu_seconds(pid) - idle0) / (time.monotonic() - t0)
-            receiver.received.clear()
-            spy = _profiler(pid, profile) if profile else None
-            c0, e0, t0 = cpu_seconds(pid), cpu_seconds(epid), time.monotonic()
-            statuses = _post_all(svc.base, _bodies("m", messages, max(messages // 4, 1)), in_flight)
-            _wait_replies(receiver, messages, 300)
-            r.wall_s = time.monotonic() - t0
-            r.service_cpu_s, r.engine_cpu_s = cpu_seconds(pid) - c0, cpu_seconds(epid) - e0
-            if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(60)
-            time.sleep(0.5)  # a duplicate, if any, arrives now
-            r.rss_end_mib = rss_kib(pid) / 1024
-            if bad := [s for s in statuses if s != 200]:
-                r.problems.append(f"{len(bad)} webhooks not acked, e.g. HTTP {bad[0]}")
-            texts: dict[str, list[str]] = {}
-            for reply in list(receiver.received):
-                texts.setdefault(reply["event_id"], []).append(reply["text"])
-            r.duplicates = sum(len(v) - 1 for v in texts.values())
-            # With retrieval the stand-in's answer comes with a sources footer: the answer is its first line.
-            r.answered = sum(1 for v in texts.values() if v[0].startswith(ANSWER))
-            r.other_replies = len(texts) - r.answered
-            if r.other_replies:
-                sample = next(v[0] for v in texts.values() if not v[0].startswith(ANSWER))
-                r.problems.append(f"{r.other_replies} replies were not the model's answer, e.g. {sample[:80]!r}")
+    with stack(store, knowledge, service_path, concurrency) as (svc, engine, receiver, _):
+        assert svc.proc is not None
+        assert engine.proc is not None
+        pid, epid = svc.proc.pid, engine.proc.pid
+        r.rss_start_mib = rss_kib(pid) / 1024
+        # Warm-up: first use imports lazily, opens pools and compiles regexes; not part of the per-answer figure.
+        _post_all(svc.base, _bodies("warm", warmup, 50), in_flight)
+        _wait_replies(receiver, warmup, 120)
+        time.sleep(0.5)
+        idle0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(2.0)
+        r.idle_cpu_ms_per_s = 1000 * (cpu_seconds(pid) - idle0) / (time.monotonic() - t0)
+        receiver.received.clear()
+        spy = _profiler(pid, profile) if profile else None
+        c0, e0, t0 = cpu_seconds(pid), cpu_seconds(epid), time.monotonic()
+        statuses = _post_all(svc.base, _bodies("m", messages, max(messages // 4, 1)), in_flight)
+        _wait_replies(receiver, messages, 300)
+        r.wall_s = time.monotonic() - t0
+        r.service_cpu_s, r.engine_cpu_s = cpu_seconds(pid) - c0, cpu_seconds(epid) - e0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        time.sleep(0.5)  # a duplicate, if any, arrives now
+        r.rss_end_mib = rss_kib(pid) / 1024
+        if bad := [s for s in statuses if s != 200]:
+            r.problems.append(f"{len(bad)} webhooks not acked, e.g. HTTP {bad[0]}")
+        texts: dict[str, list[str]] = {}
+        for reply in list(receiver.received):
+            texts.setdefault(reply["event_id"], []).append(reply["text"])
+        r.duplicates = sum(len(v) - 1 for v in texts.values())
+        # With retrieval the stand-in's answer comes with a sources footer: the answer is its first line.
+        r.answered = sum(1 for v in texts.values() if v[0].startswith(ANSWER))
+        r.other_replies = len(texts) - r.answered
+        if r.other_replies:
+            sample = next(v[0] for v in texts.values() if not v[0].startswith(ANSWER))
+            r.problems.append(f"{r.other_replies} replies were not the model's answer, e.g. {sample[:80]!r}")
     return r
 
 
 def soak(store: str, seconds: float, rate: float, knowledge: bool, say: Any = print) -> dict[str, Any]:
     """Messages at a fixed rate for `seconds`: RSS, queue depth and CPU per answer sampled every 10 s."""
     samples: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory(prefix="answer-soak-") as tmp:
-        with stack(Path(tmp), store, knowledge, None, 8) as (svc, _engine, receiver, redis):
-            assert svc.proc is not None
-            pid = svc.proc.pid
-            rss0 = rss_kib(pid) / 1024
-            total = int(seconds * rate)
-            bodies = _bodies("soak", total, 500)
-            stop = threading.Event()
+    with stack(store, knowledge, None, 8) as (svc, _engine, receiver, redis):
+        assert svc.proc is not None
+        pid = svc.proc.pid
+        rss0 = rss_kib(pid) / 1024
+        total = int(seconds * rate)
+        bodies = _bodies("soak", total, 500)
+        stop = threading.Event()
 
-            def watch() -> None:
-                c_prev, n_prev, start = cpu_seconds(pid), 0, time.monotonic()
-                while not stop.wait(10.0):
-                    c, n = cpu_seconds(pid), len(receiver.received)
-                    depth = redis.depth() if redis is not None else -1
-                    samples.append({"t": round(time.monotonic() - start), "rss_mib": rss_kib(pid) / 1024,
-                                    "replies": n, "queue_depth": depth,
-                                    "cpu_ms_per_answer": 1000 * (c - c_prev) / max(n - n_prev, 1)})  # fmt: skip
-                    say(f"  soak {samples[-1]}")
-                    c_prev, n_prev = c, n
+        def watch() -> None:
+            c_prev, n_prev, start = cpu_seconds(pid), 0, time.monotonic()
+            while not stop.wait(10.0):
+                c, n = cpu_seconds(pid), len(receiver.received)
+                depth = redis.depth() if redis is not None else -1
+                samples.append({"t": round(time.monotonic() - start), "rss_mib": rss_kib(pid) / 1024,
+                                "replies": n, "queue_depth": depth,
+                                "cpu_ms_per_answer": 1000 * (c - c_prev) / max(n - n_prev, 1)})  # fmt: skip
+                say(f"  soak {samples[-1]}")
+                c_prev, n_prev = c, n
 
-            watcher = threading.Thread(target=watch, daemon=True)
-            c0 = cpu_seconds(pid)
-            watcher.start()
-            started = time.monotonic()
-            with httpx.Client(timeout=60) as client:
-                for i, body in enumerate(bodies):
-                    time.sleep(max(0.0, started + i / rate - time.monotonic()))
-                    raw, headers = signed_generic_request(body)
-                    if client.post(svc.base + PATH, content=raw, headers=headers).status_code != 200:
-                        say(f"  not acked: {body['event_id']}")
-            _wait_replies(receiver, total, 120)
-            stop.set()
-            watcher.join()
-            cpu = cpu_seconds(pid) - c0
-            return {
-                "store": store, "knowledge": knowledge, "rate": round(rate, 2), "seconds": seconds,
-                "messages": total, "replies": len(receiver.received), "rss_start_mib": round(rss0, 1),
-                "rss_end_mib": round(rss_kib(pid) / 1024, 1), "cpu_ms_per_message": round(1000 * cpu / total, 2),
-                "samples": samples,
-            }  # fmt: skip
+        watcher = threading.Thread(target=watch, daemon=True)
+        c0 = cpu_seconds(pid)
+        watcher.start()
+        started = time.monotonic()
+        with httpx.Client(timeout=60) as client:
+            for i, body in enumerate(bodies):
+                time.sleep(max(0.0, started + i / rate - time.monotonic()))
+                raw, headers = signed_generic_request(body)
+                if client.post(svc.base + PATH, content=raw, headers=headers).status_code != 200:
+                    say(f"  not acked: {body['event_id']}")
+        _wait_replies(receiver, total, 120)
+        stop.set()
+        watcher.join()
+        cpu = cpu_seconds(pid) - c0
+        return {
+            "store": store, "knowledge": knowledge, "rate": round(rate, 2), "seconds": seconds,
+            "messages": total, "replies": len(receiver.received), "rss_start_mib": round(rss0, 1),
+            "rss_end_mib": round(rss_kib(pid) / 1024, 1), "cpu_ms_per_message": round(1000 * cpu / total, 2),
+            "samples": samples,
+        }  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -339,8 +345,14 @@ def main() -> None:
         for _ in range(args.rounds):
             for store in stores:
                 for label, path in targets:
-                    r = measure(store, messages=args.messages, knowledge=args.knowledge, service_path=path, label=label,
-                                profile=args.profile)
+                    r = measure(
+                        store,
+                        messages=args.messages,
+                        knowledge=args.knowledge,
+                        service_path=path,
+                        label=label,
+                        profile=args.profile,
+                    )
                     results.append(r)
                     print(json.dumps(r.as_dict()) if args.json else "", end="\n" if args.json else "")
                     print_row(r)

@@ -202,6 +202,8 @@ class HFInferenceEngine:
         `POST /extras/tokenize/count`. Which one the server has is found once; a server with neither (vLLM, a
         proxy) gets `estimate_tokens`. A server that cannot be reached now also gets the estimate, without
         remembering that: the chat call that follows will report the outage."""
+        if self._tokenizer == "estimate":  # no client to build for a server known to have no tokenizer endpoint
+            return [estimate_tokens(text) for text in texts]
         root = self.settings.base_url.rstrip("/").removesuffix("/v1")
         async with httpx.AsyncClient(timeout=5.0, verify=_httpx_ssl()) as client:
             return [await self._count(client, root, text) for text in texts]
