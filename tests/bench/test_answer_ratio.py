@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +20,7 @@ def _bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("answer_bench", ROOT / "bench" / "answer_bench.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["answer_bench"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
