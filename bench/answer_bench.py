@@ -150,8 +150,8 @@ def _stack(
         config = write_config(workdir / "config", reply_url=receiver.url, engine_url=engine.base_url,
                               assistant=assistant)  # fmt: skip
         if knowledge:
-            cmd = [venv_bin("ai-assistant"), "kb", "ingest", "--config-dir", str(config), "--data-dir",
-                   str(workdir / "data"), "--no-progress", str(ROOT / "samples" / "knowledge")]  # fmt: skip
+            cmd = [venv_bin("ai-assistant"), "kb", "--config-dir", str(config), "--data-dir", str(workdir / "data"),
+                   "ingest", "--no-progress", str(ROOT / "samples" / "knowledge")]  # fmt: skip
             subprocess.run(cmd, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
         svc = ServiceProcess(config, workdir / "data", env=env).start(timeout=180)
         yield svc, engine, receiver, redis
