@@ -228,6 +228,7 @@ class FeishuConnector(Connector):
     # ------------------------------------------------------------------------------------------------ long connection
     async def _session(self) -> None:
         assert self.link is not None
+        await asyncio.to_thread(_sdk)  # the first import takes seconds (see _sdk): not on the loop that acks webhooks
         url, ping_interval = await self._endpoint()
         try:
             service = int(parse_qs(urlsplit(url).query)[_sdk().const.SERVICE_ID][0])
