@@ -42,6 +42,10 @@ bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md 
 	$(BIN)/python bench/ack_bench.py --payload feishu
 	$(BIN)/python bench/ack_bench.py --payload slack
 	$(BIN)/python bench/ack_inprocess.py
+	$(BIN)/python bench/answer_bench.py
+	$(BIN)/python bench/answer_bench.py --knowledge --store sqlite
+	$(BIN)/python bench/answer_bench.py --soak 180 --store redis
+	$(BIN)/python bench/rss_components.py
 	$(BIN)/python bench/kb_bench.py
 
 monitoring: bootstrap  ## regenerate rules and dashboards, then run the monitoring tests

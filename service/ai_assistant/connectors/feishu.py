@@ -28,12 +28,14 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import re
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,18 +43,6 @@ import httpx
 import websockets
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from lark_oapi.ws.const import (  # type: ignore[import-untyped]
-    GEN_ENDPOINT_URI,
-    HEADER_BIZ_RT,
-    HEADER_MESSAGE_ID,
-    HEADER_SEQ,
-    HEADER_SUM,
-    HEADER_TYPE,
-    SERVICE_ID,
-)
-from lark_oapi.ws.enum import FrameType, MessageType  # type: ignore[import-untyped]
-from lark_oapi.ws.pb.google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # the SDK's copy
-from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
 from pydantic import Field, SecretStr, model_validator
 
 from ..errors import DeliveryFailed, DeliveryUncertain, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
@@ -75,6 +65,21 @@ from .streaming import StreamDown, StreamLink, supervise
 from .tokens import CachedToken
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _sdk() -> SimpleNamespace:
+    """lark-oapi's long-connection pieces (protobuf `Frame`, header names, frame types), imported when a long
+    connection first needs them: the package's __init__ imports its whole generated API, ~11k modules and ~160 MiB
+    resident (bench/rss_components.py), which every service paid at start whether or not it had a Feishu connector."""
+    from lark_oapi.ws import const  # type: ignore[import-untyped]
+    from lark_oapi.ws.enum import FrameType, MessageType  # type: ignore[import-untyped]
+    from lark_oapi.ws.pb.google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # the SDK's copy
+    from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
+
+    return SimpleNamespace(const=const, FrameType=FrameType, MessageType=MessageType, DecodeError=DecodeError,
+                           Frame=Frame)  # fmt: skip
+
 
 API_BASES = {"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"}
 # Stable namespace for idempotency uuids: the same inbound message and part always give the same uuid.
@@ -223,9 +228,10 @@ class FeishuConnector(Connector):
     # ------------------------------------------------------------------------------------------------ long connection
     async def _session(self) -> None:
         assert self.link is not None
+        await asyncio.to_thread(_sdk)  # the first import takes seconds (see _sdk): not on the loop that acks webhooks
         url, ping_interval = await self._endpoint()
         try:
-            service = int(parse_qs(urlsplit(url).query)[SERVICE_ID][0])
+            service = int(parse_qs(urlsplit(url).query)[_sdk().const.SERVICE_ID][0])
         except (KeyError, ValueError):
             raise StreamDown("malformed", "callback/ws/endpoint: the URL has no service_id") from None
         try:
@@ -245,7 +251,7 @@ class FeishuConnector(Connector):
         """The WebSocket URL and ping interval from Feishu's endpoint discovery, with the errors told apart."""
         try:
             resp = await self.http.post(
-                f"{self.api_base}{GEN_ENDPOINT_URI}",
+                f"{self.api_base}{_sdk().const.GEN_ENDPOINT_URI}",
                 json={"AppID": self.config.app_id, "AppSecret": self.config.app_secret.get_secret_value()},
                 headers={"locale": "zh"},
             )
@@ -274,21 +280,23 @@ class FeishuConnector(Connector):
         return url, float(interval) if isinstance(interval, int | float) and interval > 0 else 120.0
 
     async def _ping(self, ws: Any, service: int, interval: float) -> None:
+        sdk = _sdk()
         while True:
-            frame = Frame(SeqID=0, LogID=0, service=service, method=FrameType.CONTROL.value)
-            frame.headers.add(key=HEADER_TYPE, value=MessageType.PING.value)
+            frame = sdk.Frame(SeqID=0, LogID=0, service=service, method=sdk.FrameType.CONTROL.value)
+            frame.headers.add(key=sdk.const.HEADER_TYPE, value=sdk.MessageType.PING.value)
             await ws.send(frame.SerializeToString())
             await asyncio.sleep(interval)
 
     async def _on_frame(self, ws: Any, raw: str | bytes) -> None:
         assert self.link is not None
-        frame = Frame()
+        sdk = _sdk()
+        frame = sdk.Frame()
         try:
             frame.ParseFromString(raw if isinstance(raw, bytes) else raw.encode())
-        except DecodeError:
+        except sdk.DecodeError:
             self.link.problem("malformed", "a frame that is not a protobuf Frame was ignored")
             return
-        if frame.method != FrameType.DATA.value:
+        if frame.method != sdk.FrameType.DATA.value:
             return  # pong (may carry new intervals: our pings keep the first), or a control frame we do not use
         headers = {h.key: h.value for h in frame.headers}
         payload = self._whole(headers, frame.payload)
@@ -296,26 +304,27 @@ class FeishuConnector(Connector):
             return  # more parts to come
         started = time.monotonic()
         code = 200
-        if headers.get(HEADER_TYPE) == MessageType.EVENT.value:
-            code = await self._take(headers.get(HEADER_MESSAGE_ID, "?"), payload)
-        frame.headers.add(key=HEADER_BIZ_RT, value=str(int((time.monotonic() - started) * 1000)))
+        if headers.get(sdk.const.HEADER_TYPE) == sdk.MessageType.EVENT.value:
+            code = await self._take(headers.get(sdk.const.HEADER_MESSAGE_ID, "?"), payload)
+        frame.headers.add(key=sdk.const.HEADER_BIZ_RT, value=str(int((time.monotonic() - started) * 1000)))
         frame.payload = json.dumps({"code": code}).encode()
         await ws.send(frame.SerializeToString())
 
     def _whole(self, headers: dict[str, str], part: bytes) -> bytes | None:
+        const = _sdk().const
         try:
-            total, seq = int(headers.get(HEADER_SUM, "1")), int(headers.get(HEADER_SEQ, "0"))
+            total, seq = int(headers.get(const.HEADER_SUM, "1")), int(headers.get(const.HEADER_SEQ, "0"))
         except ValueError:
             total, seq = 1, 0
         if total <= 1:
             return part
-        parts = self._parts.setdefault(headers.get(HEADER_MESSAGE_ID, ""), [None] * total)
+        parts = self._parts.setdefault(headers.get(const.HEADER_MESSAGE_ID, ""), [None] * total)
         if not 0 <= seq < len(parts):
             return None
         parts[seq] = part
         if any(p is None for p in parts):
             return None
-        del self._parts[headers.get(HEADER_MESSAGE_ID, "")]
+        del self._parts[headers.get(const.HEADER_MESSAGE_ID, "")]
         return b"".join(p for p in parts if p is not None)
 
     async def _take(self, frame_id: str, payload: bytes) -> int:

@@ -5,13 +5,17 @@ against the local llama.cpp server, so the production path is the tested path.""
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from huggingface_hub import AsyncInferenceClient
+import httpx2
+from huggingface_hub import AsyncInferenceClient, set_async_client_factory
+from huggingface_hub.utils._http import async_hf_request_event_hook, async_hf_response_event_hook
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from ..errors import EngineUnavailable
@@ -105,6 +109,31 @@ class _WaitHonouringRetryAfter:
         return max(wait, asked or 0.0)
 
 
+# Building an SSL context loads the system's whole CA bundle: ~10 ms of CPU, and httpx does it for every client it
+# creates, even one that only ever speaks plain HTTP to a loopback engine. Two clients per answer (the token count and
+# the chat call) made it ~75 % of the service's CPU per answer (bench/answer_bench.py, docs/benchmarks.md). One
+# context per library per process instead; a changed CA bundle is read at the next restart.
+@functools.cache
+def _httpx_ssl() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+@functools.cache
+def _httpx2_ssl() -> ssl.SSLContext:
+    return httpx2.create_ssl_context()
+
+
+def _hf_async_client() -> httpx2.AsyncClient:
+    """huggingface_hub's default async client (same hooks and options) with the shared SSL context: its documented
+    hook for "custom certifications", `set_async_client_factory`."""
+    return httpx2.AsyncClient(
+        event_hooks={"request": [async_hf_request_event_hook], "response": [async_hf_response_event_hook]},
+        follow_redirects=True,
+        timeout=None,
+        verify=_httpx2_ssl(),
+    )
+
+
 class HFInferenceEngine:
     name = "hf_inference"
     streams = True  # chat() takes on_text (engines/base.py)
@@ -113,6 +142,7 @@ class HFInferenceEngine:
         self.settings = settings
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._tokenizer: str | None = None  # "tgi", "llama.cpp" or "estimate" once the server was asked
+        set_async_client_factory(_hf_async_client)  # process-wide, and the same every time: idempotent
 
     async def chat(self, turns: list[ChatTurn], on_text: OnText | None = None) -> str:
         messages = [{"role": t.role, "content": t.content} for t in turns]
@@ -172,8 +202,10 @@ class HFInferenceEngine:
         `POST /extras/tokenize/count`. Which one the server has is found once; a server with neither (vLLM, a
         proxy) gets `estimate_tokens`. A server that cannot be reached now also gets the estimate, without
         remembering that: the chat call that follows will report the outage."""
+        if self._tokenizer == "estimate":  # no client to build for a server known to have no tokenizer endpoint
+            return [estimate_tokens(text) for text in texts]
         root = self.settings.base_url.rstrip("/").removesuffix("/v1")
-        async with httpx.AsyncClient(timeout=5.0) as client:
+        async with httpx.AsyncClient(timeout=5.0, verify=_httpx_ssl()) as client:
             return [await self._count(client, root, text) for text in texts]
 
     async def _count(self, client: httpx.AsyncClient, root: str, text: str) -> int:
@@ -203,7 +235,7 @@ class HFInferenceEngine:
         url = self.settings.base_url.rstrip("/")
         probe = url + "/models" if url.endswith("/v1") else url + "/health"
         try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
+            async with httpx.AsyncClient(timeout=2.0, verify=_httpx_ssl()) as client:
                 resp = await client.get(probe)
         except httpx.HTTPError:
             return False
