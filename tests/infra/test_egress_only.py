@@ -102,6 +102,13 @@ def test_egress_only_hand_off_closes_the_firewall_and_exports_no_url(cloud: str,
     assert run.exports["egressIps"][0], "the platforms' allow-lists still need the NAT addresses"
 
 
+@pytest.mark.parametrize(("cloud", "tier"), CASES)
+def test_egress_only_stack_passes_the_policy_pack(cloud: str, tier: str) -> None:
+    from tests.infra.test_policy import stack_violations
+
+    assert stack_violations(egress_only_run(cloud, tier)) == []
+
+
 @pytest.mark.parametrize("cloud", CLOUDS)
 def test_egress_only_scaling_groups_join_no_load_balancer(cloud: str) -> None:
     run = egress_only_run(cloud, "standard", autoscaling=True)
