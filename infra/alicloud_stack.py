@@ -151,7 +151,9 @@ class SecurityGroups(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.lb, self.assistant, self.data = group("lb"), group("assistant"), group("data")
+        # Egress-only (ingress none): no load balancer, so no group for it and nothing on 443 from its vSwitches.
+        self.lb = group("lb") if conf.ingress == "public" else None
+        self.assistant, self.data = group("assistant"), group("data")
         self.inference, self.bastion = group("inference"), group("bastion")
 
         def ingress(
@@ -176,12 +178,14 @@ class SecurityGroups(pulumi.ComponentResource):
                 opts=child,
             )
 
-        https_sources = list(conf.im_source_cidrs) + list(conf.admin_cidrs) if conf.im_source_cidrs else [WORLD_V4]
-        for i, cidr in enumerate(https_sources):
-            ingress(f"lb-https-{i}", self.lb, HTTPS, cidr=cidr)
-        # ALB reaches backends from addresses in its own vSwitches.
-        for i, cidr in enumerate(net.public_cidrs):
-            ingress(f"assistant-https-from-lb-{i}", self.assistant, HTTPS, cidr=cidr)
+        if self.lb is not None:
+            https_sources = list(conf.im_source_cidrs) + list(conf.admin_cidrs) if conf.im_source_cidrs else [WORLD_V4]
+            for i, cidr in enumerate(https_sources):
+                ingress(f"lb-https-{i}", self.lb, HTTPS, cidr=cidr)
+            # ALB reaches backends from addresses in its own vSwitches.
+            for i, cidr in enumerate(net.public_cidrs):
+                ingress(f"assistant-https-from-lb-{i}", self.assistant, HTTPS, cidr=cidr)
+        # Alertmanager -> the assistant's POST /api/alerts: the private path, kept in an egress-only stack too.
         ingress("assistant-https-from-data", self.assistant, HTTPS, src=self.data)
         # Prometheus on the monitoring (data) host scrapes node-exporter everywhere, the assistant and the model server.
         ingress("assistant-node-metrics-from-data", self.assistant, NODE_EXPORTER, src=self.data)
@@ -197,7 +201,7 @@ class SecurityGroups(pulumi.ComponentResource):
             ingress(f"{role}-ssh-from-bastion", sg, SSH, src=self.bastion)
         for i, cidr in enumerate(conf.admin_cidrs):
             ingress(f"bastion-ssh-{i}", self.bastion, SSH, cidr=cidr)
-        self.register_outputs({"lb": self.lb.id, "assistant": self.assistant.id})
+        self.register_outputs({"lb": self.lb.id if self.lb else None, "assistant": self.assistant.id})
 
 
 class BackupBuckets(pulumi.ComponentResource):
@@ -294,9 +298,10 @@ class LoadBalancer(pulumi.ComponentResource):
             ],
             opts=child,
         )
-        ali.alb.LoadBalancerSecurityGroupAttachment(
-            f"{name}-alb-sg", load_balancer_id=self.alb.id, security_group_id=groups.lb.id, opts=child
-        )
+        if groups.lb is not None:
+            ali.alb.LoadBalancerSecurityGroupAttachment(
+                f"{name}-alb-sg", load_balancer_id=self.alb.id, security_group_id=groups.lb.id, opts=child
+            )
         self.server_groups: dict[tuple[Color, int], ali.alb.ServerGroup] = {}
         for color in COLORS:
             for zi, zone in enumerate(conf.zones):
@@ -570,7 +575,8 @@ def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> D
                         groups.assistant,
                         tier.assistant.data_disk_gib,
                         color,
-                        https_sources=net.public_cidrs,
+                        # 443 at first boot from the ALB's vSwitches; egress-only hosts open none until Ansible.
+                        https_sources=net.public_cidrs if conf.ingress == "public" else [],
                     )
                     for n in range(tier.assistant_per_zone)
                 ]
@@ -589,7 +595,7 @@ def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> D
     if conf.admin_cidrs:
         bastion = instance("bastion", "bastion", 0, groups.bastion, 0, public=True, ssh_sources=list(conf.admin_cidrs))
         bastion_ip = bastion.public_ip
-    lb = LoadBalancer("lb", conf, net, groups, members, tags, popts)
+    lb = LoadBalancer("lb", conf, net, groups, members, tags, popts) if conf.ingress == "public" else None
     redis, redis_endpoint = _shared_redis(conf, stack, net, redis_password, tags, popts)
     ready.append(redis)
     dynamic_inventory: pulumi.Output[str] | None = None
@@ -616,7 +622,7 @@ def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> D
     hosts_parent.register_outputs({"hosts": [h.name for h in hosts]})
     return Deployment(
         hosts=hosts,
-        lb_address=lb.alb.dns_name,
+        lb_address=lb.alb.dns_name if lb else None,
         egress_ip=net.egress_eip.ip_address,
         egress_ips=[e.ip_address for e in net.egress_eips],
         redis=redis_endpoint,
@@ -636,7 +642,7 @@ def _assistant_scaling_group(
     stack: str,
     net: Network,
     groups: SecurityGroups,
-    lb: LoadBalancer,
+    lb: LoadBalancer | None,
     color: Color,
     zi: int,
     *,
@@ -660,7 +666,10 @@ def _assistant_scaling_group(
         "ai-assistant:zone": conf.zones[zi],
     }
     user_data = cloudinit.user_data(
-        "alicloud", ssh_public_key=conf.ssh_public_key, ssh_sources=net.public_cidrs, https_sources=net.public_cidrs
+        "alicloud",
+        ssh_public_key=conf.ssh_public_key,
+        ssh_sources=net.public_cidrs,
+        https_sources=net.public_cidrs if lb else [],
     )
     template = ali.ecs.EcsLaunchTemplate(
         name,
@@ -713,7 +722,9 @@ def _assistant_scaling_group(
             ali.ess.ScalingGroupAlbServerGroupArgs(
                 alb_server_group_id=lb.server_groups[(color, zi)].id, port=HTTPS, weight=100
             )
-        ],
+        ]
+        if lb
+        else [],
         tags=tags,
         # The scaling rule moves the desired capacity; a `pulumi up` must not reset it to the minimum.
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(ignore_changes=["desired_capacity"])),

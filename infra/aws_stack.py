@@ -145,7 +145,9 @@ class SecurityGroups(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.lb = group("lb", "HTTPS load balancer")
+        # Egress-only (ingress none): no load balancer, so no group for it and nothing on 443 from it.
+        self.lb = group("lb", "HTTPS load balancer") if conf.ingress == "public" else None
+        # The same description either way: AWS replaces a group whose description changes.
         self.assistant = group("assistant", "assistant hosts: HTTPS from the LB only")
         self.data = group("data", "Redis and Weaviate: from assistant hosts only")
         self.inference = group("inference", "GPU model server: from assistant hosts only")
@@ -172,20 +174,22 @@ class SecurityGroups(pulumi.ComponentResource):
                 f"{name}-{role}-egress", security_group_id=sg.id, ip_protocol="-1", cidr_ipv4=WORLD_V4, opts=child
             )
 
-        https_sources = list(conf.im_source_cidrs) + list(conf.admin_cidrs) if conf.im_source_cidrs else [WORLD_V4]
-        for i, cidr in enumerate(https_sources):
-            ingress(f"lb-https-{i}", self.lb, HTTPS, cidr=cidr)
-        aws.vpc.SecurityGroupEgressRule(
-            f"{name}-lb-to-assistant",
-            security_group_id=self.lb.id,
-            ip_protocol="tcp",
-            from_port=HTTPS,
-            to_port=HTTPS,
-            referenced_security_group_id=self.assistant.id,
-            opts=child,
-        )
-        ingress("assistant-https-from-lb", self.assistant, HTTPS, src=self.lb)
-        ingress("assistant-https-from-data", self.assistant, HTTPS, src=self.data)  # Alertmanager -> the assistant
+        if self.lb is not None:
+            https_sources = list(conf.im_source_cidrs) + list(conf.admin_cidrs) if conf.im_source_cidrs else [WORLD_V4]
+            for i, cidr in enumerate(https_sources):
+                ingress(f"lb-https-{i}", self.lb, HTTPS, cidr=cidr)
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-lb-to-assistant",
+                security_group_id=self.lb.id,
+                ip_protocol="tcp",
+                from_port=HTTPS,
+                to_port=HTTPS,
+                referenced_security_group_id=self.assistant.id,
+                opts=child,
+            )
+            ingress("assistant-https-from-lb", self.assistant, HTTPS, src=self.lb)
+        # Alertmanager -> the assistant's POST /api/alerts: the private path, kept in an egress-only stack too.
+        ingress("assistant-https-from-data", self.assistant, HTTPS, src=self.data)
         # Prometheus on the monitoring (data) host scrapes node-exporter everywhere, the assistant and the model server.
         ingress("assistant-node-metrics-from-data", self.assistant, NODE_EXPORTER, src=self.data)
         ingress("assistant-metrics-from-data", self.assistant, ASSISTANT_METRICS, src=self.data)
@@ -202,7 +206,9 @@ class SecurityGroups(pulumi.ComponentResource):
         for i, cidr in enumerate(conf.admin_cidrs):
             ingress(f"bastion-ssh-{i}", self.bastion, SSH, cidr=cidr)
         egress_all(self.bastion, "bastion")
-        self.register_outputs({"lb": self.lb.id, "assistant": self.assistant.id, "data": self.data.id})
+        self.register_outputs(
+            {"lb": self.lb.id if self.lb else None, "assistant": self.assistant.id, "data": self.data.id}
+        )
 
 
 class BackupBuckets(pulumi.ComponentResource):
@@ -434,7 +440,7 @@ class LoadBalancer(pulumi.ComponentResource):
             load_balancer_type="application",
             internal=False,
             subnets=[s.id for s in network.public_subnets],
-            security_groups=[groups.lb.id],
+            security_groups=[groups.lb.id] if groups.lb else [],
             drop_invalid_header_fields=True,
             idle_timeout=120,
             opts=child,
@@ -592,13 +598,13 @@ def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> D
     popts = pulumi.ResourceOptions(provider=provider)
     network = Network("net", conf, popts)
     groups = SecurityGroups("sg", conf, network.vpc, popts)
-    lb = LoadBalancer("lb", conf, network, groups, popts)
+    lb = LoadBalancer("lb", conf, network, groups, popts) if conf.ingress == "public" else None
     backups = BackupBuckets("backup", conf, replica_provider, popts)
     compute = Compute("hosts", conf, stack, network, groups, lb, backups, provider, popts)
     redis = SharedRedis("redis", conf, network, groups, redis_password, popts)
     return Deployment(
         hosts=compute.hosts,
-        lb_address=lb.alb.dns_name,
+        lb_address=lb.alb.dns_name if lb else None,
         egress_ip=network.egress_eip.public_ip,
         egress_ips=[e.public_ip for e in network.egress_eips],
         bastion_ip=compute.bastion_ip,
@@ -627,7 +633,7 @@ class Compute(pulumi.ComponentResource):
         stack: str,
         network: Network,
         groups: SecurityGroups,
-        lb: LoadBalancer,
+        lb: LoadBalancer | None,
         backups: BackupBuckets,
         provider: aws.Provider,
         opts: pulumi.ResourceOptions | None = None,
@@ -643,7 +649,8 @@ class Compute(pulumi.ComponentResource):
         )
         key_name = key.key_name if key else None
         vpc_ssh = [*network.public_cidrs]  # the bastion lives there
-        vpc_all = [*network.public_cidrs, *network.private_cidrs]
+        # 443 at first boot: the load balancer (public subnets) and Alertmanager (private); egress-only: Alertmanager.
+        vpc_https = [*network.public_cidrs, *network.private_cidrs] if lb else [*network.private_cidrs]
         self.hosts: list[Host] = []
         self.ready: list[pulumi.Resource] = []
         self.dynamic_inventory: pulumi.Output[str] | None = None
@@ -705,15 +712,16 @@ class Compute(pulumi.ComponentResource):
                         groups.assistant,
                         tier.assistant.data_disk_gib,
                         color=color,
-                        https_from=vpc_all,
+                        https_from=vpc_https,
                     )
-                    aws.lb.TargetGroupAttachment(
-                        f"assistant-{color}-{z}{n + 1}",
-                        target_group_arn=lb.target_groups[(color, zi)].arn,
-                        target_id=inst.id,
-                        port=HTTPS,
-                        opts=child,
-                    )
+                    if lb is not None:
+                        aws.lb.TargetGroupAttachment(
+                            f"assistant-{color}-{z}{n + 1}",
+                            target_group_arn=lb.target_groups[(color, zi)].arn,
+                            target_id=inst.id,
+                            port=HTTPS,
+                            opts=child,
+                        )
         for zi, zone in enumerate(conf.zones):
             instance(f"data-{zone_suffix(zone)}", "data", zi, groups.data, tier.data.data_disk_gib, iam_profile=profile)
         if conf.inference.mode == "gpu":
@@ -784,7 +792,7 @@ class Compute(pulumi.ComponentResource):
         stack: str,
         network: Network,
         groups: SecurityGroups,
-        lb: LoadBalancer,
+        lb: LoadBalancer | None,
         ami: Any,
         key_name: Any,
         color: Color,
@@ -796,7 +804,7 @@ class Compute(pulumi.ComponentResource):
             "aws",
             ssh_public_key=conf.ssh_public_key,
             ssh_sources=network.public_cidrs,
-            https_sources=[*network.public_cidrs, *network.private_cidrs],
+            https_sources=[*network.public_cidrs, *network.private_cidrs] if lb else [*network.private_cidrs],
         )
         template = aws.ec2.LaunchTemplate(
             name,
@@ -833,9 +841,10 @@ class Compute(pulumi.ComponentResource):
             min_size=tier.assistant_per_zone,
             desired_capacity=tier.assistant_per_zone,
             max_size=tier.assistant_max_per_zone,
-            health_check_type="ELB",
+            # Egress-only: no load balancer to ask, so the group replaces hosts whose EC2 status checks fail.
+            health_check_type="ELB" if lb else "EC2",
             health_check_grace_period=SCALE_WARMUP_S,
-            target_group_arns=[lb.target_groups[(color, zi)].arn],
+            target_group_arns=[lb.target_groups[(color, zi)].arn] if lb else [],
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=template.id, version="$Latest"),
             # The provider's default tags reach the group but not the instances it launches: name the stack here.
             tags=[

@@ -19,6 +19,13 @@ from infra.tiers import CLOUDS, TIERS, Cloud, TierName
 
 NAMESPACE = "ai-assistant"
 Color = Literal["blue", "green"]
+# public: a load balancer takes HTTPS (webhooks, admin) on 443. none: egress-only, every connector reaches its platform
+# outbound (docs/adr/0036-egress-only-ingress.md): no load balancer, nothing from outside the VPC on 443.
+Ingress = Literal["public", "none"]
+INGRESSES: tuple[Ingress, ...] = ("public", "none")
+# Platforms with an outbound `mode: stream` (docs/connectors.md): Feishu/Lark long connection, Slack Socket Mode,
+# Telegram long polling, DingTalk Stream. generic_im and WeCom's self-built apps have callbacks only.
+STREAM_PLATFORMS = frozenset({"feishu", "lark", "slack", "telegram", "dingtalk"})
 COLORS: tuple[Color, ...] = ("blue", "green")
 
 # Names shared with the Ansible roles (tests/infra/test_cloudinit.py compares them with roles/*/defaults).
@@ -82,6 +89,7 @@ class InfraConfig:
     domain: str
     backup_region: str
     inference: Inference
+    ingress: Ingress = "public"
     admin_cidrs: tuple[str, ...] = ()
     im_source_cidrs: tuple[str, ...] = ()
     active_color: Color = "blue"
@@ -289,9 +297,13 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
 
     autoscaling = _bool(cfg, "autoscaling", False)
 
+    ingress = cast(Ingress, _choice("ingress", cfg.get("ingress") or "public", INGRESSES))
+    im_source_cidrs = _cidr_list(cfg, "imSourceCidrs", allow_world=False)
+    if ingress == "none" and im_source_cidrs:
+        raise ConfigError(f"{_key('imSourceCidrs')}: only used with ingress public (nothing reaches ingress none)")
     certificate_id = cfg.get("certificateId")
     dns_zone = cfg.get("dnsZone")
-    if not certificate_id and not (cloud == "aws" and dns_zone):
+    if ingress == "public" and not certificate_id and not (cloud == "aws" and dns_zone):
         need = "certificateId (ACM ARN) or dnsZone" if cloud == "aws" else "certificateId (SSL Certificates Service id)"
         raise ConfigError(f"{_key('certificateId')}: required: {need}")
 
@@ -303,8 +315,9 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         domain=domain,
         backup_region=backup_region,
         inference=_inference(cfg),
+        ingress=ingress,
         admin_cidrs=admin_cidrs,
-        im_source_cidrs=_cidr_list(cfg, "imSourceCidrs", allow_world=False),
+        im_source_cidrs=im_source_cidrs,
         active_color=active,
         deploy_colors=colors,
         standby_weight=_int(cfg, "standbyWeight", 20, 0, 50),
@@ -322,7 +335,7 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         redis_ca_cert=_pem_certificate("redisCaCert", cfg.get("redisCaCert")),
         im_secrets=cfg.get_secret_object("imSecrets"),
         inference_api_key=cfg.get_secret("inferenceApiKey"),
-        **_handoff_inputs(cfg),
+        **_handoff_inputs(cfg, ingress),
     )
 
 
@@ -397,8 +410,26 @@ def _connectors(cfg: pulumi.Config) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _handoff_inputs(cfg: pulumi.Config) -> dict[str, Any]:
+def _egress_only_connectors(connectors: Mapping[str, Mapping[str, Any]]) -> None:
+    """ingress none: a webhook-mode connector would wait for callbacks that nothing can deliver."""
+    for name, options in connectors.items():
+        platform, mode = options["platform"], options.get("mode", "webhook")
+        if platform not in STREAM_PLATFORMS:
+            raise ConfigError(
+                f"{_key(f'connectors.{name}.platform')}: {platform} has no stream mode, so it needs ingress public "
+                f"(stream mode: {', '.join(sorted(STREAM_PLATFORMS))})"
+            )
+        if mode != "stream":
+            raise ConfigError(
+                f"{_key(f'connectors.{name}.mode')}: {mode!r} with ingress none; an egress-only stack needs every "
+                "connector in mode stream"
+            )
+
+
+def _handoff_inputs(cfg: pulumi.Config, ingress: Ingress) -> dict[str, Any]:
     connectors = _connectors(cfg)
+    if ingress == "none":
+        _egress_only_connectors(connectors)
     alerts_raw = _object(cfg, "alerts", None)
     alerts = None
     if alerts_raw is not None:

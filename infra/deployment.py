@@ -30,7 +30,7 @@ class RedisEndpoint:
 @dataclass
 class Deployment:
     hosts: list[Host]
-    lb_address: pulumi.Output[str]
+    lb_address: pulumi.Output[str] | None  # None: egress-only (ingress none), no load balancer
     egress_ip: pulumi.Output[str]
     bastion_ip: pulumi.Output[str] | None
     backup_bucket: pulumi.Output[str]

@@ -40,9 +40,12 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         "ai_assistant_knowledge": _knowledge_vars(conf, dep),
         "ai_assistant_egress_ip": dep.egress_ip,
         "ai_assistant_egress_ips": dep.egress_ips,
-        "firewall_lb_cidrs": dep.public_cidrs,
+        # Egress-only (ingress none): no load balancer, so the firewall opens 443 to none of its subnets
+        # (docs/adr/0036-egress-only-ingress.md); the roles refuse a load balancer list with firewall_ingress none.
+        "firewall_ingress": conf.ingress,
+        "firewall_lb_cidrs": dep.public_cidrs if conf.ingress == "public" else [],
         # The load balancer's subnets: nginx takes the client address from its X-Forwarded-For (allowlists, limits).
-        "reverse_proxy_real_ip_from": dep.public_cidrs,
+        "reverse_proxy_real_ip_from": dep.public_cidrs if conf.ingress == "public" else [],
         "firewall_admin_cidrs": dep.public_cidrs,  # SSH arrives from the bastion's subnet
         # The monitoring host's own address, resolved by Ansible from the inventory (security groups hold the rest).
         "firewall_monitoring_cidrs": "{{ groups['monitoring'] | map('extract', hostvars, 'ansible_host')"
@@ -161,8 +164,11 @@ def main(repo_root: Path = REPO_ROOT) -> None:
     weights = traffic_weights(conf)
     pulumi.export("cloud", conf.cloud)
     pulumi.export("tier", conf.tier)
-    pulumi.export("url", f"https://{conf.domain}/")
-    pulumi.export("loadBalancer", dep.lb_address)
+    pulumi.export("ingress", conf.ingress)
+    if dep.lb_address is not None:
+        # Egress-only stacks have neither: the connectors reach their platforms, nothing reaches the stack.
+        pulumi.export("url", f"https://{conf.domain}/")
+        pulumi.export("loadBalancer", dep.lb_address)
     pulumi.export("egressIp", dep.egress_ip)  # the primary zone's; kept for scripts that read one address
     pulumi.export("egressIps", dep.egress_ips)  # every zone's NAT address: allow-list all of them
     pulumi.export("bastionIp", dep.bastion_ip)

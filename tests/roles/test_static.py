@@ -214,6 +214,25 @@ def test_nftables_template_splits_ipv4_and_ipv6() -> None:
     assert 'comment "a q"' in out
 
 
+def test_egress_only_ruleset_opens_no_web_port_but_keeps_ssh_monitoring_and_extra_rules() -> None:
+    base = {
+        "firewall_admin_cidrs": ["192.0.2.0/28"],
+        "firewall_monitoring_cidrs": ["192.0.2.20/32"],
+        "firewall_extra_rules": [{"port": 443, "proto": "tcp", "cidrs": ["192.0.2.20/32"], "comment": "alerts"}],
+    }
+    web = {"firewall_lb_cidrs": ["198.51.100.0/28"], "firewall_acme_cidrs": ["0.0.0.0/0"]}
+    public = render("firewall", "nftables.conf.j2", base | web)
+    assert "tcp dport 443 ip saddr @lb4 accept" in public and "tcp dport 80 ip saddr @acme4 accept" in public
+    # The role refuses these lists with `none` (bad-input case below); the ruleset ignores them all the same.
+    none = render("firewall", "nftables.conf.j2", base | web | {"firewall_ingress": "none"})
+    assert "@lb4" not in none and "@acme4" not in none and "198.51.100.0/28" not in none
+    assert "tcp dport 80 " not in none
+    assert [line.strip() for line in none.splitlines() if "dport 443" in line] == [
+        'tcp dport 443 ip saddr { 192.0.2.20/32 } accept comment "alerts"'
+    ]
+    assert "tcp dport 22 ip saddr @admin4" in none and "ip saddr @monitoring4 accept" in none
+
+
 def test_nginx_template_routes_and_limits() -> None:
     out = render(
         "reverse_proxy",
@@ -260,6 +279,18 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
         "firewall_lb_cidrs: not an IPv4/IPv6 address or CIDR: lb.example.com",
     ),
     "firewall-wrong-type": ("firewall", {"firewall_ssh_port": "twenty-two"}, "firewall_ssh_port"),
+    "firewall-egress-only-with-lb": (
+        "firewall",
+        {
+            "firewall_ingress": "none",
+            "firewall_admin_cidrs": ["192.0.2.1/32"],
+            "firewall_lb_cidrs": ["10.0.0.0/24"],
+            "firewall_acme_cidrs": ["0.0.0.0/0"],
+        },
+        "firewall_ingress is none (egress-only: nothing may reach 443 or 80) but these are not empty: "
+        "firewall_lb_cidrs, firewall_acme_cidrs; empty them or set firewall_ingress to public",
+    ),
+    "firewall-unknown-ingress": ("firewall", {"firewall_ingress": "private"}, "firewall_ingress"),
     "tls-no-domains": ("tls", {}, "tls_domains: at least one DNS name is required"),
     "tls-provided-no-key": (
         "tls",

@@ -1,0 +1,136 @@
+"""The egress-only variant on the one converged VM (issue 26): the firewall and the assistant re-run with
+`firewall_ingress: none` and a Telegram connector in long-polling mode as the only connector; 443 is then dropped from
+the runner by the real nftables ruleset, and a message that arrives over getUpdates is answered by the VM's local model
+exactly once. The module puts the VM back (the inventory's own connectors and firewall) for the modules after it.
+
+Stand-in, because the Bot API cannot be reached here: tests/connectors/standin.py's Telegram server (getUpdates,
+sendMessage) on the runner's loopback, which the guest reaches as 10.0.2.2 through slirp. Everything else is real: the
+roles, nftables, systemd, the assistant, Redis and llama.cpp in the VM.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.connectors import producers as p
+from tests.connectors.standin import PlatformStandIn
+from tests.helpers import wait_until
+from tests.roles.conftest import DOMAIN, REPO, TIMINGS, TestVM
+from tests.roles.test_vm import probe
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800, func_only=True)]
+
+SITE = REPO / "playbooks/site.yml"
+TAGS = "firewall,assistant"
+CHAT = "777"  # telegram_update's private chat
+UPDATE_ID = 26_001
+
+
+def _stream_state(test_vm: TestVM) -> str:
+    """The connector's /readyz check, read through nginx inside the VM (whichever slot serves)."""
+    done = test_vm.ssh(f"curl -sSk --resolve {DOMAIN}:443:127.0.0.1 https://{DOMAIN}/readyz", timeout=60)
+    try:
+        checks: dict[str, Any] = json.loads(done.stdout).get("checks", {})
+    except json.JSONDecodeError:
+        return f"no JSON: {done.stdout[:200]} {done.stderr[:200]}"
+    return str(checks.get("stream:tg"))
+
+
+@pytest.fixture(scope="module")
+def egress_only(test_vm: TestVM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformStandIn]:
+    """The switched VM, with the Telegram stand-in it polls; restored to the inventory's own state afterwards."""
+    platform = PlatformStandIn().start()
+    extra = tmp_path_factory.mktemp("egress-only") / "egress-only.json"
+    extra.write_text(
+        json.dumps(
+            {
+                "firewall_ingress": "none",
+                # The roles refuse these with `none`; the inventory's load balancer is the runner.
+                "firewall_lb_cidrs": [],
+                "firewall_im_allowlist_cidrs": [],
+                "firewall_acme_cidrs": [],
+                "assistant_connectors": {
+                    "tg": {
+                        "platform": "telegram",
+                        "mode": "stream",
+                        "api_base": f"http://10.0.2.2:{platform.port}",
+                        "bot_username": "assistant_bot",
+                        "poll_timeout_seconds": 5,
+                    }
+                },
+                "assistant_connector_secrets": {"tg": {"bot_token": p.TG_BOT_TOKEN}},
+                "assistant_alerts_connector": "tg",
+                "assistant_alerts_chat_id": "-1001",
+            }
+        )
+    )
+    try:
+        start = time.monotonic()
+        switched = test_vm.play(SITE, "--tags", TAGS, "-e", f"@{extra}", name="egress-only")
+        TIMINGS["egress-only switch"] = time.monotonic() - start
+        assert switched.rc == 0 and switched.failed == 0, (
+            f"egress-only run failed (log {switched.log}):\n{switched.tail()}"
+        )
+        start = time.monotonic()
+        again = test_vm.play(SITE, "--tags", TAGS, "-e", f"@{extra}", name="egress-only-again")
+        TIMINGS["egress-only again"] = time.monotonic() - start
+        assert again.rc == 0 and again.changed == 0, f"not idempotent: {again.changed_tasks()} (log {again.log})"
+        yield platform
+    finally:
+        start = time.monotonic()
+        back = test_vm.play(SITE, "--tags", TAGS, name="egress-only-restore")
+        TIMINGS["egress-only restore"] = time.monotonic() - start
+        platform.stop()
+        assert back.rc == 0 and back.failed == 0, f"restoring the VM failed (log {back.log}):\n{back.tail()}"
+        assert probe(test_vm.vm.ports["https"]) in ("answered", "closed"), "443 is not back for the next modules"
+
+
+def test_egress_only_ruleset_has_no_web_port_for_the_runner(test_vm: TestVM, egress_only: PlatformStandIn) -> None:
+    ruleset = test_vm.ssh("nft list ruleset").stdout
+    assert "hook input priority filter; policy drop;" in ruleset
+    assert "@lb4" not in ruleset and "tcp dport 80 " not in ruleset
+    # At most Alertmanager's private path from the monitoring host may stay on 443 (firewall_extra_rules); in the
+    # first VM run (2026-12-05) the ruleset had no 443 rule at all.
+    https_rules = [line.strip() for line in ruleset.splitlines() if "dport 443" in line]
+    assert all("192.0.2.99" in r or "2001:db8::99" in r for r in https_rules), https_rules
+    assert "10.0.2.2" not in "\n".join(https_rules)
+    assert "tcp dport 22 ip saddr @admin4" in ruleset  # administrators still get in
+
+
+def test_443_is_dropped_from_the_runner_while_nginx_still_listens(
+    test_vm: TestVM, egress_only: PlatformStandIn
+) -> None:
+    listening = test_vm.ssh("ss -Hltn 'sport = :443'").stdout
+    assert ":443" in listening, "nginx no longer listens: the drop below would prove nothing about the firewall"
+    assert probe(test_vm.vm.ports["https"]) == "silent"
+
+
+def test_a_message_over_long_polling_is_answered_once_by_the_local_model(
+    test_vm: TestVM, egress_only: PlatformStandIn
+) -> None:
+    platform = egress_only
+    wait_until(lambda: platform.offsets, 300, "the VM's first getUpdates", interval=1)
+    wait_until(lambda: _stream_state(test_vm) == "ok", 120, "/readyz's stream:tg check to be ok", interval=2)
+    start = time.monotonic()
+    platform.push_update(p.telegram_update(UPDATE_ID, "Say hello.", message_id=1))
+    sends = wait_until(lambda: platform.sends(CHAT), 900, "the answer's sendMessage", interval=1)
+    TIMINGS["egress-only answer"] = time.monotonic() - start
+    # Confirmed (an offset past the update) and two more long polls after the answer: a re-delivery would be queued
+    # and answered by now if the de-duplication let it through.
+    polls = len(platform.offsets)
+    wait_until(
+        lambda: (
+            any(isinstance(o, int) and o > UPDATE_ID for o in platform.offsets) and len(platform.offsets) >= polls + 2
+        ),
+        120,
+        "two more getUpdates after the answer",
+        interval=1,
+    )
+    assert len(platform.sends(CHAT)) == 1, [c.body for c in platform.sends(CHAT)]
+    assert sends[0].text().strip()
+    assert not platform.updates, "the update was never confirmed"
