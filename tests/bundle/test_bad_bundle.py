@@ -220,3 +220,32 @@ def test_without_bundle_variables_nothing_is_written() -> None:
             assert task["ansible.builtin.file"]["state"] == "absent", task["name"]
         else:
             assert "base_bundle_dir | length > 0" in conditions, f"{task['name']}: runs without a bundle"
+
+
+def test_without_a_bundle_the_bundle_tasks_run_and_skip(tmp_path: Path) -> None:
+    """The real play, bundle unset (every converge without one): nothing may template the bundle's manifest lookup.
+    A task's loop is templated before its `when`: an unguarded lookup failed the first converge ('/manifest.json')."""
+    playbook = [
+        {
+            "name": "no bundle",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "become": False,
+            "tasks": [
+                {"name": "bundle tasks", "ansible.builtin.include_role": {"name": "base", "tasks_from": "bundle"}}
+            ],
+        }
+    ]
+    (tmp_path / "none.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
+    env = {
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check", str(tmp_path / "none.yml")],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "failed=0" in proc.stdout and "changed=0" in proc.stdout, proc.stdout[-2000:]
