@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import secrets
+import shutil
 import ssl
 import subprocess
 import threading
@@ -35,6 +36,16 @@ from ai_assistant.store.sqlite import SQLiteStore
 from tests.connectors import producers as p
 from tests.connectors.standin import PlatformStandIn
 from tests.helpers import ReplyReceiver, ServiceProcess, free_port, venv_bin, write_config
+
+
+def _disk(path: Path) -> str:
+    """What the disk check must say about the filesystem under `path`: this machine's, shared with everything else on
+    it (a CI machine's disk below 20% free is a real warning, not a failure of the checks under test)."""
+    from ai_assistant.doctor.state import DISK_FAIL_FREE_RATIO, DISK_WARN_FREE_RATIO
+
+    usage = shutil.disk_usage(path)
+    ratio = usage.free / usage.total
+    return "fail" if ratio < DISK_FAIL_FREE_RATIO else "warn" if ratio < DISK_WARN_FREE_RATIO else "pass"
 
 
 def doctor(config: Path, data: Path, *extra: str, as_json: bool = True) -> tuple[int, Any, str]:
@@ -127,13 +138,14 @@ def test_embedded_stack_passes_every_check_and_readyz_verbose_reports_the_same(
             "connector im-connector",
             "clock vs engine",
             "clock vs im-connector",
-            "disk (state)",
-            "disk (models)",
         ]
         for name in expected:
             assert checks[name]["status"] == "pass", checks[name]
-        assert rc == 0 and report["ok"] is True
-        assert [c for c in report["checks"] if c["status"] in ("warn", "fail")] == []
+        disks = {"disk (state)", "disk (models)"}
+        for name in disks:
+            assert checks[name]["status"] == _disk(tmp_path), checks[name]
+        assert rc == (0 if _disk(tmp_path) != "fail" else 1)
+        assert [c for c in report["checks"] if c["status"] in ("warn", "fail") and c["name"] not in disks] == []
         # Not applicable here, and saying so: knowledge is off in this config, nothing is https.
         assert checks["knowledge store"]["status"] == "skip" and checks["tls"]["status"] == "skip"
         probe = checks["engine probe"]["details"]
@@ -301,7 +313,7 @@ def test_broken_connectors_file_reports_the_config_error_and_runs_the_other_chec
     assert checks["config"]["summary"].startswith(f"{config / 'connectors.yaml'}: im-connector.app_secret:")
     assert checks["connectors"]["status"] == "skip"
     assert checks["engine"]["status"] == "fail"  # still checked: assistant.yaml loaded
-    assert checks["state store"]["status"] == "warn" and checks["disk (state)"]["status"] == "pass"
+    assert checks["state store"]["status"] == "warn" and checks["disk (state)"]["status"] == _disk(tmp_path)
     assert checks[f"tls {expired}"]["status"] == "fail" and "expired" in checks[f"tls {expired}"]["summary"]
 
 
@@ -315,7 +327,7 @@ def test_unreadable_assistant_yaml_still_checks_disk_and_state(tmp_path: Path) -
     assert rc == 1
     assert checks["config"]["status"] == "fail" and "not valid YAML" in checks["config"]["summary"]
     assert {checks[n]["status"] for n in ("engine", "engine probe", "knowledge store", "connectors")} == {"skip"}
-    assert checks["disk (state)"]["status"] == "pass" and checks["state store"]["status"] == "warn"
+    assert checks["disk (state)"]["status"] == _disk(tmp_path) and checks["state store"]["status"] == "warn"
 
 
 @pytest.mark.parametrize(
