@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -116,6 +117,21 @@ def test_verify_bundle_wants_the_unpacked_directory(tmp_path: Path) -> None:
 ROLE_CASES = ("other-version", "bad-checksum", "missing-file", "tampered-manifest", "other-key")
 
 
+def _check_mode_on_localhost(playbook: list[dict[str, Any]], path: Path) -> subprocess.CompletedProcess[str]:
+    """The real ansible-playbook with the repository's ansible.cfg, in check mode against this machine (unchanged)."""
+    path.write_text(yaml.safe_dump(playbook, sort_keys=False))
+    env = {
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+        "HOME": str(path.parent),
+    }
+    return subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check", str(path)],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def role_results(tmp_path_factory: pytest.TempPathFactory, signing_key: SignedKey) -> dict[str, str]:
     """One ansible-playbook run: the base role's bundle tasks with each bad bundle, against localhost in check mode.
@@ -175,17 +191,7 @@ def role_results(tmp_path_factory: pytest.TempPathFactory, signing_key: SignedKe
             "tasks": tasks,
         }
     ]
-    (work / "bad.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
-    env = {
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
-        "HOME": str(work),
-    }
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check", str(work / "bad.yml")],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
-    )  # fmt: skip
+    proc = _check_mode_on_localhost(playbook, work / "bad.yml")
     assert out.exists(), proc.stdout[-4000:] + proc.stderr[-2000:]
     return dict(json.loads(out.read_text()))
 
@@ -236,16 +242,6 @@ def test_without_a_bundle_the_bundle_tasks_run_and_skip(tmp_path: Path) -> None:
             ],
         }
     ]
-    (tmp_path / "none.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
-    env = {
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "PATH": f"{VENV_BIN}:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-    }
-    proc = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check", str(tmp_path / "none.yml")],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
-    )  # fmt: skip
+    proc = _check_mode_on_localhost(playbook, tmp_path / "none.yml")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "failed=0" in proc.stdout and "changed=0" in proc.stdout, proc.stdout[-2000:]
