@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from airgap import wheels as guest_wheels
 from tests.helpers import ReplyReceiver
-from tests.roles.vm.machine import VM, build_image, missing_tools
+from tests.roles.vm.jumphost import JumpHost, sshd_binary
+from tests.roles.vm.machine import VM, build_image, cache_dir, free_port, missing_tools
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -47,6 +49,12 @@ def secret_digests(tvm: TestVM) -> dict[str, str]:
     done = tvm.ssh("sha256sum " + " ".join(GENERATED_SECRET_FILES))
     assert done.returncode == 0, f"a generated secret file is missing: {done.stderr.strip()}"
     return {path: digest for digest, path in (line.split() for line in done.stdout.splitlines())}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The VM's inventory comes from the Pulumi program under mocks (write_vm_handoff): pulumi-aws warns at import
+    # about its own deprecated aliases, which the program does not use (as in tests/infra/conftest.py).
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:pulumi_aws.*")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -82,7 +90,7 @@ def slowest_tasks(output: str) -> list[tuple[str, float]]:
     return sorted(found, key=lambda t: -t[1])
 
 
-def mitogen_env() -> dict[str, str]:
+def mitogen_env(check_host_keys: bool = False) -> dict[str, str]:
     """Environment that runs ansible-playbook's tasks through Mitogen's linear strategy (a test-runner speed-up only:
     the roles, modules and results are the same; see TestVM.play)."""
     import ansible_mitogen
@@ -91,9 +99,9 @@ def mitogen_env() -> dict[str, str]:
     return {
         "ANSIBLE_STRATEGY_PLUGINS": str(plugins),
         "ANSIBLE_STRATEGY": "mitogen_linear",
-        # Mitogen checks host keys itself and ignores the inventory's StrictHostKeyChecking=no; the throwaway VM's
-        # key is new on every boot, exactly as with the ssh transport's options.
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        # Mitogen puts its own host-key options before the inventory's, and ssh takes the first: "False" would turn
+        # off the hand-off's strict checking. An inventory without known keys (StrictHostKeyChecking=no) needs it.
+        "ANSIBLE_HOST_KEY_CHECKING": str(check_host_keys),
     }
 
 
@@ -134,6 +142,23 @@ class TestVM:
     # The root pebble signed the site certificate with, read right after the first converge: pebble makes a new root
     # at every start, so after a reboot its current root no longer verifies the certificate nginx serves.
     pebble_root: str = ""
+    # Arguments every play gets before the playbook: the hand-off's 0600 secret vars file (`-e @secrets.json`).
+    play_args: list[str] = field(default_factory=list)
+    # The inventory pins host keys (the hand-off's known_hosts, checked strictly on both hops).
+    checks_host_keys: bool = False
+    # The bastion stand-in Ansible's SSH hops through (tests/roles/vm/jumphost.py).
+    jump: JumpHost | None = None
+    # The Pulumi config of the mocked stack the inventory came from (secrets left out).
+    stack_config: dict[str, Any] = field(default_factory=dict)
+
+    def secret_values(self) -> list[str]:
+        """Every secret the hand-off passed to Ansible (values of 12+ characters), for scanning Ansible's output."""
+        values = [self.connector_secret]
+        if "-e" in self.play_args:
+            file = Path(self.play_args[self.play_args.index("-e") + 1].removeprefix("@"))
+            found = json.loads(file.read_text())
+            values += [v for k, v in found.items() if isinstance(v, str) and len(v) >= 12 and not k.endswith("_dir")]
+        return values
 
     def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A command in the guest over the shared control connection (see _write_ssh_config)."""
@@ -158,16 +183,19 @@ class TestVM:
             "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15",
         }
         if transport == "mitogen":
-            env |= mitogen_env()
+            env |= mitogen_env(self.checks_host_keys)
         elif transport != "ssh":
             raise ValueError(f"transport must be 'ssh' or 'mitogen', not {transport!r}")
         log = self.workdir / f"{name}.log"
-        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(playbook), *args]
+        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), *self.play_args, str(playbook), *args]
         # Streamed to the log file so a slow converge can be followed while it runs.
         with log.open("w") as fh:
             # 50 min: the ssh-transport first converge took 20 min on a busy machine and 33 min on one shared by several
             # jobs; past this something is wrong, and CI (90 min) must still have time to report it.
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=3000)
+            # stdin from /dev/null: Ansible refuses a non-blocking stdin, which an earlier ssh may leave behind.
+            proc = subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=3000
+            )
         output = log.read_text()
         m = RECAP.search(output)
         ok, changed, unreachable, failed = (int(g) for g in m.groups()) if m else (0, 0, 1, 1)
@@ -198,61 +226,163 @@ def _artifacts(workdir: Path) -> dict[str, Path]:
         pytest.fail(str(exc))
 
 
-def _write_inventory(workdir: Path, vm: VM, art: dict[str, Path], reply_port: int, secret: str) -> Path:
-    host: dict[str, Any] = {
+# --- the VM's inventory: what the hand-off writes from a mocked `pulumi up` (issue 17) ------------------------------
+#
+# The Pulumi program runs under the mocks of tests/infra (the same code path as a real `up`), and
+# infra.handoff.write_handoff_files turns its hand-off environment into the inventory, known_hosts and 0600 secret
+# vars file the operator's `pulumi up` would give Ansible (infra/ansible_handoff.sh calls the same function). The IM
+# connector the e2e test talks to exists only in this stack's Pulumi config, its secret only in imSecrets.
+
+ALERTS_CHAT = "ops-alerts"
+
+
+def vm_stack_config(reply_port: int, admin_key: str) -> dict[str, Any]:
+    """The mocked stack's Pulumi config (without secrets): the smallest tier, this VM's domain, one generic-IM
+    connector whose replies go to the runner's receiver, and its alerts chat."""
+    from tests.infra.harness import config_for
+
+    return config_for(
+        "aws",
+        "basic",
+        {
+            "domain": DOMAIN,
+            "sshPublicKey": admin_key,
+            # No GPU host in the stack (the VM runs the local model: see harness_overrides).
+            "inference": {"mode": "external", "url": "https://llm.example.com/v1"},
+            "connectors": {
+                "im-connector": {
+                    "platform": "generic_im",
+                    "app_id": "vm-test",
+                    "webhook_url": f"https://{DOMAIN}/api/im/callback",
+                    "reply_url": f"http://10.0.2.2:{reply_port}/replies",
+                    "bot_name": "AI助理",
+                }
+            },
+            "alerts": {"connector": "im-connector", "chatId": ALERTS_CHAT},
+            "alertReceivers": [{"name": "ops", "email": "ops@assistant.test"}],
+        },
+    )
+
+
+def harness_overrides(vm: VM, art: dict[str, Path]) -> dict[str, Any]:
+    """The only variables the harness sets over the hand-off's: what a cloud cannot give a VM under QEMU on the test
+    runner. Each group says why; everything else is the mocked stack's."""
+    slirp = ["10.0.2.2/32"]
+    return {
+        # Where the VM is: the runner's port forward to its sshd; the operator's key file (the stack's sshPublicKey).
         "ansible_host": "127.0.0.1",
         "ansible_port": vm.ports["ssh"],
-        "ansible_user": "root",
         "ansible_ssh_private_key_file": str(vm.key),
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
-        # slirp delivers every packet from the test runner as 10.0.2.2: it is the admin and the load balancer.
-        "firewall_admin_cidrs": ["10.0.2.2/32"],
-        "firewall_lb_cidrs": ["10.0.2.2/32"],
+        # slirp delivers every packet from the runner as 10.0.2.2: it is the bastion's subnet and the load balancer.
+        "firewall_admin_cidrs": slirp,
+        "firewall_lb_cidrs": slirp,
+        "reverse_proxy_real_ip_from": slirp,
+        # A monitoring host that is not the runner (folded onto one host, the stack's template would name the VM).
         "firewall_monitoring_cidrs": [MONITORING_CIDR, "2001:db8::99/128"],
+        # One runner opens many test connections from one address: a looser SSH rate limit than the role's default.
         "firewall_ssh_rate_per_minute": 30,
         "firewall_ssh_burst": 10,
+        # No public CA or cloud load balancer here: pebble in the VM (tests/roles/vm/prepare.yml) signs the site
+        # certificate over ACME instead of the stack's internal CA behind the load balancer.
         "tls_mode": "acme",
-        "tls_domains": [DOMAIN],
         "tls_acme_server": "https://localhost:14000/dir",
         "tls_acme_ca_bundle": "/etc/pebble/ca.pem",
         "tls_acme_email": "ops@assistant.test",
+        # No GPU host, managed Redis, Weaviate or S3 here: the local llama.cpp, the data play's own Redis, the
+        # embedded knowledge store and no backup bucket (test_vm_backup.py runs the backup role against a stand-in).
+        "ai_assistant_inference_mode": "local",
         "model_server_llamacpp_wheelhouse": str(art["wheelhouse"]),
         "model_server_model_src": str(art["gguf"]),
         "model_server_threads": 2,
-        "assistant_wheel": str(art["wheel"]),
-        "assistant_wheelhouse": str(art["wheelhouse"]),
+        "ai_assistant_redis": {},
+        "ai_assistant_knowledge": {},
+        "ai_assistant_weaviate_enabled": False,
+        "ai_assistant_backup_bucket": "",
         # TCG emulates every instruction: short answers keep the e2e test in minutes.
         "assistant_engine_max_tokens": 16,
         "assistant_engine_timeout_seconds": 300,
-        "assistant_sensitive_words": ["forbiddenword"],
-        "assistant_connectors": {
-            "im-connector": {
-                "platform": "generic_im",
-                "app_id": "vm-test",
-                "webhook_url": f"https://{DOMAIN}/api/im/callback",
-                "reply_url": f"http://10.0.2.2:{reply_port}/replies",
-                "bot_name": "AI助理",
-            }
-        },
-        "assistant_connector_secrets": {"im-connector": {"app_secret": secret}},
+        # Grafana's package repository is offline; the fallback pager is a stand-in on the VM's loopback that
+        # test_vm_production.py starts (Pulumi's alertReceivers take only https:// webhooks).
+        "monitoring_grafana": False,
+        "alertmanager_fallback_webhook_urls": ["http://127.0.0.1:9099/hook"],
     }
-    # One host plays both the assistant and the data host (the single-host layout); Weaviate cannot run here.
-    host["ai_assistant_weaviate_enabled"] = False
-    # playbooks/monitoring.yml too: Prometheus and Alertmanager on the same host; Grafana's repository is offline.
-    host["monitoring_grafana"] = False
-    host["alertmanager_assistant_token"] = secrets.token_urlsafe(32)
-    host["assistant_alerts_connector"] = "im-connector"
-    host["assistant_alerts_chat_id"] = "ops-alerts"
-    # The runner is the VM's load balancer: nginx takes the client address from its X-Forwarded-For.
-    host["reverse_proxy_real_ip_from"] = ["10.0.2.2/32"]
-    # A pager stand-in on the VM's loopback (test_vm_production.py starts it only while it stops the assistant).
-    host["alertmanager_fallback_webhook_urls"] = ["http://127.0.0.1:9099/hook"]
-    groups = {"assistant": {"hosts": {"testvm": host}}}
-    groups.update({g: {"hosts": {"testvm": {}}} for g in ("data", "monitoring")})
-    inventory = {"all": {"children": groups}}
-    path = workdir / "inventory.json"
-    path.write_text(json.dumps(inventory, ensure_ascii=False, indent=2))
-    return path
+
+
+@dataclass
+class Handoff:
+    inventory: Path
+    play_args: list[str]
+    stack_config: dict[str, Any]
+    user_data: dict[str, Any]  # the first assistant host's cloud-init document, as the stack declared it
+
+
+def write_vm_handoff(
+    workdir: Path, vm: VM, art: dict[str, Path], reply_port: int, secret: str, jump: JumpHost
+) -> Handoff:
+    """A mocked `pulumi up`, then the hand-off's files for it, folded onto the one VM and reached through `jump`."""
+    from infra.handoff import write_handoff_files
+    from infra.inventory import ssh_args
+    from tests.infra.harness import run_program, unwrap
+
+    admin_key = subprocess.run(["ssh-keygen", "-y", "-f", str(vm.key)], capture_output=True, text=True, check=True)
+    config = vm_stack_config(reply_port, admin_key.stdout.strip())
+    run = run_program(config, secrets={"imSecrets": {"im-connector": {"app_secret": secret}}})
+    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+    first = sorted(yaml.safe_load(env["AI_ASSISTANT_INVENTORY"])["all"]["children"]["assistant"]["hosts"])[0]
+    user_data = yaml.safe_load(run.one("aws:ec2/instance:Instance", first).props["userData"])
+    # Pulumi would know both host keys (it generates them; cloud-init installs them): here the VM's is read over the
+    # harness's own connection and the jump host's is the one the stand-in was given.
+    vm_key = _as_root(vm, "cat /etc/ssh/ssh_host_ed25519_key.pub")
+    assert vm_key.returncode == 0 and vm_key.stdout.startswith("ssh-ed25519 "), vm_key.stderr
+    known = (
+        f"[127.0.0.1]:{vm.ports['ssh']} {' '.join(vm_key.stdout.split()[:2])}\n"
+        f"[127.0.0.1]:{jump.port} {jump.host_key}\n"
+    )
+    files = write_handoff_files(
+        env,
+        workdir / "handoff",
+        wheel=art["wheel"],
+        wheelhouse=art["wheelhouse"],
+        single_host="testvm",
+        hostvars={"testvm": harness_overrides(vm, art)},
+        known_hosts=known,
+        # The stack's jump-host options (infra.inventory.ssh_args, strict: every key is known) for the stand-in's
+        # address, port and user, with the operator's key for the inner hop (a real operator's ssh agent's job).
+        ssh_common_args=ssh_args(jump.user, f"127.0.0.1 -p {jump.port} -i {vm.key}", keys_known=True),
+    )
+    return Handoff(files.inventory, ["-e", f"@{files.secret_vars}"], config, user_data)
+
+
+def _as_root(vm: VM, command: str) -> subprocess.CompletedProcess[str]:
+    """A command over the harness's own root connection, stdin from /dev/null (ssh would leave the test process's
+    stdin non-blocking, which Ansible then refuses)."""
+    return subprocess.run(
+        [*vm.ssh_args(), command], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+    )
+
+
+def first_boot(vm: VM, user_data: dict[str, Any]) -> None:
+    """What the stack's cloud-init user data does at first boot (infra/cloudinit.py), done over the harness's own
+    root connection because the image has no cloud-init: the admin account Ansible logs in with (its key, its sudo)
+    and the data disk formatted with the label the volumes role finds it by. Read from the declared document, so a
+    change to the user data reaches the VM."""
+    from infra.config import ADMIN_USER
+
+    admin = next(u for u in user_data["users"] if isinstance(u, dict) and u.get("name") == ADMIN_USER)
+    label = user_data["fs_setup"][0]["label"]
+    home = f"/home/{ADMIN_USER}"
+    keys = "\n".join(admin["ssh_authorized_keys"])
+    script = f"""set -e
+id {ADMIN_USER} >/dev/null 2>&1 || useradd -m -s {admin["shell"]} -G {",".join(admin["groups"])} {ADMIN_USER}
+install -d -m 700 -o {ADMIN_USER} -g {ADMIN_USER} {home}/.ssh
+printf '%s\\n' '{keys}' > {home}/.ssh/authorized_keys
+chown {ADMIN_USER}: {home}/.ssh/authorized_keys && chmod 600 {home}/.ssh/authorized_keys
+echo '{ADMIN_USER} {admin["sudo"]}' > /etc/sudoers.d/90-cloud-init-users && chmod 440 /etc/sudoers.d/90-cloud-init-users
+blkid /dev/disk/by-id/virtio-data01 >/dev/null || mkfs.ext4 -q -L {label} /dev/disk/by-id/virtio-data01
+udevadm settle && test -e /dev/disk/by-label/{label}
+"""
+    done = _as_root(vm, script)
+    assert done.returncode == 0, f"the first-boot stand-in failed: {done.stderr.strip()}"
 
 
 def _write_ssh_config(workdir: Path, vm: VM) -> Path:
@@ -283,23 +413,33 @@ def _kept_vm(keep: Path) -> TestVM | None:
         return None
     receiver = ReplyReceiver(bind_port=state["reply_port"])
     receiver.secret = state["secret"]
-    tvm = TestVM(vm, keep, keep / "inventory.json", keep / "ssh_config", receiver, state["secret"])
+    jump = JumpHost(keep / "jump", state["jump_port"], f"127.0.0.1:{vm.ports['ssh']}", pid=state["jump_pid"])
+    if not jump.alive():
+        jump.start(state["admin_key"])
+        state["jump_pid"] = jump.pid
+        state_file.write_text(json.dumps(state))
+    tvm = TestVM(vm, keep, Path(state["inventory"]), keep / "ssh_config", receiver, state["secret"])
     tvm.generated_secrets, tvm.pebble_root = state["generated_secrets"], state["pebble_root"]
+    tvm.play_args, tvm.checks_host_keys, tvm.jump = state["play_args"], True, jump
+    tvm.stack_config = state["stack_config"]
     return tvm
 
 
 def _keep_vm(keep: Path, tvm: TestVM, image: Path) -> None:
-    assert tvm.vm.proc is not None
+    assert tvm.vm.proc is not None and tvm.jump is not None
+    admin_key = subprocess.run(["ssh-keygen", "-y", "-f", str(tvm.vm.key)], capture_output=True, text=True)
     state = {
         "image": str(image), "ports": tvm.vm.ports, "pid": tvm.vm.proc.pid, "reply_port": tvm.receiver.port,
         "secret": tvm.connector_secret, "generated_secrets": tvm.generated_secrets, "pebble_root": tvm.pebble_root,
+        "inventory": str(tvm.inventory), "play_args": tvm.play_args, "stack_config": tvm.stack_config,
+        "jump_port": tvm.jump.port, "jump_pid": tvm.jump.pid, "admin_key": admin_key.stdout.strip(),
     }  # fmt: skip
     (keep / "state.json").write_text(json.dumps(state))
 
 
 @pytest.fixture(scope="session")
 def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
-    missing = missing_tools()
+    missing = missing_tools() + ([] if sshd_binary() else ["sshd (openssh-server: the jump host stand-in)"])
     if missing:
         pytest.skip(f"the VM tests need {', '.join(missing)} (scripts/bootstrap installs them from apt)")
     # VM_KEEP=DIR, for a developer iterating on VM checks only (CI never sets it): the first run converges and leaves
@@ -325,23 +465,30 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
     vm = VM(image, workdir / "vm")
     vm.prepare()
     vm.start()
+    jump = JumpHost(workdir / "jump", free_port(), f"127.0.0.1:{vm.ports['ssh']}")
     try:
         _timed("boot", vm.wait_ssh)
-        tvm = TestVM(
-            vm,
-            workdir,
-            _write_inventory(workdir, vm, art, receiver.port, secret),
-            _write_ssh_config(workdir, vm),
-            receiver,
-            secret,
+        admin_key = subprocess.run(["ssh-keygen", "-y", "-f", str(vm.key)], capture_output=True, text=True, check=True)
+        jump.start(admin_key.stdout)
+        handoff = _timed("hand-off (mocked up)", write_vm_handoff, workdir, vm, art, receiver.port, secret, jump)
+        first_boot(vm, handoff.user_data)
+        tvm = TestVM(vm, workdir, handoff.inventory, _write_ssh_config(workdir, vm), receiver, secret)
+        tvm.play_args, tvm.checks_host_keys, tvm.jump = handoff.play_args, True, jump
+        tvm.stack_config = handoff.stack_config
+        # The admin account exists from first boot on, but pebble and the test domain come before the roles, and
+        # as root: the stand-ins are not part of what the hand-off configures.
+        prep = _timed(
+            "prepare (pebble)", tvm.play, REPO / "tests/roles/vm/prepare.yml", "-e", "ansible_user=root", name="prepare"
         )
-        prep = _timed("prepare (pebble)", tvm.play, REPO / "tests/roles/vm/prepare.yml", name="prepare")
         assert prep.rc == 0, f"prepare.yml failed (log {prep.log}):\n{prep.tail()}"
         # The production transport (Ansible's ssh connection) runs every task of the first converge; later plays
         # reuse the converged VM through Mitogen (TestVM.play).
         # VM_FIRST_CONVERGE_TRANSPORT=mitogen: a developer's quick iteration on later checks (CI keeps ssh).
         transport = os.environ.get("VM_FIRST_CONVERGE_TRANSPORT", "ssh")
-        first = _timed("converge 1", tvm.play, REPO / "playbooks/site.yml", name="converge1", transport=transport)
+        # At -vvv: every task's arguments and results are printed, and test_vm_production.py scans them for secrets.
+        first = _timed(
+            "converge 1", tvm.play, REPO / "playbooks/site.yml", "-vvv", name="converge1", transport=transport
+        )
         assert first.rc == 0 and first.failed == 0, f"first converge failed (log {first.log}):\n{first.tail()}"
         tvm.generated_secrets = secret_digests(tvm)
         root = tvm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
@@ -351,8 +498,10 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
             _keep_vm(keep, tvm, image)
         yield tvm
     finally:
-        if keep is None:
+        # A kept VM runs on only once its state is written (a failed first converge does not leave one behind).
+        if keep is None or not (keep / "state.json").exists():
             vm.stop()
+            jump.stop()
         receiver.close()
         console = vm.console
         if console.exists():

@@ -289,6 +289,9 @@ def test_unsigned_webhook_is_rejected_with_json(test_vm: TestVM, pebble_root: st
 
 
 def test_signed_message_over_https_is_answered_by_the_local_model(test_vm: TestVM, pebble_root: str) -> None:
+    """For the connector that exists only in the mocked stack's Pulumi config, signed with its app secret from
+    Pulumi's imSecrets (tests/roles/conftest.py, vm_stack_config)."""
+    assert not test_vm.stack_config or "im-connector" in test_vm.stack_config["connectors"]
     event_id = f"vm-{uuid.uuid4().hex[:8]}"
     raw, headers = signed_generic_request(
         message(event_id, "Say hello.", chat_id="vm-chat"), secret=test_vm.connector_secret

@@ -3,9 +3,11 @@ balancer for the client address, and alerts that arrive (the IM path over the pr
 fallback receiver while the assistant is stopped).
 
 Read-mostly and without a re-converge: every expectation comes from the inventory the VM was converged with (read by
-ansible-inventory, as Ansible read it), so the same checks hold for the roles' own inventory and for the one the
-hand-off writes from a mocked `pulumi up` (infra.handoff.write_handoff_files). A check whose input the inventory does
-not give skips and says which variable to set. Stand-ins, as in tests/roles/test_vm.py: the reply receiver on the
+ansible-inventory, as Ansible read it): the one the hand-off writes from a mocked `pulumi up`
+(infra.handoff.write_handoff_files, tests/roles/conftest.py). A check whose input the inventory does not give skips
+and says which variable to set. The hand-off's path itself is checked last: through the jump host stand-in with host
+keys checked, no secret in any play's output (the first converge ran at -vvv), the connectors from Pulumi config.
+Stand-ins, as in tests/roles/test_vm.py: the reply receiver on the
 runner for the IM platform, and a small HTTP listener on the VM's loopback for the fallback webhook (a pager).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -28,7 +31,7 @@ import testinfra
 import yaml
 
 from tests.helpers import wait_until
-from tests.roles.conftest import DOMAIN, TestVM
+from tests.roles.conftest import DOMAIN, REPO, TestVM
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(900, func_only=True)]
 
@@ -199,3 +202,102 @@ def test_with_the_assistant_stopped_the_page_reaches_the_fallback_stand_in(
         # Minutes on a loaded machine under emulation (a start imports the whole service and its models' libraries).
         wait_until(lambda: host.run("curl -sf http://127.0.0.1:8080/healthz").rc == 0, 600, "ai-assistant back up", 3)
     assert not any("AIAssistantDown" in r.get("text", "") for r in test_vm.receiver.received[before:])
+
+
+# --- the hand-off converged the VM (issue 17): through the jump host, host keys checked, no secret in any output ----
+
+
+def _ansible_ping(test_vm: TestVM, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`ansible -m ping` with the hand-off's inventory over Ansible's own ssh transport, in a fresh ControlPath
+    directory so that no multiplexed connection from an earlier play skips the host-key check."""
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp / "cp"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+    }
+    cmd = [
+        str(VENV_BIN / "ansible"),
+        "all",
+        "-i",
+        str(test_vm.inventory),
+        *test_vm.play_args,
+        "-m",
+        "ansible.builtin.ping",
+    ]
+    return subprocess.run(
+        [*cmd, *extra], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, env=env, cwd=REPO
+    )
+
+
+def test_ansible_reaches_the_vm_only_through_the_jump_host_with_pinned_keys(
+    test_vm: TestVM, hostvars: dict[str, Any], tmp_path: Path
+) -> None:
+    """The inventory's ssh options are the stack's (infra.inventory.ssh_args: a ProxyCommand through the bastion,
+    StrictHostKeyChecking=yes on both hops against the hand-off's known_hosts); the jump host stand-in logged the
+    converges' logins; and a known_hosts with another key for the VM stops Ansible before it logs in."""
+    if test_vm.jump is None:
+        pytest.skip("the VM was converged without the hand-off's jump host")
+    args = hostvars["ansible_ssh_common_args"]
+    assert "ProxyCommand='ssh " in args and f"-p {test_vm.jump.port}" in args, args
+    assert args.count("StrictHostKeyChecking=yes") == 2 and "StrictHostKeyChecking=no" not in args, args
+    assert hostvars["ansible_user"] != "root" and hostvars["ansible_become"] is True
+    assert test_vm.jump.accepted_logins() > 0, f"no login through the jump host (log {test_vm.jump.log})"
+    logins = test_vm.ssh(
+        f"journalctl -u ssh --no-pager -o cat | grep -c 'Accepted publickey for {hostvars['ansible_user']} '"
+    )
+    assert int(logins.stdout.strip() or 0) > 0, "the VM's sshd saw no login of the stack's admin user"
+
+    before = test_vm.jump.accepted_logins()
+    good = _ansible_ping(test_vm, tmp_path / "good")
+    assert good.returncode == 0 and '"ping": "pong"' in good.stdout, good.stdout[-2000:] + good.stderr[-2000:]
+    assert test_vm.jump.accepted_logins() > before, "the ping did not go through the jump host"
+
+    known = Path(hostvars["ai_assistant_known_hosts"]).read_text().splitlines()
+    vm_line = next(line for line in known if line.startswith(f"[127.0.0.1]:{test_vm.vm.ports['ssh']} "))
+    other_key = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], capture_output=True
+    )
+    assert other_key.returncode == 0
+    wrong = tmp_path / "known_hosts"
+    forged = vm_line.split()[0] + " " + " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    wrong.write_text("\n".join(forged if line == vm_line else line for line in known) + "\n")
+    bad = _ansible_ping(test_vm, tmp_path / "bad", "-e", f"ai_assistant_known_hosts={wrong}")
+    out = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "UNREACHABLE" in out, out[-2000:]
+    assert "Host key verification failed" in out or "HOST IDENTIFICATION HAS CHANGED" in out, out[-2000:]
+
+
+def test_no_secret_in_any_ansible_output_on_the_hand_off_path(test_vm: TestVM) -> None:
+    """Every play the suite ran against the VM so far, the first converge at -vvv (each task's arguments and
+    results printed) included: no secret the hand-off passed (its 0600 vars file, the connector's app secret from
+    Pulumi's imSecrets) appears in any of their output."""
+    logs = sorted(test_vm.workdir.glob("*.log"))
+    converge = test_vm.workdir / "converge1.log"
+    assert converge in logs, "no log of the first converge"
+    text = converge.read_text(errors="replace")
+    # -vvv: Ansible names the file of every task and prints every result ("task path:" needs at least -vv).
+    assert text.count("task path: ") > 100, "the first converge did not run at -vvv"
+    values = test_vm.secret_values()
+    assert len(values) >= 6, "the hand-off's secrets were not found"
+    leaks = [
+        f"{log.name}: {value[:4]}..." for log in logs for value in values if value in log.read_text(errors="replace")
+    ]
+    assert not leaks, f"secret values in Ansible output: {leaks}"
+
+
+def test_the_connector_comes_from_the_stacks_pulumi_config_only(test_vm: TestVM, host: Any) -> None:
+    """The assistant's connectors are exactly those of the mocked stack's Pulumi config; the harness's inventory
+    overrides name none (the signed-message test answers a message for this connector)."""
+    stack = test_vm.stack_config.get("connectors")
+    if not stack:
+        pytest.skip("the VM was not converged from a mocked stack's hand-off")
+    from tests.roles.conftest import harness_overrides
+
+    overrides = harness_overrides(test_vm.vm, {"wheelhouse": Path("-"), "gguf": Path("-")})
+    assert not [k for k in overrides if "connector" in k], "the harness sets a connector variable"
+    on_host = yaml.safe_load(_run(host, "cat /etc/ai-assistant/connectors.yaml"))
+    assert set(on_host) == set(stack), f"connectors on the host {sorted(on_host)} != the stack's {sorted(stack)}"
+    for name, options in stack.items():
+        assert {k: on_host[name][k] for k in options} == options, name
