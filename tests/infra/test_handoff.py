@@ -638,3 +638,85 @@ def test_single_host_layout_for_the_vm_keeps_every_groups_variables(tmp_path: Pa
             wheelhouse=Path(w["AI_ASSISTANT_WHEELHOUSE"]),
             single_host="testvm",
         )
+
+
+def _loopback_sshd(tmp: Path, authorized_key: str) -> tuple[subprocess.Popen[bytes], int, str]:
+    """A plain sshd on 127.0.0.1 as the target host (the VM suite's target is the VM; here a loopback one)."""
+    from tests.roles.vm.jumphost import sshd_binary
+    from tests.roles.vm.machine import free_port
+
+    sshd = sshd_binary()
+    assert sshd is not None
+    tmp.mkdir(parents=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "hk")], check=True)
+    (tmp / "ak").write_text(authorized_key)
+    port = free_port()
+    (tmp / "cfg").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'hk'}\nPidFile {tmp / 'pid'}\n"
+        f"AuthorizedKeysFile {tmp / 'ak'}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n"
+    )
+    proc = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(tmp / "cfg")], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return proc, port, " ".join((tmp / "hk.pub").read_text().split()[:2])
+
+
+def _needs_sshd() -> str | None:
+    from tests.roles.vm.jumphost import sshd_binary
+
+    if not ANSIBLE_PLAYBOOK.exists():
+        return "ansible is not installed in this virtualenv"
+    if sshd_binary() is None or os.geteuid() != 0:
+        return "needs openssh-server's sshd (scripts/apt-packages.txt) and root, to log in to a loopback sshd"
+    return None
+
+
+@pytest.mark.skipif(_needs_sshd() is not None, reason=str(_needs_sshd()))
+def test_the_handoffs_ssh_options_hop_through_a_jump_host_and_refuse_a_changed_key(tmp_path: Path) -> None:
+    """The VM suite's path in small: the hand-off's files from a mocked `pulumi up`, its ssh options
+    (infra.inventory.ssh_args, strict) for a jump host stand-in, and real Ansible over its ssh transport to an sshd on
+    loopback. With the pinned keys it logs in through the jump host; with another key for the target it stops."""
+    from infra.handoff import write_handoff_files
+    from infra.inventory import ssh_args
+    from tests.roles.vm.jumphost import JumpHost
+    from tests.roles.vm.machine import free_port
+
+    key = tmp_path / "operator"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    target, port, target_key = _loopback_sshd(tmp_path / "target", (tmp_path / "operator.pub").read_text())
+    jump = JumpHost(tmp_path / "jump", free_port(), f"127.0.0.1:{port}")
+    try:
+        jump.start((tmp_path / "operator.pub").read_text())
+        run = run_program(config_for("aws", "basic"))
+        env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
+        w = _wheel_env(tmp_path)
+        files = write_handoff_files(
+            env,
+            tmp_path / "handoff",
+            wheel=Path(w["AI_ASSISTANT_WHEEL"]),
+            wheelhouse=Path(w["AI_ASSISTANT_WHEELHOUSE"]),
+            single_host="target",
+            hostvars={"target": {"ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "root"}},
+            known_hosts=f"[127.0.0.1]:{port} {target_key}\n[127.0.0.1]:{jump.port} {jump.host_key}\n",
+            ssh_common_args=ssh_args(jump.user, f"127.0.0.1 -p {jump.port} -i {key}", keys_known=True),
+        )
+
+        def ping(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+            cmd = [str(ANSIBLE_PLAYBOOK.parent / "ansible"), "all", "-i", str(files.inventory), "-m", "ping"]
+            env = {**_ansible_env(tmp_path), "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / name)}
+            extra_args = ("-e", "ansible_become=false", "--private-key", str(key), *extra)
+            return subprocess.run(
+                [*cmd, *extra_args], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120
+            )
+
+        good = ping("good")
+        assert good.returncode == 0 and "ping: pong" in good.stdout, good.stdout[-2000:] + good.stderr[-1000:]
+        assert jump.accepted_logins() == 1, "the login did not go through the jump host"
+
+        (tmp_path / "other_kh").write_text(files.known_hosts.read_text().replace(target_key, jump.host_key))
+        bad = ping("bad", "-e", f"ai_assistant_known_hosts={tmp_path / 'other_kh'}")
+        assert bad.returncode != 0 and "Host key verification failed" in bad.stdout + bad.stderr, bad.stdout[-2000:]
+    finally:
+        jump.stop()
+        target.terminate()
+        target.wait(timeout=20)
