@@ -24,7 +24,7 @@ import yaml
 from airgap import wheels as guest_wheels
 from tests.helpers import ReplyReceiver
 from tests.roles.vm.jumphost import JumpHost, sshd_binary
-from tests.roles.vm.machine import VM, build_image, cache_dir, free_port, missing_tools
+from tests.roles.vm.machine import VM, build_image, free_port, missing_tools
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
