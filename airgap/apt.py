@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from airgap.manifest import BundleError
-from airgap.wheels import REPO, cache_root
+from airgap.wheels import REPO, cache_lock, cache_root
 
 SUITE = "bookworm"
 # apt names the roles write as Jinja: what each one can expand to.
@@ -103,8 +103,13 @@ def closure(packages: list[str], *, log: Path) -> Path:
     sources = debian_sources()
     key = hashlib.sha256("\n".join([*sorted(packages), *sources, *OPTIONS]).encode()).hexdigest()[:16]
     debs = cache_root() / "bundle-debs" / key
-    if (debs / ".complete").exists():
-        return debs
+    with cache_lock(debs):
+        if not (debs / ".complete").exists():
+            _download_closure(packages, sources, debs, log)
+    return debs
+
+
+def _download_closure(packages: list[str], sources: list[str], debs: Path, log: Path) -> None:
     shutil.rmtree(debs, ignore_errors=True)
     debs.mkdir(parents=True)
     with log.open("ab") as fh:
@@ -133,7 +138,6 @@ def closure(packages: list[str], *, log: Path) -> Path:
         else:
             target.unlink(missing_ok=True)
     (debs / ".complete").touch()
-    return debs
 
 
 def gpg(home: Path, *args: str, stdin: str | None = None) -> str:

@@ -60,10 +60,11 @@ def controller_wheels(python: Path) -> Path:
     reqs = controller_requirements()
     key = "-".join(r.replace("==", "") for r in reqs) + f"-py{sys.version_info.major}.{sys.version_info.minor}"
     house = wheels.cache_root() / "bundle-controller" / key
-    if not (house / ".complete").exists():
-        shutil.rmtree(house, ignore_errors=True)
-        wheels.pip(python, "download", "--only-binary=:all:", "-d", str(house), *reqs)
-        (house / ".complete").touch()
+    with wheels.cache_lock(house):
+        if not (house / ".complete").exists():
+            shutil.rmtree(house, ignore_errors=True)
+            wheels.pip(python, "download", "--only-binary=:all:", "-d", str(house), *reqs)
+            (house / ".complete").touch()
     return house
 
 

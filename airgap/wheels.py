@@ -6,6 +6,8 @@ host that installs with --no-index, so they must collect it the same way and can
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -13,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +35,17 @@ class WheelError(RuntimeError):
 
 def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ai-assistant"
+
+
+@contextlib.contextmanager
+def cache_lock(entry: Path) -> Iterator[None]:
+    """Held while `entry` (a cache directory) is checked and filled: `make test` builds a bundle in the tests outside
+    the VM and another for the VM's converge at the same time, and on a cold cache one must not delete what the other
+    is still writing. Callers check `.complete` again once they hold it."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def llama_cache() -> Path:
@@ -62,8 +76,11 @@ def ensure_llama_wheel(python: Path) -> Path:
     cache = llama_cache()
     found = sorted(cache.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl"))
     if not found:
-        subprocess.run([str(REPO / "scripts" / "llama-wheel.sh"), str(python)], check=True, timeout=1800)
-        found = sorted(cache.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl"))
+        with cache_lock(cache / f"llama-{LLAMA_VERSION}"):
+            found = sorted(cache.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl"))
+            if not found:
+                subprocess.run([str(REPO / "scripts" / "llama-wheel.sh"), str(python)], check=True, timeout=1800)
+                found = sorted(cache.glob(f"llama_cpp_python-{LLAMA_VERSION}-*.whl"))
     if not found:
         raise WheelError(f"scripts/llama-wheel.sh left no llama_cpp_python-{LLAMA_VERSION} wheel in {cache}")
     return found[-1]
@@ -84,14 +101,15 @@ def guest_wheelhouse(python: Path, wheel: Path) -> Path:
     inputs = json.dumps([deps, LLAMA_VERSION, GUEST_ONLY_WHEELS, GUEST_PYTHON])
     key = hashlib.sha256(inputs.encode()).hexdigest()[:12] + f"-py{GUEST_PYTHON}"
     house = cache_root() / "vm-wheelhouse" / key
-    if not (house / ".complete").exists():
-        shutil.rmtree(house, ignore_errors=True)
-        _download(python, house, str(wheel))
-        _download(python, house, "--find-links", str(llama.parent), f"llama-cpp-python[server]=={LLAMA_VERSION}")
-        _download(python, house, *GUEST_ONLY_WHEELS)
-        for w in house.glob("ai_assistant-*.whl"):
-            w.unlink()
-        (house / ".complete").touch()
+    with cache_lock(house):
+        if not (house / ".complete").exists():
+            shutil.rmtree(house, ignore_errors=True)
+            _download(python, house, str(wheel))
+            _download(python, house, "--find-links", str(llama.parent), f"llama-cpp-python[server]=={LLAMA_VERSION}")
+            _download(python, house, *GUEST_ONLY_WHEELS)
+            for w in house.glob("ai_assistant-*.whl"):
+                w.unlink()
+            (house / ".complete").touch()
     return house
 
 
