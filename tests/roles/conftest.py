@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from airgap import wheels as guest_wheels
 from tests.helpers import ReplyReceiver
+from tests.roles.vm import airgap_proof
 from tests.roles.vm.jumphost import JumpHost, sshd_binary
 from tests.roles.vm.machine import VM, build_image, free_port, missing_tools
 
@@ -211,21 +211,6 @@ def _timed(phase: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         TIMINGS[phase] = time.monotonic() - start
 
 
-def _artifacts(workdir: Path) -> dict[str, Path]:
-    """The service wheel (rebuilt every run) and a wheelhouse of its and llama.cpp's dependencies (cached), collected
-    as `make bundle` collects them (airgap/wheels.py)."""
-    python = VENV_BIN / "python"
-    try:
-        wheel = guest_wheels.service_wheel(python, workdir / "dist")
-        return {
-            "wheel": wheel,
-            "wheelhouse": guest_wheels.guest_wheelhouse(python, wheel),
-            "gguf": guest_wheels.gguf_path(),
-        }
-    except guest_wheels.WheelError as exc:
-        pytest.fail(str(exc))
-
-
 # --- the VM's inventory: what the hand-off writes from a mocked `pulumi up` (issue 17) ------------------------------
 #
 # The Pulumi program runs under the mocks of tests/infra (the same code path as a real `up`), and
@@ -264,7 +249,7 @@ def vm_stack_config(reply_port: int, admin_key: str) -> dict[str, Any]:
     )
 
 
-def harness_overrides(vm: VM, art: dict[str, Path]) -> dict[str, Any]:
+def harness_overrides(vm: VM) -> dict[str, Any]:
     """The only variables the harness sets over the hand-off's: what a cloud cannot give a VM under QEMU on the test
     runner. Each group says why; everything else is the mocked stack's."""
     slirp = ["10.0.2.2/32"]
@@ -288,11 +273,10 @@ def harness_overrides(vm: VM, art: dict[str, Path]) -> dict[str, Any]:
         "tls_acme_server": "https://localhost:14000/dir",
         "tls_acme_ca_bundle": "/etc/pebble/ca.pem",
         "tls_acme_email": "ops@assistant.test",
-        # No GPU host, managed Redis, Weaviate or S3 here: the local llama.cpp, the data play's own Redis, the
-        # embedded knowledge store and no backup bucket (test_vm_backup.py runs the backup role against a stand-in).
+        # No GPU host, managed Redis, Weaviate or S3 here: the local llama.cpp (its wheels and model from the
+        # bundle), the data play's own Redis, the embedded knowledge store and no backup bucket (test_vm_backup.py
+        # runs the backup role against a stand-in).
         "ai_assistant_inference_mode": "local",
-        "model_server_llamacpp_wheelhouse": str(art["wheelhouse"]),
-        "model_server_model_src": str(art["gguf"]),
         "model_server_threads": 2,
         "ai_assistant_redis": {},
         "ai_assistant_knowledge": {},
@@ -344,7 +328,7 @@ def write_vm_handoff(
         wheel=art["wheel"],
         wheelhouse=art["wheelhouse"],
         single_host="testvm",
-        hostvars={"testvm": harness_overrides(vm, art)},
+        hostvars={"testvm": harness_overrides(vm)},
         known_hosts=known,
         # The stack's jump-host options (infra.inventory.ssh_args, strict: every key is known) for the stand-in's
         # address, port and user, with the operator's key for the inner hop (a real operator's ssh agent's job).
@@ -457,8 +441,10 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
         shutil.rmtree(keep, ignore_errors=True)
         keep.mkdir(parents=True)
     workdir = keep or tmp_path_factory.mktemp("roles-vm")
+    # The one converge runs from `make bundle`'s archive (issue 22): built beside the image and the boot.
+    bundle = airgap_proof.bundle_from_env()
+    build = None if bundle else airgap_proof.start_build(workdir)
     image = _timed("image build (cached: ~0)", build_image, workdir / "build.log")
-    art = _timed("wheels", _artifacts, workdir)
     receiver = ReplyReceiver()
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     receiver.secret = secret
@@ -468,19 +454,28 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
     jump = JumpHost(workdir / "jump", free_port(), f"127.0.0.1:{vm.ports['ssh']}")
     try:
         _timed("boot", vm.wait_ssh)
+        if build is not None:
+            bundle = _timed("bundle (beyond the boot)", airgap_proof.unpacked, build, workdir)
+        assert bundle is not None
+        art = airgap_proof.artifacts(bundle)
         admin_key = subprocess.run(["ssh-keygen", "-y", "-f", str(vm.key)], capture_output=True, text=True, check=True)
         jump.start(admin_key.stdout)
         handoff = _timed("hand-off (mocked up)", write_vm_handoff, workdir, vm, art, receiver.port, secret, jump)
         first_boot(vm, handoff.user_data)
         tvm = TestVM(vm, workdir, handoff.inventory, _write_ssh_config(workdir, vm), receiver, secret)
-        tvm.play_args, tvm.checks_host_keys, tvm.jump = handoff.play_args, True, jump
-        tvm.stack_config = handoff.stack_config
+        # The hand-off's secret vars file first (TestVM.secret_values reads it), then the bundle's, as an operator
+        # passes them.
+        tvm.play_args = [*handoff.play_args, *airgap_proof.play_args(bundle)]
+        tvm.checks_host_keys, tvm.jump, tvm.stack_config = True, jump, handoff.stack_config
         # The admin account exists from first boot on, but pebble and the test domain come before the roles, and
         # as root: the stand-ins are not part of what the hand-off configures.
         prep = _timed(
             "prepare (pebble)", tvm.play, REPO / "tests/roles/vm/prepare.yml", "-e", "ansible_user=root", name="prepare"
         )
         assert prep.rc == 0, f"prepare.yml failed (log {prep.log}):\n{prep.tail()}"
+        # From here on the guest reaches nothing but the runner (the controller, pebble's host port, the stand-ins):
+        # the bundle is the only source of packages, wheels and the model.
+        print(f"\nair-gapped proof: {airgap_proof.block_egress(tvm.ssh)}")
         # The production transport (Ansible's ssh connection) runs every task of the first converge; later plays
         # reuse the converged VM through Mitogen (TestVM.play).
         # VM_FIRST_CONVERGE_TRANSPORT=mitogen: a developer's quick iteration on later checks (CI keeps ssh).
@@ -498,6 +493,8 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
             _keep_vm(keep, tvm, image)
         yield tvm
     finally:
+        if build is not None and build.poll() is None:
+            build.kill()
         # A kept VM runs on only once its state is written (a failed first converge does not leave one behind).
         if keep is None or not (keep / "state.json").exists():
             vm.stop()

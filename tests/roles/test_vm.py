@@ -21,6 +21,7 @@ import testinfra
 
 from tests.helpers import message, signed_generic_request, wait_until
 from tests.roles.conftest import DOMAIN, REPO, TIMINGS, TestVM, secret_digests
+from tests.roles.vm import airgap_proof
 
 # Converging under software emulation takes many minutes: far above the suite-wide 900 s per test. func_only: the
 # module fixture's first converge (up to 30 min under load) has its own limit in TestVM.play, not this one.
@@ -88,6 +89,15 @@ def test_check_mode_on_converged_host_changes_nothing(test_vm: TestVM) -> None:
 
 
 # --- base --------------------------------------------------------------------------------------------------------
+
+
+def test_the_converge_ran_air_gapped_from_the_bundle(test_vm: TestVM, host: Any) -> None:
+    """Issue 22: the one converge ran with the guest's egress blocked (tests/roles/vm/airgap_proof.py) and the
+    bundle's signed repository as apt's only source; the block outlived the firewall role's reloads."""
+    assert airgap_proof.still_blocked(test_vm.ssh), "the guest reaches its Debian mirror: the egress block is gone"
+    sites = host.run("apt-get indextargets --format '$(SITE)' | sort -u").stdout.split()
+    assert sites, "apt knows no package source"
+    assert all(site.startswith("file:/var/lib/ai-assistant-bundle/") for site in sites), sites
 
 
 def test_service_accounts_have_no_login_shell(host: Any) -> None:

@@ -295,7 +295,7 @@ def test_the_connector_comes_from_the_stacks_pulumi_config_only(test_vm: TestVM,
         pytest.skip("the VM was not converged from a mocked stack's hand-off")
     from tests.roles.conftest import harness_overrides
 
-    overrides = harness_overrides(test_vm.vm, {"wheelhouse": Path("-"), "gguf": Path("-")})
+    overrides = harness_overrides(test_vm.vm)
     assert not [k for k in overrides if "connector" in k], "the harness sets a connector variable"
     on_host = yaml.safe_load(_run(host, "cat /etc/ai-assistant/connectors.yaml"))
     assert set(on_host) == set(stack), f"connectors on the host {sorted(on_host)} != the stack's {sorted(stack)}"

@@ -1,9 +1,10 @@
-"""The air-gapped proof's switch for the VM harness (issue 22): VM_BUNDLE=DIR runs the one converge from an unpacked
-bundle (make bundle) with the guest's egress blocked by its own nftables, except to the test runner.
+"""The air-gapped proof (issue 22): CI's one converge of the VM runs from a bundle (`make bundle`) with the guest's
+egress blocked by its own nftables, except to the test runner. The harness (tests/roles/conftest.py) builds the bundle
+beside the VM's boot (`start_build`, then `unpacked`), passes it to every play as an operator does (`play_args`), and
+blocks the guest's egress before the first converge (`block_egress`); test_vm.py checks the block outlived the
+converge (`still_blocked`).
 
-Off (VM_BUNDLE unset) nothing here runs. The harness (tests/roles/conftest.py) calls, when `bundle_from_env()` is set:
-  1. `inventory_vars(bundle)` merged into the host's inventory variables (they win over the harness's wheel paths);
-  2. `block_egress(tvm.ssh)` after the VM answers ssh and before the first converge.
+VM_BUNDLE=DIR uses an unpacked bundle built earlier instead of building one (a developer's quicker iteration).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+REPO = Path(__file__).resolve().parents[3]
 ENV = "VM_BUNDLE"
 # slirp's address of the machine running QEMU: the runner (reply receiver, and nothing else reachable through it).
 RUNNER = "10.0.2.2"
@@ -63,13 +64,50 @@ def bundle_from_env() -> Path | None:
     return bundle
 
 
-def inventory_vars(bundle: Path) -> dict[str, Any]:
-    """The bundle's own bundle-vars.yml (what an operator passes with -e @), plus where it is and its key."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    variables: dict[str, Any] = yaml.safe_load((bundle / "bundle-vars.yml").read_text())
-    variables["ai_assistant_bundle_dir"] = str(bundle)
-    variables["ai_assistant_bundle_fingerprint"] = manifest["fingerprint"]
-    return variables
+def start_build(workdir: Path) -> subprocess.Popen[bytes]:
+    """`make bundle`'s build (wheels, model, APT repository; no controller wheels or images: the runner is the
+    controller), started in the background so it runs beside the VM's boot. About 1.5 min with warm caches."""
+    out = workdir / "bundle-build"
+    out.mkdir(parents=True, exist_ok=True)
+    with (workdir / "build-bundle.log").open("ab") as log:
+        return subprocess.Popen(
+            [str(REPO / "scripts" / "build-bundle"), "--out", str(out), "--parts", "wheels,models,apt"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHON": sys.executable},
+        )
+
+
+def unpacked(build: subprocess.Popen[bytes], workdir: Path, timeout: float = 2400) -> Path:
+    """Wait for the build and unpack its archive where an operator would (not in the build's own directory)."""
+    if build.wait(timeout=timeout) != 0:
+        log = (workdir / "build-bundle.log").read_text(errors="replace")
+        raise RuntimeError(f"build-bundle failed ({workdir / 'build-bundle.log'}):\n{log[-3000:]}")
+    archive = next((workdir / "bundle-build").glob("ai-assistant-bundle-*.tar"))
+    dest = workdir / "bundle"
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    archive.unlink()  # hundreds of MB; the unpacked copy is what the roles read
+    return next(dest.glob("ai-assistant-bundle-*"))
+
+
+def play_args(bundle: Path) -> list[str]:
+    """What the bundle's README tells an operator to pass: its variables, where it is, and its key's fingerprint."""
+    fingerprint = json.loads((bundle / "manifest.json").read_text())["fingerprint"]
+    return [
+        "-e", f"@{bundle / 'bundle-vars.yml'}",
+        "-e", f"ai_assistant_bundle_dir={bundle}",
+        "-e", f"ai_assistant_bundle_fingerprint={fingerprint}",
+    ]  # fmt: skip
+
+
+def artifacts(bundle: Path) -> dict[str, Path]:
+    """The service wheel, wheelhouse and model the hand-off names: the bundle's own."""
+    return {
+        "wheel": next((bundle / "wheels").glob("ai_assistant-*.whl")),
+        "wheelhouse": bundle / "wheels",
+        "gguf": next((bundle / "models").glob("*.gguf")),
+    }
 
 
 # The first mirror host in the guest's own apt sources (never named here): reachable through slirp unless blocked.
