@@ -74,8 +74,9 @@ def test_second_converge_changes_nothing(test_vm: TestVM) -> None:
 
 
 def test_rerunning_the_roles_keeps_generated_secrets(test_vm: TestVM) -> None:
-    """Issue 9: the admin token and the Redis ACL password generated on the first run survive the second converge
-    (which test_second_converge_changes_nothing has run by now) byte for byte."""
+    """Issue 9: the secret files the first run wrote (secrets.env; the admin token and the Redis ACL password where
+    the roles generated them, i.e. without the hand-off's) survive the second converge (which
+    test_second_converge_changes_nothing has run by now) byte for byte."""
     assert test_vm.generated_secrets, "digests were taken after the first converge"
     assert secret_digests(test_vm) == test_vm.generated_secrets
 
