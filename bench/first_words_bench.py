@@ -284,6 +284,10 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.questions <= 100:
         sys.exit("--questions: between 1 and 100 (the run is sequential, each answer takes seconds)")
+    if args.threads is not None and args.threads < 1:
+        sys.exit("--threads: at least 1")
+    if not 1 <= args.max_tokens < LocalModelSettings().context:
+        sys.exit(f"--max-tokens: between 1 and {LocalModelSettings().context - 1} (the model server's context)")
     run = measure(args.questions, args.threads, args.max_tokens, args.timeout)
     print_report(run, report(run))
     sys.exit(1 if run.problems else 0)
