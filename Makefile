@@ -45,6 +45,7 @@ bench: bootstrap  ## the benchmarks in bench/ (figures go to docs/benchmarks.md 
 	$(BIN)/python bench/answer_bench.py
 	$(BIN)/python bench/answer_bench.py --knowledge --store sqlite
 	$(BIN)/python bench/answer_bench.py --soak 180 --store redis
+	$(BIN)/python bench/first_words_bench.py
 	$(BIN)/python bench/rss_components.py
 	$(BIN)/python bench/kb_bench.py
 

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import ab_targets, service_env  # noqa: E402
 from tests.helpers import SECRET, free_port, signed_generic_request, wait_until  # noqa: E402
 
 Request = tuple[str, dict[str, str], bytes]  # path, headers, body
@@ -146,9 +147,7 @@ def phases(url: str, requests: list[Request], work: Path, duration: int, rate: i
 def measure(payload: str, duration: int, rate: int, service_path: Path | None = None) -> dict[str, Any]:
     """One run: the service (from `service_path` when given, else the installed package), then the baseline."""
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ)
-    if service_path is not None:  # an older checkout's package, ahead of the installed one
-        env["PYTHONPATH"] = os.pathsep.join([str(service_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = service_env(service_path)  # an older checkout's package ahead of the installed one, when given
     with tempfile.TemporaryDirectory(prefix="ack-bench-") as tmp:
         work = Path(tmp)
         connector, _path, requests = PAYLOADS[payload](duration * 12_000)
@@ -215,18 +214,6 @@ def print_report(report: dict[str, Any], duration: int, label: str = "") -> None
     print(json.dumps(report))
 
 
-@contextlib.contextmanager
-def checkout(rev: str) -> Iterator[Path]:
-    """The repository at `rev` in a temporary git worktree, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="ack-bench-rev-") as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
-        try:
-            yield tree
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--payload", choices=sorted(PAYLOADS), default="generic")
@@ -243,10 +230,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (scripts/bootstrap installs wrk)")
     with contextlib.ExitStack() as stack:
-        # What to measure, alternating: this checkout (the installed package), then REV's service/ when asked.
-        targets: list[tuple[str, Path | None]] = [("this checkout", None)]
-        if args.against:
-            targets.append((f"revision {args.against}", stack.enter_context(checkout(args.against)) / "service"))
+        targets = ab_targets(stack, args.against, "revision {rev}", "ack-bench-rev-")
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in targets}
         for _ in range(args.rounds):
             for label, path in targets:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -40,25 +39,27 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from load_bench import Redis, rss_kib  # noqa: E402
-
+from bench.common import (  # noqa: E402
+    DEFAULT_POLL,
+    WEBHOOK_PATH,
+    Stack,
+    ab_targets,
+    cpu_seconds,
+    rss_kib,
+    standin_stack,
+)
 from tests.faults.engine_standin import ANSWER  # noqa: E402
-from tests.faults.procs import EngineStandin  # noqa: E402
 from tests.helpers import (  # noqa: E402
     ReplyReceiver,
-    ServiceProcess,
     metric_value,
     signed_generic_request,
     venv_bin,
     wait_until,
-    write_config,
 )
 
-PATH = "/api/im/callback"
+PATH = WEBHOOK_PATH
 QUEUE_DEPTH = "ai_assistant_queue_depth"
-TICKS = os.sysconf("SC_CLK_TCK")
 GOAL_CPU_MS = 10.0  # issue 24: app CPU per answered message, the model excluded
 GOAL_RSS_MIB = 300  # issue 24: the service on the 1C2G tier, next to Redis and the OS
 # The daily-peak rate for 100k messages a day: 15 % of the day's traffic in its busiest hour (notes/performance.md).
@@ -69,12 +70,6 @@ QUESTIONS = (
     "Who approves an expense claim over the limit?",
     "The printer on floor 3 does not work, what do I do?",
 )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of stat)
 
 
 @dataclass
@@ -119,51 +114,28 @@ class Result:
 
 
 @contextlib.contextmanager
-def stack(
-    store: str, knowledge: bool, service_path: Path | None, concurrency: int
-) -> Iterator[tuple[ServiceProcess, EngineStandin, ReplyReceiver, Redis | None]]:
+def stack(store: str, knowledge: bool, service_path: Path | None, concurrency: int) -> Iterator[Stack]:
     """Engine stand-in, platform stand-in, Redis when asked, and the service, all started and stopped together."""
-    with tempfile.TemporaryDirectory(prefix="answer-bench-") as tmp:
-        yield from _stack(Path(tmp), store, knowledge, service_path, concurrency)
+    assistant: dict[str, Any] = {
+        "worker": {"concurrency": concurrency, **DEFAULT_POLL},
+        "server": {"log_level": "WARNING"},
+        # Quotas are per user and chat; the generator spreads its messages so that none applies.
+        "quotas": {"user_per_minute": 100_000, "user_burst": 100_000, "chat_per_minute": 100_000,
+                   "chat_burst": 100_000},
+    }  # fmt: skip
+    if knowledge:
+        assistant["knowledge"] = {"enabled": True, "sample_corpus": None}
 
+    def ingest(config: Path, env: dict[str, str]) -> None:
+        cmd = [venv_bin("ai-assistant"), "kb", "--config-dir", str(config), "--data-dir", str(config.parent / "data"),
+               "ingest", "--no-progress", str(ROOT / "samples" / "knowledge")]  # fmt: skip
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
 
-def _stack(
-    workdir: Path, store: str, knowledge: bool, service_path: Path | None, concurrency: int
-) -> Iterator[tuple[ServiceProcess, EngineStandin, ReplyReceiver, Redis | None]]:
-    receiver = ReplyReceiver()
-    engine = EngineStandin(workdir)
-    engine.log = Path("/dev/null")  # the stand-in counts requests in its log: a file read per request is not "bare"
-    redis = Redis(workdir) if store == "redis" else None
-    svc: ServiceProcess | None = None
-    env = {"PYTHONPATH": str(service_path)} if service_path else {}
-    try:
-        engine.start("--stall", "0")
-        assistant: dict[str, Any] = {
-            "worker": {"concurrency": concurrency, "poll_interval_seconds": 0.2},  # the service's default poll
-            "server": {"log_level": "WARNING"},
-            # Quotas are per user and chat; the generator spreads its messages so that none applies.
-            "quotas": {"user_per_minute": 100_000, "user_burst": 100_000, "chat_per_minute": 100_000,
-                       "chat_burst": 100_000},
-        }  # fmt: skip
-        if redis is not None:
-            assistant["store"] = {"backend": "redis", "redis_url": redis.url}
-        if knowledge:
-            assistant["knowledge"] = {"enabled": True, "sample_corpus": None}
-        config = write_config(workdir / "config", reply_url=receiver.url, engine_url=engine.base_url,
-                              assistant=assistant)  # fmt: skip
-        if knowledge:
-            cmd = [venv_bin("ai-assistant"), "kb", "--config-dir", str(config), "--data-dir", str(workdir / "data"),
-                   "ingest", "--no-progress", str(ROOT / "samples" / "knowledge")]  # fmt: skip
-            subprocess.run(cmd, check=True, env={**os.environ, **env}, stdout=subprocess.DEVNULL)
-        svc = ServiceProcess(config, workdir / "data", env=env).start(timeout=180)
-        yield svc, engine, receiver, redis
-    finally:
-        if svc is not None:
-            svc.stop()
-        engine.kill()
-        if redis is not None:
-            redis.stop()
-        receiver.close()
+    with tempfile.TemporaryDirectory(prefix="answer-bench-") as tmp, standin_stack(
+        Path(tmp), assistant=assistant, redis=store == "redis", service_path=service_path,
+        before_start=ingest if knowledge else None,
+    ) as running:  # fmt: skip
+        yield running
 
 
 def _post_all(base: str, bodies: list[dict[str, Any]], in_flight: int) -> list[int]:
@@ -213,7 +185,8 @@ def measure(
     profile: Path | None = None,
 ) -> Result:
     r = Result(label, store, knowledge, messages)
-    with stack(store, knowledge, service_path, concurrency) as (svc, engine, receiver, _):
+    with stack(store, knowledge, service_path, concurrency) as running:
+        svc, engine, receiver = running.svc, running.engine, running.receiver
         assert svc.proc is not None
         assert engine.proc is not None
         pid, epid = svc.proc.pid, engine.proc.pid
@@ -255,7 +228,8 @@ def measure(
 def soak(store: str, seconds: float, rate: float, knowledge: bool, say: Any = print) -> dict[str, Any]:
     """Messages at a fixed rate for `seconds`: RSS, queue depth and CPU per answer sampled every 10 s."""
     samples: list[dict[str, float]] = []
-    with stack(store, knowledge, None, 8) as (svc, _engine, receiver, redis):
+    with stack(store, knowledge, None, 8) as running:
+        svc, receiver, redis = running.svc, running.receiver, running.redis
         assert svc.proc is not None
         pid = svc.proc.pid
         rss0 = rss_kib(pid) / 1024
@@ -298,18 +272,6 @@ def soak(store: str, seconds: float, rate: float, knowledge: bool, say: Any = pr
         }  # fmt: skip
 
 
-@contextlib.contextmanager
-def checkout(rev: str) -> Iterator[Path]:
-    """The repository at `rev` in a temporary git worktree, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="answer-bench-rev-") as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
-        try:
-            yield tree
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
-
-
 def print_row(r: Result) -> None:
     d = r.as_dict()
     print(
@@ -343,9 +305,7 @@ def main() -> None:
         return
     results: list[Result] = []
     with contextlib.ExitStack() as es:
-        targets: list[tuple[str, Path | None]] = [("this checkout", None)]
-        if args.against:
-            targets.append((args.against[:12], es.enter_context(checkout(args.against)) / "service"))
+        targets = ab_targets(es, args.against, "{rev:.12}", "answer-bench-rev-")
         for _ in range(args.rounds):
             for store in stores:
                 for label, path in targets:

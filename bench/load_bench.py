@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,19 +35,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import DEFAULT_POLL, WEBHOOK_PATH, Redis, rss_kib, standin_stack  # noqa: E402
 from tests.faults.engine_standin import ANSWER  # noqa: E402
-from tests.faults.procs import EngineStandin  # noqa: E402
-from tests.helpers import (  # noqa: E402
-    ReplyReceiver,
-    ServiceProcess,
-    free_port,
-    metric_value,
-    signed_generic_request,
-    wait_until,
-    write_config,
-)
+from tests.helpers import ReplyReceiver, ServiceProcess, metric_value, signed_generic_request  # noqa: E402
 
-PATH = "/api/im/callback"
+PATH = WEBHOOK_PATH
 BUSY_REPLY = "Sorry, too busy right now."
 QUOTA_REPLY = "Please slow down."
 
@@ -145,52 +135,6 @@ class Report:
     def table(self) -> str:
         width = max(len(k) for k, _ in self.rows())
         return "\n".join(f"| {k.ljust(width)} | {v} |" for k, v in self.rows())
-
-
-class Redis:
-    """redis-server as roles/redis runs it (AOF, fsync every second), on a free loopback port."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (scripts/bootstrap installs it)")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir),
-             "--appendonly", "yes", "--appendfsync", "everysec"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        import redis
-
-        self.client = redis.Redis(port=self.port)
-        wait_until(self._pings, 15, "redis-server")
-
-    def _pings(self) -> bool:
-        with contextlib.suppress(Exception):
-            return bool(self.client.ping())
-        return False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def depth(self) -> int:
-        return int(self.client.zcard("aia:enqueued"))  # every queued message, in flight or waiting
-
-    def used_memory(self) -> int:
-        return int(self.client.info("memory")["used_memory"])
-
-    def stop(self) -> None:
-        self.client.close()
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 @dataclass
@@ -317,29 +261,18 @@ def _tally(r: Report, sent: list[Sent], receiver: ReplyReceiver) -> None:
 
 async def _run(cfg: LoadConfig, workdir: Path, say: Any) -> Report:
     r = Report(cfg)
-    receiver = ReplyReceiver()
-    redis = Redis(workdir)
-    engine = EngineStandin(workdir)
-    engine.log = Path("/dev/null")  # the stand-in counts its requests in its log; at this rate that is too slow
-    svc: ServiceProcess | None = None
-    try:
-        engine.start("--stall", str(cfg.engine_seconds))
-        config = write_config(
-            workdir / "config",
-            reply_url=receiver.url,
-            engine_url=engine.base_url,
-            assistant={
-                "store": {"backend": "redis", "redis_url": redis.url},
-                # the service's default poll interval (the tests' config polls faster)
-                "worker": {"concurrency": cfg.concurrency, "poll_interval_seconds": 0.2},
-                "engine": {"timeout_seconds": 60},
-                "queue": {"max_depth": cfg.max_depth, "max_age_seconds": cfg.max_age, "busy_reply": BUSY_REPLY},
-                "quotas": {"reply": QUOTA_REPLY, **cfg.quotas},
-                "server": {"log_level": "WARNING"},
-            },
-        )
-        svc = ServiceProcess(config, workdir / "data").start(timeout=180)  # a busy machine imports slowly
+    assistant = {
+        "worker": {"concurrency": cfg.concurrency, **DEFAULT_POLL},
+        "engine": {"timeout_seconds": 60},
+        "queue": {"max_depth": cfg.max_depth, "max_age_seconds": cfg.max_age, "busy_reply": BUSY_REPLY},
+        "quotas": {"reply": QUOTA_REPLY, **cfg.quotas},
+        "server": {"log_level": "WARNING"},
+    }
+    engine_args = ("--stall", str(cfg.engine_seconds))
+    with standin_stack(workdir, assistant=assistant, engine_args=engine_args, redis=True) as running:
+        svc, receiver, redis = running.svc, running.receiver, running.redis
         assert svc.proc is not None
+        assert redis is not None
         r.rss_start_kib = r.rss_max_kib = rss_kib(svc.proc.pid)
         r.redis_start_bytes = r.redis_max_bytes = redis.used_memory()
         say(f"service up; sending {cfg.rate:g} msg/s for {cfg.seconds:g} s ...")
@@ -364,12 +297,6 @@ async def _run(cfg: LoadConfig, workdir: Path, say: Any) -> Report:
         r.quota_silent = int(metric_value(metrics, "ai_assistant_shed_total", {"reason": "quota_silent"}))
         _tally(r, sent, receiver)
         return r
-    finally:
-        if svc is not None:
-            svc.stop()
-        engine.kill()
-        redis.stop()
-        receiver.close()
 
 
 def run_load(cfg: LoadConfig, workdir: Path, say: Any = print) -> Report:
