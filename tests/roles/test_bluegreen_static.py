@@ -62,19 +62,31 @@ def test_bluegreen_playbooks_pass_the_syntax_check(playbook: str) -> None:
 WHEEL = "/nonexistent/ai_assistant-9.9.9-py3-none-any.whl"
 BAD_INPUT = {
     "no-wheel": ("playbooks/deploy.yml", [], "assistant_wheel: required: the wheel to deploy"),
+    "no-wheelhouse": (
+        "playbooks/deploy.yml",
+        ["-e", f"assistant_wheel={WHEEL}"],
+        "assistant_wheelhouse: required: the directory of dependency wheels",
+    ),
     "sqlite-store": (
         "playbooks/deploy.yml",
-        ["-e", f"assistant_wheel={WHEEL}", "-e", "assistant_store_backend=sqlite"],
+        ["-e", f"assistant_wheel={WHEEL}", "-e", "assistant_wheelhouse=/tmp", "-e", "assistant_store_backend=sqlite"],
         "assistant_store_backend: blue/green needs redis, not sqlite",
     ),
     "colliding-ports": (
         "playbooks/deploy.yml",
-        ["-e", f"assistant_wheel={WHEEL}", "-e", "assistant_green_port=8080"],
+        ["-e", f"assistant_wheel={WHEEL}", "-e", "assistant_wheelhouse=/tmp", "-e", "assistant_green_port=8080"],
         "assistant_green_port and assistant_green_metrics_port: must differ",
     ),
     "pinned-upstream": (
         "playbooks/deploy.yml",
-        ["-e", f"assistant_wheel={WHEEL}", "-e", "reverse_proxy_upstream=http://127.0.0.1:9999"],
+        [
+            "-e",
+            f"assistant_wheel={WHEEL}",
+            "-e",
+            "assistant_wheelhouse=/tmp",
+            "-e",
+            "reverse_proxy_upstream=http://127.0.0.1:9999",
+        ],
         "reverse_proxy_upstream: set to http://127.0.0.1:9999 in the inventory",
     ),
     "missing-wheel": (
