@@ -28,6 +28,11 @@ TEMPLATED = {
     "{{ base_packages }}": "base_packages",
     # roles/volumes: either filesystem's tools, whichever volumes_fs_type picks.
     "{{ ['e2fsprogs'] if volumes_fs_type == 'ext4' else ['xfsprogs'] }}": ["e2fsprogs", "xfsprogs"],
+    # roles/model_server (tgi): NVIDIA's driver and container toolkit come from NVIDIA's repositories, and the headers
+    # are the GPU host's running kernel's, unknown when the bundle is built: offline, point model_server_nvidia_repos
+    # at a mirror of NVIDIA's repositories instead.
+    "{{ model_server_nvidia_driver_packages + ['linux-headers-' ~ ansible_facts['kernel']] }}": [],
+    "{{ model_server_nvidia_toolkit_packages }}": [],
 }
 # Not Debian packages: they come from their vendor's repository, which the bundle cannot reach at build time either.
 NOT_DEBIAN = {"grafana": "Grafana's own APT repository (add its .deb with build-bundle --deb FILE)"}

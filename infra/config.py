@@ -42,6 +42,9 @@ _AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 _ALI_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{1,127}$")
 _ARM = re.compile(r"arm64|aarch64", re.IGNORECASE)
 IMAGE_HELP = 'docs/infra.md, "Pinned OS image", has the look-up command'
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_HELP = 'docs/infra.md, "Pinned container images", has the look-up command'
+_MODEL_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( \S.*)?$")
 
 
@@ -50,9 +53,20 @@ class ConfigError(pulumi.RunError):
 
 
 @dataclass(frozen=True)
+class GpuModel:
+    """What the GPU host serves (roles/model_server, tgi): the TGI image by digest and the model archive staged from
+    the bucket. The archive's pre-signed URL is the secret inferenceModelUrl, never a plain value."""
+
+    image_digest: str  # sha256:<64 hex> of the role's TGI image
+    model_dir: str  # the directory the archive is unpacked into; TGI loads /data/<it>
+    model_sha256: str  # of the archive, checked before it is unpacked
+
+
+@dataclass(frozen=True)
 class Inference:
     mode: Literal["gpu", "external"]
     url: str | None = None  # external: the OpenAI-compatible or TGI endpoint
+    gpu: GpuModel | None = None  # gpu: what the model server runs
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,10 @@ class InfraConfig:
     # Redis signs with Alibaba Cloud's own CA (console: the instance's SSL settings, "Download CA certificate").
     # ElastiCache's certificates chain to a public root, so AWS needs none. Public: handed over as a plain variable.
     redis_ca_cert: str | None = None
+    # sha256:<64 hex> of roles/weaviate's image: the knowledge base runs by digest only (stack key weaviateImageDigest).
+    weaviate_image_digest: str = ""
+    # gpu: the pre-signed URL of the model archive in the bucket (a credential until it expires).
+    inference_model_url: pulumi.Output[str] | None = field(default=None, compare=False)
 
     @property
     def standby_color(self) -> Color:
@@ -220,10 +238,33 @@ def _inference(cfg: pulumi.Config) -> Inference:
             raise ConfigError(f"{_key('inference.url')}: an https:// URL is required for external inference")
         if parsed.username or parsed.password:
             raise ConfigError(f"{_key('inference.url')}: put credentials in the secret inferenceApiKey, not the URL")
+        for gpu_only in ("imageDigest", "model"):
+            if gpu_only in raw:
+                raise ConfigError(f"{_key('inference.' + gpu_only)}: only used with mode gpu")
         return Inference("external", str(url))
     if url is not None:
         raise ConfigError(f"{_key('inference.url')}: only used with mode external")
-    return Inference("gpu")
+    digest = _digest("inference.imageDigest", raw.get("imageDigest"))
+    model = raw.get("model")
+    if not isinstance(model, Mapping):
+        raise ConfigError(
+            f"{_key('inference.model')}: required with mode gpu, {{dir: <name>, sha256: <of the archive>}}"
+        )
+    model_dir = str(model.get("dir") or "")
+    if not _MODEL_DIR.match(model_dir):
+        raise ConfigError(
+            f"{_key('inference.model.dir')}: {model_dir!r} is not one directory name (letters, digits, . _ -)"
+        )
+    sha = str(model.get("sha256") or "")
+    if not re.match(r"^[0-9a-f]{64}$", sha):
+        raise ConfigError(f"{_key('inference.model.sha256')}: {sha!r} is not the archive's SHA-256 (64 hex digits)")
+    return Inference("gpu", gpu=GpuModel(digest, model_dir, sha))
+
+
+def _digest(name: str, raw: object) -> str:
+    if not isinstance(raw, str) or not _DIGEST.match(raw):
+        raise ConfigError(f"{_key(name)}: required, the image's digest sha256:<64 hex digits> ({DIGEST_HELP})")
+    return raw
 
 
 def _image(cfg: pulumi.Config, cloud: Cloud) -> str:
@@ -307,6 +348,15 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         need = "certificateId (ACM ARN) or dnsZone" if cloud == "aws" else "certificateId (SSL Certificates Service id)"
         raise ConfigError(f"{_key('certificateId')}: required: {need}")
 
+    inference = _inference(cfg)
+    model_url = cfg.get_secret("inferenceModelUrl")
+    if inference.mode == "gpu" and model_url is None:
+        raise ConfigError(
+            f"{_key('inferenceModelUrl')}: required with mode gpu (--secret): the pre-signed URL of the model archive"
+        )
+    if inference.mode != "gpu" and model_url is not None:
+        raise ConfigError(f"{_key('inferenceModelUrl')}: only used with inference mode gpu")
+
     return InfraConfig(
         cloud=cloud,
         tier=tier,
@@ -314,7 +364,9 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         zones=zones,
         domain=domain,
         backup_region=backup_region,
-        inference=_inference(cfg),
+        inference=inference,
+        inference_model_url=model_url,
+        weaviate_image_digest=_digest("weaviateImageDigest", cfg.get("weaviateImageDigest")),
         ingress=ingress,
         admin_cidrs=admin_cidrs,
         im_source_cidrs=im_source_cidrs,

@@ -119,7 +119,23 @@ def _group_vars(conf: InfraConfig) -> dict[str, dict[str, Any]]:
                 name: f"{t.data.memory_limits_mib['weaviate']}m" for name, t in CATALOGUE.items()
             },
             "ai_assistant_monitoring_memory_max_mib": d["monitoring"],
+            "weaviate_image_digest": conf.weaviate_image_digest,
         },
+        **_inference_group_vars(conf),
+    }
+
+
+def _inference_group_vars(conf: InfraConfig) -> dict[str, dict[str, Any]]:
+    # The archive's URL is not here: it is the secret model_server_tgi_model_url.
+    gpu = conf.inference.gpu
+    if gpu is None:
+        return {}
+    return {
+        "inference": {
+            "model_server_tgi_image_digest": gpu.image_digest,
+            "model_server_tgi_model_dir": gpu.model_dir,
+            "model_server_tgi_model_sha256": gpu.model_sha256,
+        }
     }
 
 
@@ -145,6 +161,8 @@ def main(repo_root: Path = REPO_ROOT) -> None:
     }
     if conf.alert_smtp_password is not None:
         secret_vars["alertmanager_smtp_password"] = conf.alert_smtp_password
+    if conf.inference_model_url is not None:
+        secret_vars["model_server_tgi_model_url"] = conf.inference_model_url
     all_secrets = pulumi.Output.all(secrets.ansible_vars(), pulumi.Output.from_input(secret_vars)).apply(
         lambda v: {**v[0], **v[1]}
     )

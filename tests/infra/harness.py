@@ -194,6 +194,10 @@ BASE: dict[str, dict[str, Any]] = {
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJtestkeyonlyforunittestsxxxxxxxxxxxxxxxxxx ops@example"
 
 
+# A stand-in pre-signed URL: only its secrecy and its way to the hand-off are checked.
+MODEL_URL = "https://models.example.com/qwen.tar?X-Amz-Signature=0123456789abcdef"
+
+
 def config_for(cloud: str, tier: str, overrides: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
     """A valid config for cloud x tier; overrides replace keys, None removes a key."""
     cfg: dict[str, Any] = {
@@ -202,7 +206,8 @@ def config_for(cloud: str, tier: str, overrides: dict[str, Any] | None = None, *
         "domain": "assistant.example.com",
         "adminCidrs": ["198.51.100.0/24"],
         "sshPublicKey": SSH_KEY,
-        "inference": {"mode": "gpu"},
+        "inference": {"mode": "gpu", "imageDigest": "sha256:" + "a" * 64, "model": {"dir": "qwen", "sha256": "b" * 64}},
+        "weaviateImageDigest": "sha256:" + "c" * 64,
         "alertReceivers": [{"name": "ops", "email": "ops@example.com"}],
         "alertSmtp": {"smarthost": "smtp.example.com:587", "from": "alertmanager@example.com"},
         **BASE[cloud],
@@ -256,6 +261,10 @@ def run_program(
     """
     run = run if run is not None else Run()
     _ensure_event_loop()
+    if (cfg.get("inference") or {}).get("mode") == "gpu":
+        # A GPU host needs its model archive's pre-signed URL, a secret (infra/config.py); tests may pass their own.
+        secrets = {"inferenceModelUrl": MODEL_URL, **(secrets or {})}
+    secrets = {k: v for k, v in (secrets or {}).items() if v is not None}  # None: the test leaves the secret unset
     all_cfg = {f"{PROJECT}:{k}": _encode(v) for k, v in {**cfg, **(secrets or {})}.items()}
     pulumi.runtime.set_all_config(all_cfg, [f"{PROJECT}:{k}" for k in (secrets or {})])
     psettings.ROOT.set(None)
@@ -291,4 +300,16 @@ def _run_main(run: Run, repo_root: Path | None, via_main: bool) -> None:
         run.exports[k] = _sync_await(_resolve(v))
 
 
-__all__ = ["BASE", "SSH_KEY", "Recorder", "Res", "Run", "config_for", "is_secret", "pmocks", "run_program", "unwrap"]
+__all__ = [
+    "BASE",
+    "MODEL_URL",
+    "SSH_KEY",
+    "Recorder",
+    "Res",
+    "Run",
+    "config_for",
+    "is_secret",
+    "pmocks",
+    "run_program",
+    "unwrap",
+]

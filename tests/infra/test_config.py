@@ -52,6 +52,39 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("image not pinned", {"imageId": None}, "ai-assistant:imageId: required: pin the Debian 12 x86_64 image"),
     ("image not an AMI", {"imageId": "debian-12-amd64"}, "ai-assistant:imageId: 'debian-12-amd64' is not an AMI id"),
     ("Redis CA not PEM", {"redisCaCert": "ApsaraDB-CA-Chain.jks"}, "ai-assistant:redisCaCert: not PEM certificates"),
+    ("no Weaviate digest", {"weaviateImageDigest": None}, "ai-assistant:weaviateImageDigest: required, the image's"),
+    ("Weaviate tag as digest", {"weaviateImageDigest": "1.28.4"}, "ai-assistant:weaviateImageDigest: required"),
+    (
+        "no TGI digest",
+        {"inference": {"mode": "gpu", "model": {"dir": "m", "sha256": "b" * 64}}},
+        "ai-assistant:inference.imageDigest: required, the image's digest sha256:<64 hex digits>",
+    ),
+    (
+        "no model",
+        {"inference": {"mode": "gpu", "imageDigest": "sha256:" + "a" * 64}},
+        "ai-assistant:inference.model: required with mode gpu",
+    ),
+    (
+        "model dir is a path",
+        {
+            "inference": {
+                "mode": "gpu",
+                "imageDigest": "sha256:" + "a" * 64,
+                "model": {"dir": "../x", "sha256": "b" * 64},
+            }
+        },
+        "ai-assistant:inference.model.dir: '../x' is not one directory name",
+    ),
+    (
+        "GPU image with external inference",
+        {"inference": {"mode": "external", "url": "https://llm.example.com/v1", "imageDigest": "sha256:" + "a" * 64}},
+        "ai-assistant:inference.imageDigest: only used with mode gpu",
+    ),
+    (
+        "model checksum",
+        {"inference": {"mode": "gpu", "imageDigest": "sha256:" + "a" * 64, "model": {"dir": "m", "sha256": "md5"}}},
+        "ai-assistant:inference.model.sha256: 'md5' is not the archive's SHA-256",
+    ),
     (
         "Redis CA with a key",
         {"redisCaCert": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
@@ -69,6 +102,16 @@ def test_bad_config_fails_with_one_line_before_any_resource(case: str, overrides
     assert message in text, f"{case}: got {text!r}"
     assert "\n" not in text, f"{case}: the message must be one line"
     assert run.resources == [], f"{case}: {len(run.resources)} resources declared before the error"
+
+
+def test_gpu_needs_the_model_url_secret_and_external_refuses_it() -> None:
+    run = Run()
+    with pytest.raises(ConfigError, match=r"^ai-assistant:inferenceModelUrl: required with mode gpu \(--secret\)"):
+        run_program(config_for("aws", "basic"), secrets={"inferenceModelUrl": None}, run=run)
+    assert run.resources == []
+    external = {"inference": {"mode": "external", "url": "https://llm.example.com/v1"}}
+    with pytest.raises(ConfigError, match=r"^ai-assistant:inferenceModelUrl: only used with inference mode gpu"):
+        run_program(config_for("aws", "basic", external), secrets={"inferenceModelUrl": "https://x.example.com/m.tar"})
 
 
 def test_alicloud_needs_a_certificate_id() -> None:

@@ -25,7 +25,10 @@ NOT_CONVERGED = {
     "weaviate": "the Weaviate container cannot be pulled here; only check mode runs (containers-check.yml)",
 }
 # Task files that only run on hosts the VM is not (a GPU host running TGI under podman).
-NOT_CONVERGED_FILES = {"roles/model_server/tasks/tgi.yml": "TGI needs a GPU and a registry; check mode only"}
+NOT_CONVERGED_FILES = {
+    "roles/model_server/tasks/tgi.yml": "TGI needs a GPU and a registry; check mode only",
+    "roles/model_server/tasks/nvidia.yml": "the NVIDIA driver and toolkit need a GPU host; check mode only",
+}
 
 
 def image_packages() -> set[str]:
