@@ -12,6 +12,7 @@ import pulumi_alicloud as ali
 from infra import cloudinit
 from infra.config import COLORS, Color, InfraConfig, traffic_weights
 from infra.deployment import (
+    ASSISTANT_GREEN_METRICS,
     ASSISTANT_METRICS,
     HTTPS,
     MODEL_SERVER,
@@ -190,6 +191,7 @@ class SecurityGroups(pulumi.ComponentResource):
         # Prometheus on the monitoring (data) host scrapes node-exporter everywhere, the assistant and the model server.
         ingress("assistant-node-metrics-from-data", self.assistant, NODE_EXPORTER, src=self.data)
         ingress("assistant-metrics-from-data", self.assistant, ASSISTANT_METRICS, src=self.data)
+        ingress("assistant-green-metrics-from-data", self.assistant, ASSISTANT_GREEN_METRICS, src=self.data)
         for port, label in ((REDIS, "redis"), (WEAVIATE_HTTP, "weaviate"), (WEAVIATE_GRPC, "weaviate-grpc")):
             ingress(f"data-{label}-from-assistant", self.data, port, src=self.assistant)
             ingress(f"data-{label}-from-data", self.data, port, src=self.data)

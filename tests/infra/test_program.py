@@ -15,6 +15,8 @@ from infra.tiers import CATALOGUE, GPU_TYPES, INSTANCE_TYPES, TIERS
 from tests.infra.conftest import CASES
 from tests.infra.harness import Res, Run, config_for, is_secret, run_program, unwrap
 
+REPO = Path(__file__).resolve().parents[2]
+
 INSTANCE = {"aws": "aws:ec2/instance:Instance", "alicloud": "alicloud:ecs/instance:Instance"}
 ZONE_KEY = {"aws": "availabilityZone", "alicloud": "zoneId"}
 Get = Callable[[str, str], Run]
@@ -567,3 +569,34 @@ def test_load_balancer_checks_liveness_not_readiness(stack_run: Get, cloud: str)
     from ai_assistant import app as service_app
 
     assert '@app.get("/healthz"' in Path(service_app.__file__).read_text()
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_the_monitoring_host_reaches_both_colours_metrics(cloud: str) -> None:
+    """Prometheus scrapes the blue and the green slot of every assistant host (playbooks/monitoring.yml): while green
+    serves, a scrape of its port that the security group drops would page "assistant down" for a healthy host."""
+    ports = {
+        int(p)
+        for p in (
+            yaml.safe_load((REPO / "roles/assistant/defaults/main.yml").read_text())[k]
+            for k in ("assistant_metrics_port", "assistant_green_metrics_port")
+        )
+    }
+    run = run_program(config_for(cloud, "basic"))
+    if cloud == "aws":
+        role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("aws:ec2/securityGroup:SecurityGroup")}
+        opened = {
+            r.props["fromPort"]
+            for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+            if role[r.props["securityGroupId"]] == "assistant"
+            and role.get(r.props.get("referencedSecurityGroupId") or "") == "data"
+        }
+    else:
+        role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("alicloud:ecs/securityGroup:SecurityGroup")}
+        opened = {
+            int(r.props["portRange"].split("/")[0])
+            for r in run.of("alicloud:ecs/securityGroupRule:SecurityGroupRule")
+            if role[r.props["securityGroupId"]] == "assistant"
+            and role.get(r.props.get("sourceSecurityGroupId") or "") == "data"
+        }
+    assert ports <= opened, f"metrics ports {sorted(ports - opened)} closed to the monitoring (data) host"
