@@ -163,11 +163,31 @@ class TestVM:
             values += [v for k, v in found.items() if isinstance(v, str) and len(v) >= 12 and not k.endswith("_dir")]
         return values
 
+    def given_secret(self, name: str) -> str | None:
+        """A secret the hand-off passed in its vars file (`redis_password`, ...); None where the roles generate it."""
+        if "-e" not in self.play_args:
+            return None
+        found = json.loads(Path(self.play_args[self.play_args.index("-e") + 1].removeprefix("@")).read_text())
+        value = found.get(name)
+        return value if isinstance(value, str) else None
+
     def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A command in the guest over the shared control connection (see _write_ssh_config)."""
         return subprocess.run(
             ["ssh", "-F", str(self.ssh_config), "testvm", command], capture_output=True, text=True, timeout=timeout
         )
+
+    def _mitogen_localhost(self) -> Path:
+        """The controller as an explicit inventory host for Mitogen's plays. Mitogen runs a task delegated to
+        localhost with the *inventory host's* `ansible_become` (the hand-off sets it for the admin user), so the
+        roles' `become: false` controller tasks (the bundle check, the wheel check) would try sudo on the runner,
+        which has none; Ansible's own strategy takes the delegated host's settings and needs no such entry."""
+        path = self.workdir / "mitogen-localhost.yml"
+        path.write_text(
+            "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n      ansible_become: false\n"
+            '      ansible_python_interpreter: "{{ ansible_playbook_python }}"\n'
+        )
+        return path
 
     def play(self, playbook: Path, *args: str, name: str, transport: str = "mitogen") -> PlayResult:
         """Run a playbook against the VM. `transport="ssh"` is Ansible's own SSH connection, the one operators and the
@@ -185,12 +205,14 @@ class TestVM:
             "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
             "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15",
         }
+        inventories = ["-i", str(self.inventory)]
         if transport == "mitogen":
             env |= mitogen_env(self.checks_host_keys)
+            inventories += ["-i", str(self._mitogen_localhost())]
         elif transport != "ssh":
             raise ValueError(f"transport must be 'ssh' or 'mitogen', not {transport!r}")
         log = self.workdir / f"{name}.log"
-        cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), *self.play_args, str(playbook), *args]
+        cmd = [str(VENV_BIN / "ansible-playbook"), *inventories, *self.play_args, str(playbook), *args]
         # Streamed to the log file so a slow converge can be followed while it runs.
         with log.open("w") as fh:
             # 50 min: the ssh-transport first converge took 20 min on a busy machine and 33 min on one shared by several
