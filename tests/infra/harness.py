@@ -313,3 +313,21 @@ __all__ = [
     "run_program",
     "unwrap",
 ]
+
+
+def ports_between(run: Run, cloud: str, *, to: str, src: str) -> set[int]:
+    """The TCP ports the security groups open on hosts of role `to` for hosts of role `src` (first port of a range)."""
+    if cloud == "aws":
+        role = {g.id: g.props["tags"]["ai-assistant:role"] for g in run.of("aws:ec2/securityGroup:SecurityGroup")}
+        return {
+            r.props["fromPort"]
+            for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+            if role[r.props["securityGroupId"]] == to
+            and role.get(r.props.get("referencedSecurityGroupId") or "") == src
+        }
+    role = {g.id: g.props["tags"]["ai-assistant:role"] for g in run.of("alicloud:ecs/securityGroup:SecurityGroup")}
+    return {
+        int(r.props["portRange"].split("/")[0])
+        for r in run.of("alicloud:ecs/securityGroupRule:SecurityGroupRule")
+        if role[r.props["securityGroupId"]] == to and role.get(r.props.get("sourceSecurityGroupId") or "") == src
+    }

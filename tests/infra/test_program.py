@@ -13,7 +13,7 @@ import yaml
 from infra.config import COLORS
 from infra.tiers import CATALOGUE, GPU_TYPES, INSTANCE_TYPES, TIERS
 from tests.infra.conftest import CASES
-from tests.infra.harness import Res, Run, config_for, is_secret, run_program, unwrap
+from tests.infra.harness import Res, Run, config_for, is_secret, ports_between, run_program, unwrap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -582,21 +582,5 @@ def test_the_monitoring_host_reaches_both_colours_metrics(cloud: str) -> None:
             for k in ("assistant_metrics_port", "assistant_green_metrics_port")
         )
     }
-    run = run_program(config_for(cloud, "basic"))
-    if cloud == "aws":
-        role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("aws:ec2/securityGroup:SecurityGroup")}
-        opened = {
-            r.props["fromPort"]
-            for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-            if role[r.props["securityGroupId"]] == "assistant"
-            and role.get(r.props.get("referencedSecurityGroupId") or "") == "data"
-        }
-    else:
-        role = {r.id: r.props["tags"]["ai-assistant:role"] for r in run.of("alicloud:ecs/securityGroup:SecurityGroup")}
-        opened = {
-            int(r.props["portRange"].split("/")[0])
-            for r in run.of("alicloud:ecs/securityGroupRule:SecurityGroupRule")
-            if role[r.props["securityGroupId"]] == "assistant"
-            and role.get(r.props.get("sourceSecurityGroupId") or "") == "data"
-        }
+    opened = ports_between(run_program(config_for(cloud, "basic")), cloud, to="assistant", src="data")
     assert ports <= opened, f"metrics ports {sorted(ports - opened)} closed to the monitoring (data) host"

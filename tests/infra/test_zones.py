@@ -14,7 +14,7 @@ import yaml
 
 from infra.tiers import TIERS
 from tests.infra.conftest import CASES
-from tests.infra.harness import Run, config_for, is_secret, run_program, unwrap
+from tests.infra.harness import Run, config_for, is_secret, ports_between, run_program, unwrap
 
 Get = Callable[[str, str], Run]
 STACK_TAGS = {"ai-assistant:stack": "test", "ai-assistant:managed-by": "pulumi"}
@@ -136,22 +136,7 @@ def test_one_knowledge_base_for_every_assistant_host(
     assert kb["store"] == "weaviate"
     assert kb["url"] == f"http://{data_a.outputs['privateIp']}:8081" and kb["grpc_port"] == 50051
     # Both Weaviate ports reach the data hosts from the assistant hosts (HTTP and gRPC), whatever the zone.
-    if cloud == "aws":
-        role = {g.id: g.props["tags"]["ai-assistant:role"] for g in run.of("aws:ec2/securityGroup:SecurityGroup")}
-        opened = {
-            r.props["fromPort"]
-            for r in run.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
-            if role[r.props["securityGroupId"]] == "data"
-            and role.get(r.props.get("referencedSecurityGroupId") or "") == "assistant"
-        }
-    else:
-        role = {g.id: g.props["tags"]["ai-assistant:role"] for g in run.of("alicloud:ecs/securityGroup:SecurityGroup")}
-        opened = {
-            int(r.props["portRange"].split("/")[0])
-            for r in run.of("alicloud:ecs/securityGroupRule:SecurityGroupRule")
-            if role[r.props["securityGroupId"]] == "data"
-            and role.get(r.props.get("sourceSecurityGroupId") or "") == "assistant"
-        }
+    opened = ports_between(run, cloud, to="data", src="assistant")
     assert {8081, 50051} <= opened
     env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
     assert json.loads(env["AI_ASSISTANT_SECRET_VARS"])["weaviate_api_key"], "the KB key travels as a secret"
