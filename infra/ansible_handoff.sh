@@ -24,6 +24,11 @@ fi
 # and the internal CA where the tls role's internal_ca mode looks for it. The VM harness calls the same function.
 "$python" -m infra.handoff write "$work"
 unset AI_ASSISTANT_SECRET_VARS
+# Autoscaled hosts configure themselves on boot from an artifact in the backup bucket (infra/boot_configure.py):
+# published before any host is waited for, so the hosts the groups start from now on find it.
+if [ -n "${AI_ASSISTANT_ONBOOT:-}" ]; then
+  "$python" -m infra.handoff publish "$work"
+fi
 inventories=(-i "$work/inventory.yml")
 dynamic=
 if [ -n "${AI_ASSISTANT_DYNAMIC_INVENTORY:-}" ]; then

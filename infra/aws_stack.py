@@ -10,6 +10,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import cloudinit
+from infra.cloudinit import ONBOOT_PREFIX
 from infra.config import COLORS, Color, InfraConfig, traffic_weights
 from infra.deployment import (
     ASSISTANT_GREEN_METRICS,
@@ -592,7 +593,9 @@ class SharedRedis(pulumi.ComponentResource):
         self.register_outputs({"endpoint": self.cluster.primary_endpoint_address})
 
 
-def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> Deployment:
+def build(
+    conf: InfraConfig, stack: str, redis_password: pulumi.Input[str], onboot_secret: pulumi.Input[str] | None = None
+) -> Deployment:
     provider = aws.Provider("aws", region=conf.region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack)))
     replica_provider = aws.Provider(
         "aws-backup", region=conf.backup_region, default_tags=aws.ProviderDefaultTagsArgs(tags=_tags(stack))
@@ -602,7 +605,7 @@ def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> D
     groups = SecurityGroups("sg", conf, network.vpc, popts)
     lb = LoadBalancer("lb", conf, network, groups, popts) if conf.ingress == "public" else None
     backups = BackupBuckets("backup", conf, replica_provider, popts)
-    compute = Compute("hosts", conf, stack, network, groups, lb, backups, provider, popts)
+    compute = Compute("hosts", conf, stack, network, groups, lb, backups, provider, popts, onboot_secret)
     redis = SharedRedis("redis", conf, network, groups, redis_password, popts)
     return Deployment(
         hosts=compute.hosts,
@@ -639,6 +642,7 @@ class Compute(pulumi.ComponentResource):
         backups: BackupBuckets,
         provider: aws.Provider,
         opts: pulumi.ResourceOptions | None = None,
+        onboot_secret: pulumi.Input[str] | None = None,
     ) -> None:
         super().__init__("ai-assistant:aws:Compute", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -659,6 +663,7 @@ class Compute(pulumi.ComponentResource):
         self.dynamic_hosts = 0
 
         profile = self._backup_profile(name, backups, child)
+        onboot = self._onboot(name, backups, onboot_secret, child) if conf.autoscaling and onboot_secret else None
 
         def instance(
             host: str,
@@ -703,7 +708,7 @@ class Compute(pulumi.ComponentResource):
                 z = zone_suffix(zone)
                 if conf.autoscaling:
                     self._autoscaling_group(
-                        f"{name}-{color}-{z}", conf, stack, network, groups, lb, ami, key_name, color, zi
+                        f"{name}-{color}-{z}", conf, stack, network, groups, lb, ami, key_name, color, zi, onboot
                     )
                     continue
                 for n in range(tier.assistant_per_zone):
@@ -779,6 +784,9 @@ class Compute(pulumi.ComponentResource):
                         "Statement": [
                             {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [arn]},
                             {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": [f"{arn}/*"]},
+                            # The on-boot artifact is code the autoscaled hosts run as root: only the hand-off
+                            # writes it (docs/adr/0039).
+                            {"Effect": "Deny", "Action": ["s3:PutObject"], "Resource": [f"{arn}/{ONBOOT_PREFIX}/*"]},
                         ],
                     }
                 )
@@ -786,6 +794,41 @@ class Compute(pulumi.ComponentResource):
             opts=child,
         )
         return aws.iam.InstanceProfile(f"{name}-data", role=role.name, opts=child)
+
+    def _onboot(
+        self, name: str, backups: BackupBuckets, value: pulumi.Input[str], child: pulumi.ResourceOptions
+    ) -> tuple[aws.iam.InstanceProfile, aws.secretsmanager.Secret, pulumi.Output[str]]:
+        """What autoscaled assistant hosts configure themselves from (infra/boot_configure.py): the secret with their
+        variables and the issuing CA, and an instance role that may read that secret and the hand-off's artifact
+        prefix of the backup bucket, nothing else (no list, no write; docs/adr/0039)."""
+        secret = aws.secretsmanager.Secret(
+            f"{name}-onboot",
+            description="ai-assistant: on-boot configuration of autoscaled assistant hosts",
+            opts=child,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-onboot", secret_id=secret.id, secret_string=pulumi.Output.secret(value), opts=child
+        )
+        role = aws.iam.Role(
+            f"{name}-assistant",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                    ],
+                }
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-assistant-onboot",
+            role=role.id,
+            policy=pulumi.Output.all(secret.arn, backups.bucket.arn).apply(lambda a: json.dumps(onboot_policy(*a))),
+            opts=child,
+        )
+        profile = aws.iam.InstanceProfile(f"{name}-assistant", role=role.name, opts=child)
+        return profile, secret, backups.bucket.bucket
 
     def _autoscaling_group(
         self,
@@ -799,14 +842,27 @@ class Compute(pulumi.ComponentResource):
         key_name: Any,
         color: Color,
         zi: int,
+        onboot: tuple[aws.iam.InstanceProfile, aws.secretsmanager.Secret, pulumi.Output[str]] | None = None,
     ) -> None:
         tier = CATALOGUE[conf.tier]
         child = pulumi.ResourceOptions(parent=self)
-        user_data = cloudinit.user_data(
-            "aws",
-            ssh_public_key=conf.ssh_public_key,
-            ssh_sources=network.public_cidrs,
-            https_sources=[*network.public_cidrs, *network.private_cidrs] if lb else [*network.private_cidrs],
+
+        def render(bucket: str | None, secret_id: str | None) -> str:
+            # One launch template per colour and zone: the user data names the host's groups (docs/adr/0039).
+            boot = {"cloud": "aws", "region": conf.region, "bucket": bucket, "prefix": ONBOOT_PREFIX,
+                    "secret_id": secret_id, "color": color, "zone": conf.zones[zi]}  # fmt: skip
+            return cloudinit.user_data(
+                "aws",
+                ssh_public_key=conf.ssh_public_key,
+                ssh_sources=network.public_cidrs,
+                https_sources=[*network.public_cidrs, *network.private_cidrs] if lb else [*network.private_cidrs],
+                onboot={k: str(v) for k, v in boot.items()} if bucket and secret_id else None,
+            )
+
+        user_data = (
+            pulumi.Output.all(onboot[2], onboot[1].arn).apply(lambda a: render(a[0], a[1]))
+            if onboot
+            else pulumi.Output.from_input(render(None, None))
         )
         template = aws.ec2.LaunchTemplate(
             name,
@@ -814,7 +870,8 @@ class Compute(pulumi.ComponentResource):
             instance_type=instance_type(conf.cloud, conf.tier, "assistant"),
             key_name=key_name,
             vpc_security_group_ids=[groups.assistant.id],
-            user_data=base64.b64encode(user_data.encode()).decode(),
+            user_data=user_data.apply(lambda u: base64.b64encode(u.encode()).decode()),
+            iam_instance_profile=aws.ec2.LaunchTemplateIamInstanceProfileArgs(arn=onboot[0].arn) if onboot else None,
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1
             ),
@@ -884,6 +941,17 @@ class Compute(pulumi.ComponentResource):
 # host), and 60 % leaves a zone room to absorb the other's share while a new host boots and is configured.
 SCALE_CPU_TARGET = 60.0
 SCALE_WARMUP_S = 600  # the health check grace period: a new host is not counted before it can serve
+
+
+def onboot_policy(secret_arn: str, bucket_arn: str) -> dict[str, Any]:
+    """The autoscaled assistant hosts' instance role: read their one secret and the artifact prefix, nothing else."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [secret_arn]},
+            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": [f"{bucket_arn}/{ONBOOT_PREFIX}/*"]},
+        ],
+    }
 
 
 def _aws_ec2_inventory(conf: InfraConfig, stack: str) -> str:

@@ -7,7 +7,11 @@ defaults (checked by tests/infra/test_cloudinit.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import gzip
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import yaml
 
@@ -16,6 +20,16 @@ from infra.tiers import Cloud
 
 # How the first data disk shows up: EBS on Nitro is NVMe; Alibaba Cloud ECS data disks are virtio.
 DATA_DEVICE: dict[Cloud, str] = {"aws": "/dev/nvme1n1", "alicloud": "/dev/vdb"}
+
+
+# The on-boot configuration (docs/adr/0039-autoscaled-hosts-configure-themselves.md): the script and where it reads
+# what to do. The config names the bucket, prefix and secret; the secret itself is read through the instance role.
+BOOT_SCRIPT = Path(__file__).with_name("boot_configure.py")
+ONBOOT_SCRIPT_PATH = "/usr/local/sbin/ai-assistant-onboot"
+ONBOOT_CONFIG_PATH = "/etc/ai-assistant/onboot.json"
+# The backup bucket's prefix the hand-off publishes the artifact under; the instance role reads only this prefix.
+ONBOOT_PREFIX = "onboot"
+ONBOOT_KEYS = ("cloud", "region", "bucket", "prefix", "secret_id", "color", "zone")
 
 
 def nftables_baseline(ssh_sources: Sequence[str], https_sources: Sequence[str]) -> str:
@@ -51,6 +65,7 @@ def user_data(
     ssh_sources: Sequence[str],
     https_sources: Sequence[str] = (),
     data_disk: bool = True,
+    onboot: Mapping[str, str] | None = None,
 ) -> str:
     """The #cloud-config document for one host. Contains no secret: user data is readable from the metadata service."""
     doc: dict[str, object] = {
@@ -99,4 +114,33 @@ def user_data(
         doc["mounts"] = [[f"LABEL={DATA_LABEL}", DATA_MOUNT, "ext4", "defaults,nofail,noatime", "0", "2"]]
         # The volumes role finds the disk by this label and creates the per-service directories on it.
         doc["runcmd"] = [["mkdir", "-p", DATA_MOUNT], ["mount", "-a"], *doc["runcmd"]]  # type: ignore[misc]
+    if onboot is not None:
+        _add_onboot(doc, onboot)
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
+def _add_onboot(doc: dict[str, object], onboot: Mapping[str, str]) -> None:
+    """The boot script (gzip: user data is capped at 16 KiB on AWS) and its config; run last, after the disk and the
+    baseline firewall. python3-boto3 is Debian 12's AWS client (the script reads the secret and the bucket with it)."""
+    missing = [k for k in ONBOOT_KEYS if not onboot.get(k)]
+    if missing:
+        raise ValueError(f"on-boot user data: {', '.join(missing)} missing")
+    script = base64.b64encode(gzip.compress(BOOT_SCRIPT.read_bytes(), mtime=0)).decode()
+    doc["packages"] = [*doc["packages"], "python3-boto3", "python3-venv"]  # type: ignore[misc]
+    doc["write_files"] = [
+        *doc["write_files"],  # type: ignore[misc]
+        {
+            "path": ONBOOT_SCRIPT_PATH,
+            "owner": "root:root",
+            "permissions": "0755",
+            "encoding": "gz+b64",
+            "content": script,
+        },
+        {
+            "path": ONBOOT_CONFIG_PATH,
+            "owner": "root:root",
+            "permissions": "0600",
+            "content": json.dumps({k: onboot[k] for k in ONBOOT_KEYS}, sort_keys=True) + "\n",
+        },
+    ]
+    doc["runcmd"] = [*doc["runcmd"], [ONBOOT_SCRIPT_PATH]]  # type: ignore[misc]

@@ -14,11 +14,13 @@ vars file and the internal CA. The VM harness calls the same function on the env
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,7 @@ class AnsibleHandoff(pulumi.ComponentResource):
         depends_on: list[pulumi.Resource],
         opts: pulumi.ResourceOptions | None = None,
         known_hosts: pulumi.Output[str] | None = None,
+        onboot: pulumi.Output[dict[str, str]] | None = None,
     ) -> None:
         super().__init__("ai-assistant:config:AnsibleHandoff", name, None, opts)
         roles = tree_digest(repo_root)
@@ -83,6 +86,9 @@ class AnsibleHandoff(pulumi.ComponentResource):
             "ANSIBLE_CONFIG": str(repo_root / "ansible.cfg"),
             "AI_ASSISTANT_KNOWN_HOSTS": known_hosts if known_hosts is not None else "",
         }
+        if onboot is not None:
+            # Where the on-boot artifact goes (bucket, prefix, region; plain): `publish` runs after `write`.
+            env["AI_ASSISTANT_ONBOOT"] = onboot.apply(lambda o: json.dumps(o, sort_keys=True))
         if dynamic_inventory is not None:
             env["AI_ASSISTANT_DYNAMIC_INVENTORY"] = dynamic_inventory
             env["AI_ASSISTANT_DYNAMIC_HOSTS"] = str(dynamic_hosts)
@@ -243,12 +249,116 @@ def write_handoff_files(
     return HandoffFiles(inventory, known, dest / "secrets.json", ca_dir)
 
 
+# --- the on-boot artifact (docs/adr/0039-autoscaled-hosts-configure-themselves.md) ----------------------------------
+
+# The collections the roles use, from the controller's `ansible` package (the pin of roles/requirements.txt).
+ONBOOT_COLLECTIONS = ("community/crypto", "community/general")
+
+
+def ansible_core_wheels(dest: Path, python: str = sys.executable) -> Path:
+    """ansible-core (the controller's version) and its dependencies as wheels for the hosts' Python."""
+    from importlib.metadata import version
+
+    cmd = [python, "-m", "pip", "-q", "--disable-pip-version-check", "download", "--only-binary=:all:"]
+    subprocess.run([*cmd, "--python-version", HOST_PYTHON, "-d", str(dest), f"ansible-core=={version('ansible-core')}"])
+    if not any(dest.glob("ansible_core-*.whl")):
+        raise HandoffError(f"ansible-core wheels: pip download into {dest} found none")
+    return dest
+
+
+def _collections_root() -> Path:
+    import ansible_collections  # type: ignore[import-untyped]
+
+    return Path(next(iter(ansible_collections.__path__)))
+
+
+def build_onboot_artifact(
+    repo_root: Path,
+    dest: Path,
+    *,
+    inventory: str,
+    wheel: Path,
+    wheelhouse: Path,
+    ansible_wheels: Path,
+    collections_root: Path | None = None,
+) -> tuple[Path, str]:
+    """One tar for infra/boot_configure.py: roles and playbooks, the static inventory (plain: no secret is in it),
+    the service wheel and its wheelhouse, ansible-core's wheels and the roles' collections. Returns (path, sha256).
+
+    Uncompressed: the wheels are compressed already and a host unpacks it faster."""
+    from infra.boot_configure import artifact_name
+
+    if not WHEEL_NAME.match(wheel.name) or not wheel.is_file():
+        raise HandoffError(f"assistant_wheel: {wheel} is not an ai_assistant wheel")
+    if not any(ansible_wheels.glob("ansible_core-*.whl")):
+        raise HandoffError(f"ansible-core wheels: none in {ansible_wheels}")
+    collections = collections_root or _collections_root()
+    for c in ONBOOT_COLLECTIONS:
+        if not (collections / c).is_dir():
+            raise HandoffError(f"collections: {c} is not installed on the controller ({collections})")
+    doc = yaml.safe_load(inventory)
+    if not isinstance(doc, dict) or not isinstance(doc.get("all"), dict):
+        raise HandoffError("AI_ASSISTANT_INVENTORY: expected an inventory with an `all` group")
+    manifest = {"wheel": f"service/{wheel.name}", "wheelhouse": "wheelhouse"}
+    dest.mkdir(parents=True, exist_ok=True)
+    part = dest / "artifact.tar.partial"
+
+    def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        return None if _SKIP_DIRS.intersection(parts) or info.name.endswith(".pyc") else info
+
+    def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
+        for rel in CONFIG_PATHS:
+            tar.add(repo_root / rel, f"repo/{rel}", filter=skip)
+        add_bytes(tar, "inventory.yml", yaml.safe_dump(doc, sort_keys=False, width=1000).encode())
+        add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+        tar.add(wheel, manifest["wheel"])
+        tar.add(wheelhouse, "wheelhouse", filter=lambda i: None if i.name.endswith(wheel.name) else i)
+        # ansible-core only: the `ansible` package's 100 collections would be most of a host's unpacking time.
+        for w in sorted(ansible_wheels.glob("*.whl")):
+            if not re.match(r"^ansible-\d", w.name):
+                tar.add(w, f"ansible/{w.name}")
+        for c in ONBOOT_COLLECTIONS:
+            tar.add(collections / c, f"collections/ansible_collections/{c}", filter=skip)
+    h = hashlib.sha256()
+    with part.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    final = dest / artifact_name(digest)
+    part.rename(final)
+    return final, digest
+
+
+def publish_onboot(
+    artifact: Path, digest: str, *, bucket: str, prefix: str, region: str, endpoint_url: str | None = None
+) -> str:
+    """Upload the artifact, then switch the pointer the boot script reads to it: a host booting meanwhile sees the
+    previous artifact whole or this one whole. Returns the pointer's key."""
+    import boto3  # type: ignore[import-untyped]
+
+    from infra.boot_configure import POINTER, artifact_name, object_key
+
+    s3 = boto3.client("s3", region_name=region, endpoint_url=endpoint_url)
+    s3.upload_file(str(artifact), bucket, object_key(prefix, artifact_name(digest)))
+    key = object_key(prefix, POINTER)
+    s3.put_object(Bucket=bucket, Key=key, Body=f"{digest}  {artifact_name(digest)}\n".encode())
+    return key
+
+
 def main(argv: list[str]) -> int:
     """`python -m infra.handoff write DIR`: the hand-off script's file step, from its environment."""
-    if len(argv) != 2 or argv[0] != "write":
-        print("usage: python -m infra.handoff write DIR", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in ("write", "publish"):
+        print("usage: python -m infra.handoff write|publish DIR", file=sys.stderr)
         return 2
     dest = Path(argv[1])
+    if argv[0] == "publish":
+        return _publish_main(dest)
     try:
         if os.environ.get("AI_ASSISTANT_WHEEL"):
             wheel = Path(os.environ["AI_ASSISTANT_WHEEL"])
@@ -262,6 +372,33 @@ def main(argv: list[str]) -> int:
     except HandoffError as e:
         print(f"ansible hand-off: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _publish_main(dest: Path) -> int:
+    """`python -m infra.handoff publish DIR` (after `write DIR`): the on-boot artifact into the bucket that
+    AI_ASSISTANT_ONBOOT names ({"bucket", "prefix", "region"}), for the autoscaled hosts that boot from now on."""
+    try:
+        try:
+            target = json.loads(os.environ["AI_ASSISTANT_ONBOOT"])
+            bucket, prefix, region = (str(target[k]) for k in ("bucket", "prefix", "region"))
+        except (KeyError, json.JSONDecodeError, TypeError):
+            raise HandoffError("AI_ASSISTANT_ONBOOT: expected JSON with bucket, prefix and region") from None
+        inventory = os.environ.get("AI_ASSISTANT_INVENTORY", "")
+        doc = yaml.safe_load((dest / "inventory.yml").read_text())
+        wheel, wheelhouse = (
+            Path(doc["all"]["vars"]["assistant_wheel"]),
+            Path(doc["all"]["vars"]["assistant_wheelhouse"]),
+        )
+        wheels = ansible_core_wheels(dest / "build" / "ansible")
+        artifact, digest = build_onboot_artifact(
+            Path.cwd(), dest / "build", inventory=inventory, wheel=wheel, wheelhouse=wheelhouse, ansible_wheels=wheels
+        )
+        key = publish_onboot(artifact, digest, bucket=bucket, prefix=prefix, region=region)
+    except HandoffError as e:
+        print(f"ansible hand-off: {e}", file=sys.stderr)
+        return 2
+    print(f"ansible hand-off: on-boot artifact {digest[:16]} published, s3://{bucket}/{key}")
     return 0
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pulumi
 
 from infra import config as config_mod
+from infra.cloudinit import ONBOOT_PREFIX
 from infra.config import InfraConfig, traffic_weights
 from infra.deployment import WEAVIATE_GRPC, WEAVIATE_HTTP, Deployment
 from infra.handoff import AnsibleHandoff
 from infra.inventory import inventory_output, known_hosts_output
 from infra.secrets import InternalSecrets
+from infra.secrets import onboot_secret as onboot_secret_value
 from infra.tiers import CATALOGUE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -149,12 +152,6 @@ def main(repo_root: Path = REPO_ROOT) -> None:
         from infra import alicloud_stack as cloud_module  # type: ignore[no-redef]
     # Secrets first: the managed Redis is created with the generated Redis password.
     secrets = InternalSecrets("internal")
-    dep = cloud_module.build(conf, stack, secrets.values["redis_password"])
-
-    # Strict host-key checking when Pulumi knows every key (not for autoscaled hosts, which come and go).
-    keys_known = bool(dep.hosts) and all(h.host_key is not None for h in dep.hosts) and dep.bastion_host_key is not None
-    inventory = inventory_output(dep.hosts, _plain_vars(conf, dep), dep.bastion_ip, _group_vars(conf), keys_known)
-    known_hosts = known_hosts_output(dep.hosts, dep.bastion_ip, dep.bastion_host_key)
     secret_vars: dict[str, Any] = {
         "im_secrets": conf.im_secrets or {},
         "inference_api_key": conf.inference_api_key or "",
@@ -166,6 +163,26 @@ def main(repo_root: Path = REPO_ROOT) -> None:
     all_secrets = pulumi.Output.all(secrets.ansible_vars(), pulumi.Output.from_input(secret_vars)).apply(
         lambda v: {**v[0], **v[1]}
     )
+    # Autoscaled assistant hosts configure themselves on boot (AWS; docs/adr/0039): their secret variables and the
+    # issuing CA go to the cloud's secret store, read through their instance role.
+    onboot_secret: pulumi.Output[str] | None = None
+    if conf.cloud == "aws" and conf.autoscaling:
+        issuing_key, issuing_cert = secrets.issuing_ca(conf.domain)
+        onboot_secret = pulumi.Output.secret(
+            pulumi.Output.all(all_secrets, issuing_key, issuing_cert).apply(
+                lambda a: json.dumps(onboot_secret_value(a[0], a[1], a[2]), sort_keys=True)
+            )
+        )
+        from infra.aws_stack import build as aws_build
+
+        dep = aws_build(conf, stack, secrets.values["redis_password"], onboot_secret)
+    else:
+        dep = cloud_module.build(conf, stack, secrets.values["redis_password"])
+
+    # Strict host-key checking when Pulumi knows every key (not for autoscaled hosts, which come and go).
+    keys_known = bool(dep.hosts) and all(h.host_key is not None for h in dep.hosts) and dep.bastion_host_key is not None
+    inventory = inventory_output(dep.hosts, _plain_vars(conf, dep), dep.bastion_ip, _group_vars(conf), keys_known)
+    known_hosts = known_hosts_output(dep.hosts, dep.bastion_ip, dep.bastion_host_key)
     if conf.handoff:
         handoff = AnsibleHandoff(
             "configure",
@@ -176,6 +193,13 @@ def main(repo_root: Path = REPO_ROOT) -> None:
             dep.dynamic_hosts,
             depends_on=dep.ready,
             known_hosts=known_hosts,
+            onboot=(
+                pulumi.Output.all(dep.backup_bucket).apply(
+                    lambda b: {"bucket": b[0], "prefix": ONBOOT_PREFIX, "region": conf.region}
+                )
+                if onboot_secret is not None
+                else None
+            ),
         )
         pulumi.export("handoffTriggers", handoff.triggers)
 

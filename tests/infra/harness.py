@@ -106,6 +106,23 @@ class Recorder(pulumi.runtime.Mocks):
         self.run.secret_names[value] = name
         return value
 
+    def _ec_key(self, name: str) -> tuple[str, str]:
+        """A P-384 key derived from the name and the run (distinct per run, like _secret), recorded as a secret."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        seed = int(hashlib.sha256(f"{name}-{len(self.run.resources)}".encode()).hexdigest(), 16)
+        key = ec.derive_private_key(seed % (2**380) + 1, ec.SECP384R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        ).decode()
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.run.generated_secrets.append(pem)
+        self.run.secret_names[pem] = name
+        return pem, public.decode()
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         t, name = args.typ, args.name
         out: dict[str, Any] = dict(args.inputs)
@@ -137,12 +154,10 @@ class Recorder(pulumi.runtime.Mocks):
         elif t == "random:index/randomPassword:RandomPassword":
             out["result"] = self._secret(name, dict(args.inputs))
         elif t == "tls:index/privateKey:PrivateKey":
-            out["privateKeyPem"] = (
-                f"-----BEGIN EC PRIVATE KEY-----\n{self._secret(name)}\n-----END EC PRIVATE KEY-----\n"
-            )
-            out["publicKeyPem"] = "-----BEGIN PUBLIC KEY-----\npublic\n-----END PUBLIC KEY-----\n"
+            # Real keys and certificates: the program derives the issuing CA's certificate from them (infra/secrets.py).
+            out["privateKeyPem"], out["publicKeyPem"] = self._ec_key(name)
         elif t == "tls:index/selfSignedCert:SelfSignedCert":
-            out["certPem"] = "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n"
+            out["certPem"] = _self_signed(str(unwrap(args.inputs["privateKeyPem"])), name)
         elif t == "aws:ec2/keyPair:KeyPair":
             out["keyName"] = f"{name}-key"
         elif t == "aws:acm/certificate:Certificate":
@@ -172,6 +187,36 @@ class Recorder(pulumi.runtime.Mocks):
         self.run.invokes.append(args.token)
         # No invoke is mocked: the program looks nothing up at plan time (images are pinned in the stack config).
         raise AssertionError(f"unmocked invoke {args.token}: add it to tests/infra/harness.py")
+
+
+def _self_signed(key_pem: str, name: str) -> str:
+    """A CA certificate as pulumi-tls makes one (subject O then CN, five years from now)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey), f"{name}: the mocked CA key is not an EC key"
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ai-assistant"), x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=5 * 365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA384())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 BASE: dict[str, dict[str, Any]] = {

@@ -1,0 +1,344 @@
+#!/usr/bin/python3
+"""On-boot configuration of an autoscaled assistant host (docs/adr/0039-autoscaled-hosts-configure-themselves.md).
+
+Cloud-init writes this file and /etc/ai-assistant/onboot.json (bucket, prefix, secret id, region, colour, zone: no
+secret) and runs it once. It reads the secret through the instance role, downloads the artifact the hand-off
+published (infra/handoff.py `publish_onboot`), checks its sha256, installs Ansible from the artifact into a venv,
+adds this host to the static inventory as `localhost` in its colour and zone groups and runs playbooks/site.yml
+limited to it with `-c local`: the same roles the hand-off runs over SSH.
+
+Standalone on purpose: Debian 12's python3 and python3-boto3 only (the rest comes from the artifact), no import from
+this repository. Bad input stops it with one line on stderr and exit status 2, before anything is installed: the
+artifact and the venv are built in a staging directory and renamed into place only once both are complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# The uploader (infra.handoff.publish_onboot) writes these keys under the prefix; tests/infra check both sides agree.
+POINTER = "current.sha256"  # "<sha256>  <artifact name>\n": switched after the artifact itself is in place
+
+
+def artifact_name(sha256: str) -> str:
+    """The artifact's object name under the prefix: named by its digest, so a pointer never names a half upload."""
+    return f"artifact-{sha256}.tar"
+
+
+def object_key(prefix: str, name: str) -> str:
+    return f"{prefix.strip('/')}/{name}"
+
+
+CONFIG = Path("/etc/ai-assistant/onboot.json")
+WORK = Path("/var/lib/ai-assistant-onboot")
+# Keys of the secret that are not Ansible variables: the boot script signs this host's certificate with them.
+ISSUING_KEY, ISSUING_CERT, ROOT_CERT = "issuing_ca_key_pem", "issuing_ca_cert_pem", "internal_ca_cert_pem"
+REQUIRED = ("cloud", "region", "bucket", "prefix", "secret_id", "color", "zone")
+
+
+class BootError(Exception):
+    """Bad input: one line naming the file, key or object."""
+
+
+def load_config(path: Path) -> dict[str, str]:
+    try:
+        conf = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BootError(f"{path}: not readable JSON ({type(e).__name__})") from None
+    if not isinstance(conf, dict):
+        raise BootError(f"{path}: expected a JSON object")
+    for key in REQUIRED:
+        if not isinstance(conf.get(key), str) or not conf[key]:
+            raise BootError(f"{path}: `{key}` is missing")
+    if conf["cloud"] != "aws":
+        # Alibaba Cloud's OSS and KMS Secrets Manager clients are not built yet (the ADR says what is missing).
+        raise BootError(f"{path}: cloud `{conf['cloud']}` has no on-boot configuration yet (aws only)")
+    return conf
+
+
+# --- the cloud: AWS through the instance role (boto3 finds the role's credentials in the metadata service) --------
+
+
+def _client(service: str, conf: dict[str, str]) -> Any:
+    import boto3  # type: ignore[import-untyped]  # Debian 12's python3-boto3 (cloud-init installs it); imported here so --help works without it
+
+    # AI_ASSISTANT_ONBOOT_ENDPOINT: a stand-in for the cloud account in tests (moto's server), never set on a host.
+    endpoint = os.environ.get("AI_ASSISTANT_ONBOOT_ENDPOINT") or None
+    return boto3.client(service, region_name=conf["region"], endpoint_url=endpoint)
+
+
+def read_secret(conf: dict[str, str]) -> dict[str, Any]:
+    from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+    try:
+        raw = _client("secretsmanager", conf).get_secret_value(SecretId=conf["secret_id"])["SecretString"]
+    except ClientError as e:
+        raise BootError(f"secret {conf['secret_id']}: {e.response['Error'].get('Code', 'error')}") from None
+    except BotoCoreError as e:
+        raise BootError(f"secret {conf['secret_id']}: {type(e).__name__}") from None
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError:
+        raise BootError(f"secret {conf['secret_id']}: not a JSON object") from None
+    if not isinstance(values, dict):
+        raise BootError(f"secret {conf['secret_id']}: not a JSON object")
+    return values
+
+
+def _get(conf: dict[str, str], key: str, dest: Path | None = None) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = _client("s3", conf)
+    try:
+        if dest is not None:
+            s3.download_file(conf["bucket"], key, str(dest))
+            return b""
+        body: bytes = s3.get_object(Bucket=conf["bucket"], Key=key)["Body"].read()
+        return body
+    except ClientError as e:
+        code = e.response["Error"].get("Code", "error")
+        raise BootError(f"s3://{conf['bucket']}/{key}: {code}") from None
+    except BotoCoreError as e:
+        raise BootError(f"s3://{conf['bucket']}/{key}: {type(e).__name__}") from None
+
+
+def fetch_artifact(conf: dict[str, str], staging: Path, wait_s: float) -> tuple[Path, str]:
+    """The artifact the pointer names, checked against the pointer's digest. Waits for the pointer (a host the first
+    `pulumi up` starts boots before the hand-off has published anything)."""
+    pointer_key = object_key(conf["prefix"], POINTER)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pointer = _get(conf, pointer_key).decode()
+            break
+        except BootError as e:
+            # Without s3:ListBucket (least privilege) a missing object reads as AccessDenied, not NoSuchKey.
+            absent = any(code in str(e) for code in ("NoSuchKey", "404", "AccessDenied", "403"))
+            if not absent or time.monotonic() >= deadline:
+                raise BootError(
+                    f"{e} (not published by the hand-off yet, or not readable by this host's role)"
+                ) from None
+            time.sleep(15)
+    fields = pointer.split()
+    if len(fields) != 2 or len(fields[0]) != 64 or fields[1] != artifact_name(fields[0]):
+        raise BootError(f"s3://{conf['bucket']}/{pointer_key}: expected `<sha256>  {artifact_name('<sha256>')}`")
+    expected, name = fields
+    dest = staging / name
+    _get(conf, object_key(conf["prefix"], name), dest)
+    h = hashlib.sha256()
+    with dest.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise BootError(f"s3://{conf['bucket']}/{object_key(conf['prefix'], name)}: sha256 mismatch")
+    return dest, expected
+
+
+# --- install and run ---------------------------------------------------------------------------------------------
+
+
+def unpack(archive: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise BootError(f"{archive.name}: not a readable artifact ({type(e).__name__})") from None
+    for part in ("repo/playbooks/site.yml", "inventory.yml", "ansible", "collections", "manifest.json"):
+        if not (dest / part).exists():
+            raise BootError(f"{archive.name}: `{part}` is missing from the artifact")
+
+
+def install_ansible(root: Path) -> Path:
+    """ansible-core from the artifact's wheels (the roles need 2.19; Debian 12 ships 2.14), offline."""
+    venv = root / "venv"
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links", str(root / "ansible")]
+    for step, cmd in (("python3 -m venv", [sys.executable, "-m", "venv", str(venv)]), ("pip", [*pip, "ansible-core"])):
+        if subprocess.run(cmd).returncode != 0:
+            raise BootError(f"artifact: `{step}` failed installing ansible-core from its wheels")
+    return venv
+
+
+def local_inventory(static: dict[str, Any], color: str, zone: str) -> dict[str, Any]:
+    """The hand-off's static inventory with this host as `localhost` in the assistant, colour and zone groups."""
+    children = static.setdefault("all", {}).setdefault("children", {})
+    host = {
+        "ansible_connection": "local",
+        "ansible_become": False,  # the boot script runs as root
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "ai_assistant_color": color,
+        "ai_assistant_zone": zone,
+    }
+    # Host variables sit once, in the role group (as infra.inventory.render writes them).
+    for group, entry in (("assistant", host), (f"color_{color}", None), (f"zone_{_group(zone)}", None)):
+        g = children.setdefault(group, {})
+        if not isinstance(g.get("hosts"), dict):
+            g["hosts"] = {}
+        g["hosts"]["localhost"] = entry
+    return static
+
+
+def _group(name: str) -> str:
+    return name.replace("-", "_").replace(".", "_")
+
+
+def sign_host_certificate(values: dict[str, Any], domains: list[str], days: int) -> tuple[str, str]:
+    """A key and a certificate for this host's names, signed with the issuing CA from the secret (the root key never
+    leaves the controller). Returns (chain: leaf then issuing CA, key), both PEM. Runs in the artifact's venv, whose
+    ansible-core brings `cryptography`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = serialization.load_pem_private_key(values[ISSUING_KEY].encode(), None)
+    ca_cert = x509.load_pem_x509_certificate(values[ISSUING_CERT].encode())
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise BootError(f"secret: {ISSUING_KEY} is not an EC key")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    chain = cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM)
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return chain.decode(), pem_key.decode()
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def prepare_play(root: Path, conf: dict[str, str], values: dict[str, Any], private: Path) -> list[str]:
+    """Runs in the venv (PyYAML, cryptography): writes the local inventory and the 0600 vars file into `private`,
+    returns ansible-playbook's arguments after the playbook."""
+    import yaml
+
+    static = yaml.safe_load((root / "inventory.yml").read_text())
+    if not isinstance(static, dict) or not isinstance(static.get("all"), dict):
+        raise BootError("inventory.yml: expected an inventory with an `all` group")
+    inventory = local_inventory(static, conf["color"], conf["zone"])
+    manifest = json.loads((root / "manifest.json").read_text())
+    play_vars = {k: v for k, v in values.items() if k not in (ISSUING_KEY, ISSUING_CERT, ROOT_CERT)}
+    play_vars["assistant_wheel"] = str(root / manifest["wheel"])
+    play_vars["assistant_wheelhouse"] = str(root / manifest["wheelhouse"])
+    all_vars = inventory["all"].get("vars") or {}
+    if all_vars.get("tls_mode") == "internal_ca":
+        # The tls role signs internal certificates on the controller with the root key, which is not here: this host
+        # signs its own with the issuing CA and installs it as the role's `provided` certificate.
+        if not isinstance(values.get(ISSUING_KEY), str) or not isinstance(values.get(ISSUING_CERT), str):
+            raise BootError(f"secret {conf['secret_id']}: {ISSUING_KEY} and {ISSUING_CERT} are required")
+        chain, key = sign_host_certificate(values, list(all_vars.get("tls_domains") or []), 397)
+        play_vars |= {"tls_mode": "provided", "tls_provided_certificate": chain, "tls_provided_private_key": key}
+    _write_private(private / "inventory.yml", yaml.safe_dump(inventory, sort_keys=False, width=1000))
+    _write_private(private / "vars.json", json.dumps(play_vars))
+    return ["-i", str(private / "inventory.yml"), "-e", f"@{private / 'vars.json'}"]
+
+
+def run_play(root: Path, venv: Path, conf: dict[str, str], values: dict[str, Any], extra: list[str]) -> int:
+    private = Path(tempfile.mkdtemp(prefix="ai-assistant-onboot."))
+    try:
+        # The venv's Python: PyYAML and cryptography come with ansible-core's wheels; the secret goes over stdin.
+        stage = subprocess.run(
+            [str(venv / "bin" / "python"), __file__, "--prepare", str(root), str(private)],
+            input=json.dumps({"conf": conf, "values": values}),
+            text=True,
+        )
+        if stage.returncode != 0:
+            return stage.returncode
+        args = json.loads((private / "args.json").read_text())
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(root / "repo" / "ansible.cfg"),
+            "ANSIBLE_COLLECTIONS_PATH": str(root / "collections"),
+            "ANSIBLE_ROLES_PATH": str(root / "repo" / "roles"),
+        }
+        cmd = [str(venv / "bin" / "ansible-playbook"), *args, "-c", "local", "--limit", "localhost"]
+        cmd += [*extra, "playbooks/site.yml"]
+        return subprocess.run(cmd, cwd=root / "repo", env=env, stdin=subprocess.DEVNULL).returncode
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def configure(conf: dict[str, str], work: Path, extra: list[str], wait_s: float) -> int:
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # The secret first: a host without it has nothing to configure, and nothing is downloaded for it.
+    values = read_secret(conf)
+    staging = Path(tempfile.mkdtemp(prefix="staging.", dir=work))
+    try:
+        archive, digest = fetch_artifact(conf, staging, wait_s)
+        root = work / f"artifact-{digest[:16]}"
+        if not (root / ".complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            unpack(archive, staging / "root")
+            (staging / "root").rename(root)
+            try:
+                # The venv is made in place (its scripts name their own path); a failure removes the whole tree.
+                install_ansible(root)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+            (root / ".complete").touch()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    venv = root / "venv"
+    return run_play(root, venv, conf, values, extra)
+
+
+def _prepare_main(root: Path, private: Path) -> int:
+    data = json.loads(sys.stdin.read())
+    try:
+        args = prepare_play(root, data["conf"], data["values"], private)
+    except BootError as e:
+        print(f"ai-assistant on-boot: {e}", file=sys.stderr)
+        return 2
+    (private / "args.json").write_text(json.dumps(args))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--prepare"]:
+        return _prepare_main(Path(argv[1]), Path(argv[2]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=CONFIG)
+    parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--wait", type=float, default=1800, help="seconds to wait for the hand-off's artifact")
+    parser.add_argument("extra", nargs="*", help="after --: more ansible-playbook arguments (an air-gapped bundle's)")
+    args = parser.parse_args(argv)
+    os.umask(0o077)
+    try:
+        return configure(load_config(args.config), args.work, args.extra, args.wait)
+    except BootError as e:
+        print(f"ai-assistant on-boot: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
