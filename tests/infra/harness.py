@@ -119,8 +119,10 @@ class Recorder(pulumi.runtime.Mocks):
         public = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        self.run.generated_secrets.append(pem)
-        self.run.secret_names[pem] = name
+        # A line of the key's base64 stands for it: unique, and unchanged inside JSON (where the PEM's newlines are not).
+        needle = pem.splitlines()[2]
+        self.run.generated_secrets.append(needle)
+        self.run.secret_names[needle] = name
         return pem, public.decode()
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
