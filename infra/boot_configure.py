@@ -249,7 +249,12 @@ def prepare_play(root: Path, conf: dict[str, str], values: dict[str, Any], priva
     play_vars = {k: v for k, v in values.items() if k not in (ISSUING_KEY, ISSUING_CERT, ROOT_CERT)}
     play_vars["assistant_wheel"] = str(root / manifest["wheel"])
     play_vars["assistant_wheelhouse"] = str(root / manifest["wheelhouse"])
-    all_vars = inventory["all"].get("vars") or {}
+    # What this host sees of the inventory's variables: `all`, then its groups (Ansible's order for groups of one
+    # depth is by name, and assistant < color_* < zone_*).
+    children = inventory["all"]["children"]
+    all_vars = dict(inventory["all"].get("vars") or {})
+    for group in ("assistant", f"color_{conf['color']}", f"zone_{_group(conf['zone'])}"):
+        all_vars |= children.get(group, {}).get("vars") or {}
     if all_vars.get("tls_mode") == "internal_ca":
         # The tls role signs internal certificates on the controller with the root key, which is not here: this host
         # signs its own with the issuing CA and installs it as the role's `provided` certificate.

@@ -422,3 +422,23 @@ def test_the_artifact_refuses_a_controller_without_ansible_core_wheels(tmp_path:
     (tmp_path / "none").mkdir()
     with pytest.raises(HandoffError, match="ansible-core wheels: none in"):
         _artifact(tmp_path, tmp_path / "none")
+
+
+def test_a_group_that_sets_another_tls_mode_gets_no_self_signed_certificate(ca: dict[str, Any], tmp_path: Path) -> None:
+    """The host's effective tls_mode decides (its groups over `all`), as Ansible will resolve it."""
+    doc = yaml.safe_load(_inventory("internal_ca"))
+    doc["all"]["children"]["assistant"]["vars"] = {"tls_mode": "acme"}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "manifest.json").write_text(json.dumps({"wheel": "service/x.whl", "wheelhouse": "wheelhouse"}))
+    private = tmp_path / "private"
+    private.mkdir()
+    conf = json.loads(_config(tmp_path).read_text())
+    boot.prepare_play(tmp_path, conf, {"redis_password": "pw-value-123456"}, private)
+    play_vars = json.loads((private / "vars.json").read_text())
+    assert "tls_mode" not in play_vars and "tls_provided_private_key" not in play_vars
+    assert oct((private / "vars.json").stat().st_mode & 0o777) == "0o600"
+    # With internal_ca in force and no issuing CA in the secret: one line naming what is missing.
+    doc["all"]["children"]["assistant"]["vars"] = {}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(boot.BootError, match="issuing_ca_key_pem and issuing_ca_cert_pem are required"):
+        boot.prepare_play(tmp_path, conf, {}, tmp_path / "private2")
