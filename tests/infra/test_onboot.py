@@ -442,3 +442,15 @@ def test_a_group_that_sets_another_tls_mode_gets_no_self_signed_certificate(ca: 
     (tmp_path / "inventory.yml").write_text(yaml.safe_dump(doc))
     with pytest.raises(boot.BootError, match="issuing_ca_key_pem and issuing_ca_cert_pem are required"):
         boot.prepare_play(tmp_path, conf, {}, tmp_path / "private2")
+
+
+@pytest.mark.parametrize("value", ["", "not json", '{"bucket": "b", "region": "r"}'])
+def test_publish_refuses_a_bad_target_in_one_line(tmp_path: Path, value: str) -> None:
+    env = {**os.environ, "AI_ASSISTANT_ONBOOT": value, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "infra.handoff", "publish", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "ansible hand-off: AI_ASSISTANT_ONBOOT: expected JSON with bucket, prefix and region"
+    assert list(tmp_path.iterdir()) == []
