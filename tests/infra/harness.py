@@ -119,7 +119,7 @@ class Recorder(pulumi.runtime.Mocks):
         public = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        # A line of the key's base64 stands for it: unique, and unchanged inside JSON (where the PEM's newlines are not).
+        # A line of the key's base64 stands for it: unique, and unchanged inside JSON (unlike the PEM's newlines).
         needle = pem.splitlines()[2]
         self.run.generated_secrets.append(needle)
         self.run.secret_names[needle] = name
