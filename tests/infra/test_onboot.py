@@ -433,7 +433,7 @@ def test_a_group_that_sets_another_tls_mode_gets_no_self_signed_certificate(ca: 
     private = tmp_path / "private"
     private.mkdir()
     conf = json.loads(_config(tmp_path).read_text())
-    boot.prepare_play(tmp_path, conf, {"redis_password": "pw-value-123456"}, private)
+    boot.prepare_play(tmp_path, conf, {"redis_password": "pw-value-123456"}, private)  # pragma: allowlist secret
     play_vars = json.loads((private / "vars.json").read_text())
     assert "tls_mode" not in play_vars and "tls_provided_private_key" not in play_vars
     assert oct((private / "vars.json").stat().st_mode & 0o777) == "0o600"

@@ -996,8 +996,9 @@ UNCONSTRAINED: dict[str, str] = {
     # The on-boot secret (docs/adr/0039): auto-named `hosts-onboot-<7 characters>`, letters, digits and hyphens, far
     # below CreateSecret's 512 characters, and not a hyphen plus six characters at the end, which the API reads as an
     # ARN suffix (https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_CreateSecret.html).
-    "aws:secretsmanager/secret:Secret": "auto-named with a fixed logical name (see above)",
-    "aws:secretsmanager/secretVersion:SecretVersion": "a secret id and a JSON value of a few KiB (limit 65,536 bytes)",
+    "aws:secretsmanager/secret:Secret": "auto-named, a fixed logical name",  # pragma: allowlist secret
+    # An id and a JSON value of a few KiB (the limit is 65,536 bytes).
+    "aws:secretsmanager/secretVersion:SecretVersion": "an id and a small value",  # pragma: allowlist secret
     "aws:ec2/eip:Eip": "domain vpc only (tags covered above)",
     "aws:ec2/natGateway:NatGateway": "ids only (tags covered above)",
     "aws:ec2/vpc:Vpc": "CIDR validated by infra/config.py (tags covered above)",
