@@ -179,17 +179,12 @@ def measure(payload: str, duration: int, rate: int, service_path: Path | None = 
         finally:
             service.terminate()
             service.wait(30)
-        hello_port = free_port()
-        hello_cmd = [str(bin_dir / "uvicorn"), "--app-dir", str(ROOT / "bench"), "hello_app:app",
-                     "--port", str(hello_port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
-        hello = start(hello_cmd, f"http://127.0.0.1:{hello_port}/docs", work / "hello.log")
-        try:
-            hello_requests = [("/hello", h, b) for _, h, b in requests]
-            baseline = phases(f"http://127.0.0.1:{hello_port}", hello_requests, work, duration, rate, "hello")
-        finally:
-            hello.terminate()
-            hello.wait(30)
-    return {
+        hello_requests = [("/hello", h, b) for _, h, b in requests]
+        baseline = baseline_phases("hello_app:app", "/docs", hello_requests, work, duration, rate)
+        sdk = None
+        if payload == "feishu":  # issue 24: the Feishu edge next to lark-oapi's own dispatcher, same requests
+            sdk = baseline_phases("lark_app:app", "/healthz", requests, work, duration, rate, lark_env(connector))
+    report = {
         "payload": payload,
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "assistant": assistant,
@@ -197,13 +192,50 @@ def measure(payload: str, duration: int, rate: int, service_path: Path | None = 
         "ratio_max_rps": assistant["max"]["rps"] / baseline["max"]["rps"],
         "paced_rate": rate,
     }
+    if sdk is not None:
+        report["lark"] = sdk
+        report["ratio_lark_max_rps"] = assistant["max"]["rps"] / sdk["max"]["rps"]
+    return report
+
+
+def lark_env(connector: dict[str, Any]) -> dict[str, str]:
+    return {
+        **os.environ,
+        "BENCH_FEISHU_ENCRYPT_KEY": connector["encrypt_key"],
+        "BENCH_FEISHU_TOKEN": connector["verification_token"],
+    }
+
+
+def baseline_phases(
+    app: str,
+    health: str,
+    requests: list[Request],
+    work: Path,
+    duration: int,
+    rate: int,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A baseline app from bench/ on the same uvicorn settings and core as the service, through the same phases."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "uvicorn"), "--app-dir", str(ROOT / "bench"), app,
+           "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    tag = app.split("_")[0]
+    proc = start(cmd, f"http://127.0.0.1:{port}{health}", work / f"{tag}.log", env)
+    try:
+        return phases(f"http://127.0.0.1:{port}", requests, work, duration, rate, tag)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def print_report(report: dict[str, Any], duration: int, label: str = "") -> None:
     rate = report["paced_rate"]
     print(f"\nack benchmark{label}, payload={report['payload']}, {duration}s per phase, server on CPU 0, wrk on CPU 1")
     print(f"{'':24}{'max req/s':>12}{'p50 ms':>9}{'p99 ms':>9} | {f'@{rate}/s p50':>13}{'p99 ms':>9}{'errors':>8}")
-    for name, r in (("signed webhook ack", report["assistant"]), ("bare FastAPI hello", report["hello"])):
+    rows = [("signed webhook ack", report["assistant"]), ("bare FastAPI hello", report["hello"])]
+    if "lark" in report:
+        rows.append(("lark-oapi dispatcher", report["lark"]))
+    for name, r in rows:
         m, p = r["max"], r["paced"]
         print(
             f"{name:24}{m['rps']:12.0f}{m['p50_us'] / 1000:9.2f}{m['p99_us'] / 1000:9.2f} | "
@@ -211,6 +243,8 @@ def print_report(report: dict[str, Any], duration: int, label: str = "") -> None
         )
     print(f"ratio (ack / hello, max req/s): {report['ratio_max_rps']:.2f}   paced rate achieved: "
           f"{report['assistant']['paced']['rps']:.0f} req/s")  # fmt: skip
+    if "lark" in report:
+        print(f"ratio (ack / lark-oapi dispatcher, max req/s): {report['ratio_lark_max_rps']:.2f}   goal >= 1.2")
     print(json.dumps(report))
 
 

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_alicloud as ali
 
 from infra import cloudinit
-from infra.config import COLORS, Color, InfraConfig, traffic_weights
+from infra.config import COLORS, Color, InfraConfig, color_weights, zone_weights
 from infra.deployment import (
     ASSISTANT_GREEN_METRICS,
     ASSISTANT_METRICS,
@@ -265,10 +265,23 @@ class BackupBuckets(pulumi.ComponentResource):
 # Liveness, not readiness: /readyz includes the model engine and the store, so their outage would mark every host
 # unhealthy at once (and an autoscaled group would replace them all for nothing).
 HEALTH_PATH = "/healthz"
+# How fast a dead zone leaves rotation: a server is unhealthy after UNHEALTHY_THRESHOLD failed checks HEALTH_INTERVAL_S
+# apart (each waits up to HEALTH_TIMEOUT_S), about 45-50 s; it serves again after HEALTHY_THRESHOLD good checks (30 s).
+HEALTH_INTERVAL_S = 15
+HEALTH_TIMEOUT_S = 5
+HEALTHY_THRESHOLD = 2
+UNHEALTHY_THRESHOLD = 3
 
 
 class LoadBalancer(pulumi.ComponentResource):
-    """ALB (HTTPS 443) with one server group per (colour, zone); a catch-all rule forwards with the weights."""
+    """ALB (HTTPS 443) with one server group per colour holding that colour's hosts in both zones, each server
+    weighted by its zone (infra/config.py: zone_weights); a catch-all rule weighs the colours.
+
+    Weighted round robin runs over the healthy servers only, so a zone without a healthy host gets nothing and the
+    other zone takes all of the colour's traffic by itself (docs/adr/0038-zone-failover-by-health.md). A server group
+    per (colour, zone) behind the rule's weights would keep its share: the ALB fails open inside a group whose servers
+    are all unhealthy.
+    """
 
     def __init__(
         self,
@@ -304,34 +317,39 @@ class LoadBalancer(pulumi.ComponentResource):
             ali.alb.LoadBalancerSecurityGroupAttachment(
                 f"{name}-alb-sg", load_balancer_id=self.alb.id, security_group_id=groups.lb.id, opts=child
             )
-        self.server_groups: dict[tuple[Color, int], ali.alb.ServerGroup] = {}
+        self.server_groups: dict[Color, ali.alb.ServerGroup] = {}
+        zone_weight = zone_weights(conf)
         for color in COLORS:
-            for zi, zone in enumerate(conf.zones):
-                self.server_groups[(color, zi)] = ali.alb.ServerGroup(
-                    f"sg-{color}-{zone_suffix(zone)}",
-                    server_group_name=f"{color}-{zone_suffix(zone)}",
-                    protocol="HTTPS",
-                    vpc_id=net.vpc.id,
-                    server_group_type="Instance",
-                    health_check_config=ali.alb.ServerGroupHealthCheckConfigArgs(
-                        health_check_enabled=True,
-                        health_check_path=HEALTH_PATH,
-                        health_check_protocol="HTTPS",
-                        health_check_codes=["http_2xx"],
-                        health_check_interval=15,
-                        healthy_threshold=2,
-                        unhealthy_threshold=3,
-                    ),
-                    servers=[
-                        ali.alb.ServerGroupServerArgs(server_id=i.id, server_type="Ecs", port=HTTPS, weight=100)
-                        for i in members.get((color, zi), [])
-                    ]
-                    if members is not None
-                    else None,
-                    tags={**tags, "ai-assistant:color": color, "ai-assistant:zone": zone},
-                    opts=group_opts,
-                )
-        weights = traffic_weights(conf)
+            self.server_groups[color] = ali.alb.ServerGroup(
+                f"servers-{color}",
+                server_group_name=f"assistant-{color}",
+                protocol="HTTPS",
+                vpc_id=net.vpc.id,
+                server_group_type="Instance",
+                # Weighted round robin: each server's share follows its weight, among the healthy servers only.
+                scheduler="Wrr",
+                health_check_config=ali.alb.ServerGroupHealthCheckConfigArgs(
+                    health_check_enabled=True,
+                    health_check_path=HEALTH_PATH,
+                    health_check_protocol="HTTPS",
+                    health_check_codes=["http_2xx"],
+                    health_check_interval=HEALTH_INTERVAL_S,
+                    health_check_timeout=HEALTH_TIMEOUT_S,
+                    healthy_threshold=HEALTHY_THRESHOLD,
+                    unhealthy_threshold=UNHEALTHY_THRESHOLD,
+                ),
+                # failover: true gives the primary zone's servers weight 0: the ALB neither checks nor uses them.
+                servers=[
+                    ali.alb.ServerGroupServerArgs(server_id=i.id, server_type="Ecs", port=HTTPS, weight=zone_weight[zi])
+                    for zi in range(len(conf.zones))
+                    for i in members.get((color, zi), [])
+                ]
+                if members is not None
+                else None,
+                tags={**tags, "ai-assistant:color": color},
+                opts=group_opts,
+            )
+        weights = color_weights(conf)
         listener = ali.alb.Listener(
             f"{name}-https",
             load_balancer_id=self.alb.id,
@@ -345,7 +363,7 @@ class LoadBalancer(pulumi.ComponentResource):
                     forward_group_config=ali.alb.ListenerDefaultActionForwardGroupConfigArgs(
                         server_group_tuples=[
                             ali.alb.ListenerDefaultActionForwardGroupConfigServerGroupTupleArgs(
-                                server_group_id=self.server_groups[(conf.active_color, 0)].id
+                                server_group_id=self.server_groups[conf.active_color].id
                             )
                         ]
                     ),
@@ -371,9 +389,9 @@ class LoadBalancer(pulumi.ComponentResource):
                     forward_group_config=ali.alb.RuleRuleActionForwardGroupConfigArgs(
                         server_group_tuples=[
                             ali.alb.RuleRuleActionForwardGroupConfigServerGroupTupleArgs(
-                                server_group_id=sg.id, weight=weights[key]
+                                server_group_id=sg.id, weight=weights[color]
                             )
-                            for key, sg in self.server_groups.items()
+                            for color, sg in self.server_groups.items()
                         ]
                     ),
                 )
@@ -722,7 +740,10 @@ def _assistant_scaling_group(
         health_check_type="ECS",
         alb_server_groups=[
             ali.ess.ScalingGroupAlbServerGroupArgs(
-                alb_server_group_id=lb.server_groups[(color, zi)].id, port=HTTPS, weight=100
+                # The zone's weight on every server the group adds, like the fixed hosts (0: drained, failover).
+                alb_server_group_id=lb.server_groups[color].id,
+                port=HTTPS,
+                weight=zone_weights(conf)[zi],
             )
         ]
         if lb

@@ -11,7 +11,7 @@ import pulumi_aws as aws
 
 from infra import cloudinit
 from infra.cloudinit import ONBOOT_PREFIX
-from infra.config import COLORS, Color, InfraConfig, traffic_weights
+from infra.config import COLORS, Color, InfraConfig, color_weights, traffic_weights
 from infra.deployment import (
     ASSISTANT_GREEN_METRICS,
     ASSISTANT_METRICS,
@@ -425,8 +425,23 @@ METADATA = aws.ec2.InstanceMetadataOptionsArgs(
 HEALTH_PATH = "/healthz"
 
 
+# How fast a dead zone leaves rotation: a target is unhealthy after UNHEALTHY_THRESHOLD failed checks HEALTH_INTERVAL_S
+# apart (each waits up to HEALTH_TIMEOUT_S), about 45-50 s; it serves again after HEALTHY_THRESHOLD good checks (30 s).
+HEALTH_INTERVAL_S = 15
+HEALTH_TIMEOUT_S = 5
+HEALTHY_THRESHOLD = 2
+UNHEALTHY_THRESHOLD = 3
+
+
 class LoadBalancer(pulumi.ComponentResource):
-    """ALB with HTTPS, liveness health checks and one target group per (colour, zone), weighted from the config."""
+    """ALB with HTTPS, liveness health checks and one target group per colour holding that colour's hosts in both
+    zones; the listener weighs the colours (blue/green, canary).
+
+    The zones are not weighted: the ALB sends a group's requests to its healthy targets in every zone (cross-zone
+    load balancing), so a zone without a healthy host gets nothing and the other zone takes all of it by itself
+    (docs/adr/0038-zone-failover-by-health.md). A group per (colour, zone) behind weights would keep sending the dead
+    zone its share: the ALB fails open inside a group whose targets are all unhealthy.
+    """
 
     def __init__(
         self,
@@ -448,30 +463,34 @@ class LoadBalancer(pulumi.ComponentResource):
             idle_timeout=120,
             opts=child,
         )
-        self.target_groups: dict[tuple[Color, int], aws.lb.TargetGroup] = {}
+        self.target_groups: dict[Color, aws.lb.TargetGroup] = {}
         for color in COLORS:
-            for zi, zone in enumerate(conf.zones):
-                self.target_groups[(color, zi)] = aws.lb.TargetGroup(
-                    f"tg-{color}-{zone_suffix(zone)}",
-                    port=HTTPS,
+            self.target_groups[color] = aws.lb.TargetGroup(
+                f"tg-{color}",
+                port=HTTPS,
+                protocol="HTTPS",
+                target_type="instance",
+                vpc_id=network.vpc.id,
+                deregistration_delay=30,
+                # The ALB's default, stated: every node reaches the targets of both zones, so the healthy zone's
+                # hosts take the requests the other zone's node receives, and the group only fails open when no
+                # target in either zone is healthy (target group health is counted over all zones then).
+                load_balancing_cross_zone_enabled="true",
+                health_check=aws.lb.TargetGroupHealthCheckArgs(
+                    enabled=True,
+                    path=HEALTH_PATH,
                     protocol="HTTPS",
-                    target_type="instance",
-                    vpc_id=network.vpc.id,
-                    deregistration_delay=30,
-                    health_check=aws.lb.TargetGroupHealthCheckArgs(
-                        enabled=True,
-                        path=HEALTH_PATH,
-                        protocol="HTTPS",
-                        matcher="200",
-                        interval=15,
-                        healthy_threshold=2,
-                        unhealthy_threshold=3,
-                    ),
-                    tags={"ai-assistant:color": color, "ai-assistant:zone": zone},
-                    opts=child,
-                )
+                    matcher="200",
+                    interval=HEALTH_INTERVAL_S,
+                    timeout=HEALTH_TIMEOUT_S,
+                    healthy_threshold=HEALTHY_THRESHOLD,
+                    unhealthy_threshold=UNHEALTHY_THRESHOLD,
+                ),
+                tags={"ai-assistant:color": color},
+                opts=child,
+            )
         cert_arn = conf.certificate_id or self._certificate(name, conf, child)
-        weights = traffic_weights(conf)
+        weights = color_weights(conf)
         self.listener = aws.lb.Listener(
             f"{name}-https",
             load_balancer_arn=self.alb.arn,
@@ -484,8 +503,8 @@ class LoadBalancer(pulumi.ComponentResource):
                     type="forward",
                     forward=aws.lb.ListenerDefaultActionForwardArgs(
                         target_groups=[
-                            aws.lb.ListenerDefaultActionForwardTargetGroupArgs(arn=tg.arn, weight=weights[key])
-                            for key, tg in self.target_groups.items()
+                            aws.lb.ListenerDefaultActionForwardTargetGroupArgs(arn=tg.arn, weight=weights[color])
+                            for color, tg in self.target_groups.items()
                         ]
                     ),
                 )
@@ -506,7 +525,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 opts=child,
             )
         self.register_outputs(
-            {"dns_name": self.alb.dns_name, "weights": {f"{c}-{z}": w for (c, z), w in weights.items()}}
+            {"dns_name": self.alb.dns_name, "weights": {f"{c}-{z}": w for (c, z), w in traffic_weights(conf).items()}}
         )
 
     def _certificate(self, name: str, conf: InfraConfig, child: pulumi.ResourceOptions) -> pulumi.Output[str]:
@@ -525,6 +544,68 @@ class LoadBalancer(pulumi.ComponentResource):
             f"{name}-cert", certificate_arn=cert.arn, validation_record_fqdns=[record.fqdn], opts=child
         )
         return validation.certificate_arn
+
+
+# A zone counts as lost for routing after UNHEALTHY_THRESHOLD failed checks; the alarm waits two more minutes of no
+# healthy host so that a rolling restart of one host does not page.
+ALARM_PERIOD_S = 60
+ALARM_PERIODS = 2
+# `aws cloudwatch describe-alarms --alarm-name-prefix` with this lists every zone alarm (runbook: zone-failover.md).
+ALARM_PREFIX = "ai-assistant-no-healthy-host-"
+
+
+class ZoneAlarms(pulumi.ComponentResource):
+    """Regional CloudWatch alarms that outlive either zone: for every deployed colour and every zone in rotation,
+    "no healthy assistant host in this zone" (the colour's target group's HealthyHostCount in that Availability
+    Zone below 1), sent through an SNS topic to the alertReceivers' e-mail addresses when it fires and when it
+    clears. Prometheus and Alertmanager run in the primary zone and go down with it; these do not
+    (docs/adr/0038-zone-failover-by-health.md)."""
+
+    def __init__(
+        self, name: str, conf: InfraConfig, stack: str, lb: LoadBalancer, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("ai-assistant:aws:ZoneAlarms", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.topic = aws.sns.Topic(name, tags={"ai-assistant:role": "alerts"}, opts=child)
+        # Each address confirms its subscription once (the link in AWS's first mail) before alarms reach it.
+        for i, receiver in enumerate(r for r in conf.alert_receivers if r.email):
+            aws.sns.TopicSubscription(
+                f"{name}-email-{i}", topic=self.topic.arn, protocol="email", endpoint=str(receiver.email), opts=child
+            )
+        self.alarms: list[aws.cloudwatch.MetricAlarm] = []
+        for color in conf.deploy_colors:
+            for zi, zone in enumerate(conf.zones):
+                if not in_rotation(conf, zi):
+                    continue  # drained on purpose (failover: true): no healthy host there is the plan
+                self.alarms.append(
+                    aws.cloudwatch.MetricAlarm(
+                        f"{name}-{color}-{zone_suffix(zone)}",
+                        name=f"{ALARM_PREFIX}{stack}-{zone}-{color}",
+                        alarm_description=(
+                            f"No healthy {color} assistant host in {zone}: the load balancer sends that zone's "
+                            "requests to the other zone. docs/runbooks/zone-failover.md"
+                        ),
+                        namespace="AWS/ApplicationELB",
+                        metric_name="HealthyHostCount",
+                        dimensions={
+                            "TargetGroup": lb.target_groups[color].arn_suffix,
+                            "LoadBalancer": lb.alb.arn_suffix,
+                            "AvailabilityZone": zone,
+                        },
+                        statistic="Minimum",
+                        period=ALARM_PERIOD_S,
+                        evaluation_periods=ALARM_PERIODS,
+                        threshold=1,
+                        comparison_operator="LessThanThreshold",
+                        # The ALB reports HealthyHostCount whenever health checks run; no data means none ran.
+                        treat_missing_data="breaching",
+                        alarm_actions=[self.topic.arn],
+                        ok_actions=[self.topic.arn],
+                        tags={"ai-assistant:color": color, "ai-assistant:zone": zone},
+                        opts=child,
+                    )
+                )
+        self.register_outputs({"topic": self.topic.arn})
 
 
 class SharedRedis(pulumi.ComponentResource):
@@ -606,6 +687,8 @@ def build(
     lb = LoadBalancer("lb", conf, network, groups, popts) if conf.ingress == "public" else None
     backups = BackupBuckets("backup", conf, replica_provider, popts)
     compute = Compute("hosts", conf, stack, network, groups, lb, backups, provider, popts, onboot_secret)
+    if lb is not None:
+        ZoneAlarms("zone-alarms", conf, stack, lb, popts)
     redis = SharedRedis("redis", conf, network, groups, redis_password, popts)
     return Deployment(
         hosts=compute.hosts,
@@ -721,10 +804,10 @@ class Compute(pulumi.ComponentResource):
                         color=color,
                         https_from=vpc_https,
                     )
-                    if lb is not None:
+                    if lb is not None and in_rotation(conf, zi):
                         aws.lb.TargetGroupAttachment(
                             f"assistant-{color}-{z}{n + 1}",
-                            target_group_arn=lb.target_groups[(color, zi)].arn,
+                            target_group_arn=lb.target_groups[color].arn,
                             target_id=inst.id,
                             port=HTTPS,
                             opts=child,
@@ -903,7 +986,7 @@ class Compute(pulumi.ComponentResource):
             # Egress-only: no load balancer to ask, so the group replaces hosts whose EC2 status checks fail.
             health_check_type="ELB" if lb else "EC2",
             health_check_grace_period=SCALE_WARMUP_S,
-            target_group_arns=[lb.target_groups[(color, zi)].arn] if lb else [],
+            target_group_arns=[lb.target_groups[color].arn] if lb and in_rotation(conf, zi) else [],
             launch_template=aws.autoscaling.GroupLaunchTemplateArgs(id=template.id, version="$Latest"),
             # The provider's default tags reach the group but not the instances it launches: name the stack here.
             tags=[
@@ -935,6 +1018,12 @@ class Compute(pulumi.ComponentResource):
         self.ready.append(group)
         self.dynamic_hosts += tier.assistant_per_zone
         self.dynamic_inventory = pulumi.Output.from_input(_aws_ec2_inventory(conf, stack))
+
+
+def in_rotation(conf: InfraConfig, zi: int) -> bool:
+    """Whether zone zi's assistant hosts are registered with their colour's target group. failover: true (a planned
+    move) deregisters the primary zone's: the ALB drains them (deregistration delay) and the standby zone serves all."""
+    return not (conf.failover and zi == 0)
 
 
 # Target tracking on average CPU: the assistant's cost per conversation is CPU (the engine is remote or on the GPU

@@ -110,7 +110,8 @@ class InfraConfig:
     deploy_colors: tuple[Color, ...] = ("blue",)
     standby_weight: int = 20
     canary_weight: int = 0
-    # DR switch (docs/runbooks/zone-failover.md): the standby zone takes all of the traffic.
+    # A planned move (docs/runbooks/zone-failover.md): the primary zone's hosts leave the load balancer's groups and
+    # the standby zone serves everything. Losing the zone needs no switch: the groups route by health.
     failover: bool = False
     backup_retention_days: int = 30
     alert_receivers: tuple[AlertReceiver, ...] = ()
@@ -372,7 +373,7 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         im_source_cidrs=im_source_cidrs,
         active_color=active,
         deploy_colors=colors,
-        standby_weight=_int(cfg, "standbyWeight", 20, 0, 50),
+        standby_weight=_standby_weight(cfg, cloud),
         canary_weight=canary,
         failover=_bool(cfg, "failover", False),
         backup_retention_days=_int(cfg, "backupRetentionDays", 30, 1, 3650),
@@ -391,6 +392,24 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
     )
 
 
+def _standby_weight(cfg: pulumi.Config, cloud: Cloud) -> int:
+    if cloud == "aws":
+        if cfg.get("standbyWeight") is not None:
+            raise ConfigError(
+                f"{_key('standbyWeight')}: not used on AWS: a target group cannot weigh its targets, so each zone "
+                f"serves its hosts' share ({FAILOVER_ADR}); pulumi config rm standbyWeight"
+            )
+        return 50
+    weight = _int(cfg, "standbyWeight", 20, 0, 50)
+    if weight == 0:
+        # Alibaba Cloud's ALB neither health-checks nor uses a server of weight 0: no standby to fail over to.
+        raise ConfigError(
+            f"{_key('standbyWeight')}: 0 leaves the standby zone's servers unchecked and unused, so nothing takes "
+            "over when the primary zone fails; use 1..50 (failover: true moves all traffic on purpose)"
+        )
+    return weight
+
+
 _PEM_CERT = re.compile(r"^(-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/=\n]+-----END CERTIFICATE-----\n?)+$")
 
 
@@ -407,23 +426,42 @@ def _pem_certificate(name: str, raw: str | None) -> str | None:
     return text
 
 
-def traffic_weights(conf: InfraConfig) -> dict[tuple[Color, int], int]:
-    """Weight per (colour, zone index) target group, out of 100.
+FAILOVER_ADR = "docs/adr/0038-zone-failover-by-health.md"
 
-    The active colour carries the traffic: 100 - standbyWeight in the primary zone and standbyWeight in the same-city
-    standby zone (80/20 by default). A canary moves canaryWeight percent to the other colour, split the same way.
-    With failover the standby zone takes everything: a target group whose hosts are all unhealthy still gets its
-    weighted share on both load balancers (they fail open), so losing the primary zone needs this switch.
-    """
-    out: dict[tuple[Color, int], int] = {}
-    zone_share = (0, 100) if conf.failover else (100 - conf.standby_weight, conf.standby_weight)
+
+def color_weights(conf: InfraConfig) -> dict[Color, int]:
+    """Weight of each colour's target group / server group in the listener (AWS) or the weighted rule (Alibaba
+    Cloud), out of 100: the active colour 100 - canaryWeight, the other canaryWeight, a colour without hosts 0."""
+    out: dict[Color, int] = {}
     for color in COLORS:
-        color_share = 100 - conf.canary_weight if color == conf.active_color else conf.canary_weight
-        if color not in conf.deploy_colors:
-            color_share = 0
-        for zi, zs in enumerate(zone_share):
-            out[(color, zi)] = color_share * zs // 100
+        share = 100 - conf.canary_weight if color == conf.active_color else conf.canary_weight
+        out[color] = share if color in conf.deploy_colors else 0
     return out
+
+
+def zone_weights(conf: InfraConfig) -> tuple[int, int]:
+    """Each zone's part of a colour's traffic while both zones have healthy hosts, out of 100.
+
+    One group per colour holds the hosts of both zones, and the load balancer sends only to the healthy ones
+    (docs/adr/0038-zone-failover-by-health.md): when the primary zone has no healthy host, the standby zone takes
+    all of it by itself. Alibaba Cloud weighs every server, so its hosts carry 100 - standbyWeight and standbyWeight;
+    an AWS target group cannot weigh its targets, so each zone gets its hosts' share (the tiers put as many in each
+    zone: even). failover: true takes the primary zone out of the groups on purpose (a planned move).
+    """
+    if conf.failover:
+        return (0, 100)
+    if conf.cloud == "aws":
+        return (50, 50)
+    return (100 - conf.standby_weight, conf.standby_weight)
+
+
+def traffic_weights(conf: InfraConfig) -> dict[tuple[Color, int], int]:
+    """The share of all requests each (colour, zone) serves while every host is healthy, out of 100 (exported as
+    trafficWeights): the colour's weight split by the zones' weights."""
+    zones = zone_weights(conf)
+    return {
+        (color, zi): share * zs // 100 for color, share in color_weights(conf).items() for zi, zs in enumerate(zones)
+    }
 
 
 # --- the hand-off's inputs (issue 17): connectors, the alerts chat, SMTP and the dead man's switch ---------------

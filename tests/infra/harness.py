@@ -144,7 +144,14 @@ class Recorder(pulumi.runtime.Mocks):
         elif t == "alicloud:vpc/natGateway:NatGateway":
             out["snatTableIds"] = "stb-1"
         elif t == "aws:lb/loadBalancer:LoadBalancer":
-            out |= {"dnsName": f"{name}.elb.example", "zoneId": "Z1", "arn": f"arn:aws:elasticloadbalancing:::{name}"}
+            out |= {
+                "dnsName": f"{name}.elb.example",
+                "zoneId": "Z1",
+                "arn": f"arn:aws:elasticloadbalancing:::{name}",
+                "arnSuffix": f"app/{name}/0123456789abcdef",
+            }
+        elif t == "aws:lb/targetGroup:TargetGroup":
+            out["arnSuffix"] = f"targetgroup/{name}/0123456789abcdef"  # what CloudWatch's dimensions take
         elif t == "alicloud:alb/loadBalancer:LoadBalancer":
             out["dnsName"] = f"{name}.alb.example"
         elif t == "aws:s3/bucket:Bucket":

@@ -14,6 +14,7 @@ from infra.config import COLORS
 from infra.tiers import CATALOGUE, GPU_TYPES, INSTANCE_TYPES, TIERS
 from tests.infra.conftest import CASES
 from tests.infra.harness import Res, Run, config_for, is_secret, ports_between, run_program, unwrap
+from tests.infra.routing import route
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,57 +75,7 @@ def test_two_zones_are_used(stack_run: Get, cloud: str, tier: str) -> None:
         assert {m["zoneId"] for m in alb.props["zoneMappings"]} == zones
 
 
-def _weights(run: Run, cloud: str) -> dict[tuple[str, str], int]:
-    """(colour, zone) -> weight, read from the listener (AWS) or the weighted rule (Alibaba Cloud)."""
-    if cloud == "aws":
-        groups = {r.id: r for r in run.of("aws:lb/targetGroup:TargetGroup")}
-        listener = run.of("aws:lb/listener:Listener")[0].props
-        assert listener["protocol"] == "HTTPS" and listener["port"] == 443
-        tgs = listener["defaultActions"][0]["forward"]["targetGroups"]
-        arn_to_id = {f"arn:aws:mock:::{r.name}": r.id for r in groups.values()}
-        out = {}
-        for tg in tgs:
-            g = groups[arn_to_id[tg["arn"]]].props
-            out[(g["tags"]["ai-assistant:color"], g["tags"]["ai-assistant:zone"])] = int(tg["weight"])
-        return out
-    groups = {r.id: r for r in run.of("alicloud:alb/serverGroup:ServerGroup")}
-    rule = run.of("alicloud:alb/rule:Rule")[0].props
-    tuples = rule["ruleActions"][0]["forwardGroupConfig"]["serverGroupTuples"]
-    return {
-        (
-            groups[t["serverGroupId"]].props["tags"]["ai-assistant:color"],
-            groups[t["serverGroupId"]].props["tags"]["ai-assistant:zone"],
-        ): int(t["weight"])
-        for t in tuples
-    }
-
-
-@pytest.mark.parametrize(("cloud", "tier"), CASES)
-def test_weights_are_80_20_on_the_active_colour(stack_run: Get, cloud: str, tier: str) -> None:
-    run = stack_run(cloud, tier)
-    z = config_for(cloud, tier)["zones"]
-    assert _weights(run, cloud) == {("blue", z[0]): 80, ("blue", z[1]): 20, ("green", z[0]): 0, ("green", z[1]): 0}
-
-
-@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
-def test_failover_sends_everything_to_the_standby_zone(cloud: str) -> None:
-    z = config_for(cloud, "basic")["zones"]
-    run = run_program(config_for(cloud, "basic", failover=True))
-    assert _weights(run, cloud) == {("blue", z[0]): 0, ("blue", z[1]): 100, ("green", z[0]): 0, ("green", z[1]): 0}
-    both = run_program(config_for(cloud, "basic", failover=True, deployColors=["blue", "green"], canaryWeight=10))
-    assert _weights(both, cloud) == {("blue", z[0]): 0, ("blue", z[1]): 90, ("green", z[0]): 0, ("green", z[1]): 10}
-
-
-@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
-def test_blue_green_switch_by_config(cloud: str) -> None:
-    z = config_for(cloud, "basic")["zones"]
-    both = run_program(config_for(cloud, "basic", deployColors=["blue", "green"], activeColor="green"))
-    assert _weights(both, cloud) == {("green", z[0]): 80, ("green", z[1]): 20, ("blue", z[0]): 0, ("blue", z[1]): 0}
-    colours = {(unwrap(r.inputs).get("tags") or {}).get("ai-assistant:color") for r in both.of(INSTANCE[cloud])}
-    assert {"blue", "green"} <= colours
-    canary = run_program(config_for(cloud, "basic", deployColors=["blue", "green"], canaryWeight=10, standbyWeight=0))
-    assert _weights(canary, cloud) == {("blue", z[0]): 90, ("blue", z[1]): 0, ("green", z[0]): 10, ("green", z[1]): 0}
-    assert both.exports["activeColor"] == ("green", False)
+# The split between zones and colours, failover and blue/green weights: tests/infra/test_failover.py.
 
 
 @pytest.mark.parametrize("autoscaling", [False, True], ids=["fixed", "autoscaled"])
@@ -446,12 +397,11 @@ def test_alicloud_scaling_groups_per_colour_and_zone(scaled_run: Get, tier: str)
         zone = switches[vswitch]["zoneId"]
         assert vswitch == private_switch[zone], f"{g.name}: not in the private vSwitch of {zone}"
         seen_zones.append(zone)
-        # The group joins the server group of its own colour and zone, whose weight the weighted rule sets.
+        # The group joins its colour's server group (both zones' hosts), its servers weighted by their zone.
         [attach] = p["albServerGroups"]
-        assert (attach["port"], attach["weight"]) == (443, 100)
+        assert (attach["port"], attach["weight"]) == (443, 80 if zone == zones[0] else 20)
         target = server_groups[attach["albServerGroupId"]]
         assert target["tags"]["ai-assistant:color"] == p["tags"]["ai-assistant:color"]
-        assert target["tags"]["ai-assistant:zone"] == zone
         lt = templates[p["launchTemplateId"]].props
         assert p["launchTemplateVersion"] == "Latest"
         assert lt["instanceType"] == INSTANCE_TYPES["alicloud"][tier]["assistant"]
@@ -490,7 +440,7 @@ def test_alicloud_autoscaling_keeps_weights_and_leaves_membership_to_the_groups(
     stack_run: Get, scaled_run: Get, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = scaled_run("alicloud", "basic")
-    assert _weights(run, "alicloud") == _weights(stack_run("alicloud", "basic"), "alicloud")
+    assert route(run, "alicloud") == route(stack_run("alicloud", "basic"), "alicloud")
     assert all("servers" not in r.props for r in run.of("alicloud:alb/serverGroup:ServerGroup"))
     # Scaling groups add servers the program never lists, so a refresh must not turn them into drift to remove.
     import pulumi_alicloud
@@ -504,10 +454,10 @@ def test_alicloud_autoscaling_keeps_weights_and_leaves_membership_to_the_groups(
 
     monkeypatch.setattr(pulumi_alicloud.alb.ServerGroup, "__init__", record)
     run_program(config_for("alicloud", "basic", autoscaling=True))
-    assert len(seen) == 4 and all(v == ["servers"] for v in seen.values()), seen
+    assert len(seen) == len(COLORS) and all(v == ["servers"] for v in seen.values()), seen
     seen.clear()
     run_program(config_for("alicloud", "basic"))
-    assert len(seen) == 4 and not any(seen.values()), seen
+    assert len(seen) == len(COLORS) and not any(seen.values()), seen
 
 
 def test_alicloud_autoscaling_both_colours() -> None:
@@ -559,7 +509,7 @@ def test_load_balancer_checks_liveness_not_readiness(stack_run: Get, cloud: str)
     host. /healthz is the service's liveness endpoint (service/ai_assistant/app.py)."""
     if cloud == "aws":
         tgs = stack_run("aws", "basic").of("aws:lb/targetGroup:TargetGroup")
-        assert len(tgs) == 2 * len(COLORS)
+        assert len(tgs) == len(COLORS)
         assert {(t.props["healthCheck"]["path"], t.props["healthCheck"]["protocol"]) for t in tgs} == {
             ("/healthz", "HTTPS")
         }

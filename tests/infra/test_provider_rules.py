@@ -104,6 +104,8 @@ AWS_TAGGED = (
     "aws:elasticache/replicationGroup:ReplicationGroup",
     "aws:elasticache/subnetGroup:SubnetGroup",
     "aws:ebs/volume:Volume",
+    "aws:sns/topic:Topic",
+    "aws:cloudwatch/metricAlarm:MetricAlarm",
 )
 AWS_TAG_KEY = r"[\w\s+\-=.:/@]{1,128}"
 AWS_TAG_VALUE = r"[\w\s+\-=.:/@]{0,256}"
@@ -197,6 +199,9 @@ def _aws_target_group(r: Res, _: Run | None) -> Iterable[str]:
     yield from _length(path, 1, 1024, "healthCheck.path")
     for code in re.split(r"[,-]", str(hc.get("matcher", "200"))):
         yield from _range(code, 200, 499, "healthCheck.matcher code")
+    cross_zone = p.get("loadBalancingCrossZoneEnabled", "use_load_balancer_configuration")
+    if cross_zone not in ("true", "false", "use_load_balancer_configuration"):
+        yield f"loadBalancingCrossZoneEnabled {cross_zone!r} is not true, false or use_load_balancer_configuration"
 
 
 def _aws_listener(r: Res, _: Run | None) -> Iterable[str]:
@@ -364,6 +369,54 @@ def _aws_cache_subnets(r: Res, _: Run | None) -> Iterable[str]:
 
 def _aws_volume(r: Res, _: Run | None) -> Iterable[str]:
     yield from _aws_volume_sizes([{"volumeType": r.props.get("type", "gp3"), "volumeSize": r.props.get("size")}])
+
+
+def _sns_topic(r: Res, _: Run | None) -> Iterable[str]:
+    yield from _pattern(physical(r, prefix_key="namePrefix"), r"[A-Za-z0-9_-]{1,256}", "topic name")
+
+
+SNS_PROTOCOLS = ("http", "https", "email", "email-json", "sms", "sqs", "application", "lambda", "firehose")
+
+
+def _sns_subscription(r: Res, _: Run | None) -> Iterable[str]:
+    p = r.props
+    if p.get("protocol") not in SNS_PROTOCOLS:
+        yield f"protocol {p.get('protocol')!r} is not one of {', '.join(SNS_PROTOCOLS)}"
+    if p.get("protocol") == "email" and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", str(p.get("endpoint") or "")):
+        yield f"email endpoint {p.get('endpoint')!r} is not an address"
+
+
+ALARM_OPERATORS = (
+    "GreaterThanOrEqualToThreshold",
+    "GreaterThanThreshold",
+    "LessThanThreshold",
+    "LessThanOrEqualToThreshold",
+)
+
+
+def _cloudwatch_alarm(r: Res, _: Run | None) -> Iterable[str]:
+    p = r.props
+    yield from _length(physical(r, prefix_key=None), 1, 255, "alarm name")
+    period = p.get("period")
+    if period is not None and not (int(period) in (10, 20, 30) or (int(period) >= 60 and int(period) % 60 == 0)):
+        yield f"period {period} is not 10, 20, 30 or a multiple of 60"
+    if period is not None and p.get("evaluationPeriods") is not None:
+        if int(p["evaluationPeriods"]) < 1:
+            yield "evaluationPeriods must be at least 1"
+        if int(period) * int(p["evaluationPeriods"]) > 86400:
+            yield "period x evaluationPeriods is over one day"
+    if p.get("statistic") not in (None, "SampleCount", "Average", "Sum", "Minimum", "Maximum"):
+        yield f"statistic {p.get('statistic')!r}"
+    if p.get("comparisonOperator") not in ALARM_OPERATORS:
+        yield f"comparisonOperator {p.get('comparisonOperator')!r}"
+    if p.get("treatMissingData", "missing") not in ("breaching", "notBreaching", "ignore", "missing"):
+        yield f"treatMissingData {p.get('treatMissingData')!r}"
+    dims = p.get("dimensions") or {}
+    if len(dims) > 30:
+        yield f"{len(dims)} dimensions, at most 30"
+    for k, v in dims.items():
+        yield from _length(str(k), 1, 255, "dimension name")
+        yield from _length(str(v or ""), 1, 1024, f"dimension {k} value")
 
 
 # ------------------------------------------------------------------------------------------------ Alibaba Cloud
@@ -548,6 +601,8 @@ def _ali_server_group(r: Res, _: Run | None) -> Iterable[str]:
             yield f"healthCheckCodes {code!r}"
     for s in p.get("servers") or []:
         yield from _range(s.get("weight"), 0, 100, "server weight")
+    if p.get("scheduler", "Wrr") not in ("Wrr", "Wlc", "Sch", "Uch"):
+        yield f"scheduler {p.get('scheduler')!r} is not Wrr, Wlc, Sch or Uch"
 
 
 def _ali_rule(r: Res, _: Run | None) -> Iterable[str]:
@@ -631,6 +686,32 @@ ALB_API = "https://www.alibabacloud.com/help/en/slb/application-load-balancer/de
 
 RULES: list[Rule] = [
     Rule(
+        ("aws:sns/topic:Topic",),
+        "SNS topic name: 1..256 letters, digits, hyphens and underscores",
+        "https://docs.aws.amazon.com/sns/latest/api/API_CreateTopic.html",
+        _sns_topic,
+        ("aws:sns/topic:Topic", "zone alarms", {}),
+    ),
+    Rule(
+        ("aws:sns/topicSubscription:TopicSubscription",),
+        "SNS subscription: a known protocol; an e-mail endpoint is an address",
+        "https://docs.aws.amazon.com/sns/latest/api/API_Subscribe.html",
+        _sns_subscription,
+        ("aws:sns/topicSubscription:TopicSubscription", "s", {"protocol": "email", "endpoint": "ops"}),
+    ),
+    Rule(
+        ("aws:cloudwatch/metricAlarm:MetricAlarm",),
+        "CloudWatch alarm: name 1..255, period 10/20/30 or a multiple of 60, evaluation within a day, known "
+        "statistic, operator and missing-data treatment, up to 30 dimensions with non-empty values",
+        "https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutMetricAlarm.html",
+        _cloudwatch_alarm,
+        (
+            "aws:cloudwatch/metricAlarm:MetricAlarm",
+            "a",
+            {"period": 90, "comparisonOperator": "LessThan", "dimensions": {"TargetGroup": ""}},
+        ),
+    ),
+    Rule(
         AWS_TAGGED,
         "AWS tags: at most 50, key 1..128 and value 0..256 of letters, digits, spaces, + - = . _ : / @; no aws: keys",
         "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions",
@@ -675,10 +756,15 @@ RULES: list[Rule] = [
     Rule(
         ("aws:lb/targetGroup:TargetGroup",),
         "target group: health check interval 5..300, timeout 2..120 below the interval, thresholds 2..10, path /..., "
-        "matcher 200..499, deregistration delay 0..3600",
+        "matcher 200..499, deregistration delay 0..3600, cross-zone load balancing true/false/"
+        "use_load_balancer_configuration",
         f"{ELB_API}/API_CreateTargetGroup.html; {ELB_API}/API_TargetGroupAttribute.html",
         _aws_target_group,
-        ("aws:lb/targetGroup:TargetGroup", "tg", {"healthCheck": {"interval": 15, "timeout": 20, "path": "healthz"}}),
+        (
+            "aws:lb/targetGroup:TargetGroup",
+            "tg",
+            {"healthCheck": {"interval": 15, "timeout": 20, "path": "healthz"}, "loadBalancingCrossZoneEnabled": "on"},
+        ),
     ),
     Rule(
         ("aws:lb/listener:Listener",),
@@ -909,13 +995,13 @@ RULES: list[Rule] = [
     Rule(
         ("alicloud:alb/serverGroup:ServerGroup",),
         "server group: name 2..128 from a letter; health check interval 1..50 s, thresholds 2..10, path from / "
-        "up to 80 characters, codes http_2xx..http_5xx; server weight 0..100",
+        "up to 80 characters, codes http_2xx..http_5xx; server weight 0..100; scheduler Wrr, Wlc, Sch or Uch",
         f"{ALB_API}/api-alb-2020-06-16-createservergroup",
         _ali_server_group,
         (
             "alicloud:alb/serverGroup:ServerGroup",
             "s",
-            {"serverGroupName": "blue-a", "healthCheckConfig": {"healthCheckInterval": 60}},
+            {"serverGroupName": "blue-a", "healthCheckConfig": {"healthCheckInterval": 60}, "scheduler": "wrr"},
         ),
     ),
     Rule(

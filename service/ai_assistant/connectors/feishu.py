@@ -12,7 +12,7 @@ Feishu re-pushes an unacknowledged event at 15 s, 5 min, 1 h and 6 h, and the sa
 event_id, so messages are de-duplicated on `event_id` and on `message_id` (docs/adr/0071-im-connectors.md).
 
 Long connection (`mode: stream`, no public URL needed): the endpoint from POST /callback/ws/endpoint (app id and
-secret), then a WebSocket carrying lark-oapi's protobuf `Frame`s (the SDK's own generated class). A DATA frame of
+secret), then a WebSocket carrying Feishu's protobuf `Frame`s (connectors/feishu_frame.py). A DATA frame of
 type `event` holds the same schema 2.0 body as a webhook, unencrypted (the socket was opened with the app secret); it
 is read by the same code, queued, and only then answered with the frame's response (code 200), or 500 when it could not
 be queued, so Feishu pushes it again. lark-oapi's own `ws.Client` is not used: it answers a frame as soon as a
@@ -28,14 +28,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import re
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -47,6 +45,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from ..errors import DeliveryFailed, DeliveryUncertain, Forbidden, MalformedRequest, RejectedRequest, SignatureInvalid
 from ..messages import Ack, Attachment, InboundMessage, OutboundText, RawRequest, Verdict
+from . import feishu_frame as wire
 from .base import Connector, ConnectorConfig
 from .common import check_window, inbound, load_json, obj, same
 from .media import MediaUnavailable, download, sniff
@@ -65,20 +64,6 @@ from .streaming import StreamDown, StreamLink, supervise
 from .tokens import CachedToken
 
 log = logging.getLogger(__name__)
-
-
-@functools.cache
-def _sdk() -> SimpleNamespace:
-    """lark-oapi's long-connection pieces (protobuf `Frame`, header names, frame types), imported when a long
-    connection first needs them: the package's __init__ imports its whole generated API, ~11k modules and ~160 MiB
-    resident (bench/rss_components.py), which every service paid at start whether or not it had a Feishu connector."""
-    from lark_oapi.ws import const  # type: ignore[import-untyped]
-    from lark_oapi.ws.enum import FrameType, MessageType  # type: ignore[import-untyped]
-    from lark_oapi.ws.pb.google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # the SDK's copy
-    from lark_oapi.ws.pb.pbbp2_pb2 import Frame  # type: ignore[import-untyped]
-
-    return SimpleNamespace(const=const, FrameType=FrameType, MessageType=MessageType, DecodeError=DecodeError,
-                           Frame=Frame)  # fmt: skip
 
 
 API_BASES = {"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"}
@@ -228,10 +213,9 @@ class FeishuConnector(Connector):
     # ------------------------------------------------------------------------------------------------ long connection
     async def _session(self) -> None:
         assert self.link is not None
-        await asyncio.to_thread(_sdk)  # the first import takes seconds (see _sdk): not on the loop that acks webhooks
         url, ping_interval = await self._endpoint()
         try:
-            service = int(parse_qs(urlsplit(url).query)[_sdk().const.SERVICE_ID][0])
+            service = int(parse_qs(urlsplit(url).query)[wire.SERVICE_ID][0])
         except (KeyError, ValueError):
             raise StreamDown("malformed", "callback/ws/endpoint: the URL has no service_id") from None
         try:
@@ -251,7 +235,7 @@ class FeishuConnector(Connector):
         """The WebSocket URL and ping interval from Feishu's endpoint discovery, with the errors told apart."""
         try:
             resp = await self.http.post(
-                f"{self.api_base}{_sdk().const.GEN_ENDPOINT_URI}",
+                f"{self.api_base}{wire.GEN_ENDPOINT_URI}",
                 json={"AppID": self.config.app_id, "AppSecret": self.config.app_secret.get_secret_value()},
                 headers={"locale": "zh"},
             )
@@ -280,23 +264,21 @@ class FeishuConnector(Connector):
         return url, float(interval) if isinstance(interval, int | float) and interval > 0 else 120.0
 
     async def _ping(self, ws: Any, service: int, interval: float) -> None:
-        sdk = _sdk()
         while True:
-            frame = sdk.Frame(SeqID=0, LogID=0, service=service, method=sdk.FrameType.CONTROL.value)
-            frame.headers.add(key=sdk.const.HEADER_TYPE, value=sdk.MessageType.PING.value)
+            frame = wire.Frame(SeqID=0, LogID=0, service=service, method=wire.FrameType.CONTROL.value)
+            frame.headers.add(key=wire.HEADER_TYPE, value=wire.MessageType.PING.value)
             await ws.send(frame.SerializeToString())
             await asyncio.sleep(interval)
 
     async def _on_frame(self, ws: Any, raw: str | bytes) -> None:
         assert self.link is not None
-        sdk = _sdk()
-        frame = sdk.Frame()
+        frame = wire.Frame()
         try:
             frame.ParseFromString(raw if isinstance(raw, bytes) else raw.encode())
-        except sdk.DecodeError:
+        except wire.DecodeError:
             self.link.problem("malformed", "a frame that is not a protobuf Frame was ignored")
             return
-        if frame.method != sdk.FrameType.DATA.value:
+        if frame.method != wire.FrameType.DATA.value:
             return  # pong (may carry new intervals: our pings keep the first), or a control frame we do not use
         headers = {h.key: h.value for h in frame.headers}
         payload = self._whole(headers, frame.payload)
@@ -304,27 +286,26 @@ class FeishuConnector(Connector):
             return  # more parts to come
         started = time.monotonic()
         code = 200
-        if headers.get(sdk.const.HEADER_TYPE) == sdk.MessageType.EVENT.value:
-            code = await self._take(headers.get(sdk.const.HEADER_MESSAGE_ID, "?"), payload)
-        frame.headers.add(key=sdk.const.HEADER_BIZ_RT, value=str(int((time.monotonic() - started) * 1000)))
+        if headers.get(wire.HEADER_TYPE) == wire.MessageType.EVENT.value:
+            code = await self._take(headers.get(wire.HEADER_MESSAGE_ID, "?"), payload)
+        frame.headers.add(key=wire.HEADER_BIZ_RT, value=str(int((time.monotonic() - started) * 1000)))
         frame.payload = json.dumps({"code": code}).encode()
         await ws.send(frame.SerializeToString())
 
     def _whole(self, headers: dict[str, str], part: bytes) -> bytes | None:
-        const = _sdk().const
         try:
-            total, seq = int(headers.get(const.HEADER_SUM, "1")), int(headers.get(const.HEADER_SEQ, "0"))
+            total, seq = int(headers.get(wire.HEADER_SUM, "1")), int(headers.get(wire.HEADER_SEQ, "0"))
         except ValueError:
             total, seq = 1, 0
         if total <= 1:
             return part
-        parts = self._parts.setdefault(headers.get(const.HEADER_MESSAGE_ID, ""), [None] * total)
+        parts = self._parts.setdefault(headers.get(wire.HEADER_MESSAGE_ID, ""), [None] * total)
         if not 0 <= seq < len(parts):
             return None
         parts[seq] = part
         if any(p is None for p in parts):
             return None
-        del self._parts[headers.get(const.HEADER_MESSAGE_ID, "")]
+        del self._parts[headers.get(wire.HEADER_MESSAGE_ID, "")]
         return b"".join(p for p in parts if p is not None)
 
     async def _take(self, frame_id: str, payload: bytes) -> int:
