@@ -288,6 +288,9 @@ def assert_backup_runs_the_serving_code(test_vm: TestVM, bucket: S3, workdir: Pa
     link = test_vm.ssh("readlink -f /opt/ai-assistant/current").stdout.strip()
     assert link == venv, f"/opt/ai-assistant/current points at {link!r}, not the serving {colour} ({venv})"
     password = "bluegreen-" + uuid.uuid4().hex  # pragma: allowlist secret
+    # The store is Redis: the backup snapshots it as the redis role's backup user (site.yml hands it over so too).
+    redis_password = test_vm.ssh("cat /etc/redis/backup.secret").stdout.strip()
+    assert redis_password, "no /etc/redis/backup.secret on the converged VM"
     variables = {
         "backup_s3_endpoint": bucket.endpoint.replace("127.0.0.1", "10.0.2.2"),
         "backup_bucket": "bluegreen",
@@ -295,6 +298,8 @@ def assert_backup_runs_the_serving_code(test_vm: TestVM, bucket: S3, workdir: Pa
         "backup_s3_access_key_id": KEYS["AWS_ACCESS_KEY_ID"],
         "backup_s3_secret_access_key": KEYS["AWS_SECRET_ACCESS_KEY"],
         "backup_s3_region": KEYS["AWS_DEFAULT_REGION"],
+        "backup_redis_enabled": True,
+        "backup_redis_password": redis_password,
     }
     extra = workdir / "bluegreen-backup-vars.json"
     extra.write_text(json.dumps(variables))
@@ -309,7 +314,8 @@ def assert_backup_runs_the_serving_code(test_vm: TestVM, bucket: S3, workdir: Pa
     repo = bucket.repo("bluegreen", "testvm")
     listing = subprocess.run(["restic", "-r", repo, "ls", "latest"], capture_output=True, env=env, timeout=300)
     assert listing.returncode == 0, listing.stderr.decode(errors="replace")
-    manifest_path = next(p for p in listing.stdout.decode().split() if p.endswith("/manifest.json"))
+    # The backup's own manifest sits at its root: the shortest such path (plugins may carry manifests of their own).
+    manifest_path = min((p for p in listing.stdout.decode().split() if p.endswith("/manifest.json")), key=len)
     dumped = subprocess.run(["restic", "-r", repo, "dump", "latest", manifest_path], capture_output=True, env=env,
                             timeout=300)  # fmt: skip
     assert dumped.returncode == 0, dumped.stderr.decode(errors="replace")
