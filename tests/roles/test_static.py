@@ -298,6 +298,9 @@ def test_tgi_unit_uses_the_models_volume_and_int8() -> None:
 
 # --- bad input ----------------------------------------------------------------------------------------------------
 
+# Past the assistant role's wheel check (the fixture writes an empty file by that name) to the asserts after it.
+_FAKE_WHEEL = "FAKE_WHEEL"
+_ASSISTANT_PREFLIGHT = {"assistant_wheel": _FAKE_WHEEL, "assistant_wheelhouse": "/tmp", "assistant_redis_password": "r"}
 BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
     "firewall-no-admin": ("firewall", {"firewall_admin_cidrs": []}, "firewall_admin_cidrs is empty"),
     "firewall-bad-cidr": (
@@ -337,6 +340,16 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
         {"assistant_wheel": "/nonexistent/ai_assistant-0.1.0-py3-none-any.whl", "assistant_wheelhouse": "/tmp"},
         "assistant_wheel: /nonexistent/ai_assistant-0.1.0-py3-none-any.whl is not an ai_assistant wheel",
     ),
+    "assistant-probe-name-taken": (
+        "assistant",
+        {**_ASSISTANT_PREFLIGHT, "assistant_connectors": {"deploy_probe": {"platform": "slack"}}},
+        "assistant_connectors.deploy_probe: the name is the deploy gate's probe connector",
+    ),
+    "assistant-probe-bad-secret": (
+        "assistant",
+        {**_ASSISTANT_PREFLIGHT, "assistant_deploy_probe_secret": "not-a-whsec"},  # pragma: allowlist secret
+        "assistant_deploy_probe_secret: must be whsec_<base64>",
+    ),
     "model-url-no-sha": (
         "model_server",
         {"model_server_llamacpp_wheelhouse": "/tmp", "model_server_model_url": "https://models.example.com/m.gguf"},
@@ -371,8 +384,11 @@ def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     """One ansible-playbook run: each case includes its role in a block and records the failure message."""
     work = tmp_path_factory.mktemp("bad-input")
     out = work / "results.json"
+    wheel = work / "ai_assistant-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
     tasks = []
-    for case, (role, variables, _) in BAD_INPUT.items():
+    for case, (role, given, _) in BAD_INPUT.items():
+        variables = {k: str(wheel) if v == _FAKE_WHEEL else v for k, v in given.items()}
         tasks.append(
             {
                 "name": case,
