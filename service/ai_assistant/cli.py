@@ -426,6 +426,29 @@ def doctor(
 
 
 @app.command()
+def probe(
+    url: Annotated[str, typer.Option(help="the instance's own address, e.g. http://127.0.0.1:8081 (not nginx)")],
+    config_dir: ConfigDir = Path("config"),
+    data_dir: DataDir = Path("data"),
+    metrics_url: Annotated[
+        str | None, typer.Option(help="its /metrics (default: URL/metrics; give the metrics port's when it has one)")
+    ] = None,
+    connector: Annotated[str | None, typer.Option(help="platform: probe connector (default: the first)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 60.0,
+) -> None:
+    """Send a signed synthetic message to one running instance and check it is de-duplicated and answered end to
+    end, recorded in the store instead of sent (the deploy gate; docs/runbooks/deploy.md). Exit status 2 when not."""
+    from .connectors.probe_check import run_probe
+
+    result = run_probe(_settings(config_dir, data_dir), url, metrics_url, connector, timeout)
+    out.print(
+        f"probe OK: {result.event_id} acknowledged, its redelivery de-duplicated, answered by {result.answered_by} "
+        f"in {result.seconds:.1f} s",
+        highlight=False,
+    )
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     out.print(__version__)

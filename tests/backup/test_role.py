@@ -70,3 +70,34 @@ def test_redis_url_is_built_from_the_backup_user_with_the_password_escaped() -> 
     escaped = "redis://backup:p%40ss%2Fword@127.0.0.1:6379/0"  # pragma: allowlist secret
     assert env_file["AI_ASSISTANT_BACKUP_REDIS_URL"] == escaped
     assert env_file["RESTIC_REPOSITORY"] == "s3:s3.eu-west-1.amazonaws.com/b/data-1"
+
+
+def test_the_default_command_is_the_serving_colours() -> None:
+    """Blue/green: the unit runs the CLI through the assistant role's `current` link, which site.yml sets to the
+    serving colour and every switch (slot_record.yml, also on a rollback and in the failed deploy's rescue) re-points
+    at the colour it records; tests/roles/test_vm_bluegreen.py shows a backup after a switch made by green's code."""
+    import yaml
+
+    roles = Path(__file__).resolve().parents[2] / "roles"
+    assistant = {
+        **yaml.safe_load((roles / "assistant/defaults/main.yml").read_text()),
+        **yaml.safe_load((roles / "assistant/vars/main.yml").read_text()),
+    }
+    current = assistant["__assistant_current"].replace(
+        "{{ assistant_install_dir }}", assistant["assistant_install_dir"]
+    )
+    unit = render("backup", "ai-assistant-backup.service.j2", {"backup_s3_endpoint": "s3", "backup_bucket": "b"})
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.startswith(f"ExecStart={current}/bin/ai-assistant backup create "), exec_start
+    for tasks, src in (
+        ("main.yml", "__assistant_slots[__assistant_serving_colour].venv"),
+        ("slot_record.yml", "__assistant_slot.venv"),
+    ):
+        links = [
+            t["ansible.builtin.file"]
+            for t in yaml.safe_load((roles / "assistant/tasks" / tasks).read_text())
+            if "ansible.builtin.file" in t and t["ansible.builtin.file"].get("state") == "link"
+        ]
+        assert [(link["dest"], link["src"]) for link in links] == [
+            ("{{ __assistant_current }}", "{{ " + src + " }}")
+        ], tasks

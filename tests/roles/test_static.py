@@ -157,6 +157,7 @@ CONNECTORS = {
     }
 }
 SECRETS = {"im-connector": {"app_secret": "whsec_dGVzdC1zZWNyZXQtb2YtdGhpcnR5LXR3by1ieXRlcyE="}}
+PROBE_SECRET = "whsec_cHJvYmUtc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMh"  # pragma: allowlist secret
 
 
 def test_assistant_config_is_accepted_by_the_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +174,7 @@ def test_assistant_config_is_accepted_by_the_service(tmp_path: Path, monkeypatch
         "assistant_alerts_token": "alerttoken",
         "assistant_alerts_connector": "im-connector",
         "assistant_alerts_chat_id": "ops",
+        "assistant_deploy_probe_secret": PROBE_SECRET,
     }
     (tmp_path / "assistant.yaml").write_text(render("assistant", "assistant.yaml.j2", extra))
     (tmp_path / "connectors.yaml").write_text(render("assistant", "connectors.yaml.j2", extra))
@@ -193,6 +195,31 @@ def test_assistant_config_is_accepted_by_the_service(tmp_path: Path, monkeypatch
     _, connectors = read_connectors_file(tmp_path)
     assert connectors["im-connector"]["app_secret"] == SECRETS["im-connector"]["app_secret"]
     assert connectors["im-connector"]["bot_name"] == "AI助理"
+    # The deploy gate's probe: loopback only, its secret from secrets.env, valid for the service's own model.
+    from ai_assistant.connectors.probe import ProbeConfig
+
+    probe = ProbeConfig.model_validate(connectors["deploy_probe"])
+    assert probe.app_secret.get_secret_value() == PROBE_SECRET
+    assert [str(n) for n in probe.allowed_cidrs] == ["127.0.0.1/32", "::1/128"]
+
+
+def test_the_probe_connector_follows_assistant_deploy_probe() -> None:
+    """Off: no probe connector nor its secret; on without a given secret: the one generated on the host (slurped)."""
+    import base64
+
+    base = {"assistant_connectors": CONNECTORS, "assistant_connector_secrets": SECRETS}
+    off = {**base, "assistant_deploy_probe": False}
+    assert "deploy_probe" not in yaml.safe_load(render("assistant", "connectors.yaml.j2", off))
+    assert "DEPLOY_PROBE" not in render(
+        "assistant", "secrets.env.j2", {**off, "assistant_admin_token": "t", "assistant_redis_password": "r"}
+    )
+    generated = {**base, "__assistant_probe_secret_file": {"content": base64.b64encode(PROBE_SECRET.encode()).decode()}}
+    env = render(
+        "assistant", "secrets.env.j2", {**generated, "assistant_admin_token": "t", "assistant_redis_password": "r"}
+    )
+    assert f"AI_ASSISTANT_SECRET_DEPLOY_PROBE_APP_SECRET={PROBE_SECRET}" in env.splitlines()
+    on = yaml.safe_load(render("assistant", "connectors.yaml.j2", generated))
+    assert on["deploy_probe"]["app_secret"] == "${AI_ASSISTANT_SECRET_DEPLOY_PROBE_APP_SECRET}"
 
 
 def test_nftables_template_splits_ipv4_and_ipv6() -> None:
@@ -271,6 +298,9 @@ def test_tgi_unit_uses_the_models_volume_and_int8() -> None:
 
 # --- bad input ----------------------------------------------------------------------------------------------------
 
+# Past the assistant role's wheel check (the fixture writes an empty file by that name) to the asserts after it.
+_FAKE_WHEEL = "FAKE_WHEEL"
+_ASSISTANT_PREFLIGHT = {"assistant_wheel": _FAKE_WHEEL, "assistant_wheelhouse": "/tmp", "assistant_redis_password": "r"}
 BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
     "firewall-no-admin": ("firewall", {"firewall_admin_cidrs": []}, "firewall_admin_cidrs is empty"),
     "firewall-bad-cidr": (
@@ -310,6 +340,16 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
         {"assistant_wheel": "/nonexistent/ai_assistant-0.1.0-py3-none-any.whl", "assistant_wheelhouse": "/tmp"},
         "assistant_wheel: /nonexistent/ai_assistant-0.1.0-py3-none-any.whl is not an ai_assistant wheel",
     ),
+    "assistant-probe-name-taken": (
+        "assistant",
+        {**_ASSISTANT_PREFLIGHT, "assistant_connectors": {"deploy_probe": {"platform": "slack"}}},
+        "assistant_connectors.deploy_probe: the name is the deploy gate's probe connector",
+    ),
+    "assistant-probe-bad-secret": (
+        "assistant",
+        {**_ASSISTANT_PREFLIGHT, "assistant_deploy_probe_secret": "not-a-whsec"},  # pragma: allowlist secret
+        "assistant_deploy_probe_secret: must be whsec_<base64>",
+    ),
     "model-url-no-sha": (
         "model_server",
         {"model_server_llamacpp_wheelhouse": "/tmp", "model_server_model_url": "https://models.example.com/m.gguf"},
@@ -344,8 +384,11 @@ def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     """One ansible-playbook run: each case includes its role in a block and records the failure message."""
     work = tmp_path_factory.mktemp("bad-input")
     out = work / "results.json"
+    wheel = work / "ai_assistant-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
     tasks = []
-    for case, (role, variables, _) in BAD_INPUT.items():
+    for case, (role, given, _) in BAD_INPUT.items():
+        variables = {k: str(wheel) if v == _FAKE_WHEEL else v for k, v in given.items()}
         tasks.append(
             {
                 "name": case,

@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.backup.conftest import KEYS, S3, moto_server
 from tests.helpers import message, signed_generic_request, wait_until
 from tests.roles.conftest import DOMAIN, REPO, TIMINGS, PlayResult, TestVM
 
@@ -266,8 +267,62 @@ def assert_serving(test_vm: TestVM, colour: str, version: str) -> None:
     assert enabled == "enabled", f"{UNITS[colour]} would not start at boot ({enabled})"
     conf = test_vm.ssh(f"grep -c 'proxy_pass http://127.0.0.1:{PORTS[colour]};' /etc/nginx/nginx.conf")
     assert int(conf.stdout.strip() or 0) > 0, f"nginx.conf does not route to {colour} ({PORTS[colour]})"
+    venv = "/opt/ai-assistant/venv" if colour == "blue" else "/opt/ai-assistant/venv-green"
+    link = test_vm.ssh("readlink -f /opt/ai-assistant/current").stdout.strip()
+    assert link == venv, f"/opt/ai-assistant/current (backups, restores) points at {link!r}, not {colour}'s {venv}"
     metrics = test_vm.ssh(f"curl -sf http://127.0.0.1:{METRICS[colour]}/metrics")
     assert f'ai_assistant_build_info{{version="{version}"}}' in metrics.stdout, f"{colour} does not run {version}"
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """moto on the runner's loopback for the backup after the switch (the guest reaches it as 10.0.2.2, slirp)."""
+    with moto_server(tmp_path_factory.mktemp("bluegreen-moto")) as server:
+        yield server
+
+
+def assert_backup_runs_the_serving_code(test_vm: TestVM, bucket: S3, workdir: Path, colour: str, version: str) -> None:
+    """The backup role's unit, as site.yml installs it, started after the switch: the backup it writes must come from
+    the serving colour's code (its manifest names the version that made it), through the `current` link."""
+    venv = "/opt/ai-assistant/venv" if colour == "blue" else "/opt/ai-assistant/venv-green"
+    link = test_vm.ssh("readlink -f /opt/ai-assistant/current").stdout.strip()
+    assert link == venv, f"/opt/ai-assistant/current points at {link!r}, not the serving {colour} ({venv})"
+    password = "bluegreen-" + uuid.uuid4().hex  # pragma: allowlist secret
+    # The store is Redis: the backup snapshots it as the redis role's backup user (site.yml hands it over so too).
+    redis_password = test_vm.ssh("cat /etc/redis/backup.secret").stdout.strip()
+    assert redis_password, "no /etc/redis/backup.secret on the converged VM"
+    variables = {
+        "backup_s3_endpoint": bucket.endpoint.replace("127.0.0.1", "10.0.2.2"),
+        "backup_bucket": "bluegreen",
+        "backup_restic_password": password,
+        "backup_s3_access_key_id": KEYS["AWS_ACCESS_KEY_ID"],
+        "backup_s3_secret_access_key": KEYS["AWS_SECRET_ACCESS_KEY"],
+        "backup_s3_region": KEYS["AWS_DEFAULT_REGION"],
+        "backup_redis_enabled": True,
+        "backup_redis_password": redis_password,
+    }
+    extra = workdir / "bluegreen-backup-vars.json"
+    extra.write_text(json.dumps(variables))
+    started = time.monotonic()
+    play = test_vm.play(REPO / "tests/roles/vm/backup.yml", "-e", f"@{extra}", name="bluegreen-backup")
+    assert play.rc == 0 and play.failed == 0, f"backup role failed (log {play.log}):\n{play.tail()}"
+    done = test_vm.ssh("systemctl start ai-assistant-backup.service", timeout=900)
+    assert done.returncode == 0, f"the backup unit failed: {done.stderr[-2000:]}"
+    exec_start = test_vm.ssh("systemctl show -P ExecStart ai-assistant-backup.service").stdout
+    assert "/opt/ai-assistant/current/bin/ai-assistant" in exec_start, exec_start[:300]
+    env = {**os.environ, **KEYS, "RESTIC_PASSWORD": password, "RESTIC_CACHE_DIR": str(workdir / "restic-cache")}
+    repo = bucket.repo("bluegreen", "testvm")
+    listing = subprocess.run(["restic", "-r", repo, "ls", "latest"], capture_output=True, env=env, timeout=300)
+    assert listing.returncode == 0, listing.stderr.decode(errors="replace")
+    # The backup's own manifest sits at its root: the shortest such path (plugins may carry manifests of their own).
+    manifest_path = min((p for p in listing.stdout.decode().split() if p.endswith("/manifest.json")), key=len)
+    dumped = subprocess.run(["restic", "-r", repo, "dump", "latest", manifest_path], capture_output=True, env=env,
+                            timeout=300)  # fmt: skip
+    assert dumped.returncode == 0, dumped.stderr.decode(errors="replace")
+    made_by = json.loads(dumped.stdout)["app_version"]
+    assert made_by == version, f"the backup after the switch to {colour} was made by {made_by}, not {version}"
+    TIMINGS["bluegreen backup after the switch"] = time.monotonic() - started
+    print(f"\n[bluegreen backup] the backup after the switch to {colour} was made by ai-assistant {made_by}")
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +336,7 @@ def wheels(test_vm: TestVM) -> dict[str, Path]:
 
 
 def test_deploy_switches_to_the_new_version_with_no_webhook_lost_or_doubled(
-    test_vm: TestVM, pebble_root: str, wheels: dict[str, Path]
+    test_vm: TestVM, pebble_root: str, wheels: dict[str, Path], bucket: S3
 ) -> None:
     assert serving(test_vm) == "blue", "the converged VM should serve blue before the first deploy"
     play, load = play_under_load(
@@ -289,7 +344,10 @@ def test_deploy_switches_to_the_new_version_with_no_webhook_lost_or_doubled(
     )
     assert play.rc == 0 and play.failed == 0, f"deploy.yml failed (log {play.log}):\n{play.tail()}"
     assert_serving(test_vm, "green", NEW_VERSION)
+    output = " ".join(play.output.split())
+    assert "Send the incoming colour a signed synthetic message" in output, "the gate did not run its probe"
     assert_all_answered_exactly_once(test_vm, load)
+    assert_backup_runs_the_serving_code(test_vm, bucket, test_vm.workdir, "green", NEW_VERSION)
 
 
 def test_rollback_switches_back_with_no_webhook_lost_or_doubled(test_vm: TestVM, pebble_root: str) -> None:

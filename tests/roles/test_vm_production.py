@@ -298,6 +298,8 @@ def test_the_connector_comes_from_the_stacks_pulumi_config_only(test_vm: TestVM,
     overrides = harness_overrides(test_vm.vm)
     assert not [k for k in overrides if "connector" in k], "the harness sets a connector variable"
     on_host = yaml.safe_load(_run(host, "cat /etc/ai-assistant/connectors.yaml"))
+    # Besides the stack's: the role's own loopback-only probe for the deploy gate (assistant_deploy_probe).
+    assert on_host.pop("deploy_probe", {}).get("platform") == "probe", "the deploy gate's probe connector is missing"
     assert set(on_host) == set(stack), f"connectors on the host {sorted(on_host)} != the stack's {sorted(stack)}"
     for name, options in stack.items():
         assert {k: on_host[name][k] for k in options} == options, name
