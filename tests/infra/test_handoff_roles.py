@@ -88,7 +88,8 @@ def host_settings(variables: dict[str, Any], config_dir: Path, monkeypatch: pyte
     extra = {**variables, "assistant_wheel": "/x/ai_assistant-0.1.0-py3-none-any.whl"}
     extra |= {"assistant_admin_token": "admintoken", "assistant_config_dir": str(config_dir)}
     # Generated on the host when not given (the deploy gate's probe connector); rendering needs a value.
-    extra |= {"assistant_deploy_probe_secret": "whsec_cHJvYmUtc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMh"}  # pragma: allowlist secret
+    probe_secret = "whsec_cHJvYmUtc2VjcmV0LW9mLXRoaXJ0eS10d28tYnl0ZXMh"  # pragma: allowlist secret
+    extra |= {"assistant_deploy_probe_secret": probe_secret}
     config_dir.mkdir()
     (config_dir / "assistant.yaml").write_text(render("assistant", "assistant.yaml.j2", extra))
     env = render("assistant", "secrets.env.j2", extra)
