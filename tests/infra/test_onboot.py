@@ -454,3 +454,42 @@ def test_publish_refuses_a_bad_target_in_one_line(tmp_path: Path, value: str) ->
     assert done.returncode == 2
     assert done.stderr.strip() == "ansible hand-off: AI_ASSISTANT_ONBOOT: expected JSON with bucket, prefix and region"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("has_filter", [True, False], ids=["python-3.11.4+", "debian-12-python-3.11.2"])
+def test_unpack_refuses_members_that_leave_the_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_filter: bool
+) -> None:
+    # Debian 12's python3 is 3.11.2, before tarfile's extraction filters: the boot script failed there on its first
+    # VM run (TypeError on filter=). Both paths must unpack a good artifact and refuse an escaping one.
+    import io
+    import tarfile
+
+    if not has_filter:
+        monkeypatch.delattr(tarfile, "data_filter")
+    good, bad = tmp_path / "good.tar", tmp_path / "bad.tar"
+    with tarfile.open(good, "w") as tar:
+        for part in ("repo/playbooks/site.yml", "inventory.yml", "manifest.json"):
+            info = tarfile.TarInfo(part)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+        for part in ("ansible", "collections"):
+            info = tarfile.TarInfo(part)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+    boot.unpack(good, tmp_path / "ok")
+    assert (tmp_path / "ok" / "repo" / "playbooks" / "site.yml").read_bytes() == b"{}"
+    for evil in ("../escaped", "/abs-escaped"):
+        with tarfile.open(bad, "w") as tar:
+            info = tarfile.TarInfo(evil)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+        with pytest.raises(boot.BootError):
+            boot.unpack(bad, tmp_path / "no")
+        assert not (tmp_path / "escaped").exists()
+    with tarfile.open(bad, "w") as tar:
+        link = tarfile.TarInfo("link")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../etc"
+        tar.addfile(link)
+    with pytest.raises(boot.BootError):
+        boot.unpack(bad, tmp_path / "no2")
