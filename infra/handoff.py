@@ -252,7 +252,7 @@ def write_handoff_files(
 # --- the on-boot artifact (docs/adr/0039-autoscaled-hosts-configure-themselves.md) ----------------------------------
 
 # The collections the roles use, from the controller's `ansible` package (the pin of roles/requirements.txt).
-ONBOOT_COLLECTIONS = ("community/crypto", "community/general")
+ONBOOT_COLLECTIONS = ("ansible/posix", "community/crypto", "community/general")
 
 
 def ansible_core_wheels(dest: Path, python: str = sys.executable) -> Path:

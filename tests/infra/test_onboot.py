@@ -493,3 +493,18 @@ def test_unpack_refuses_members_that_leave_the_artifact(
         tar.addfile(link)
     with pytest.raises(boot.BootError):
         boot.unpack(bad, tmp_path / "no2")
+
+
+def test_the_artifact_carries_every_collection_the_roles_name() -> None:
+    # The first on-boot VM run stopped at roles/base's first ansible.posix task: the list had missed that collection.
+    import re
+
+    from infra.handoff import ONBOOT_COLLECTIONS
+
+    used = set()
+    for path in [*(REPO / "roles").rglob("*.yml"), *(REPO / "playbooks").rglob("*.yml")]:
+        used |= {
+            m.replace(".", "/") for m in re.findall(r"\b(ansible\.posix|community\.[a-z_]+)\.[a-z_]+", path.read_text())
+        }
+    assert used, "no collection module found: the pattern no longer matches the roles"
+    assert used <= set(ONBOOT_COLLECTIONS), f"the on-boot artifact misses {sorted(used - set(ONBOOT_COLLECTIONS))}"
