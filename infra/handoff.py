@@ -253,6 +253,10 @@ def write_handoff_files(
 
 # The collections the roles use, from the controller's `ansible` package (the pin of roles/requirements.txt).
 ONBOOT_COLLECTIONS = ("ansible/posix", "community/crypto", "community/general")
+# What the roles' controller-side tasks run from the repository besides roles/ (roles/base/tasks/bundle.yml runs
+# `python -m airgap.verify`, which reads the release's version from pyproject.toml): a booting host is its own
+# controller. The third on-boot VM run stopped there.
+ONBOOT_CONTROLLER_FILES = ("airgap/__init__.py", "airgap/manifest.py", "airgap/verify.py", "pyproject.toml")
 
 
 def ansible_core_wheels(dest: Path, python: str = sys.executable) -> Path:
@@ -313,8 +317,9 @@ def build_onboot_artifact(
         tar.addfile(info, io.BytesIO(data))
 
     with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in CONFIG_PATHS:
-            tar.add(repo_root / rel, f"repo/{rel}", filter=skip)
+        for rel in (*CONFIG_PATHS, *ONBOOT_CONTROLLER_FILES):
+            if (repo_root / rel).exists() or rel in CONFIG_PATHS:
+                tar.add(repo_root / rel, f"repo/{rel}", filter=skip)
         add_bytes(tar, "inventory.yml", yaml.safe_dump(doc, sort_keys=False, width=1000).encode())
         add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
         tar.add(wheel, manifest["wheel"])

@@ -508,3 +508,35 @@ def test_the_artifact_carries_every_collection_the_roles_name() -> None:
         }
     assert used, "no collection module found: the pattern no longer matches the roles"
     assert used <= set(ONBOOT_COLLECTIONS), f"the on-boot artifact misses {sorted(used - set(ONBOOT_COLLECTIONS))}"
+
+
+def test_the_artifact_carries_what_the_roles_run_on_their_controller(tmp_path: Path) -> None:
+    # A booting host is its own controller: roles/base runs `python -m airgap.verify` there with the repository on
+    # PYTHONPATH (the third on-boot VM run failed with "No module named 'airgap'"). Unpacked alone, the artifact's
+    # repo/ must run it.
+    import tarfile
+
+    wheels = tmp_path / "ansible"
+    wheels.mkdir()
+    (wheels / "ansible_core-2.19.0-py3-none-any.whl").write_bytes(b"stand-in")
+    wheel = tmp_path / "ai_assistant-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"stand-in")
+    house = tmp_path / "house"
+    house.mkdir()
+    archive, _ = build_onboot_artifact(
+        REPO,
+        tmp_path / "out",
+        inventory=_inventory("internal_ca"),
+        wheel=wheel,
+        wheelhouse=house,
+        ansible_wheels=wheels,
+    )
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    repo = tmp_path / "unpacked" / "repo"
+    done = subprocess.run(
+        [sys.executable, "-m", "airgap.verify", "--fingerprint", "0" * 40, str(tmp_path / "no-bundle")],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "No module named" not in done.stderr, done.stderr
+    assert done.returncode != 0 and "no-bundle" in (done.stdout + done.stderr)
