@@ -121,12 +121,13 @@ def user_data(
 
 def _add_onboot(doc: dict[str, object], onboot: Mapping[str, str]) -> None:
     """The boot script (gzip: user data is capped at 16 KiB on AWS) and its config; run last, after the disk and the
-    baseline firewall. python3-boto3 is Debian 12's AWS client (the script reads the secret and the bucket with it)."""
+    baseline firewall. python3-boto3 is Debian 12's AWS client (the script reads the secret and the bucket with it);
+    gpg is what roles/base's controller-side bundle check runs, and a booting host is its own controller."""
     missing = [k for k in ONBOOT_KEYS if not onboot.get(k)]
     if missing:
         raise ValueError(f"on-boot user data: {', '.join(missing)} missing")
     script = base64.b64encode(gzip.compress(BOOT_SCRIPT.read_bytes(), mtime=0)).decode()
-    doc["packages"] = [*doc["packages"], "python3-boto3", "python3-venv"]  # type: ignore[misc]
+    doc["packages"] = [*doc["packages"], "python3-boto3", "python3-venv", "gpg"]  # type: ignore[misc]
     doc["write_files"] = [
         *doc["write_files"],  # type: ignore[misc]
         {

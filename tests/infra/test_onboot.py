@@ -76,7 +76,7 @@ def test_the_launch_templates_name_bucket_prefix_secret_and_group_but_hold_no_se
             "cloud": "aws", "region": conf["region"], "bucket": bucket.outputs["bucket"], "prefix": ONBOOT_PREFIX,
             "secret_id": secret.outputs["arn"], "color": tags["ai-assistant:color"], "zone": tags["ai-assistant:zone"],
         }  # fmt: skip
-        assert [ONBOOT_SCRIPT_PATH] in doc["runcmd"] and "python3-boto3" in doc["packages"]
+        assert [ONBOOT_SCRIPT_PATH] in doc["runcmd"] and {"python3-boto3", "gpg"} <= set(doc["packages"])
         script = next(w for w in doc["write_files"] if w["path"] == ONBOOT_SCRIPT_PATH)
         import gzip
 

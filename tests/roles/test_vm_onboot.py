@@ -50,7 +50,7 @@ BUCKET, SECRET_ID, REGION = "vm-onboot", "ai-assistant-vm-onboot", "us-east-1"
 GUEST_BUNDLE = "/srv/ai-assistant-bundle"
 GUEST_MITOGEN = "/opt/onboot-mitogen"
 # cloud-init's `packages:` in the user data: the guest's missing ones, from the runner's Debian mirror (same release).
-DEBS = ("python3-boto3", "python3-venv")
+DEBS = ("python3-boto3", "python3-venv", "gpg")
 RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
