@@ -711,6 +711,15 @@ def _tags(stack: str) -> dict[str, str]:
     return {"ai-assistant:stack": stack, "ai-assistant:managed-by": "pulumi"}
 
 
+# The trust policy of every instance role: EC2 instances may assume it, nothing else.
+EC2_ASSUME_ROLE = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+)
+
+
 class Compute(pulumi.ComponentResource):
     """Assistant hosts per colour and zone (or autoscaling groups), data hosts per zone, GPU node, bastion."""
 
@@ -847,14 +856,7 @@ class Compute(pulumi.ComponentResource):
         """Data hosts may write and read backups in their bucket, nothing else (no delete: versioning keeps history)."""
         role = aws.iam.Role(
             f"{name}-data",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
-                    ],
-                }
-            ),
+            assume_role_policy=EC2_ASSUME_ROLE,
             opts=child,
         )
         aws.iam.RolePolicy(
@@ -894,14 +896,7 @@ class Compute(pulumi.ComponentResource):
         )
         role = aws.iam.Role(
             f"{name}-assistant",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
-                    ],
-                }
-            ),
+            assume_role_policy=EC2_ASSUME_ROLE,
             opts=child,
         )
         aws.iam.RolePolicy(
