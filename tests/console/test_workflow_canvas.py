@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ai_assistant.workflows.versions import canonical, parse_text
-from tests.console.conftest import ADMIN, create_user
+from tests.console.conftest import ADMIN, create_user, replaced
 from tests.console.test_browser_pages import Service
 from tests.helpers import ReplyReceiver, message, signed_generic_request, wait_until, write_config
 
@@ -39,7 +39,6 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.remote.webelement import WebElement
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.wait import WebDriverWait
 
     assert isinstance(browser, WebDriver)
@@ -101,7 +100,7 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
         find("#password").send_keys(ADMIN[1])
         page = find("html")
         find("#sign-in").click()
-        until("signed in", lambda: staleness_of(page)(driver))
+        until("signed in", lambda: replaced(page)(driver))
         driver.get(svc.base + "/admin/workflows")
         loaded()
         assert "order-status" in find("#workflows").text and "greet" not in find("#workflows").text
@@ -144,7 +143,7 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
 
         page = find("html")
         find("#save-canvas").click()
-        until("saved page", lambda: staleness_of(page)(driver))
+        until("saved page", lambda: replaced(page)(driver))
         loaded()
         assert driver.current_url.endswith("/admin/workflows/greet?saved=1") and find("#saved").is_displayed()
         written = saved_file.read_text()
@@ -161,7 +160,7 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
         assert driver.execute_script("return window.workflowEditor.toDocument()") == yaml.safe_load(written)
         page = find("html")
         find("#save-canvas").click()
-        until("saved again", lambda: staleness_of(page)(driver))
+        until("saved again", lambda: replaced(page)(driver))
         loaded()
         assert saved_file.read_text() == written
         assert (config / "workflows/versions/greet.v1.yaml").read_text() == written
@@ -172,7 +171,7 @@ def test_build_dry_run_save_and_answer_in_chromium(tmp_path: Path, browser: obje
         assert drawn == yaml.safe_load(example)
         page = find("html")
         find("#save-canvas").click()
-        until("example saved", lambda: staleness_of(page)(driver))
+        until("example saved", lambda: replaced(page)(driver))
         loaded()
         assert (config / "workflows" / "order-status.yaml").read_text() == example
         shot("35-canvas-example")
