@@ -223,3 +223,28 @@ async def test_a_sqlite_file_from_before_gets_the_new_columns_and_keeps_its_jobs
         assert await s.claim(30) is None, "the old jobs got their conversation: old2 waits for old1"
     finally:
         await s.close()
+
+
+async def test_sqlite_forgets_full_buckets_but_sweeps_at_most_once_an_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite store's buckets live in memory: past BUCKETS_BEFORE_SWEEP it forgets those that are full again,
+    but not on every take (thousands of users a second would make each message scan them all)."""
+    from ai_assistant.store import sqlite
+
+    monkeypatch.setattr(sqlite, "BUCKETS_BEFORE_SWEEP", 3)
+    store = sqlite.SQLiteStore(tmp_path / "state.db")
+    try:
+        instant = [Bucket(f"user:{i}", 1e9, 2) for i in range(5)]  # full again at once
+        monkeypatch.setattr(sqlite, "SWEEP_INTERVAL_SECONDS", 3600.0)
+        for b in instant[:4]:
+            assert await store.take([b]) is None
+        assert list(store._buckets) == ["user:3"], "the fourth take swept the three full again (not its own)"
+        for b in instant:
+            assert await store.take([b]) is None
+        assert len(store._buckets) == 5, "within the interval no take sweeps again"
+        store._next_sweep = 0.0  # the interval is over
+        assert await store.take([Bucket("user:slow", 0.001, 2)]) is None
+        assert list(store._buckets) == ["user:slow"], "the next sweep forgets the full ones and keeps the one in use"
+    finally:
+        await store.close()

@@ -32,6 +32,9 @@ from .base import (
 T = TypeVar("T")
 CLEANUP_INTERVAL_SECONDS = 60.0
 BUCKETS_BEFORE_SWEEP = 10_000
+# Past BUCKETS_BEFORE_SWEEP, the full buckets are swept at most this often: traffic from thousands of users a second
+# keeps more buckets than that not yet full, and a sweep per take() would scan them all for every message.
+SWEEP_INTERVAL_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,7 @@ class SQLiteStore:
         self._flusher: asyncio.Task[None] | None = None
         self._buckets: dict[str, tuple[float, float]] = {}  # take(): name -> (tokens, monotonic time)
         self._bucket_specs: dict[str, Bucket] = {}
+        self._next_sweep = 0.0
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -289,7 +293,9 @@ class SQLiteStore:
         for b, tokens in zip(buckets, levels, strict=True):
             self._buckets[b.name] = (tokens, now)
             self._bucket_specs[b.name] = b
-        if len(self._buckets) > BUCKETS_BEFORE_SWEEP:  # forget the buckets that are full again (the same as none)
+        # Forget the buckets that are full again (the same as none).
+        if len(self._buckets) > BUCKETS_BEFORE_SWEEP and now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL_SECONDS
             specs = self._bucket_specs
             full = [k for k, (t, at) in self._buckets.items() if _refilled(specs[k], t, now - at) >= specs[k].burst]
             for k in full:
