@@ -44,6 +44,7 @@ SECRET_FILES = (
     "/etc/ai-assistant/secrets.env",
     "/etc/ai-assistant/admin-token",
     "/etc/redis/ai-assistant.secret",
+    "/etc/ai-assistant/probe-secret",  # the deploy gate's probe connector (ADR 0046): always generated on the host
 )
 
 
@@ -154,21 +155,25 @@ class TestVM:
     # The Pulumi config of the mocked stack the inventory came from (secrets left out).
     stack_config: dict[str, Any] = field(default_factory=dict)
 
+    def _handed_over(self) -> dict[str, Any]:
+        """The hand-off's 0600 vars file (`-e @file`), or {} where the VM was converged without one."""
+        if "-e" not in self.play_args:
+            return {}
+        found: dict[str, Any] = json.loads(
+            Path(self.play_args[self.play_args.index("-e") + 1].removeprefix("@")).read_text()
+        )
+        return found
+
     def secret_values(self) -> list[str]:
         """Every secret the hand-off passed to Ansible (values of 12+ characters), for scanning Ansible's output."""
-        values = [self.connector_secret]
-        if "-e" in self.play_args:
-            file = Path(self.play_args[self.play_args.index("-e") + 1].removeprefix("@"))
-            found = json.loads(file.read_text())
-            values += [v for k, v in found.items() if isinstance(v, str) and len(v) >= 12 and not k.endswith("_dir")]
-        return values
+        found = self._handed_over()
+        return [self.connector_secret] + [
+            v for k, v in found.items() if isinstance(v, str) and len(v) >= 12 and not k.endswith("_dir")
+        ]
 
     def given_secret(self, name: str) -> str | None:
         """A secret the hand-off passed in its vars file (`redis_password`, ...); None where the roles generate it."""
-        if "-e" not in self.play_args:
-            return None
-        found = json.loads(Path(self.play_args[self.play_args.index("-e") + 1].removeprefix("@")).read_text())
-        value = found.get(name)
+        value = self._handed_over().get(name)
         return value if isinstance(value, str) else None
 
     def ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

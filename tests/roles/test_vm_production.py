@@ -272,7 +272,7 @@ def test_ansible_reaches_the_vm_only_through_the_jump_host_with_pinned_keys(
 def test_no_secret_in_any_ansible_output_on_the_hand_off_path(test_vm: TestVM) -> None:
     """Every play the suite ran against the VM so far, the first converge at -vvv (each task's arguments and
     results printed) included: no secret the hand-off passed (its 0600 vars file, the connector's app secret from
-    Pulumi's imSecrets) appears in any of their output."""
+    Pulumi's imSecrets), nor the probe secret the roles generate, appears in any of their output."""
     logs = sorted(test_vm.workdir.glob("*.log"))
     converge = test_vm.workdir / "converge1.log"
     assert converge in logs, "no log of the first converge"
@@ -281,6 +281,10 @@ def test_no_secret_in_any_ansible_output_on_the_hand_off_path(test_vm: TestVM) -
     assert text.count("task path: ") > 100, "the first converge did not run at -vvv"
     values = test_vm.secret_values()
     assert len(values) >= 6, "the hand-off's secrets were not found"
+    # The one secret the roles generate on this path (the hand-off passes the others): the deploy gate's probe secret.
+    probe = test_vm.ssh("sudo cat /etc/ai-assistant/probe-secret")
+    assert probe.returncode == 0 and len(probe.stdout.strip()) >= 12, f"no probe secret: {probe.stderr.strip()}"
+    values.append(probe.stdout.strip())
     leaks = [
         f"{log.name}: {value[:4]}..." for log in logs for value in values if value in log.read_text(errors="replace")
     ]
