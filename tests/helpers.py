@@ -5,6 +5,7 @@ the service runs as the real `ai-assistant serve` process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,36 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[str]:
+    """moto's server (S3, Secrets Manager, ...: the stand-in for an AWS account) on a free loopback port; yields its
+    endpoint. A VM guest reaches it as 10.0.2.2 through QEMU's slirp."""
+    import pytest
+
+    binary = Path(sys.executable).parent / "moto_server"
+    if not binary.exists():
+        pytest.fail("moto_server is missing: pip install -e '.[dev]' installs moto[server]")
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"moto_server exited: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(endpoint + "/moto-api/", timeout=2).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, 60, "moto_server")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 def signed_generic_request(

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from tests import helpers
 from tests.helpers import free_port, wait_until
 
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -30,32 +30,11 @@ class S3:
 
 @contextlib.contextmanager
 def moto_server(workdir: Path) -> Iterator[S3]:
-    """moto's S3 server on a free loopback port (a VM guest reaches it as 10.0.2.2 through QEMU's slirp)."""
+    """moto's S3 server (tests/helpers.py) for restic: the stand-in for the cloud bucket."""
     if shutil.which("restic") is None:
         pytest.fail("restic is not installed: scripts/bootstrap installs it (scripts/apt-packages.txt)")
-    binary = Path(sys.executable).parent / "moto_server"
-    if not binary.exists():
-        pytest.fail("moto_server is missing: pip install -e '.[dev]' installs moto[server]")
-    port = free_port()
-    log = workdir / "moto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"moto_server exited: {log.read_text()[-2000:]}")
-        try:
-            return httpx.get(endpoint + "/moto-api/", timeout=2).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, 60, "moto_server")
+    with helpers.moto_server(workdir / "moto.log") as endpoint:
         yield S3(endpoint)
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 @pytest.fixture(scope="session")

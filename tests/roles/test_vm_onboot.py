@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 import yaml
 
-from tests.helpers import free_port, message, signed_generic_request, wait_until
+from tests.helpers import message, moto_server, signed_generic_request, wait_until
 from tests.roles.conftest import REPO, TIMINGS, TestVM
 from tests.roles.test_vm import https
 
@@ -60,27 +59,8 @@ def _timed(phase: str, started: float) -> None:
 
 @pytest.fixture(scope="module")
 def moto(test_vm: TestVM) -> Iterator[str]:
-    binary = Path(sys.executable).parent / "moto_server"
-    if not binary.exists():
-        pytest.fail("moto_server is missing: pip install -e '.[dev]' installs moto[server]")
-    port = free_port()
-    log = test_vm.workdir / "onboot-moto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text()[-2000:]
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=2).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, 60, "moto_server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with moto_server(test_vm.workdir / "onboot-moto.log") as endpoint:
+        yield endpoint
 
 
 def _bundle(test_vm: TestVM) -> Path:
