@@ -200,3 +200,30 @@ def test_audit_page_and_exports(console: Console) -> None:
     lines = as_csv.text.splitlines()
     assert lines[0] == "id,at,actor,action,target,before,after" and "connector.add" in lines[1]
     assert NEW_SECRET not in as_csv.text and as_csv.headers["content-type"].startswith("text/csv")
+
+
+def test_the_deploy_gates_probe_connector_is_neither_listed_nor_offered_nor_changed(console: Console) -> None:
+    """roles/assistant writes a `probe` connector for the deploy gate (ADR 0046): it is the roles', not the
+    operators'. The console keeps it in the file untouched through other changes but never shows or changes it."""
+    path = console.config_dir / "connectors.yaml"
+    entries = yaml.safe_load(path.read_text())
+    entries["deploy_probe"] = {
+        "platform": "probe",
+        "app_secret": NEW_SECRET,
+        "webhook_url": "http://127.0.0.1/_deploy/probe",
+        "allowed_cidrs": ["127.0.0.1/32", "::1/128"],
+        "bot_name": "deploy probe",
+    }  # as roles/assistant/vars/main.yml writes it
+    path.write_text(yaml.safe_dump(entries))
+    console.login()
+    page = console.client.get("/admin/connectors").text
+    assert "im-connector" in page and "deploy_probe" not in page and 'value="probe"' not in page
+    assert console.client.get("/admin/connectors/new?platform=probe").status_code == 404
+    assert console.client.get("/admin/connectors/deploy_probe/edit").status_code == 404
+    for action in ("edit", "disable", "delete"):
+        assert console.post(f"/admin/connectors/deploy_probe/{action}").status_code == 404, action
+    refused = console.post("/admin/connectors/new", {**NEW, "platform": "probe", "name": "mine"})
+    assert refused.status_code == 404 and "mine" not in yaml.safe_load(path.read_text())
+    assert console.post("/admin/connectors/new", NEW).status_code == 303
+    after = yaml.safe_load(path.read_text())
+    assert after["deploy_probe"] == entries["deploy_probe"] and "team-b" in after

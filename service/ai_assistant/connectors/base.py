@@ -102,6 +102,9 @@ class Connector(ABC):
     methods: ClassVar[tuple[str, ...]] = ("POST",)
     # Whether post_editable() and edit() work on this platform (progressive replies, pipeline/progressive.py).
     editable: ClassVar[bool] = False
+    # Whether operators add, edit and remove this platform's connectors in the admin console. False: the deploy roles
+    # own them (the deploy gate's probe), and the console neither lists nor offers them.
+    in_console: ClassVar[bool] = True
 
     def __init__(self, name: str, config: ConnectorConfig) -> None:
         self.name = name

@@ -50,6 +50,7 @@ class ProbeConfig(GenericIMConfig):
 
 class ProbeConnector(GenericIMConnector):
     platform: ClassVar[str] = "probe"
+    in_console: ClassVar[bool] = False  # roles/assistant writes and removes it with the deploy gate
     Config = ProbeConfig
     config: ProbeConfig
 

@@ -142,7 +142,18 @@ class ConnectorsFile:
         return model
 
     def platforms(self) -> list[str]:
-        return sorted(self.registry.names(Kind.CONNECTOR))
+        """The platforms the console offers: every registered connector but those the deploy roles own."""
+        return sorted(
+            name
+            for name in self.registry.names(Kind.CONNECTOR)
+            if getattr(self.registry.get(Kind.CONNECTOR, name), "in_console", True)
+        )
+
+    def shown(self, entry: dict[str, Any]) -> bool:
+        """Whether the console lists and changes this connectors.yaml entry (not one the deploy roles own). An entry
+        whose platform is not registered (its plugin is gone) is shown, so that an operator can remove it."""
+        platform = entry.get("platform")
+        return platform in self.platforms() or platform not in self.registry.names(Kind.CONNECTOR)
 
     # -- validating -------------------------------------------------------------------------------------------------
     def build(

@@ -299,6 +299,8 @@ def console_router(console: Console) -> APIRouter:
         rows = []
         for state, entries in (("enabled", files.enabled()), ("disabled", files.disabled())):
             for name, entry in entries.items():
+                if not files.shown(entry):
+                    continue
                 rows.append({"name": name, "state": state, "platform": entry.get("platform"),
                              "path": route(entry.get("webhook_url"))})  # fmt: skip
         return console.render(
@@ -367,9 +369,8 @@ def console_router(console: Console) -> APIRouter:
 
     def find(name: str) -> tuple[dict[str, Any] | None, bool]:
         enabled, disabled = files.enabled(), files.disabled()
-        if name in enabled:
-            return enabled[name], True
-        return disabled.get(name), False
+        entry, is_enabled = (enabled[name], True) if name in enabled else (disabled.get(name), False)
+        return (entry, is_enabled) if entry is not None and files.shown(entry) else (None, False)
 
     @router.get("/connectors/{name}/edit")
     async def edit_form(request: Request, name: str) -> Response:
@@ -415,7 +416,7 @@ def console_router(console: Console) -> APIRouter:
         user, _ = gate
         enabled, disabled = files.enabled(), files.disabled()
         entry = enabled.get(name) or disabled.get(name)
-        if entry is None:
+        if entry is None or not files.shown(entry):
             return console.render(request, "message.html", 404, user, message_key="not_found")
         if action in ("disable", "delete") and name in enabled and live is not None:
             needed = live.still_needed(name)
