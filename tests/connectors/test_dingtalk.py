@@ -195,15 +195,23 @@ def test_stream_mode_acks_every_frame_and_queues_one_job(make_app: AppFactory, p
 def test_stream_mode_reports_a_gateway_that_refuses_the_credentials(
     make_app: AppFactory, platform: PlatformStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Refused twice, so that the state stays down over a back-off or two while the test looks (the first retry
+    # comes after 1 s, which a loaded machine can spend between two reads).
     platform.script(
-        "/gateway/connections/open", 401, {"code": "InvalidAuthentication", "message": "bad secret"}, times=1
+        "/gateway/connections/open", 401, {"code": "InvalidAuthentication", "message": "bad secret"}, times=2
     )
     with caplog.at_level(logging.WARNING):
         app = make_app(_stream_options(platform))
-        wait_until(lambda: app.client.get("/readyz").json()["checks"]["stream:bot"] == "down: unauthorized", 30, "down")
+        wait_until(
+            lambda: (
+                app.client.get("/readyz").json()["checks"]["stream:bot"] == "down: unauthorized"
+                and app.metric("ai_assistant_stream_up", connector="bot") == 0
+            ),
+            30,
+            "down in /readyz and in the stream_up metric",
+        )
     assert app.metric("ai_assistant_stream_errors_total", connector="bot", reason="unauthorized") >= 1
     assert "HTTP 401: app_key / app_secret are wrong or were reset" in caplog.text
-    assert app.metric("ai_assistant_stream_up", connector="bot") == 0
     wait_until(lambda: app.connector.stream_connected.is_set(), 30, "the retry to connect")  # back-off: 1 s
     assert app.client.get("/readyz").json()["checks"]["stream:bot"] == "ok"
 
