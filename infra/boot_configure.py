@@ -221,8 +221,9 @@ def oss_v4_authorization(
 class AlibabaCloud:
     """KMS GetSecretValue and OSS GetObject with the STS credentials of the instance's RAM role.
 
-    Both through the VPC endpoints of the region (no NAT needed): KMS's shared gateway `kms-vpc.<region>` and OSS's
-    internal endpoint `oss-<region>-internal`."""
+    Both through the VPC endpoints of the region (no NAT needed): KMS's `kms-vpc.<region>.aliyuncs.com`
+    (https://www.alibabacloud.com/help/en/kms/key-management-service/developer-reference/api-kms-2016-01-20-endpoint)
+    and OSS's internal endpoint `oss-<region>-internal.aliyuncs.com`."""
 
     def __init__(self, conf: dict[str, str]) -> None:
         self.conf = conf
@@ -574,7 +575,7 @@ def main(argv: list[str]) -> int:
         ),
     )
     parser.add_argument("--config", type=Path, default=CONFIG, help=f"the on-boot config (default {CONFIG})")
-    parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--work", type=Path, default=WORK, help=f"the artifact and its venv (default {WORK})")
     parser.add_argument("--wait", type=float, default=1800, help="seconds to wait for the hand-off's artifact")
     parser.add_argument("extra", nargs="*", help="after --: more ansible-playbook arguments (an air-gapped bundle's)")
     args = parser.parse_args(argv)

@@ -399,3 +399,10 @@ def test_publish_names_the_object_oss_refused(
         publish_onboot(artifact, "0" * 64, bucket=BUCKET, prefix=ONBOOT_PREFIX, region=REGION,
                        endpoint_url=account.url, cloud="alicloud")  # fmt: skip
     assert not account.objects
+
+
+def test_the_boot_scripts_help_names_both_clouds_and_what_alibaba_needs() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0 and "ram_role on alicloud" in text and "security hardening mode" in text
+    assert "aws reads the Secrets Manager secret" in text
