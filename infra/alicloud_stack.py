@@ -519,7 +519,7 @@ class OnBoot(pulumi.ComponentResource):
             name,
             secret_name=f"{stack}-assistant-onboot",
             secret_data=secret_value,
-            secret_data_type="text",  # noqa: S106 - a type name, not a password
+            secret_data_type="text",  # noqa: S106 - a type name, not a password  # pragma: allowlist secret
             # A new version whenever the value changes (a rotated password, a new issuing CA); the id is a digest of
             # the value, so it stays secret too.
             version_id=secret_value.apply(lambda v: "v-" + hashlib.sha256(v.encode()).hexdigest()[:32]),

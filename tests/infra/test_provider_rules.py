@@ -1047,7 +1047,11 @@ RULES: list[Rule] = [
         "recovery window 7..30 days; a key of the same KMS instance",
         "https://www.alibabacloud.com/help/doc-detail/154490.htm",
         _kms_secret,
-        ("alicloud:kms/secret:Secret", "s", {"secretName": "acs/onboot secret", "versionId": "v" * 65}),
+        (
+            "alicloud:kms/secret:Secret",
+            "s",
+            {"secretName": "acs/onboot secret", "versionId": "v" * 65},  # pragma: allowlist secret
+        ),
     ),
     Rule(
         ("alicloud:ram/role:Role",),
