@@ -38,8 +38,6 @@ ONBOOT_PACKAGES: dict[Cloud, tuple[str, ...]] = {
     "aws": ("python3-boto3", "python3-venv", "gpg"),
     "alicloud": ("ca-certificates", "python3-venv", "gpg"),
 }
-# Alibaba Cloud: "The user data can be up to 32 KB in size" before Base64 (RunInstances, UserData); AWS: 16 KB.
-USER_DATA_LIMIT: dict[Cloud, int] = {"aws": 16384, "alicloud": 32768}
 
 
 def nftables_baseline(ssh_sources: Sequence[str], https_sources: Sequence[str]) -> str:

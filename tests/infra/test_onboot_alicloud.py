@@ -140,7 +140,9 @@ def test_the_launch_templates_name_bucket_prefix_secret_role_and_group_but_hold_
         assert gzip.decompress(base64.b64decode(script["content"])) == SCRIPT.read_bytes()
         leaked = [run.secret_names[v] for v in run.generated_secrets if v in text]
         assert not leaked, f"{lt.name}: user data holds the generated secrets {leaked}"
-        # Alibaba Cloud takes up to 32 KB of user data (the provider rules hold every template to it too).
+        # Alibaba Cloud takes up to 32 KB of user data before Base64 (CreateLaunchTemplate, UserData:
+        # https://www.alibabacloud.com/help/en/ecs/developer-reference/api-ecs-2014-05-26-createlaunchtemplate);
+        # tests/infra/test_provider_rules.py holds every template to it too.
         assert "PRIVATE KEY" not in text and len(text.encode()) < 32768
     # The hand-off publishes into the bucket the user data names, with the OSS client.
     env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
