@@ -423,9 +423,9 @@ ECS_ASSUME_ROLE = json.dumps(
 )
 
 
-def _backup_role(name: str, bucket: ali.oss.Bucket, opts: pulumi.ResourceOptions) -> ali.ram.Role:
+def _backup_role(name: str, bucket: ali.oss.Bucket, tags: dict[str, str], opts: pulumi.ResourceOptions) -> ali.ram.Role:
     """RAM role for data hosts: put and get backups in their bucket, nothing else."""
-    role = ali.ram.Role(name, role_name=name, assume_role_policy_document=ECS_ASSUME_ROLE, opts=opts)
+    role = ali.ram.Role(name, role_name=name, assume_role_policy_document=ECS_ASSUME_ROLE, tags=tags, opts=opts)
     policy = ali.ram.Policy(
         name,
         policy_name=name,
@@ -616,7 +616,7 @@ def build(
         if conf.ssh_public_key
         else None
     )
-    backup_role = _backup_role(f"{stack}-data-backup", backups.bucket, child)
+    backup_role = _backup_role(f"{stack}-data-backup", backups.bucket, tags, child)
     hosts: list[Host] = []
     ready: list[pulumi.Resource] = [*net.nats]
 
