@@ -519,6 +519,8 @@ class OnBoot(pulumi.ComponentResource):
             name,
             secret_name=f"{stack}-assistant-onboot",
             secret_data=secret_value,
+            # Generic: the provider applies a changed secret_data (as a new version) only to generic secrets.
+            secret_type="Generic",  # noqa: S106  # pragma: allowlist secret
             secret_data_type="text",  # noqa: S106 - a type name, not a password  # pragma: allowlist secret
             # A new version whenever the value changes (a rotated password, a new issuing CA); the id is a digest of
             # the value, so it stays secret too.

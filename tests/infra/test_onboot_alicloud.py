@@ -73,7 +73,9 @@ def test_the_kms_secret_holds_what_the_aws_secret_holds(scaled_run: Callable[[st
     assert root_key not in ali.props["secretData"]
     issuing = x509.load_pem_x509_certificate(values["issuing_ca_cert_pem"].encode())
     issuing.verify_directly_issued_by(x509.load_pem_x509_certificate(values["internal_ca_cert_pem"].encode()))
-    assert ali.props["tags"]["ai-assistant:stack"] and ali.props["secretDataType"] == "text"  # pragma: allowlist secret
+    assert ali.props["tags"]["ai-assistant:stack"]
+    assert ali.props["secretDataType"] == "text"  # pragma: allowlist secret
+    assert ali.props["secretType"] == "Generic"  # pragma: allowlist secret
 
 
 @pytest.mark.parametrize("tier", TIERS)
