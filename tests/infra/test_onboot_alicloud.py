@@ -410,3 +410,57 @@ def test_the_boot_scripts_help_names_both_clouds_and_what_alibaba_needs() -> Non
     text = " ".join(done.stdout.split())
     assert done.returncode == 0 and "ram_role on alicloud" in text and "security hardening mode" in text
     assert "aws reads the Secrets Manager secret" in text
+
+
+def test_on_a_host_the_requests_go_to_the_regions_vpc_endpoints(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without a stand-in's address the script talks to the metadata service, KMS's VPC endpoint and the bucket's
+    internal endpoint (no NAT needed); what those answer is what the stand-in plays above."""
+    monkeypatch.delenv(boot.ENDPOINT_ENV, raising=False)
+    monkeypatch.delenv(boot.METADATA_ENV, raising=False)
+    sent: list[tuple[str, str, dict[str, str]]] = []
+
+    def answer(req: urllib.request.Request, dest: Path | None = None) -> tuple[int, bytes]:
+        sent.append((req.get_method(), req.full_url, dict(req.header_items())))
+        if req.full_url.endswith("/latest/api/token"):
+            return 200, b"metadata-token"
+        if "/security-credentials/" in req.full_url:
+            return 200, json.dumps({"Code": "Success", "AccessKeyId": "STS.a", "AccessKeySecret": "s",
+                                    "SecurityToken": "sts-token"}).encode()  # fmt: skip
+        if "kms-vpc" in req.full_url:
+            return 200, json.dumps({"SecretData": "{}"}).encode()
+        return 200, b"pointer"
+
+    monkeypatch.setattr(boot, "_http", answer)
+    cloud = boot.AlibabaCloud(json.loads(_config(tmp_path).read_text()))
+    assert cloud.read_secret() == "{}" and cloud.get_object(f"{ONBOOT_PREFIX}/{boot.POINTER}") == b"pointer"
+    urls = [u.split("?")[0] for _, u, _ in sent]
+    assert urls == [
+        "http://100.100.100.200/latest/api/token",
+        f"http://100.100.100.200/latest/meta-data/ram/security-credentials/{ROLE}",
+        f"https://kms-vpc.{REGION}.aliyuncs.com/",
+        "http://100.100.100.200/latest/api/token",
+        f"http://100.100.100.200/latest/meta-data/ram/security-credentials/{ROLE}",
+        f"https://{BUCKET}.oss-{REGION}-internal.aliyuncs.com/{ONBOOT_PREFIX}/{boot.POINTER}",
+    ]
+    assert sent[0][0] == "PUT" and sent[1][2].get("X-aliyun-ecs-metadata-token") == "metadata-token"
+    assert "SecurityToken=sts-token" in sent[2][1] and "Action=GetSecretValue" in sent[2][1]
+    oss_headers = {k.lower(): v for k, v in sent[5][2].items()}
+    assert oss_headers["x-oss-security-token"] == "sts-token"
+    assert oss_headers["authorization"].startswith("OSS4-HMAC-SHA256 Credential=STS.a/")
+    assert f"/{REGION}/oss/aliyun_v4_request," in oss_headers["authorization"]
+
+
+def test_publish_with_a_wrong_secret_is_refused_by_the_signature_check(
+    account: AlibabaStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stand-in's V4 check refuses the OSS SDK's request signed with another secret for the same AccessKey."""
+    monkeypatch.setenv("ALICLOUD_ACCESS_KEY", account.controller[0])
+    monkeypatch.setenv("ALICLOUD_SECRET_KEY", account.controller[1] + "-not")
+    artifact = tmp_path / "artifact.tar"
+    artifact.write_bytes(b"tar")
+    with pytest.raises(HandoffError, match=r"SignatureDoesNotMatch$"):
+        publish_onboot(artifact, "0" * 64, bucket=BUCKET, prefix=ONBOOT_PREFIX, region=REGION,
+                       endpoint_url=account.url, cloud="alicloud")  # fmt: skip
+    assert not account.objects
