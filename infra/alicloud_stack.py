@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import json
+from typing import Any
 
 import pulumi
 import pulumi_alicloud as ali
@@ -412,21 +414,18 @@ class LoadBalancer(pulumi.ComponentResource):
         self.register_outputs({"dns_name": self.alb.dns_name})
 
 
-def _backup_role(name: str, bucket: ali.oss.Bucket, opts: pulumi.ResourceOptions) -> ali.ram.Role:
+# The trust policy of every instance role: ECS instances may assume it, nothing else.
+ECS_ASSUME_ROLE = json.dumps(
+    {
+        "Version": "1",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": ["ecs.aliyuncs.com"]}}],
+    }
+)
+
+
+def _backup_role(name: str, bucket: ali.oss.Bucket, tags: dict[str, str], opts: pulumi.ResourceOptions) -> ali.ram.Role:
     """RAM role for data hosts: put and get backups in their bucket, nothing else."""
-    role = ali.ram.Role(
-        name,
-        role_name=name,
-        assume_role_policy_document=json.dumps(
-            {
-                "Version": "1",
-                "Statement": [
-                    {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": ["ecs.aliyuncs.com"]}}
-                ],
-            }
-        ),
-        opts=opts,
-    )
+    role = ali.ram.Role(name, role_name=name, assume_role_policy_document=ECS_ASSUME_ROLE, tags=tags, opts=opts)
     policy = ali.ram.Policy(
         name,
         policy_name=name,
@@ -441,6 +440,13 @@ def _backup_role(name: str, bucket: ali.oss.Bucket, opts: pulumi.ResourceOptions
                             "Action": ["oss:PutObject", "oss:GetObject"],
                             "Resource": [f"acs:oss:*:*:{b}/*"],
                         },
+                        # The on-boot artifact is code the autoscaled hosts run as root: only the hand-off writes
+                        # it (docs/adr/0039). RAM evaluates an explicit Deny before any Allow.
+                        {
+                            "Effect": "Deny",
+                            "Action": ["oss:PutObject"],
+                            "Resource": [f"acs:oss:*:*:{b}/{cloudinit.ONBOOT_PREFIX}/*"],
+                        },
                     ],
                 }
             )
@@ -451,6 +457,100 @@ def _backup_role(name: str, bucket: ali.oss.Bucket, opts: pulumi.ResourceOptions
         name, policy_name=policy.policy_name, policy_type="Custom", role_name=role.role_name, opts=opts
     )
     return role
+
+
+def onboot_policy(secret_arn: str, bucket: str) -> dict[str, Any]:
+    """The autoscaled assistant hosts' RAM role: read their one secret and the artifact prefix, nothing else.
+
+    Actions and resources as RAM documents them: KMS `kms:GetSecretValue` on the secret's ARN
+    `acs:kms:${region}:${account}:secret/${secret-name}` (https://www.alibabacloud.com/help/doc-detail/28953.html);
+    OSS `oss:GetObject` on `acs:oss:*:*:<bucket>/<prefix>/*` (object resources `acs:oss:{region}:{account}:
+    {bucket}/{object}`, wildcards allowed: https://www.alibabacloud.com/help/en/oss/user-guide/how-oss-works-with-ram).
+    No oss:ListObjects: a missing object then reads as AccessDenied, which the boot script waits on like NoSuchKey."""
+    return {
+        "Version": "1",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["kms:GetSecretValue"], "Resource": [secret_arn]},
+            {
+                "Effect": "Allow",
+                "Action": ["oss:GetObject"],
+                "Resource": [f"acs:oss:*:*:{bucket}/{cloudinit.ONBOOT_PREFIX}/*"],
+            },
+        ],
+    }
+
+
+class OnBoot(pulumi.ComponentResource):
+    """What autoscaled assistant hosts configure themselves from (infra/boot_configure.py, docs/adr/0039): a KMS
+    secret with their variables and the issuing CA (what the AWS secret holds), and the RAM role the launch templates
+    give them, which may read that secret and the hand-off's artifact prefix of the backup bucket, nothing else."""
+
+    role_name: pulumi.Output[str]
+    secret_name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        stack: str,
+        bucket: ali.oss.Bucket,
+        value: pulumi.Input[str],
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ai-assistant:alicloud:OnBoot", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        key_id: pulumi.Output[str] | None = None
+        if conf.kms_instance_id:
+            # KMS 3.0 keeps secrets in an instance, encrypted with a key of that instance.
+            key = ali.kms.Key(
+                f"{name}-key",
+                dkms_instance_id=conf.kms_instance_id,
+                key_spec="Aliyun_AES_256",
+                key_usage="ENCRYPT/DECRYPT",
+                description=f"{stack}: on-boot secret of the autoscaled assistant hosts",
+                pending_window_in_days=7,
+                tags=tags,
+                opts=child,
+            )
+            key_id = key.id
+        secret_value = pulumi.Output.secret(value)
+        self.secret = ali.kms.Secret(
+            name,
+            secret_name=f"{stack}-assistant-onboot",
+            secret_data=secret_value,
+            # Generic: the provider applies a changed secret_data (as a new version) only to generic secrets.
+            secret_type="Generic",  # noqa: S106  # pragma: allowlist secret
+            secret_data_type="text",  # noqa: S106 - a type name, not a password  # pragma: allowlist secret
+            # A new version whenever the value changes (a rotated password, a new issuing CA); the id is a digest of
+            # the value, so it stays secret too.
+            version_id=secret_value.apply(lambda v: "v-" + hashlib.sha256(v.encode()).hexdigest()[:32]),
+            description="ai-assistant: on-boot configuration of autoscaled assistant hosts",
+            dkms_instance_id=conf.kms_instance_id,
+            encryption_key_id=key_id,
+            recovery_window_in_days=7,
+            tags=tags,
+            opts=child,
+        )
+        role_name = f"{stack}-assistant-onboot"
+        role = ali.ram.Role(
+            name, role_name=role_name, assume_role_policy_document=ECS_ASSUME_ROLE, tags=tags, opts=child
+        )
+        policy = ali.ram.Policy(
+            name,
+            policy_name=role_name,
+            policy_document=pulumi.Output.all(self.secret.arn, bucket.bucket).apply(
+                lambda a: json.dumps(onboot_policy(str(a[0]), str(a[1])))
+            ),
+            opts=child,
+        )
+        ali.ram.RolePolicyAttachment(
+            name, policy_name=policy.policy_name, policy_type="Custom", role_name=role.role_name, opts=child
+        )
+        self.role_name = role.role_name
+        self.secret_name = self.secret.secret_name
+        self.bucket = bucket.bucket
+        self.register_outputs({"role": self.role_name, "secret": self.secret_name})
 
 
 # ApsaraDB account names: lowercase letters, digits and _, so not the roles' "ai-assistant" (test_provider_rules).
@@ -496,7 +596,9 @@ def _shared_redis(
     return redis, RedisEndpoint(host=redis.connection_domain, port=REDIS, user=REDIS_ACCOUNT, tls=True)
 
 
-def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> Deployment:
+def build(
+    conf: InfraConfig, stack: str, redis_password: pulumi.Input[str], onboot_secret: pulumi.Input[str] | None = None
+) -> Deployment:
     provider = ali.Provider("alicloud", region=conf.region)
     replica_provider = ali.Provider("alicloud-backup", region=conf.backup_region)
     popts = pulumi.ResourceOptions(provider=provider)
@@ -516,7 +618,7 @@ def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> D
         if conf.ssh_public_key
         else None
     )
-    backup_role = _backup_role(f"{stack}-data-backup", backups.bucket, child)
+    backup_role = _backup_role(f"{stack}-data-backup", backups.bucket, tags, child)
     hosts: list[Host] = []
     ready: list[pulumi.Resource] = [*net.nats]
 
@@ -620,6 +722,11 @@ def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> D
     ready.append(redis)
     dynamic_inventory: pulumi.Output[str] | None = None
     dynamic_hosts = 0
+    onboot = (
+        OnBoot("hosts-onboot", conf, stack, backups.bucket, onboot_secret, tags, child)
+        if conf.autoscaling and onboot_secret is not None
+        else None
+    )
     if conf.autoscaling:
         for color in conf.deploy_colors:
             for zi in range(len(conf.zones)):
@@ -634,6 +741,7 @@ def build(conf: InfraConfig, stack: str, redis_password: pulumi.Input[str]) -> D
                         zi,
                         image=image,
                         key_name=key.key_pair_name if key else None,
+                        onboot=onboot,
                         opts=child,
                     )
                 )
@@ -669,6 +777,7 @@ def _assistant_scaling_group(
     image: pulumi.Input[str],
     key_name: pulumi.Input[str] | None,
     opts: pulumi.ResourceOptions,
+    onboot: OnBoot | None = None,
 ) -> ali.ess.ScalingGroup:
     """One ESS scaling group per colour and zone, sized like the fixed hosts, joined to that pair's server group.
 
@@ -685,11 +794,23 @@ def _assistant_scaling_group(
         "ai-assistant:color": color,
         "ai-assistant:zone": conf.zones[zi],
     }
-    user_data = cloudinit.user_data(
-        "alicloud",
-        ssh_public_key=conf.ssh_public_key,
-        ssh_sources=net.public_cidrs,
-        https_sources=net.public_cidrs if lb else [],
+
+    def render(bucket: str | None, secret: str | None, role: str | None) -> str:
+        # One launch template per colour and zone: the user data names the host's groups (docs/adr/0039).
+        boot = {"cloud": "alicloud", "region": conf.region, "bucket": bucket, "prefix": cloudinit.ONBOOT_PREFIX,
+                "secret_id": secret, "color": color, "zone": conf.zones[zi], "ram_role": role}  # fmt: skip
+        return cloudinit.user_data(
+            "alicloud",
+            ssh_public_key=conf.ssh_public_key,
+            ssh_sources=net.public_cidrs,
+            https_sources=net.public_cidrs if lb else [],
+            onboot={k: str(v) for k, v in boot.items()} if bucket and secret and role else None,
+        )
+
+    user_data: pulumi.Output[str] = (
+        pulumi.Output.all(onboot.bucket, onboot.secret_name, onboot.role_name).apply(lambda a: render(a[0], a[1], a[2]))
+        if onboot is not None
+        else pulumi.Output.from_input(render(None, None, None))
     )
     template = ali.ecs.EcsLaunchTemplate(
         name,
@@ -721,7 +842,9 @@ def _assistant_scaling_group(
         http_tokens="required",
         # The provider hands user_data to CreateLaunchTemplate unchanged, and the API takes it Base64-encoded
         # (ecs.Instance encodes for you; the launch template does not).
-        user_data=base64.b64encode(user_data.encode()).decode(),
+        user_data=user_data.apply(lambda u: base64.b64encode(u.encode()).decode()),
+        # The on-boot role: its STS credentials are what the boot script reads the secret and the artifact with.
+        ram_role_name=onboot.role_name if onboot is not None else None,
         tags=tags,
         template_tags=tags,
         opts=opts,

@@ -30,6 +30,14 @@ ONBOOT_CONFIG_PATH = "/etc/ai-assistant/onboot.json"
 # The backup bucket's prefix the hand-off publishes the artifact under; the instance role reads only this prefix.
 ONBOOT_PREFIX = "onboot"
 ONBOOT_KEYS = ("cloud", "region", "bucket", "prefix", "secret_id", "color", "zone")
+# Per cloud: the config's further keys, and the Debian packages the boot script needs before the artifact is there.
+# AWS: Debian's boto3. Alibaba Cloud: none (Debian packages no Alibaba Cloud client; the script signs its two requests
+# with the standard library) besides the CA bundle its HTTPS requests check the endpoints against.
+ONBOOT_CLOUD_KEYS: dict[Cloud, tuple[str, ...]] = {"aws": (), "alicloud": ("ram_role",)}
+ONBOOT_PACKAGES: dict[Cloud, tuple[str, ...]] = {
+    "aws": ("python3-boto3", "python3-venv", "gpg"),
+    "alicloud": ("ca-certificates", "python3-venv", "gpg"),
+}
 
 
 def nftables_baseline(ssh_sources: Sequence[str], https_sources: Sequence[str]) -> str:
@@ -115,19 +123,22 @@ def user_data(
         # The volumes role finds the disk by this label and creates the per-service directories on it.
         doc["runcmd"] = [["mkdir", "-p", DATA_MOUNT], ["mount", "-a"], *doc["runcmd"]]  # type: ignore[misc]
     if onboot is not None:
-        _add_onboot(doc, onboot)
+        _add_onboot(doc, onboot, cloud)
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
 
 
-def _add_onboot(doc: dict[str, object], onboot: Mapping[str, str]) -> None:
+def _add_onboot(doc: dict[str, object], onboot: Mapping[str, str], cloud: Cloud) -> None:
     """The boot script (gzip: user data is capped at 16 KiB on AWS) and its config; run last, after the disk and the
-    baseline firewall. python3-boto3 is Debian 12's AWS client (the script reads the secret and the bucket with it);
-    gpg is what roles/base's controller-side bundle check runs, and a booting host is its own controller."""
-    missing = [k for k in ONBOOT_KEYS if not onboot.get(k)]
+    baseline firewall. The cloud's client packages come first (ONBOOT_PACKAGES); gpg is what roles/base's
+    controller-side bundle check runs, and a booting host is its own controller."""
+    keys = (*ONBOOT_KEYS, *ONBOOT_CLOUD_KEYS[cloud])
+    missing = [k for k in keys if not onboot.get(k)]
     if missing:
         raise ValueError(f"on-boot user data: {', '.join(missing)} missing")
+    if onboot["cloud"] != cloud:
+        raise ValueError(f"on-boot user data: cloud {onboot['cloud']} on a {cloud} host")
     script = base64.b64encode(gzip.compress(BOOT_SCRIPT.read_bytes(), mtime=0)).decode()
-    doc["packages"] = [*doc["packages"], "python3-boto3", "python3-venv", "gpg"]  # type: ignore[misc]
+    doc["packages"] = [*doc["packages"], *ONBOOT_PACKAGES[cloud]]  # type: ignore[misc]
     doc["write_files"] = [
         *doc["write_files"],  # type: ignore[misc]
         {
@@ -141,7 +152,7 @@ def _add_onboot(doc: dict[str, object], onboot: Mapping[str, str]) -> None:
             "path": ONBOOT_CONFIG_PATH,
             "owner": "root:root",
             "permissions": "0600",
-            "content": json.dumps({k: onboot[k] for k in ONBOOT_KEYS}, sort_keys=True) + "\n",
+            "content": json.dumps({k: onboot[k] for k in keys}, sort_keys=True) + "\n",
         },
     ]
     doc["runcmd"] = [*doc["runcmd"], [ONBOOT_SCRIPT_PATH]]  # type: ignore[misc]

@@ -45,6 +45,7 @@ IMAGE_HELP = 'docs/infra.md, "Pinned OS image", has the look-up command'
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 DIGEST_HELP = 'docs/infra.md, "Pinned container images", has the look-up command'
 _MODEL_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_KMS_INSTANCE = re.compile(r"^kst-[a-z0-9]{8,32}$")
 _SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( \S.*)?$")
 
 
@@ -117,6 +118,9 @@ class InfraConfig:
     alert_receivers: tuple[AlertReceiver, ...] = ()
     handoff: bool = True
     autoscaling: bool = False
+    # Alibaba Cloud with autoscaling: the KMS instance (KMS 3.0) that holds the on-boot secret and its key; unset, the
+    # secret goes to the account's KMS without an instance (accounts that still have it). docs/adr/0039.
+    kms_instance_id: str | None = None
     ssh_public_key: str | None = None
     certificate_id: str | None = None
     dns_zone: str | None = None
@@ -338,6 +342,11 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         raise ConfigError(f"{_key('handoff')}: Ansible needs SSH; set adminCidrs or handoff: false")
 
     autoscaling = _bool(cfg, "autoscaling", False)
+    kms_instance_id = cfg.get("kmsInstanceId")
+    if kms_instance_id is not None and not (cloud == "alicloud" and autoscaling):
+        raise ConfigError(f"{_key('kmsInstanceId')}: only used on alicloud with autoscaling: true (the on-boot secret)")
+    if kms_instance_id is not None and not _KMS_INSTANCE.match(kms_instance_id):
+        raise ConfigError(f"{_key('kmsInstanceId')}: {kms_instance_id!r} is not a KMS instance id like kst-hzz65f1...")
 
     ingress = cast(Ingress, _choice("ingress", cfg.get("ingress") or "public", INGRESSES))
     im_source_cidrs = _cidr_list(cfg, "imSourceCidrs", allow_world=False)
@@ -380,6 +389,7 @@ def load(cfg: pulumi.Config | None = None) -> InfraConfig:
         alert_receivers=_receivers(cfg),
         handoff=handoff,
         autoscaling=autoscaling,
+        kms_instance_id=kms_instance_id,
         ssh_public_key=ssh_key.strip() if ssh_key else None,
         certificate_id=certificate_id,
         dns_zone=dns_zone,

@@ -341,19 +341,69 @@ def build_onboot_artifact(
 
 
 def publish_onboot(
-    artifact: Path, digest: str, *, bucket: str, prefix: str, region: str, endpoint_url: str | None = None
+    artifact: Path,
+    digest: str,
+    *,
+    bucket: str,
+    prefix: str,
+    region: str,
+    endpoint_url: str | None = None,
+    cloud: str = "aws",
 ) -> str:
     """Upload the artifact, then switch the pointer the boot script reads to it: a host booting meanwhile sees the
     previous artifact whole or this one whole. Returns the pointer's key."""
-    import boto3  # type: ignore[import-untyped]
-
     from infra.boot_configure import POINTER, artifact_name, object_key
+
+    key = object_key(prefix, POINTER)
+    pointer = f"{digest}  {artifact_name(digest)}\n".encode()
+    if cloud == "alicloud":
+        _publish_oss(artifact, object_key(prefix, artifact_name(digest)), key, pointer, bucket, region, endpoint_url)
+        return key
+    import boto3  # type: ignore[import-untyped]
 
     s3 = boto3.client("s3", region_name=region, endpoint_url=endpoint_url)
     s3.upload_file(str(artifact), bucket, object_key(prefix, artifact_name(digest)))
-    key = object_key(prefix, POINTER)
-    s3.put_object(Bucket=bucket, Key=key, Body=f"{digest}  {artifact_name(digest)}\n".encode())
+    s3.put_object(Bucket=bucket, Key=key, Body=pointer)
     return key
+
+
+# The Alibaba Cloud credentials `pulumi up` runs with (the alicloud provider reads the same variables).
+ALICLOUD_KEYS = ("ALICLOUD_ACCESS_KEY", "ALICLOUD_SECRET_KEY")
+
+
+def _alicloud_credentials() -> tuple[str, str, str | None]:
+    missing = [k for k in ALICLOUD_KEYS if not os.environ.get(k)]
+    if missing:
+        raise HandoffError(f"{', '.join(missing)}: required to publish the on-boot artifact to OSS")
+    return (
+        os.environ["ALICLOUD_ACCESS_KEY"],
+        os.environ["ALICLOUD_SECRET_KEY"],
+        os.environ.get("ALICLOUD_SECURITY_TOKEN") or None,
+    )
+
+
+def _publish_oss(
+    artifact: Path, artifact_key: str, pointer_key: str, pointer: bytes, bucket: str, region: str, endpoint: str | None
+) -> None:
+    """The same two writes into OSS with Alibaba Cloud's OSS SDK (V4 signatures), from the operator's credentials."""
+    import alibabacloud_oss_v2 as oss  # type: ignore[import-untyped]
+
+    cfg = oss.config.load_default()
+    cfg.credentials_provider = oss.credentials.StaticCredentialsProvider(*_alicloud_credentials())
+    cfg.region = region
+    if endpoint:
+        # A stand-in for the account (tests): the bucket goes in the path.
+        cfg.endpoint, cfg.use_path_style, cfg.disable_ssl = endpoint, True, endpoint.startswith("http://")
+    client = oss.Client(cfg)
+    key = artifact_key
+    try:
+        client.put_object_from_file(oss.PutObjectRequest(bucket=bucket, key=key), str(artifact))
+        key = pointer_key
+        client.put_object(oss.PutObjectRequest(bucket=bucket, key=key, body=pointer))
+    except oss.exceptions.OperationError as e:
+        cause = e.unwrap()
+        code = getattr(cause, "code", None) or type(cause).__name__
+        raise HandoffError(f"oss://{bucket}/{key}: {code}") from None
 
 
 def main(argv: list[str]) -> int:
@@ -387,8 +437,14 @@ def _publish_main(dest: Path) -> int:
         try:
             target = json.loads(os.environ["AI_ASSISTANT_ONBOOT"])
             bucket, prefix, region = (str(target[k]) for k in ("bucket", "prefix", "region"))
-        except (KeyError, json.JSONDecodeError, TypeError):
+            # Absent: aws, as the program wrote it before Alibaba Cloud had an on-boot path.
+            cloud = str(target.get("cloud", "aws"))
+        except (KeyError, json.JSONDecodeError, TypeError, AttributeError):
             raise HandoffError("AI_ASSISTANT_ONBOOT: expected JSON with bucket, prefix and region") from None
+        if cloud not in ("aws", "alicloud"):
+            raise HandoffError(f"AI_ASSISTANT_ONBOOT: cloud {cloud!r} is not aws or alicloud")
+        if cloud == "alicloud":
+            _alicloud_credentials()  # before the artifact is built
         inventory = os.environ.get("AI_ASSISTANT_INVENTORY", "")
         doc = yaml.safe_load((dest / "inventory.yml").read_text())
         wheel, wheelhouse = (
@@ -399,11 +455,12 @@ def _publish_main(dest: Path) -> int:
         artifact, digest = build_onboot_artifact(
             Path.cwd(), dest / "build", inventory=inventory, wheel=wheel, wheelhouse=wheelhouse, ansible_wheels=wheels
         )
-        key = publish_onboot(artifact, digest, bucket=bucket, prefix=prefix, region=region)
+        key = publish_onboot(artifact, digest, bucket=bucket, prefix=prefix, region=region, cloud=cloud)
     except HandoffError as e:
         print(f"ansible hand-off: {e}", file=sys.stderr)
         return 2
-    print(f"ansible hand-off: on-boot artifact {digest[:16]} published, s3://{bucket}/{key}")
+    scheme = "oss" if cloud == "alicloud" else "s3"
+    print(f"ansible hand-off: on-boot artifact {digest[:16]} published, {scheme}://{bucket}/{key}")
     return 0
 
 

@@ -163,21 +163,17 @@ def main(repo_root: Path = REPO_ROOT) -> None:
     all_secrets = pulumi.Output.all(secrets.ansible_vars(), pulumi.Output.from_input(secret_vars)).apply(
         lambda v: {**v[0], **v[1]}
     )
-    # Autoscaled assistant hosts configure themselves on boot (AWS; docs/adr/0039): their secret variables and the
-    # issuing CA go to the cloud's secret store, read through their instance role.
+    # Autoscaled assistant hosts configure themselves on boot (docs/adr/0039): their secret variables and the issuing
+    # CA go to the cloud's secret store (Secrets Manager, KMS), read through their instance role (RAM role).
     onboot_secret: pulumi.Output[str] | None = None
-    if conf.cloud == "aws" and conf.autoscaling:
+    if conf.autoscaling:
         issuing_key, issuing_cert = secrets.issuing_ca(conf.domain)
         onboot_secret = pulumi.Output.secret(
             pulumi.Output.all(all_secrets, issuing_key, issuing_cert).apply(
                 lambda a: json.dumps(onboot_secret_value(a[0], a[1], a[2]), sort_keys=True)
             )
         )
-        from infra.aws_stack import build as aws_build
-
-        dep = aws_build(conf, stack, secrets.values["redis_password"], onboot_secret)
-    else:
-        dep = cloud_module.build(conf, stack, secrets.values["redis_password"])
+    dep = cloud_module.build(conf, stack, secrets.values["redis_password"], onboot_secret)
 
     # Strict host-key checking when Pulumi knows every key (not for autoscaled hosts, which come and go).
     keys_known = bool(dep.hosts) and all(h.host_key is not None for h in dep.hosts) and dep.bastion_host_key is not None
@@ -195,7 +191,13 @@ def main(repo_root: Path = REPO_ROOT) -> None:
             known_hosts=known_hosts,
             onboot=(
                 pulumi.Output.all(dep.backup_bucket).apply(
-                    lambda b: {"bucket": b[0], "prefix": ONBOOT_PREFIX, "region": conf.region}
+                    lambda b: {
+                        "bucket": b[0],
+                        "prefix": ONBOOT_PREFIX,
+                        "region": conf.region,
+                        # Absent means aws (infra.handoff reads it so): the AWS hand-off's environment stays as it was.
+                        **({"cloud": conf.cloud} if conf.cloud != "aws" else {}),
+                    }
                 )
                 if onboot_secret is not None
                 else None

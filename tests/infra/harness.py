@@ -181,6 +181,12 @@ class Recorder(pulumi.runtime.Mocks):
             out["primaryEndpointAddress"] = f"master.{name}.cache.example"
         elif t == "alicloud:kvstore/instance:Instance":
             out["connectionDomain"] = f"r-{name}.redis.rds.example"
+        elif t == "alicloud:kms/secret:Secret":
+            # KMS's ARN format: acs:kms:${region}:${account}:secret/${secret-name}
+            out["arn"] = f"acs:kms:cn-hangzhou:1234567890123456:secret/{args.inputs['secretName']}"
+            id_ = str(args.inputs["secretName"])
+        elif t == "alicloud:kms/key:Key":
+            id_ = f"key-{name}"
         elif t == "aws:elasticache/subnetGroup:SubnetGroup":
             out["name"] = f"{name}-subnets"
         elif t == "aws:autoscaling/group:Group":

@@ -137,13 +137,7 @@ def test_the_secret_holds_the_issuing_ca_never_the_root_key(scaled_run: Callable
     }
 
 
-@pytest.mark.parametrize("tier", TIERS)
-def test_alibaba_cloud_declares_no_on_boot_configuration_yet(scaled_run: Callable[[str, str], Run], tier: str) -> None:
-    """Not built for Alibaba Cloud (docs/adr/0039): nothing half-declared, and the hand-off configures its hosts."""
-    run = scaled_run("alicloud", tier)
-    assert ONBOOT_SCRIPT_PATH not in json.dumps([r.props for r in run.resources])
-    env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
-    assert "AI_ASSISTANT_ONBOOT" not in env and env.get("AI_ASSISTANT_DYNAMIC_INVENTORY")
+# Alibaba Cloud's on-boot path (KMS secret, RAM role, OSS): tests/infra/test_onboot_alicloud.py.
 
 
 def test_fixed_hosts_get_no_on_boot_configuration(stack_run: Callable[[str, str], Run]) -> None:
@@ -406,7 +400,8 @@ def test_an_unpublished_artifact_stops_with_one_line(moto: str, ca: dict[str, An
     ("change", "message"),
     [
         ({"secret_id": ""}, "`secret_id` is missing"),
-        ({"cloud": "alicloud"}, "cloud `alicloud` has no on-boot configuration yet (aws only)"),
+        ({"cloud": "gcp"}, "cloud `gcp` is not one of aws, alicloud"),
+        ({"cloud": "alicloud"}, "`ram_role` is missing (cloud alicloud)"),
     ],
 )
 def test_a_bad_config_file_is_named_in_one_line(tmp_path: Path, change: dict[str, str], message: str) -> None:

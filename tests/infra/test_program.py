@@ -424,8 +424,19 @@ def test_alicloud_scaling_groups_per_colour_and_zone(scaled_run: Get, tier: str)
 
 
 def test_alicloud_scaled_hosts_boot_with_the_fixed_hosts_user_data(stack_run: Get, scaled_run: Get) -> None:
+    """The same first boot, plus the on-boot configuration (docs/adr/0039; tests/infra/test_onboot_alicloud.py)."""
+    from infra.cloudinit import ONBOOT_CONFIG_PATH, ONBOOT_PACKAGES, ONBOOT_SCRIPT_PATH
+
+    def without_onboot(text: str) -> dict[str, Any]:
+        doc: dict[str, Any] = yaml.safe_load(text.split("\n", 1)[1])
+        doc["packages"] = [p for p in doc["packages"] if p not in ONBOOT_PACKAGES["alicloud"]]
+        onboot_files = (ONBOOT_SCRIPT_PATH, ONBOOT_CONFIG_PATH)
+        doc["write_files"] = [w for w in doc["write_files"] if w["path"] not in onboot_files]
+        doc["runcmd"] = [c for c in doc["runcmd"] if c != [ONBOOT_SCRIPT_PATH]]
+        return doc
+
     fixed = {
-        r.props["tags"]["ai-assistant:zone"]: r.props["userData"]
+        r.props["tags"]["ai-assistant:zone"]: yaml.safe_load(r.props["userData"].split("\n", 1)[1])
         for r in stack_run("alicloud", "standard").of(INSTANCE["alicloud"])
         if _role(r) == "assistant"
     }
@@ -433,7 +444,8 @@ def test_alicloud_scaled_hosts_boot_with_the_fixed_hosts_user_data(stack_run: Ge
         r.props["tags"]["ai-assistant:zone"]: base64.b64decode(r.props["userData"]).decode()
         for r in scaled_run("alicloud", "standard").of(ALI_TEMPLATE)
     }
-    assert scaled == fixed and len(scaled) == 2
+    assert all(ONBOOT_SCRIPT_PATH in text for text in scaled.values())
+    assert {z: without_onboot(text) for z, text in scaled.items()} == fixed and len(scaled) == 2
 
 
 def test_alicloud_autoscaling_keeps_weights_and_leaves_membership_to_the_groups(

@@ -435,6 +435,10 @@ ALI_TAGGED = (
     "alicloud:alb/serverGroup:ServerGroup",
     "alicloud:oss/bucket:Bucket",
     "alicloud:kvstore/instance:Instance",
+    # The on-boot path (docs/adr/0039): its secret, the secret's key in a KMS instance, and the hosts' RAM role.
+    "alicloud:kms/secret:Secret",
+    "alicloud:kms/key:Key",
+    "alicloud:ram/role:Role",
 )
 ALI_NAME = r"[A-Za-z\u4e00-\u9fff][\w.:\-\u4e00-\u9fff]{1,127}"  # ECS: start with a letter; letters, digits, . _ : -
 
@@ -631,6 +635,18 @@ def _oss_bucket(r: Res, _: Run | None) -> Iterable[str]:
 
 def _ram_role(r: Res, _: Run | None) -> Iterable[str]:
     yield from _pattern(str(r.props.get("roleName") or ""), r"[A-Za-z0-9.-]{1,64}", "roleName")
+
+
+def _kms_secret(r: Res, _: Run | None) -> Iterable[str]:
+    p = r.props
+    name = str(p.get("secretName") or "")
+    yield from _pattern(name, r"[A-Za-z0-9_/+=.@-]{1,192}", "secretName")
+    if name.startswith("acs/"):
+        yield f"secretName {name!r} starts with acs/ (reserved for managed secrets)"
+    yield from _length(str(p.get("versionId") or ""), 1, 64, "versionId")
+    yield from _range(p.get("recoveryWindowInDays"), 7, 30, "recoveryWindowInDays")
+    if p.get("encryptionKeyId") and not p.get("dkmsInstanceId"):
+        yield "encryptionKeyId without dkmsInstanceId: the key and the secret must belong to the same KMS instance"
 
 
 def _ram_policy(r: Res, _: Run | None) -> Iterable[str]:
@@ -1026,6 +1042,18 @@ RULES: list[Rule] = [
         ("alicloud:oss/bucket:Bucket", "b", {"bucket": "backup.primary"}),
     ),
     Rule(
+        ("alicloud:kms/secret:Secret",),
+        "KMS secret: name up to 192 of letters, digits and _ / + = . @ -, not acs/...; version id up to 64; "
+        "recovery window 7..30 days; a key of the same KMS instance",
+        "https://www.alibabacloud.com/help/doc-detail/154490.htm",
+        _kms_secret,
+        (
+            "alicloud:kms/secret:Secret",
+            "s",
+            {"secretName": "acs/onboot secret", "versionId": "v" * 65},  # pragma: allowlist secret
+        ),
+    ),
+    Rule(
         ("alicloud:ram/role:Role",),
         "RAM role name: 1..64 letters, digits, periods and hyphens",
         "https://www.alibabacloud.com/help/en/ram/developer-reference/api-ram-2015-05-01-createrole",
@@ -1112,6 +1140,9 @@ UNCONSTRAINED: dict[str, str] = {
     "alicloud:dns/alidnsRecord:AlidnsRecord": "the record comes from the validated domain",
     "alicloud:ecs/ecsDisk:EcsDisk": "sizes from the tier catalogue (tags covered above)",
     "alicloud:ecs/ecsDiskAttachment:EcsDiskAttachment": "ids only",
+    # The on-boot secret's key in the operator's KMS instance: an instance id checked by infra/config.py, fixed
+    # spec and usage (tags covered above).
+    "alicloud:kms/key:Key": "an instance id and fixed enums",
     "tls:index/privateKey:PrivateKey": "local resource, no cloud API",  # pragma: allowlist secret
     "tls:index/selfSignedCert:SelfSignedCert": "local resource, no cloud API",
     "command:local:Command": "runs on the operator's machine",
