@@ -193,3 +193,30 @@ def test_the_container_preflight_passes_and_skips_the_wheel_checks(tmp_path: Pat
     states = _task_states(proc.stdout)
     assert states["Stop when the image archive is not on the controller"] == "ok"
     assert states["Find the wheel and the wheelhouse on the controller"] == "skipping"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "assistant_image_archive: required with assistant_install_method container"),
+        (
+            ["-e", "assistant_image_archive=/nonexistent/ai-assistant.oci.tar",
+             "-e", f"assistant_image_archive_sha256={'a' * 64}", "-e", f"assistant_image_id={IMAGE_ID}"],
+            "assistant_image_archive: /nonexistent/ai-assistant.oci.tar is not a file on the controller",
+        ),
+    ],
+    ids=["no-archive", "archive-not-on-controller"],
+)  # fmt: skip
+def test_a_container_deploy_needs_no_wheel_and_checks_the_archive_first(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """playbooks/deploy.yml with the container method: no wheel asked for, the image archive checked before the host
+    changes (localhost in check mode, as tests/roles/test_bluegreen_static.py runs the wheel's cases)."""
+    from tests.roles.test_bluegreen_static import _playbook
+
+    proc = _playbook(tmp_path, "playbooks/deploy.yml", "-e", "assistant_install_method=container", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert message in " ".join(out.split()), out[-3000:]
+    assert "assistant_wheel: required" not in out and "Traceback" not in out
+    assert "changed=0" in out and "rescued=0" in out, out[-2000:]
