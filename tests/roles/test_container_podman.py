@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.helpers import SECRET, ReplyReceiver, free_port, message, signed_generic_request, wait_until
 from tests.roles.test_container_static import exec_start, render_assistant
@@ -205,6 +206,29 @@ def test_weaviate_and_tgi_check_their_archive_before_the_load(storage: Path, rol
     assert states["Pull the Weaviate image by digest" if role == "weaviate" else "Pull the TGI image by digest"] == (
         "skipping"
     )
+
+
+def test_the_bundles_image_vars_are_what_the_role_loads(storage: Path) -> None:
+    """build-bundle --images writes assistant_image_archive, its SHA-256 and the image ID read from the archive into
+    bundle-vars.yml: with them (and nothing from the build machine's podman) the role loads and pins the image."""
+    from airgap.build import image_vars
+    from airgap.manifest import BundleError
+
+    bundle = storage / "bundle"
+    (bundle / "images").mkdir(parents=True)
+    image_id, oci, _, _ = tiny_image(storage / "a", "localhost/ai-assistant:9.9.9", "a")
+    shutil.copy(oci, bundle / "images" / "ai-assistant-9.9.9.oci.tar")
+    variables = yaml.safe_load(image_vars(bundle / "images", "9.9.9"))
+    assert variables["assistant_image_id"] == image_id  # read from the archive, equal to what podman gave it
+    archive = Path(variables["assistant_image_archive"].replace("{{ ai_assistant_bundle_dir }}", str(bundle)))
+    assert variables["assistant_image_archive_sha256"] == sha256(archive)
+    proc = load_play(storage, archive, variables["assistant_image_id"],
+                     image_archive_sha256=variables["assistant_image_archive_sha256"])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert images_in_storage() == [f"sha256:{image_id}"]
+    (bundle / "images" / "ai-assistant-9.9.9.oci.tar").write_bytes(b"not an archive")
+    with pytest.raises(BundleError, match=r"ai-assistant-9.9.9.oci.tar: not an OCI archive of one image"):
+        image_vars(bundle / "images", "9.9.9")
 
 
 # --- the assistant's container unit and command, run for real -----------------------------------------------------
