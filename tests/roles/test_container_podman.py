@@ -120,6 +120,21 @@ def test_an_archive_is_loaded_once_and_its_image_id_checked(storage: Path) -> No
     assert states["Copy the archive to the host"] == "skipping"
 
 
+def test_check_mode_on_a_host_without_the_image_reports_the_load_and_changes_nothing(storage: Path) -> None:
+    image_id, _, docker, _ = tiny_image(storage / "a", "localhost/ai-assistant-tiny:1", "a")
+    variables = {
+        "image_archive_src": str(docker),
+        "image_archive_sha256": sha256(docker),
+        "image_archive_ref": image_id,
+        "image_archive_src_var": "assistant_image_archive",
+        "image_archive_pin_var": "assistant_image_id",
+    }
+    proc = _play(storage, [_role("image_archive", variables)], "-e", "ansible_become=false")  # check mode
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert _task_states(proc.stdout)["Refuse an archive whose SHA-256 is not the pinned one"] == "ok"
+    assert images_in_storage() == [] and not list((storage / "hosttmp").iterdir())
+
+
 def test_an_oci_archive_keeps_the_registry_digest_the_units_run(storage: Path) -> None:
     """weaviate and TGI run NAME@DIGEST with --pull=never: the loaded image must answer to that reference."""
     _, oci, _, digest = tiny_image(storage / "w", "registry.invalid/weaviate-tiny:1", "w")
