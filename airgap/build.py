@@ -7,6 +7,7 @@ Prints the archive's path and the bundle key's fingerprint; docs/images.md descr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import tempfile
 import time
 import tomllib
 from pathlib import Path
+from typing import IO
 
 from airgap import apt, manifest, wheels
 from airgap.manifest import BundleError
@@ -132,6 +134,37 @@ grafana_apt_repository_enabled: false
 """
 
 
+IMAGE_VARS = """# The assistant image (build-bundle --images): with assistant_install_method: container the role runs it
+# instead of the wheel, checked against this SHA-256 before podman load and this image ID after it.
+assistant_image_archive: "{{{{ ai_assistant_bundle_dir }}}}/images/{archive}"
+assistant_image_archive_sha256: "{sha256}"
+assistant_image_id: "{image_id}"
+"""
+
+
+def image_vars(images: Path, tag: str) -> str:
+    """bundle-vars.yml's lines for the assistant image. The ID is read from the archive itself (its manifest's config
+    digest, which is the image ID podman gives it once loaded), not from the build machine's podman."""
+    archive = images / f"ai-assistant-{tag}.oci.tar"
+    try:
+        with tarfile.open(archive) as tar:
+            index = json.load(_member(tar, "index.json"))
+            digest = index["manifests"][0]["digest"].removeprefix("sha256:")
+            config = json.load(_member(tar, f"blobs/sha256/{digest}"))["config"]["digest"]
+    except (OSError, tarfile.TarError, KeyError, IndexError, ValueError) as exc:
+        raise BundleError(f"{archive}: not an OCI archive of one image ({exc})") from exc
+    return IMAGE_VARS.format(
+        archive=archive.name, sha256=manifest.sha256(archive), image_id=config.removeprefix("sha256:")
+    )
+
+
+def _member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    member = tar.extractfile(name)
+    if member is None:
+        raise KeyError(name)
+    return member
+
+
 def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
@@ -236,8 +269,11 @@ def _stage(
                 images=images,
             )
         )
-        if "wheels" in parts and "models" in parts:
-            (root / "bundle-vars.yml").write_text(VARS.format(wheel=wheel_name, gguf=gguf_name))
+        bundle_vars = VARS.format(wheel=wheel_name, gguf=gguf_name) if "wheels" in parts and "models" in parts else ""
+        if "images" in parts:
+            bundle_vars += image_vars(root / "images", ver)
+        if bundle_vars:
+            (root / "bundle-vars.yml").write_text(bundle_vars)
         manifest.write(
             root,
             version=ver,
