@@ -68,7 +68,7 @@ def test_login_banners_name_no_system(host: Any) -> None:
         assert not re.search(r"\\[mrsv]", text) and "Debian" not in text
 
 
-# --- kernel, mounts, core dumps --------------------------------------------------------------------------------------
+# --- kernel, mounts, core dumps -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_core_dumps_are_off(host: Any) -> None:
     assert "Storage=none" in conf and "ProcessSizeMax=0" in conf
 
 
-# --- accounts, sudo, cron, audit --------------------------------------------------------------------------------------
+# --- accounts, sudo, cron, audit ------------------------------------------------------------------------------------
 
 
 def test_password_quality_is_enforced_by_pam(host: Any) -> None:
@@ -138,7 +138,7 @@ def test_audit_watches_sshd_and_sudoers_drop_ins(host: Any) -> None:
     assert "-w /etc/ssh/sshd_config.d -p wa -k sshd_config" in rules
 
 
-# --- patching ----------------------------------------------------------------------------------------------------------
+# --- patching -------------------------------------------------------------------------------------------------------
 
 
 def test_unattended_upgrades_take_security_and_point_releases(host: Any) -> None:
@@ -172,7 +172,7 @@ def test_reboot_required_metric_follows_debians_marker(host: Any) -> None:
     assert "node_reboot_required 0" in host.file(str(TEXTFILE)).content_string
 
 
-# --- certificates ----------------------------------------------------------------------------------------------------
+# --- certificates ---------------------------------------------------------------------------------------------------
 
 
 RENEW_DIR = "/etc/ssl/ai-assistant-renew-test"
@@ -220,11 +220,11 @@ def test_internal_ca_re_signs_a_certificate_inside_the_renewal_window(
         host.run(f"rm -rf {RENEW_DIR}")
 
 
-# --- egress policy -----------------------------------------------------------------------------------------------------
+# --- egress policy --------------------------------------------------------------------------------------------------
 
 
 class _Ok(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b"egress-ok")
@@ -280,7 +280,7 @@ def test_egress_drop_policy_allows_the_list_and_logs_the_rest(
     assert "policy accept;" in host.check_output("nft list chain inet filter output")
 
 
-# --- lynis --------------------------------------------------------------------------------------------------------------
+# --- lynis ----------------------------------------------------------------------------------------------------------
 
 
 def test_lynis_hardening_index(host: Any) -> None:
