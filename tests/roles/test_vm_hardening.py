@@ -196,9 +196,10 @@ def test_cron_and_at_are_root_only(host: Any) -> None:
 
 
 def test_audit_watches_sshd_and_sudoers_drop_ins(host: Any) -> None:
-    rules = host.check_output("auditctl -l")
-    assert "-w /etc/sudoers.d -p wa -k sudoers" in rules
-    assert "-w /etc/ssh/sshd_config.d -p wa -k sshd_config" in rules
+    # auditctl lists a directory watch as a dir= syscall rule: -F dir=PATH -F perm=wa -F key=KEY.
+    rules = host.check_output("auditctl -l").splitlines()
+    for path, key in (("/etc/sudoers.d", "sudoers"), ("/etc/ssh/sshd_config.d", "sshd_config")):
+        assert any(f"dir={path} " in r and "perm=wa" in r and f"key={key}" in r for r in rules), rules
 
 
 # --- patching -------------------------------------------------------------------------------------------------------
