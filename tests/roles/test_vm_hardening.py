@@ -95,6 +95,11 @@ def test_blacklisted_module_cannot_be_loaded(host: Any, module: str) -> None:
     assert module.replace("-", "_") not in host.check_output("cut -d' ' -f1 /proc/modules").split()
 
 
+def test_every_sysctl_of_the_role_is_live(host: Any) -> None:
+    wrong = {k: host.sysctl(k) for k, v in BASE_DEFAULTS["base_sysctl"].items() if host.sysctl(k) != v}
+    assert not wrong, wrong
+
+
 def test_dev_shm_allows_no_devices_setuid_or_executables(host: Any) -> None:
     opts = host.check_output("findmnt -no OPTIONS /dev/shm").split(",")
     assert {"nodev", "nosuid", "noexec"} <= set(opts)
