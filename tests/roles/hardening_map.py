@@ -18,11 +18,18 @@ REPO = Path(__file__).resolve().parents[2]
 CONTROLS = REPO / "docs/hardening-controls.yml"
 DOC = REPO / "docs/hardening.md"
 BEGIN, END = "<!-- BEGIN CONTROLS (generated from docs/hardening-controls.yml) -->", "<!-- END CONTROLS -->"
+LYNIS_BEGIN, LYNIS_END = "<!-- BEGIN LYNIS (generated from docs/hardening-controls.yml) -->", "<!-- END LYNIS -->"
 
 
 def controls() -> list[dict[str, Any]]:
     data: dict[str, Any] = yaml.safe_load(CONTROLS.read_text(encoding="utf-8"))
     return list(data["controls"])
+
+
+def lynis() -> dict[str, list[dict[str, Any]]]:
+    """The lynis section: the VM suite profile's settings and the findings that remain, each with why."""
+    data: dict[str, Any] = yaml.safe_load(CONTROLS.read_text(encoding="utf-8"))
+    return {"profile": list(data["lynis"]["profile"] or []), "findings": list(data["lynis"]["findings"] or [])}
 
 
 def _tasks(node: Any) -> list[dict[str, Any]]:
@@ -78,10 +85,26 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def lynis_tables() -> str:
+    data = lynis()
+    rows = ["| Setting of tests/roles/vm/lynis-vm-suite.prf | Why |", "|---|---|"]
+    rows += [f"| `{_cell(p['setting'])}` | {_cell(p['why'])} |" for p in data["profile"]]
+    rows += ["", "| lynis test | Kind | Finding | Why it stays |", "|---|---|---|---|"]
+    rows += [
+        f"| `{_cell(f['id'])}` | {_cell(f['kind'])} | {_cell(f['finding'])} | {_cell(f['why'])} |"
+        for f in data["findings"]
+    ]
+    return "\n".join(rows)
+
+
+def _between(text: str, begin: str, end: str, body: str) -> str:
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def render(text: str) -> str:
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{table()}\n{END}{tail}"
+    return _between(_between(text, BEGIN, END, table()), LYNIS_BEGIN, LYNIS_END, lynis_tables())
 
 
 def main(argv: list[str]) -> int:

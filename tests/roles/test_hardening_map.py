@@ -6,10 +6,11 @@ from pathlib import Path
 
 import yaml
 
-from tests.roles.hardening_map import DOC, controls, render, tagged_tasks
+from tests.roles.hardening_map import DOC, LYNIS_BEGIN, controls, lynis, render, tagged_tasks
 from tests.roles.hardening_map import test_names as defined_tests
 
 REPO = Path(__file__).resolve().parents[2]
+LYNIS_PROFILE = REPO / "tests/roles/vm/lynis-vm-suite.prf"
 
 
 def _options(role: str) -> dict[str, object]:
@@ -61,3 +62,20 @@ def test_each_hardened_role_readme_links_the_map() -> None:
     for role in ("base", "firewall", "tls"):
         readme = (REPO / "roles" / role / "README.md").read_text(encoding="utf-8")
         assert "docs/hardening.md" in readme, f"roles/{role}/README.md does not link its controls"
+
+
+def test_every_setting_of_the_lynis_profile_is_explained_in_the_map() -> None:
+    lines = LYNIS_PROFILE.read_text(encoding="utf-8").splitlines()
+    settings = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    explained = [p["setting"] for p in lynis()["profile"]]
+    assert settings == explained, (
+        f"tests/roles/vm/lynis-vm-suite.prf {settings} vs docs/hardening-controls.yml {explained}"
+    )
+    assert all(str(p.get("why", "")).strip() for p in lynis()["profile"])
+
+
+def test_every_lynis_finding_in_the_map_says_why_it_stays() -> None:
+    for f in lynis()["findings"]:
+        assert {"id", "kind", "finding", "why"} <= f.keys() and f["kind"] in {"warning", "suggestion"}, f
+        assert str(f["why"]).strip(), f
+    assert LYNIS_BEGIN in DOC.read_text(encoding="utf-8")
