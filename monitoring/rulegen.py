@@ -579,6 +579,18 @@ def host_file() -> RuleFile:
             " or its textfile is not where node_exporter reads it.",
             for_="1d",
         ),
+        # roles/base publishes node_reboot_required after each dpkg run: unattended-upgrades installs a new kernel,
+        # libc or systemd but, without base_unattended_upgrades_reboot_time, the host runs the old code until a person
+        # reboots it. A week covers a planned maintenance window.
+        Alert(
+            "NodeRebootRequired",
+            "node_reboot_required == 1",
+            "warning",
+            "{{ $labels.instance }} waits for a reboot to finish installing updates",
+            "An installed update (kernel, libc, systemd) needs a reboot and has waited for 7 days; until then the"
+            " host runs the old, unpatched code.",
+            for_="7d",
+        ),
     )
     return RuleFile("host", JOB_NODE, recs, alerts)
 

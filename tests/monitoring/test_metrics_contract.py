@@ -80,6 +80,14 @@ def exporters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
         textfile = work / "textfile"
         backup_metrics.write(textfile, "sqlite", ok=True, duration=12.5, size=4096, now=1.7e9)
+        # roles/base's reboot-required script (NodeRebootRequired), rendered from the role and run for real.
+        from tests.roles.test_static import render
+
+        script = work / "reboot-required-metric"
+        script.write_text(
+            render("base", "reboot-required-metric.j2", {"base_reboot_required_textfile_dir": str(textfile)})
+        )
+        subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=60)
         daemons.start(
             "prometheus-node-exporter",
             f"--web.listen-address=127.0.0.1:{ports['node']}",

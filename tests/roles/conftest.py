@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.helpers import ReplyReceiver
-from tests.roles.vm import airgap_proof
+from tests.roles.vm import airgap_proof, lynis_audit
 from tests.roles.vm.jumphost import JumpHost, sshd_binary
 from tests.roles.vm.machine import VM, build_image, free_port, missing_tools
 
@@ -63,8 +63,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """VM tests from every module share one converged VM; the few marked `vm_last` leave it in a state the others must
-    not see (the runner's SSH connections throttled), so they run after all of them, whichever module they are in."""
-    items.sort(key=lambda item: item.get_closest_marker("vm_last") is not None)
+    not see (the runner's SSH connections throttled), so they run after all of them, whichever module they are in;
+    among them, `vm_last(order=N)` runs after those of a lower N (default 0), each in collection order."""
+
+    def rank(item: pytest.Item) -> tuple[bool, int]:
+        marker = item.get_closest_marker("vm_last")
+        return (marker is not None, int(marker.kwargs.get("order", 0)) if marker else 0)
+
+    items.sort(key=rank)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -106,6 +112,10 @@ def mitogen_env(check_host_keys: bool = False) -> dict[str, str]:
         # Mitogen puts its own host-key options before the inventory's, and ssh takes the first: "False" would turn
         # off the hand-off's strict checking. An inventory without known keys (StrictHostKeyChecking=no) needs it.
         "ANSIBLE_HOST_KEY_CHECKING": str(check_host_keys),
+        # Mitogen's connect timeout (Ansible's `timeout`, 10 s by default) covers the whole bootstrap: ssh through the
+        # jump host, sudo, and its Python core sent to the guest and compiled there. Under emulation on a loaded machine
+        # that took longer than 10 s (the renewal, egress and post-reboot plays failed with "Connection timed out").
+        "ANSIBLE_TIMEOUT": "120",
     }
 
 
@@ -452,7 +462,7 @@ def _keep_vm(keep: Path, tvm: TestVM, image: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
+def test_vm(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[TestVM]:
     missing = missing_tools() + ([] if sshd_binary() else ["sshd (openssh-server: the jump host stand-in)"])
     if missing:
         pytest.skip(f"the VM tests need {', '.join(missing)} (scripts/bootstrap installs them from apt)")
@@ -519,6 +529,10 @@ def test_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestVM]:
         root = tvm.ssh("curl -sS --cacert /etc/pebble/ca.pem https://127.0.0.1:15000/roots/0")
         assert root.returncode == 0 and "BEGIN CERTIFICATE" in root.stdout, root.stderr
         tvm.pebble_root = root.stdout
+        # lynis takes longer under emulation than the checks after it: it audits in the background from here on, at
+        # the guest's idle priority, and test_vm_hardening.py reads its report at the end (vm/lynis_audit.py).
+        if any("test_vm_hardening.py::test_lynis_hardening_index" in item.nodeid for item in request.session.items):
+            lynis_audit.start(tvm.ssh)
         if keep is not None:
             _keep_vm(keep, tvm, image)
         yield tvm

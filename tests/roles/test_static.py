@@ -301,6 +301,38 @@ def test_tgi_unit_uses_the_models_volume_and_int8() -> None:
 # Past the assistant role's wheel check (the fixture writes an empty file by that name) to the asserts after it.
 _FAKE_WHEEL = "FAKE_WHEEL"
 _ASSISTANT_PREFLIGHT = {"assistant_wheel": _FAKE_WHEEL, "assistant_wheelhouse": "/tmp", "assistant_redis_password": "r"}
+
+
+def _mismatched_tls_pair() -> tuple[str, str]:
+    """A self-signed certificate and a key that is not its own (issue 23: the pair is checked before install)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_key, other_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.example.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(cert_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=90))
+        .sign(cert_key, hashes.SHA256())
+    )
+    pem_key = other_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key.decode()
+
+
+_TLS_CERT, _TLS_OTHER_KEY = _mismatched_tls_pair()
+
 BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
     "firewall-no-admin": ("firewall", {"firewall_admin_cidrs": []}, "firewall_admin_cidrs is empty"),
     "firewall-bad-cidr": (
@@ -328,6 +360,36 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
         "tls_provided_certificate and tls_provided_private_key are required",
     ),
     "tls-unknown-mode": ("tls", {"tls_mode": "selfmade", "tls_domains": ["a"]}, "tls_mode"),
+    "tls-provided-key-mismatch": (
+        "tls",
+        {
+            "tls_mode": "provided",
+            "tls_domains": ["a.example.com"],
+            "tls_provided_certificate": _TLS_CERT,
+            "tls_provided_private_key": _TLS_OTHER_KEY,
+            # The check must stop the run before anything is written here.
+            "tls_dir": "/nonexistent/tls-must-stay-absent",
+        },
+        "tls_provided_private_key: does not match the public key of tls_provided_certificate",
+    ),
+    "firewall-egress-drop-no-allowlist": (
+        "firewall",
+        {"firewall_admin_cidrs": ["192.0.2.1/32"], "firewall_egress_policy": "drop"},
+        "firewall_egress_allow is empty but firewall_egress_policy is drop",
+    ),
+    "firewall-egress-bad-cidr": (
+        "firewall",
+        {
+            "firewall_admin_cidrs": ["192.0.2.1/32"],
+            "firewall_egress_allow": [{"cidrs": ["mirror.example.com"], "ports": [443]}],
+        },
+        "firewall_egress_allow: not an IPv4/IPv6 address or CIDR: mirror.example.com",
+    ),
+    "firewall-unknown-egress-policy": (
+        "firewall",
+        {"firewall_admin_cidrs": ["192.0.2.1/32"], "firewall_egress_policy": "reject"},
+        "firewall_egress_policy",
+    ),
     "volumes-long-label": ("volumes", {"volumes_fs_label": "a-label-far-too-long"}, "volumes_fs_label:"),
     "proxy-no-names": ("reverse_proxy", {}, "reverse_proxy_server_names: at least one host name is required"),
     "proxy-bad-path": (

@@ -351,7 +351,8 @@ def test_node_exporter_is_dropped_from_outside(test_vm: TestVM, host: Any) -> No
 # --- reboot and re-run -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.vm_last
+# order=1: after the lynis audit that runs in the background since converge 1 (test_vm_hardening.py) has been read.
+@pytest.mark.vm_last(order=1)
 def test_data_survives_a_reboot_and_a_rerun_does_not_reformat(test_vm: TestVM, host: Any) -> None:
     marker = uuid.uuid4().hex
     assert host.run(f"echo {marker} > /data/backups/marker && sync").rc == 0
@@ -385,9 +386,9 @@ def test_volumes_refuses_a_disk_that_holds_another_filesystem(test_vm: TestVM) -
     assert "already holds ext4" in bad.output and "refusing to format it as xfs" in bad.output
 
 
-@pytest.mark.vm_last
+@pytest.mark.vm_last(order=2)
 def test_ssh_new_connections_are_rate_limited(test_vm: TestVM) -> None:
-    """Runs last (vm_last): it leaves the runner's address throttled for a minute."""
+    """Runs last (vm_last, after the other vm_last tests): it leaves the runner's address throttled for a minute."""
     outcomes = []
     for _ in range(40):
         try:

@@ -27,13 +27,14 @@ security=${security:-$mirror-security}
 ssh-keygen -q -t ed25519 -N '' -C ai-assistant-test-vm -f "$work/id_ed25519"
 packages=$(sed -e 's/#.*//' -e '/^\s*$/d' "$here/image-packages.txt" | paste -sd, -)
 
-# Test image only: the apt timers would take the dpkg lock in the middle of a converge.
+# Test image only: the apt timers would take the dpkg lock in the middle of a converge; lynis's daily timer (lynis is
+# in the image for test_vm_hardening.py) would audit beside the test's own run and overwrite its report.
 mmdebstrap --variant=apt --skip=cleanup/apt/lists --include="$packages" \
   --customize-hook='echo testvm >"$1/etc/hostname"' \
   --customize-hook='printf "auto lo\niface lo inet loopback\nallow-hotplug eth0\niface eth0 inet dhcp\n" >"$1/etc/network/interfaces"' \
   --customize-hook='echo "LABEL=root / ext4 rw,errors=remount-ro 0 1" >"$1/etc/fstab"' \
   --customize-hook="mkdir -p -m700 \"\$1/root/.ssh\" && cp $work/id_ed25519.pub \"\$1/root/.ssh/authorized_keys\"" \
-  --customize-hook='for t in apt-daily.timer apt-daily-upgrade.timer; do ln -sf /dev/null "$1/etc/systemd/system/$t"; done' \
+  --customize-hook='for t in apt-daily.timer apt-daily-upgrade.timer lynis.timer; do ln -sf /dev/null "$1/etc/systemd/system/$t"; done' \
   bookworm "$work/rootfs" \
   "deb $mirror bookworm main" "deb $mirror bookworm-updates main" "deb $security bookworm-security main"
 
