@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 import yaml
 from cryptography import x509
@@ -34,7 +33,7 @@ from infra.cloudinit import ONBOOT_CONFIG_PATH, ONBOOT_PREFIX, ONBOOT_SCRIPT_PAT
 from infra.handoff import HandoffError, build_onboot_artifact, publish_onboot
 from infra.secrets import NOT_FOR_ONBOOT, issuing_ca_cert
 from infra.tiers import TIERS
-from tests.helpers import free_port, wait_until
+from tests.helpers import moto_server
 from tests.infra.harness import Run, is_secret, unwrap
 
 REPO = Path(__file__).resolve().parents[2]
@@ -242,36 +241,11 @@ BUCKET, SECRET_ID = "onboot-test", "ai-assistant-onboot-test"
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = Path(sys.executable).parent / "moto_server"
-    if not binary.exists():
-        pytest.fail("moto_server is missing: pip install -e '.[dev]' installs moto[server]")
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        assert proc.poll() is None, log.read_text()[-2000:]
-        try:
-            return httpx.get(endpoint + "/moto-api/", timeout=2).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(up, 60, "moto_server")
-        old = {k: os.environ.get(k) for k in KEYS}
-        os.environ.update(KEYS)
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint, pytest.MonkeyPatch.context() as env:
+        for key, value in KEYS.items():
+            env.setenv(key, value)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
         yield endpoint
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        proc.wait(15)
 
 
 @pytest.fixture(scope="module")
