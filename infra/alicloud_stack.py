@@ -6,6 +6,7 @@ import base64
 import hashlib
 import ipaddress
 import json
+import re
 from typing import Any
 
 import pulumi
@@ -14,6 +15,9 @@ import pulumi_alicloud as ali
 from infra import cloudinit
 from infra.config import COLORS, Color, InfraConfig, color_weights, zone_weights
 from infra.deployment import (
+    ALARM_PERIOD_S,
+    ALARM_PERIODS,
+    ALARM_PREFIX,
     ASSISTANT_GREEN_METRICS,
     ASSISTANT_METRICS,
     HTTPS,
@@ -414,6 +418,124 @@ class LoadBalancer(pulumi.ComponentResource):
         self.register_outputs({"dns_name": self.alb.dns_name})
 
 
+# CloudMonitor's ALB metrics (namespace acs_alb), from Alibaba Cloud's list of them
+# (https://www.alibabacloud.com/help/en/slb/application-load-balancer/user-guide/alb-monitoring-metrics): backend
+# health is counted per instance, listener, forwarding rule and server group, never per zone. The "VIP (zone)"
+# metrics have a zone (vip) dimension but count the ALB's own connections, requests and status codes, not the health
+# of the servers behind it. ServerGroupHealthyHostCount: "the number of healthy backend servers in the server group",
+# dimensions userId, loadBalancerId, listenerProtocol, listenerPort, serverGroupId, statistic Value (the only one an
+# alert rule may use for it: PutResourceMetricRule checks Statistics against the metric since 2024-08-15). The rules
+# name the server group by every dimension but userId, which is the account the rule belongs to (the API's examples
+# leave it out too; not tried on a live account).
+ALB_NAMESPACE = "acs_alb"
+SERVER_GROUP_HEALTHY = "ServerGroupHealthyHostCount"
+ALB_STATISTIC = "Value"
+CMS_CONTACT_NAME_MAX = 40  # pulumi_alicloud cms.AlarmContact: alarm_contact_name "between 2 and 40 characters"
+
+
+def cms_name(*parts: str, limit: int = CMS_CONTACT_NAME_MAX) -> str:
+    """A CloudMonitor contact (group) name: contacts and contact groups are per account, not per stack, so the name
+    carries the stack's; letters, digits, . _ - only, and a digest of the full name where it would be too long."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-")
+    if len(name) <= limit:
+        return name
+    return f"{name[: limit - 9]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+class ZoneAlarms(pulumi.ComponentResource):
+    """CloudMonitor alert rules that outlive either zone: per deployed colour, "a zone's worth of the colour's hosts
+    is not healthy", sent by e-mail to every alertReceivers address (a CloudMonitor contact each, in one contact
+    group) when it fires, then at most once per silence time (the provider's default, a day) while it stays firing.
+    Prometheus and Alertmanager run in the primary zone and go down with it; CloudMonitor does not
+    (docs/adr/0038-zone-failover-by-health.md).
+
+    Per colour, not per colour and zone as on AWS: the ALB reports its servers' health per server group and no finer
+    (ALB_NAMESPACE above), and the colour's one server group holds both zones' hosts (that is what fails over). So the
+    rule fires when the group's healthy hosts fall to what one zone holds (assistant_per_zone) or fewer while both
+    zones are in rotation, and below 1 while `failover: true` leaves the standby zone alone in it: with the tiers'
+    one host per zone that is exactly "a zone has no healthy host"; with two it also fires for one host down in each
+    zone. It cannot say which zone, and it misses a zone loss while the other zone's scaling groups run above their
+    minimum; ListServerGroupServers does say (runbook: docs/runbooks/zone-failover.md).
+
+    Only with an e-mail receiver: an alert rule needs a contact group, a contact group a contact. Each address gets
+    an activation mail first and receives alerts only once it is activated (PutContact, Channels.Mail).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        conf: InfraConfig,
+        stack: str,
+        lb: LoadBalancer,
+        tags: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("ai-assistant:alicloud:ZoneAlarms", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.contacts: list[ali.cms.AlarmContact] = []
+        names: set[str] = set()
+        for i, receiver in enumerate(r for r in conf.alert_receivers if r.email):
+            contact_name = cms_name(stack, receiver.name)
+            if contact_name in names:  # two receivers' names that differ only in the characters cms_name replaces
+                contact_name = cms_name(stack, receiver.name, str(i))
+            names.add(contact_name)
+            self.contacts.append(
+                ali.cms.AlarmContact(
+                    f"{name}-email-{i}",
+                    alarm_contact_name=contact_name,
+                    describe=f"ai-assistant {stack}: alertReceivers {receiver.name}",
+                    channels_mail=str(receiver.email),
+                    lang="en",
+                    opts=child,
+                )
+            )
+        self.group = ali.cms.AlarmContactGroup(
+            name,
+            alarm_contact_group_name=cms_name("ai-assistant", stack, "zone-alarms"),
+            contacts=[c.alarm_contact_name for c in self.contacts],
+            describe=f"ai-assistant {stack}: zone alarms (docs/runbooks/zone-failover.md)",
+            opts=child,
+        )
+        per_zone = CATALOGUE[conf.tier].assistant_per_zone
+        zones_in_rotation = sum(1 for w in zone_weights(conf) if w > 0)
+        # Fewer healthy hosts than the other zones in rotation hold, plus one: a zone's worth is not healthy.
+        threshold = per_zone * (zones_in_rotation - 1) + 1
+        self.alarms: list[ali.cms.Alarm] = []
+        for color in conf.deploy_colors:
+            dimensions = pulumi.Output.all(lb.alb.id, lb.server_groups[color].id).apply(
+                lambda ids: json.dumps(
+                    [
+                        {
+                            "loadBalancerId": ids[0],
+                            "listenerProtocol": "HTTPS",
+                            "listenerPort": str(HTTPS),
+                            "serverGroupId": ids[1],
+                        }
+                    ]
+                )
+            )
+            self.alarms.append(
+                ali.cms.Alarm(
+                    f"{name}-{color}",
+                    name=f"{ALARM_PREFIX}{stack}-{color}",
+                    project=ALB_NAMESPACE,
+                    metric=SERVER_GROUP_HEALTHY,
+                    metric_dimensions=dimensions,
+                    period=ALARM_PERIOD_S,
+                    escalations_critical=ali.cms.AlarmEscalationsCriticalArgs(
+                        statistics=ALB_STATISTIC,
+                        comparison_operator="<",
+                        threshold=str(threshold),
+                        times=ALARM_PERIODS,
+                    ),
+                    contact_groups=[self.group.alarm_contact_group_name],
+                    tags={**tags, "ai-assistant:color": color},
+                    opts=child,
+                )
+            )
+        self.register_outputs({"contact_group": self.group.alarm_contact_group_name})
+
+
 # The trust policy of every instance role: ECS instances may assume it, nothing else.
 ECS_ASSUME_ROLE = json.dumps(
     {
@@ -718,6 +840,8 @@ def build(
         bastion = instance("bastion", "bastion", 0, groups.bastion, 0, public=True, ssh_sources=list(conf.admin_cidrs))
         bastion_ip = bastion.public_ip
     lb = LoadBalancer("lb", conf, net, groups, members, tags, popts) if conf.ingress == "public" else None
+    if lb is not None and any(r.email for r in conf.alert_receivers):
+        ZoneAlarms("zone-alarms", conf, stack, lb, tags, popts)
     redis, redis_endpoint = _shared_redis(conf, stack, net, redis_password, tags, popts)
     ready.append(redis)
     dynamic_inventory: pulumi.Output[str] | None = None

@@ -13,6 +13,9 @@ from infra import cloudinit
 from infra.cloudinit import ONBOOT_PREFIX
 from infra.config import COLORS, Color, InfraConfig, color_weights, traffic_weights
 from infra.deployment import (
+    ALARM_PERIOD_S,
+    ALARM_PERIODS,
+    ALARM_PREFIX,
     ASSISTANT_GREEN_METRICS,
     ASSISTANT_METRICS,
     HTTPS,
@@ -544,14 +547,6 @@ class LoadBalancer(pulumi.ComponentResource):
             f"{name}-cert", certificate_arn=cert.arn, validation_record_fqdns=[record.fqdn], opts=child
         )
         return validation.certificate_arn
-
-
-# A zone counts as lost for routing after UNHEALTHY_THRESHOLD failed checks; the alarm waits two more minutes of no
-# healthy host so that a rolling restart of one host does not page.
-ALARM_PERIOD_S = 60
-ALARM_PERIODS = 2
-# `aws cloudwatch describe-alarms --alarm-name-prefix` with this lists every zone alarm (runbook: zone-failover.md).
-ALARM_PREFIX = "ai-assistant-no-healthy-host-"
 
 
 class ZoneAlarms(pulumi.ComponentResource):

@@ -21,6 +21,15 @@ ASSISTANT_METRICS = 9464  # roles/assistant: assistant_metrics_port
 # (playbooks/monitoring.yml), so the monitoring host must reach both while green serves.
 ASSISTANT_GREEN_METRICS = 9465
 
+# The zone alarms of both clouds (aws_stack.ZoneAlarms, alicloud_stack.ZoneAlarms). A zone counts as lost for routing
+# after UNHEALTHY_THRESHOLD failed checks; the alarm waits two more minutes of too few healthy hosts so that a rolling
+# restart of one host does not page.
+ALARM_PERIOD_S = 60
+ALARM_PERIODS = 2
+# Every zone alarm's name starts with this and the stack's name: `aws cloudwatch describe-alarms --alarm-name-prefix`
+# and `aliyun cms DescribeMetricRuleList --RuleName` (a fuzzy match) list them (runbook: zone-failover.md).
+ALARM_PREFIX = "ai-assistant-no-healthy-host-"
+
 
 @dataclass
 class RedisEndpoint:

@@ -8,6 +8,7 @@ the cloud) to the declared groups: where requests go while both zones are health
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ import pytest
 
 from infra import alicloud_stack, aws_stack
 from infra.config import ConfigError
+from infra.deployment import ALARM_PERIOD_S, ALARM_PERIODS, ALARM_PREFIX
+from infra.tiers import CATALOGUE
 from tests.infra.conftest import CASES
 from tests.infra.harness import Res, Run, config_for, run_program
 from tests.infra.routing import ALI_SG, AWS_TG, INSTANCE, members, route
@@ -207,7 +210,7 @@ def test_aws_alarms_on_a_zone_without_healthy_hosts_outside_the_zone(stack_run: 
         assert p["dimensions"]["TargetGroup"] == f"targetgroup/{tgs['blue'].name}/0123456789abcdef"
         assert p["dimensions"]["LoadBalancer"].startswith("app/")
         assert p["alarmActions"] == [topic_arn] and p["okActions"] == [topic_arn]
-        assert p["name"].startswith(aws_stack.ALARM_PREFIX)
+        assert p["name"].startswith(ALARM_PREFIX)
     [sub] = run.of("aws:sns/topicSubscription:TopicSubscription")
     assert (sub.props["protocol"], sub.props["endpoint"]) == ("email", "ops@example.com")
 
@@ -229,6 +232,95 @@ def test_aws_alarms_follow_colours_and_the_drain() -> None:
     assert no_lb.of(ALARM) == [] and no_lb.of("aws:sns/topic:Topic") == []
 
 
+CMS_ALARM = "alicloud:cms/alarm:Alarm"
+CMS_CONTACT = "alicloud:cms/alarmContact:AlarmContact"
+CMS_GROUP = "alicloud:cms/alarmContactGroup:AlarmContactGroup"
+
+
+def _ali_alarms(run: Run) -> dict[str, Res]:
+    return {a.props["tags"]["ai-assistant:color"]: a for a in run.of(CMS_ALARM)}
+
+
+@pytest.mark.parametrize("autoscaling", [False, True], ids=["fixed", "autoscaled"])
+@pytest.mark.parametrize("tier", ["basic", "standard", "enterprise"])
+def test_alicloud_alarms_on_a_colour_with_a_zone_of_unhealthy_hosts(
+    stack_run: Get, scaled_run: Get, tier: str, autoscaling: bool
+) -> None:
+    """The ALB counts healthy servers per server group, not per zone: one rule per colour, firing when the colour's
+    group has no more healthy hosts than one zone holds, for the same periods as AWS's alarms."""
+    run = _run(stack_run, scaled_run, "alicloud", tier, autoscaling)
+    alarms = _ali_alarms(run)
+    assert sorted(alarms) == ["blue"]
+    [group] = run.of(CMS_GROUP)
+    [contact] = run.of(CMS_CONTACT)
+    assert (contact.props["channelsMail"], contact.props["lang"]) == ("ops@example.com", "en")
+    assert group.props["contacts"] == [contact.props["alarmContactName"]]
+    [alb] = run.of("alicloud:alb/loadBalancer:LoadBalancer")
+    server_groups = {g.props["tags"]["ai-assistant:color"]: g for g in run.of(ALI_SG)}
+    per_zone = CATALOGUE[tier].assistant_per_zone
+    p = alarms["blue"].props
+    assert (p["project"], p["metric"]) == ("acs_alb", "ServerGroupHealthyHostCount")
+    assert p["escalationsCritical"] == {
+        "statistics": "Value",
+        "comparisonOperator": "<",
+        "threshold": str(per_zone + 1),
+        "times": ALARM_PERIODS,
+    }
+    assert p["period"] == ALARM_PERIOD_S
+    assert json.loads(p["metricDimensions"]) == [
+        {
+            "loadBalancerId": alb.id,
+            "listenerProtocol": "HTTPS",
+            "listenerPort": "443",
+            "serverGroupId": server_groups["blue"].id,
+        }
+    ]
+    assert p["contactGroups"] == [group.props["alarmContactGroupName"]]
+    assert p["name"] == f"{ALARM_PREFIX}test-blue"
+    assert p["tags"]["ai-assistant:stack"] == "test"
+
+
+def test_alicloud_alarms_follow_colours_the_drain_and_the_receivers() -> None:
+    both = run_program(config_for("alicloud", "enterprise", deployColors=["blue", "green"]))
+    server_groups = {g.id: g.props["tags"]["ai-assistant:color"] for g in both.of(ALI_SG)}
+    alarms = _ali_alarms(both)
+    assert sorted(alarms) == ["blue", "green"]
+    for color, a in alarms.items():
+        assert server_groups[json.loads(a.props["metricDimensions"])[0]["serverGroupId"]] == color
+    # failover: true: the standby zone alone is in rotation, so no healthy host at all is what pages (as on AWS).
+    drained = run_program(config_for("alicloud", "enterprise", failover=True))
+    assert _ali_alarms(drained)["blue"].props["escalationsCritical"]["threshold"] == "1"
+    no_lb = run_program(config_for("alicloud", "basic", ingress="none"))
+    assert no_lb.of(CMS_ALARM) == [] and no_lb.of(CMS_GROUP) == [] and no_lb.of(CMS_CONTACT) == []
+    # A rule needs a contact group and the group a contact: no e-mail receiver, nothing to send to (webhooks are
+    # Alertmanager's, docs/infra.md).
+    webhook_only = [{"name": "ops", "webhook": "https://hooks.example.com/ops"}]
+    for receivers in (webhook_only, []):
+        quiet = run_program(config_for("alicloud", "basic", alertReceivers=receivers))
+        assert quiet.of(CMS_ALARM) == [] and quiet.of(CMS_GROUP) == [] and quiet.of(CMS_CONTACT) == []
+    three = [
+        {"name": "ops", "email": "ops@example.com"},
+        {"name": "on call", "email": "oncall@example.com"},
+        {"name": "on/call", "email": "oncall2@example.com"},
+    ]
+    run = run_program(config_for("alicloud", "basic", alertReceivers=three))
+    contacts = sorted((c.props["alarmContactName"], c.props["channelsMail"]) for c in run.of(CMS_CONTACT))
+    assert contacts == [
+        ("test-on-call", "oncall@example.com"),
+        ("test-on-call-2", "oncall2@example.com"),
+        ("test-ops", "ops@example.com"),
+    ]
+    [group] = run.of(CMS_GROUP)
+    assert sorted(group.props["contacts"]) == ["test-on-call", "test-on-call-2", "test-ops"]
+
+
+def test_alicloud_contact_names_carry_the_stack_and_fit() -> None:
+    assert alicloud_stack.cms_name("prod", "ops team") == "prod-ops-team"
+    long = alicloud_stack.cms_name("a-very-long-production-stack-name", "the on-call rotation")
+    assert len(long) == 40 and long.startswith("a-very-long-production-stack-name"[:31])
+    assert long != alicloud_stack.cms_name("a-very-long-production-stack-name", "the on-call rotation 2")
+
+
 # ----------------------------------------------------------------------------- the runbook states what runs
 
 
@@ -238,8 +330,13 @@ def test_the_runbook_states_the_declared_detection_time() -> None:
     for mod in (aws_stack, alicloud_stack):
         interval, threshold = mod.HEALTH_INTERVAL_S, mod.UNHEALTHY_THRESHOLD
         assert f"{threshold} × {interval} s" in text, f"{mod.__name__}: {threshold} x {interval} s not in the runbook"
-    assert aws_stack.ALARM_PREFIX in text
-    for pattern in (r"describe-target-health", r"ListServerGroupServers", r"describe-alarms"):
+    assert ALARM_PREFIX in text
+    for pattern in (
+        r"describe-target-health",
+        r"ListServerGroupServers",
+        r"describe-alarms",
+        r"DescribeMetricRuleList",
+    ):
         assert re.search(pattern, text), pattern
 
 
@@ -253,6 +350,8 @@ def test_the_runbook_states_the_declared_detection_time() -> None:
         (ALI_SG, {"serverGroupName": "assistant-blue", "scheduler": "wrr"}, "scheduler"),
         (ALARM, {"period": 60, "evaluationPeriods": 2, "comparisonOperator": "Below"}, "comparisonOperator"),
         (ALARM, {"period": 60, "comparisonOperator": "LessThanThreshold", "treatMissingData": "zero"}, "treatMissing"),
+        (CMS_ALARM, {"project": "acs_alb", "escalationsCritical": {"statistics": "Minimum"}}, "statistics"),
+        (CMS_ALARM, {"metricDimensions": '{"serverGroupId": "sgp-1"}'}, "metricDimensions"),
     ],
 )
 def test_provider_rules_reject_bad_failover_arguments(typ: str, inputs: dict[str, object], needle: str) -> None:

@@ -439,6 +439,7 @@ ALI_TAGGED = (
     "alicloud:kms/secret:Secret",
     "alicloud:kms/key:Key",
     "alicloud:ram/role:Role",
+    "alicloud:cms/alarm:Alarm",
 )
 ALI_NAME = r"[A-Za-z\u4e00-\u9fff][\w.:\-\u4e00-\u9fff]{1,127}"  # ECS: start with a letter; letters, digits, . _ : -
 
@@ -658,6 +659,75 @@ def _ali_eip(r: Res, _: Run | None) -> Iterable[str]:
         yield from _range(r.props.get("bandwidth"), 1, 200, "bandwidth (Mbit/s)")
 
 
+CMS_OPERATORS = (">", ">=", "<", "<=", "!=", "==", "GreaterThanYesterday", "LessThanYesterday",
+                 "GreaterThanLastWeek", "LessThanLastWeek", "GreaterThanLastPeriod", "LessThanLastPeriod")  # fmt: skip
+# The ALB's server-group metrics and the dimensions CloudMonitor documents for them; every acs_alb metric's one
+# statistic is Value.
+ALB_SERVER_GROUP_DIMENSIONS = {"userId", "loadBalancerId", "listenerProtocol", "listenerPort", "serverGroupId"}
+
+
+def _cms_alarm(r: Res, _: Run | None) -> Iterable[str]:
+    p = r.props
+    if not str(p.get("name") or ""):
+        yield "an alert rule needs a name (RuleName)"
+    if not p.get("project") or not p.get("metric"):
+        yield "an alert rule needs a namespace (project) and a metric"
+    if not [g for g in p.get("contactGroups") or [] if g]:
+        yield "an alert rule needs a contact group"
+    period = p.get("period", 300)
+    if not _num(period) or int(period) < 60 or int(period) % 60:
+        yield f"period {period!r} is not a multiple of 60 s"
+    yield from _range(p.get("silenceTime"), 300, 86400, "silenceTime")
+    levels = [p.get(k) for k in ("escalationsCritical", "escalationsWarn", "escalationsInfo") if p.get(k)]
+    if not levels:
+        yield "an alert rule needs a Critical, Warn or Info level"
+    for level in levels:
+        if level.get("comparisonOperator", ">") not in CMS_OPERATORS:
+            yield f"comparisonOperator {level.get('comparisonOperator')!r}"
+        try:
+            float(str(level.get("threshold")))
+        except ValueError:
+            yield f"threshold {level.get('threshold')!r} is not a number"
+        if not _num(level.get("times", 3)) or int(level.get("times", 3)) < 1:
+            yield f"times {level.get('times')!r} is not a positive whole number"
+        if p.get("project") == "acs_alb" and level.get("statistics") != "Value":
+            yield f"statistics {level.get('statistics')!r}: the acs_alb metrics have Value only"
+    try:
+        dims = json.loads(str(p.get("metricDimensions") or "[]"))
+    except ValueError:
+        yield f"metricDimensions {p.get('metricDimensions')!r} is not JSON"
+        return
+    if not isinstance(dims, list) or not dims or not all(isinstance(d, dict) and d for d in dims):
+        yield "metricDimensions must be a JSON list of resources (objects)"
+        return
+    for d in dims:
+        if any(not isinstance(v, str) or not v for v in d.values()):
+            yield f"metricDimensions {d}: every value is a non-empty string"
+        if str(p.get("metric", "")).startswith("ServerGroup") and set(d) - ALB_SERVER_GROUP_DIMENSIONS:
+            yield f"metricDimensions {sorted(set(d) - ALB_SERVER_GROUP_DIMENSIONS)}: not dimensions of {p['metric']}"
+
+
+def _cms_contact(r: Res, _: Run | None) -> Iterable[str]:
+    p = r.props
+    yield from _length(str(p.get("alarmContactName") or ""), 2, 40, "alarmContactName")
+    if not str(p.get("describe") or ""):
+        yield "a contact needs a description (Describe)"
+    if not any(p.get(k) for k in ("channelsMail", "channelsSms", "channelsAliim", "channelsDingWebHook")):
+        yield "a contact needs a channel"
+    mail = p.get("channelsMail")
+    if mail is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", str(mail)):
+        yield f"channelsMail {mail!r} is not an address"
+    if p.get("lang", "en") not in ("en", "zh-cn"):
+        yield f"lang {p.get('lang')!r} is not en or zh-cn"
+
+
+def _cms_contact_group(r: Res, _: Run | None) -> Iterable[str]:
+    if not str(r.props.get("alarmContactGroupName") or ""):
+        yield "a contact group needs a name (ContactGroupName)"
+    if any(not c for c in r.props.get("contacts") or []):
+        yield "contacts: every contact is named"
+
+
 def _ali_redis_password(value: str, what: str) -> Iterable[str]:
     yield from _length(value, 8, 32, what)
     classes = sum(bool(re.search(c, value)) for c in (r"[A-Z]", r"[a-z]", r"\d", r"[!@#$%^&*()_+\-=]"))
@@ -699,6 +769,8 @@ EC2_API = "https://docs.aws.amazon.com/AWSEC2/latest/APIReference"
 ELB_API = "https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference"
 ECS_API = "https://www.alibabacloud.com/help/en/ecs/developer-reference"
 ALB_API = "https://www.alibabacloud.com/help/en/slb/application-load-balancer/developer-reference"
+CMS_API = "https://www.alibabacloud.com/help/en/cms/cloudmonitor-1-0/developer-reference"
+ALB_METRICS = "https://www.alibabacloud.com/help/en/slb/application-load-balancer/user-guide/alb-monitoring-metrics"
 
 RULES: list[Rule] = [
     Rule(
@@ -1091,6 +1163,43 @@ RULES: list[Rule] = [
             "a",
             {"accountName": "ai-assistant", "accountPassword": "Passw0rd"},  # pragma: allowlist secret
         ),
+    ),
+    Rule(
+        ("alicloud:cms/alarm:Alarm",),
+        "CloudMonitor alert rule: a name, a namespace and metric, a contact group, a period of whole minutes, "
+        "silence 300..86400 s, a level with a known operator, a numeric threshold, times >= 1, the metric's own "
+        "statistic (Value for acs_alb) and dimensions (a JSON list; the server-group metrics' documented keys)",
+        f"{CMS_API}/api-cms-2019-01-01-putresourcemetricrule; {ALB_METRICS}; "
+        "https://www.pulumi.com/registry/packages/alicloud/api-docs/cms/alarm/",
+        _cms_alarm,
+        (
+            "alicloud:cms/alarm:Alarm",
+            "a",
+            {
+                "name": "x",
+                "project": "acs_alb",
+                "metric": "ServerGroupHealthyHostCount",
+                "contactGroups": ["g"],
+                "period": 90,
+                "escalationsCritical": {"statistics": "Minimum", "comparisonOperator": "<", "threshold": "1"},
+                "metricDimensions": '[{"serverGroupId": "sgp-1", "zoneId": "cn-hangzhou-h"}]',
+            },
+        ),
+    ),
+    Rule(
+        ("alicloud:cms/alarmContact:AlarmContact",),
+        "CloudMonitor contact: name 2..40 characters, a description, a channel; e-mail an address; lang en or zh-cn",
+        f"{CMS_API}/api-cms-2019-01-01-putcontact; "
+        "https://www.pulumi.com/registry/packages/alicloud/api-docs/cms/alarmcontact/",
+        _cms_contact,
+        ("alicloud:cms/alarmContact:AlarmContact", "c", {"alarmContactName": "x" * 41, "channelsMail": "ops"}),
+    ),
+    Rule(
+        ("alicloud:cms/alarmContactGroup:AlarmContactGroup",),
+        "CloudMonitor contact group: a name; its contacts named",
+        f"{CMS_API}/api-cms-2019-01-01-putcontactgroup",
+        _cms_contact_group,
+        ("alicloud:cms/alarmContactGroup:AlarmContactGroup", "g", {"contacts": [""]}),
     ),
     Rule(
         ("random:index/randomPassword:RandomPassword",),
