@@ -189,3 +189,8 @@ def test_the_topology_drawing_matches_the_declared_resources(stack_run: Get, clo
         "backup bucket" in drawing
         and len(run.of({"aws": "aws:s3/bucket:Bucket", "alicloud": "alicloud:oss/bucket:Bucket"}[cloud])) == 2
     )
+    alarm, line = {
+        "aws": ("aws:cloudwatch/metricAlarm:MetricAlarm", "AWS: CloudWatch alarm per colour and zone"),
+        "alicloud": ("alicloud:cms/alarm:Alarm", "Alibaba Cloud: CloudMonitor rule per colour"),
+    }[cloud]
+    assert run.of(alarm) and line in drawing
