@@ -61,6 +61,14 @@ def sshd_effective(host: Any) -> dict[str, str]:
 # --- SSH ------------------------------------------------------------------------------------------------------------
 
 
+def test_sshd_configuration_is_root_only(host: Any) -> None:
+    """CIS 5.1.1: Debian ships sshd_config 0644; the role's drop-in is written 0600."""
+    drop_ins = host.check_output("ls /etc/ssh/sshd_config.d/*.conf").split()
+    for path in ["/etc/ssh/sshd_config", *drop_ins]:
+        f = host.file(path)
+        assert (f.user, f.group, f.mode) == ("root", "root", 0o600), path
+
+
 def test_sshd_crypto_banner_and_limits(host: Any) -> None:
     eff = sshd_effective(host)
     assert eff["ciphers"] == ",".join(BASE_DEFAULTS["base_ssh_ciphers"])
