@@ -28,14 +28,14 @@ from cryptography import x509
 
 from infra import boot_configure as boot
 from infra.alicloud_stack import ECS_ASSUME_ROLE, onboot_policy
-from infra.cloudinit import ONBOOT_CONFIG_PATH, ONBOOT_PREFIX, ONBOOT_SCRIPT_PATH
+from infra.cloudinit import ONBOOT_PREFIX, ONBOOT_SCRIPT_PATH
 from infra.config import ConfigError
 from infra.handoff import HandoffError, publish_onboot
 from infra.secrets import NOT_FOR_ONBOOT, issuing_ca_cert
 from infra.tiers import TIERS
 from tests.infra.alicloud_standin import AlibabaStandIn, ram_allows, rpc_expected, running
 from tests.infra.harness import Run, config_for, is_secret, run_program, unwrap
-from tests.infra.test_onboot import DOMAIN, _artifact, _key, _root, _verify
+from tests.infra.test_onboot import DOMAIN, _artifact, _key, _onboot_conf, _root, _verify
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "infra" / "boot_configure.py"
@@ -52,12 +52,6 @@ def _templates(run: Run) -> list[tuple[Any, dict[str, Any], str]]:
         text = base64.b64decode(lt.props["userData"]).decode()
         out.append((lt, yaml.safe_load(text.split("\n", 1)[1]), text))
     return out
-
-
-def _conf(doc: dict[str, Any]) -> dict[str, str]:
-    entry = next(w for w in doc["write_files"] if w["path"] == ONBOOT_CONFIG_PATH)
-    conf: dict[str, str] = json.loads(entry["content"])
-    return conf
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -131,7 +125,7 @@ def test_the_launch_templates_name_bucket_prefix_secret_role_and_group_but_hold_
     assert templates and len(templates) == len(groups)
     for lt, doc, text in templates:
         tags = groups[lt.name].props["tags"]
-        assert _conf(doc) == {
+        assert _onboot_conf(doc) == {
             "cloud": "alicloud", "region": REGION, "bucket": bucket, "prefix": ONBOOT_PREFIX, "secret_id": secret,
             "color": tags["ai-assistant:color"], "zone": tags["ai-assistant:zone"], "ram_role": role,
         }  # fmt: skip
