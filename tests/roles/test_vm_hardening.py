@@ -156,23 +156,13 @@ def test_dev_shm_allows_no_devices_setuid_or_executables(host: Any) -> None:
     assert run.rc != 0 and "ran" not in run.stdout
 
 
-def fresh_ssh(test_vm: TestVM, command: str) -> subprocess.CompletedProcess[str]:
+def fresh_ssh(test_vm: TestVM, command: str, *options: str) -> subprocess.CompletedProcess[str]:
     """A new SSH connection (not the shared control connection, which predates the converge): a new PAM session,
-    with the converged sshd's algorithms, banner and limits."""
+    with the converged sshd's algorithms, banner and limits. `options` are extra `-o` settings (a refused cipher).
+    LogLevel INFO: sshd's banner and a refused negotiation show there; the shared ssh_config's ERROR would hide them."""
+    settings = ["ControlMaster=no", "ControlPath=none", *options, "LogLevel=INFO"]
     return subprocess.run(
-        [
-            "ssh",
-            "-F",
-            str(test_vm.ssh_config),
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            "LogLevel=INFO",
-            "testvm",
-            command,
-        ],
+        ["ssh", "-F", str(test_vm.ssh_config), *(arg for s in settings for arg in ("-o", s)), "testvm", command],
         capture_output=True,
         text=True,
         timeout=120,
@@ -183,27 +173,7 @@ def test_a_new_login_sees_the_banner_and_negotiates_the_listed_algorithms(test_v
     done = fresh_ssh(test_vm, "echo logged-in")
     assert done.returncode == 0 and done.stdout.strip() == "logged-in", done.stderr
     assert "Authorised use only" in done.stderr
-    refused = subprocess.run(
-        [
-            "ssh",
-            "-F",
-            str(test_vm.ssh_config),
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "ControlPath=none",
-            "-o",
-            "Ciphers=aes128-cbc",
-            # The refusal is logged at INFO; the shared ssh_config's ERROR would hide it.
-            "-o",
-            "LogLevel=INFO",
-            "testvm",
-            "true",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = fresh_ssh(test_vm, "true", "Ciphers=aes128-cbc")
     assert refused.returncode != 0 and "no matching cipher" in refused.stderr, refused.stderr
 
 
