@@ -89,6 +89,27 @@ def test_undecryptable_json_is_malformed_not_a_500(make_app: AppFactory, platfor
     assert app.jobs() == []
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",  # broken JSON inside a genuine, decrypted event
+        {"text": "an object where Feishu sends JSON text"},  # the wrong type: was a TypeError and a 503
+        '{"text": "lone surrogate \\ud800"}',  # not Unicode: pydantic-core refuses it, json.loads did not
+    ],
+    ids=["broken", "not-text", "lone-surrogate"],
+)
+def test_bad_message_content_is_a_400_naming_the_field(
+    make_app: AppFactory, platform: PlatformStandIn, content: object
+) -> None:
+    app = make_app(FEISHU.options(platform.base))
+    event = p.feishu_message("ev-bad", "om_bad")
+    event["event"]["message"]["content"] = content
+    resp = app.send(p.feishu_request(event))
+    assert resp.status_code == 400
+    assert resp.json() == {"error": "malformed", "detail": "event.message.content is not valid JSON"}
+    assert app.jobs() == []
+
+
 def _connector(platform: PlatformStandIn, **extra: object) -> FeishuConnector:
     return FeishuConnector("bot", FeishuConfig.model_validate({**FEISHU.options(platform.base), **extra}))
 

@@ -225,26 +225,30 @@ async def test_a_sqlite_file_from_before_gets_the_new_columns_and_keeps_its_jobs
         await s.close()
 
 
-async def test_sqlite_forgets_full_buckets_but_sweeps_at_most_once_an_interval(
+async def test_sqlite_forgets_full_buckets_oldest_first_a_few_per_take(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The SQLite store's buckets live in memory: past BUCKETS_BEFORE_SWEEP it forgets those that are full again,
-    but not on every take (thousands of users a second would make each message scan them all)."""
+    """The SQLite store's buckets live in memory: each take forgets a few of those that are full again, least
+    recently used first, and stops at the first that is not full (a scan of every bucket per message, or per second,
+    cost milliseconds past ten thousand users)."""
     from ai_assistant.store import sqlite
 
-    monkeypatch.setattr(sqlite, "BUCKETS_BEFORE_SWEEP", 3)
+    monkeypatch.setattr(sqlite, "FORGET_PER_TAKE", 2)
     store = sqlite.SQLiteStore(tmp_path / "state.db")
     try:
+        assert await store.take([]) is None, "no quotas: nothing to take from"
+        slow = Bucket("user:slow", 0.001, 2)  # not full again for ~1,000 s
+        assert await store.take([slow]) is None
         instant = [Bucket(f"user:{i}", 1e9, 2) for i in range(5)]  # full again at once
-        monkeypatch.setattr(sqlite, "SWEEP_INTERVAL_SECONDS", 3600.0)
-        for b in instant[:4]:
-            assert await store.take([b]) is None
-        assert list(store._buckets) == ["user:3"], "the fourth take swept the three full again (not its own)"
         for b in instant:
             assert await store.take([b]) is None
-        assert len(store._buckets) == 5, "within the interval no take sweeps again"
-        store._next_sweep = 0.0  # the interval is over
-        assert await store.take([Bucket("user:slow", 0.001, 2)]) is None
-        assert list(store._buckets) == ["user:slow"], "the next sweep forgets the full ones and keeps the one in use"
+        assert list(store._buckets) == ["user:slow", *[b.name for b in instant]], "the oldest is not full: it stays"
+        assert await store.take([slow]) is None  # now the most recent; the instant ones are the oldest
+        assert list(store._buckets) == ["user:2", "user:3", "user:4", "user:slow"], "two forgotten per take"
+        assert await store.take([Bucket("chat:1", 1e9, 2)]) is None
+        assert list(store._buckets) == ["user:4", "user:slow", "chat:1"]
+        assert await store.take([Bucket("chat:2", 1e9, 2)]) is None
+        assert list(store._buckets) == ["user:slow", "chat:1", "chat:2"], "stops at the first that is not full"
+        assert await store.take([slow]) == "user:slow", "a bucket kept keeps its level: its burst of 2 is spent"
     finally:
         await store.close()

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,10 +32,8 @@ from .base import (
 
 T = TypeVar("T")
 CLEANUP_INTERVAL_SECONDS = 60.0
-BUCKETS_BEFORE_SWEEP = 10_000
-# Past BUCKETS_BEFORE_SWEEP, the full buckets are swept at most this often: traffic from thousands of users a second
-# keeps more buckets than that not yet full, and a sweep per take() would scan them all for every message.
-SWEEP_INTERVAL_SECONDS = 1.0
+# take() forgets at most this many buckets that are full again per call, least recently used first (see take()).
+FORGET_PER_TAKE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +155,8 @@ class SQLiteStore:
         self._next_cleanup = 0.0
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._buckets: dict[str, tuple[float, float]] = {}  # take(): name -> (tokens, monotonic time)
-        self._bucket_specs: dict[str, Bucket] = {}
-        self._next_sweep = 0.0
+        # take(): name -> (tokens, monotonic time of the last take, the bucket), least recently used first.
+        self._buckets: OrderedDict[str, tuple[float, float, Bucket]] = OrderedDict()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
@@ -282,24 +280,30 @@ class SQLiteStore:
         return results
 
     async def take(self, buckets: Sequence[Bucket]) -> str | None:
+        if not buckets:
+            return None
         now = time.monotonic()
+        held = self._buckets
         levels = []
         for b in buckets:
-            tokens, at = self._buckets.get(b.name, (float(b.burst), now))
+            tokens, at, _ = held.get(b.name, (float(b.burst), now, b))
             tokens = _refilled(b, tokens, now - at)
             if tokens < 1:
                 return b.name
             levels.append(tokens - 1)
         for b, tokens in zip(buckets, levels, strict=True):
-            self._buckets[b.name] = (tokens, now)
-            self._bucket_specs[b.name] = b
-        # Forget the buckets that are full again (the same as none).
-        if len(self._buckets) > BUCKETS_BEFORE_SWEEP and now >= self._next_sweep:
-            self._next_sweep = now + SWEEP_INTERVAL_SECONDS
-            specs = self._bucket_specs
-            full = [k for k, (t, at) in self._buckets.items() if _refilled(specs[k], t, now - at) >= specs[k].burst]
-            for k in full:
-                del self._buckets[k], self._bucket_specs[k]
+            held[b.name] = (tokens, now, b)
+            held.move_to_end(b.name)
+        # Forget the buckets that are full again (the same as none), from the least recently used end, a few per call
+        # and only while the oldest is full: constant work per message however many users there are (a sweep of
+        # every bucket took milliseconds of the ack path past ten thousand users, docs/benchmarks.md). Memory then
+        # holds the users of the last refill period (burst / rate), which is what it needs to. The loop ends at the
+        # latest at this call's own buckets, which were just taken from and so are not full.
+        for _ in range(FORGET_PER_TAKE):
+            name, (tokens, at, b) = next(iter(held.items()))
+            if _refilled(b, tokens, now - at) < b.burst:
+                break
+            del held[name]
         return None
 
     async def remember(self, key: str, ttl: float) -> bool:
