@@ -156,6 +156,34 @@ def test_dev_shm_allows_no_devices_setuid_or_executables(host: Any) -> None:
     assert run.rc != 0 and "ran" not in run.stdout
 
 
+# --- mandatory access control ---------------------------------------------------------------------------------------
+
+# unit -> the AppArmor profile the role attaches to it (AppArmorProfile=); both assistant colours share one profile.
+CONFINED_UNITS = {"ai-assistant": "ai-assistant", "ai-assistant-green": "ai-assistant", "model-server": "model-server"}
+
+
+def test_services_run_confined_by_apparmor(host: Any) -> None:
+    """Each running service's main process is in its profile, enforcing; and the profile refuses what it denies
+    (/etc/shadow to root itself, a write to the service's own code) while it allows the service's configuration."""
+    assert host.run("aa-enabled").stdout.strip() == "Yes"
+    profiles = json.loads(host.check_output("aa-status --json"))["profiles"]
+    running = [unit for unit in CONFINED_UNITS if host.run(f"systemctl is-active --quiet {unit}").rc == 0]
+    assert "model-server" in running and any(u.startswith("ai-assistant") for u in running), running
+    for unit in running:
+        profile = CONFINED_UNITS[unit]
+        assert profiles.get(profile) == "enforce", (profile, profiles)
+        assert host.check_output(f"systemctl show -P AppArmorProfile {unit}") == profile
+        pid = host.check_output(f"systemctl show -P MainPID {unit}")
+        assert host.file(f"/proc/{pid}/attr/current").content_string.strip() == f"{profile} (enforce)", unit
+    shadow = host.run("aa-exec -p ai-assistant -- cat /etc/shadow")
+    assert shadow.rc != 0 and "Permission denied" in shadow.stderr, shadow
+    code = host.run("aa-exec -p ai-assistant -- touch /opt/ai-assistant/venv/apparmor-probe")
+    assert code.rc != 0 and not host.file("/opt/ai-assistant/venv/apparmor-probe").exists, code
+    model = host.run("aa-exec -p model-server -- cat /etc/shadow")
+    assert model.rc != 0 and "Permission denied" in model.stderr, model
+    assert host.run("aa-exec -p ai-assistant -- cat /etc/ai-assistant/assistant.yaml").rc == 0
+
+
 def fresh_ssh(test_vm: TestVM, command: str, *options: str) -> subprocess.CompletedProcess[str]:
     """A new SSH connection (not the shared control connection, which predates the converge): a new PAM session,
     with the converged sshd's algorithms, banner and limits. `options` are extra `-o` settings (a refused cipher).
