@@ -174,12 +174,14 @@ def test_apparmor_profiles_render_and_parse(role: str, mode: str, tmp_path: Path
     name, switch = APPARMOR[role]
     extra = {**WHEEL, switch: mode}
     text = render(role, "apparmor.j2", extra)
-    header = re.findall(r"^profile (\S+)(?: flags=\((\w+)\))? \{$", text, re.M)
-    assert header == [(name, "complain" if mode == "complain" else "")], header
+    header = re.findall(r"^profile (\S+) flags=\(([\w, ]+)\) \{$", text, re.M)
+    flags = "attach_disconnected" + (", complain" if mode == "complain" else "")
+    assert header == [(name, flags)], header
     for rule in (
         "deny ptrace,",
         "deny mount,",
-        "deny network raw,",
+        "deny network inet raw,",
+        "deny network inet6 raw,",
         "deny /etc/shadow* rwkl,",
         "deny /root/** rwklmx,",
     ):
