@@ -130,3 +130,76 @@ def test_sshd_accepts_the_drop_in(tmp_path: Path) -> None:
         render("base", "sshd-hardening.conf.j2", {"base_ssh_ciphers": ["nonesuch-cipher"]}) + f"HostKey {key}\n"
     )
     assert subprocess.run([sshd, "-t", "-f", str(bad)], capture_output=True, timeout=60).returncode != 0
+
+
+# --- AppArmor (cis_1_3_1_x) -----------------------------------------------------------------------------------------
+
+WHEEL = {"assistant_wheel": "/x/ai_assistant-0.1.0-py3-none-any.whl"}
+APPARMOR = {
+    "assistant": ("ai-assistant", "assistant_apparmor_mode"),
+    "model_server": ("model-server", "model_server_apparmor_mode"),
+}
+
+
+def _validate_argv(tasks_file: str, path: Path) -> list[str]:
+    """The `validate:` command of the role's profile task, as the role runs it on the host."""
+    tasks = yaml.safe_load((REPO / tasks_file).read_text(encoding="utf-8"))
+    [task] = [t for t in tasks if t.get("ansible.builtin.template", {}).get("src") == "apparmor.j2"]
+    return [str(path) if arg == "%s" else arg for arg in task["ansible.builtin.template"]["validate"].split()]
+
+
+@pytest.mark.parametrize("mode", ["enforce", "complain", "disabled"])
+@pytest.mark.parametrize("colour", ["blue", "green"])
+def test_both_assistant_colours_attach_the_one_apparmor_profile_by_name(colour: str, mode: str) -> None:
+    extra = {**WHEEL, "__assistant_target_colour": colour, "assistant_apparmor_mode": mode}
+    unit = render("assistant", "ai-assistant.service.j2", extra)
+    venv = "/venv" if colour == "blue" else "/venv-green"
+    assert re.search(rf"^ExecStart=.*{venv}/bin/ai-assistant serve ", unit, re.M), unit
+    attached = re.findall(r"^AppArmorProfile=(.*)$", unit, re.M)
+    assert attached == ([] if mode == "disabled" else ["ai-assistant"]), unit
+
+
+@pytest.mark.parametrize("mode", ["enforce", "complain", "disabled"])
+def test_the_llamacpp_unit_attaches_its_apparmor_profile_by_name(mode: str) -> None:
+    unit = render("model_server", "model-server-llamacpp.service.j2", {"model_server_apparmor_mode": mode})
+    attached = re.findall(r"^AppArmorProfile=(.*)$", unit, re.M)
+    assert attached == ([] if mode == "disabled" else ["model-server"]), unit
+
+
+@pytest.mark.parametrize("mode", ["enforce", "complain"])
+@pytest.mark.parametrize("role", sorted(APPARMOR))
+def test_apparmor_profiles_render_and_parse(role: str, mode: str, tmp_path: Path) -> None:
+    """The profile says what docs/hardening.md claims, in the mode asked for; Debian 12's apparmor_parser compiles it
+    with the role's own `validate:` command (no kernel needed) and refuses a broken one."""
+    name, switch = APPARMOR[role]
+    extra = {**WHEEL, switch: mode}
+    text = render(role, "apparmor.j2", extra)
+    header = re.findall(r"^profile (\S+) flags=\(([\w, ]+)\) \{$", text, re.M)
+    flags = "attach_disconnected" + (", complain" if mode == "complain" else "")
+    assert header == [(name, flags)], header
+    for rule in (
+        "deny ptrace,",
+        "deny mount,",
+        "deny network inet raw,",
+        "deny network inet6 raw,",
+        "deny /etc/shadow* rwkl,",
+        "deny /root/** rwklmx,",
+    ):
+        assert f"  {rule}\n" in text, rule
+    if role == "assistant":
+        assert "  deny /opt/ai-assistant/** wl,\n" in text and "  /data/state/** rwkl,\n" in text
+        assert "  /etc/ai-assistant/** r,\n" in text
+        tasks_file = "roles/assistant/tasks/unit.yml"
+    else:
+        assert "  deny /opt/model-server/** wl,\n" in text and "  deny /data/models/** wl,\n" in text
+        tasks_file = "roles/model_server/tasks/llamacpp.yml"
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    argv = _validate_argv(tasks_file, path)
+    argv[0] = shutil.which(argv[0]) or shutil.which(argv[0], path="/usr/sbin:/sbin") or argv[0]
+    if not Path(argv[0]).is_absolute():
+        pytest.skip("apparmor_parser is not installed here (apt-get install apparmor); the VM converge validates them")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    path.write_text(text.replace("deny ptrace,", "deny ptrace"), encoding="utf-8")
+    assert subprocess.run(argv, capture_output=True, timeout=60).returncode != 0
