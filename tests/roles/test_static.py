@@ -535,6 +535,23 @@ def _check_role_vars(names: list[str], where: str) -> int:
     return checked
 
 
+def test_log_shipping_opens_journal_remote_to_the_hosts_and_lets_them_out_to_it() -> None:
+    base = {"firewall_admin_cidrs": ["192.0.2.0/28"], "firewall_egress_allow": [{"cidrs": ["10.0.0.2"], "ports": [53]}]}
+    shipping = {
+        "firewall_log_clients_cidrs": ["10.0.1.5/32", "2001:db8::5/128"],
+        "firewall_log_host_cidrs": ["10.0.9.9/32"],
+    }
+    out = render("firewall", "nftables.conf.j2", base | shipping | {"firewall_egress_policy": "drop"})
+    lines = [line.strip() for line in out.splitlines() if "19532" in line]
+    assert lines == [
+        'tcp dport 19532 ip saddr { 10.0.1.5/32 } accept comment "journal uploads to the log host"',
+        'tcp dport 19532 ip6 saddr { 2001:db8::5/128 } accept comment "journal uploads to the log host"',
+        'ip daddr { 10.0.9.9/32 } tcp dport 19532 accept comment "journal upload to the log host"',
+    ]
+    # Off (the group_vars give empty lists without base_log_ship_url): no rule names the port.
+    assert "19532" not in render("firewall", "nftables.conf.j2", base | {"firewall_egress_policy": "drop"})
+
+
 def test_playbook_group_vars_use_real_role_options() -> None:
     checked = 0
     for path in sorted((REPO / "playbooks" / "group_vars").glob("*.yml")):

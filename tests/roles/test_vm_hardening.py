@@ -1,10 +1,12 @@
 """The CIS Debian 12 Level 1 controls of docs/hardening.md, asserted on the one converged VM (issue 23).
 
-Read-only checks of the converged state, then three short scenarios that put the VM back as they found it: the
+Read-only checks of the converged state, then four short scenarios that put the VM back as they found it: the
 reboot-required metric (a marker file in /run, removed again), an internal-CA certificate re-signed inside its renewal
-window (its own name and directory, removed afterwards), and the egress drop policy (one firewall-tagged run with
-`firewall_egress_policy: drop`, one to restore the inventory's ruleset). Last, `lynis audit system --quick` prints the
-hardening index and every warning. Each test's name is the one docs/hardening.md cites for its controls.
+window (its own name and directory, removed afterwards), the egress drop policy (one firewall-tagged run with
+`firewall_egress_policy: drop`, one to restore the inventory's ruleset) and remote log shipping (a marker line logged
+on the VM found in the journals its own log host received; uploads without a client certificate from the CA refused).
+Last, `lynis audit system --quick` prints the hardening index and every warning. Each test's name is the one
+docs/hardening.md cites for its controls.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import re
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +27,7 @@ import testinfra
 import yaml
 
 from tests.helpers import wait_until
-from tests.roles.conftest import REPO, TIMINGS, TestVM
+from tests.roles.conftest import DOMAIN, REPO, TIMINGS, TestVM
 from tests.roles.vm import lynis_audit
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800, func_only=True)]
@@ -370,6 +373,57 @@ def test_egress_drop_policy_allows_the_list_and_logs_the_rest(
         TIMINGS["egress-drop restore"] = time.monotonic() - start
         assert back.rc == 0 and back.failed == 0, f"restoring the ruleset failed (log {back.log}):\n{back.tail()}"
     assert "policy accept;" in host.check_output("nft list chain inet filter output")
+
+
+# --- remote log shipping -------------------------------------------------------------------------------------------
+
+# The VM is its own log host (conftest's harness_overrides: base_log_ship_url names the VM, pebble's chain is the CA).
+LOG_HOST_URL = f"https://{DOMAIN}:19532"
+REMOTE_JOURNALS = "/var/log/journal/remote"
+PEBBLE_CHAIN = "/etc/letsencrypt/live/ai-assistant/chain.pem"
+
+
+def test_logs_reach_the_log_host_over_tls(host: Any) -> None:
+    """cis_6_1_x_remote: a line logged on the host arrives in the log host's received journals (journal-upload to
+    journal-remote over TLS with a client certificate), and an upload without a client certificate, or with one the CA
+    did not sign, is refused."""
+    marker = f"log-ship-{uuid.uuid4().hex}"
+    assert host.run(f"logger -t marker {marker}").rc == 0
+    start = time.monotonic()
+    wait_until(
+        lambda: marker in host.run(f"journalctl -D {REMOTE_JOURNALS} -t marker -o cat --no-pager").stdout,
+        30,
+        f"{marker} in {REMOTE_JOURNALS}",
+        1,
+    )
+    TIMINGS["log shipping (marker received)"] = time.monotonic() - start
+
+    upload = (
+        f"curl -sS -m 20 --cacert {PEBBLE_CHAIN} -o /dev/null -w '%{{http_code}}' -X POST"
+        f" -H 'Content-Type: application/vnd.fdo.journal' --data-binary @/dev/null {LOG_HOST_URL}/upload"
+    )
+    stranger = "/tmp/log-ship-stranger"
+    try:
+        made = host.run(
+            f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN={DOMAIN}"
+            f" -keyout {stranger}.key -out {stranger}.crt"
+        )
+        assert made.rc == 0, made.stderr
+        for what, args in (
+            ("no client certificate", ""),
+            ("a self-signed one", f" --cert {stranger}.crt --key {stranger}.key"),
+        ):
+            refused = host.run(upload + args)
+            # Refused in the handshake (curl 35/56) or by journal-remote (401: no certificate, or not signed by the
+            # CA); not a failure to reach or verify the log host itself (curl 7, 28, 60).
+            assert refused.rc in (35, 56) or refused.stdout.strip() == "401", (
+                what,
+                refused.rc,
+                refused.stdout,
+                refused.stderr,
+            )
+    finally:
+        host.run(f"rm -f {stranger}.key {stranger}.crt")
 
 
 # --- lynis ----------------------------------------------------------------------------------------------------------
