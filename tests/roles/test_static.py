@@ -552,6 +552,23 @@ def test_log_shipping_opens_journal_remote_to_the_hosts_and_lets_them_out_to_it(
     assert "19532" not in render("firewall", "nftables.conf.j2", base | {"firewall_egress_policy": "drop"})
 
 
+@pytest.mark.parametrize(
+    ("role", "prefix", "unit"),
+    [("base", "journal-upload", "systemd-journal-upload"), ("log_host", "journal-remote", "systemd-journal-remote")],
+)
+def test_journal_tls_files_are_the_credentials_systemd_hands_the_service(role: str, prefix: str, unit: str) -> None:
+    """The configuration names /run/credentials/UNIT/NAME; the unit's drop-in must load exactly those names, from the
+    role's certificate, key and CA variables (a typo would leave the service without its key)."""
+    conf = render(role, f"{prefix}.conf.j2", {"base_log_ship_url": "https://logs.internal:19532"})
+    dropin = render(role, f"{prefix}.service.conf.j2", {})
+    named = set(re.findall(rf"=/run/credentials/{unit}\.service/([\w.]+)$", conf, re.M))
+    loaded = dict(re.findall(r"^LoadCredential=([\w.]+):(.+)$", dropin, re.M))
+    assert named == set(loaded) == {"key.pem", "cert.pem", "ca.pem"}
+    defaults = load(ROLES_DIR / role / "defaults/main.yml")
+    var = "base_log_ship" if role == "base" else "log_host"
+    assert loaded == {f"{k}.pem": defaults[f"{var}_{k}_file"] for k in ("key", "cert", "ca")}
+
+
 def test_playbook_group_vars_use_real_role_options() -> None:
     checked = 0
     for path in sorted((REPO / "playbooks" / "group_vars").glob("*.yml")):

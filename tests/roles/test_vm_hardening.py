@@ -397,6 +397,10 @@ def test_logs_reach_the_log_host_over_tls(host: Any) -> None:
         1,
     )
     TIMINGS["log shipping (marker received)"] = time.monotonic() - start
+    # Retention: the hourly vacuum runs cleanly and leaves a fresh entry alone (it removes archived files only).
+    assert host.run("systemctl start ai-assistant-log-vacuum.service").rc == 0
+    assert host.check_output("systemctl show -P Result ai-assistant-log-vacuum.service") == "success"
+    assert marker in host.run(f"journalctl -D {REMOTE_JOURNALS} -t marker -o cat --no-pager").stdout
 
     upload = (
         f"curl -sS -m 20 --cacert {PEBBLE_CHAIN} -o /dev/null -w '%{{http_code}}' -X POST"
