@@ -4,7 +4,7 @@ Read-only checks of the converged state, then four short scenarios that put the 
 reboot-required metric (a marker file in /run, removed again), an internal-CA certificate re-signed inside its renewal
 window (its own name and directory, removed afterwards), the egress drop policy (one firewall-tagged run with
 `firewall_egress_policy: drop`, one to restore the inventory's ruleset) and remote log shipping (a marker line logged
-on the VM found in the journals its own log host received; uploads without a client certificate from the CA refused).
+on the VM found in the journals its own log host received, TLS only on its port, the retention vacuum run once).
 Last, `lynis audit system --quick` prints the hardening index and every warning. Each test's name is the one
 docs/hardening.md cites for its controls.
 """
@@ -385,8 +385,9 @@ PEBBLE_CHAIN = "/etc/letsencrypt/live/ai-assistant/chain.pem"
 
 def test_logs_reach_the_log_host_over_tls(host: Any) -> None:
     """cis_6_1_x_remote: a line logged on the host arrives in the log host's received journals (journal-upload to
-    journal-remote over TLS with a client certificate), and an upload without a client certificate, or with one the CA
-    did not sign, is refused."""
+    journal-remote over TLS, the log host's certificate verified), the port speaks TLS only, its firewall rule names
+    the inventory's hosts, and the retention vacuum runs. Debian 12's journal-remote cannot check client certificates
+    (roles/log_host/README.md), so no certificate-less upload is expected to be refused here."""
     marker = f"log-ship-{uuid.uuid4().hex}"
     assert host.run(f"logger -t marker {marker}").rc == 0
     start = time.monotonic()
@@ -397,37 +398,19 @@ def test_logs_reach_the_log_host_over_tls(host: Any) -> None:
         1,
     )
     TIMINGS["log shipping (marker received)"] = time.monotonic() - start
+
+    # The log host's certificate verifies against the uploader's CA under the URL's name (curl fails on a mismatch),
+    # and the port does not answer plaintext HTTP.
+    tls = host.run(f"curl -sS -m 20 --cacert {PEBBLE_CHAIN} -o /dev/null -w '%{{http_code}}' {LOG_HOST_URL}/")
+    assert tls.rc == 0, tls.stderr
+    plain = host.run(f"curl -sS -m 20 -o /dev/null -w '%{{http_code}}' http://{DOMAIN}:19532/")
+    assert plain.rc != 0, plain.stdout
+    assert "tcp dport 19532 ip saddr" in host.check_output("nft list chain inet filter input")
+
     # Retention: the hourly vacuum runs cleanly and leaves a fresh entry alone (it removes archived files only).
     assert host.run("systemctl start ai-assistant-log-vacuum.service").rc == 0
     assert host.check_output("systemctl show -P Result ai-assistant-log-vacuum.service") == "success"
     assert marker in host.run(f"journalctl -D {REMOTE_JOURNALS} -t marker -o cat --no-pager").stdout
-
-    upload = (
-        f"curl -sS -m 20 --cacert {PEBBLE_CHAIN} -o /dev/null -w '%{{http_code}}' -X POST"
-        f" -H 'Content-Type: application/vnd.fdo.journal' --data-binary @/dev/null {LOG_HOST_URL}/upload"
-    )
-    stranger = "/tmp/log-ship-stranger"
-    try:
-        made = host.run(
-            f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN={DOMAIN}"
-            f" -keyout {stranger}.key -out {stranger}.crt"
-        )
-        assert made.rc == 0, made.stderr
-        for what, args in (
-            ("no client certificate", ""),
-            ("a self-signed one", f" --cert {stranger}.crt --key {stranger}.key"),
-        ):
-            refused = host.run(upload + args)
-            # Refused in the handshake (curl 35/56) or by journal-remote (401: no certificate, or not signed by the
-            # CA); not a failure to reach or verify the log host itself (curl 7, 28, 60).
-            assert refused.rc in (35, 56) or refused.stdout.strip() == "401", (
-                what,
-                refused.rc,
-                refused.stdout,
-                refused.stderr,
-            )
-    finally:
-        host.run(f"rm -f {stranger}.key {stranger}.crt")
 
 
 # --- lynis ----------------------------------------------------------------------------------------------------------
