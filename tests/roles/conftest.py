@@ -313,6 +313,15 @@ def harness_overrides(vm: VM) -> dict[str, Any]:
         "tls_acme_server": "https://localhost:14000/dir",
         "tls_acme_ca_bundle": "/etc/pebble/ca.pem",
         "tls_acme_email": "ops@assistant.test",
+        # Remote log shipping (cis_6_1_x_remote): the one VM is its own log host and ships its journal to itself by
+        # name. Its certificate is pebble's, not the internal CA's: both ends use it, and the uploader verifies the
+        # log host against pebble's issuing certificate (certbot's chain.pem) as the CA.
+        "base_log_ship_url": f"https://{DOMAIN}:19532",
+        "base_log_ship_cert_file": "/etc/letsencrypt/live/ai-assistant/fullchain.pem",
+        "base_log_ship_key_file": "/etc/letsencrypt/live/ai-assistant/privkey.pem",
+        "base_log_ship_ca_file": "/etc/letsencrypt/live/ai-assistant/chain.pem",
+        "log_host_cert_file": "/etc/letsencrypt/live/ai-assistant/fullchain.pem",
+        "log_host_key_file": "/etc/letsencrypt/live/ai-assistant/privkey.pem",
         # No GPU host, managed Redis, Weaviate or S3 here: the local llama.cpp (its wheels and model from the
         # bundle), the data play's own Redis, the embedded knowledge store and no backup bucket (test_vm_backup.py
         # runs the backup role against a stand-in).

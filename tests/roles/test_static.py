@@ -535,6 +535,43 @@ def _check_role_vars(names: list[str], where: str) -> int:
     return checked
 
 
+def test_log_shipping_opens_journal_remote_to_the_hosts_and_lets_them_out_to_it() -> None:
+    base = {"firewall_admin_cidrs": ["192.0.2.0/28"], "firewall_egress_allow": [{"cidrs": ["10.0.0.2"], "ports": [53]}]}
+    shipping = {
+        "firewall_log_clients_cidrs": ["10.0.1.5/32", "2001:db8::5/128"],
+        "firewall_log_host_cidrs": ["10.0.9.9/32"],
+    }
+    out = render("firewall", "nftables.conf.j2", base | shipping | {"firewall_egress_policy": "drop"})
+    lines = [line.strip() for line in out.splitlines() if "19532" in line]
+    assert lines == [
+        'tcp dport 19532 ip saddr { 10.0.1.5/32 } accept comment "journal uploads to the log host"',
+        'tcp dport 19532 ip6 saddr { 2001:db8::5/128 } accept comment "journal uploads to the log host"',
+        'ip daddr { 10.0.9.9/32 } tcp dport 19532 accept comment "journal upload to the log host"',
+    ]
+    # Off (the group_vars give empty lists without base_log_ship_url): no rule names the port.
+    assert "19532" not in render("firewall", "nftables.conf.j2", base | {"firewall_egress_policy": "drop"})
+
+
+@pytest.mark.parametrize(
+    ("role", "prefix", "unit"),
+    [("base", "journal-upload", "systemd-journal-upload"), ("log_host", "journal-remote", "systemd-journal-remote")],
+)
+def test_journal_tls_files_are_the_credentials_systemd_hands_the_service(role: str, prefix: str, unit: str) -> None:
+    """The configuration names /run/credentials/UNIT/NAME; the unit's drop-in must load exactly those names, from the
+    role's certificate, key and CA variables (a typo would leave the service without its key)."""
+    conf = render(role, f"{prefix}.conf.j2", {"base_log_ship_url": "https://logs.internal:19532"})
+    dropin = render(role, f"{prefix}.service.conf.j2", {})
+    named = set(re.findall(rf"=/run/credentials/{unit}\.service/([\w.]+)$", conf, re.M))
+    loaded = dict(re.findall(r"^LoadCredential=([\w.]+):(.+)$", dropin, re.M))
+    # The log host has no CA file: Debian 12's journal-remote cannot check client certificates (roles/log_host).
+    kinds = ("key", "cert", "ca") if role == "base" else ("key", "cert")
+    assert named == set(loaded) == {f"{k}.pem" for k in kinds}
+    defaults = load(ROLES_DIR / role / "defaults/main.yml")
+    var = "base_log_ship" if role == "base" else "log_host"
+    assert loaded == {f"{k}.pem": defaults[f"{var}_{k}_file"] for k in kinds}
+    assert role == "base" or not re.search(r"^TrustedCertificateFile=", conf, re.M)
+
+
 def test_playbook_group_vars_use_real_role_options() -> None:
     checked = 0
     for path in sorted((REPO / "playbooks" / "group_vars").glob("*.yml")):

@@ -1,10 +1,12 @@
 """The CIS Debian 12 Level 1 controls of docs/hardening.md, asserted on the one converged VM (issue 23).
 
-Read-only checks of the converged state, then three short scenarios that put the VM back as they found it: the
+Read-only checks of the converged state, then four short scenarios that put the VM back as they found it: the
 reboot-required metric (a marker file in /run, removed again), an internal-CA certificate re-signed inside its renewal
-window (its own name and directory, removed afterwards), and the egress drop policy (one firewall-tagged run with
-`firewall_egress_policy: drop`, one to restore the inventory's ruleset). Last, `lynis audit system --quick` prints the
-hardening index and every warning. Each test's name is the one docs/hardening.md cites for its controls.
+window (its own name and directory, removed afterwards), the egress drop policy (one firewall-tagged run with
+`firewall_egress_policy: drop`, one to restore the inventory's ruleset) and remote log shipping (a marker line logged
+on the VM found in the journals its own log host received, TLS only on its port, the retention vacuum run once).
+Last, `lynis audit system --quick` prints the hardening index and every warning. Each test's name is the one
+docs/hardening.md cites for its controls.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import re
 import subprocess
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +28,7 @@ import testinfra
 import yaml
 
 from tests.helpers import wait_until
-from tests.roles.conftest import REPO, TIMINGS, TestVM
+from tests.roles.conftest import DOMAIN, REPO, TIMINGS, TestVM
 from tests.roles.vm import lynis_audit
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800, func_only=True)]
@@ -413,6 +416,44 @@ def test_egress_drop_policy_allows_the_list_and_logs_the_rest(
         TIMINGS["egress-drop restore"] = time.monotonic() - start
         assert back.rc == 0 and back.failed == 0, f"restoring the ruleset failed (log {back.log}):\n{back.tail()}"
     assert "policy accept;" in host.check_output("nft list chain inet filter output")
+
+
+# --- remote log shipping -------------------------------------------------------------------------------------------
+
+# The VM is its own log host (conftest's harness_overrides: base_log_ship_url names the VM, pebble's chain is the CA).
+LOG_HOST_URL = f"https://{DOMAIN}:19532"
+REMOTE_JOURNALS = "/var/log/journal/remote"
+PEBBLE_CHAIN = "/etc/letsencrypt/live/ai-assistant/chain.pem"
+
+
+def test_logs_reach_the_log_host_over_tls(host: Any) -> None:
+    """cis_6_1_x_remote: a line logged on the host arrives in the log host's received journals (journal-upload to
+    journal-remote over TLS, the log host's certificate verified), the port speaks TLS only, its firewall rule names
+    the inventory's hosts, and the retention vacuum runs. Debian 12's journal-remote cannot check client certificates
+    (roles/log_host/README.md), so no certificate-less upload is expected to be refused here."""
+    marker = f"log-ship-{uuid.uuid4().hex}"
+    assert host.run(f"logger -t marker {marker}").rc == 0
+    start = time.monotonic()
+    wait_until(
+        lambda: marker in host.run(f"journalctl -D {REMOTE_JOURNALS} -t marker -o cat --no-pager").stdout,
+        30,
+        f"{marker} in {REMOTE_JOURNALS}",
+        1,
+    )
+    TIMINGS["log shipping (marker received)"] = time.monotonic() - start
+
+    # The log host's certificate verifies against the uploader's CA under the URL's name (curl fails on a mismatch),
+    # and the port does not answer plaintext HTTP.
+    tls = host.run(f"curl -sS -m 20 --cacert {PEBBLE_CHAIN} -o /dev/null -w '%{{http_code}}' {LOG_HOST_URL}/")
+    assert tls.rc == 0, tls.stderr
+    plain = host.run(f"curl -sS -m 20 -o /dev/null -w '%{{http_code}}' http://{DOMAIN}:19532/")
+    assert plain.rc != 0, plain.stdout
+    assert "tcp dport 19532 ip saddr" in host.check_output("nft list chain inet filter input")
+
+    # Retention: the hourly vacuum runs cleanly and leaves a fresh entry alone (it removes archived files only).
+    assert host.run("systemctl start ai-assistant-log-vacuum.service").rc == 0
+    assert host.check_output("systemctl show -P Result ai-assistant-log-vacuum.service") == "success"
+    assert marker in host.run(f"journalctl -D {REMOTE_JOURNALS} -t marker -o cat --no-pager").stdout
 
 
 # --- lynis ----------------------------------------------------------------------------------------------------------
