@@ -758,3 +758,24 @@ def test_every_synchronize_honours_the_inventorys_ssh_settings() -> None:
             assert args.get("use_ssh_args") is True, f"{path.relative_to(REPO)}: {task.get('name')}: use_ssh_args"
             assert args.get("verify_host") is True, f"{path.relative_to(REPO)}: {task.get('name')}: verify_host"
     assert len(found) >= 2, found  # the assistant's and the model server's wheel copies
+
+
+def test_the_data_play_signs_the_certificate_redis_reads_before_redis_starts() -> None:
+    """ai_assistant_internal_tls (issue 23 item 4): the data play's tls role writes the files roles/redis's defaults
+    name, with the key group redis is added to, and runs first; Redis refuses to start without them."""
+    [data_play] = [p for p in load(REPO / "playbooks/site.yml") if p.get("hosts") == "data"]
+    names = [r["role"] for r in data_play["roles"]]
+    assert names.index("tls") < names.index("redis"), names
+    tls = next(r for r in data_play["roles"] if r["role"] == "tls")
+    redis = next(r for r in data_play["roles"] if r["role"] == "redis")
+    assert "ai_assistant_internal_tls" in tls["when"]
+    assert "ai_assistant_internal_tls" in redis["vars"]["redis_tls_enabled"]
+    tls_dir = load(ROLES_DIR / "tls/defaults/main.yml")["tls_dir"]
+    defaults = load(ROLES_DIR / "redis/defaults/main.yml")
+    name = tls["vars"]["tls_name"]
+    assert tls["vars"]["tls_mode"] == "internal_ca"
+    assert defaults["redis_tls_certificate_file"] == f"{tls_dir}/{name}.crt"
+    assert defaults["redis_tls_key_file"] == f"{tls_dir}/{name}.key"
+    assert defaults["redis_tls_ca_file"] == f"{tls_dir}/internal-ca.crt"  # the tls role's internal_ca.yml
+    assert tls["vars"]["tls_private_key_group"] == defaults["redis_tls_key_group"]
+    assert "redis-server" in tls["vars"]["tls_reload_services"]
