@@ -331,6 +331,9 @@ def harness_overrides(vm: VM) -> dict[str, Any]:
         "ai_assistant_knowledge": {},
         "ai_assistant_weaviate_enabled": False,
         "ai_assistant_backup_bucket": "",
+        # One host, so the link to Redis never leaves it and the stack's default would leave it plaintext: on here,
+        # so the suite exercises the TLS-only Redis (issue 23 item 4) that a separate data host gets.
+        "ai_assistant_internal_tls": True,
         # TCG emulates every instruction: short answers keep the e2e test in minutes.
         "assistant_engine_max_tokens": 16,
         "assistant_engine_timeout_seconds": 300,

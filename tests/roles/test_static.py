@@ -795,3 +795,68 @@ def test_every_synchronize_honours_the_inventorys_ssh_settings() -> None:
             assert args.get("use_ssh_args") is True, f"{path.relative_to(REPO)}: {task.get('name')}: use_ssh_args"
             assert args.get("verify_host") is True, f"{path.relative_to(REPO)}: {task.get('name')}: verify_host"
     assert len(found) >= 2, found  # the assistant's and the model server's wheel copies
+
+
+def test_the_data_play_signs_the_certificate_redis_reads_before_redis_starts() -> None:
+    """ai_assistant_internal_tls (issue 23 item 4): the data play's tls role writes the files roles/redis's defaults
+    name, with the key group redis is added to, and runs first; Redis refuses to start without them."""
+    [data_play] = [p for p in load(REPO / "playbooks/site.yml") if p.get("hosts") == "data"]
+    names = [r["role"] for r in data_play["roles"]]
+    assert names.index("tls") < names.index("redis"), names
+    tls = next(r for r in data_play["roles"] if r["role"] == "tls")
+    redis = next(r for r in data_play["roles"] if r["role"] == "redis")
+    assert "ai_assistant_internal_tls" in tls["when"]
+    assert "ai_assistant_internal_tls" in redis["vars"]["redis_tls_enabled"]
+    tls_dir = load(ROLES_DIR / "tls/defaults/main.yml")["tls_dir"]
+    defaults = load(ROLES_DIR / "redis/defaults/main.yml")
+    name = tls["vars"]["tls_name"]
+    assert tls["vars"]["tls_mode"] == "internal_ca"
+    assert defaults["redis_tls_certificate_file"] == f"{tls_dir}/{name}.crt"
+    assert defaults["redis_tls_key_file"] == f"{tls_dir}/{name}.key"
+    assert defaults["redis_tls_ca_file"] == f"{tls_dir}/internal-ca.crt"  # the tls role's internal_ca.yml
+    assert tls["vars"]["tls_private_key_group"] == defaults["redis_tls_key_group"]
+    assert "redis-server" in tls["vars"]["tls_reload_services"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "extra", "expected"),
+    [
+        # An operator's inventory with a separate data host, no managed Redis: TLS to it, the controller's CA.
+        ("split", {}, (True, "controller CA", "10.0.2.7")),
+        # One host (make up's layout): loopback, plaintext, as before.
+        ("single", {}, (False, "", "127.0.0.1")),
+        # A host configuring itself on boot (ADR 0039): the root's certificate its boot script passes.
+        ("split", {"ai_assistant_internal_ca_cert": "boot CA"}, (True, "boot CA", "10.0.2.7")),
+        # A managed Redis wins whatever the switch says.
+        ("split", {"ai_assistant_redis": {"host": "r.example", "tls": True, "ca_cert": "managed CA"}},
+         (True, "managed CA", "r.example")),
+    ],
+)  # fmt: skip
+def test_the_assistant_reaches_the_data_hosts_redis_over_tls_where_it_is_another_host(
+    tmp_path: Path, layout: str, extra: dict[str, Any], expected: tuple[bool, str, str]
+) -> None:
+    """playbooks/group_vars as ansible-playbook resolves them (ai_assistant_internal_tls, issue 23 item 4)."""
+    import shutil
+
+    shutil.copytree(REPO / "playbooks", tmp_path / "playbooks", ignore=shutil.ignore_patterns("inventory"))
+    hosts = {"a1": "10.0.1.5", "d1": "10.0.2.7"} if layout == "split" else {"one": "127.0.0.1"}
+    first, last = sorted(hosts)[0], sorted(hosts)[-1]  # the same host in both groups on one host
+    inventory = {"all": {"children": {
+        "assistant": {"hosts": {first: {"ansible_host": hosts[first]}}},
+        "data": {"hosts": {last: {"ansible_host": hosts[last]}}},
+    }}}  # fmt: skip
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "ca.crt").write_text("controller CA")
+    variables = {"ai_assistant_redis": {}, "redis_password": "x", "tls_internal_ca_dir": str(tmp_path / "ca")}
+    (tmp_path / "vars.json").write_text(json.dumps(variables | extra))
+    wanted = "{{ [assistant_redis_tls | bool, assistant_redis_ca_cert, assistant_redis_host] | to_json }}"
+    probe = [{"hosts": "assistant", "gather_facts": False, "become": False,
+              "tasks": [{"ansible.builtin.debug": {"msg": wanted}}]}]  # fmt: skip
+    (tmp_path / "playbooks" / "probe.yml").write_text(yaml.safe_dump(probe))
+    env = ansible_env() | {"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_NOCOLOR": "1"}
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", "inventory.yml", "-e", "@vars.json", "playbooks/probe.yml"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    [result] = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"].values()
+    assert tuple(json.loads(result["msg"])) == expected

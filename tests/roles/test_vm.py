@@ -204,11 +204,15 @@ def test_data_disk_is_mounted_by_label_with_safe_options(host: Any) -> None:
 # --- redis -------------------------------------------------------------------------------------------------------
 
 
+# Redis serves TLS only on the VM (the harness turns ai_assistant_internal_tls on): redis-cli verifies the internal CA.
+REDIS_CLI = "redis-cli --tls --cacert /etc/ssl/ai-assistant/internal-ca.crt"
+
+
 def test_redis_persists_and_requires_the_acl_password(host: Any, test_vm: TestVM) -> None:
     assert host.socket("tcp://127.0.0.1:6379").is_listening
     assert not host.socket("tcp://0.0.0.0:6379").is_listening
-    assert "NOAUTH" in host.run("redis-cli ping").stdout + host.run("redis-cli ping").stderr
-    assert host.run("redis-cli --user default --pass x ping 2>&1").stdout.strip() != "PONG"
+    assert "NOAUTH" in host.run(f"{REDIS_CLI} ping 2>&1").stdout
+    assert host.run(f"{REDIS_CLI} --user default --pass x ping 2>&1").stdout.strip() != "PONG"
     assert host.file("/data/redis/appendonlydir").is_directory
     # Pulumi's redis_password when the hand-off passed one (the CI path), else the one the role generated.
     secret = test_vm.given_secret("redis_password")
@@ -217,12 +221,12 @@ def test_redis_persists_and_requires_the_acl_password(host: Any, test_vm: TestVM
         assert len(secret) == 40 and host.file("/etc/redis/ai-assistant.secret").mode == 0o600
     acl = host.check_output("cat /etc/redis/users.acl")
     assert secret not in acl  # only its SHA-256 is stored
-    as_assistant = f"redis-cli --no-auth-warning --user ai-assistant --pass '{secret}' ping"
+    as_assistant = f"{REDIS_CLI} --no-auth-warning --user ai-assistant --pass '{secret}' ping"
     assert host.check_output(as_assistant) == "PONG"
     # The backup job's user: BGSAVE yes, reading or writing the assistant's data no (least privilege).
     backup = host.check_output("cat /etc/redis/backup.secret")
     assert len(backup) == 40 and backup not in host.check_output("cat /etc/redis/users.acl")
-    as_backup = "redis-cli --no-auth-warning --user backup --pass " + backup
+    as_backup = f"{REDIS_CLI} --no-auth-warning --user backup --pass " + backup
     assert host.check_output(f"{as_backup} lastsave").isdigit()
     assert "NOPERM" in host.run(f"{as_backup} get aia:anything 2>&1").stdout
 

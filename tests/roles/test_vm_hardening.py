@@ -358,6 +358,36 @@ def test_internal_ca_re_signs_a_certificate_inside_the_renewal_window(
         host.run(f"rm -rf {RENEW_DIR}")
 
 
+# --- internal links (issue 23 item 4) -----------------------------------------------------------------------------
+
+INTERNAL_CA = "/etc/ssl/ai-assistant/internal-ca.crt"
+
+
+def test_internal_links_are_tls(host: Any) -> None:
+    """Redis serves TLS only (the harness turns ai_assistant_internal_tls on, as a separate data host has it): its
+    certificate verifies against the internal CA for the address the assistant connects to, a plaintext PING on the
+    port gets no answer, and the assistant is configured for rediss:// with that CA (the answered-message tests show it
+    works through it)."""
+    verified = host.run(
+        f"openssl s_client -connect 127.0.0.1:6379 -CAfile {INTERNAL_CA} -verify_return_error -verify_ip 127.0.0.1"
+        " -brief </dev/null 2>&1"
+    )
+    assert verified.rc == 0 and "Verification: OK" in verified.stdout, verified.stdout
+    plain = host.run("timeout 10 redis-cli -h 127.0.0.1 -p 6379 ping 2>&1").stdout
+    assert "PONG" not in plain and "NOAUTH" not in plain, plain
+    conf = host.check_output("grep -E '^(port|tls-port|tls-auth-clients) ' /etc/redis/redis.conf").splitlines()
+    assert sorted(conf) == ["port 0", "tls-auth-clients no", "tls-port 6379"], conf
+    key = host.file("/etc/ssl/ai-assistant/internal-link.key")
+    assert (key.user, key.group, key.mode) == ("root", "ssl-cert", 0o640)
+    assert "ssl-cert" in host.user("redis").groups
+    assert host.run("grep -q '^AI_ASSISTANT_STORE__REDIS_URL=rediss://' /etc/ai-assistant/secrets.env").rc == 0
+    assert (
+        "redis_ca_file: /etc/ai-assistant/redis-ca.pem" in host.file("/etc/ai-assistant/assistant.yaml").content_string
+    )
+    same_ca = host.run(f"cmp -s {INTERNAL_CA} /etc/ai-assistant/redis-ca.pem")
+    assert same_ca.rc == 0, "the assistant trusts another CA than the one that signed Redis's certificate"
+
+
 # --- egress policy --------------------------------------------------------------------------------------------------
 
 

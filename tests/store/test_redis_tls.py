@@ -284,3 +284,101 @@ def test_serve_stops_at_start_with_one_line_for_a_wrong_ca(tmp_path: Path, port:
     assert lines and lines[-1].startswith("error: assistant.yaml: store.redis_url: rediss://127.0.0.1:"), lines
     assert "not trusted by the CA in" in lines[-1]
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr + done.stdout
+
+
+# --- the other clients of the same Redis: the backup job and doctor's answer-cache check (issue 23 item 4: the data
+# host's own Redis speaks TLS only, so every client must verify it the store's way) -----------------------------------
+
+
+def test_the_backup_snapshots_over_rediss_and_verifies_the_server(
+    tmp_path: Path, port: int, pki: dict[str, CA]
+) -> None:
+    from ai_assistant.backup.collect import redis_snapshot
+    from ai_assistant.backup.errors import BackupError
+
+    dest = tmp_path / "backup" / "dump.rdb"
+    redis_snapshot(url(port), dest, None, 30, pki["right"].pem)
+    assert dest.read_bytes().startswith(b"REDIS"), "a completed BGSAVE, copied from the server's CONFIG GET dir"
+    for ca in (pki["wrong"].pem, None):  # another CA, or the system trust store: no snapshot, one line
+        with pytest.raises(BackupError, match=r"certificate verify failed|CERTIFICATE_VERIFY_FAILED") as caught:
+            redis_snapshot(url(port), tmp_path / "never" / "dump.rdb", None, 30, ca)
+        assert PASSWORD not in str(caught.value)
+    with pytest.raises(BackupError, match=r"store.redis_ca_file: set, but store.redis_url is redis://"):
+        redis_snapshot(f"redis://:{PASSWORD}@127.0.0.1:{port}/0", dest, None, 30, pki["right"].pem)
+
+
+def test_the_backup_takes_the_services_ca_unless_given_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pki: dict[str, CA]
+) -> None:
+    from ai_assistant.backup.cli import _store
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "assistant.yaml").write_text(yaml.safe_dump({"store": {"backend": "redis", "redis_ca_file": "ca.pem"}}))
+    monkeypatch.setenv("AI_ASSISTANT_STORE__REDIS_URL", url(6379))
+    assert _store(config, tmp_path / "data", None) == ("redis", url(6379), config / "ca.pem")
+    assert _store(config, tmp_path / "data", None, pki["wrong"].pem)[2] == pki["wrong"].pem
+
+
+async def test_doctors_cache_check_reads_redis_over_rediss_with_the_ca(port: int, pki: dict[str, CA]) -> None:
+    from ai_assistant.doctor.cache import _read_redis
+
+    assert await _read_redis(url(port), pki["right"].pem) == (0, 0, 0)
+    with pytest.raises(OSError, match=r"certificate verify failed|CERTIFICATE_VERIFY_FAILED"):
+        await _read_redis(url(port), pki["wrong"].pem)
+
+
+def test_the_redis_roles_tls_config_serves_tls_only_and_the_store_and_backup_verify_it(
+    tmp_path: Path, pki: dict[str, CA]
+) -> None:
+    """roles/redis's redis.conf.j2 with redis_tls_enabled, rendered by Ansible's templating (only the paths, the port
+    and systemd's supervision changed, as in tests/store/test_redis_role_config.py): the assistant's ACL user works
+    over rediss:// with the internal CA, the backup user snapshots over it, and plaintext on the port gets nothing."""
+    import re
+    import socket
+
+    import redis
+
+    from ai_assistant.backup.collect import redis_snapshot
+    from tests.roles.test_static import render
+
+    crt, key = server_cert(pki["right"], tmp_path, "data-1.internal", "127.0.0.1")
+    port, data = free_port(), tmp_path / "data"
+    data.mkdir()
+    passwords = {"redis_acl_password": "a" * 40, "redis_backup_acl_password": "b" * 40}
+    (tmp_path / "users.acl").write_text(render("redis", "users.acl.j2", passwords))
+    tls = {"redis_tls_enabled": True, "redis_tls_certificate_file": str(crt), "redis_tls_key_file": str(key),
+           "redis_tls_ca_file": str(pki["right"].pem)}  # fmt: skip
+    where = {"redis_port": port, "redis_dir": str(data), "redis_bind": ["127.0.0.1"]}
+    conf = render("redis", "redis.conf.j2", where | tls)
+    assert re.search(r"(?m)^port 0$", conf) and re.search(rf"(?m)^tls-port {port}$", conf), conf
+    local = {"supervised": "no", "pidfile": str(tmp_path / "redis.pid"), "logfile": str(tmp_path / "redis.log"),
+             "aclfile": str(tmp_path / "users.acl")}  # fmt: skip
+    for key_, value in local.items():
+        conf, n = re.subn(rf"(?m)^{key_} .*$", f"{key_} {value}", conf)
+        assert n == 1, key_
+    (tmp_path / "redis.conf").write_text(conf)
+    proc = subprocess.Popen(["redis-server", str(tmp_path / "redis.conf")], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _pings_plain_socket(port), 20, "the role's redis-server with TLS")
+        as_assistant = f"rediss://ai-assistant:{'a' * 40}@127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(as_assistant, ssl_ca_certs=str(pki["right"].pem), ssl_check_hostname=True)
+        wait_until(lambda: bool(client.ping()), 20, "PONG over TLS")
+        assert client.set("k", "v") and client.get("k") == b"v"
+        client.close()
+        # As roles/backup runs it: the backup user may not CONFIG GET, the unit passes the RDB's path.
+        as_backup = f"rediss://backup:{'b' * 40}@127.0.0.1:{port}/0"
+        redis_snapshot(as_backup, tmp_path / "out.rdb", data / "dump.rdb", 30, pki["right"].pem)
+        assert (tmp_path / "out.rdb").read_bytes().startswith(b"REDIS")
+        # Plaintext on the TLS port: Redis answers a RESP command with nothing (it waits for a TLS ClientHello, then
+        # drops the connection), never +PONG or -NOAUTH.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+            plain.sendall(b"PING\r\n")
+            try:
+                answer = plain.recv(64)
+            except (TimeoutError, ConnectionResetError):
+                answer = b""
+        assert not answer.startswith((b"+", b"-")), answer
+    finally:
+        proc.terminate()
+        proc.wait(10)
