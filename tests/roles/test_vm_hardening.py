@@ -1,10 +1,11 @@
 """The CIS Debian 12 Level 1 controls of docs/hardening.md, asserted on the one converged VM (issue 23).
 
-Read-only checks of the converged state, then three short scenarios that put the VM back as they found it: the
-reboot-required metric (a marker file in /run, removed again), an internal-CA certificate re-signed inside its renewal
-window (its own name and directory, removed afterwards), and the egress drop policy (one firewall-tagged run with
-`firewall_egress_policy: drop`, one to restore the inventory's ruleset). Last, `lynis audit system --quick` prints the
-hardening index and every warning. Each test's name is the one docs/hardening.md cites for its controls.
+Read-only checks of the converged state, then short scenarios that put the VM back as they found it: the
+reboot-required metric (a marker file in /run, removed again), the AIDE check (a probe file, removed again and the
+baseline rebuilt in the background), an internal-CA certificate re-signed inside its renewal window (its own name and
+directory, removed afterwards), and the egress drop policy (one firewall-tagged run with `firewall_egress_policy: drop`,
+one to restore the inventory's ruleset). Last, `lynis audit system --quick` prints the hardening index and every
+warning. Each test's name is the one docs/hardening.md cites for its controls.
 """
 
 from __future__ import annotations
@@ -262,6 +263,41 @@ def test_reboot_required_metric_follows_debians_marker(host: Any) -> None:
     finally:
         host.run(f"rm -f /run/reboot-required && {publish}")
     assert "node_reboot_required 0" in host.file(str(TEXTFILE)).content_string
+
+
+# --- file integrity -------------------------------------------------------------------------------------------------
+
+AIDE_DB = "/var/lib/aide/aide.db"
+AIDE_PROBE = "/usr/local/lib/ai-assistant/aide-vm-test"
+AIDE_TEXTFILE = Path(BASE_DEFAULTS["base_aide_textfile_dir"]) / "aide.prom"
+
+
+def test_file_integrity_check_reports_a_changed_file(host: Any) -> None:
+    """CIS 6.3.1-6.3.3: the baseline the converge started in the background exists, a file added under a watched
+    directory shows in the check's metric, and the report names no data directory. The baseline is rebuilt in the
+    background afterwards (without the probe), as a converge would."""
+    start = time.monotonic()
+    wait_until(lambda: host.file(AIDE_DB).exists, 900, f"{AIDE_DB} (the converge's AIDE baseline)", 5)
+    TIMINGS["aide baseline wait"] = time.monotonic() - start
+    assert host.service("ai-assistant-aide-check.timer").is_enabled
+    assert not host.service("dailyaidecheck.timer").is_enabled
+    # CIS 6.3.3: the audit tools are checked with the benchmark's own rule, ahead of the /usr/sbin directory rule.
+    rule = host.check_output("aide --config=/etc/aide/ai-assistant.conf --path-check=f:/usr/sbin/auditctl")
+    assert "AuditTools" in rule, rule
+    try:
+        assert host.run(f"echo probe > {AIDE_PROBE}").rc == 0
+        start = time.monotonic()
+        check = host.run("timeout 600 systemctl start ai-assistant-aide-check.service")
+        TIMINGS["aide check"] = time.monotonic() - start
+        assert check.rc == 0, check.stderr
+        metric = re.search(r"^aide_changed_entries (\d+)$", host.file(str(AIDE_TEXTFILE)).content_string, re.M)
+        assert metric and int(metric.group(1)) >= 1, host.file(str(AIDE_TEXTFILE)).content_string
+        report = host.file("/var/log/aide/ai-assistant-check.log").content_string
+        assert AIDE_PROBE in report
+        for data_dir in ("/data/", "/var/lib/redis", "/var/log/journal"):
+            assert f": {data_dir}" not in report, f"{data_dir} is in the AIDE scope:\n{report}"
+    finally:
+        host.run(f"rm -f {AIDE_PROBE} && systemctl start --no-block ai-assistant-aide-init.service")
 
 
 # --- certificates ---------------------------------------------------------------------------------------------------
