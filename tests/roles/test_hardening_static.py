@@ -113,6 +113,22 @@ def test_reboot_required_script_writes_to_node_exporters_textfile_directory() ->
     assert "alert: NodeRebootRequired" in rules and "node_reboot_required == 1" in rules
 
 
+def test_aide_scope_and_metric_follow_the_role_options() -> None:
+    """The AIDE configuration hashes base_aide_paths and leaves base_aide_exclude out; the script publishes into
+    node_exporter's textfile directory the metrics the FileIntegrity* alerts read."""
+    node_exporter = yaml.safe_load((REPO / "roles/node_exporter/defaults/main.yml").read_text(encoding="utf-8"))
+    assert BASE["base_aide_textfile_dir"] == node_exporter["node_exporter_textfile_directory"]
+    conf = render("base", "aide-ai-assistant.conf.j2", {"base_aide_extra_paths": ["/srv/app"]}).splitlines()
+    for path in [*BASE["base_aide_paths"], "/srv/app"]:
+        assert f"{re.escape(path)} Watched" in conf, path
+    for path in BASE["base_aide_exclude"]:
+        assert f"!{re.escape(path)}(/|$)" in conf, path
+    script = render("base", "aide-check.j2", {})
+    assert 'mv "$tmp" "$dir/aide.prom"' in script and 'echo "aide_changed_entries $1"' in script
+    rules = (REPO / "monitoring/prometheus/rules/host.rules.yml").read_text(encoding="utf-8")
+    assert "aide_changed_entries > 0" in rules and "time() - aide_last_check_timestamp_seconds" in rules
+
+
 def test_sshd_accepts_the_drop_in(tmp_path: Path) -> None:
     """Debian 12's own sshd parses the rendered drop-in (the role validates it the same way before installing it):
     every algorithm name exists in this OpenSSH."""

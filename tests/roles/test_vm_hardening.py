@@ -1,8 +1,9 @@
 """The CIS Debian 12 Level 1 controls of docs/hardening.md, asserted on the one converged VM (issue 23).
 
-Read-only checks of the converged state, then four short scenarios that put the VM back as they found it: the
-reboot-required metric (a marker file in /run, removed again), an internal-CA certificate re-signed inside its renewal
-window (its own name and directory, removed afterwards), the egress drop policy (one firewall-tagged run with
+Read-only checks of the converged state, then short scenarios that put the VM back as they found it: the
+reboot-required metric (a marker file in /run, removed again), the AIDE check (a probe file, removed again and its
+directory taken back into the baseline), an internal-CA certificate re-signed inside its renewal window (its own
+name and directory, removed afterwards), the egress drop policy (one firewall-tagged run with
 `firewall_egress_policy: drop`, one to restore the inventory's ruleset) and remote log shipping (a marker line logged
 on the VM found in the journals its own log host received, TLS only on its port, the retention vacuum run once).
 Last, `lynis audit system --quick` prints the hardening index and every warning. Each test's name is the one
@@ -308,6 +309,65 @@ def test_reboot_required_metric_follows_debians_marker(host: Any) -> None:
     finally:
         host.run(f"rm -f /run/reboot-required && {publish}")
     assert "node_reboot_required 0" in host.file(str(TEXTFILE)).content_string
+
+
+# --- file integrity -------------------------------------------------------------------------------------------------
+
+AIDE_DB = "/var/lib/aide/aide.db"
+AIDE_CONF = "/etc/aide/ai-assistant.conf"
+AIDE_SCRIPT = "/usr/local/lib/ai-assistant/aide-check"
+AIDE_PROBE_DIR = "/usr/local/lib/ai-assistant"
+AIDE_TEXTFILE = Path(BASE_DEFAULTS["base_aide_textfile_dir"]) / "aide.prom"
+
+
+def _aide_changed_entries(host: Any) -> int:
+    text = host.file(str(AIDE_TEXTFILE)).content_string
+    metric = re.search(r"^aide_changed_entries (\d+)$", text, re.M)
+    assert metric, text
+    return int(metric.group(1))
+
+
+def test_file_integrity_check_reports_a_changed_file(host: Any) -> None:
+    """CIS 6.3.1-6.3.3. The baseline the converge started in the background (ai-assistant-aide-init.service, in its
+    sandbox) has finished; the data directories are outside the scope and the audit tools have the benchmark's rule;
+    a file added under a watched directory shows in the check's metric and report. The check is limited to the
+    probe's directory (--limit, the rest of the baseline untouched), so it costs seconds instead of a scan of the
+    whole scope under emulation; the probe's directory is taken back into the baseline the same way."""
+    start = time.monotonic()
+    wait_until(
+        lambda: (
+            host.file(AIDE_DB).exists
+            and host.run("systemctl is-active ai-assistant-aide-init.service").stdout.strip() != "activating"
+        ),
+        900,
+        f"{AIDE_DB} (the baseline the converge started)",
+        5,
+    )
+    TIMINGS["aide baseline (waited for)"] = time.monotonic() - start
+    result = host.check_output("systemctl show -p Result --value ai-assistant-aide-init.service")
+    assert result == "success", result
+    assert host.service("ai-assistant-aide-check.timer").is_enabled
+    assert not host.service("dailyaidecheck.timer").is_enabled
+    rule = host.check_output(f"aide --config={AIDE_CONF} --path-check=f:/usr/sbin/auditctl")
+    assert "AuditTools" in rule, rule
+    for data in ("/data/state/x", "/data/models/x", "/var/lib/redis/x", "/var/log/journal/x", "/etc/letsencrypt/x"):
+        # Exit code 1 and "[ ]": no rule selects the path (none matches, or a negative rule excludes it).
+        rule = host.run(f"aide --config={AIDE_CONF} --path-check=f:{data}").stdout
+        assert rule.startswith("[ ]"), f"{data} is in the AIDE scope: {rule}"
+    probe = f"{AIDE_PROBE_DIR}/aide-vm-test"
+    limit = f"--limit={AIDE_PROBE_DIR}"
+    try:
+        assert host.run(f"echo probe > {probe}").rc == 0
+        start = time.monotonic()
+        check = host.run(f"{AIDE_SCRIPT} check {limit}")
+        TIMINGS["aide check (probe directory)"] = time.monotonic() - start
+        assert check.rc == 0, check.stderr
+        assert _aide_changed_entries(host) >= 1
+        assert probe in host.file("/var/log/aide/ai-assistant-check.log").content_string
+    finally:
+        restore = host.run(f"rm -f {probe} && {AIDE_SCRIPT} init {limit} && {AIDE_SCRIPT} check {limit}")
+    assert restore.rc == 0, restore.stderr
+    assert _aide_changed_entries(host) == 0, host.file("/var/log/aide/ai-assistant-check.log").content_string
 
 
 # --- certificates ---------------------------------------------------------------------------------------------------
