@@ -252,3 +252,22 @@ async def test_sqlite_forgets_full_buckets_oldest_first_a_few_per_take(
         assert await store.take([slow]) == "user:slow", "a bucket kept keeps its level: its burst of 2 is spent"
     finally:
         await store.close()
+
+
+async def test_sqlite_splits_a_large_group_commit_and_still_deduplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More acks in flight than one transaction takes (MAX_BATCH) commit in several, in arrival order: a retry in a
+    later transaction than its original is still a duplicate, and every message is queued exactly once."""
+    from ai_assistant.store import sqlite
+
+    monkeypatch.setattr(sqlite, "MAX_BATCH", 3)
+    store = sqlite.SQLiteStore(tmp_path / "state.db")
+    try:
+        events = [f"e{i}" for i in range(10)] + ["e0", "e4", "e9"]  # three retries, each in a later batch
+        accepted = await asyncio.gather(*(store.enqueue(msg(e), 60) for e in events))
+        assert accepted == [True] * 10 + [False] * 3
+        queued = [job["message"]["event_id"] for job in store.dump_jobs()]  # type: ignore[index]
+        assert queued == [f"e{i}" for i in range(10)], "each once, in the order they arrived"
+    finally:
+        await store.close()
