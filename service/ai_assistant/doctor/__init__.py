@@ -55,10 +55,13 @@ async def run_checks(
     async def engine_and_probe() -> tuple[Check, Check]:
         if settings is None:
             return Check("engine", Status.SKIP, not_loaded), Check("engine probe", Status.SKIP, not_loaded)
-        reach = await _guard("engine", engine_check(settings.engine, clocks))
+        engine = settings.engine
+        if engine.ca_file is not None:  # relative to the config dir, as the service resolves it
+            engine = engine.model_copy(update={"ca_file": settings.resolve(engine.ca_file)})
+        reach = await _guard("engine", engine_check(engine, clocks))
         if reach.status is not Status.PASS:
             return reach, Check("engine probe", Status.SKIP, "not run: the engine check did not pass")
-        return reach, await _guard("engine probe", engine_probe(settings.engine))
+        return reach, await _guard("engine probe", engine_probe(engine))
 
     async def skipped(name: str, why: str) -> Check:
         return Check(name, Status.SKIP, why)

@@ -26,7 +26,9 @@ async def engine_check(engine: EngineSettings, clocks: Clocks) -> Check:
     probe = url + "/models" if url.endswith("/v1") else url + "/health"
     headers = {"Authorization": f"Bearer {engine.api_key.get_secret_value()}"} if engine.api_key else {}
     what = f"{engine.name} at {engine.base_url}"
-    async with clocks.client("engine") as client:
+    from ..engines.hf_inference import use_engine_tls  # the service's own verification (engine.ca_file)
+
+    async with clocks.client("engine", verify=use_engine_tls(engine)) as client:
         started = time.perf_counter()
         try:
             resp = await client.get(probe, headers=headers)
