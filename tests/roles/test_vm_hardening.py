@@ -448,6 +448,30 @@ def test_internal_links_are_tls(host: Any) -> None:
     assert same_ca.rc == 0, "the assistant trusts another CA than the one that signed Redis's certificate"
 
 
+def test_the_model_server_is_reached_through_its_tls_front(host: Any) -> None:
+    """The model server behind its TLS front (roles/tls_front, nginx's stream module; the harness's
+    ai_assistant_internal_tls): the front on the usual port verifies against the internal CA for the address the
+    assistant connects to and carries the API (GET /v1/models through it), llama.cpp listens on loopback only (its
+    upstream port), and the assistant is configured for https with that CA alone, so the answered-message tests go
+    through the front. Weaviate's front (the data play, same role) is not exercised here: Weaviate does not run in the
+    VM (ai_assistant_weaviate_enabled is off); tests/roles/test_static.py checks its wiring."""
+    verified = host.run(
+        f"openssl s_client -connect 127.0.0.1:8089 -CAfile {INTERNAL_CA} -verify_return_error -verify_ip 127.0.0.1"
+        " -brief </dev/null 2>&1"
+    )
+    assert verified.rc == 0 and "Verification: OK" in verified.stdout, verified.stdout
+    models = host.run(f"curl -sS --max-time 20 --cacert {INTERNAL_CA} https://127.0.0.1:8089/v1/models")
+    assert models.rc == 0 and '"data"' in models.stdout, models.stdout + models.stderr
+    plain = host.run("curl -sS --max-time 10 http://127.0.0.1:8089/v1/models")
+    assert '"data"' not in plain.stdout, "the front's port answered plaintext HTTP"
+    assert host.socket("tcp://127.0.0.1:18089").is_listening
+    assert not host.socket("tcp://0.0.0.0:18089").is_listening
+    conf = host.file("/etc/ai-assistant/assistant.yaml").content_string
+    assert "base_url: https://127.0.0.1:8089/v1" in conf and "ca_file: /etc/ai-assistant/engine-ca.pem" in conf, conf
+    same_ca = host.run(f"cmp -s {INTERNAL_CA} /etc/ai-assistant/engine-ca.pem")
+    assert same_ca.rc == 0, "the assistant trusts another CA than the one that signed the front's certificate"
+
+
 # --- egress policy --------------------------------------------------------------------------------------------------
 
 
