@@ -860,3 +860,147 @@ def test_the_assistant_reaches_the_data_hosts_redis_over_tls_where_it_is_another
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     [result] = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"].values()
     assert tuple(json.loads(result["msg"])) == expected
+
+
+def test_the_tls_fronts_take_the_services_usual_ports_and_the_internal_link_certificate() -> None:
+    """ai_assistant_internal_tls (issue 23 item 4, second half): each front listens on the port the clients, the
+    firewall and the cloud's security groups already use, the service moves to loopback on another one; the plays
+    sign the internal-link certificate before the front serves it, and the front runs before the assistant."""
+    from infra.deployment import MODEL_SERVER, WEAVIATE_GRPC, WEAVIATE_HTTP
+
+    fronts = load(REPO / "playbooks/group_vars/all.yml")["ai_assistant_tls_fronts"]
+    listen = {k: v["listen_port"] for k, v in fronts.items()}
+    assert listen == {"model_server": MODEL_SERVER, "weaviate": WEAVIATE_HTTP, "weaviate_grpc": WEAVIATE_GRPC}
+    assert not {v["upstream_port"] for v in fronts.values()} & set(listen.values())
+    opened = {
+        name: {r["port"] for r in load(REPO / f"playbooks/group_vars/{name}.yml")["firewall_extra_rules"]}
+        for name in ("inference", "data")
+    }
+    assert MODEL_SERVER in opened["inference"] and {WEAVIATE_HTTP, WEAVIATE_GRPC} <= opened["data"], opened
+    for name, key in (("inference", "model_server"), ("data", "weaviate")):
+        text = (REPO / f"playbooks/group_vars/{name}.yml").read_text(encoding="utf-8")
+        assert f"ai_assistant_tls_fronts.{key}.upstream_port if ai_assistant_internal_tls" in text, name
+
+    tls_dir = load(ROLES_DIR / "tls/defaults/main.yml")["tls_dir"]
+    front = load(ROLES_DIR / "tls_front/defaults/main.yml")
+    assert front["tls_front_certificate_file"] == f"{tls_dir}/internal-link.crt"
+    assert front["tls_front_key_file"] == f"{tls_dir}/internal-link.key"
+
+    plays = {p["hosts"]: p for p in load(REPO / "playbooks/site.yml") if isinstance(p, dict) and "roles" in p}
+    data_tls = next(r for r in plays["data"]["roles"] if r["role"] == "tls")
+    for hosts, before, after in (
+        ("inference", ["tls", "model_server"], "tls_front"),
+        ("data", ["tls", "weaviate"], "tls_front"),
+        ("assistant", ["model_server", "reverse_proxy"], "tls_front"),
+    ):
+        names = [r["role"] for r in plays[hosts]["roles"]]
+        assert all(names.index(b) < names.index(after) for b in before), (hosts, names)
+        fronted = next(r for r in plays[hosts]["roles"] if r["role"] == "tls_front")
+        assert "ai_assistant_internal_tls" in fronted["vars"]["tls_front_links"], hosts
+    names = [r["role"] for r in plays["assistant"]["roles"]]
+    assert names.index("tls_front") < names.index("assistant"), names
+    inference_tls = next(r for r in plays["inference"]["roles"] if r["role"] == "tls")
+    [include] = [t for t in plays["assistant"]["pre_tasks"] if "ansible.builtin.include_role" in t]
+    for signed in (inference_tls["vars"], include["vars"]):
+        assert (signed["tls_mode"], signed["tls_name"]) == ("internal_ca", "internal-link")
+        assert signed["tls_domains"] == data_tls["vars"]["tls_domains"]
+        assert signed["tls_ip_addresses"] == data_tls["vars"]["tls_ip_addresses"]
+    # One host in both groups gets one certificate: the assistant play's copy keeps the data play's key group.
+    assert include["vars"]["tls_private_key_group"] == data_tls["vars"]["tls_private_key_group"]
+    assert "not in groups['data']" in include["when"]
+
+
+def test_the_tls_front_proxies_each_link_to_loopback() -> None:
+    links = [
+        {"name": "model server", "listen_port": 8089, "upstream_port": 18089},
+        {"name": "Weaviate gRPC", "listen_port": 50051, "upstream_port": 50061},
+    ]
+    conf = render("tls_front", "tls-front.conf.j2", {"tls_front_links": links})
+    assert re.search(r"^stream \{", conf, re.M)
+    servers = re.findall(r"listen (\d+) ssl;\s+proxy_pass 127\.0\.0\.1:(\d+);", conf)
+    assert servers == [("8089", "18089"), ("50051", "50061")], conf
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in conf
+    assert "ssl_certificate /etc/ssl/ai-assistant/internal-link.crt;" in conf
+
+
+def test_the_assistant_config_names_the_engine_and_weaviate_cas(tmp_path: Path) -> None:
+    """assistant_engine_ca_cert / assistant_knowledge_ca_cert reach the service's settings as engine.ca_file and
+    knowledge.store.ca_file, which it verifies the model server's and Weaviate's TLS fronts with."""
+    from ai_assistant.settings import load_settings
+
+    extra = {
+        "assistant_wheel": "/x/ai_assistant-0.1.0-py3-none-any.whl",
+        "assistant_config_dir": str(tmp_path),
+        "assistant_engine_base_url": "https://10.0.3.4:8089/v1",
+        "assistant_engine_ca_cert": "PEM",
+        "assistant_knowledge_store": "weaviate",
+        "assistant_knowledge_url": "https://10.0.2.7:8081",
+        "assistant_knowledge_ca_cert": "PEM",
+    }
+    (tmp_path / "assistant.yaml").write_text(render("assistant", "assistant.yaml.j2", extra))
+    (tmp_path / "sensitive_words.txt").write_text("")
+    settings = load_settings(tmp_path)
+    assert settings.engine.base_url == "https://10.0.3.4:8089/v1"
+    assert settings.engine.ca_file == tmp_path / "engine-ca.pem"
+    assert settings.knowledge.store.url == "https://10.0.2.7:8081"
+    assert settings.knowledge.store.ca_file == tmp_path / "weaviate-ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("layout", "mode", "extra", "expected"),
+    [
+        # A GPU host and a separate data host: TGI and Weaviate through their fronts, the controller's CA.
+        ("split", "gpu", {}, ["https://10.0.3.4:8089/v1", "controller CA", "https://10.0.2.7:8081", "controller CA",
+                              "127.0.0.1", 18089]),
+        # A host configuring itself on boot: the root's certificate its boot script passes.
+        ("split", "gpu", {"ai_assistant_internal_ca_cert": "boot CA"},
+         ["https://10.0.3.4:8089/v1", "boot CA", "https://10.0.2.7:8081", "boot CA", "127.0.0.1", 18089]),
+        # One host (make up): plaintext on loopback, as before.
+        ("single", "local", {}, ["http://127.0.0.1:8089/v1", "", "http://10.0.2.7:8081", "", "0.0.0.0", 8089]),  # noqa: S104 (the expected value)
+        # The VM suite's switch on one host: the local llama.cpp through its front.
+        ("single", "local", {"ai_assistant_internal_tls": True},
+         ["https://127.0.0.1:8089/v1", "controller CA", "https://10.0.2.7:8081", "controller CA", "127.0.0.1", 18089]),
+        # An external endpoint is the operator's: untouched.
+        ("split", "external", {}, ["https://llm.example/v1", "", "https://10.0.2.7:8081", "controller CA",
+                                   "127.0.0.1", 18089]),
+    ],
+)  # fmt: skip
+def test_the_assistant_reaches_the_model_server_and_weaviate_through_their_fronts(
+    tmp_path: Path, layout: str, mode: str, extra: dict[str, Any], expected: list[Any]
+) -> None:
+    """playbooks/group_vars as ansible-playbook resolves them for the assistant and the inference host."""
+    import shutil
+
+    shutil.copytree(REPO / "playbooks", tmp_path / "playbooks", ignore=shutil.ignore_patterns("inventory"))
+    hosts = {"a1": "10.0.1.5", "d1": "10.0.2.7"} if layout == "split" else {"one": "127.0.0.1"}
+    first, last = sorted(hosts)[0], sorted(hosts)[-1]
+    inventory = {"all": {"children": {
+        "assistant": {"hosts": {first: {"ansible_host": hosts[first]}}},
+        "data": {"hosts": {last: {"ansible_host": hosts[last]}}},
+        "inference": {"hosts": {"g1": {"ansible_host": "10.0.3.4"}}},
+    }}}  # fmt: skip
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "ca.crt").write_text("controller CA")
+    variables = {
+        "ai_assistant_redis": {},
+        "redis_password": "x",
+        "tls_internal_ca_dir": str(tmp_path / "ca"),
+        "ai_assistant_inference_mode": mode,
+        "ai_assistant_inference_url": "https://llm.example/v1",
+        "ai_assistant_knowledge": {"store": "weaviate", "url": "http://10.0.2.7:8081", "grpc_port": 50051},
+    }
+    (tmp_path / "vars.json").write_text(json.dumps(variables | extra))
+    wanted = (
+        "{{ [assistant_engine_base_url, assistant_engine_ca_cert, assistant_knowledge_url, assistant_knowledge_ca_cert,"
+        " hostvars['g1']['model_server_host'], hostvars['g1']['model_server_port'] | int] | to_json }}"
+    )
+    probe = [{"hosts": "assistant", "gather_facts": False, "become": False,
+              "tasks": [{"ansible.builtin.debug": {"msg": wanted}}]}]  # fmt: skip
+    (tmp_path / "playbooks" / "probe.yml").write_text(yaml.safe_dump(probe))
+    env = ansible_env() | {"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_NOCOLOR": "1"}
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", "inventory.yml", "-e", "@vars.json", "playbooks/probe.yml"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    [result] = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"].values()
+    assert json.loads(result["msg"]) == expected

@@ -127,3 +127,14 @@ async def test_a_certificate_for_another_host_name_is_refused(other_name: int, p
     with pytest.raises(EngineUnavailable):
         await engine.chat([ChatTurn(role="user", content="hello")])
     assert not await engine.ready()
+
+
+async def test_doctor_checks_the_fronts_certificate_with_the_engines_ca(front: int, pki: dict[str, CA]) -> None:
+    from ai_assistant.doctor.report import Status
+    from ai_assistant.doctor.tls import tls_endpoint_check
+
+    # Verified: what remains is the expiry check (the test certificate lives one day, below the failure threshold).
+    trusted = await tls_endpoint_check("127.0.0.1", front, "engine", pki["right"].pem)
+    assert "certificate expires in" in trusted.summary, trusted
+    untrusted = await tls_endpoint_check("127.0.0.1", front, "engine")  # the system store
+    assert untrusted.status is Status.FAIL and "unable to get local issuer" in untrusted.summary, untrusted

@@ -23,7 +23,7 @@ from .engine import engine_check, engine_probe, knowledge_check
 from .platforms import connector_check
 from .report import RUNBOOK, SECTIONS, Check, Report, Status, one_line, render
 from .state import disk_check, model_dir, queue_check, state_store
-from .tls import tls_endpoint_check, tls_file_check, tls_targets
+from .tls import tls_ca_files, tls_endpoint_check, tls_file_check, tls_targets
 
 
 async def _guard(name: str, check: Awaitable[Check]) -> Check:
@@ -76,8 +76,9 @@ async def run_checks(
         connector_checks = [_guard(f"connector {n}", connector_check(c, clocks)) for n, c in connectors.items()]
     else:
         connector_checks = [skipped("connectors", not_loaded)]
+    cas = tls_ca_files(settings) if settings is not None else {}
     tls = [
-        _guard(f"tls {host}:{port}", tls_endpoint_check(host, port, label))
+        _guard(f"tls {host}:{port}", tls_endpoint_check(host, port, label, cas.get(label)))
         for (host, port), label in (
             tls_targets(settings, (connectors or {}).values()).items() if settings is not None else []
         )
