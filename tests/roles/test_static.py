@@ -908,6 +908,7 @@ def test_the_tls_fronts_take_the_services_usual_ports_and_the_internal_link_cert
     # One host in both groups gets one certificate: the assistant play's copy keeps the data play's key group.
     assert include["vars"]["tls_private_key_group"] == data_tls["vars"]["tls_private_key_group"]
     assert "not in groups['data']" in include["when"]
+    assert "ai_assistant_internal_ca_cert is not defined" in include["when"]  # on boot: no root key to sign with
 
 
 def test_the_tls_front_proxies_each_link_to_loopback() -> None:
