@@ -80,3 +80,20 @@ def test_the_store_connects_through_the_ca_file(front: int, pki: dict[str, CA]) 
 def test_a_ca_file_needs_an_https_url(pki: dict[str, CA]) -> None:
     with pytest.raises(StoreError, match="not https"):
         WeaviateStore("http://127.0.0.1:1", 4, "m", ca_file=pki["right"].pem)
+
+
+@pytest.mark.anyio
+async def test_doctor_checks_weaviate_with_the_ca_file(front: int, pki: dict[str, CA]) -> None:
+    from ai_assistant.doctor.clock import Clocks
+    from ai_assistant.doctor.engine import knowledge_check
+    from ai_assistant.doctor.report import Status
+    from ai_assistant.knowledge.settings import KnowledgeSettings, VectorStoreSettings
+    from ai_assistant.settings import Settings
+
+    def settings(ca: Path) -> Settings:
+        store = VectorStoreSettings(name="weaviate", url=f"https://127.0.0.1:{front}", ca_file=ca)
+        return Settings(knowledge=KnowledgeSettings(store=store))
+
+    assert (await knowledge_check(settings(pki["right"].pem), Clocks())).status is Status.PASS
+    refused = await knowledge_check(settings(pki["wrong"].pem), Clocks())
+    assert refused.status is Status.FAIL and "CERTIFICATE_VERIFY_FAILED" in refused.summary, refused

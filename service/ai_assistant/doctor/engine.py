@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import ssl
 import time
 
 import httpx
@@ -110,7 +111,11 @@ async def knowledge_check(settings: Settings, clocks: Clocks) -> Check:
         return Check(name, Status.PASS, summary, details={"latency_ms": round(ms, 1), "chunks": chunks})
     if kb.store.name == "weaviate" and kb.store.url:
         headers = {"Authorization": f"Bearer {kb.store.api_key.get_secret_value()}"} if kb.store.api_key else {}
-        async with clocks.client("knowledge") as client:
+        # As the store verifies it: knowledge.store.ca_file alone where set (Weaviate's TLS front), else the default.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(kb.store.ca_file)) if kb.store.ca_file is not None else True
+        )
+        async with clocks.client("knowledge", verify=verify) as client:
             started = time.perf_counter()
             try:
                 resp = await client.get(kb.store.url.rstrip("/") + "/v1/.well-known/ready", headers=headers)
