@@ -896,7 +896,9 @@ def test_the_tls_fronts_take_the_services_usual_ports_and_the_internal_link_cert
         names = [r["role"] for r in plays[hosts]["roles"]]
         assert all(names.index(b) < names.index(after) for b in before), (hosts, names)
         fronted = next(r for r in plays[hosts]["roles"] if r["role"] == "tls_front")
-        assert "ai_assistant_internal_tls" in fronted["vars"]["tls_front_links"], hosts
+        # One configuration per host, written by the last play that reaches it (the assistant play on a shared host).
+        assert fronted["vars"]["tls_front_links"] == "{{ ai_assistant_tls_front_links }}", hosts
+        assert hosts == "assistant" or "not in groups['assistant']" in fronted["when"], hosts
     names = [r["role"] for r in plays["assistant"]["roles"]]
     assert names.index("tls_front") < names.index("assistant"), names
     inference_tls = next(r for r in plays["inference"]["roles"] if r["role"] == "tls")
@@ -952,24 +954,28 @@ def test_the_assistant_config_names_the_engine_and_weaviate_cas(tmp_path: Path) 
     [
         # A GPU host and a separate data host: TGI and Weaviate through their fronts, the controller's CA.
         ("split", "gpu", {}, ["https://10.0.3.4:8089/v1", "controller CA", "https://10.0.2.7:8081", "controller CA",
-                              "127.0.0.1", 18089]),
+                              "127.0.0.1", 18089, [], [8081, 50051], [8089]]),
         # A host configuring itself on boot: the root's certificate its boot script passes.
         ("split", "gpu", {"ai_assistant_internal_ca_cert": "boot CA"},
-         ["https://10.0.3.4:8089/v1", "boot CA", "https://10.0.2.7:8081", "boot CA", "127.0.0.1", 18089]),
+         ["https://10.0.3.4:8089/v1", "boot CA", "https://10.0.2.7:8081", "boot CA", "127.0.0.1", 18089,
+          [], [8081, 50051], [8089]]),
         # One host (make up): plaintext on loopback, as before.
-        ("single", "local", {}, ["http://127.0.0.1:8089/v1", "", "http://10.0.2.7:8081", "", "0.0.0.0", 8089]),  # noqa: S104 (the expected value)
+        ("single", "local", {}, ["http://127.0.0.1:8089/v1", "", "http://10.0.2.7:8081", "", "0.0.0.0",  # noqa: S104
+                                 8089, [], [], []]),
         # The VM suite's switch on one host: the local llama.cpp through its front.
         ("single", "local", {"ai_assistant_internal_tls": True},
-         ["https://127.0.0.1:8089/v1", "controller CA", "https://10.0.2.7:8081", "controller CA", "127.0.0.1", 18089]),
+         ["https://127.0.0.1:8089/v1", "controller CA", "https://10.0.2.7:8081", "controller CA", "127.0.0.1", 18089,
+          [8089, 8081, 50051], [8089, 8081, 50051], [8089]]),
         # An external endpoint is the operator's: untouched.
         ("split", "external", {}, ["https://llm.example/v1", "", "https://10.0.2.7:8081", "controller CA",
-                                   "127.0.0.1", 18089]),
+                                   "127.0.0.1", 18089, [], [8081, 50051], [8089]]),
     ],
 )  # fmt: skip
 def test_the_assistant_reaches_the_model_server_and_weaviate_through_their_fronts(
     tmp_path: Path, layout: str, mode: str, extra: dict[str, Any], expected: list[Any]
 ) -> None:
-    """playbooks/group_vars as ansible-playbook resolves them for the assistant and the inference host."""
+    """playbooks/group_vars as ansible-playbook resolves them for the assistant and the inference host, and the fronts
+    each host runs (the assistant host, the data host, the GPU host; one host in both groups runs both)."""
     import shutil
 
     shutil.copytree(REPO / "playbooks", tmp_path / "playbooks", ignore=shutil.ignore_patterns("inventory"))
@@ -993,8 +999,10 @@ def test_the_assistant_reaches_the_model_server_and_weaviate_through_their_front
     }
     (tmp_path / "vars.json").write_text(json.dumps(variables | extra))
     wanted = (
-        "{{ [assistant_engine_base_url, assistant_engine_ca_cert, assistant_knowledge_url, assistant_knowledge_ca_cert,"
-        " hostvars['g1']['model_server_host'], hostvars['g1']['model_server_port'] | int] | to_json }}"
+        "{{ ([assistant_engine_base_url, assistant_engine_ca_cert, assistant_knowledge_url, assistant_knowledge_ca_cert,"
+        " hostvars['g1']['model_server_host'], hostvars['g1']['model_server_port'] | int]"
+        " + ([inventory_hostname, groups['data'][0], 'g1'] | map('extract', hostvars, 'ai_assistant_tls_front_links')"
+        " | map('map', attribute='listen_port') | map('list') | list)) | to_json }}"
     )
     probe = [{"hosts": "assistant", "gather_facts": False, "become": False,
               "tasks": [{"ansible.builtin.debug": {"msg": wanted}}]}]  # fmt: skip
