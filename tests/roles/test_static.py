@@ -999,8 +999,8 @@ def test_the_assistant_reaches_the_model_server_and_weaviate_through_their_front
     }
     (tmp_path / "vars.json").write_text(json.dumps(variables | extra))
     wanted = (
-        "{{ ([assistant_engine_base_url, assistant_engine_ca_cert, assistant_knowledge_url, assistant_knowledge_ca_cert,"
-        " hostvars['g1']['model_server_host'], hostvars['g1']['model_server_port'] | int]"
+        "{{ ([assistant_engine_base_url, assistant_engine_ca_cert, assistant_knowledge_url,"
+        " assistant_knowledge_ca_cert, hostvars['g1']['model_server_host'], hostvars['g1']['model_server_port'] | int]"
         " + ([inventory_hostname, groups['data'][0], 'g1'] | map('extract', hostvars, 'ai_assistant_tls_front_links')"
         " | map('map', attribute='listen_port') | map('list') | list)) | to_json }}"
     )
