@@ -242,7 +242,7 @@ def test_services_run_under_their_accounts(host: Any) -> None:
         assert host.check_output(f"systemctl show -P NoNewPrivileges {unit}") == "yes"
         assert host.check_output(f"systemctl show -P ProtectSystem {unit}") == "strict"
     # llama.cpp on loopback only, on its TLS front's upstream port: the harness turns ai_assistant_internal_tls on, so
-    # nginx's stream front (roles/tls_front) holds the usual port, 8089 (test_internal_links_are_tls).
+    # nginx's stream front (roles/tls_front) holds the usual port, 8089 (test_vm_hardening.py checks the front).
     assert host.socket("tcp://127.0.0.1:18089").is_listening
     assert not host.socket("tcp://0.0.0.0:18089").is_listening
 
