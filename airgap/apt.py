@@ -58,6 +58,18 @@ def _names(value: Any, where: str, defaults: dict[str, Any]) -> list[str]:
     return [] if value in NOT_DEBIAN else [value]
 
 
+def _flat(tasks: list[Any]) -> list[dict[str, Any]]:
+    """Every task of a tasks file, those inside blocks (and their rescue and always) included."""
+    out: list[dict[str, Any]] = []
+    for task in tasks:
+        if not isinstance(task, dict):
+            continue
+        out.append(task)
+        for key in ("block", "rescue", "always"):
+            out += _flat(task.get(key) or [])
+    return out
+
+
 def role_packages(repo: Path = REPO) -> dict[str, list[str]]:
     """Role -> the Debian packages its apt tasks install (the closure is apt's business)."""
     found: dict[str, list[str]] = {}
@@ -65,8 +77,8 @@ def role_packages(repo: Path = REPO) -> dict[str, list[str]]:
         role = tasks.parts[-3]
         defaults_file = tasks.parents[1] / "defaults" / "main.yml"
         defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
-        for task in yaml.safe_load(tasks.read_text()) or []:
-            args = task.get("ansible.builtin.apt") if isinstance(task, dict) else None
+        for task in _flat(yaml.safe_load(tasks.read_text()) or []):
+            args = task.get("ansible.builtin.apt")
             if isinstance(args, dict) and "name" in args:
                 where = f"{tasks.relative_to(repo)}: task {task.get('name')!r}"
                 for name in _names(args["name"], where, defaults or {}):
