@@ -479,10 +479,6 @@ def prepare_play(root: Path, conf: dict[str, str], values: dict[str, Any], priva
     inventory = local_inventory(static, conf["color"], conf["zone"])
     manifest = json.loads((root / "manifest.json").read_text())
     play_vars = {k: v for k, v in values.items() if k not in (ISSUING_KEY, ISSUING_CERT, ROOT_CERT)}
-    if isinstance(values.get(ROOT_CERT), str):
-        # Public: the root that signs the data host's Redis certificate (ai_assistant_internal_tls); the controller's CA
-        # directory the playbooks read it from elsewhere is not on this host.
-        play_vars["ai_assistant_internal_ca_cert"] = values[ROOT_CERT]
     play_vars["assistant_wheel"] = str(root / manifest["wheel"])
     play_vars["assistant_wheelhouse"] = str(root / manifest["wheelhouse"])
     # What this host sees of the inventory's variables: `all`, then its groups (Ansible's order for groups of one

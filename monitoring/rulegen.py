@@ -591,25 +591,6 @@ def host_file() -> RuleFile:
             " host runs the old, unpatched code.",
             for_="7d",
         ),
-        # roles/base's daily AIDE check (CIS 6.3.2) counts the files added, removed or changed since the baseline the
-        # last converge left; any change made outside a converge is worth a look the same day.
-        Alert(
-            "FileIntegrityChanged",
-            "aide_changed_entries > 0",
-            "warning",
-            "{{ $value }} files on {{ $labels.instance }} differ from the AIDE baseline",
-            "The daily AIDE check found files in the scanned code and configuration added, removed or changed outside"
-            " a converge (/var/log/aide/ai-assistant-check.log on the host names them).",
-        ),
-        Alert(
-            "FileIntegrityCheckStale",
-            "time() - aide_last_check_timestamp_seconds > 2 * 86400",
-            "warning",
-            "No AIDE check has finished on {{ $labels.instance }} for two days",
-            "ai-assistant-aide-check.service has not published a result for two days: the check fails or its timer"
-            " is stopped, so changed files would go unnoticed.",
-            for_="1h",
-        ),
     )
     return RuleFile("host", JOB_NODE, recs, alerts)
 

@@ -82,10 +82,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         from .errors import ConfigError
 
         raise ConfigError("assistant.yaml", "engine.name", str(exc)) from None
-    engine_settings = settings.engine
-    if engine_settings.ca_file is not None:  # relative to the config dir, as every file the settings name
-        engine_settings = engine_settings.model_copy(update={"ca_file": settings.resolve(engine_settings.ca_file)})
-    engine = engine_factory(engine_settings)
+    engine = engine_factory(settings.engine)
     words = settings.resolve(settings.filters.words_file) if settings.filters.words_file else None
     word_filter = SensitiveWordFilter.from_file(words, settings.filters.action)
     adapters: dict[str, InputAdapter] = {}

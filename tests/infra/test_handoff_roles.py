@@ -36,7 +36,6 @@ ROLE_VARS = (
     "assistant_knowledge_url",
     "assistant_knowledge_grpc_port",
     "assistant_knowledge_api_key",
-    "assistant_knowledge_ca_cert",
 )
 # What ApsaraDB for Redis' console hands out (any PEM does here: the text is only carried, not parsed).
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBsTCCAVegAwIBAgIUTESTONLY\n-----END CERTIFICATE-----\n"
@@ -55,11 +54,6 @@ def resolve(run: Run, work: Path) -> dict[str, dict[str, Any]]:
     inventory, secrets = handoff(run)
     shutil.copytree(ROOT / "playbooks", work / "playbooks", ignore=shutil.ignore_patterns("inventory"))
     (work / "inventory.yml").write_text(inventory)
-    # As infra/handoff.py does: the internal CA moves into a directory on the controller, named by tls_internal_ca_dir.
-    (work / "internal-ca").mkdir()
-    (work / "internal-ca" / "ca.crt").write_text(secrets.pop("internal_ca_cert_pem"))
-    secrets.pop("internal_ca_key_pem")
-    secrets["tls_internal_ca_dir"] = str(work / "internal-ca")
     (work / "secrets.json").write_text(json.dumps(secrets))
     probe = [
         {
@@ -116,16 +110,12 @@ def test_assistant_hosts_use_the_managed_redis_over_tls_and_the_one_knowledge_ba
     redis, kb = plain["ai_assistant_redis"], plain["ai_assistant_knowledge"]
     resolved = resolve(run, tmp_path)
     assert len(resolved) >= 2, "assistant hosts in both zones"
-    # The data hosts are not assistant hosts, so ai_assistant_internal_tls is on: Weaviate is reached through its TLS
-    # front on the same port (roles/tls_front), verified against the internal CA alone.
-    kb_url = kb["url"].replace("http://", "https://", 1)
     for host, v in resolved.items():
         # The same endpoints for every host, whatever its zone: not its zone's data host.
         assert (v["assistant_redis_host"], int(v["assistant_redis_port"])) == (redis["host"], 6379), host
         assert v["assistant_redis_user"] == redis["user"] and v["assistant_redis_tls"] in (True, "True"), host
         assert v["assistant_redis_password"] == secrets["redis_password"], host
-        assert (v["assistant_knowledge_store"], v["assistant_knowledge_url"]) == ("weaviate", kb_url), host
-        assert "BEGIN CERTIFICATE" in v["assistant_knowledge_ca_cert"], host
+        assert (v["assistant_knowledge_store"], v["assistant_knowledge_url"]) == ("weaviate", kb["url"]), host
         assert v["assistant_knowledge_api_key"] == secrets["weaviate_api_key"], host
 
     host, v = sorted(resolved.items())[0]
@@ -136,8 +126,7 @@ def test_assistant_hosts_use_the_managed_redis_over_tls_and_the_one_knowledge_ba
     )
     assert settings.store.redis_ca_file is None, "no CA given: the system trust store"
     store = settings.knowledge.store
-    assert (store.name, store.url, store.grpc_port) == ("weaviate", kb_url, 50051)
-    assert store.ca_file == tmp_path / "config" / "weaviate-ca.pem"
+    assert (store.name, store.url, store.grpc_port) == ("weaviate", kb["url"], 50051)
     assert store.api_key is not None and store.api_key.get_secret_value() == secrets["weaviate_api_key"]
     written = (tmp_path / "config" / "assistant.yaml").read_text()
     assert secrets["redis_password"] not in written and secrets["weaviate_api_key"] not in written

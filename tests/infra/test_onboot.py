@@ -402,12 +402,9 @@ def test_a_group_that_sets_another_tls_mode_gets_no_self_signed_certificate(ca: 
     private = tmp_path / "private"
     private.mkdir()
     conf = json.loads(_config(tmp_path).read_text())
-    values = {"redis_password": "pw-value-123456", "internal_ca_cert_pem": ca["root_cert"]}  # pragma: allowlist secret
-    boot.prepare_play(tmp_path, conf, values, private)
+    boot.prepare_play(tmp_path, conf, {"redis_password": "pw-value-123456"}, private)  # pragma: allowlist secret
     play_vars = json.loads((private / "vars.json").read_text())
     assert "tls_mode" not in play_vars and "tls_provided_private_key" not in play_vars
-    # The root's certificate (public) for the internal links' servers, as the playbooks read it on this host.
-    assert play_vars["ai_assistant_internal_ca_cert"] == ca["root_cert"] and "internal_ca_cert_pem" not in play_vars
     assert oct((private / "vars.json").stat().st_mode & 0o777) == "0o600"
     # With internal_ca in force and no issuing CA in the secret: one line naming what is missing.
     doc["all"]["children"]["assistant"]["vars"] = {}

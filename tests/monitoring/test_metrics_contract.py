@@ -88,22 +88,6 @@ def exporters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
             render("base", "reboot-required-metric.j2", {"base_reboot_required_textfile_dir": str(textfile)})
         )
         subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=60)
-        # roles/base's AIDE check (FileIntegrity* alerts), run for real with a stand-in `aide` that reports one change.
-        fake = work / "bin"
-        fake.mkdir()
-        (fake / "aide").write_text("#!/bin/sh\nprintf 'Summary:\\n  Changed entries:\\t1\\n'\nexit 4\n")
-        (fake / "aide").chmod(0o755)
-        script = work / "aide-check"
-        script.write_text(
-            render(
-                "base",
-                "aide-check.j2",
-                {"base_aide_textfile_dir": str(textfile), "__base_aide_report": str(work / "aide-check.log")},
-            )
-        )
-        env = {"PATH": f"{fake}:/usr/bin:/bin"}
-        subprocess.run(["sh", str(script), "check"], check=True, capture_output=True, timeout=60, env=env)
-        assert "aide_changed_entries 1" in (textfile / "aide.prom").read_text()
         daemons.start(
             "prometheus-node-exporter",
             f"--web.listen-address=127.0.0.1:{ports['node']}",

@@ -177,18 +177,6 @@ def test_rendered_prometheus_config_and_objectives(promtool: str, full: Path, tm
     assert exprs[("slo:error_budget:ratio", "availability")] == "vector(0.005)"
 
 
-def test_the_model_server_job_scrapes_its_tls_front_with_the_internal_ca(tmp_path: Path) -> None:
-    """prometheus_model_server_ca_cert (playbooks/monitoring.yml passes the internal CA with ai_assistant_internal_tls):
-    the model-server job scrapes https through the TLS front, verifying against that CA; the other jobs stay http."""
-    pem = "-----BEGIN CERTIFICATE-----\nnot-parsed-here\n-----END CERTIFICATE-----\n"
-    out = render(tmp_path, **ROLE_VARS, prometheus_model_server_ca_cert=pem)
-    jobs = {j["job_name"]: j for j in yaml.safe_load((out / "prometheus.yml").read_text())["scrape_configs"]}
-    assert jobs["model-server"]["scheme"] == "https"
-    assert jobs["model-server"]["tls_config"] == {"ca_file": "/etc/prometheus/model-server-ca.pem"}
-    assert jobs["model-server"]["static_configs"] == [{"targets": ["10.0.1.20:8089"]}]
-    assert "scheme" not in jobs["node"] and "scheme" not in jobs["ai-assistant"]
-
-
 def test_role_objectives_with_the_seed_defaults_equal_the_generated_file(
     promtool: str, minimal: Path, tmp_path: Path
 ) -> None:

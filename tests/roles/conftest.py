@@ -313,15 +313,6 @@ def harness_overrides(vm: VM) -> dict[str, Any]:
         "tls_acme_server": "https://localhost:14000/dir",
         "tls_acme_ca_bundle": "/etc/pebble/ca.pem",
         "tls_acme_email": "ops@assistant.test",
-        # Remote log shipping (cis_6_1_x_remote): the one VM is its own log host and ships its journal to itself by
-        # name. Its certificate is pebble's, not the internal CA's: both ends use it, and the uploader verifies the
-        # log host against pebble's issuing certificate (certbot's chain.pem) as the CA.
-        "base_log_ship_url": f"https://{DOMAIN}:19532",
-        "base_log_ship_cert_file": "/etc/letsencrypt/live/ai-assistant/fullchain.pem",
-        "base_log_ship_key_file": "/etc/letsencrypt/live/ai-assistant/privkey.pem",
-        "base_log_ship_ca_file": "/etc/letsencrypt/live/ai-assistant/chain.pem",
-        "log_host_cert_file": "/etc/letsencrypt/live/ai-assistant/fullchain.pem",
-        "log_host_key_file": "/etc/letsencrypt/live/ai-assistant/privkey.pem",
         # No GPU host, managed Redis, Weaviate or S3 here: the local llama.cpp (its wheels and model from the
         # bundle), the data play's own Redis, the embedded knowledge store and no backup bucket (test_vm_backup.py
         # runs the backup role against a stand-in).
@@ -331,12 +322,6 @@ def harness_overrides(vm: VM) -> dict[str, Any]:
         "ai_assistant_knowledge": {},
         "ai_assistant_weaviate_enabled": False,
         "ai_assistant_backup_bucket": "",
-        # One host, so the link to Redis never leaves it and the stack's default would leave it plaintext: on here,
-        # so the suite exercises the TLS-only Redis (issue 23 item 4) that a separate data host gets.
-        "ai_assistant_internal_tls": True,
-        # AIDE's mechanism, not its reach, is what the suite checks: the default scope (/usr/bin, /opt's virtualenvs,
-        # about 1 GB) takes minutes to hash under TCG, in the background of every other module, after each converge.
-        "base_aide_paths": ["/etc", "/usr/sbin", "/usr/local"],
         # TCG emulates every instruction: short answers keep the e2e test in minutes.
         "assistant_engine_max_tokens": 16,
         "assistant_engine_timeout_seconds": 300,

@@ -204,15 +204,11 @@ def test_data_disk_is_mounted_by_label_with_safe_options(host: Any) -> None:
 # --- redis -------------------------------------------------------------------------------------------------------
 
 
-# Redis serves TLS only on the VM (the harness turns ai_assistant_internal_tls on): redis-cli verifies the internal CA.
-REDIS_CLI = "redis-cli --tls --cacert /etc/ssl/ai-assistant/internal-ca.crt"
-
-
 def test_redis_persists_and_requires_the_acl_password(host: Any, test_vm: TestVM) -> None:
     assert host.socket("tcp://127.0.0.1:6379").is_listening
     assert not host.socket("tcp://0.0.0.0:6379").is_listening
-    assert "NOAUTH" in host.run(f"{REDIS_CLI} ping 2>&1").stdout
-    assert host.run(f"{REDIS_CLI} --user default --pass x ping 2>&1").stdout.strip() != "PONG"
+    assert "NOAUTH" in host.run("redis-cli ping").stdout + host.run("redis-cli ping").stderr
+    assert host.run("redis-cli --user default --pass x ping 2>&1").stdout.strip() != "PONG"
     assert host.file("/data/redis/appendonlydir").is_directory
     # Pulumi's redis_password when the hand-off passed one (the CI path), else the one the role generated.
     secret = test_vm.given_secret("redis_password")
@@ -221,12 +217,12 @@ def test_redis_persists_and_requires_the_acl_password(host: Any, test_vm: TestVM
         assert len(secret) == 40 and host.file("/etc/redis/ai-assistant.secret").mode == 0o600
     acl = host.check_output("cat /etc/redis/users.acl")
     assert secret not in acl  # only its SHA-256 is stored
-    as_assistant = f"{REDIS_CLI} --no-auth-warning --user ai-assistant --pass '{secret}' ping"
+    as_assistant = f"redis-cli --no-auth-warning --user ai-assistant --pass '{secret}' ping"
     assert host.check_output(as_assistant) == "PONG"
     # The backup job's user: BGSAVE yes, reading or writing the assistant's data no (least privilege).
     backup = host.check_output("cat /etc/redis/backup.secret")
     assert len(backup) == 40 and backup not in host.check_output("cat /etc/redis/users.acl")
-    as_backup = f"{REDIS_CLI} --no-auth-warning --user backup --pass " + backup
+    as_backup = "redis-cli --no-auth-warning --user backup --pass " + backup
     assert host.check_output(f"{as_backup} lastsave").isdigit()
     assert "NOPERM" in host.run(f"{as_backup} get aia:anything 2>&1").stdout
 
@@ -241,10 +237,8 @@ def test_services_run_under_their_accounts(host: Any) -> None:
         assert host.check_output(f"systemctl show -P User {unit}") == user
         assert host.check_output(f"systemctl show -P NoNewPrivileges {unit}") == "yes"
         assert host.check_output(f"systemctl show -P ProtectSystem {unit}") == "strict"
-    # llama.cpp on loopback only, on its TLS front's upstream port: the harness turns ai_assistant_internal_tls on, so
-    # nginx's stream front (roles/tls_front) holds the usual port, 8089 (test_vm_hardening.py checks the front).
-    assert host.socket("tcp://127.0.0.1:18089").is_listening
-    assert not host.socket("tcp://0.0.0.0:18089").is_listening
+    assert host.socket("tcp://127.0.0.1:8089").is_listening
+    assert not host.socket("tcp://0.0.0.0:8089").is_listening
 
 
 def test_secrets_stay_out_of_config_and_logs(host: Any, test_vm: TestVM) -> None:

@@ -205,8 +205,6 @@ def test_backup_timer_and_restore_drill(
         "backup_s3_region": KEYS["AWS_DEFAULT_REGION"],
         "backup_redis_enabled": True,
         "backup_redis_password": redis_password,
-        # Redis is TLS-only here (the harness turns ai_assistant_internal_tls on): as site.yml passes it.
-        "backup_redis_ca_file": "/etc/ssl/ai-assistant/internal-ca.crt",
         # Every minute, so that the timer itself is seen to run within the test; daily in production.
         "backup_on_calendar": "*-*-* *:*:00",
         "backup_randomized_delay_sec": "10s",

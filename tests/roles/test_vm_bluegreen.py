@@ -300,8 +300,6 @@ def assert_backup_runs_the_serving_code(test_vm: TestVM, bucket: S3, workdir: Pa
         "backup_s3_region": KEYS["AWS_DEFAULT_REGION"],
         "backup_redis_enabled": True,
         "backup_redis_password": redis_password,
-        # Redis is TLS-only on the VM (the harness turns ai_assistant_internal_tls on): as site.yml passes it.
-        "backup_redis_ca_file": "/etc/ssl/ai-assistant/internal-ca.crt",
     }
     extra = workdir / "bluegreen-backup-vars.json"
     extra.write_text(json.dumps(variables))

@@ -136,9 +136,6 @@ def onboot(test_vm: TestVM, moto: str) -> dict[str, Any]:
     publish_onboot(artifact, digest, bucket=BUCKET, prefix=cloudinit.ONBOOT_PREFIX, region=REGION, endpoint_url=moto)
     given = json.loads(Path(test_vm.play_args[test_vm.play_args.index("-e") + 1].removeprefix("@")).read_text())
     secret = {k: v for k, v in given.items() if k not in NOT_FOR_ONBOOT and k != "tls_internal_ca_dir"}
-    # The root's certificate, as infra/secrets.py puts it in the real secret (the hand-off moved it into the CA dir):
-    # the VM's Redis is TLS-only (ai_assistant_internal_tls) and the booting host must verify it.
-    secret["internal_ca_cert_pem"] = (Path(given["tls_internal_ca_dir"]) / "ca.crt").read_text()
     boto3.client("secretsmanager", endpoint_url=moto).create_secret(Name=SECRET_ID, SecretString=json.dumps(secret))
     _timed("on-boot: publish (runner)", started)
 

@@ -57,33 +57,20 @@ RedisUrl = Annotated[
         help="Redis to snapshot or restore, as a user allowed BGSAVE, FLUSHDB, RESTORE (default: store.redis_url)",
     ),
 ]
-RedisCaFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--redis-ca-file",
-        envvar="AI_ASSISTANT_BACKUP_REDIS_CA_FILE",
-        help="CA (PEM) that signs the Redis server's certificate, for a rediss:// URL (default: store.redis_ca_file)",
-    ),
-]
 
 
 def _restic(repo: str, password_file: Path | None) -> Restic:
     return Restic(repo, password_file)
 
 
-def _store(
-    config_dir: Path, data_dir: Path, redis_url: str | None, redis_ca_file: Path | None = None
-) -> tuple[str, str | None, Path | None]:
-    """The store's backend, the Redis URL and the CA to verify it with: the ones given, else the service's."""
+def _store(config_dir: Path, data_dir: Path, redis_url: str | None) -> tuple[str, str | None]:
     from ..localsecrets import load_local_secrets
     from ..settings import load_settings
 
     load_local_secrets(data_dir)
     settings = load_settings(config_dir, data_dir)
     url = redis_url or (settings.store.redis_url.get_secret_value() if settings.store.redis_url else None)
-    if redis_ca_file is None and settings.store.redis_ca_file is not None:
-        redis_ca_file = settings.resolve(settings.store.redis_ca_file)
-    return settings.store.backend, url, redis_ca_file
+    return settings.store.backend, url
 
 
 @backup_app.command()
@@ -93,7 +80,6 @@ def create(
     config_dir: ConfigDir = Path("config"),
     data_dir: DataDir = Path("data"),
     redis_url: RedisUrl = None,
-    redis_ca_file: RedisCaFile = None,
     redis_rdb: Annotated[
         Path | None, typer.Option(help="the Redis server's RDB file (default: asked from Redis, CONFIG GET dir)")
     ] = None,
@@ -110,7 +96,7 @@ def create(
     (forget --prune) and record the result for node_exporter. A failure is recorded too: BackupFailed pages."""
     started = time.monotonic()
     try:
-        backend, url, ca_file = _store(config_dir, data_dir, redis_url, redis_ca_file)
+        backend, url = _store(config_dir, data_dir, redis_url)
         restic = _restic(repo, password_file)
         data_dir.mkdir(parents=True, exist_ok=True)
         # A fixed path, so that restic finds the previous snapshot of the same path and reads only changed files.
@@ -118,9 +104,7 @@ def create(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(mode=0o700)  # it holds the secrets in clear until restic has encrypted them
         try:
-            manifest = collect(
-                Sources(config_dir, data_dir, backend, url, redis_rdb, redis_ca_file=ca_file), staging / "backup"
-            )
+            manifest = collect(Sources(config_dir, data_dir, backend, url, redis_rdb), staging / "backup")
             if not restic.exists():
                 restic.init()
             summary = restic.backup(staging / "backup", [f"install:{manifest.install_id}"], socket.gethostname())
@@ -202,7 +186,6 @@ def restore_(
     config_dir: ConfigDir = Path("config"),
     data_dir: DataDir = Path("data"),
     redis_url: RedisUrl = None,
-    redis_ca_file: RedisCaFile = None,
     only: Annotated[
         str | None, typer.Option(help="restore one part only: knowledge (the knowledge base alone)")
     ] = None,
@@ -218,7 +201,7 @@ def restore_(
     if only not in (None, "knowledge"):
         raise BackupError(f"--only {only}: unknown part (knowledge)")
     started = time.monotonic()
-    _, url, ca_file = _store(config_dir, data_dir, redis_url, redis_ca_file) if only is None else (None, None, None)
+    _, url = _store(config_dir, data_dir, redis_url) if only is None else (None, None)
     done = restore(
         _restic(repo, password_file),
         snapshot,
@@ -228,7 +211,6 @@ def restore_(
         with_config=with_config,
         allow_other_install=allow_other_install,
         redis_url=url,
-        redis_ca_file=ca_file,
     )
     m = done.manifest
     age = time.time() - m.created_at

@@ -44,7 +44,6 @@ class Sources:
     store_backend: str  # sqlite | redis
     redis_url: str | None = None
     redis_rdb: Path | None = None  # where the server writes its RDB (default: CONFIG GET dir/dbfilename)
-    redis_ca_file: Path | None = None  # CA for a rediss:// URL (else the system trust store); always verified
     redis_timeout: float = 600.0
 
 
@@ -95,20 +94,9 @@ def _knowledge(src: Path, dest: Path) -> None:
         (dest / KB_GENERATION).unlink(missing_ok=True)
 
 
-def redis_connect(url: str, ca_file: Path | None, socket_timeout: float) -> redis.Redis:
-    """A blocking client, with the store's TLS rules: rediss:// always verifies chain and host name."""
-    from ..errors import ConfigError
-    from ..store.redis import tls_options
-
-    try:
-        return redis.Redis.from_url(url, socket_timeout=socket_timeout, **tls_options(url, ca_file))
-    except ConfigError as exc:
-        raise BackupError(f"redis {_where(url)}: {exc}") from None
-
-
-def redis_snapshot(url: str, dest: Path, rdb: Path | None, timeout: float, ca_file: Path | None = None) -> None:
+def redis_snapshot(url: str, dest: Path, rdb: Path | None, timeout: float) -> None:
     """A completed BGSAVE: the RDB file on disk is at least as new as the moment this started."""
-    client = redis_connect(url, ca_file, 30)
+    client = redis.Redis.from_url(url, socket_timeout=30)
     try:
         before = int(client.lastsave().timestamp())
         # LASTSAVE has one-second resolution: a save finishing within the second it reports would look like no save.
@@ -191,9 +179,7 @@ def collect(sources: Sources, root: Path) -> Manifest:
     if sources.store_backend == "redis":
         if not sources.redis_url:
             raise BackupError("store.redis_url: required to back up the redis store")
-        redis_snapshot(
-            sources.redis_url, root / REDIS_RDB, sources.redis_rdb, sources.redis_timeout, sources.redis_ca_file
-        )
+        redis_snapshot(sources.redis_url, root / REDIS_RDB, sources.redis_rdb, sources.redis_timeout)
         parts.append("redis")
     elif (data / STATE_DB).exists():
         sqlite_copy(data / STATE_DB, root / "data" / STATE_DB)

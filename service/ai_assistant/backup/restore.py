@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from ..localsecrets import secrets_path
-from .collect import KB_DIR, PLUGINS_DIR, REDIS_RDB, SECRETS, STATE_DB, _where, redis_connect
+from .collect import KB_DIR, PLUGINS_DIR, REDIS_RDB, SECRETS, STATE_DB, _where
 from .errors import BackupError, BackupInvalid
 from .manifest import INSTALL_ID_FILE, Manifest, install_id, verify
 from .restic import Restic
@@ -43,10 +43,10 @@ def service_running(data_dir: Path) -> int | None:
     return pid
 
 
-def load_redis(rdb: Path, url: str, timeout: float = 120.0, ca_file: Path | None = None) -> int:
+def load_redis(rdb: Path, url: str, timeout: float = 120.0) -> int:
     """Load the RDB into a private redis-server (a unix socket in a private directory, no TCP port), then copy every
     key into the target with DUMP/RESTORE in one MULTI/EXEC: the target holds either its old keys or the backup's."""
-    target = redis_connect(url, ca_file, 60)
+    target = redis.Redis.from_url(url, socket_timeout=60)
     db = int(target.connection_pool.connection_kwargs.get("db", 0) or 0)
     with tempfile.TemporaryDirectory(prefix="ai-assistant-redis-") as tmp:
         sock = Path(tmp) / "redis.sock"
@@ -138,7 +138,6 @@ def restore(
     with_config: bool = False,
     allow_other_install: bool = False,
     redis_url: str | None = None,
-    redis_ca_file: Path | None = None,
 ) -> Restored:
     pid = service_running(data_dir)
     if pid is not None:
@@ -166,7 +165,7 @@ def restore(
                 url = redis_url
                 if not url:
                     raise BackupError("backup holds the redis store: pass --redis-url (or set store.redis_url)")
-                load_redis(staging / REDIS_RDB, url, ca_file=redis_ca_file)
+                load_redis(staging / REDIS_RDB, url)
             if "state" in parts:
                 pairs.append((staging / "data" / STATE_DB, data_dir / STATE_DB))
                 # A WAL left from the old database would be replayed into the restored one: move it aside too.

@@ -23,7 +23,7 @@ from .engine import engine_check, engine_probe, knowledge_check
 from .platforms import connector_check
 from .report import RUNBOOK, SECTIONS, Check, Report, Status, one_line, render
 from .state import disk_check, model_dir, queue_check, state_store
-from .tls import tls_ca_files, tls_endpoint_check, tls_file_check, tls_targets
+from .tls import tls_endpoint_check, tls_file_check, tls_targets
 
 
 async def _guard(name: str, check: Awaitable[Check]) -> Check:
@@ -55,13 +55,10 @@ async def run_checks(
     async def engine_and_probe() -> tuple[Check, Check]:
         if settings is None:
             return Check("engine", Status.SKIP, not_loaded), Check("engine probe", Status.SKIP, not_loaded)
-        engine = settings.engine
-        if engine.ca_file is not None:  # relative to the config dir, as the service resolves it
-            engine = engine.model_copy(update={"ca_file": settings.resolve(engine.ca_file)})
-        reach = await _guard("engine", engine_check(engine, clocks))
+        reach = await _guard("engine", engine_check(settings.engine, clocks))
         if reach.status is not Status.PASS:
             return reach, Check("engine probe", Status.SKIP, "not run: the engine check did not pass")
-        return reach, await _guard("engine probe", engine_probe(engine))
+        return reach, await _guard("engine probe", engine_probe(settings.engine))
 
     async def skipped(name: str, why: str) -> Check:
         return Check(name, Status.SKIP, why)
@@ -76,9 +73,8 @@ async def run_checks(
         connector_checks = [_guard(f"connector {n}", connector_check(c, clocks)) for n, c in connectors.items()]
     else:
         connector_checks = [skipped("connectors", not_loaded)]
-    cas = tls_ca_files(settings) if settings is not None else {}
     tls = [
-        _guard(f"tls {host}:{port}", tls_endpoint_check(host, port, label, cas.get(label)))
+        _guard(f"tls {host}:{port}", tls_endpoint_check(host, port, label))
         for (host, port), label in (
             tls_targets(settings, (connectors or {}).values()).items() if settings is not None else []
         )

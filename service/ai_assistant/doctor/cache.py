@@ -43,8 +43,7 @@ async def cache_check(settings: Settings, data_dir: Path) -> Check:
 
 async def _read(settings: Settings, data_dir: Path) -> tuple[int, int, int]:
     if settings.store.backend == "redis" and settings.store.redis_url is not None:
-        ca_file = settings.resolve(settings.store.redis_ca_file) if settings.store.redis_ca_file is not None else None
-        return await _read_redis(settings.store.redis_url.get_secret_value(), ca_file)
+        return await _read_redis(settings.store.redis_url.get_secret_value())
     path = data_dir / "state.sqlite3"
     if not path.exists():
         return 0, 0, 0
@@ -65,13 +64,13 @@ async def _read(settings: Settings, data_dir: Path) -> tuple[int, int, int]:
     return int(hits), int(misses), int(entries)
 
 
-async def _read_redis(url: str, ca_file: Path | None = None) -> tuple[int, int, int]:
+async def _read_redis(url: str) -> tuple[int, int, int]:
+    import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    from ..store.redis import CACHE_INDEX, CACHE_STATS, redis_client
+    from ..store.redis import CACHE_INDEX, CACHE_STATS
 
-    # The store's own client: a rediss:// URL is verified against store.redis_ca_file as the service does.
-    client = redis_client(url, ca_file, socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
+    client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
     try:
         counters: dict[str, str] = await cast(Awaitable[Any], client.hgetall(CACHE_STATS))
         entries = 0

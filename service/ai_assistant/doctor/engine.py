@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import ssl
 import time
 
 import httpx
@@ -27,9 +26,7 @@ async def engine_check(engine: EngineSettings, clocks: Clocks) -> Check:
     probe = url + "/models" if url.endswith("/v1") else url + "/health"
     headers = {"Authorization": f"Bearer {engine.api_key.get_secret_value()}"} if engine.api_key else {}
     what = f"{engine.name} at {engine.base_url}"
-    from ..engines.hf_inference import use_engine_tls  # the service's own verification (engine.ca_file)
-
-    async with clocks.client("engine", verify=use_engine_tls(engine)) as client:
+    async with clocks.client("engine") as client:
         started = time.perf_counter()
         try:
             resp = await client.get(probe, headers=headers)
@@ -111,11 +108,7 @@ async def knowledge_check(settings: Settings, clocks: Clocks) -> Check:
         return Check(name, Status.PASS, summary, details={"latency_ms": round(ms, 1), "chunks": chunks})
     if kb.store.name == "weaviate" and kb.store.url:
         headers = {"Authorization": f"Bearer {kb.store.api_key.get_secret_value()}"} if kb.store.api_key else {}
-        # As the store verifies it: knowledge.store.ca_file alone where set (Weaviate's TLS front), else the default.
-        verify: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=str(kb.store.ca_file)) if kb.store.ca_file is not None else True
-        )
-        async with clocks.client("knowledge", verify=verify) as client:
+        async with clocks.client("knowledge") as client:
             started = time.perf_counter()
             try:
                 resp = await client.get(kb.store.url.rstrip("/") + "/v1/.well-known/ready", headers=headers)

@@ -55,20 +55,9 @@ def _expiry_check(name: str, what: str, not_before: float, not_after: float) -> 
     return Check(name, Status.PASS, f"{what} valid for {days:.0f} more day(s) ({until})", details=details)
 
 
-def tls_ca_files(settings: Settings) -> dict[str, Path]:
-    """The CA a target is verified with where the configuration names one (the internal CA of the model server's and
-    Weaviate's TLS fronts), as the service verifies it; the others use the system trust store."""
-    cas: dict[str, Path] = {}
-    if settings.engine.ca_file is not None:
-        cas["engine"] = settings.resolve(settings.engine.ca_file)
-    if settings.knowledge.enabled and settings.knowledge.store.ca_file is not None:
-        cas["knowledge"] = settings.knowledge.store.ca_file
-    return cas
-
-
-async def tls_endpoint_check(host: str, port: int, label: str, ca_file: Path | None = None) -> Check:
+async def tls_endpoint_check(host: str, port: int, label: str) -> Check:
     name = f"tls {host}:{port}"
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    context = ssl.create_default_context()
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=context, server_hostname=host), HTTP_TIMEOUT.read

@@ -112,36 +112,25 @@ class _WaitHonouringRetryAfter:
 # Building an SSL context loads the system's whole CA bundle: ~10 ms of CPU, and httpx does it for every client it
 # creates, even one that only ever speaks plain HTTP to a loopback engine. Two clients per answer (the token count and
 # the chat call) made it ~75 % of the service's CPU per answer (bench/answer_bench.py, docs/benchmarks.md). One
-# context per library and CA file per process instead; a changed CA bundle is read at the next restart.
-# With engine.ca_file (the internal CA of the model server's TLS front, roles/tls_front) that CA alone is trusted;
-# chain and host name are verified either way.
+# context per library per process instead; a changed CA bundle is read at the next restart.
 @functools.cache
-def _httpx_ssl(ca_file: str | None = None) -> ssl.SSLContext:
-    return httpx.create_ssl_context() if ca_file is None else ssl.create_default_context(cafile=ca_file)
+def _httpx_ssl() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
 
 
 @functools.cache
-def _httpx2_ssl(ca_file: str | None = None) -> ssl.SSLContext:
-    return httpx2.create_ssl_context() if ca_file is None else ssl.create_default_context(cafile=ca_file)
+def _httpx2_ssl() -> ssl.SSLContext:
+    return httpx2.create_ssl_context()
 
 
-def use_engine_tls(settings: EngineSettings) -> ssl.SSLContext:
-    """Make huggingface_hub's clients verify the model server as `settings` says (process-wide: one engine per process,
-    and the same for the same settings, so idempotent); returns the context for this module's own httpx clients
-    (also `doctor`'s)."""
-    ca_file = str(settings.ca_file) if settings.ca_file is not None else None
-    set_async_client_factory(functools.partial(_hf_async_client, ca_file) if ca_file else _hf_async_client)
-    return _httpx_ssl(ca_file)
-
-
-def _hf_async_client(ca_file: str | None = None) -> httpx2.AsyncClient:
+def _hf_async_client() -> httpx2.AsyncClient:
     """huggingface_hub's default async client (same hooks and options) with the shared SSL context: its documented
     hook for "custom certifications", `set_async_client_factory`."""
     return httpx2.AsyncClient(
         event_hooks={"request": [async_hf_request_event_hook], "response": [async_hf_response_event_hook]},
         follow_redirects=True,
         timeout=None,
-        verify=_httpx2_ssl(ca_file),
+        verify=_httpx2_ssl(),
     )
 
 
@@ -153,7 +142,7 @@ class HFInferenceEngine:
         self.settings = settings
         self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._tokenizer: str | None = None  # "tgi", "llama.cpp" or "estimate" once the server was asked
-        self._ssl = use_engine_tls(settings)
+        set_async_client_factory(_hf_async_client)  # process-wide, and the same every time: idempotent
 
     async def chat(self, turns: list[ChatTurn], on_text: OnText | None = None) -> str:
         messages = [{"role": t.role, "content": t.content} for t in turns]
@@ -216,7 +205,7 @@ class HFInferenceEngine:
         if self._tokenizer == "estimate":  # no client to build for a server known to have no tokenizer endpoint
             return [estimate_tokens(text) for text in texts]
         root = self.settings.base_url.rstrip("/").removesuffix("/v1")
-        async with httpx.AsyncClient(timeout=5.0, verify=self._ssl) as client:
+        async with httpx.AsyncClient(timeout=5.0, verify=_httpx_ssl()) as client:
             return [await self._count(client, root, text) for text in texts]
 
     async def _count(self, client: httpx.AsyncClient, root: str, text: str) -> int:
@@ -246,7 +235,7 @@ class HFInferenceEngine:
         url = self.settings.base_url.rstrip("/")
         probe = url + "/models" if url.endswith("/v1") else url + "/health"
         try:
-            async with httpx.AsyncClient(timeout=2.0, verify=self._ssl) as client:
+            async with httpx.AsyncClient(timeout=2.0, verify=_httpx_ssl()) as client:
                 resp = await client.get(probe)
         except httpx.HTTPError:
             return False

@@ -39,11 +39,6 @@ class VectorStoreSettings(_Section):
     name: str = Field("embedded", description="embedded | weaviate | entry point in group ai_assistant.vector_stores")
     url: str | None = Field(None, description="Weaviate HTTP URL, e.g. http://10.0.1.5:8080 (required for weaviate)")
     grpc_port: int = Field(50051, ge=1, le=65535)
-    ca_file: Path | None = Field(
-        None,
-        description="PEM of the CA that signs Weaviate's certificate (https url: REST and gRPC), an absolute path: "
-        "that CA alone is trusted (the internal CA of its TLS front, roles/tls_front). Unset: the system trust store",
-    )
     api_key: SecretStr | None = None
     collection: str = Field("Knowledge", pattern=r"^[A-Z][A-Za-z0-9_]{0,63}$")
     hybrid_alpha: float = Field(0.6, ge=0, le=1, description="Weaviate hybrid: 1 = pure vector, 0 = pure BM25")

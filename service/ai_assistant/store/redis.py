@@ -329,12 +329,11 @@ async def _close_later(client: aioredis.Redis, delay: float) -> None:
 CA_KEY = "store.redis_ca_file"
 
 
-def tls_options(url: str, ca_file: Path | None = None) -> dict[str, Any]:
-    """redis-py connection options for ``url``: for ``rediss://`` the server's certificate chain and host name are
-    always verified, against ``ca_file`` (PEM) when given, else the system trust store. A CA file with a plain
-    ``redis://`` URL is refused: it would suggest an encryption that is not there."""
+def redis_client(url: str, ca_file: Path | None = None, **options: Any) -> aioredis.Redis:
+    """A client for ``url``. ``rediss://`` always verifies the server's certificate chain and host name, against
+    ``ca_file`` (PEM) when given, else the system trust store. A CA file with a plain ``redis://`` URL is refused:
+    it would suggest an encryption that is not there."""
     scheme = urlsplit(url).scheme
-    options: dict[str, Any] = {}
     if ca_file is not None:
         if scheme != "rediss":
             raise ConfigError(ASSISTANT_FILE, CA_KEY, f"set, but store.redis_url is {scheme}://, not rediss://")
@@ -344,12 +343,7 @@ def tls_options(url: str, ca_file: Path | None = None) -> dict[str, Any]:
     if scheme == "rediss":
         # Explicit, so that neither a library default nor a later change here can turn verification off.
         options.update(ssl_cert_reqs="required", ssl_check_hostname=True)
-    return options
-
-
-def redis_client(url: str, ca_file: Path | None = None, **options: Any) -> aioredis.Redis:
-    """An asyncio client for ``url``, verified as ``tls_options`` says."""
-    return aioredis.from_url(url, **options, **tls_options(url, ca_file))
+    return aioredis.from_url(url, **options)
 
 
 def redis_label(url: str) -> str:

@@ -7,7 +7,6 @@ suite as the embedded store only where `WEAVIATE_URL` points at one (tests/knowl
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -22,50 +21,6 @@ from ..settings import KnowledgeSettings
 from .base import Chunk, DocumentRecord, Hit, Vector, as_matrix
 
 _CHUNK_FIELDS = ("doc_id", "position", "title", "source", "url", "heading", "text", "content_hash")
-
-
-def _connect_verified(host: str, http_port: int, grpc_port: int, auth: Any, timeouts: Any, ca_file: Path) -> Any:
-    """Weaviate over https and secure gRPC, both verifying chain and host name against `ca_file` alone (the internal
-    CA of the TLS front on the data host, roles/tls_front). gRPC takes the roots through the client's GrpcConfig; its
-    REST client has no such option (it trusts certifi, or SSL_CERT_FILE for the whole process), so the connection's
-    client factory is replaced by one with this context, before it connects (weaviate-client 4.x)."""
-    import grpc  # type: ignore[import-untyped]
-    import weaviate
-    from weaviate.classes.init import AdditionalConfig
-    from weaviate.config import GrpcConfig
-    from weaviate.connect import ConnectionParams
-
-    pem = ca_file.read_bytes()
-    context = ssl.create_default_context(cadata=pem.decode("ascii"))
-    client = weaviate.WeaviateClient(
-        ConnectionParams.from_params(
-            http_host=host, http_port=http_port, http_secure=True,
-            grpc_host=host, grpc_port=grpc_port, grpc_secure=True,
-        ),
-        auth_client_secret=auth,
-        additional_config=AdditionalConfig(
-            timeout=timeouts, grpc_config=GrpcConfig(credentials=grpc.ssl_channel_credentials(root_certificates=pem))
-        ),
-    )  # fmt: skip
-    _verify_rest_with(client, context)
-    try:
-        client.connect()
-    except Exception:
-        client.close()
-        raise
-    return client
-
-
-def _verify_rest_with(client: Any, context: ssl.SSLContext) -> None:
-    import httpx
-
-    connection = client._connection  # no public option for the REST client's trust
-
-    def make(colour: str) -> httpx.Client | httpx.AsyncClient:
-        kind = httpx.AsyncClient if colour == "async" else httpx.Client
-        return kind(headers=connection._headers, verify=context, trust_env=False)
-
-    connection._make_client = make
 
 
 class WeaviateStore:
@@ -83,7 +38,6 @@ class WeaviateStore:
         hybrid_alpha: float = 0.6,
         backup_backend: str = "filesystem",
         timeout: float = 10.0,
-        ca_file: Path | None = None,
     ) -> None:
         import weaviate
         from weaviate.classes.init import AdditionalConfig, Auth, Timeout
@@ -96,26 +50,17 @@ class WeaviateStore:
         self.collection_name, self.docs_name = collection, f"{collection}Documents"
         self.hybrid_alpha, self.backup_backend = hybrid_alpha, backup_backend
         self._lock = threading.Lock()
-        if ca_file is not None and not secure:
-            raise StoreError(f"knowledge.store.ca_file is set but {url!r} is not https")
-        timeouts = Timeout(init=timeout, query=timeout, insert=timeout * 6)
         try:
-            if ca_file is None:
-                self._client = weaviate.connect_to_custom(
-                    http_host=parts.hostname,
-                    http_port=parts.port or (443 if secure else 80),
-                    http_secure=secure,
-                    grpc_host=parts.hostname,
-                    grpc_port=grpc_port,
-                    grpc_secure=secure,
-                    auth_credentials=Auth.api_key(api_key) if api_key else None,
-                    additional_config=AdditionalConfig(timeout=timeouts),
-                )
-            else:
-                self._client = _connect_verified(
-                    parts.hostname, parts.port or 443, grpc_port, Auth.api_key(api_key) if api_key else None,
-                    timeouts, ca_file,
-                )  # fmt: skip
+            self._client = weaviate.connect_to_custom(
+                http_host=parts.hostname,
+                http_port=parts.port or (443 if secure else 80),
+                http_secure=secure,
+                grpc_host=parts.hostname,
+                grpc_port=grpc_port,
+                grpc_secure=secure,
+                auth_credentials=Auth.api_key(api_key) if api_key else None,
+                additional_config=AdditionalConfig(timeout=Timeout(init=timeout, query=timeout, insert=timeout * 6)),
+            )
         except Exception as exc:  # the client raises its own hierarchy plus grpc/httpx errors
             raise StoreError(f"weaviate at {url}: cannot connect ({type(exc).__name__}: {exc})") from None
         self.url = url
@@ -135,7 +80,6 @@ class WeaviateStore:
             hybrid_alpha=s.hybrid_alpha,
             backup_backend=s.backup_backend,
             timeout=s.timeout_seconds,
-            ca_file=s.ca_file,
         )
 
     def _ensure_collections(self) -> None:
