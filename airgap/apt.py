@@ -58,15 +58,16 @@ def _names(value: Any, where: str, defaults: dict[str, Any]) -> list[str]:
     return [] if value in NOT_DEBIAN else [value]
 
 
-def _flat(tasks: list[Any]) -> list[dict[str, Any]]:
-    """Every task of a tasks file, those inside blocks (and their rescue and always) included."""
+def flat_tasks(tasks: Any) -> list[dict[str, Any]]:
+    """Every task of a tasks file (a parsed YAML list, or None for an empty file), those inside blocks (and their
+    rescue and always) included. The static tests walk role task files with this too."""
     out: list[dict[str, Any]] = []
-    for task in tasks:
+    for task in tasks or []:
         if not isinstance(task, dict):
             continue
         out.append(task)
         for key in ("block", "rescue", "always"):
-            out += _flat(task.get(key) or [])
+            out += flat_tasks(task.get(key))
     return out
 
 
@@ -77,7 +78,7 @@ def role_packages(repo: Path = REPO) -> dict[str, list[str]]:
         role = tasks.parts[-3]
         defaults_file = tasks.parents[1] / "defaults" / "main.yml"
         defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
-        for task in _flat(yaml.safe_load(tasks.read_text()) or []):
+        for task in flat_tasks(yaml.safe_load(tasks.read_text())):
             args = task.get("ansible.builtin.apt")
             if isinstance(args, dict) and "name" in args:
                 where = f"{tasks.relative_to(repo)}: task {task.get('name')!r}"

@@ -14,15 +14,9 @@ from tests.bundle.conftest import REPO
 
 
 def _tasks() -> Iterator[tuple[Path, dict[str, Any]]]:
-    def walk(items: list[Any], path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-        for task in items or []:
-            if isinstance(task, dict):
-                yield path, task
-                for key in ("block", "rescue", "always"):
-                    yield from walk(task.get(key, []), path)
-
     for path in sorted(REPO.glob("roles/*/tasks/*.yml")) + sorted(REPO.glob("roles/*/handlers/*.yml")):
-        yield from walk(yaml.safe_load(path.read_text()), path)
+        for task in apt.flat_tasks(yaml.safe_load(path.read_text())):
+            yield path, task
 
 
 def _args(task: dict[str, Any], *modules: str) -> dict[str, Any] | None:

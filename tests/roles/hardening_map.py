@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from airgap.apt import flat_tasks
+
 REPO = Path(__file__).resolve().parents[2]
 CONTROLS = REPO / "docs/hardening-controls.yml"
 DOC = REPO / "docs/hardening.md"
@@ -32,21 +34,11 @@ def lynis() -> dict[str, list[dict[str, Any]]]:
     return {"profile": list(data["lynis"]["profile"] or []), "findings": list(data["lynis"]["findings"] or [])}
 
 
-def _tasks(node: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for task in node or []:
-        if isinstance(task, dict):
-            out.append(task)
-            for key in ("block", "rescue", "always"):
-                out.extend(_tasks(task.get(key)))
-    return out
-
-
 def tagged_tasks() -> dict[str, list[str]]:
     """Tag -> ['role/tasks/file.yml: task name', ...] over every role's task files."""
     found: dict[str, list[str]] = defaultdict(list)
     for path in sorted((REPO / "roles").glob("*/tasks/*.yml")):
-        for task in _tasks(yaml.safe_load(path.read_text(encoding="utf-8"))):
+        for task in flat_tasks(yaml.safe_load(path.read_text(encoding="utf-8"))):
             tags = task.get("tags") or []
             for tag in [tags] if isinstance(tags, str) else tags:
                 found[str(tag)].append(f"{path.relative_to(REPO / 'roles')}: {task.get('name', '?')}")

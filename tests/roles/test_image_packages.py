@@ -10,12 +10,13 @@ of silently adding minutes to every CI run.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
+
+from airgap.apt import flat_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_PACKAGES = REPO / "tests/roles/vm/image-packages.txt"
@@ -37,15 +38,6 @@ NOT_CONVERGED_FILES = {
 def image_packages() -> set[str]:
     lines = (line.split("#", 1)[0].strip() for line in IMAGE_PACKAGES.read_text().splitlines())
     return {line for line in lines if line}
-
-
-def _tasks(node: Any) -> Iterator[dict[str, Any]]:
-    for task in node or []:
-        if not isinstance(task, dict):
-            continue
-        yield task
-        for key in ("block", "rescue", "always"):
-            yield from _tasks(task.get(key))
 
 
 def _names(value: Any, role: Path) -> list[str]:
@@ -70,7 +62,7 @@ def role_packages() -> dict[str, set[str]]:
         rel = str(tasks_file.relative_to(REPO))
         if role.name in NOT_CONVERGED or rel in NOT_CONVERGED_FILES:
             continue
-        for task in _tasks(yaml.safe_load(tasks_file.read_text())):
+        for task in flat_tasks(yaml.safe_load(tasks_file.read_text())):
             apt = task.get("ansible.builtin.apt") or task.get("apt")
             if isinstance(apt, dict) and "name" in apt and apt.get("state", "present") == "present":
                 for name in _names(apt["name"], role):
