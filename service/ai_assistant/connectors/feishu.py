@@ -119,9 +119,8 @@ class FeishuConnector(Connector):
         self._encrypt_key = key
         self.bot_open_id = config.bot_open_id
         self._info: asyncio.Task[None] | None = None
-        self._aes_key = hashlib.sha256(key.encode()).digest() if key else None
         # Built once: the algorithm object validates the key on construction; only the IV differs per message.
-        self._aes = algorithms.AES(self._aes_key) if self._aes_key else None
+        self._aes = algorithms.AES(hashlib.sha256(key.encode()).digest()) if key else None
         self.link = StreamLink(name) if config.mode == "stream" else None
         self._stream: asyncio.Task[None] | None = None
         self._parts: dict[str, list[bytes | None]] = {}  # a payload split over several frames, by message_id
@@ -177,7 +176,7 @@ class FeishuConnector(Connector):
         if signed:
             self._check_signature(request)
         outer = load_json(request.body)
-        if self._aes_key is not None:
+        if self._aes is not None:
             if "encrypt" not in outer:
                 raise SignatureInvalid("body is not encrypted, but this connector has an encrypt_key")
             payload = load_json(self._decrypt(outer["encrypt"]), "decrypted body")
@@ -195,7 +194,7 @@ class FeishuConnector(Connector):
             if not isinstance(challenge, str):
                 raise MalformedRequest("challenge: required field is missing")
             return Verdict(ack=Ack(200, {"challenge": challenge}), handshake=True)
-        if self._aes_key is not None and not signed:
+        if self._aes is not None and not signed:
             raise SignatureInvalid("X-Lark-Signature is missing")
         return self.read(payload)
 
