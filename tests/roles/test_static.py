@@ -53,6 +53,7 @@ def test_ansible_lint_production_profile_is_clean() -> None:
         "playbooks",
         "tests/roles/vm/prepare.yml",
         "tests/roles/vm/containers-check.yml",
+        "tests/roles/vm/ssh-transport.yml",
     ]
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-lint"), "-c", "tests/roles/ansible-lint.yml", "--offline", "--nocolor", *targets],
@@ -66,7 +67,9 @@ def test_ansible_lint_production_profile_is_clean() -> None:
     assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
 
 
-@pytest.mark.parametrize("playbook", ["playbooks/site.yml", "tests/roles/vm/prepare.yml"])
+@pytest.mark.parametrize(
+    "playbook", ["playbooks/site.yml", "tests/roles/vm/prepare.yml", "tests/roles/vm/ssh-transport.yml"]
+)
 def test_playbook_syntax(playbook: str) -> None:
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "--syntax-check", playbook],

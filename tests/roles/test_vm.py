@@ -8,11 +8,16 @@ Redis + llama.cpp, and the answer comes back as a signed POST to the runner.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import secrets
 import socket
 import ssl
+import tarfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -87,6 +92,53 @@ def test_check_mode_on_converged_host_changes_nothing(test_vm: TestVM) -> None:
     TIMINGS["check mode"] = time.monotonic() - start
     assert check.rc == 0, f"check mode failed (log {check.log}):\n{check.tail()}"
     assert check.changed == 0, f"check mode would change: {check.changed_tasks()}"
+
+
+def test_the_ssh_transport_moves_what_the_roles_move(test_vm: TestVM, tmp_path: Path) -> None:
+    """The converges run through Mitogen (ADR 0113); this play runs over Ansible's own ssh connection, on the
+    hand-off's inventory (admin user, sudo, the jump host, pinned host keys), each connection-dependent thing the
+    roles do (vm/ssh-transport.yml; test_ssh_transport_static.py keeps that list whole). Twice: the second run
+    changes nothing, as a converge's second run must not."""
+    src = tmp_path / "src"
+    (src / "tree").mkdir(parents=True)
+    blob = secrets.token_bytes(3 * 1024 * 1024 + 17)  # over one transfer chunk, not a multiple of one
+    (src / "blob.bin").write_bytes(blob)
+    (src / "proof.conf.j2").write_text("host={{ inventory_hostname }}\nuser={{ ansible_user }}\n")
+    (src / "tree" / "one.txt").write_text("one\n")
+    (src / "tree" / "two.txt").write_text("two\n")
+    with tarfile.open(src / "tree.tar", "w") as tar:
+        tar.add(src / "tree", arcname="tree")
+    (src / "proof.py").write_text(
+        "import os, pathlib, sys\npathlib.Path(sys.argv[1], 'script-ran').write_text(f'{os.getuid()}\\n')\n"
+    )
+    proof = REPO / "tests/roles/vm/ssh-transport.yml"
+    try:
+        args = ("-e", f"ssh_transport_src={src}")
+        first = test_vm.play(proof, *args, "-vvv", name="ssh-transport", transport="ssh")
+        assert first.rc == 0 and first.failed == 0, f"the ssh play failed (log {first.log}):\n{first.tail()}"
+        # -vvv names the connection: Ansible's ssh plugin (Mitogen logs no such line), through the jump host.
+        assert "ESTABLISH SSH CONNECTION FOR USER: ansible" in first.output, "the play did not run over ssh"
+        assert "ProxyCommand=ssh" in first.output, "the play's ssh did not go through the jump host"
+        assert first.changed >= 7, f"the first ssh play changed only {first.changed_tasks()}"
+        d = "/var/tmp/ssh-transport-proof"
+        digest = test_vm.ssh(f"sudo sha256sum {d}/blob.bin && sudo stat -c '%U %a' {d}/blob.bin {d}/proof.conf")
+        assert digest.returncode == 0, digest.stderr
+        assert digest.stdout.split()[0] == hashlib.sha256(blob).hexdigest(), "the copied file differs"
+        assert "root 600" in digest.stdout and "root 640" in digest.stdout, digest.stdout
+        files = test_vm.ssh(
+            f"sudo cat {d}/proof.conf {d}/tree/one.txt {d}/synced/two.txt {d}/script-ran {d}/handler-ran"
+            f" {d}/controller-uid"
+        )
+        assert files.returncode == 0, files.stderr
+        lines = files.stdout.splitlines()
+        assert lines[0].startswith("host=") and len(lines[0]) > 5 and lines[1] == "user=ansible", lines
+        assert lines[2:4] == ["one", "two"], lines
+        # The script ran as root through sudo; the delegated task as the runner's user, without sudo.
+        assert lines[4] == "0" and lines[5] == "handled" and lines[6] == str(os.getuid()), lines
+        again = test_vm.play(proof, *args, name="ssh-transport-2", transport="ssh")
+        assert again.rc == 0 and again.changed == 0, f"the second ssh play changed {again.changed_tasks()}"
+    finally:
+        test_vm.ssh("sudo rm -rf /var/tmp/ssh-transport-proof")
 
 
 # --- base --------------------------------------------------------------------------------------------------------
