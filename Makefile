@@ -28,7 +28,7 @@ test: bootstrap  ## lint and every test; the Debian 12 VM suite runs beside the 
 test-fast: bootstrap  ## everything except the VM suite (about 35 min)
 	$(BIN)/pytest -m 'not vm' $(PYTEST_ARGS)
 
-test-vm: bootstrap  ## only the Ansible roles converged and verified in a Debian 12 VM (QEMU, about 45-50 min)
+test-vm: bootstrap  ## only the Ansible roles converged and verified in a Debian 12 VM (QEMU, 40-60 min)
 	$(BIN)/pytest -m vm tests/roles $(PYTEST_ARGS)
 
 images: bootstrap  ## build the assistant and model-server images with podman (cached by their inputs; docs/images.md)
