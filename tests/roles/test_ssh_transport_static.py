@@ -26,20 +26,21 @@ TRANSFERS = {
 KEYWORDS = ("become_user", "become_method", "async", "connection", "remote_user", "delegate_to")
 
 
-def _module(task: dict[str, Any]) -> str | None:
-    for key in task:
+def _transfer(task: dict[str, Any]) -> tuple[str, Any] | None:
+    """The task's transferring module (short name) and its arguments, if it has one."""
+    for key, args in task.items():
         short = key.rsplit(".", 1)[-1]
         if short in TRANSFERS:
-            return short
+            return short, args
     return None
 
 
 def features(task: dict[str, Any]) -> set[str]:
     """What a task asks of the connection, in words a failure message can show."""
     found = set()
-    module = _module(task)
-    if module is not None:
-        args = next(v for k, v in task.items() if k.rsplit(".", 1)[-1] == module)
+    transfer = _transfer(task)
+    if transfer is not None:
+        module, args = transfer
         # A copy or unarchive of a file already on the host moves nothing over the connection.
         if not (isinstance(args, dict) and args.get("remote_src")):
             found.add(f"module {module}")

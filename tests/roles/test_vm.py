@@ -112,6 +112,7 @@ def test_the_ssh_transport_moves_what_the_roles_move(test_vm: TestVM, tmp_path: 
         "import os, pathlib, sys\npathlib.Path(sys.argv[1], 'script-ran').write_text(f'{os.getuid()}\\n')\n"
     )
     proof = REPO / "tests/roles/vm/ssh-transport.yml"
+    d = "/var/tmp/ssh-transport-proof"  # the play's scratch directory (__proof_dir)
     try:
         args = ("-e", f"ssh_transport_src={src}")
         first = test_vm.play(proof, *args, "-vvv", name="ssh-transport", transport="ssh")
@@ -120,7 +121,6 @@ def test_the_ssh_transport_moves_what_the_roles_move(test_vm: TestVM, tmp_path: 
         assert "ESTABLISH SSH CONNECTION FOR USER: ansible" in first.output, "the play did not run over ssh"
         assert "ProxyCommand=ssh" in first.output, "the play's ssh did not go through the jump host"
         assert first.changed >= 7, f"the first ssh play changed only {first.changed_tasks()}"
-        d = "/var/tmp/ssh-transport-proof"
         digest = test_vm.ssh(f"sudo sha256sum {d}/blob.bin && sudo stat -c '%U %a' {d}/blob.bin {d}/proof.conf")
         assert digest.returncode == 0, digest.stderr
         assert digest.stdout.split()[0] == hashlib.sha256(blob).hexdigest(), "the copied file differs"
@@ -138,7 +138,7 @@ def test_the_ssh_transport_moves_what_the_roles_move(test_vm: TestVM, tmp_path: 
         again = test_vm.play(proof, *args, name="ssh-transport-2", transport="ssh")
         assert again.rc == 0 and again.changed == 0, f"the second ssh play changed {again.changed_tasks()}"
     finally:
-        test_vm.ssh("sudo rm -rf /var/tmp/ssh-transport-proof")
+        test_vm.ssh(f"sudo rm -rf {d}")
 
 
 # --- base --------------------------------------------------------------------------------------------------------

@@ -56,8 +56,9 @@ BACKGROUND = (
 )
 
 # The background's vectors for the shipped embedder, computed once at release time (`python -m
-# ai_assistant.knowledge.calibration`): every process that searches needs them, and embedding 32 sentences is the
-# bulk of a one-off search (0.7 s of CPU natively, about six minutes under the VM suite's software emulation).
+# ai_assistant.knowledge.calibration`): every process that searches needs them. Embedding the 32 sentences costs
+# about 0.7 s of CPU natively, and under the VM suite's software emulation it was most of a one-off search (a
+# `kb search` there took more than 8 minutes, 44 s without it).
 # tests/knowledge/test_calibration.py recomputes them with the real model and fails when they drift.
 SHIPPED = Path(__file__).with_name("background_vectors.npz")
 
