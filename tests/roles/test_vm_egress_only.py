@@ -20,7 +20,7 @@ import pytest
 from tests.connectors import producers as p
 from tests.connectors.standin import PlatformStandIn
 from tests.helpers import wait_until
-from tests.roles.conftest import DOMAIN, REPO, TIMINGS, TestVM
+from tests.roles.conftest import DOMAIN, REPO, TIMINGS, VM_ANSWER_MODE, TestVM
 from tests.roles.test_vm import probe
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800, func_only=True)]
@@ -61,6 +61,7 @@ def egress_only(test_vm: TestVM, tmp_path_factory: pytest.TempPathFactory) -> It
                         "api_base": f"http://10.0.2.2:{platform.port}",
                         "bot_username": "assistant_bot",
                         "poll_timeout_seconds": 5,
+                        "answer_mode": VM_ANSWER_MODE,
                     }
                 },
                 "assistant_connector_secrets": {"tg": {"bot_token": p.TG_BOT_TOKEN}},
