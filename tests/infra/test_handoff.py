@@ -116,6 +116,8 @@ def _wheel_env(tmp_path: Path) -> dict[str, str]:
     wheel = tmp_path / "ai_assistant-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"")
     (tmp_path / "wheelhouse").mkdir(exist_ok=True)
+    # uv's wheel, which the roles install with (an empty stand-in, as the service's).
+    (tmp_path / "wheelhouse" / "uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl").write_bytes(b"")
     return {"AI_ASSISTANT_WHEEL": str(wheel), "AI_ASSISTANT_WHEELHOUSE": str(tmp_path / "wheelhouse")}
 
 

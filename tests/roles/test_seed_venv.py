@@ -1,7 +1,8 @@
-"""roles/assistant/files/seed_venv.py against real virtualenvs and a real pip, without a VM: deploy.yml's idle colour
-starts as a hard-linked copy of the serving colour's venv. The copy must run as a venv of its own (its scripts and
-its pip point at it), an upgrade in it must leave the serving colour's files alone, and it must refuse what it cannot
-copy honestly. The deploy itself, with the seed, runs in tests/roles/test_vm_bluegreen.py."""
+"""roles/assistant/files/seed_venv.py against real virtualenvs and the real uv the roles install with (its version
+pinned in pyproject's dev extra as in airgap/wheels.py), without a VM: deploy.yml's idle colour starts as a
+hard-linked copy of the serving colour's venv. The copy must run as a venv of its own (its scripts point at it), an
+upgrade in it must leave the serving colour's files alone, and it must refuse what it cannot copy honestly. The deploy
+itself, with the seed, runs in tests/roles/test_vm_bluegreen.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "roles/assistant/files/seed_venv.py"
 PYTHON = sys.base_prefix + "/bin/python3"
+UV = Path(sys.prefix) / "bin/uv"
 
 
 def _wheel(where: Path, version: str) -> Path:
@@ -54,21 +56,30 @@ def _seed(serving: Path, incoming: Path) -> tuple[subprocess.CompletedProcess[st
     return proc, json.loads(proc.stdout)
 
 
-def _pip(venv: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return _run(venv / "bin/pip", "--disable-pip-version-check", "--no-cache-dir", "-q", *args)
+def _uv_pip(venv: Path, command: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """As roles/assistant/tasks/install.yml runs it."""
+    return _run(UV, "pip", command, f"--python={venv}/bin/python", "--no-cache", *args)
+
+
+def test_the_uv_here_is_the_one_the_hosts_get() -> None:
+    from airgap.wheels import UV_VERSION
+
+    assert _run(UV, "--version").stdout.split()[:2] == ["uv", UV_VERSION]
 
 
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv made as the role makes it (python3 -m venv, pip from ensurepip), with seeddemo 1.0 installed."""
+    """A venv made as the role makes it (python3 -m venv --without-pip, then uv), with seeddemo 1.0 installed."""
     root = tmp_path_factory.mktemp("seed")
     venv = root / "venv"
-    made = _run(PYTHON, "-m", "venv", venv)
+    made = _run(PYTHON, "-m", "venv", "--without-pip", venv)
     assert made.returncode == 0, made.stderr
     (root / "wheels").mkdir()
     for version in ("1.0", "2.0"):
         _wheel(root / "wheels", version)
-    installed = _pip(venv, "install", "--no-index", "--find-links", root / "wheels", "seeddemo==1.0")
+    installed = _uv_pip(
+        venv, "install", "--no-index", "--find-links", root / "wheels", "--compile-bytecode", "seeddemo==1.0"
+    )
     assert installed.returncode == 0, installed.stderr
     return venv
 
@@ -78,7 +89,7 @@ def test_the_copy_is_a_venv_of_its_own_and_an_upgrade_in_it_leaves_the_serving_o
     incoming = serving.with_name("venv-green")
     proc, out = _seed(serving, incoming)
     assert proc.returncode == 0 and out["changed"] is True, proc.stdout + proc.stderr
-    for script in ("seeddemo", "pip"):
+    for script in ("seeddemo",):
         first = (incoming / "bin" / script).read_text().splitlines()[0]
         assert first.startswith(f"#!{incoming}/bin/python"), f"{script}: {first}"
         assert f"{serving}/" not in (incoming / "bin" / script).read_text()
@@ -90,12 +101,27 @@ def test_the_copy_is_a_venv_of_its_own_and_an_upgrade_in_it_leaves_the_serving_o
     module = "lib/python{}.{}/site-packages/seeddemo/__init__.py".format(*sys.version_info[:2])
     assert (incoming / module).stat().st_ino == (serving / module).stat().st_ino
 
-    upgraded = _pip(incoming, "install", "--no-index", "--find-links", serving.parent / "wheels", "seeddemo==2.0")
+    compiled = next((serving / module).parent.glob("__pycache__/__init__.*.pyc"))
+    assert compiled.stat().st_ino == next((incoming / module).parent.glob("__pycache__/*.pyc")).stat().st_ino
+    upgraded = _uv_pip(
+        incoming,
+        "install",
+        "--no-index",
+        "--find-links",
+        serving.parent / "wheels",
+        "--compile-bytecode",
+        "seeddemo==2.0",
+    )
     assert upgraded.returncode == 0, upgraded.stderr
     assert _run(incoming / "bin/seeddemo").stdout.strip() == "2.0"
     assert _run(serving / "bin/seeddemo").stdout.strip() == "1.0", "the upgrade in the copy changed the serving venv"
     assert 'VERSION = "1.0"' in (serving / module).read_text()
-    check = _run(serving / "bin/pip", "--disable-pip-version-check", "check")
+    assert "1.0" in _run(serving / "bin/python", "-c", "import seeddemo; print(seeddemo.VERSION)").stdout
+    assert (
+        compiled.exists()
+        and compiled.read_bytes() != next((incoming / module).parent.glob("__pycache__/*.pyc")).read_bytes()
+    )
+    check = _uv_pip(serving, "check")
     assert check.returncode == 0, check.stdout
 
     # Second run: the incoming venv exists, nothing changes (deploy.yml's `creates` skips it before that).

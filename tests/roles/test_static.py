@@ -303,7 +303,22 @@ def test_tgi_unit_uses_the_models_volume_and_int8() -> None:
 
 # Past the assistant role's wheel check (the fixture writes an empty file by that name) to the asserts after it.
 _FAKE_WHEEL = "FAKE_WHEEL"
-_ASSISTANT_PREFLIGHT = {"assistant_wheel": _FAKE_WHEEL, "assistant_wheelhouse": "/tmp", "assistant_redis_password": "r"}
+# A wheelhouse with (an empty file named as) uv's wheel, which the roles install with; "/tmp" has none.
+_FAKE_WHEELHOUSE = "FAKE_WHEELHOUSE"
+_EMPTY_WHEELHOUSE = "EMPTY_WHEELHOUSE"
+_UV_WHEEL = "uv-0.13.9-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+_ASSISTANT_PREFLIGHT = {
+    "assistant_wheel": _FAKE_WHEEL,
+    "assistant_wheelhouse": _FAKE_WHEELHOUSE,
+    "assistant_redis_password": "r",
+}
+
+
+def fake_wheelhouse(where: Path) -> Path:
+    house = where / "wheelhouse"
+    house.mkdir(exist_ok=True)
+    (house / _UV_WHEEL).write_bytes(b"")
+    return house
 
 
 def _mismatched_tls_pair() -> tuple[str, str]:
@@ -405,6 +420,11 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
         {"assistant_wheel": "/nonexistent/ai_assistant-0.1.0-py3-none-any.whl", "assistant_wheelhouse": "/tmp"},
         "assistant_wheel: /nonexistent/ai_assistant-0.1.0-py3-none-any.whl is not an ai_assistant wheel",
     ),
+    "assistant-no-uv": (
+        "assistant",
+        {"assistant_wheel": _FAKE_WHEEL, "assistant_wheelhouse": _EMPTY_WHEELHOUSE, "assistant_redis_password": "r"},
+        "assistant_wheelhouse: no uv-*.whl in",
+    ),
     "assistant-probe-name-taken": (
         "assistant",
         {**_ASSISTANT_PREFLIGHT, "assistant_connectors": {"deploy_probe": {"platform": "slack"}}},
@@ -417,8 +437,16 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
     "model-url-no-sha": (
         "model_server",
-        {"model_server_llamacpp_wheelhouse": "/tmp", "model_server_model_url": "https://models.example.com/m.gguf"},
+        {
+            "model_server_llamacpp_wheelhouse": _FAKE_WHEELHOUSE,
+            "model_server_model_url": "https://models.example.com/m.gguf",
+        },
         "model_server_model_sha256: a 64-hex-digit SHA-256 is required",
+    ),
+    "model-no-uv": (
+        "model_server",
+        {"model_server_llamacpp_wheelhouse": "/nonexistent", "model_server_model_src": "/m.gguf"},
+        "model_server_llamacpp_wheelhouse: no uv-*.whl in /nonexistent on the controller",
     ),
     "weaviate-unknown-tier": ("weaviate", {"weaviate_tier": "huge"}, "weaviate_tier"),
     "backup-no-bucket": ("backup", {"backup_s3_endpoint": "s3.eu-west-1.amazonaws.com"}, "backup_bucket"),
@@ -451,9 +479,12 @@ def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     out = work / "results.json"
     wheel = work / "ai_assistant-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"")
+    empty = work / "empty-wheelhouse"
+    empty.mkdir()
     tasks = []
     for case, (role, given, _) in BAD_INPUT.items():
-        variables = {k: str(wheel) if v == _FAKE_WHEEL else v for k, v in given.items()}
+        fakes = {_FAKE_WHEEL: str(wheel), _FAKE_WHEELHOUSE: str(fake_wheelhouse(work)), _EMPTY_WHEELHOUSE: str(empty)}
+        variables = {k: fakes.get(v, v) if isinstance(v, str) else v for k, v in given.items()}
         tasks.append(
             {
                 "name": case,
@@ -661,11 +692,10 @@ def test_no_secret_in_ansible_output_even_when_preflight_fails(tmp_path: Path, v
     secrets dict would show app_secret; none of the values may appear, while the one-line messages must."""
     wheel = tmp_path / "ai_assistant-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"")
-    (tmp_path / "wheelhouse").mkdir()
     c = _LEAK_CANARIES
     common = {
         "assistant_wheel": str(wheel),
-        "assistant_wheelhouse": str(tmp_path / "wheelhouse"),
+        "assistant_wheelhouse": str(fake_wheelhouse(tmp_path)),
         "assistant_redis_password": c["redis_password"],
         "assistant_alerts_token": c["alerts_token"],
     }
