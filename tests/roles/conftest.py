@@ -337,7 +337,9 @@ def harness_overrides(vm: VM) -> dict[str, Any]:
         "assistant_engine_max_tokens": 4,
         # A 3-token system prompt instead of the default's 21: the first answer's prompt is 20 tokens, not 38.
         "assistant_extra_settings": {"engine": {"system_prompt": "Be brief."}},
-        "assistant_engine_timeout_seconds": 300,
+        # The model's first bytes come after the whole prompt is read: ~150 s idle for the first answer, twice that on
+        # a busy runner.
+        "assistant_engine_timeout_seconds": 600,
         # Grafana's package repository is offline; the fallback pager is a stand-in on the VM's loopback that
         # test_vm_production.py starts (Pulumi's alertReceivers take only https:// webhooks).
         "monitoring_grafana": False,
