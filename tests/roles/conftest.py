@@ -335,11 +335,12 @@ def harness_overrides(vm: VM) -> dict[str, Any]:
         # TCG emulates every instruction: each token the model writes is ~4.5 s (VM_ANSWER_MODE), so answers are
         # a few words.
         "assistant_engine_max_tokens": 4,
-        # A 3-token system prompt instead of the default's 21: the first answer's prompt is 20 tokens, not 38.
+        # A 3-token system prompt instead of the default's 21 (the first answer's prompt 20 tokens, not 38).
         "assistant_extra_settings": {"engine": {"system_prompt": "Be brief."}},
-        # The model's first bytes come after the whole prompt is read: ~150 s idle for the first answer, twice that on
-        # a busy runner.
-        "assistant_engine_timeout_seconds": 600,
+        # The model's first bytes come after the whole prompt is read: the first answer's prompt took 290-320 s at
+        # load 3-4 here, for 38 tokens and for 20 alike (a first-request cost, not a per-token one); a CI runner has
+        # been twice as slow.
+        "assistant_engine_timeout_seconds": 900,
         # Grafana's package repository is offline; the fallback pager is a stand-in on the VM's loopback that
         # test_vm_production.py starts (Pulumi's alertReceivers take only https:// webhooks).
         "monitoring_grafana": False,

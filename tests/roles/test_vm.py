@@ -368,7 +368,7 @@ def test_signed_message_over_https_is_answered_by_the_local_model(test_vm: TestV
         r = client.post("/api/im/callback", content=raw, headers=headers)
     assert r.status_code == 200, r.text
     start = time.monotonic()
-    replies = wait_until(lambda: test_vm.receiver.for_event(event_id), 900, f"the reply to {event_id}", interval=1)
+    replies = wait_until(lambda: test_vm.receiver.for_event(event_id), 1200, f"the reply to {event_id}", interval=1)
     TIMINGS["e2e answer"] = time.monotonic() - start
     assert replies[0]["chat_id"] == "vm-chat"
     assert replies[0]["text"].strip()

@@ -177,7 +177,7 @@ def test_backup_timer_and_restore_drill(
     # -- state: an answered message (memory, de-duplication key) and a knowledge-base document -------------------
     answered = f"bk-{uuid.uuid4().hex[:8]}"
     post(test_vm, pebble_root, answered, "Say hello.")
-    wait_until(lambda: receiver.for_event(answered), 900, f"the reply to {answered}", interval=1)
+    wait_until(lambda: receiver.for_event(answered), 1200, f"the reply to {answered}", interval=1)
     run(test_vm, "mkdir -p /tmp/kb && printf '# Leave policy\\n\\nStaff get 25 days of annual leave.\\n' > "
         "/tmp/kb/leave.md && chmod -R a+rX /tmp/kb")  # fmt: skip
     run(test_vm, f"runuser -u ai-assistant -- sh -c '{CLI} kb {DIRS} ingest /tmp/kb --no-progress'", timeout=900)
