@@ -259,10 +259,10 @@ def _timed(phase: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 # connector the e2e test talks to exists only in this stack's Pulumi config, its secret only in imSecrets.
 
 ALERTS_CHAT = "ops-alerts"
-# Every answer the VM's model writes costs ~4.5 s per token it reads or writes under TCG (SmolLM2-135M at ~30M
-# multiply-adds a second: measured in the suite's guest, idle), and nothing else in the guest runs while it does. In
-# the default knowledge_first mode a message is first embedded (20-40 s for one query) and, with no document, the
-# no-hit instruction adds ~35 prompt tokens (~2.5 min): the first answer then took 5-10 min and missed CI's 600 s.
+# Under TCG the VM's model (SmolLM2-135M) pays minutes for its first request and ~4.5 s for each later token it reads
+# or writes (measured in the suite's guest, idle), and nothing else in the guest runs while it does. In the default
+# knowledge_first mode each message is also embedded first (20-40 s for one query) and, with no document, the no-hit
+# instruction adds ~35 prompt tokens: the first answer took 5-10 min and missed CI's 600 s wait.
 # The VM's connectors answer in `general` mode: no retrieval, the same queue, worker, model server and reply path.
 # Retrieval in the pipeline is tested outside the VM with the same model (tests/knowledge, tests/pipeline); in the
 # VM the backup drill ingests and searches with the CLI.
@@ -332,7 +332,7 @@ def harness_overrides(vm: VM) -> dict[str, Any]:
         "ai_assistant_knowledge": {},
         "ai_assistant_weaviate_enabled": False,
         "ai_assistant_backup_bucket": "",
-        # TCG emulates every instruction: each token the model writes is ~4.5 s (VM_ANSWER_MODE), so answers are
+        # TCG emulates every instruction: each token the model writes is 4.5-27 s (VM_ANSWER_MODE), so answers are
         # a few words.
         "assistant_engine_max_tokens": 4,
         # A 3-token system prompt instead of the default's 21 (the first answer's prompt 20 tokens, not 38).
