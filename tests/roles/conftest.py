@@ -264,7 +264,7 @@ ALERTS_CHAT = "ops-alerts"
 # knowledge_first mode each message is also embedded first (20-40 s for one query) and, with no document, the no-hit
 # instruction adds ~35 prompt tokens: the first answer took 5-10 min and missed CI's 600 s wait.
 # The VM's connectors answer in `general` mode: no retrieval, the same queue, worker, model server and reply path.
-# Retrieval in the pipeline is tested outside the VM with the same model (tests/knowledge, tests/pipeline); in the
+# Retrieval in the pipeline is tested outside the VM with the same model (tests/knowledge, tests/conversation); in the
 # VM the backup drill ingests and searches with the CLI.
 VM_ANSWER_MODE = "general"
 
