@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from airgap.wheels import UV_VERSION
 from infra.handoff import HandoffFiles, tree_digest
 from infra.tiers import CATALOGUE
 from tests.infra.harness import config_for, run_program, unwrap
@@ -117,7 +118,7 @@ def _wheel_env(tmp_path: Path) -> dict[str, str]:
     wheel.write_bytes(b"")
     (tmp_path / "wheelhouse").mkdir(exist_ok=True)
     # uv's wheel, which the roles install with (an empty stand-in, as the service's).
-    (tmp_path / "wheelhouse" / "uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl").write_bytes(b"")
+    (tmp_path / "wheelhouse" / f"uv-{UV_VERSION}-py3-none-manylinux_2_17_x86_64.whl").write_bytes(b"")
     return {"AI_ASSISTANT_WHEEL": str(wheel), "AI_ASSISTANT_WHEELHOUSE": str(tmp_path / "wheelhouse")}
 
 

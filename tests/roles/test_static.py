@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from airgap.wheels import UV_VERSION
+
 REPO = Path(__file__).resolve().parents[2]
 ROLES_DIR = REPO / "roles"
 VENV_BIN = Path(sys.executable).parent
@@ -306,7 +308,7 @@ _FAKE_WHEEL = "FAKE_WHEEL"
 # A wheelhouse with (an empty file named as) uv's wheel, which the roles install with; "/tmp" has none.
 _FAKE_WHEELHOUSE = "FAKE_WHEELHOUSE"
 _EMPTY_WHEELHOUSE = "EMPTY_WHEELHOUSE"
-_UV_WHEEL = "uv-0.13.9-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+_UV_WHEEL = f"uv-{UV_VERSION}-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 _ASSISTANT_PREFLIGHT = {
     "assistant_wheel": _FAKE_WHEEL,
     "assistant_wheelhouse": _FAKE_WHEELHOUSE,
@@ -481,9 +483,9 @@ def bad_input_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str
     wheel.write_bytes(b"")
     empty = work / "empty-wheelhouse"
     empty.mkdir()
+    fakes = {_FAKE_WHEEL: str(wheel), _FAKE_WHEELHOUSE: str(fake_wheelhouse(work)), _EMPTY_WHEELHOUSE: str(empty)}
     tasks = []
     for case, (role, given, _) in BAD_INPUT.items():
-        fakes = {_FAKE_WHEEL: str(wheel), _FAKE_WHEELHOUSE: str(fake_wheelhouse(work)), _EMPTY_WHEELHOUSE: str(empty)}
         variables = {k: fakes.get(v, v) if isinstance(v, str) else v for k, v in given.items()}
         tasks.append(
             {
