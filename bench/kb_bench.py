@@ -323,7 +323,7 @@ def search_table(
     print(f"{'candidate (' + corpus + ')':60s} {'p50 ms':>8s} {'p99 ms':>8s} {'recall@10':>10s} {'p99 vs Chroma':>14s}")
     for name, (p50, p99, recall) in results.items():
         ratio = f"{p99 / base[1]:13.2f}x" if base else "             -"
-        print(f"{name:60s} {p50:8.2f} {p99:8.2f} {recall:10.3f} {ratio}")
+        print(f"{name:60s} {p50:8.2f} {p99:8.2f} {recall:10.4f} {ratio}")
 
 
 def main() -> None:
