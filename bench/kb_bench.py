@@ -239,8 +239,8 @@ def bench_search(
     rng = np.random.default_rng(seed)
     real, chunks, doc_ids = real_vectors(embedder)
     print(f"real vectors: {len(real)} sentences, mean pairwise cosine {mean_offdiag(real):.3f}")
-    shipped_add = KnowledgeSettings().store.expansion_add
-    shipped_search = KnowledgeSettings().store.expansion_search
+    shipped = KnowledgeSettings().store
+    connectivity = connectivity or shipped.connectivity
     for n in sizes:
         for corpus in corpora:
             if corpus == "embedding":
@@ -265,10 +265,10 @@ def bench_search(
                 shape,
                 n_queries,
                 rng,
-                expansion_adds or [shipped_add],
-                shipped_search,
+                expansion_adds or [shipped.expansion_add],
+                shipped.expansion_search,
                 expansion_searches,
-                connectivity or KnowledgeSettings().store.connectivity,
+                connectivity,
             )
 
 
