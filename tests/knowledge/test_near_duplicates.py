@@ -7,9 +7,11 @@ is measured against brute force over the same vectors; no timing is asserted (be
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from ai_assistant.knowledge.settings import KnowledgeSettings
 from ai_assistant.knowledge.stores.base import Chunk, DocumentRecord
@@ -88,3 +90,40 @@ def test_the_corpus_defeats_a_narrow_graph(tmp_path: Path) -> None:
         assert recall(store, vectors, queries) < 0.95
     finally:
         store.close()
+
+
+def test_an_index_saved_at_another_degree_is_rebuilt_at_the_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store saved with another graph degree (16 before ADR 0063's amendment) is rebuilt from SQLite on open, so the
+    new search breadth runs on the graph it was chosen for; a store saved at the setting is restored as it is, with the
+    configured build breadth (usearch restores its own default)."""
+    vectors, queries = corpus(seed=5)
+    before = KnowledgeSettings.model_validate({"store": {"connectivity": 16, "expansion_search": 256}})
+    old = EmbeddedStore.from_settings(before, tmp_path, DIM, "test-model")
+    try:
+        fill(old, vectors)
+    finally:
+        old.close()
+    shipped = KnowledgeSettings().store
+    assert shipped.connectivity != 16, "the shipped degree changed back: this test no longer covers an upgrade"
+    caplog.set_level(logging.INFO, logger="ai_assistant.knowledge.stores.embedded")
+    upgraded = EmbeddedStore.from_settings(KnowledgeSettings(), tmp_path, DIM, "test-model")
+    try:
+        assert upgraded.index.connectivity == shipped.connectivity
+        assert "built with connectivity 16" in caplog.text and "rebuilt knowledge index: 3000 chunks" in caplog.text
+        assert recall(upgraded, vectors, queries) >= 0.98
+    finally:
+        upgraded.close()
+    caplog.clear()
+    reopened = EmbeddedStore.from_settings(KnowledgeSettings(), tmp_path, DIM, "test-model")
+    try:
+        assert "rebuil" not in caplog.text, caplog.text
+        assert reopened.index.connectivity == shipped.connectivity
+        assert (reopened.index.expansion_add, reopened.index.expansion_search) == (
+            shipped.expansion_add,
+            shipped.expansion_search,
+        )
+        assert recall(reopened, vectors, queries) >= 0.98
+    finally:
+        reopened.close()

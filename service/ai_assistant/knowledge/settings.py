@@ -44,10 +44,11 @@ class VectorStoreSettings(_Section):
     hybrid_alpha: float = Field(0.6, ge=0, le=1, description="Weaviate hybrid: 1 = pure vector, 0 = pure BM25")
     backup_backend: str = Field("filesystem", description="Weaviate backup module: filesystem | s3 | gcs | azure")
     timeout_seconds: float = Field(10.0, gt=0)
-    # Embedded store: HNSW parameters of usearch, chosen with bench/kb_bench.py (docs/knowledge.md).
-    connectivity: int = Field(16, ge=4, le=64)
+    # Embedded store: HNSW parameters of usearch, chosen with bench/kb_bench.py (ADR 0063, docs/knowledge.md). A saved
+    # index built at another connectivity is rebuilt from SQLite on open.
+    connectivity: int = Field(32, ge=4, le=64)
     expansion_add: int = Field(400, ge=16, le=1024)
-    expansion_search: int = Field(256, ge=16, le=1024)
+    expansion_search: int = Field(96, ge=16, le=1024)
 
 
 class KnowledgeSettings(_Section):
