@@ -134,21 +134,22 @@ class EmbeddedStore:
         if self._saved_generation() == generation and self._index_path.exists():
             try:
                 index = Index.restore(str(self._index_path))
-                if index is not None and index.ndim == self.dim and index.connectivity != self._connectivity:
+                if index is not None and index.ndim == self.dim:
+                    if index.connectivity == self._connectivity:
+                        # A restored index starts at usearch's breadths, not the saved ones: documents added after a
+                        # restart would otherwise be linked with a narrower build search. The stub calls both
+                        # read-only.
+                        index.expansion_add = self._expansion_add  # type: ignore[misc]
+                        index.expansion_search = self._expansion_search  # type: ignore[misc]
+                        self._loaded_generation = generation
+                        self._dirty = False
+                        return index
                     # The graph's degree is fixed when it is built: a store saved at another `connectivity` (16
                     # before ADR 0063's amendment) would keep that graph, and its recall, at the new search breadth.
                     log.warning(
                         "knowledge index %s was built with connectivity %d, the setting is %d; rebuilding from SQLite",
                         self._index_path, index.connectivity, self._connectivity,
                     )  # fmt: skip
-                elif index is not None and index.ndim == self.dim:
-                    # A restored index starts at usearch's breadths, not the saved ones: documents added after a restart
-                    # would otherwise be linked with a narrower build search. The stub calls both read-only.
-                    index.expansion_add = self._expansion_add  # type: ignore[misc]
-                    index.expansion_search = self._expansion_search  # type: ignore[misc]
-                    self._loaded_generation = generation
-                    self._dirty = False
-                    return index
             except (RuntimeError, ValueError) as exc:
                 log.warning("knowledge index %s unreadable (%s); rebuilding from SQLite", self._index_path, exc)
         return self._rebuild()
