@@ -1,6 +1,6 @@
 """The production path on the one converged VM (issue 17): the tier's limits in the units, nginx believing the load
-balancer for the client address, and alerts that arrive (the IM path over the private route, the Watchdog, the
-fallback receiver while the assistant is stopped).
+balancer for the client address, and alerts that arrive (the IM path over the private route, the Watchdog; the
+fallback receiver while the assistant is down is checked during the restore drill's outage, test_vm_backup.py).
 
 Read-mostly and without a re-converge: every expectation comes from the inventory the VM was converged with (read by
 ansible-inventory, as Ansible read it): the one the hand-off writes from a mocked `pulumi up`
@@ -8,7 +8,7 @@ ansible-inventory, as Ansible read it): the one the hand-off writes from a mocke
 and says which variable to set. The hand-off's path itself is checked last: through the jump host stand-in with host
 keys checked, no secret in any play's output (the first converge ran at -vvv), the connectors from Pulumi config.
 Stand-ins, as in tests/roles/test_vm.py: the reply receiver on the
-runner for the IM platform, and a small HTTP listener on the VM's loopback for the fallback webhook (a pager).
+runner for the IM platform.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -45,8 +43,7 @@ def host(test_vm: TestVM) -> Any:
     return testinfra.get_host("ssh://testvm", ssh_config=str(test_vm.ssh_config))
 
 
-@pytest.fixture(scope="module")
-def hostvars(test_vm: TestVM) -> dict[str, Any]:
+def assistant_hostvars(test_vm: TestVM) -> dict[str, Any]:
     """The assistant host's variables as Ansible sees them in the inventory the VM was converged with."""
     proc = subprocess.run(
         [str(VENV_BIN / "ansible-inventory"), "-i", str(test_vm.inventory), "--list"],
@@ -59,6 +56,11 @@ def hostvars(test_vm: TestVM) -> dict[str, Any]:
     name = sorted(parsed["assistant"]["hosts"])[0]
     found: dict[str, Any] = parsed["_meta"]["hostvars"][name]
     return found
+
+
+@pytest.fixture(scope="module")
+def hostvars(test_vm: TestVM) -> dict[str, Any]:
+    return assistant_hostvars(test_vm)
 
 
 def https(test_vm: TestVM, root_pem: str) -> httpx.Client:
@@ -153,55 +155,6 @@ def test_a_firing_alert_reaches_the_im_stand_in_over_the_private_path(
 
     got = wait_until(posted, 180, f"{name} in chat {chat}", interval=2)
     assert got[0]["text"].startswith(f"[FIRING] warning: {name}"), got[0]["text"]
-
-
-STANDIN = """
-import json, sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-class H(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        with open(sys.argv[2], "a") as f:
-            f.write(json.dumps(json.loads(body)) + "\\n")
-        self.send_response(200)
-        self.end_headers()
-HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
-
-
-def test_with_the_assistant_stopped_the_page_reaches_the_fallback_stand_in(
-    test_vm: TestVM, host: Any, hostvars: dict[str, Any]
-) -> None:
-    """Stops ai-assistant for about three minutes (AIAssistantDown holds for 2 min) and starts it again."""
-    loopback = [
-        u for u in hostvars.get("alertmanager_fallback_webhook_urls", []) if urlparse(u).hostname == "127.0.0.1"
-    ]
-    if not loopback:
-        pytest.skip("alertmanager_fallback_webhook_urls has no http://127.0.0.1:<port>/ stand-in URL for this check")
-    port = urlparse(loopback[0]).port or 80
-    log = "/run/ai-fallback-standin.jsonl"
-    script = "/run/ai-fallback-standin.py"
-    assert test_vm.ssh(f"cat > {script} <<'EOF'\n{STANDIN}\nEOF\nrm -f {log}").returncode == 0
-    started = test_vm.ssh(f"systemd-run --unit=ai-fallback-standin --collect python3 {script} {port} {log}")
-    assert started.returncode == 0, started.stderr
-    before = len(test_vm.receiver.received)
-    start = time.monotonic()
-    try:
-        _run(host, "systemctl stop ai-assistant")
-
-        def paged() -> bool:
-            out = host.run(f"cat {log}")
-            alerts = [a for line in out.stdout.splitlines() for a in json.loads(line)["alerts"]] if out.rc == 0 else []
-            return any(a["labels"]["alertname"] == "AIAssistantDown" and a["status"] == "firing" for a in alerts)
-
-        wait_until(paged, 420, "AIAssistantDown at the fallback stand-in", interval=10)
-        print(f"\n[fallback stand-in] AIAssistantDown {time.monotonic() - start:.0f} s after the stop")
-    finally:
-        host.run("systemctl start ai-assistant")
-        host.run("systemctl stop ai-fallback-standin")
-        # Minutes on a loaded machine under emulation (a start imports the whole service and its models' libraries).
-        wait_until(lambda: host.run("curl -sf http://127.0.0.1:8080/healthz").rc == 0, 600, "ai-assistant back up", 3)
-    assert not any("AIAssistantDown" in r.get("text", "") for r in test_vm.receiver.received[before:])
 
 
 # --- the hand-off converged the VM (issue 17): through the jump host, host keys checked, no secret in any output ----
