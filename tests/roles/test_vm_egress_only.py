@@ -3,6 +3,11 @@
 the runner by the real nftables ruleset, and a message that arrives over getUpdates is answered by the VM's local model
 exactly once. The module puts the VM back (the inventory's own connectors and firewall) for the modules after it.
 
+The same re-run turns the egress allowlist on (`firewall_egress_policy: drop`, issue 23, CIS 4.3.7): the only
+destinations allowed out are the Bot API stand-in and a test server on the runner, so the message's whole path (long
+polling, the answer, Redis and the local model on loopback) runs under the drop policy, and a port outside the list is
+refused and logged. One switch and one restore carry both scenarios (each firewall run costs minutes under emulation).
+
 Stand-in, because the Bot API cannot be reached here: tests/connectors/standin.py's Telegram server (getUpdates,
 sendMessage) on the runner's loopback, which the guest reaches as 10.0.2.2 through slirp. Everything else is real: the
 roles, nftables, systemd, the assistant, Redis and llama.cpp in the VM.
@@ -13,6 +18,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from threading import Thread
 from typing import Any
 
 import pytest
@@ -28,7 +35,10 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800, func_only=True)]
 SITE = REPO / "playbooks/site.yml"
 TAGS = "firewall,assistant"
 CHAT = "777"  # telegram_update's private chat
-UPDATE_ID = 26_001
+# Unique per run and above any earlier run's, as update id and message id: a VM kept with VM_KEEP remembers what it
+# answered (de-duplication keys by update id and by chat and message id, the connector's offset) and would
+# acknowledge a repeated one without answering it.
+UPDATE_ID = int(time.time())  # Bot API update ids are 32-bit: this fits until 2038
 
 
 def _stream_state(test_vm: TestVM) -> str:
@@ -41,8 +51,29 @@ def _stream_state(test_vm: TestVM) -> str:
     return str(checks.get("stream:tg"))
 
 
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"egress-ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
-def egress_only(test_vm: TestVM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformStandIn]:
+def runner_http() -> Iterator[int]:
+    """An HTTP server on the runner's loopback: the guest reaches it as 10.0.2.2 through slirp."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def egress_only(
+    test_vm: TestVM, runner_http: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PlatformStandIn]:
     """The switched VM, with the Telegram stand-in it polls; restored to the inventory's own state afterwards."""
     platform = PlatformStandIn().start()
     extra = tmp_path_factory.mktemp("egress-only") / "egress-only.json"
@@ -67,6 +98,13 @@ def egress_only(test_vm: TestVM, tmp_path_factory: pytest.TempPathFactory) -> It
                 "assistant_connector_secrets": {"tg": {"bot_token": p.TG_BOT_TOKEN}},
                 "assistant_alerts_connector": "tg",
                 "assistant_alerts_chat_id": "-1001",
+                "firewall_egress_policy": "drop",
+                # The Bot API stand-in and the runner's test server: 10.0.2.2 on any other port and every other
+                # address are refused.
+                "firewall_egress_allow": [
+                    {"cidrs": ["10.0.2.2"], "ports": [platform.port], "comment": "Bot API stand-in"},
+                    {"cidrs": ["10.0.2.2"], "ports": [runner_http], "comment": "runner"},
+                ],
             }
         )
     )
@@ -89,6 +127,7 @@ def egress_only(test_vm: TestVM, tmp_path_factory: pytest.TempPathFactory) -> It
         platform.stop()
         assert back.rc == 0 and back.failed == 0, f"restoring the VM failed (log {back.log}):\n{back.tail()}"
         assert probe(test_vm.vm.ports["https"]) in ("answered", "closed"), "443 is not back for the next modules"
+        assert "policy accept;" in test_vm.ssh("nft list chain inet filter output").stdout, "egress still dropped"
 
 
 def test_egress_only_ruleset_has_no_web_port_for_the_runner(test_vm: TestVM, egress_only: PlatformStandIn) -> None:
@@ -118,7 +157,7 @@ def test_a_message_over_long_polling_is_answered_once_by_the_local_model(
     wait_until(lambda: platform.offsets, 300, "the VM's first getUpdates", interval=1)
     wait_until(lambda: _stream_state(test_vm) == "ok", 120, "/readyz's stream:tg check to be ok", interval=2)
     start = time.monotonic()
-    platform.push_update(p.telegram_update(UPDATE_ID, "Say hello.", message_id=1))
+    platform.push_update(p.telegram_update(UPDATE_ID, "Say hello.", message_id=UPDATE_ID))
     sends = wait_until(lambda: platform.sends(CHAT), 900, "the answer's sendMessage", interval=1)
     TIMINGS["egress-only answer"] = time.monotonic() - start
     # Confirmed (an offset past the update) and two more long polls after the answer: a re-delivery would be queued
@@ -135,3 +174,21 @@ def test_a_message_over_long_polling_is_answered_once_by_the_local_model(
     assert len(platform.sends(CHAT)) == 1, [c.body for c in platform.sends(CHAT)]
     assert sends[0].text().strip()
     assert not platform.updates, "the update was never confirmed"
+
+
+def test_egress_drop_policy_allows_the_list_and_logs_the_rest(
+    test_vm: TestVM, egress_only: PlatformStandIn, runner_http: int
+) -> None:
+    ruleset = test_vm.ssh("nft list chain inet filter output").stdout
+    assert "policy drop;" in ruleset and f"dport {runner_http}" in ruleset and f"dport {egress_only.port}" in ruleset
+    allowed = test_vm.ssh(f"curl -sS -m 20 http://10.0.2.2:{runner_http}/", timeout=60)
+    assert allowed.stdout == "egress-ok", allowed.stderr
+    outside = next(port for port in range(runner_http + 1, 65536) if port != egress_only.port)
+    refused = test_vm.ssh(f"curl -sS -m 10 http://10.0.2.2:{outside}/", timeout=60)
+    assert refused.returncode != 0
+    wait_until(
+        lambda: "nft-egress-drop: " in test_vm.ssh("journalctl -k --since=-5min --no-pager | grep 10.0.2.2").stdout,
+        60,
+        "an nft-egress-drop log line for the refused connection",
+        2,
+    )

@@ -1,10 +1,11 @@
 """The CIS Debian 12 Level 1 controls of docs/hardening.md, asserted on the one converged VM (issue 23).
 
-Read-only checks of the converged state, then three short scenarios that put the VM back as they found it: the
-reboot-required metric (a marker file in /run, removed again), an internal-CA certificate re-signed inside its renewal
-window (its own name and directory, removed afterwards), and the egress drop policy (one firewall-tagged run with
-`firewall_egress_policy: drop`, one to restore the inventory's ruleset). Last, `lynis audit system --quick` prints the
-hardening index and every warning. Each test's name is the one docs/hardening.md cites for its controls.
+Read-only checks of the converged state, then two short scenarios that put the VM back as they found it: the
+reboot-required metric (a marker file in /run, removed again) and an internal-CA certificate re-signed inside its
+renewal window (its own name and directory, removed afterwards). The egress drop policy is asserted in
+test_vm_egress_only.py, whose re-run of the firewall carries it (one switch and one restore for both). Last, `lynis
+audit system --quick` prints the hardening index and every warning. Each test's name is the one docs/hardening.md
+cites for its controls.
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 from typing import Any
 
 import pytest
@@ -310,66 +308,6 @@ def test_internal_ca_re_signs_a_certificate_inside_the_renewal_window(
         assert _not_after(host) == long
     finally:
         host.run(f"rm -rf {RENEW_DIR}")
-
-
-# --- egress policy --------------------------------------------------------------------------------------------------
-
-
-class _Ok(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"egress-ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def runner_http() -> Iterator[int]:
-    """An HTTP server on the runner's loopback: the guest reaches it as 10.0.2.2 through slirp."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-
-
-def test_egress_drop_policy_allows_the_list_and_logs_the_rest(
-    test_vm: TestVM, host: Any, runner_http: int, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    extra = tmp_path_factory.mktemp("egress") / "egress.json"
-    extra.write_text(
-        json.dumps(
-            {
-                "firewall_egress_policy": "drop",
-                # Only the runner's test server: 10.0.2.2 on any other port and every other address are refused.
-                "firewall_egress_allow": [{"cidrs": ["10.0.2.2"], "ports": [runner_http], "comment": "runner"}],
-            }
-        )
-    )
-    try:
-        start = time.monotonic()
-        switched = test_vm.play(SITE, "--tags", "firewall", "-e", f"@{extra}", name="egress-drop")
-        TIMINGS["egress-drop switch"] = time.monotonic() - start
-        assert switched.rc == 0 and switched.failed == 0, f"log {switched.log}:\n{switched.tail()}"
-        ruleset = host.check_output("nft list chain inet filter output")
-        assert "policy drop;" in ruleset and f"dport {runner_http}" in ruleset
-        allowed = host.run(f"curl -sS -m 20 http://10.0.2.2:{runner_http}/")
-        assert allowed.stdout == "egress-ok", allowed.stderr
-        refused = host.run(f"curl -sS -m 10 http://10.0.2.2:{runner_http + 1}/")
-        assert refused.rc != 0
-        wait_until(
-            lambda: "nft-egress-drop: " in host.run("journalctl -k --since=-5min --no-pager | grep 10.0.2.2").stdout,
-            60,
-            "an nft-egress-drop log line for the refused connection",
-            2,
-        )
-    finally:
-        start = time.monotonic()
-        back = test_vm.play(SITE, "--tags", "firewall", name="egress-drop-restore")
-        TIMINGS["egress-drop restore"] = time.monotonic() - start
-        assert back.rc == 0 and back.failed == 0, f"restoring the ruleset failed (log {back.log}):\n{back.tail()}"
-    assert "policy accept;" in host.check_output("nft list chain inet filter output")
 
 
 # --- lynis ----------------------------------------------------------------------------------------------------------
