@@ -70,8 +70,16 @@ def table() -> str:
             if c.get("default_off"):
                 test = (test + " " if test else "") + f"(default off: {_cell(c['default_off'])})"
         else:
-            status = "not applicable" if c.get("na") else "not built"
-            impl, switch, test = f"{status}: {_cell(c.get('na') or c.get('deferred'))}", "", ""
+            note = _cell(c.get("na") or c.get("deferred"))
+            # A deferred control is "not built" unless its note says how far it is ("partly built. ...").
+            impl = (
+                f"not applicable: {note}"
+                if c.get("na")
+                else note
+                if note.startswith("partly built")
+                else f"not built: {note}"
+            )
+            switch, test = "", ""
         devsec = f"`{c['devsec']}`" if c.get("devsec") else ""
         rows.append(f"| `{c['id']}` | {_cell(c['title'])} | {impl} | {switch} | {test} | {devsec} |")
     return "\n".join(rows)
