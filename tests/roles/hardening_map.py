@@ -71,14 +71,12 @@ def table() -> str:
                 test = (test + " " if test else "") + f"(default off: {_cell(c['default_off'])})"
         else:
             note = _cell(c.get("na") or c.get("deferred"))
-            # A deferred control is "not built" unless its note says how far it is ("partly built. ...").
-            impl = (
-                f"not applicable: {note}"
-                if c.get("na")
-                else note
-                if note.startswith("partly built")
-                else f"not built: {note}"
-            )
+            if c.get("na"):
+                impl = f"not applicable: {note}"
+            elif note.startswith("partly built"):  # a deferred control whose note says how far it is
+                impl = note
+            else:
+                impl = f"not built: {note}"
             switch, test = "", ""
         devsec = f"`{c['devsec']}`" if c.get("devsec") else ""
         rows.append(f"| `{c['id']}` | {_cell(c['title'])} | {impl} | {switch} | {test} | {devsec} |")
