@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ai_assistant.knowledge.settings import KnowledgeSettings
-from ai_assistant.knowledge.stores.base import Chunk, DocumentRecord
+from ai_assistant.knowledge.stores.base import Chunk, DocumentRecord, state_dir
 from ai_assistant.knowledge.stores.embedded import EmbeddedStore
 
 DIM = 96
@@ -127,3 +127,28 @@ def test_an_index_saved_at_another_degree_is_rebuilt_at_the_setting(
         assert recall(reopened, vectors, queries) >= 0.98
     finally:
         reopened.close()
+
+
+def test_a_store_opened_directly_is_the_shipped_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Tests, benchmarks and tools that open the store without settings get the shipped graph, and reopening what
+    the service saved does not rebuild it at another degree."""
+    vectors, _ = corpus(seed=7)
+    service = EmbeddedStore.from_settings(KnowledgeSettings(), tmp_path, DIM, "test-model")
+    try:
+        fill(service, vectors)
+    finally:
+        service.close()
+    shipped = KnowledgeSettings().store
+    caplog.set_level(logging.INFO, logger="ai_assistant.knowledge.stores.embedded")
+    direct = EmbeddedStore(state_dir(tmp_path), DIM, "test-model")  # where from_settings keeps it
+    try:
+        assert "rebuil" not in caplog.text, caplog.text
+        assert direct.count_chunks() == len(vectors), "not the store the service saved"
+        index = direct.index
+        assert (index.connectivity, index.expansion_add, index.expansion_search) == (
+            shipped.connectivity,
+            shipped.expansion_add,
+            shipped.expansion_search,
+        )
+    finally:
+        direct.close()

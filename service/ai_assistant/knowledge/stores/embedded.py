@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
-from ..settings import KnowledgeSettings
+from ..settings import KnowledgeSettings, VectorStoreSettings
 from ._libstdcxx import share_system_libstdcxx
 from .base import Chunk, DocumentRecord, Hit, Vector, as_matrix, state_dir
 
@@ -44,6 +44,12 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 """
 
 
+# The shipped HNSW parameters, also for the stores that tests and benchmarks open directly: with 16/128/128 as the
+# defaults here a store opened that way was not the one the service runs, and reopening the service's saved
+# index (degree 32) rebuilt it at degree 16.
+_SHIPPED = VectorStoreSettings()
+
+
 class EmbeddedStore:
     name = "embedded"
 
@@ -53,9 +59,9 @@ class EmbeddedStore:
         dim: int,
         model_id: str,
         *,
-        connectivity: int = 16,
-        expansion_add: int = 128,
-        expansion_search: int = 128,
+        connectivity: int = _SHIPPED.connectivity,
+        expansion_add: int = _SHIPPED.expansion_add,
+        expansion_search: int = _SHIPPED.expansion_search,
     ) -> None:
         self.directory = directory
         self.dim = dim
