@@ -303,6 +303,8 @@ def search_table(
         print(f"chroma build: {build:.0f} s = {n / build:.0f} vectors/s")
         results["Chroma 1.x defaults (baseline)"] = run_queries(search, queries, truth)
 
+    default = KnowledgeSettings().store
+    shipped = (default.connectivity, default.expansion_add, default.expansion_search)
     for expansion_add in expansion_adds:
         work = Path(tempfile.mkdtemp(prefix="kb-bench-store-"))
         try:
@@ -313,7 +315,8 @@ def search_table(
             )
             for ef in sorted({64, shipped_search, 256, *expansion_searches}):
                 store.expansion_search = ef
-                mark = " <- shipped" if ef == shipped_search else ""
+                # The shipped setting only when the graph is the shipped one too (degree and build breadth).
+                mark = " <- shipped" if (connectivity, expansion_add, ef) == shipped else ""
                 # SQLite keys start at 1 and follow insertion order: key - 1 is the vector's row.
                 results[f"EmbeddedStore.search add={expansion_add} ef={ef}{mark}"] = run_queries(
                     lambda q, s=store: [int(h.chunk.text.split()[1]) for h in s.search(q, K)], queries, truth
