@@ -494,6 +494,10 @@ def prepare_play(root: Path, conf: dict[str, str], values: dict[str, Any], priva
             raise BootError(f"secret {conf['secret_id']}: {ISSUING_KEY} and {ISSUING_CERT} are required")
         chain, key = sign_host_certificate(values, list(all_vars.get("tls_domains") or []), 397)
         play_vars |= {"tls_mode": "provided", "tls_provided_certificate": chain, "tls_provided_private_key": key}
+    if isinstance(values.get(ROOT_CERT), str):
+        # What the playbooks verify internal links against (the GPU hosts' model server, playbooks/group_vars/all.yml),
+        # read on the controller elsewhere; public, but it comes with the secret.
+        play_vars["ai_assistant_internal_ca_cert"] = values[ROOT_CERT]
     _write_private(private / "inventory.yml", yaml.safe_dump(inventory, sort_keys=False, width=1000))
     _write_private(private / "vars.json", json.dumps(play_vars))
     return ["-i", str(private / "inventory.yml"), "-e", f"@{private / 'vars.json'}"]

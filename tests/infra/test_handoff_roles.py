@@ -48,21 +48,28 @@ def handoff(run: Run) -> tuple[str, dict[str, Any]]:
     return env["AI_ASSISTANT_INVENTORY"], json.loads(env["AI_ASSISTANT_SECRET_VARS"])
 
 
-def resolve(run: Run, work: Path) -> dict[str, dict[str, Any]]:
-    """The role variables above for every assistant host, as ansible-playbook resolves them from the hand-off's
-    inventory, its secret variables (-e @file, as infra/ansible_handoff.sh passes them) and playbooks/group_vars."""
-    inventory, secrets = handoff(run)
+def resolve(
+    run: Run, work: Path, role_vars: tuple[str, ...] = ROLE_VARS, hosts: str = "assistant"
+) -> dict[str, dict[str, Any]]:
+    """`role_vars` for every host of `hosts`, as ansible-playbook resolves them from the files the real hand-off writes
+    (infra.handoff.write_handoff_files: the inventory, the secret variables passed with -e @file as
+    infra/ansible_handoff.sh does, the internal CA's directory) and playbooks/group_vars."""
+    from infra.handoff import write_handoff_files
+
+    [cmd] = run.of("command:local:Command")
     shutil.copytree(ROOT / "playbooks", work / "playbooks", ignore=shutil.ignore_patterns("inventory"))
-    (work / "inventory.yml").write_text(inventory)
-    (work / "secrets.json").write_text(json.dumps(secrets))
+    wheel = work / "dist" / "ai_assistant-0.1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"stand-in: only its name is read")
+    files = write_handoff_files(unwrap(cmd.inputs["environment"]), work / "handoff", wheel=wheel, wheelhouse=work)
     probe = [
         {
-            "hosts": "assistant",
+            "hosts": hosts,
             "gather_facts": False,
             "become": False,
             # debug runs on the controller: nothing connects to the (mocked) hosts.
             "tasks": [
-                {"ansible.builtin.debug": {"msg": "{{ {" + ", ".join(f"'{v}': {v}" for v in ROLE_VARS) + "} }}"}}
+                {"ansible.builtin.debug": {"msg": "{{ {" + ", ".join(f"'{v}': {v}" for v in role_vars) + "} }}"}}
             ],
         }
     ]
@@ -73,12 +80,14 @@ def resolve(run: Run, work: Path) -> dict[str, dict[str, Any]]:
         "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
         "ANSIBLE_NOCOLOR": "1",
     }
-    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", "inventory.yml", "-e", "@secrets.json", "playbooks/probe.yml"]
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False)
+    cmd_line = [str(VENV_BIN / "ansible-playbook"), "-i", str(files.inventory), "-e", f"@{files.secret_vars}"]
+    proc = subprocess.run(
+        [*cmd_line, "playbooks/probe.yml"], cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     result = json.loads(proc.stdout)
-    hosts = result["plays"][0]["tasks"][0]["hosts"]
-    return {name: dict(r["msg"]) for name, r in hosts.items()}
+    found = result["plays"][0]["tasks"][0]["hosts"]
+    return {name: dict(r["msg"]) for name, r in found.items()}
 
 
 def host_settings(variables: dict[str, Any], config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -164,3 +173,39 @@ def test_the_data_play_runs_no_redis_where_a_managed_one_is_handed_over(
     templar = Templar(loader=DataLoader(), variables=variables)
     when = trust_as_template("{{ " + redis_role["when"] + " }}")
     assert templar.template(when) is runs
+
+
+def test_the_gpu_hosts_model_server_is_reached_over_tls_checked_against_the_internal_ca(
+    stack_run: Get, tmp_path: Path
+) -> None:
+    # The harness's stack config is the GPU layout: TGI on the inference hosts.
+    run = stack_run("aws", "standard")
+    inventory, secrets = handoff(run)
+    children = yaml.safe_load(inventory)["all"]["children"]
+    first_gpu = sorted(children["inference"]["hosts"].items())[0][1]["ansible_host"]
+    engine = resolve(run, tmp_path / "a", ("assistant_engine_base_url", "assistant_engine_ca_cert"))
+    assert engine, "assistant hosts"
+    for host, v in engine.items():
+        assert v["assistant_engine_base_url"] == f"https://{first_gpu}:8089/v1", host
+        # The CA the hand-off wrote on the controller, the one the tls role signs the link's certificate with.
+        assert v["assistant_engine_ca_cert"].strip() == secrets["internal_ca_cert_pem"].strip(), host
+    gpu = resolve(run, tmp_path / "i", ("model_server_host", "link_tls_links", "firewall_extra_rules"), "inference")
+    for host, v in gpu.items():
+        # TGI itself only on loopback; the private address is the TLS link's, on the port the firewall opens.
+        assert v["model_server_host"] == "127.0.0.1", host
+        assert [(link["name"], int(link["port"])) for link in v["link_tls_links"]] == [("model", 8089)], host
+        assert [int(r["port"]) for r in v["firewall_extra_rules"]] == [8089], host
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_no_playbook_group_vars_file_overrides_what_the_stack_sets(stack_run: Get, cloud: str) -> None:
+    # Ansible ranks playbooks/group_vars above the inventory's own group variables (its `all` vars included): a default
+    # there for a variable the stack sets makes the stack's value dead. ai_assistant_inference_mode: local in
+    # group_vars/all.yml did that to every GPU deployment (their assistants ran llama.cpp and never called TGI).
+    children = yaml.safe_load(handoff(stack_run(cloud, "standard"))[0])["all"]
+    stack_sets = set(children.get("vars") or {})
+    for group in (children.get("children") or {}).values():
+        stack_sets |= set((group or {}).get("vars") or {})
+    for path in sorted((ROOT / "playbooks" / "group_vars").glob("*.yml")):
+        shadowed = stack_sets & set(yaml.safe_load(path.read_text()) or {})
+        assert not shadowed, f"{path.relative_to(ROOT)} overrides the stack's {sorted(shadowed)}"

@@ -266,7 +266,8 @@ def _site(tmp: Path) -> Path:
         "    - ansible.builtin.copy:\n        dest: \"{{ onboot_test_out }}\"\n        mode: '0600'\n"
         "        content: \"{{ {'host': inventory_hostname, 'groups': group_names, 'redis': redis_password,\n"
         "          'wheel': assistant_wheel, 'tls': tls_mode, 'chain': tls_provided_certificate | default(''),\n"
-        "          'connection': ansible_connection} | to_json }}\"\n"
+        "          'connection': ansible_connection,\n"
+        "          'internal_ca': ai_assistant_internal_ca_cert | default('')} | to_json }}\"\n"
     )
     return root
 
@@ -336,6 +337,8 @@ def test_a_host_configures_itself_from_what_the_hand_off_published(
     assert seen["wheel"].endswith("/service/ai_assistant-0.1.0-py3-none-any.whl") and Path(seen["wheel"]).is_file()
     # internal_ca on the controller becomes a certificate this host signed with the issuing CA, chained to the root.
     assert seen["tls"] == "provided" and _verify(ca, seen["chain"], tmp_path).returncode == 0
+    # The root the GPU hosts' link certificates chain to, for the engine's and Prometheus's verification.
+    assert seen["internal_ca"] == values["internal_ca_cert_pem"]
     # Ansible's output never shows the secret, and no private file stays behind.
     assert values["redis_password"] not in done.stdout + done.stderr
     assert [p.name for p in (tmp_path / "work").iterdir()] == [f"artifact-{digest[:16]}"]

@@ -110,6 +110,7 @@ ROLE_VARS = {
     "prometheus_assistant_targets": ["10.0.1.10:9464"],
     "prometheus_node_targets": ["10.0.1.10:9100"],
     "prometheus_model_server_targets": ["10.0.1.20:8089"],
+    "prometheus_model_server_ca_cert": "-----BEGIN CERTIFICATE-----\nnot-parsed-here\n-----END CERTIFICATE-----\n",
     "prometheus_tls_probe_targets": ["bot.corp.example:443"],
     "prometheus_slo_objectives": {"availability": 0.995, "ack_latency": 0.99, "answer_latency": 0.99},
 }
@@ -159,6 +160,12 @@ def test_rendered_prometheus_config_and_objectives(promtool: str, full: Path, tm
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert set(jobs) == {"prometheus", "alertmanager", "ai-assistant", "node", "model-server", "blackbox", "tls"}
     assert jobs["ai-assistant"]["static_configs"] == [{"targets": ["10.0.1.10:9464"]}]
+    # TGI behind the GPU host's link_tls: scraped over https, verified against the CA the role writes beside the config.
+    model = jobs["model-server"]
+    assert (model["scheme"], model["tls_config"]) == ("https", {"ca_file": "/etc/prometheus/model-server-ca.pem"})
+    assert "scheme" not in jobs["node"] and "tls_config" not in jobs["node"]
+    model["tls_config"]["ca_file"] = str(tmp_path / "model-server-ca.pem")  # promtool opens it: a real certificate
+    (tmp_path / "model-server-ca.pem").write_text(_self_signed_pem())
     # promtool checks the config against the generated rules, with the role's objectives file in place of the default
     rules = tmp_path / "rules"
     rules.mkdir()
@@ -175,6 +182,15 @@ def test_rendered_prometheus_config_and_objectives(promtool: str, full: Path, tm
     exprs = {(r["record"], r["labels"]["slo"]): r["expr"] for r in objectives}
     assert exprs[("slo:objective:ratio", "availability")] == "vector(0.995)"
     assert exprs[("slo:error_budget:ratio", "availability")] == "vector(0.005)"
+
+
+def _self_signed_pem() -> str:
+    proc = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+         "/dev/null", "-subj", "/CN=test CA", "-days", "1"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return proc.stdout
 
 
 def test_role_objectives_with_the_seed_defaults_equal_the_generated_file(
@@ -235,7 +251,14 @@ def test_playbook_derives_scrape_targets_and_alert_url_from_the_inventory(tmp_pa
         "data": {"kb-a": {"ansible_host": "10.0.1.30"}},
         "monitoring": {"mon-a": {"ansible_host": "10.0.1.40"}},
     }
-    inventory = {"all": {"children": {group: {"hosts": members} for group, members in hosts.items()}}}
+    # playbooks/group_vars/all.yml reads it from the controller's internal CA; this probe is not under playbooks/.
+    ca = "-----BEGIN CERTIFICATE-----\nthe-internal-ca\n-----END CERTIFICATE-----\n"
+    inventory = {
+        "all": {
+            "vars": {"ai_assistant_internal_ca_cert": ca},
+            "children": {group: {"hosts": members} for group, members in hosts.items()},
+        }
+    }
     (tmp_path / "inventory.json").write_text(json.dumps(inventory))
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "inventory.json"), str(tmp_path / "probe.yml")],
@@ -257,6 +280,7 @@ def test_playbook_derives_scrape_targets_and_alert_url_from_the_inventory(tmp_pa
         "10.0.1.40:9100",
     ]
     assert got["prometheus_model_server_targets"] == ["10.0.1.20:8080"]
+    assert got["prometheus_model_server_ca_cert"] == ca  # TGI behind the GPU host's link_tls
     # The private path: nginx on the first assistant host's private address, its certificate checked by name.
     assert got["alertmanager_assistant_url"] == "https://10.0.1.10/api/alerts"
     assert got["alertmanager_assistant_server_name"] == "bot.corp.example"

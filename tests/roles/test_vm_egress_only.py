@@ -8,6 +8,13 @@ destinations allowed out are the Bot API stand-in and a test server on the runne
 polling, the answer, Redis and the local model on loopback) runs under the drop policy, and a port outside the list is
 refused and logged. One switch and one restore carry both scenarios (each firewall run costs minutes under emulation).
 
+And a third, issue 23 item 4: the answer crosses the GPU layout's TLS link. Before the switch, site.yml's inference play
+(its `link_tls` tag: the tls role's internal_ca certificate for the private address, then link_tls) runs with the VM
+added to the `inference` group, in front of the VM's llama.cpp instead of TGI (both speak the same API on loopback
+port 8089); the switched assistant calls https://<private address>:8089/v1 and verifies the certificate against the
+hand-off's internal CA (`engine.ca_file`), as an assistant host calls a GPU host. The restore puts the inventory's own
+engine back (llama.cpp on loopback) and stops the link.
+
 Stand-in, because the Bot API cannot be reached here: tests/connectors/standin.py's Telegram server (getUpdates,
 sendMessage) on the runner's loopback, which the guest reaches as 10.0.2.2 through slirp. Everything else is real: the
 roles, nftables, systemd, the assistant, Redis and llama.cpp in the VM.
@@ -16,6 +23,7 @@ roles, nftables, systemd, the assistant, Redis and llama.cpp in the VM.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,7 +84,11 @@ def egress_only(
 ) -> Iterator[PlatformStandIn]:
     """The switched VM, with the Telegram stand-in it polls; restored to the inventory's own state afterwards."""
     platform = PlatformStandIn().start()
-    extra = tmp_path_factory.mktemp("egress-only") / "egress-only.json"
+    work = tmp_path_factory.mktemp("egress-only")
+    extra = work / "egress-only.json"
+    # The VM as a GPU host as well, for the inference play's link (the inventory's other groups stay as they are).
+    as_gpu_host = work / "inference-group.yml"
+    as_gpu_host.write_text(json.dumps({"all": {"children": {"inference": {"hosts": {"testvm": None}}}}}))
     extra.write_text(
         json.dumps(
             {
@@ -98,6 +110,9 @@ def egress_only(
                 "assistant_connector_secrets": {"tg": {"bot_token": p.TG_BOT_TOKEN}},
                 "assistant_alerts_connector": "tg",
                 "assistant_alerts_chat_id": "-1001",
+                # The model over the TLS link (see the module's docstring), verified against the internal CA.
+                "assistant_engine_base_url": "https://{{ ansible_facts['default_ipv4']['address'] }}:8089/v1",
+                "assistant_engine_ca_cert": "{{ ai_assistant_internal_ca_cert }}",
                 "firewall_egress_policy": "drop",
                 # The Bot API stand-in and the runner's test server: 10.0.2.2 on any other port and every other
                 # address are refused.
@@ -109,6 +124,10 @@ def egress_only(
         )
     )
     try:
+        start = time.monotonic()
+        linked = test_vm.play(SITE, "--tags", "link_tls", "-i", str(as_gpu_host), name="link-tls")
+        TIMINGS["link-tls play"] = time.monotonic() - start
+        assert linked.rc == 0 and linked.failed == 0, f"the link play failed (log {linked.log}):\n{linked.tail()}"
         start = time.monotonic()
         switched = test_vm.play(SITE, "--tags", TAGS, "-e", f"@{extra}", name="egress-only")
         TIMINGS["egress-only switch"] = time.monotonic() - start
@@ -125,6 +144,7 @@ def egress_only(
         back = test_vm.play(SITE, "--tags", TAGS, name="egress-only-restore")
         TIMINGS["egress-only restore"] = time.monotonic() - start
         platform.stop()
+        test_vm.ssh("systemctl disable --now link-tls", timeout=120)
         assert back.rc == 0 and back.failed == 0, f"restoring the VM failed (log {back.log}):\n{back.tail()}"
         assert probe(test_vm.vm.ports["https"]) in ("answered", "closed"), "443 is not back for the next modules"
         assert "policy accept;" in test_vm.ssh("nft list chain inet filter output").stdout, "egress still dropped"
@@ -192,3 +212,32 @@ def test_egress_drop_policy_allows_the_list_and_logs_the_rest(
         "an nft-egress-drop log line for the refused connection",
         2,
     )
+
+
+def test_the_answer_crosses_the_tls_link(test_vm: TestVM, egress_only: PlatformStandIn) -> None:
+    address = test_vm.ssh("ip -4 -o route get 192.0.2.1").stdout.split(" src ")[1].split()[0]
+    # The answer of the test above went through the link: its connections are in the link's journal (one line each,
+    # written when a connection closes), TLS 1.3, a request in and an answer out. Read before this test's own probes.
+    journal = test_vm.ssh("journalctl -t link_tls --since=-60min --no-pager -o cat").stdout
+    carried = [
+        line
+        for line in journal.splitlines()
+        if "port=8089" in line
+        and "tls=TLSv1.3" in line
+        and int(re.search(r"received=(\d+)", line).group(1)) > 200  # type: ignore[union-attr]
+        and int(re.search(r"sent=(\d+)", line).group(1)) > 200  # type: ignore[union-attr]
+    ]
+    assert carried, f"no connection of the assistant's crossed the link:\n{journal[-3000:]}"
+    config = test_vm.ssh("cat /etc/ai-assistant/assistant.yaml").stdout
+    assert f"base_url: https://{address}:8089/v1" in config and "ca_file: /etc/ai-assistant/engine-ca.pem" in config
+    # The model server itself answers on loopback only; on the private address only the link listens.
+    listening = sorted(line.split()[3] for line in test_vm.ssh("ss -Hltn 'sport = :8089'").stdout.splitlines())
+    assert listening == sorted(["127.0.0.1:8089", f"{address}:8089"]), listening
+    ca = "/etc/ssl/ai-assistant/internal-ca.crt"
+    url = f"https://{address}:8089/health"
+    verified = test_vm.ssh(f"curl -sS -m 20 --cacert {ca} {url}", timeout=60)
+    assert verified.returncode == 0 and "ok" in verified.stdout, verified.stderr
+    # No plaintext path, no certificate but the internal CA's, nothing below TLS 1.3.
+    assert test_vm.ssh(f"curl -sS -m 20 http://{address}:8089/health", timeout=60).returncode == 52  # empty reply
+    assert test_vm.ssh(f"curl -sS -m 20 {url}", timeout=60).returncode == 60  # not in the system trust store
+    assert test_vm.ssh(f"curl -sS -m 20 --tls-max 1.2 --cacert {ca} {url}", timeout=60).returncode == 35
