@@ -48,8 +48,9 @@ def make_ca(directory: Path, cn: str) -> CA:
     return CA(key, cert, pem)
 
 
-def server_cert(ca: CA, directory: Path, dns: str | None, ip: str | None) -> tuple[Path, Path]:
-    """A server certificate signed by `ca` for the DNS name and/or IP address given; (certificate, key) PEM files."""
+def server_cert(ca: CA, directory: Path, dns: str | None, ip: str | None, days: float = 1) -> tuple[Path, Path]:
+    """A server certificate signed by `ca` for the DNS name and/or IP address given, valid for `days` (the doctor
+    fails one with under 3 days left); (certificate, key) PEM files."""
     key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     if dns is not None:
@@ -65,7 +66,7 @@ def server_cert(ca: CA, directory: Path, dns: str | None, ip: str | None) -> tup
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca.key, hashes.SHA256())
