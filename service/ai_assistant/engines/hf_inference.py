@@ -143,8 +143,8 @@ _HF_VERIFY: ContextVar[ssl.SSLContext | None] = ContextVar("hf_verify", default=
 
 
 def _hf_async_client() -> httpx2.AsyncClient:
-    """huggingface_hub's default async client (same hooks and options) with the shared SSL context: its documented
-    hook for "custom certifications", `set_async_client_factory`."""
+    """huggingface_hub's default async client (same hooks and options) with a shared SSL context, the calling
+    engine's: its documented hook for "custom certifications", `set_async_client_factory`."""
     return httpx2.AsyncClient(
         event_hooks={"request": [async_hf_request_event_hook], "response": [async_hf_response_event_hook]},
         follow_redirects=True,
