@@ -151,7 +151,7 @@ def test_a_model_server_ca_reaches_the_service(tmp_path: Path, monkeypatch: pyte
 
     ca = make_ca(tmp_path, "deployment internal CA")
     variables = {
-        "assistant_redis_password": "r3dis",
+        "assistant_redis_password": "r3dis",  # pragma: allowlist secret
         "assistant_engine_base_url": "https://10.0.2.15/v1",
         "assistant_engine_ca_cert": ca.pem.read_text(),
     }

@@ -212,16 +212,10 @@ def test_a_missing_ca_file_is_refused(tmp_path: Path) -> None:
         engine_settings(settings)
 
 
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n",
-        b"not a CA",
-    ],
-    ids=["a private key", "text"],
-)
-def test_a_ca_file_without_a_pem_certificate_is_refused(tmp_path: Path, content: bytes) -> None:
-    (tmp_path / "engine-ca.pem").write_bytes(content)
+@pytest.mark.parametrize("content", ["key", "text"], ids=["the server's key pasted instead", "text"])
+def test_a_ca_file_without_a_pem_certificate_is_refused(tmp_path: Path, pki: dict[str, CA], content: str) -> None:
+    _, key = server_cert(pki["right"], tmp_path, None, "10.0.2.15")
+    (tmp_path / "engine-ca.pem").write_bytes(key.read_bytes() if content == "key" else b"not a CA")
     settings = settings_for(tmp_path, "https://10.0.2.15/v1", "engine-ca.pem")
     with pytest.raises(
         ConfigError, match=r"^assistant.yaml: engine.ca_file: .*engine-ca.pem: holds no PEM certificate$"
