@@ -26,6 +26,7 @@ from .connectors.loader import load_connectors
 from .credentials import BearerTokens
 from .dlq import dlq_router
 from .edge import Admission, AssistantApp, WebhookEndpoint
+from .engines.base import engine_settings
 from .knowledge.api import kb_router
 from .knowledge.grounding import ground
 from .knowledge.retrieval import KnowledgeBase
@@ -82,7 +83,7 @@ def build_parts(settings: Settings, registry: Registry | None = None) -> Parts:
         from .errors import ConfigError
 
         raise ConfigError("assistant.yaml", "engine.name", str(exc)) from None
-    engine = engine_factory(settings.engine)
+    engine = engine_factory(engine_settings(settings))  # engine.ca_file resolved and checked
     words = settings.resolve(settings.filters.words_file) if settings.filters.words_file else None
     word_filter = SensitiveWordFilter.from_file(words, settings.filters.action)
     adapters: dict[str, InputAdapter] = {}

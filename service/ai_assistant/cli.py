@@ -165,8 +165,14 @@ def up(
     settings = _settings(config_dir, data_dir, host, port)
     configure_logging(settings.server.log_level, settings.server.json_logs)
     model = LocalModelServer(settings.local_model, settings.data_dir / "logs" / "model-server.log")
-    # The prompt budget is the window the embedded server is started with (local_model.context).
-    embedded = {"base_url": model.base_url, "model": "local", "context_tokens": settings.local_model.context}
+    # The prompt budget is the window the embedded server is started with (local_model.context). It speaks plain
+    # HTTP on loopback: a CA for a remote model server has nothing to verify there.
+    embedded = {
+        "base_url": model.base_url,
+        "model": "local",
+        "context_tokens": settings.local_model.context,
+        "ca_file": None,
+    }
     settings = settings.model_copy(update={"engine": settings.engine.model_copy(update=embedded)})
     service = create_app(settings)  # configuration errors surface before anything starts
     _check_store_tls(settings)

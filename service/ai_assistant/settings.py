@@ -57,6 +57,10 @@ class StoreSettings(_Section):
 class EngineSettings(_Section):
     name: str = "hf_inference"
     base_url: str = "http://127.0.0.1:8089/v1"
+    # PEM bundle of the CA that signed the model server's certificate, for an https:// base_url (relative to the
+    # config dir): a model server on another host behind a TLS terminator with the deployment's internal CA. Unset:
+    # the system trust store. Either way the certificate and its host name are verified.
+    ca_file: Path | None = None
     model: str | None = "local"
     api_key: SecretStr | None = None
     timeout_seconds: float = Field(60.0, gt=0)

@@ -134,6 +134,7 @@ def test_assistant_hosts_use_the_managed_redis_over_tls_and_the_one_knowledge_ba
         f"rediss://{user}:{secrets['redis_password']}@{redis['host']}:6379/0"
     )
     assert settings.store.redis_ca_file is None, "no CA given: the system trust store"
+    assert settings.engine.ca_file is None, "no model server CA given: the system trust store"
     store = settings.knowledge.store
     assert (store.name, store.url, store.grpc_port) == ("weaviate", kb["url"], 50051)
     assert store.api_key is not None and store.api_key.get_secret_value() == secrets["weaviate_api_key"]
@@ -151,6 +152,26 @@ def test_a_redis_ca_from_the_stack_config_reaches_the_service(tmp_path: Path, mo
     assert settings.store.redis_ca_file == tmp_path / "config" / "redis-ca.pem"
 
 
+def test_a_model_server_ca_reaches_the_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU layout: the model server on its own host behind a TLS terminator whose certificate the deployment's
+    internal CA signs; assistant.yaml names the CA file the role writes next to it."""
+    from ai_assistant.engines.base import engine_settings
+    from tests.pki import make_ca
+
+    ca = make_ca(tmp_path, "deployment internal CA")
+    variables = {
+        "assistant_redis_password": "r3dis",  # pragma: allowlist secret
+        "assistant_engine_base_url": "https://10.0.2.15/v1",
+        "assistant_engine_ca_cert": ca.pem.read_text(),
+    }
+    settings = host_settings(variables, tmp_path / "config", monkeypatch)
+    assert settings.engine.base_url == "https://10.0.2.15/v1"
+    assert settings.engine.ca_file == tmp_path / "config" / "engine-ca.pem"
+    # The file as the role's copy task writes it: the service loads it as the CA (a ConfigError otherwise).
+    (tmp_path / "config" / "engine-ca.pem").write_text(variables["assistant_engine_ca_cert"].strip() + "\n")
+    assert engine_settings(settings).ca_file == tmp_path / "config" / "engine-ca.pem"
+
+
 def test_without_infra_the_hosts_keep_the_data_hosts_redis_and_their_embedded_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +179,7 @@ def test_without_infra_the_hosts_keep_the_data_hosts_redis_and_their_embedded_st
     settings = host_settings({"assistant_redis_password": "r3dis"}, tmp_path / "config", monkeypatch)
     assert settings.store.redis_url.get_secret_value() == "redis://ai-assistant:r3dis@127.0.0.1:6379/0"
     assert settings.knowledge.store.name == "embedded" and settings.knowledge.store.api_key is None
+    assert settings.engine.ca_file is None
 
 
 @pytest.mark.parametrize(("handed_over", "runs"), [({"host": "r.example", "tls": True}, False), (None, True)])

@@ -746,6 +746,63 @@ def test_no_secret_in_ansible_output_even_when_preflight_fails(tmp_path: Path, v
     assert not leaked, f"secret values printed at {verbosity}: {leaked}"
 
 
+def test_preflight_refuses_a_model_server_ca_for_a_plain_http_engine(tmp_path: Path) -> None:
+    """The assistant role's preflight (real ansible-playbook, check mode, --tags assistant_preflight: the asserts
+    only) with a model server CA: an http:// engine URL stops with one line (the service would refuse engine.ca_file
+    too), an https:// one passes."""
+    wheel = tmp_path / "ai_assistant-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    common = {
+        "assistant_wheel": str(wheel),
+        "assistant_wheelhouse": str(fake_wheelhouse(tmp_path)),
+        # Never reached (preflight only, check mode); here all the same should a tag slip.
+        "assistant_install_dir": str(tmp_path / "install"),
+        "assistant_config_dir": str(tmp_path / "config"),
+        "assistant_redis_password": "r3dis",  # pragma: allowlist secret
+        "assistant_engine_ca_cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    }
+    cases = {"http": "http://10.0.2.15:8089/v1", "https": "https://10.0.2.15/v1"}
+    tag = ["assistant_preflight"]
+    tasks = [
+        {
+            "name": f"case {name}",
+            "block": [
+                {"ansible.builtin.include_role": {"name": "assistant"},
+                 "vars": {**common, "assistant_engine_base_url": url}, "tags": tag},
+                {"ansible.builtin.debug": {"msg": f"case {name} passed"}, "tags": tag},
+            ],
+            "rescue": [{"ansible.builtin.debug": {"msg": f"case {name} stopped"}, "tags": tag}],
+        }
+        for name, url in cases.items()
+    ]  # fmt: skip
+    play = [{"hosts": "localhost", "gather_facts": False, "become": False, "tasks": tasks}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "--check",
+            "--tags",
+            tag[0],
+            "play.yml",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**ansible_env(), "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "Install" not in out and "changed=0" in out, "only the asserts ran"
+    assert "case http stopped" in out and "case http passed" not in out, out[-4000:]
+    assert "assistant_engine_ca_cert: only used with an https:// assistant_engine_base_url" in out, out[-4000:]
+    assert "case https passed" in out and "case https stopped" not in out, out[-4000:]
+
+
 def test_the_tier_reaches_the_units_and_the_service_settings(tmp_path: Path) -> None:
     """What infra passes per tier (memory limit, worker count) lands in the unit and in a settings file the service
     accepts; without it the unit has no limit at all rather than a made-up one."""

@@ -1,29 +1,22 @@
 """The Redis store over TLS, as the managed Redis serves it (ElastiCache / ApsaraDB: rediss:// with a password).
 
-A real redis-server with --tls-port on loopback, its certificates made here with `cryptography`: the store works
-with the right CA, and a wrong CA, the system trust store (which does not hold this test CA) or a certificate for
-another host name are refused with one line, in the store, in `doctor` and at `ai-assistant serve`'s start.
+A real redis-server with --tls-port on loopback, its certificates made with `cryptography` (tests/pki.py): the store
+works with the right CA, and a wrong CA, the system trust store (which does not hold this test CA) or a certificate
+for another host name are refused with one line, in the store, in `doctor` and at `ai-assistant serve`'s start.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from ai_assistant.errors import ConfigError
@@ -32,70 +25,11 @@ from ai_assistant.settings import Settings, load_settings
 from ai_assistant.store import open_store
 from ai_assistant.store.redis import RedisStore, check_tls
 from tests.helpers import free_port, venv_bin, wait_until, write_config
+from tests.pki import CA, make_ca, server_cert
 
 pytestmark = pytest.mark.anyio
 
 PASSWORD = "tls-test-" + uuid.uuid4().hex  # pragma: allowlist secret
-
-
-@dataclass(frozen=True)
-class CA:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-    pem: Path
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca(directory: Path, cn: str) -> CA:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )  # digital_signature, key_cert_sign, crl_sign
-        .sign(key, hashes.SHA256())
-    )
-    pem = directory / f"{cn.replace(' ', '-')}.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return CA(key, cert, pem)
-
-
-def server_cert(ca: CA, directory: Path, dns: str, ip: str | None) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName(dns)]
-    if ip is not None:
-        names.append(x509.IPAddress(ipaddress.ip_address(ip)))
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(dns))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca.key, hashes.SHA256())
-    )
-    crt, pem_key = directory / f"{dns}.crt", directory / f"{dns}.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem_key.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    pem_key.chmod(0o600)
-    return crt, pem_key
 
 
 def _pings_plain_socket(port: int) -> bool:

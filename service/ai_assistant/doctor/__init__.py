@@ -11,11 +11,14 @@ failure with the error's own text; the doctor itself does not raise.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from ..connectors.base import Connector
-from ..settings import Settings
+from ..engines.base import engine_settings, engine_tls
+from ..errors import ConfigError
+from ..settings import EngineSettings, Settings
 from .cache import cache_check
 from .clock import Clocks, clock_checks
 from .config import Configured, config_check, load_configuration, validate
@@ -52,13 +55,26 @@ async def run_checks(
             store, queue = Check("state store", Status.FAIL, one_line(exc), "see the runbook", "state-store"), None
         return store, queue_check(queue)
 
+    # The engine as the service builds it: engine.ca_file resolved against the config dir, its CA loaded.
+    engine_conf: EngineSettings | None = None
+    engine_context: ssl.SSLContext | None = None
+    unusable: Check | None = None
+    if settings is not None:
+        try:
+            engine_conf = engine_settings(settings)
+            engine_context = engine_tls(engine_conf)
+        except ConfigError as exc:
+            unusable = Check("engine", Status.FAIL, one_line(exc), "fix the file and key named", "engine")
+
     async def engine_and_probe() -> tuple[Check, Check]:
-        if settings is None:
-            return Check("engine", Status.SKIP, not_loaded), Check("engine probe", Status.SKIP, not_loaded)
-        reach = await _guard("engine", engine_check(settings.engine, clocks))
-        if reach.status is not Status.PASS:
-            return reach, Check("engine probe", Status.SKIP, "not run: the engine check did not pass")
-        return reach, await _guard("engine probe", engine_probe(settings.engine))
+        if engine_conf is None:
+            reach = unusable or Check("engine", Status.SKIP, not_loaded)
+        else:
+            reach = await _guard("engine", engine_check(engine_conf, clocks))
+        if engine_conf is None or reach.status is not Status.PASS:
+            why = not_loaded if settings is None else "not run: the engine check did not pass"
+            return reach, Check("engine probe", Status.SKIP, why)
+        return reach, await _guard("engine probe", engine_probe(engine_conf))
 
     async def skipped(name: str, why: str) -> Check:
         return Check(name, Status.SKIP, why)
@@ -74,9 +90,9 @@ async def run_checks(
     else:
         connector_checks = [skipped("connectors", not_loaded)]
     tls = [
-        _guard(f"tls {host}:{port}", tls_endpoint_check(host, port, label))
-        for (host, port), label in (
-            tls_targets(settings, (connectors or {}).values()).items() if settings is not None else []
+        _guard(f"tls {host}:{port}", tls_endpoint_check(host, port, label, context))
+        for (host, port), (label, context) in (
+            tls_targets(settings, (connectors or {}).values(), engine_context).items() if settings is not None else []
         )
     ]
     pairs, rest = await asyncio.gather(

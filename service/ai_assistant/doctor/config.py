@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..connectors.base import Connector
+from ..engines.base import engine_settings
 from ..errors import AssistantError, ConfigError
 from ..settings import Settings
 from .report import Check, Status, one_line
@@ -34,6 +35,7 @@ def validate(settings: Settings) -> Configured:
         registry.get(Kind.ENGINE, settings.engine.name)
     except LookupError as exc:
         raise ConfigError("assistant.yaml", "engine.name", str(exc)) from None
+    engine_settings(settings)  # engine.ca_file: with an https:// URL, and a readable PEM CA
     words = settings.resolve(settings.filters.words_file) if settings.filters.words_file else None
     SensitiveWordFilter.from_file(words, settings.filters.action)
     load_channels(settings.config_dir, registry, connectors)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 
 import httpx
 
+from ..engines.base import engine_tls, tls_problem
 from ..settings import EngineSettings, Settings
 from .clock import Clocks
 from .report import Check, Status, one_line
@@ -19,6 +19,8 @@ PROBE_MAX_TOKENS = 16
 
 
 async def engine_check(engine: EngineSettings, clocks: Clocks) -> Check:
+    """`engine` as the service builds it (engines.base.engine_settings: ca_file resolved), so the doctor verifies the
+    server's certificate exactly as the service does."""
     name = "engine"
     if engine.name != "hf_inference":
         return Check(name, Status.SKIP, f"engine {engine.name} is a plugin: the doctor speaks only the OpenAI API")
@@ -26,11 +28,16 @@ async def engine_check(engine: EngineSettings, clocks: Clocks) -> Check:
     probe = url + "/models" if url.endswith("/v1") else url + "/health"
     headers = {"Authorization": f"Bearer {engine.api_key.get_secret_value()}"} if engine.api_key else {}
     what = f"{engine.name} at {engine.base_url}"
-    async with clocks.client("engine") as client:
+    context = engine_tls(engine)
+    async with clocks.client("engine", **({"verify": context} if context is not None else {})) as client:
         started = time.perf_counter()
         try:
             resp = await client.get(probe, headers=headers)
         except httpx.HTTPError as exc:
+            problem = tls_problem(exc, engine)
+            if problem is not None:
+                advice = "engine.ca_file must name the CA that signed the model server's certificate"
+                return Check(name, Status.FAIL, problem, advice, "engine")
             advice = "start the model server (or `ai-assistant up`), or fix engine.base_url"
             return Check(name, Status.FAIL, f"{what} is unreachable: {one_line(exc)}", advice, "engine")
     ms = (time.perf_counter() - started) * 1000
@@ -43,37 +50,32 @@ async def engine_check(engine: EngineSettings, clocks: Clocks) -> Check:
 
 async def engine_probe(engine: EngineSettings) -> Check:
     """A short generation through the same client the service uses: time to first token and tokens per second."""
-    from huggingface_hub import AsyncInferenceClient
+    from ..engines.hf_inference import inference_client
 
     name = "engine probe"
-    client = AsyncInferenceClient(
-        base_url=engine.base_url,
-        api_key=engine.api_key.get_secret_value() if engine.api_key else None,
-        timeout=engine.timeout_seconds,
-    )
     started = time.perf_counter()
     first: float | None = None
     pieces = 0  # OpenAI-compatible servers stream one token per chunk
     try:
-        stream = await client.chat_completion(
-            messages=[{"role": "user", "content": PROBE_PROMPT}],
-            model=engine.model,
-            max_tokens=PROBE_MAX_TOKENS,
-            temperature=0.0,
-            stream=True,
-        )
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                pieces += 1
-                first = first or time.perf_counter()
-    except Exception as exc:  # the client raises its own hierarchy plus aiohttp's; any of them fails the probe
+        async with inference_client(engine) as client:
+            stream = await client.chat_completion(
+                messages=[{"role": "user", "content": PROBE_PROMPT}],
+                model=engine.model,
+                max_tokens=PROBE_MAX_TOKENS,
+                temperature=0.0,
+                stream=True,
+            )
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces += 1
+                    first = first or time.perf_counter()
+    except Exception as exc:  # the client raises its own hierarchy (httpx2's); any of them fails the probe
+        problem = tls_problem(exc, engine)
+        if problem is not None:
+            advice = "engine.ca_file must name the CA that signed the model server's certificate"
+            return Check(name, Status.FAIL, problem, advice, "engine-probe")
         advice = "the engine answers but cannot generate: its log says why (model not loaded, out of memory)"
         return Check(name, Status.FAIL, f"generation failed: {one_line(exc)}", advice, "engine-probe")
-    finally:
-        close = getattr(client, "close", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
     ended = time.perf_counter()
     if first is None:
         advice = "check engine.model names a model the server has"

@@ -23,18 +23,22 @@ CERT_FAIL_DAYS = 3.0  # TLSCertificateExpiring, critical
 _DEFAULT_BASES = {"telegram": "https://api.telegram.org"}
 
 
-def tls_targets(settings: Settings, connectors: Iterable[Connector]) -> dict[tuple[str, int], str]:
-    urls: list[tuple[str, str | None]] = [("engine", settings.engine.base_url)]
+def tls_targets(
+    settings: Settings, connectors: Iterable[Connector], engine_context: ssl.SSLContext | None = None
+) -> dict[tuple[str, int], tuple[str, ssl.SSLContext | None]]:
+    """Every https endpoint the configuration names -> (what it is, the context it is verified with: the engine's CA
+    for the engine, None for the system trust store)."""
+    urls: list[tuple[str, str | None, ssl.SSLContext | None]] = [("engine", settings.engine.base_url, engine_context)]
     for c in connectors:
         url = getattr(c, "api_base", None) or c.config.api_base or _DEFAULT_BASES.get(c.platform)
-        urls.append((f"connector {c.name}", url or getattr(c.config, "reply_url", None)))
+        urls.append((f"connector {c.name}", url or getattr(c.config, "reply_url", None), None))
     if settings.knowledge.enabled:
-        urls += [("knowledge", settings.knowledge.store.url), ("embedder", settings.knowledge.embedder.url)]
-    targets: dict[tuple[str, int], str] = {}
-    for label, url in urls:
+        urls += [("knowledge", settings.knowledge.store.url, None), ("embedder", settings.knowledge.embedder.url, None)]
+    targets: dict[tuple[str, int], tuple[str, ssl.SSLContext | None]] = {}
+    for label, url, context in urls:
         parts = urlsplit(url or "")
         if parts.scheme == "https" and parts.hostname:
-            targets.setdefault((parts.hostname, parts.port or 443), label)
+            targets.setdefault((parts.hostname, parts.port or 443), (label, context))
     return targets
 
 
@@ -55,9 +59,10 @@ def _expiry_check(name: str, what: str, not_before: float, not_after: float) -> 
     return Check(name, Status.PASS, f"{what} valid for {days:.0f} more day(s) ({until})", details=details)
 
 
-async def tls_endpoint_check(host: str, port: int, label: str) -> Check:
+async def tls_endpoint_check(host: str, port: int, label: str, context: ssl.SSLContext | None = None) -> Check:
+    """The certificate's days left; `context` verifies it (default: the system trust store)."""
     name = f"tls {host}:{port}"
-    context = ssl.create_default_context()
+    context = context or ssl.create_default_context()
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=context, server_hostname=host), HTTP_TIMEOUT.read

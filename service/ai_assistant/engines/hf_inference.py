@@ -4,11 +4,14 @@ against the local llama.cpp server, so the production path is the tested path.""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import logging
 import ssl
 import time
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,8 @@ from ..errors import EngineUnavailable
 from ..messages import ChatTurn
 from ..observability import ENGINE_ATTEMPTS, ENGINE_DURATION, ENGINE_ERRORS
 from ..settings import EngineSettings
-from .base import OnText, estimate_tokens
+from ..trust import refused_certificate
+from .base import OnText, engine_tls, estimate_tokens, tls_problem
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,10 @@ def classify(exc: BaseException) -> Verdict:
     """Decide by what happened, not by which HTTP library raised it (huggingface_hub 2.x uses its own httpx fork,
     whose exceptions are not httpx's): a server that answered with 429 or 5xx (or 408) is worth another try, as is a
     request that never got an answer (refused, reset, timed out, cut off mid-stream); any other status is a request
-    the server will refuse again."""
+    the server will refuse again. A refused server certificate is a configuration problem (engine.ca_file), never an
+    outage: a wrong CA stays wrong."""
+    if refused_certificate(exc) is not None:
+        return Verdict(False)
     for link in _chain(exc):
         status = _status(link)
         if status is not None:
@@ -112,7 +119,8 @@ class _WaitHonouringRetryAfter:
 # Building an SSL context loads the system's whole CA bundle: ~10 ms of CPU, and httpx does it for every client it
 # creates, even one that only ever speaks plain HTTP to a loopback engine. Two clients per answer (the token count and
 # the chat call) made it ~75 % of the service's CPU per answer (bench/answer_bench.py, docs/benchmarks.md). One
-# context per library per process instead; a changed CA bundle is read at the next restart.
+# context per library per process instead, or one per engine.ca_file (trust.ca_context) when the engine names its CA;
+# a changed CA bundle is read at the next restart.
 @functools.cache
 def _httpx_ssl() -> ssl.SSLContext:
     return httpx.create_ssl_context()
@@ -123,15 +131,42 @@ def _httpx2_ssl() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
+def httpx_verify(engine: EngineSettings) -> ssl.SSLContext:
+    """What an httpx client talking to the engine verifies with: the engine's CA, else the system trust store."""
+    return engine_tls(engine) or _httpx_ssl()
+
+
+# huggingface_hub builds AsyncInferenceClient's HTTP client through one process-wide factory, with no argument to say
+# which engine it is for; the engine's context rides along in this variable, set around the client's use
+# (`inference_client`), so two engines with different CAs in one process each verify with their own.
+_HF_VERIFY: ContextVar[ssl.SSLContext | None] = ContextVar("hf_verify", default=None)
+
+
 def _hf_async_client() -> httpx2.AsyncClient:
-    """huggingface_hub's default async client (same hooks and options) with the shared SSL context: its documented
-    hook for "custom certifications", `set_async_client_factory`."""
+    """huggingface_hub's default async client (same hooks and options) with a shared SSL context, the calling
+    engine's: its documented hook for "custom certifications", `set_async_client_factory`."""
     return httpx2.AsyncClient(
         event_hooks={"request": [async_hf_request_event_hook], "response": [async_hf_response_event_hook]},
         follow_redirects=True,
         timeout=None,
-        verify=_httpx2_ssl(),
+        verify=_HF_VERIFY.get() or _httpx2_ssl(),
     )
+
+
+@contextlib.asynccontextmanager
+async def inference_client(engine: EngineSettings) -> AsyncIterator[AsyncInferenceClient]:
+    """An AsyncInferenceClient for the engine's server that verifies it like every other client of the engine; closed
+    on exit. The service's chat calls and the doctor's probe both use it."""
+    set_async_client_factory(_hf_async_client)  # process-wide, and the same every time: idempotent
+    token = _HF_VERIFY.set(engine_tls(engine))
+    try:
+        api_key = engine.api_key.get_secret_value() if engine.api_key else None
+        async with AsyncInferenceClient(
+            base_url=engine.base_url, api_key=api_key, timeout=engine.timeout_seconds
+        ) as client:
+            yield client
+    finally:
+        _HF_VERIFY.reset(token)
 
 
 class HFInferenceEngine:
@@ -140,9 +175,10 @@ class HFInferenceEngine:
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
-        self._api_key = settings.api_key.get_secret_value() if settings.api_key else None
         self._tokenizer: str | None = None  # "tgi", "llama.cpp" or "estimate" once the server was asked
-        set_async_client_factory(_hf_async_client)  # process-wide, and the same every time: idempotent
+        # A bad engine.ca_file (or one with an http:// URL) is a ConfigError here, before the first message. The
+        # path is used as given: the app resolves it against the config dir first (base.engine_settings).
+        self._verify = httpx_verify(settings)
 
     async def chat(self, turns: list[ChatTurn], on_text: OnText | None = None) -> str:
         messages = [{"role": t.role, "content": t.content} for t in turns]
@@ -162,6 +198,10 @@ class HFInferenceEngine:
             raise
         except Exception as exc:
             ENGINE_ERRORS.labels(engine=self.name).inc()
+            problem = tls_problem(exc, self.settings)
+            if problem is not None:
+                log.error("engine %s: %s", self.name, problem)
+                raise EngineUnavailable(f"{self.name}: {problem}", transient=False) from exc
             verdict = classify(exc)
             log.warning("engine %s failed (%s, transient: %s)", self.name, type(exc).__name__, verdict.retry)
             raise EngineUnavailable(
@@ -177,9 +217,7 @@ class HFInferenceEngine:
         # stack until the client is closed, so a long-lived client would hold one response per answer ever given.
         # The price is one new connection per answer, nothing next to a generation's seconds.
         pieces: list[str] = []
-        async with AsyncInferenceClient(
-            base_url=self.settings.base_url, api_key=self._api_key, timeout=self.settings.timeout_seconds
-        ) as client:
+        async with inference_client(self.settings) as client:
             stream: Any = await client.chat_completion(
                 messages=messages,
                 model=self.settings.model,
@@ -205,7 +243,7 @@ class HFInferenceEngine:
         if self._tokenizer == "estimate":  # no client to build for a server known to have no tokenizer endpoint
             return [estimate_tokens(text) for text in texts]
         root = self.settings.base_url.rstrip("/").removesuffix("/v1")
-        async with httpx.AsyncClient(timeout=5.0, verify=_httpx_ssl()) as client:
+        async with httpx.AsyncClient(timeout=5.0, verify=self._verify) as client:
             return [await self._count(client, root, text) for text in texts]
 
     async def _count(self, client: httpx.AsyncClient, root: str, text: str) -> int:
@@ -235,7 +273,7 @@ class HFInferenceEngine:
         url = self.settings.base_url.rstrip("/")
         probe = url + "/models" if url.endswith("/v1") else url + "/health"
         try:
-            async with httpx.AsyncClient(timeout=2.0, verify=_httpx_ssl()) as client:
+            async with httpx.AsyncClient(timeout=2.0, verify=self._verify) as client:
                 resp = await client.get(probe)
         except httpx.HTTPError:
             return False

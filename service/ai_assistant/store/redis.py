@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
 import uuid
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from redis.exceptions import RedisError
 from ..errors import ConfigError
 from ..messages import ChatTurn, InboundMessage
 from ..settings import ASSISTANT_FILE
+from ..trust import untrusted
 from .base import LANES, WORKFLOW_TRACE_RETENTION_SECONDS, Bucket, DeadLetter, Job, Lane, QueueFull, QueueStats
 
 P = "aia:"  # key prefix
@@ -355,14 +355,8 @@ def redis_label(url: str) -> str:
 def tls_problem(exc: BaseException, url: str, ca_file: Path | None) -> str | None:
     """One line when ``exc`` is a refused server certificate (a wrong CA, an expired certificate, a host name that is
     not on it): a configuration problem that retrying will not fix. None for anything else."""
-    seen: BaseException | None = exc
-    while seen is not None and not isinstance(seen, ssl.SSLCertVerificationError):
-        seen = seen.__cause__ or seen.__context__
-    if seen is None:
-        return None
-    trust = f"the CA in {ca_file}" if ca_file is not None else "the system trust store"
-    reason = seen.verify_message or seen.reason or "verification failed"
-    return f"{redis_label(url)}: the server's TLS certificate is not trusted by {trust} ({reason}); set {CA_KEY}"
+    why = untrusted(exc, ca_file)
+    return None if why is None else f"{redis_label(url)}: {why}; set {CA_KEY}"
 
 
 async def check_tls(url: str, ca_file: Path | None, seconds: float = 10.0) -> None:
