@@ -123,11 +123,15 @@ def egress_only(
             }
         )
     )
+    stack_ca = test_vm.workdir / "handoff" / "internal-ca" / "ca.crt"  # the hand-off's copy of the stack's root
+    ca_before = stack_ca.read_bytes()
     try:
         start = time.monotonic()
         linked = test_vm.play(SITE, "--tags", "link_tls", "-i", str(as_gpu_host), name="link-tls")
         TIMINGS["link-tls play"] = time.monotonic() - start
         assert linked.rc == 0 and linked.failed == 0, f"the link play failed (log {linked.log}):\n{linked.tail()}"
+        # The tls role signed with the stack's CA as it is: replacing it would break every chain that names it.
+        assert stack_ca.read_bytes() == ca_before, "the tls role rewrote the hand-off's CA certificate"
         start = time.monotonic()
         switched = test_vm.play(SITE, "--tags", TAGS, "-e", f"@{extra}", name="egress-only")
         TIMINGS["egress-only switch"] = time.monotonic() - start
@@ -234,10 +238,10 @@ def test_the_answer_crosses_the_tls_link(test_vm: TestVM, egress_only: PlatformS
     listening = sorted(line.split()[3] for line in test_vm.ssh("ss -Hltn 'sport = :8089'").stdout.splitlines())
     assert listening == sorted(["127.0.0.1:8089", f"{address}:8089"]), listening
     ca = "/etc/ssl/ai-assistant/internal-ca.crt"
-    url = f"https://{address}:8089/health"
+    url = f"https://{address}:8089/v1/models"  # the OpenAI-compatible list both llama.cpp's server and TGI serve
     verified = test_vm.ssh(f"curl -sS -m 20 --cacert {ca} {url}", timeout=60)
-    assert verified.returncode == 0 and "ok" in verified.stdout, verified.stderr
+    assert verified.returncode == 0 and '"data"' in verified.stdout, verified.stdout + verified.stderr
     # No plaintext path, no certificate but the internal CA's, nothing below TLS 1.3.
-    assert test_vm.ssh(f"curl -sS -m 20 http://{address}:8089/health", timeout=60).returncode == 52  # empty reply
+    assert test_vm.ssh(f"curl -sS -m 20 http://{address}:8089/v1/models", timeout=60).returncode == 52  # empty reply
     assert test_vm.ssh(f"curl -sS -m 20 {url}", timeout=60).returncode == 60  # not in the system trust store
     assert test_vm.ssh(f"curl -sS -m 20 --tls-max 1.2 --cacert {ca} {url}", timeout=60).returncode == 35
