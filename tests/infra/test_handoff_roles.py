@@ -212,11 +212,17 @@ def test_the_gpu_hosts_model_server_is_reached_over_tls_checked_against_the_inte
         # The CA the hand-off wrote on the controller, the one the tls role signs the link's certificate with.
         assert v["assistant_engine_ca_cert"].strip() == secrets["internal_ca_cert_pem"].strip(), host
     gpu = resolve(run, tmp_path / "i", ("model_server_host", "link_tls_links", "firewall_extra_rules"), "inference")
+    assistants = {f"{h['ansible_host']}/32" for h in children["assistant"]["hosts"].values() if h}
+    [monitor] = children["monitoring"]["hosts"]
+    data_hosts = children["data"]["hosts"]
     for host, v in gpu.items():
-        # TGI itself only on loopback; the private address is the TLS link's, on the port the firewall opens.
+        # TGI itself only on loopback; the private address is the TLS link's, on the port the firewall opens: to the
+        # assistant hosts (the answers) and to the monitoring host (Prometheus scrapes /metrics there).
         assert v["model_server_host"] == "127.0.0.1", host
         assert [(link["name"], int(link["port"])) for link in v["link_tls_links"]] == [("model", 8089)], host
-        assert [int(r["port"]) for r in v["firewall_extra_rules"]] == [8089], host
+        opened = {cidr for r in v["firewall_extra_rules"] if int(r["port"]) == 8089 for cidr in r["cidrs"]}
+        assert opened == assistants | {f"{data_hosts[monitor]['ansible_host']}/32"}, host
+        assert {int(r["port"]) for r in v["firewall_extra_rules"]} == {8089}, host
 
 
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
