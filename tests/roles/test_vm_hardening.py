@@ -218,6 +218,13 @@ def test_cron_and_at_are_root_only(host: Any) -> None:
         assert crontab.mode == 0o600
 
 
+def test_home_directories_are_their_owners_alone(host: Any) -> None:
+    homes = host.run("find /home -mindepth 1 -maxdepth 1 -type d -printf '%p %m\\n'").stdout.split("\n")
+    modes = dict(line.split() for line in homes if line.strip())
+    assert modes, "no home directory: the automation account's is expected"
+    assert all(int(mode, 8) & 0o027 == 0 for mode in modes.values()), modes
+
+
 def test_audit_watches_sshd_and_sudoers_drop_ins(host: Any) -> None:
     # Debian 12's auditctl lists a directory watch as written (-w PATH -p wa -k KEY); other versions list it as a
     # syscall rule (-F dir=PATH -F perm=wa -F key=KEY). Either proves the watch is loaded.
