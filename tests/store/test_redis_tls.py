@@ -181,6 +181,13 @@ def test_a_ca_file_with_a_plain_url_or_a_missing_file_is_refused(tmp_path: Path,
         open_store(settings_for(tmp_path / "a", "redis://127.0.0.1:6379/0", str(pki["right"].pem)))
     with pytest.raises(ConfigError, match=r"^assistant.yaml: store.redis_ca_file: .*missing-ca.pem: no such file$"):
         open_store(settings_for(tmp_path / "b", url(6379), "missing-ca.pem"))
+    # A file that is there but holds no certificate (a password pasted instead, a truncated copy): refused the same way.
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "not-a-ca.pem").write_text("the CA was meant to go here\n")
+    with pytest.raises(
+        ConfigError, match=r"^assistant.yaml: store.redis_ca_file: .*not-a-ca.pem: holds no PEM certificate$"
+    ):
+        open_store(settings_for(tmp_path / "c", url(6379), "not-a-ca.pem"))
 
 
 async def test_doctor_reports_the_refused_certificate_on_one_line(

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from ..errors import ConfigError
 from ..messages import ChatTurn, InboundMessage
 from ..settings import ASSISTANT_FILE
-from ..trust import untrusted
+from ..trust import ca_context, untrusted
 from .base import LANES, WORKFLOW_TRACE_RETENTION_SECONDS, Bucket, DeadLetter, Job, Lane, QueueFull, QueueStats
 
 P = "aia:"  # key prefix
@@ -337,8 +337,9 @@ def redis_client(url: str, ca_file: Path | None = None, **options: Any) -> aiore
     if ca_file is not None:
         if scheme != "rediss":
             raise ConfigError(ASSISTANT_FILE, CA_KEY, f"set, but store.redis_url is {scheme}://, not rediss://")
-        if not ca_file.is_file():
-            raise ConfigError(ASSISTANT_FILE, CA_KEY, f"{ca_file}: no such file")
+        # Loaded once here for its errors (no such file, no PEM certificate in it): one line at the start, not a
+        # TLS failure at the first connection. redis-py then loads the same file itself.
+        ca_context(ca_file, CA_KEY)
         options["ssl_ca_certs"] = str(ca_file)
     if scheme == "rediss":
         # Explicit, so that neither a library default nor a later change here can turn verification off.
