@@ -295,27 +295,33 @@ class EmbeddedStore:
             self._catch_up(writing=False)
             if len(self._index) == 0:
                 return []
-            rerank = self._vector_dtype != "f32"
-            matches = self._index.search(query, k * self.rerank_factor if rerank else k)
-            keys = [int(key) for key in matches.keys]
-            marks = ",".join("?" * len(keys))
-            columns = "key, doc_id, position, title, source, url, heading, text, content_hash"
+            if self._vector_dtype == "f32":
+                matches = self._index.search(query, k)
+                keys = [int(key) for key in matches.keys]
+                scores = {key: 1.0 - float(dist) for key, dist in zip(keys, matches.distances, strict=True)}
+            else:
+                scores = self._rescore(query, self._index.search(query, k * self.rerank_factor).keys, k)
+            marks = ",".join("?" * len(scores))
             rows = self._db.execute(
-                f"SELECT {columns}{', vector' if rerank else ''} FROM chunks WHERE key IN ({marks})",  # noqa: S608
-                keys,
+                f"SELECT key, doc_id, position, title, source, url, heading, text, content_hash FROM chunks"  # noqa: S608
+                f" WHERE key IN ({marks})",
+                list(scores),
             ).fetchall()
-        if rerank:
-            # The quantised index's cosines are approximate (i8: off by ~0.01, enough to reorder near-duplicates);
-            # the f32 vectors give the exact ones, the same scores an f32 index reports.
-            stored = np.frombuffer(b"".join(row[-1] for row in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            norms = np.linalg.norm(stored, axis=1) * float(np.linalg.norm(query))
-            cosines = (stored @ query) / np.maximum(norms, np.finfo(np.float32).tiny)
-            scores = {row[0]: float(c) for row, c in zip(rows, cosines, strict=True)}
-            rows = [row[:-1] for row in rows]
-        else:
-            scores = {key: 1.0 - float(dist) for key, dist in zip(keys, matches.distances, strict=True)}
         hits = [Hit(Chunk(*row[1:]), scores[row[0]]) for row in rows]
-        return sorted(hits, key=lambda h: h.score, reverse=True)[:k]
+        return sorted(hits, key=lambda h: h.score, reverse=True)
+
+    def _rescore(self, query: Vector, candidates: Vector, k: int) -> dict[int, float]:
+        """The k best candidates by their exact cosine. A quantised index's cosines are approximate (i8: off by ~0.01,
+        enough to reorder near-duplicates); the f32 vectors in SQLite give the scores an f32 index reports. Only the
+        winners' rows are read in full afterwards (building 40 chunks to keep 10 cost more than the re-scoring)."""
+        keys = [int(key) for key in candidates]
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(f"SELECT key, vector FROM chunks WHERE key IN ({marks})", keys).fetchall()  # noqa: S608
+        stored = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self.dim)
+        norms = np.linalg.norm(stored, axis=1) * float(np.linalg.norm(query))
+        cosines = (stored @ query) / np.maximum(norms, np.finfo(np.float32).tiny)
+        best = np.argsort(-cosines)[:k]
+        return {int(rows[i][0]): float(cosines[i]) for i in best}
 
     def count_chunks(self) -> int:
         with self._lock:
