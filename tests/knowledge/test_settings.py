@@ -40,6 +40,7 @@ def test_file_section_and_environment_override(tmp_path: Path, monkeypatch: pyte
         ("knowledge: {store: {name: weaviate}}", "knowledge", "store.url is required when store.name is weaviate"),
         ("knowledge: {embedder: {name: tei}}", "knowledge", "embedder.url is required when embedder.name is tei"),
         ("knowledge: {store: {collection: lower}}", "knowledge.store.collection", "should match pattern"),
+        ("knowledge: {store: {vector_dtype: f8}}", "knowledge.store.vector_dtype", "'f32', 'f16' or 'i8'"),
         ("knowledge: [1, 2]", "knowledge", "must be a mapping"),
         ("knowledge: {top_k: [", "line", "not valid YAML"),
     ],

@@ -7,12 +7,16 @@ section on its own so that `ai-assistant kb ...` works before (and independently
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 ASSISTANT_FILE = "assistant.yaml"
 SECTION = "knowledge"
 ENV_PREFIX = "AI_ASSISTANT_KNOWLEDGE__"
+
+# How the embedded store's index holds its vectors (SQLite keeps the f32 truth either way): usearch's scalar kinds.
+VectorDType = Literal["f32", "f16", "i8"]
 
 
 class _Section(BaseModel):
@@ -49,6 +53,10 @@ class VectorStoreSettings(_Section):
     connectivity: int = Field(32, ge=4, le=64)
     expansion_add: int = Field(400, ge=16, le=1024)
     expansion_search: int = Field(96, ge=16, le=1024)
+    # f16 halves the vectors' memory, i8 quarters it; a quantised index is searched for more candidates, which are
+    # re-scored with the f32 vectors from SQLite (docs/benchmarks.md, "1M chunks"). A saved index of another dtype
+    # is rebuilt on open, like one of another connectivity.
+    vector_dtype: VectorDType = Field("f32", description="f32 | f16 | i8: the index's vector storage")
 
 
 class KnowledgeSettings(_Section):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
-from ..settings import KnowledgeSettings, VectorStoreSettings
+from ..settings import KnowledgeSettings, VectorDType, VectorStoreSettings
 from ._libstdcxx import share_system_libstdcxx
 from .base import Chunk, DocumentRecord, Hit, Vector, as_matrix, state_dir
 
@@ -49,6 +49,15 @@ CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
 # index (degree 32) rebuilt it at degree 16.
 _SHIPPED = VectorStoreSettings()
 
+# A quantised index (f16, i8) ranks by approximate cosines: it is asked for this many times k candidates, which are
+# re-scored exactly with the f32 vectors in SQLite. On 20k embedding-like chunks i8 alone missed 9% of the true
+# top-10, 4x candidates re-scored 0.03% (docs/benchmarks.md, "Quantised vectors").
+_RERANK_FACTOR = 4
+
+# Rows per batch when the index is rebuilt from SQLite: a million chunks' vectors read at once would need their 1.5 GB
+# twice over (rows, then the joined buffer) on top of the index.
+_REBUILD_BATCH = 8192
+
 
 class EmbeddedStore:
     name = "embedded"
@@ -62,6 +71,7 @@ class EmbeddedStore:
         connectivity: int = _SHIPPED.connectivity,
         expansion_add: int = _SHIPPED.expansion_add,
         expansion_search: int = _SHIPPED.expansion_search,
+        vector_dtype: VectorDType = _SHIPPED.vector_dtype,
     ) -> None:
         self.directory = directory
         self.dim = dim
@@ -70,6 +80,9 @@ class EmbeddedStore:
         self._generation_path = directory / "index.generation"
         self._connectivity, self._expansion_add = connectivity, expansion_add
         self._expansion_search = expansion_search
+        self._vector_dtype = vector_dtype
+        # Candidates per hit that a quantised index is asked for (the benchmark and a test vary it).
+        self.rerank_factor = _RERANK_FACTOR
         self._dirty = False
         self._closed = False
         directory.mkdir(parents=True, exist_ok=True)
@@ -97,6 +110,7 @@ class EmbeddedStore:
             connectivity=s.connectivity,
             expansion_add=s.expansion_add,
             expansion_search=s.expansion_search,
+            vector_dtype=s.vector_dtype,
         )
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
@@ -123,7 +137,7 @@ class EmbeddedStore:
         return Index(
             ndim=self.dim,
             metric="cos",
-            dtype="f32",
+            dtype=self._vector_dtype,
             connectivity=self._connectivity,
             expansion_add=self._expansion_add,
             expansion_search=self._expansion_search,
@@ -141,7 +155,8 @@ class EmbeddedStore:
             try:
                 index = Index.restore(str(self._index_path))
                 if index is not None and index.ndim == self.dim:
-                    if index.connectivity == self._connectivity:
+                    saved_dtype = index.dtype.name.lower()  # usearch's ScalarKind: F32, F16, I8
+                    if index.connectivity == self._connectivity and saved_dtype == self._vector_dtype:
                         # A restored index starts at usearch's breadths, not the saved ones: documents added after a
                         # restart would otherwise be linked with a narrower build search. The stub calls both
                         # read-only.
@@ -150,11 +165,13 @@ class EmbeddedStore:
                         self._loaded_generation = generation
                         self._dirty = False
                         return index
-                    # The graph's degree is fixed when it is built: a store saved at another `connectivity` (16
-                    # before ADR 0063's amendment) would keep that graph, and its recall, at the new search breadth.
+                    # The graph's degree and the vectors' dtype are fixed when it is built: a store saved at another
+                    # `connectivity` (16 before ADR 0063's amendment) would keep that graph, and its recall, at the new
+                    # search breadth; one saved at another `vector_dtype` would keep its memory footprint.
                     log.warning(
-                        "knowledge index %s was built with connectivity %d, the setting is %d; rebuilding from SQLite",
-                        self._index_path, index.connectivity, self._connectivity,
+                        "knowledge index %s was built with connectivity %d, vector_dtype %s; the settings are %d, %s: "
+                        "rebuilding from SQLite",
+                        self._index_path, index.connectivity, saved_dtype, self._connectivity, self._vector_dtype,
                     )  # fmt: skip
             except (RuntimeError, ValueError) as exc:
                 log.warning("knowledge index %s unreadable (%s); rebuilding from SQLite", self._index_path, exc)
@@ -171,15 +188,16 @@ class EmbeddedStore:
 
     def _rebuild(self) -> Index:
         index = self._new_index()
-        rows = self._db.execute("SELECT key, vector FROM chunks ORDER BY key").fetchall()
-        if rows:
-            started = time.perf_counter()
+        started = time.perf_counter()
+        cursor = self._db.execute("SELECT key, vector FROM chunks ORDER BY key")
+        while rows := cursor.fetchmany(_REBUILD_BATCH):
             keys = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
             # All cores here (a repair of the whole index, rare): recall can be slightly below an index built
             # document by document (see replace_document), traded for a rebuild that takes half the time.
             index.add(keys, vectors)
-            log.info("rebuilt knowledge index: %d chunks in %.1f s", len(rows), time.perf_counter() - started)
+        if len(index):
+            log.info("rebuilt knowledge index: %d chunks in %.1f s", len(index), time.perf_counter() - started)
         self._loaded_generation = self._generation()
         self._dirty = True
         return index
@@ -277,17 +295,33 @@ class EmbeddedStore:
             self._catch_up(writing=False)
             if len(self._index) == 0:
                 return []
-            matches = self._index.search(query, k)
-            keys = [int(key) for key in matches.keys]
-            scores = {key: 1.0 - float(dist) for key, dist in zip(keys, matches.distances, strict=True)}
-            marks = ",".join("?" * len(keys))
+            if self._vector_dtype == "f32":
+                matches = self._index.search(query, k)
+                keys = [int(key) for key in matches.keys]
+                scores = {key: 1.0 - float(dist) for key, dist in zip(keys, matches.distances, strict=True)}
+            else:
+                scores = self._rescore(query, self._index.search(query, k * self.rerank_factor).keys, k)
+            marks = ",".join("?" * len(scores))
             rows = self._db.execute(
                 f"SELECT key, doc_id, position, title, source, url, heading, text, content_hash FROM chunks"  # noqa: S608
                 f" WHERE key IN ({marks})",
-                keys,
+                list(scores),
             ).fetchall()
         hits = [Hit(Chunk(*row[1:]), scores[row[0]]) for row in rows]
         return sorted(hits, key=lambda h: h.score, reverse=True)
+
+    def _rescore(self, query: Vector, candidates: Vector, k: int) -> dict[int, float]:
+        """The k best candidates by their exact cosine. A quantised index's cosines are approximate (i8: off by ~0.01,
+        enough to reorder near-duplicates); the f32 vectors in SQLite give the scores an f32 index reports. Only the
+        winners' rows are read in full afterwards (building 40 chunks to keep 10 cost more than the re-scoring)."""
+        keys = [int(key) for key in candidates]
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(f"SELECT key, vector FROM chunks WHERE key IN ({marks})", keys).fetchall()  # noqa: S608
+        stored = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self.dim)
+        norms = np.linalg.norm(stored, axis=1) * float(np.linalg.norm(query))
+        cosines = (stored @ query) / np.maximum(norms, np.finfo(np.float32).tiny)
+        best = np.argsort(-cosines)[:k]
+        return {int(rows[i][0]): float(cosines[i]) for i in best}
 
     def count_chunks(self) -> int:
         with self._lock:
