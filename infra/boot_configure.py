@@ -494,6 +494,9 @@ def prepare_play(root: Path, conf: dict[str, str], values: dict[str, Any], priva
             raise BootError(f"secret {conf['secret_id']}: {ISSUING_KEY} and {ISSUING_CERT} are required")
         chain, key = sign_host_certificate(values, list(all_vars.get("tls_domains") or []), 397)
         play_vars |= {"tls_mode": "provided", "tls_provided_certificate": chain, "tls_provided_private_key": key}
+    # No journal shipping from here yet (playbooks/monitoring.yml): its client certificate is signed with the root key,
+    # which stays on the controller, and the issuing CA above may name the service's domain only.
+    play_vars["ai_assistant_log_shipping"] = False
     if isinstance(values.get(ROOT_CERT), str):
         # What the playbooks verify internal links against (the GPU hosts' model server, playbooks/group_vars/all.yml),
         # read on the controller elsewhere; public, but it comes with the secret.

@@ -16,6 +16,7 @@ WEAVIATE_HTTP = 8081  # roles/weaviate: weaviate_port
 WEAVIATE_GRPC = 50051
 MODEL_SERVER = 8089  # roles/model_server: model_server_port (also its /metrics)
 NODE_EXPORTER = 9100
+JOURNAL_REMOTE = 19532  # roles/journal_remote: journal_remote_port (every host's journal to the monitoring host)
 ASSISTANT_METRICS = 9464  # roles/assistant: assistant_metrics_port
 # The green slot's metrics (assistant_green_metrics_port): Prometheus scrapes both colours of every host
 # (playbooks/monitoring.yml), so the monitoring host must reach both while green serves.

@@ -408,6 +408,8 @@ def test_a_group_that_sets_another_tls_mode_gets_no_self_signed_certificate(ca: 
     boot.prepare_play(tmp_path, conf, {"redis_password": "pw-value-123456"}, private)  # pragma: allowlist secret
     play_vars = json.loads((private / "vars.json").read_text())
     assert "tls_mode" not in play_vars and "tls_provided_private_key" not in play_vars
+    # An extra var (above the plays' own): the journal-upload play would otherwise make a CA of its own on this host.
+    assert play_vars["ai_assistant_log_shipping"] is False
     assert oct((private / "vars.json").stat().st_mode & 0o777) == "0o600"
     # With internal_ca in force and no issuing CA in the secret: one line naming what is missing.
     doc["all"]["children"]["assistant"]["vars"] = {}

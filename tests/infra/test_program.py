@@ -546,3 +546,14 @@ def test_the_monitoring_host_reaches_both_colours_metrics(cloud: str) -> None:
     }
     opened = ports_between(run_program(config_for(cloud, "basic")), cloud, to="assistant", src="data")
     assert ports <= opened, f"metrics ports {sorted(ports - opened)} closed to the monitoring (data) host"
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_every_host_reaches_the_log_host(cloud: str) -> None:
+    """Every host's journal-upload posts to journal-remote on the monitoring (data) host (playbooks/monitoring.yml):
+    the port in roles/journal_remote's defaults must be open to it from each role's security group, the data hosts'
+    own included (the second zone's data host)."""
+    port = int(yaml.safe_load((REPO / "roles/journal_remote/defaults/main.yml").read_text())["journal_remote_port"])
+    run = run_program(config_for(cloud, "basic"))
+    for src in ("assistant", "data", "inference"):
+        assert port in ports_between(run, cloud, to="data", src=src), f"{port} closed from {src} to the log host"

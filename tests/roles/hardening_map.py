@@ -69,6 +69,8 @@ def table() -> str:
             test = f"`{c['test']}`" if c.get("test") else ""
             if c.get("default_off"):
                 test = (test + " " if test else "") + f"(default off: {_cell(c['default_off'])})"
+            if c.get("untested"):  # why no VM test can prove it (the one-host VM cannot be in that state)
+                test = (test + " " if test else "") + f"(no VM test: {_cell(c['untested'])})"
         else:
             note = _cell(c.get("na") or c.get("deferred"))
             if c.get("na"):

@@ -112,7 +112,9 @@ def test_argument_specs_match_defaults_in_keys_and_values(role: str) -> None:
             )
             assert isinstance(defaults[name], TYPES[spec["type"]]), f"roles/{role}: {name} is not a {spec['type']}"
             if "choices" in spec:
-                assert defaults[name] in spec["choices"], f"roles/{role}: {name} default is not one of its choices"
+                # A list's choices are its elements' (Ansible's argument spec checks each element).
+                values = defaults[name] if spec["type"] == "list" else [defaults[name]]
+                assert all(v in spec["choices"] for v in values), f"roles/{role}: {name} default is not in its choices"
         else:
             assert name not in defaults, f"roles/{role}: {name} has no spec default but defaults/main.yml sets one"
 

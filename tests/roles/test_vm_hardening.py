@@ -269,6 +269,76 @@ def test_reboot_required_metric_follows_debians_marker(host: Any) -> None:
     assert "node_reboot_required 0" in host.file(str(TEXTFILE)).content_string
 
 
+# --- central logs ---------------------------------------------------------------------------------------------------
+# The VM is its own log host (the monitoring group): its journal-upload posts to journal-remote at the address the
+# inventory names it by, over mutual TLS with certificates from the hand-off's internal CA, like any other host's.
+REMOTE_JOURNALS = "/var/log/journal/remote"
+UPLOAD_URL_PORT = 19532
+
+
+def _remote_lines(host: Any, tag: str) -> list[str]:
+    out = host.run(f"journalctl -D {REMOTE_JOURNALS} -t {tag} --output=cat --no-pager")
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_the_journal_reaches_the_log_host_over_mutual_tls(host: Any) -> None:
+    tag = f"logtest-{int(time.time() * 1000)}"
+    assert host.run(f"logger -t {tag} shipped-once").rc == 0
+    wait_until(lambda: _remote_lines(host, tag), 120, f"the {tag} line in {REMOTE_JOURNALS}", interval=3)
+    assert _remote_lines(host, tag) == ["shipped-once"]
+    # One file per sender, named after its client certificate (the inventory name), not after what it claims.
+    files = host.check_output(f"ls {REMOTE_JOURNALS}")
+    assert "testvm" in files, files
+    assert host.service("systemd-journal-upload").is_enabled
+    # Refused without a client certificate, and with one that the internal CA did not sign; the log host's own
+    # certificate verifies against that CA (curl reaches the HTTP layer: status 401, not a TLS error).
+    probe = f"""set -u
+cd "$(mktemp -d)"
+url=https://127.0.0.1:{UPLOAD_URL_PORT}/upload
+post() {{ curl -sS -o /dev/null -w '%{{http_code}}' --cacert /etc/ssl/ai-assistant/internal-ca.crt \
+  -H 'Content-Type: application/vnd.fdo.journal' --data-binary 'MESSAGE=forged' "$@" "$url" 2>&1; echo " rc=$?"; }}
+echo "none: $(post)"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=testvm -days 1 \
+  -keyout k.pem -out c.pem 2>/dev/null
+echo "other-ca: $(post --cert c.pem --key k.pem)"
+"""
+    out = host.run(probe).stdout
+    results = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    for case in ("none", "other-ca"):
+        code = results.get(case, "")
+        assert not code.startswith(("200", "202")), f"journal-remote took an upload ({case}): {out}"
+        assert code.startswith("401") or "rc=0" not in code, f"not refused as unauthorised ({case}): {out}"
+    forged = host.run(f"journalctl -D {REMOTE_JOURNALS} --output=cat --no-pager | grep -c '^forged$'").stdout.strip()
+    assert forged == "0", f"a refused upload reached the log host's journal ({forged} lines)"
+
+
+def test_the_upload_resumes_after_the_log_host_was_away(host: Any) -> None:
+    """What the role's retry settings exist for: Debian's unit gives up after five quick failures. The line written
+    while the log host is down arrives once it is back, exactly once."""
+    tag = f"logaway-{int(time.time() * 1000)}"
+    units = "systemd-journal-remote.socket systemd-journal-remote.service"
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    restarts = int(host.check_output("systemctl show -p NRestarts --value systemd-journal-upload"))
+    try:
+        assert host.run(f"systemctl stop {units}").rc == 0
+        assert host.run(f"logger -t {tag} written-while-away").rc == 0
+        wait_until(
+            lambda: "failed" in host.run(f"journalctl -u systemd-journal-upload --since '{since}' --no-pager").stdout,
+            120,
+            "journal-upload to notice the log host is away",
+            interval=3,
+        )
+        time.sleep(35)  # past one retry interval (journal_upload_retry_seconds: 30): it must still be retrying
+    finally:
+        assert host.run(f"systemctl start {units}").rc == 0
+    wait_until(lambda: _remote_lines(host, tag), 180, f"the {tag} line after the log host came back", interval=3)
+    time.sleep(5)
+    assert _remote_lines(host, tag) == ["written-while-away"]
+    after = int(host.check_output("systemctl show -p NRestarts --value systemd-journal-upload"))
+    print(f"journal-upload restarts while the log host was away: {after - restarts}")
+    assert host.service("systemd-journal-upload").is_running
+
+
 # --- certificates ---------------------------------------------------------------------------------------------------
 
 
