@@ -339,6 +339,91 @@ def test_the_upload_resumes_after_the_log_host_was_away(host: Any) -> None:
     assert host.service("systemd-journal-upload").is_running
 
 
+# --- file integrity (AIDE) -----------------------------------------------------------------------------------------
+
+AIDE_CHECK = "aide --config=/etc/aide/aide.conf --check"
+AIDE_DB = "/var/lib/aide/aide.db"
+AUDIT_TOOLS = ("auditctl", "auditd", "ausearch", "aureport", "autrace", "augenrules")
+# aide hashes every watched file: tens of seconds under emulation, minutes on a busy runner.
+AIDE_TIMEOUT_S = 900
+
+
+def aide_report_lines(report: str) -> list[str]:
+    """The summary and the file lines of an aide report (what a failure message needs), without the hashes."""
+    head = report.split("Detailed information about changes")[0]
+    return [line for line in head.splitlines() if re.match(r"^(  \w.*entries|[fdl][-+ .!=<>a-zA-Z]*: /)", line)]
+
+
+def test_aide_baseline_holds_the_converged_files(test_vm: TestVM) -> None:
+    """cis_6_3_1 and cis_6_3_3. That a converge leaves a baseline the next converge finds unchanged is
+    test_vm.py::test_second_converge_changes_nothing (its baseline task would report a change). The tests between
+    that converge and this one change watched files on purpose (deploys, re-runs, link_tls), so this one runs
+    site.yml's last play alone, which accepts them, and checks right after it: a difference then is a watched file
+    that changes by itself (a log, state, a lock), which base_integrity_excludes must leave out."""
+    start = time.monotonic()
+    baseline = test_vm.play(REPO / "tests/roles/vm/integrity-baseline.yml", name="aide-baseline")
+    TIMINGS["aide-baseline"] = time.monotonic() - start
+    assert baseline.rc == 0 and baseline.failed == 0, f"aide-baseline failed (log {baseline.log}):\n{baseline.tail()}"
+    start = time.monotonic()
+    out = test_vm.ssh(
+        f"{AIDE_CHECK}; echo aide-rc=$?; zcat {AIDE_DB} | grep -E '^(@@db_spec|/usr/sbin/au[a-z]+ )'",
+        timeout=AIDE_TIMEOUT_S,
+    ).stdout
+    TIMINGS["aide --check"] = time.monotonic() - start
+    rc = re.search(r"^aide-rc=(\d+)$", out, re.M)
+    assert rc and rc.group(1) == "0", f"aide --check right after the baseline: {aide_report_lines(out)[:60]}"
+    # The entries of the audit tools, by the database's own column names: the CIS 6.3.3 rule (sha512, no times)
+    # applies to them, not the broader rule of /usr/sbin (which records times).
+    spec = re.search(r"^@@db_spec (.*)$", out, re.M)
+    assert spec, out[-2000:]
+    columns = spec.group(1).split()
+    entries = {
+        line.split()[0].rsplit("/", 1)[1]: dict(zip(columns, line.split(), strict=False))
+        for line in out.splitlines()
+        if line.startswith("/usr/sbin/au")
+    }
+    for tool in AUDIT_TOOLS:
+        entry = entries.get(tool)
+        assert entry, f"/usr/sbin/{tool} is not in the AIDE database: {sorted(entries)}"
+        assert entry["sha512"] not in ("", "0") and entry["mtime"] == "0" and entry["ctime"] == "0", (tool, entry)
+
+
+def test_the_daily_aide_check_reports_a_planted_file(test_vm: TestVM, host: Any) -> None:
+    """cis_6_3_2: the daily unit itself, its report in the journal. A new program in /usr/local/sbin, removed
+    afterwards (directories are watched without their times, so the removal leaves nothing to report)."""
+    planted = f"/usr/local/sbin/aide-planted-{int(time.time())}"
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    unit = "ai-assistant-aide-check.service"
+    try:
+        start = time.monotonic()
+        run = test_vm.ssh(
+            f"printf '#!/bin/sh\\n' > {planted} && chmod 0755 {planted} && systemctl start {unit}; "
+            f"echo start-rc=$?; systemctl show -P ExecMainStatus {unit}",
+            timeout=AIDE_TIMEOUT_S,
+        )
+        TIMINGS["aide check unit"] = time.monotonic() - start
+        journal = f"journalctl -u {unit} --since '{since}' -o cat --no-pager"
+        wait_until(lambda: planted in host.run(journal).stdout, 30, f"{planted} in the unit's journal", 2)
+    finally:
+        host.run(f"rm -f {planted}")
+    lines = run.stdout.split()
+    # aide --check exits with 1 (added) or'ed with 2 and 4 for other differences; the unit fails with it.
+    assert "start-rc=0" not in lines and int(lines[-1]) & 1, (run.stdout, run.stderr)
+    report = host.run(journal).stdout
+    assert any(line.startswith("f+") and line.endswith(f": {planted}") for line in report.splitlines()), (
+        aide_report_lines(report)[:60]
+    )
+
+
+def test_the_daily_aide_check_is_scheduled(host: Any) -> None:
+    """cis_6_3_2: the role's timer, and Debian's own (which would run its script on a database of its own) masked."""
+    out = host.run(
+        "systemctl is-enabled ai-assistant-aide-check.timer dailyaidecheck.timer; "
+        "systemctl is-active ai-assistant-aide-check.timer"
+    ).stdout.split()
+    assert out == ["enabled", "masked", "active"], out
+
+
 # --- certificates ---------------------------------------------------------------------------------------------------
 
 
