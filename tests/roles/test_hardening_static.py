@@ -136,3 +136,71 @@ def test_sshd_accepts_the_drop_in(tmp_path: Path) -> None:
         render("base", "sshd-hardening.conf.j2", {"base_ssh_ciphers": ["nonesuch-cipher"]}) + f"HostKey {key}\n"
     )
     assert subprocess.run([sshd, "-t", "-f", str(bad)], capture_output=True, timeout=60).returncode != 0
+
+
+# --- AppArmor: the service's profile (roles/assistant templates/apparmor-ai-assistant.j2) ----------------------------
+
+ASSISTANT = yaml.safe_load((REPO / "roles/assistant/defaults/main.yml").read_text(encoding="utf-8"))
+
+
+def _profile_rules(extra: dict[str, object] | None = None) -> list[tuple[str, str]]:
+    """(path, permissions) of every file rule in the rendered profile, `owner` and `deny` rules included."""
+    text = render("assistant", "apparmor-ai-assistant.j2", extra or {})
+    rules = []
+    for line in text.splitlines():
+        m = re.match(r'^\s*(?:owner\s+|deny\s+)?("/[^"]+"|/\S+|@\{\w+\}\S*)\s+([rwakmlix]+),\s*$', line)
+        if m:
+            rules.append((m.group(1).strip('"'), m.group(2)))
+    return rules
+
+
+def test_the_service_profile_writes_only_its_state_and_runs_no_program() -> None:
+    rules = _profile_rules()
+    assert rules, "no file rule found in the rendered profile"
+    writable = sorted({path for path, perms in rules if set(perms) & set("wal")})
+    data = ASSISTANT["assistant_data_dir"]
+    assert writable == sorted(
+        [f"{data}/", f"{data}/**", "/tmp/**", "/var/tmp/**", "@{PROC}/@{pid}/task/@{tid}/comm"]
+    ), writable
+    # The only program: ldconfig, which ctypes.util.find_library runs and which reads the linker cache.
+    assert [path for path, perms in rules if "x" in perms] == ["/{usr/,}sbin/ldconfig"]
+    # Nothing the service writes may be mapped executable (W^X across the profile).
+    assert not [path for path, perms in rules if "m" in perms and path in writable]
+    config = ASSISTANT["assistant_config_dir"]
+    assert (f"{config}/**", "r") in rules and (f"{ASSISTANT['assistant_install_dir']}/**", "mr") in rules
+
+
+def test_the_service_profile_mode_and_extra_rules_follow_the_variables() -> None:
+    enforce = render("assistant", "apparmor-ai-assistant.j2", {})
+    assert "profile ai-assistant flags=(attach_disconnected) {" in enforce
+    complain = render(
+        "assistant",
+        "apparmor-ai-assistant.j2",
+        {"assistant_apparmor_mode": "complain", "assistant_apparmor_extra_rules": ["/srv/models/** r,", "/srv/x r"]},
+    )
+    assert "profile ai-assistant flags=(attach_disconnected,complain) {" in complain
+    assert "  /srv/models/** r,\n" in complain and "  /srv/x r,\n" in complain
+
+
+def test_the_unit_names_the_profile_only_when_the_role_loads_it() -> None:
+    assert "\nAppArmorProfile=ai-assistant\n" in render("assistant", "ai-assistant.service.j2", {})
+    off = render("assistant", "ai-assistant.service.j2", {"assistant_apparmor_enabled": False})
+    assert "AppArmorProfile" not in off
+
+
+def test_apparmor_parser_accepts_the_service_profile(tmp_path: Path) -> None:
+    """Debian 12's parser compiles the rendered profile (the role validates it the same way before installing it), and
+    refuses a broken one, so the check is not vacuous."""
+    parser = shutil.which("apparmor_parser") or next(
+        (p for p in ("/sbin/apparmor_parser", "/usr/sbin/apparmor_parser") if Path(p).exists()), None
+    )
+    if parser is None or not Path("/etc/apparmor.d/tunables/global").exists():
+        pytest.skip("apparmor is not installed on this machine; the VM converge validates the profile")
+    for name, extra in (("default", {}), ("complain", {"assistant_apparmor_mode": "complain"})):
+        profile = tmp_path / name
+        profile.write_text(render("assistant", "apparmor-ai-assistant.j2", extra))
+        done = subprocess.run([parser, "-Q", "-K", str(profile)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{name}: {done.stderr}"
+    bad = tmp_path / "bad"
+    bad.write_text(render("assistant", "apparmor-ai-assistant.j2", {"assistant_apparmor_extra_rules": ["/srv rq"]}))
+    assert subprocess.run([parser, "-Q", "-K", str(bad)], capture_output=True, timeout=120).returncode != 0

@@ -154,6 +154,127 @@ def test_dev_shm_allows_no_devices_setuid_or_executables(host: Any) -> None:
     assert run.rc != 0 and "ran" not in run.stdout
 
 
+# --- AppArmor (CIS 1.3.1) ----------------------------------------------------------------------------------------
+
+ASSISTANT_DEFAULTS: dict[str, Any] = yaml.safe_load(
+    (REPO / "roles/assistant/defaults/main.yml").read_text(encoding="utf-8")
+)
+PROFILE = "ai-assistant"
+# One shell for every check (each process start costs 0.1-0.3 s under emulation): the kernel switch, apparmor.service,
+# the label of every process in either colour's cgroup (builtins only), then every loaded profile with its mode.
+APPARMOR_STATE = r"""
+printf 'enabled=%s\n' "$(cat /sys/module/apparmor/parameters/enabled)"
+printf 'service=%s/%s\n' "$(systemctl is-enabled apparmor)" "$(systemctl is-active apparmor)"
+for unit in ai-assistant ai-assistant-green; do
+  procs=/sys/fs/cgroup/system.slice/$unit.service/cgroup.procs
+  [ -r "$procs" ] || continue
+  while read -r pid; do
+    read -r label < "/proc/$pid/attr/current"; printf 'process=%s %s %s\n' "$unit" "$pid" "$label"
+  done < "$procs"
+done
+echo '--- profiles'
+cat /sys/kernel/security/apparmor/profiles
+"""
+# Runs in the guest as root under the service's profile (aa-exec, from the apparmor package the roles install): root
+# may read /etc/shadow, list /root, run /bin/sh and write /etc/ai-assistant as far as file permissions go, so every
+# refusal here is the profile's. The configuration read is the control: the profile does let it through.
+APPARMOR_PROBE = r"""
+import json, os, subprocess, sys
+config = sys.argv[1]
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except PermissionError:
+        return "refused"
+    except OSError as exc:
+        return f"error {exc}"
+def write_config():
+    path = os.path.join(config, "apparmor-probe")
+    with open(path, "w") as f:
+        f.write("x")
+    os.unlink(path)
+print(json.dumps({
+    "pid": os.getpid(),
+    "read config": attempt(lambda: open(os.path.join(config, "assistant.yaml")).read()),
+    "read /etc/shadow": attempt(lambda: open("/etc/shadow").read()),
+    "list /root": attempt(lambda: os.listdir("/root")),
+    "run /bin/sh": attempt(lambda: subprocess.run(["/bin/sh", "-c", "true"], check=False)),
+    "write config": attempt(write_config),
+}))
+"""
+# The kernel's AppArmor records (auditd writes them to audit.log; rotated files keep their names with .N).
+APPARMOR_RECORDS = (
+    "cat /var/log/audit/audit.log* 2>/dev/null | grep -a 'profile=\"" + PROFILE + "\"' "
+    "| grep -a -E 'apparmor=\"(DENIED|ALLOWED)\"' || true"
+)
+
+
+def test_apparmor_is_enabled_and_every_profile_enforces_or_complains(host: Any) -> None:
+    """CIS 1.3.1.1-1.3.1.3, and the service's processes under its profile in enforce mode."""
+    out = host.check_output(APPARMOR_STATE)
+    head, _, profiles = out.partition("--- profiles\n")
+    facts = [line.partition("=") for line in head.splitlines()]
+    assert ("enabled", "=", "Y") in facts, f"AppArmor is not on in the running kernel:\n{out}"
+    assert ("service", "=", "enabled/active") in facts, f"apparmor.service:\n{out}"
+    loaded = [line for line in profiles.splitlines() if line.strip()]
+    other = [line for line in loaded if not re.search(r" \((enforce|complain)\)$", line)]
+    assert not other, f"profiles neither enforcing nor complaining (CIS 1.3.1.3): {other}"
+    mode = ASSISTANT_DEFAULTS["assistant_apparmor_mode"]
+    assert f"{PROFILE} ({mode})" in loaded, f"the service's profile is not loaded in {mode} mode: {loaded}"
+    labels = [value.split(" ", 2) for key, _, value in facts if key == "process"]
+    assert any(unit == "ai-assistant" for unit, _, _ in labels), f"no process in ai-assistant.service:\n{out}"
+    unconfined = [(unit, pid, label) for unit, pid, label in labels if label != f"{PROFILE} ({mode})"]
+    assert not unconfined, f"service processes not under {PROFILE} ({mode}): {unconfined}"
+
+
+def test_the_service_profile_refuses_secrets_shells_and_writes_outside_its_state(host: Any) -> None:
+    """What the profile forbids, tried under it as root (file permissions would allow every one of them), and the
+    kernel's DENIED records that name this profile for them."""
+    config = ASSISTANT_DEFAULTS["assistant_config_dir"]
+    # auditd writes the kernel's records as they come; the loop waits (a second at a time) for the probe's own.
+    done = host.run(
+        f"out=$(mktemp); aa-exec -p {PROFILE} -- /usr/bin/python3 -I - {config} > $out <<'EOF'\n{APPARMOR_PROBE}\nEOF\n"
+        "rc=$?; cat $out; pid=$(sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p' $out); rm -f $out\n"
+        "for i in 1 2 3 4 5 6 7 8 9 10; do"
+        ' grep -a "pid=$pid " /var/log/audit/audit.log | grep -q -a \'name="/etc/shadow"\' && break; sleep 1; done\n'
+        f"echo '--- records'; {APPARMOR_RECORDS}; exit $rc"
+    )
+    out, _, records = done.stdout.partition("--- records\n")
+    assert done.rc == 0 and out.strip(), f"the probe did not run under {PROFILE}: {done.stdout} {done.stderr}"
+    result = json.loads(out.strip().splitlines()[-1])
+    pid = result.pop("pid")
+    assert result == {
+        "read config": "allowed",
+        "read /etc/shadow": "refused",
+        "list /root": "refused",
+        "run /bin/sh": "refused",
+        "write config": "refused",
+    }, f"{result}\n{done.stderr}"
+    mine = [line for line in records.splitlines() if f"pid={pid} " in line]
+    assert any('name="/etc/shadow"' in line and 'apparmor="DENIED"' in line for line in mine), (
+        f"no DENIED record of {PROFILE} for /etc/shadow (pid {pid}):\n{records[-3000:]}"
+    )
+
+
+# After the whole suite (its deploys, backups and reboot included; order 1: after test_vm.py's reboot test, before
+# the SSH rate-limit test that throttles the runner): every access the service's profile refused, or would have refused
+# in complain mode. None is expected; each one printed names the path and the permission the profile lacks.
+@pytest.mark.vm_last(order=1)
+def test_the_service_profile_refused_nothing_the_service_did(host: Any) -> None:
+    lines = host.check_output(APPARMOR_RECORDS).splitlines()
+    # The refusal test's own probe runs as python3; the service's processes are ai-assistant (its command's name).
+    service = [line for line in lines if 'comm="python3"' not in line]
+    fields = ("apparmor", "operation", "name", "comm", "requested_mask", "denied_mask")
+    seen: dict[tuple[str, ...], int] = {}
+    for line in service:
+        key = tuple(f"{f}={m.group(1)}" for f in fields if (m := re.search(rf'\b{f}="?([^" ]*)"?', line)))
+        seen[key] = seen.get(key, 0) + 1
+    report = "\n".join(f"  {n}x {' '.join(key)}" for key, n in sorted(seen.items()))
+    print(f"\nAppArmor records of {PROFILE} from the service: {len(service)}\n{report}")
+    assert not service, f"the {PROFILE} profile refused (or, in complain mode, would refuse) the service:\n{report}"
+
+
 def fresh_ssh(test_vm: TestVM, command: str, *options: str) -> subprocess.CompletedProcess[str]:
     """A new SSH connection (not the shared control connection, which predates the converge): a new PAM session,
     with the converged sshd's algorithms, banner and limits. `options` are extra `-o` settings (a refused cipher).
