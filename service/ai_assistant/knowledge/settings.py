@@ -53,10 +53,10 @@ class VectorStoreSettings(_Section):
     connectivity: int = Field(32, ge=4, le=64)
     expansion_add: int = Field(400, ge=16, le=1024)
     expansion_search: int = Field(96, ge=16, le=1024)
-    # f16 halves the vectors' memory, i8 quarters it; a quantised index is searched for more candidates, which are
-    # re-scored with the f32 vectors from SQLite (docs/benchmarks.md, "1M chunks"). A saved index of another dtype
-    # is rebuilt on open, like one of another connectivity.
-    vector_dtype: VectorDType = Field("f32", description="f32 | f16 | i8: the index's vector storage")
+    # i8 needs a third of f32's index memory and builds and searches faster; a quantised index is searched for 4x k
+    # candidates, which are re-scored with the f32 vectors from SQLite, for f32's recall (ADR 0064, docs/benchmarks.md
+    # "Quantised index vectors"). A saved index of another dtype is rebuilt on open, like one of another connectivity.
+    vector_dtype: VectorDType = Field("i8", description="f32 | f16 | i8: the index's vector storage")
 
 
 class KnowledgeSettings(_Section):
