@@ -13,7 +13,8 @@ And a third, issue 23 item 4: the answer crosses the GPU layout's TLS link. Befo
 added to the `inference` group, in front of the VM's llama.cpp instead of TGI (both speak the same API on loopback
 port 8089); the switched assistant calls https://<private address>:8089/v1 and verifies the certificate against the
 hand-off's internal CA (`engine.ca_file`), as an assistant host calls a GPU host. The restore puts the inventory's own
-engine back (llama.cpp on loopback) and stops the link.
+engine back (llama.cpp on loopback) and runs the link play again without the `inference` group: the model link goes,
+the link instance stays for the log host's journal link (the VM is its own log host, test_vm_hardening.py).
 
 Stand-in, because the Bot API cannot be reached here: tests/connectors/standin.py's Telegram server (getUpdates,
 sendMessage) on the runner's loopback, which the guest reaches as 10.0.2.2 through slirp. Everything else is real: the
@@ -148,8 +149,20 @@ def egress_only(
         back = test_vm.play(SITE, "--tags", TAGS, name="egress-only-restore")
         TIMINGS["egress-only restore"] = time.monotonic() - start
         platform.stop()
-        test_vm.ssh("systemctl disable --now link-tls", timeout=120)
+        # The link instance stays: it also carries the log host's journal link (the VM is its own log host). Without
+        # the inference group its model link goes, and the private address's 8089 with it.
+        start = time.monotonic()
+        unlinked = test_vm.play(SITE, "--tags", "link_tls", name="link-tls-restore")
+        TIMINGS["link-tls restore"] = time.monotonic() - start
         assert back.rc == 0 and back.failed == 0, f"restoring the VM failed (log {back.log}):\n{back.tail()}"
+        assert unlinked.rc == 0 and unlinked.failed == 0, f"the link restore failed (log {unlinked.log})"
+        address = test_vm.ssh("ip -4 -o route get 192.0.2.1").stdout.split(" src ")[1].split()[0]
+        wait_until(
+            lambda: f"{address}:8089" not in test_vm.ssh("ss -Hltn 'sport = :8089'").stdout,
+            60,
+            "the model link to close after the restore (nginx reload)",
+            2,
+        )
         assert probe(test_vm.vm.ports["https"]) in ("answered", "closed"), "443 is not back for the next modules"
         assert "policy accept;" in test_vm.ssh("nft list chain inet filter output").stdout, "egress still dropped"
 
