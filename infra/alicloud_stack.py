@@ -206,11 +206,10 @@ class SecurityGroups(pulumi.ComponentResource):
         ingress("inference-from-assistant", self.inference, MODEL_SERVER, src=self.assistant)
         ingress("inference-node-metrics-from-data", self.inference, NODE_EXPORTER, src=self.data)
         ingress("inference-metrics-from-data", self.inference, MODEL_SERVER, src=self.data)
-        # Every host's journal to journal-remote on the monitoring (data) host (playbooks/monitoring.yml).
-        for src, role in ((self.assistant, "assistant"), (self.data, "data"), (self.inference, "inference")):
-            ingress(f"data-journal-from-{role}", self.data, JOURNAL_REMOTE, src=src)
         for sg, role in ((self.assistant, "assistant"), (self.data, "data"), (self.inference, "inference")):
             ingress(f"{role}-ssh-from-bastion", sg, SSH, src=self.bastion)
+            # Every host's journal to journal-remote on the monitoring (data) host (playbooks/monitoring.yml).
+            ingress(f"data-journal-from-{role}", self.data, JOURNAL_REMOTE, src=sg)
         for i, cidr in enumerate(conf.admin_cidrs):
             ingress(f"bastion-ssh-{i}", self.bastion, SSH, cidr=cidr)
         self.register_outputs({"lb": self.lb.id if self.lb else None, "assistant": self.assistant.id})
