@@ -225,6 +225,31 @@ def test_the_gpu_hosts_model_server_is_reached_over_tls_checked_against_the_inte
         assert {int(r["port"]) for r in v["firewall_extra_rules"]} == {8089}, host
 
 
+def test_the_log_host_fronts_journal_remote_with_mutual_tls_for_every_host(stack_run: Get, tmp_path: Path) -> None:
+    # One log host (the monitoring host, a data host): its link carries the journal with client verification, and its
+    # firewall admits that port from every host of the estate; the other data host has neither.
+    run = stack_run("aws", "standard")
+    children = yaml.safe_load(handoff(run)[0])["all"]["children"]
+    [monitor] = children["monitoring"]["hosts"]
+    estate = {
+        f"{h['ansible_host']}/32"
+        for group in ("assistant", "data", "inference")
+        for h in (children.get(group, {}).get("hosts") or {}).values()
+        if h
+    }
+    data = resolve(run, tmp_path / "d", ("ai_assistant_log_host", "link_tls_links", "firewall_extra_rules"), "data")
+    assert len(data) == 2 and monitor in data, sorted(data)
+    for host, v in data.items():
+        assert v["ai_assistant_log_host"] == monitor, host
+        opened = {cidr for r in v["firewall_extra_rules"] if int(r["port"]) == 19532 for cidr in r["cidrs"]}
+        links = [(link["name"], int(link["port"]), link.get("verify_client")) for link in v["link_tls_links"]]
+        if host == monitor:
+            assert links == [("journal", 19532, True)], host
+            assert opened == estate, host
+        else:
+            assert links == [] and opened == set(), host
+
+
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
 def test_no_playbook_group_vars_file_overrides_what_the_stack_sets(stack_run: Get, cloud: str) -> None:
     # Ansible ranks playbooks/group_vars above the inventory's own group variables (its `all` vars included): a default

@@ -453,6 +453,11 @@ BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
         "model_server_llamacpp_wheelhouse: no uv-*.whl in /nonexistent on the controller",
     ),
     "weaviate-unknown-tier": ("weaviate", {"weaviate_tier": "huge"}, "weaviate_tier"),
+    "journal-upload-plain-http": (
+        "journal_upload",
+        {"journal_upload_url": "http://10.0.3.10:19532"},
+        "journal_upload_url: expected https://ADDRESS:PORT",
+    ),
     "backup-no-bucket": ("backup", {"backup_s3_endpoint": "s3.eu-west-1.amazonaws.com"}, "backup_bucket"),
     "backup-short-key": (
         "backup",
