@@ -349,7 +349,10 @@ def test_the_extra_rules_and_enforce_reach_the_profile() -> None:
 
 
 def test_switches_turn_the_profiles_off() -> None:
-    assert render_service_profile("nginx", {"reverse_proxy_apparmor_enabled": False})[0]["apparmor_profile_enabled"] is False
+    assert (
+        render_service_profile("nginx", {"reverse_proxy_apparmor_enabled": False})[0]["apparmor_profile_enabled"]
+        is False
+    )
     # The blackbox exporter is profiled only where the role runs it.
     off = render_service_profile("prometheus-blackbox-exporter", {"prometheus_tls_probe_targets": []})[0]
     assert off["apparmor_profile_enabled"] is False
@@ -380,7 +383,7 @@ def test_apparmor_parser_accepts_every_service_profile(name: str, tmp_path: Path
     """Debian 12's parser compiles each rendered profile in both modes, as the role's validate does before the file
     reaches /etc/apparmor.d."""
     parser = _parser()
-    role, prefix = SERVICE_PROFILES[name][:2]
+    prefix = SERVICE_PROFILES[name][1]
     switch = "prometheus" if prefix == "prometheus_blackbox" else prefix
     for mode in ("complain", "enforce"):
         profile = tmp_path / f"{name}-{mode}"
