@@ -204,3 +204,189 @@ def test_apparmor_parser_accepts_the_service_profile(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.write_text(render("assistant", "apparmor-ai-assistant.j2", {"assistant_apparmor_extra_rules": ["/srv rq"]}))
     assert subprocess.run([parser, "-Q", "-K", str(bad)], capture_output=True, timeout=120).returncode != 0
+
+
+# --- AppArmor: every other service's profile (roles/apparmor_profile, the rules in each calling role's vars) ---------
+
+from airgap.apt import flat_tasks  # noqa: E402
+
+# Profile -> (calling role, its variable prefix, what the profile may write, what it may run). The writable paths and
+# programs are the claims of docs/hardening.md's apparmor_* rows and the roles' READMEs.
+SERVICE_PROFILES: dict[str, tuple[str, str, set[str], set[str]]] = {
+    "redis-server": (
+        "redis",
+        "redis",
+        {"/data/redis/**", "/var/log/redis/*.log", "@{run}/redis/redis-server.pid", "@{run}/systemd/notify"},
+        set(),
+    ),
+    "nginx": (
+        "reverse_proxy",
+        "reverse_proxy",
+        {"/var/log/nginx/*.log", "/var/lib/nginx/**", "@{run}/nginx.pid"},
+        {"/{usr/,}sbin/start-stop-daemon"},
+    ),
+    "link-tls": ("link_tls", "link_tls", {"@{run}/link-tls/**"}, {"/{usr/,}bin/kill"}),
+    "prometheus": (
+        "prometheus",
+        "prometheus",
+        {"/var/lib/prometheus/metrics2/", "/var/lib/prometheus/metrics2/**"},
+        {"/{usr/,}bin/kill"},
+    ),
+    "prometheus-blackbox-exporter": ("prometheus", "prometheus_blackbox", set(), {"/{usr/,}bin/kill"}),
+    "prometheus-alertmanager": (
+        "alertmanager",
+        "alertmanager",
+        {"/var/lib/prometheus/alertmanager/", "/var/lib/prometheus/alertmanager/**"},
+        {"/{usr/,}bin/kill"},
+    ),
+    "prometheus-node-exporter": ("node_exporter", "node_exporter", set(), {"/{usr/,}bin/kill"}),
+    "model-server": (
+        "model_server",
+        "model_server",
+        {"/tmp/**", "/var/tmp/**", "@{PROC}/@{pid}/task/@{tid}/comm"},
+        set(),
+    ),
+}
+# What makes a profile's include switched on where the role's own condition also applies.
+PROFILE_EXTRA: dict[str, dict[str, object]] = {
+    "prometheus-blackbox-exporter": {"prometheus_tls_probe_targets": ["assistant.example.com:443"]},
+}
+_FILE_RULE = re.compile(r'^\s*(?:owner\s+|deny\s+)?("/[^"]+"|/\S+|@\{\w+\}\S*)\s+([rwakmlixPUuC]+),\s*$')
+
+
+def apparmor_includes() -> dict[str, tuple[str, str, dict[str, object]]]:
+    """Profile name -> (role, task, the include's vars) for every include_role of roles/apparmor_profile."""
+    found: dict[str, tuple[str, str, dict[str, object]]] = {}
+    for path in sorted((REPO / "roles").glob("*/tasks/*.yml")):
+        for task in flat_tasks(yaml.safe_load(path.read_text(encoding="utf-8"))):
+            spec = task.get("ansible.builtin.include_role")
+            if isinstance(spec, dict) and spec.get("name") == "apparmor_profile":
+                name = str(task["vars"]["apparmor_profile_name"])
+                assert name not in found, f"two includes write the {name} profile"
+                found[name] = (path.parts[-3], str(task.get("name")), dict(task["vars"]))
+    return found
+
+
+def _role_vars(role: str) -> dict[str, object]:
+    variables: dict[str, object] = {}
+    for rel in ("defaults/main.yml", "vars/main.yml"):
+        if (REPO / "roles" / role / rel).exists():
+            variables.update(yaml.safe_load((REPO / "roles" / role / rel).read_text(encoding="utf-8")) or {})
+    return variables
+
+
+def render_service_profile(name: str, extra: dict[str, object] | None = None) -> tuple[dict[str, object], str]:
+    """The include's vars as the calling role passes them (templated with its defaults, vars and `extra`), and the
+    profile roles/apparmor_profile renders from them."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+
+    role, _, include_vars = apparmor_includes()[name]
+
+    def trust(value: object) -> object:
+        # Role files are trusted templates when Ansible loads them, nested ones (a rule list's items) included.
+        if isinstance(value, str):
+            return trust_as_template(value)
+        if isinstance(value, list):
+            return [trust(v) for v in value]
+        if isinstance(value, dict):
+            return {k: trust(v) for k, v in value.items()}
+        return value
+
+    def trusted(values: dict[str, object]) -> dict[str, object]:
+        return {k: trust(v) for k, v in values.items()}
+
+    caller = trusted(_role_vars(role) | PROFILE_EXTRA.get(name, {}) | (extra or {}))
+    loader = DataLoader()
+    passed = {k: Templar(loader=loader, variables=caller).template(v) for k, v in trusted(include_vars).items()}
+    variables = trusted(_role_vars("apparmor_profile") | {"ansible_managed": "Managed by Ansible"} | passed)
+    loader.set_basedir(str(REPO / "roles/apparmor_profile"))
+    source = (REPO / "roles/apparmor_profile/templates/profile.j2").read_text(encoding="utf-8")
+    return passed, str(Templar(loader=loader, variables=variables).template(trust_as_template(source)))
+
+
+def test_every_service_includes_the_profile_role_with_its_own_switch_mode_and_extra_rules() -> None:
+    found = apparmor_includes()
+    assert sorted(found) == sorted(SERVICE_PROFILES), sorted(found)
+    for name, (role, prefix, _, _) in SERVICE_PROFILES.items():
+        where, task, include_vars = found[name]
+        assert where == role, f"{name} is included by roles/{where}, not roles/{role}"
+        switch = "prometheus" if prefix == "prometheus_blackbox" else prefix
+        assert f"{switch}_apparmor_enabled" in str(include_vars["apparmor_profile_enabled"]), (name, include_vars)
+        assert str(include_vars["apparmor_profile_mode"]) == f"{{{{ {switch}_apparmor_mode }}}}", (name, include_vars)
+        assert f"{prefix}_apparmor_extra_rules" in str(include_vars["apparmor_profile_rules"]), (name, include_vars)
+        # The first VM run logs, refusing nothing: every role's default mode is complain until its records are none.
+        assert _role_vars(role)[f"{switch}_apparmor_mode"] == "complain", f"roles/{role}: {switch}_apparmor_mode"
+        assert include_vars["apparmor_profile_units"] == [f"{name}.service"], (name, include_vars)
+        assert task.endswith(f"| apparmor_{task.rsplit('apparmor_', 1)[-1]}"), task
+
+
+@pytest.mark.parametrize("name", sorted(SERVICE_PROFILES))
+def test_each_service_profile_writes_and_runs_only_what_its_row_says(name: str) -> None:
+    passed, text = render_service_profile(name)
+    assert passed["apparmor_profile_enabled"] is True, f"{name}: switched off by the role's defaults"
+    assert f"\nprofile {name} flags=(attach_disconnected,complain) {{\n" in text, text[:1500]
+    assert "\n  include <abstractions/base>\n" in text
+    rules = [(m.group(1).strip('"'), m.group(2)) for line in text.splitlines() if (m := _FILE_RULE.match(line))]
+    assert rules, f"{name}: no file rule found in the rendered profile"
+    _, _, writable, programs = SERVICE_PROFILES[name]
+    assert {path for path, perms in rules if set(perms) & set("wal")} == writable, rules
+    assert {path for path, perms in rules if set(perms) & set("xPUuC")} == programs, rules
+    # Whatever may be written is never mapped executable.
+    assert not [path for path, perms in rules if "m" in perms and set(perms) & set("wa")], rules
+    # Rules are inside the profile and every item became one rule: no item's trailing comma doubled.
+    assert ",," not in text and text.rstrip().endswith("}")
+
+
+def test_the_extra_rules_and_enforce_reach_the_profile() -> None:
+    _, text = render_service_profile(
+        "redis-server", {"redis_apparmor_mode": "enforce", "redis_apparmor_extra_rules": ["/srv/tls/** r,", "/srv/x r"]}
+    )
+    assert "\nprofile redis-server flags=(attach_disconnected) {\n" in text
+    assert "  /srv/tls/** r,\n" in text and "  /srv/x r,\n" in text
+    # Abstractions are written as they are: an include takes no comma.
+    assert "  include <abstractions/nameservice>\n" in text
+
+
+def test_switches_turn_the_profiles_off() -> None:
+    assert (
+        render_service_profile("nginx", {"reverse_proxy_apparmor_enabled": False})[0]["apparmor_profile_enabled"]
+        is False
+    )
+    # The blackbox exporter is profiled only where the role runs it.
+    off = render_service_profile("prometheus-blackbox-exporter", {"prometheus_tls_probe_targets": []})[0]
+    assert off["apparmor_profile_enabled"] is False
+    # TGI runs in a container under podman's profile: the llama.cpp profile is for the llamacpp backend only.
+    tgi = render_service_profile("model-server", {"model_server_backend": "tgi"})[0]
+    assert tgi["apparmor_profile_enabled"] is False
+
+
+def test_the_blackbox_profile_has_no_raw_socket() -> None:
+    """Its one module is a TLS handshake (templates/blackbox.yml.j2): an ICMP module would need raw sockets."""
+    module = render("prometheus", "blackbox.yml.j2", {})
+    assert "prober: icmp" not in module
+    rules = [line for line in render_service_profile("prometheus-blackbox-exporter")[1].splitlines() if "#" not in line]
+    assert not [line for line in rules if re.search(r"\b(inet6?|packet) raw|net_raw", line)], rules
+
+
+def _parser() -> str:
+    parser = shutil.which("apparmor_parser") or next(
+        (p for p in ("/sbin/apparmor_parser", "/usr/sbin/apparmor_parser") if Path(p).exists()), None
+    )
+    if parser is None or not Path("/etc/apparmor.d/tunables/global").exists():
+        pytest.skip("apparmor is not installed on this machine; the VM converge validates the profiles")
+    return parser
+
+
+@pytest.mark.parametrize("name", sorted(SERVICE_PROFILES))
+def test_apparmor_parser_accepts_every_service_profile(name: str, tmp_path: Path) -> None:
+    """Debian 12's parser compiles each rendered profile in both modes, as the role's validate does before the file
+    reaches /etc/apparmor.d."""
+    parser = _parser()
+    prefix = SERVICE_PROFILES[name][1]
+    switch = "prometheus" if prefix == "prometheus_blackbox" else prefix
+    for mode in ("complain", "enforce"):
+        profile = tmp_path / f"{name}-{mode}"
+        profile.write_text(render_service_profile(name, {f"{switch}_apparmor_mode": mode})[1])
+        done = subprocess.run([parser, "-Q", "-K", str(profile)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{name} ({mode}): {done.stderr}"

@@ -257,24 +257,107 @@ def test_the_service_profile_refuses_secrets_shells_and_writes_outside_its_state
     )
 
 
+# Every other service under its own profile (roles/apparmor_profile; docs/adr/0119-apparmor-profiles-for-every-
+# service.md): profile -> (unit, the role whose <prefix>_apparmor_mode sets its mode). blackbox_exporter runs only with
+# prometheus_tls_probe_targets, which the VM leaves empty: checked when its unit is there.
+SERVICE_PROFILES: dict[str, tuple[str, str]] = {
+    "redis-server": ("redis-server", "redis"),
+    "nginx": ("nginx", "reverse_proxy"),
+    "link-tls": ("link-tls", "link_tls"),
+    "prometheus": ("prometheus", "prometheus"),
+    "prometheus-alertmanager": ("prometheus-alertmanager", "alertmanager"),
+    "prometheus-node-exporter": ("prometheus-node-exporter", "node_exporter"),
+    "model-server": ("model-server", "model_server"),
+    "prometheus-blackbox-exporter": ("prometheus-blackbox-exporter", "prometheus"),
+}
+OPTIONAL_UNITS = {"prometheus-blackbox-exporter"}
+
+
+def _service_mode(role: str) -> str:
+    defaults = yaml.safe_load((REPO / f"roles/{role}/defaults/main.yml").read_text(encoding="utf-8"))
+    return str(defaults[f"{role}_apparmor_mode"])
+
+
+# One shell for all of them: the label of every process in each unit's cgroup (builtins only; a process that exits
+# between the list and its label is skipped), then the loaded profiles.
+SERVICE_LABELS = (
+    "for unit in " + " ".join(unit for unit, _ in SERVICE_PROFILES.values()) + "; do\n"
+    r"""  procs=/sys/fs/cgroup/system.slice/$unit.service/cgroup.procs
+  if [ ! -r "$procs" ]; then printf 'absent=%s\n' "$unit"; continue; fi
+  while read -r pid; do
+    { read -r label < "/proc/$pid/attr/current"; } 2>/dev/null || continue
+    printf 'process=%s %s %s\n' "$unit" "$pid" "$label"
+  done < "$procs"
+done
+echo '--- profiles'
+cat /sys/kernel/security/apparmor/profiles
+"""
+)
+
+
+def test_every_service_runs_under_its_apparmor_profile(host: Any) -> None:
+    """Redis, nginx, link-tls, Prometheus, Alertmanager, node_exporter and the llama.cpp server: every process of each
+    unit (nginx's workers, redis's snapshot child, ...) carries its profile's label in the role's default mode."""
+    out = host.check_output(SERVICE_LABELS)
+    head, _, profiles = out.partition("--- profiles\n")
+    loaded = {line.strip() for line in profiles.splitlines() if line.strip()}
+    facts = [line.partition("=") for line in head.splitlines()]
+    absent = {value for key, _, value in facts if key == "absent"}
+    labels: dict[str, list[tuple[str, str]]] = {}
+    for key, _, value in facts:
+        if key == "process":
+            unit, pid, label = value.split(" ", 2)
+            labels.setdefault(unit, []).append((pid, label))
+    problems = []
+    for profile, (unit, role) in SERVICE_PROFILES.items():
+        if unit in absent and unit in OPTIONAL_UNITS:
+            continue
+        expected = f"{profile} ({_service_mode(role)})"
+        if expected not in loaded:
+            problems.append(f"{profile}: not loaded as {expected!r}")
+        if not labels.get(unit):
+            problems.append(f"{unit}.service: no process ({'no cgroup' if unit in absent else 'empty cgroup'})")
+        problems += [
+            f"{unit}.service pid {pid}: {label!r}, not {expected!r}"
+            for pid, label in labels.get(unit, [])
+            if label != expected
+        ]
+    assert not problems, "\n".join(problems) + f"\n--- what the VM said:\n{out[-4000:]}"
+
+
+# Every record of our profiles (the assistant's and every service's), DENIED or ALLOWED (complain mode).
+OUR_PROFILES = [PROFILE, *SERVICE_PROFILES]
+ALL_APPARMOR_RECORDS = (
+    "cat /var/log/audit/audit.log* 2>/dev/null | grep -a -E 'apparmor=\"(DENIED|ALLOWED)\"' "
+    "| grep -a -E 'profile=\"(" + "|".join(OUR_PROFILES) + ")\"' || true"
+)
+RECORD_FIELDS = ("operation", "name", "capname", "family", "sock_type", "requested_mask", "denied_mask", "comm")
+
+
 # After the whole suite (its deploys, backups and reboot included; order 1: after test_vm.py's reboot test, before
-# the SSH rate-limit test that throttles the runner): every access the service's profile refused, or would have refused
-# in complain mode. None is expected; each one printed names the path and the permission the profile lacks.
+# the SSH rate-limit test that throttles the runner): every access one of our profiles refused, or would have refused
+# in complain mode, grouped by profile, operation and name. None is expected; each one printed names the path (or
+# capability, or socket) and the permission the profile lacks: add it to the role's rules (vars/main.yml) or fix the
+# service, then switch the role's <prefix>_apparmor_mode to enforce.
 @pytest.mark.vm_last(order=1)
-def test_the_service_profile_refused_nothing_the_service_did(host: Any) -> None:
+def test_no_apparmor_profile_refused_anything_its_service_did(host: Any) -> None:
     # "\n" only: auditd's enriched records carry a \x1d separator, which str.splitlines() also splits at, and the half
     # after it (FSUID=, OUID=, ...) would count as a record of its own.
-    lines = [line for line in host.check_output(APPARMOR_RECORDS).split("\n") if line.strip()]
-    # The refusal test's own probe runs as python3; the service's processes are ai-assistant (its command's name).
-    service = [line for line in lines if 'comm="python3"' not in line]
-    fields = ("apparmor", "operation", "name", "comm", "requested_mask", "denied_mask")
+    lines = [line for line in host.check_output(ALL_APPARMOR_RECORDS).split("\n") if line.strip()]
     seen: dict[tuple[str, ...], int] = {}
-    for line in service:
-        key = tuple(f"{f}={m.group(1)}" for f in fields if (m := re.search(rf'\b{f}="?([^" ]*)"?', line)))
+    for line in lines:
+        profile = m.group(1) if (m := re.search(r'\bprofile="([^"]*)"', line)) else "?"
+        # The refusal test's own probe runs as python3 under the assistant's profile (aa-exec); the service's
+        # processes are ai-assistant (its command's name).
+        if profile == PROFILE and 'comm="python3"' in line:
+            continue
+        verdict = m.group(1) if (m := re.search(r'\bapparmor="([A-Z]+)"', line)) else "?"
+        fields = [f"{f}={m.group(1)}" for f in RECORD_FIELDS if (m := re.search(rf'\b{f}="?([^" ]*)"?', line))]
+        key = (profile, verdict, *fields)
         seen[key] = seen.get(key, 0) + 1
     report = "\n".join(f"  {n}x {' '.join(key)}" for key, n in sorted(seen.items()))
-    print(f"\nAppArmor records of {PROFILE} from the service: {len(service)}\n{report}")
-    assert not service, f"the {PROFILE} profile refused (or, in complain mode, would refuse) the service:\n{report}"
+    print(f"\nAppArmor records of {', '.join(OUR_PROFILES)}: {sum(seen.values())}\n{report}")
+    assert not seen, f"our AppArmor profiles refused (or, in complain mode, would refuse) their services:\n{report}"
 
 
 def fresh_ssh(test_vm: TestVM, command: str, *options: str) -> subprocess.CompletedProcess[str]:
