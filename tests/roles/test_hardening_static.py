@@ -315,8 +315,8 @@ def test_every_service_includes_the_profile_role_with_its_own_switch_mode_and_ex
         assert f"{switch}_apparmor_enabled" in str(include_vars["apparmor_profile_enabled"]), (name, include_vars)
         assert str(include_vars["apparmor_profile_mode"]) == f"{{{{ {switch}_apparmor_mode }}}}", (name, include_vars)
         assert f"{prefix}_apparmor_extra_rules" in str(include_vars["apparmor_profile_rules"]), (name, include_vars)
-        # The first VM run logs, refusing nothing: every role's default mode is complain until its records are none.
-        assert _role_vars(role)[f"{switch}_apparmor_mode"] == "complain", f"roles/{role}: {switch}_apparmor_mode"
+        # Enforce by default: the complain-mode VM run's records are in the rules (ADR 0119).
+        assert _role_vars(role)[f"{switch}_apparmor_mode"] == "enforce", f"roles/{role}: {switch}_apparmor_mode"
         assert include_vars["apparmor_profile_units"] == [f"{name}.service"], (name, include_vars)
         assert task.endswith(f"| apparmor_{task.rsplit('apparmor_', 1)[-1]}"), task
 
@@ -325,7 +325,7 @@ def test_every_service_includes_the_profile_role_with_its_own_switch_mode_and_ex
 def test_each_service_profile_writes_and_runs_only_what_its_row_says(name: str) -> None:
     passed, text = render_service_profile(name)
     assert passed["apparmor_profile_enabled"] is True, f"{name}: switched off by the role's defaults"
-    assert f"\nprofile {name} flags=(attach_disconnected,complain) {{\n" in text, text[:1500]
+    assert f"\nprofile {name} flags=(attach_disconnected) {{\n" in text, text[:1500]
     assert "\n  include <abstractions/base>\n" in text
     rules = [(m.group(1).strip('"'), m.group(2)) for line in text.splitlines() if (m := _FILE_RULE.match(line))]
     assert rules, f"{name}: no file rule found in the rendered profile"
@@ -338,11 +338,12 @@ def test_each_service_profile_writes_and_runs_only_what_its_row_says(name: str) 
     assert ",," not in text and text.rstrip().endswith("}")
 
 
-def test_the_extra_rules_and_enforce_reach_the_profile() -> None:
+def test_the_extra_rules_and_complain_reach_the_profile() -> None:
     _, text = render_service_profile(
-        "redis-server", {"redis_apparmor_mode": "enforce", "redis_apparmor_extra_rules": ["/srv/tls/** r,", "/srv/x r"]}
+        "redis-server",
+        {"redis_apparmor_mode": "complain", "redis_apparmor_extra_rules": ["/srv/tls/** r,", "/srv/x r"]},
     )
-    assert "\nprofile redis-server flags=(attach_disconnected) {\n" in text
+    assert "\nprofile redis-server flags=(attach_disconnected,complain) {\n" in text
     assert "  /srv/tls/** r,\n" in text and "  /srv/x r,\n" in text
     # Abstractions are written as they are: an include takes no comma.
     assert "  include <abstractions/nameservice>\n" in text
