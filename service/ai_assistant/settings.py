@@ -241,6 +241,16 @@ class Settings(BaseSettings):
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else self.config_dir / path
 
+    @model_validator(mode="after")
+    def _knowledge_ca_in_config_dir(self) -> Settings:
+        # The knowledge store is built from `knowledge` alone (the kb CLI has no other part): the one path it reads
+        # besides its data dir is resolved here, once, as engine.ca_file is in engines/base.py.
+        store = self.knowledge.store
+        if store.ca_file is not None and not store.ca_file.is_absolute():
+            store = store.model_copy(update={"ca_file": self.resolve(store.ca_file)})
+            self.knowledge = self.knowledge.model_copy(update={"store": store})
+        return self
+
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():

@@ -9,7 +9,9 @@ import time
 import httpx
 
 from ..engines.base import engine_tls, tls_problem
+from ..knowledge.stores.weaviate import CA_KEY as WEAVIATE_CA_KEY
 from ..settings import EngineSettings, Settings
+from ..trust import ca_context, untrusted
 from .clock import Clocks
 from .report import Check, Status, one_line
 from .state import read_sqlite
@@ -110,11 +112,19 @@ async def knowledge_check(settings: Settings, clocks: Clocks) -> Check:
         return Check(name, Status.PASS, summary, details={"latency_ms": round(ms, 1), "chunks": chunks})
     if kb.store.name == "weaviate" and kb.store.url:
         headers = {"Authorization": f"Bearer {kb.store.api_key.get_secret_value()}"} if kb.store.api_key else {}
-        async with clocks.client("knowledge") as client:
+        # Verified as the store verifies its REST channel: against knowledge.store.ca_file where one is set.
+        ca = kb.store.ca_file
+        verify = {"verify": ca_context(ca, WEAVIATE_CA_KEY)} if ca is not None else {}
+        async with clocks.client("knowledge", **verify) as client:
             started = time.perf_counter()
             try:
                 resp = await client.get(kb.store.url.rstrip("/") + "/v1/.well-known/ready", headers=headers)
             except httpx.HTTPError as exc:
+                why = untrusted(exc, ca)
+                if why is not None:
+                    advice = f"{WEAVIATE_CA_KEY} must name the CA that signed the data host's link certificate"
+                    summary = f"Weaviate at {kb.store.url}: {why}"
+                    return Check(name, Status.FAIL, summary, advice, "knowledge-store")
                 summary = f"Weaviate at {kb.store.url} is unreachable: {one_line(exc)}"
                 return Check(name, Status.FAIL, summary, "see docs/runbooks/knowledge.md", "knowledge-store")
         ms = (time.perf_counter() - started) * 1000

@@ -48,6 +48,10 @@ class VectorStoreSettings(_Section):
     hybrid_alpha: float = Field(0.6, ge=0, le=1, description="Weaviate hybrid: 1 = pure vector, 0 = pure BM25")
     backup_backend: str = Field("filesystem", description="Weaviate backup module: filesystem | s3 | gcs | azure")
     timeout_seconds: float = Field(10.0, gt=0)
+    # Weaviate on another host is behind that host's TLS link (roles/link_tls), with a certificate from the internal
+    # CA: the PEM file of that CA, trusted for this store's two channels only (REST and gRPC), never for the service's
+    # other HTTPS calls. Relative to the config dir.
+    ca_file: Path | None = Field(None, description="CA that signs Weaviate's TLS link (https:// url only)")
     # Embedded store: HNSW parameters of usearch, chosen with bench/kb_bench.py (ADR 0063 and its amendments,
     # docs/knowledge.md). A saved index built at another connectivity is rebuilt from SQLite on open. The build breadth
     # is 128 since the i8 index re-scores 4x k candidates: the near-duplicate recall that needed 400 with f32 holds at

@@ -1,12 +1,18 @@
 """Weaviate through weaviate-client v4: a collection per knowledge base, bring-your-own vectors, hybrid BM25 + vector
 search, batch import with error reporting, backups through Weaviate's backup API.
 
+Between hosts Weaviate sits behind the data host's TLS link (roles/link_tls), and the store verifies it against
+`knowledge.store.ca_file`, the internal CA, on both of its channels: REST (httpx) and gRPC.
+
 No Weaviate server can be installed on the development machine, so this module is exercised by the same contract
-suite as the embedded store only where `WEAVIATE_URL` points at one (tests/knowledge/test_store_contract.py).
+suite as the embedded store only where `WEAVIATE_URL` points at one (tests/knowledge/test_store_contract.py); its
+connection (TLS on both channels, the probe at start) against a stand-in of Weaviate's REST and gRPC surface
+(tests/knowledge/test_weaviate_tls.py).
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -21,6 +27,7 @@ from ..settings import KnowledgeSettings
 from .base import Chunk, DocumentRecord, Hit, Vector, as_matrix
 
 _CHUNK_FIELDS = ("doc_id", "position", "title", "source", "url", "heading", "text", "content_hash")
+CA_KEY = "knowledge.store.ca_file"
 
 
 class WeaviateStore:
@@ -38,33 +45,66 @@ class WeaviateStore:
         hybrid_alpha: float = 0.6,
         backup_backend: str = "filesystem",
         timeout: float = 10.0,
+        ca_file: Path | None = None,
     ) -> None:
         import weaviate
         from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+        from weaviate.connect import ConnectionParams
+
+        from ...errors import ConfigError
+        from ...settings import ASSISTANT_FILE
+        from ...trust import ca_context, untrusted
 
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise StoreError(f"knowledge.store.url: {url!r} is not an http(s) URL")
         secure = parts.scheme == "https"
+        if ca_file is not None and not secure:
+            # A CA with a plain URL would suggest an encryption that is not there.
+            raise ConfigError(ASSISTANT_FILE, CA_KEY, "set, but knowledge.store.url is http://, not https://")
+        context = ca_context(ca_file, CA_KEY) if ca_file is not None else None
         self.dim, self.model_id = dim, model_id
         self.collection_name, self.docs_name = collection, f"{collection}Documents"
         self.hybrid_alpha, self.backup_backend = hybrid_alpha, backup_backend
         self._lock = threading.Lock()
-        try:
-            self._client = weaviate.connect_to_custom(
+        self._client = weaviate.WeaviateClient(
+            connection_params=ConnectionParams.from_params(
                 http_host=parts.hostname,
                 http_port=parts.port or (443 if secure else 80),
                 http_secure=secure,
                 grpc_host=parts.hostname,
                 grpc_port=grpc_port,
                 grpc_secure=secure,
-                auth_credentials=Auth.api_key(api_key) if api_key else None,
-                additional_config=AdditionalConfig(timeout=Timeout(init=timeout, query=timeout, insert=timeout * 6)),
-            )
+            ),
+            auth_client_secret=Auth.api_key(api_key) if api_key else None,
+            additional_config=AdditionalConfig(
+                timeout=Timeout(init=timeout, query=timeout, insert=timeout * 6),
+                grpc_config=_grpc_trusting(ca_file) if ca_file is not None else None,
+            ),
+            # The client's own start checks ask pypi.org for its latest version on every connect, from a host whose
+            # egress allows no such thing (roles/firewall): they are skipped, and their gRPC health check made below.
+            skip_init_checks=True,
+        )
+        if context is not None:
+            _verify_rest_with(self._client, context)
+        try:
+            self._client.connect()
+            # REST is connected; queries and imports go over gRPC, its own port and its own TLS handshake. Its health
+            # check (the one of the skipped start checks, one try within the init timeout) finds a wrong port or
+            # certificate now rather than at the first question, which would retry for a minute first.
+            self._client._connection._ping_grpc("sync")
         except Exception as exc:  # the client raises its own hierarchy plus grpc/httpx errors
-            raise StoreError(f"weaviate at {url}: cannot connect ({type(exc).__name__}: {exc})") from None
+            self._client.close()
+            why = untrusted(exc, ca_file)
+            if why is not None:  # a configuration problem that no retry fixes: say which setting
+                raise StoreError(f"knowledge.store.url {url}: {why}; set {CA_KEY}") from None
+            raise StoreError(f"weaviate at {url}: cannot connect ({_cause(exc, grpc_port)})") from None
         self.url = url
-        self._ensure_collections()
+        try:
+            self._ensure_collections()
+        except Exception as exc:
+            self._client.close()
+            raise StoreError(f"weaviate at {url}: {type(exc).__name__}: {_first_line(exc)}") from None
 
     @classmethod
     def from_settings(cls, settings: KnowledgeSettings, data_dir: Path, dim: int, model_id: str) -> WeaviateStore:
@@ -80,6 +120,7 @@ class WeaviateStore:
             hybrid_alpha=s.hybrid_alpha,
             backup_backend=s.backup_backend,
             timeout=s.timeout_seconds,
+            ca_file=s.ca_file,
         )
 
     def _ensure_collections(self) -> None:
@@ -259,3 +300,56 @@ def _doc(props: Any) -> DocumentRecord:
         int(props["size_bytes"]),
         float(props["ingested_at"]),
     )
+
+
+def _grpc_trusting(ca_file: Path) -> Any:
+    """gRPC channel credentials that trust only `ca_file` (ca_context has read and checked the file already)."""
+    import grpc
+    from weaviate.classes.init import GrpcConfig
+
+    return GrpcConfig(credentials=grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes()))
+
+
+def _verify_rest_with(client: Any, context: ssl.SSLContext) -> None:
+    """Make the client's REST side (httpx) verify against `context`.
+
+    weaviate-client 4.24 builds its httpx clients itself, with certifi's bundle, and takes another CA only from the
+    process-wide SSL_CERT_FILE, which would change the trust of every HTTPS call the service makes (the IM platforms'
+    APIs included). So the one connection's client factory is replaced: the same headers and mounts as the library's
+    own `_make_client`, plus `verify`. The version is pinned (pyproject.toml), and tests/knowledge/test_weaviate_tls.py
+    fails if an upgrade stops this factory from being used (a stand-in signed by a private CA is then refused)."""
+    import httpx
+
+    connection = client._connection
+
+    def make_client(colour: str) -> httpx.Client | httpx.AsyncClient:
+        factory = httpx.AsyncClient if colour == "async" else httpx.Client
+        return factory(
+            headers=connection._headers, mounts=connection._make_mounts(colour), trust_env=False, verify=context
+        )
+
+    connection._make_client = make_client
+
+
+def _cause(exc: BaseException, grpc_port: int) -> str:
+    """The gRPC failure's own words where there is one (the client's error says only that gRPC is needed)."""
+    import grpc
+
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, grpc.RpcError) and hasattr(current, "details"):
+            details = _first_line_of(str(current.details()))
+            hint = f"; check {CA_KEY}" if "CERTIFICATE_VERIFY_FAILED" in details else ""
+            return f"gRPC port {grpc_port}: {details}{hint}"
+        current = current.__cause__
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _first_line_of(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
