@@ -12,8 +12,8 @@ from infra.inventory import Host
 HTTPS = 443
 SSH = 22
 REDIS = 6379
-WEAVIATE_HTTP = 8081  # roles/weaviate: weaviate_port
-WEAVIATE_GRPC = 50051
+WEAVIATE_HTTP = 8082  # roles/weaviate: weaviate_port, the link_tls port in front of it
+WEAVIATE_GRPC = 50051  # the data host's link_tls in front of Weaviate's own gRPC port (playbooks/group_vars/all.yml)
 MODEL_SERVER = 8089  # roles/model_server: model_server_port (also its /metrics)
 NODE_EXPORTER = 9100
 JOURNAL_REMOTE = 19532  # roles/journal_remote: journal_remote_port (every host's journal to the monitoring host)

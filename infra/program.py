@@ -82,7 +82,8 @@ def _knowledge_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         return {}
     return {
         "store": "weaviate",
-        "url": pulumi.Output.concat("http://", primary.private_ip, f":{WEAVIATE_HTTP}"),
+        # The data host's TLS link in front of Weaviate (site.yml's data play), verified against the internal CA.
+        "url": pulumi.Output.concat("https://", primary.private_ip, f":{WEAVIATE_HTTP}"),
         "grpc_port": WEAVIATE_GRPC,
         "host": primary.name,
     }

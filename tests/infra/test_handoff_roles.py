@@ -36,6 +36,7 @@ ROLE_VARS = (
     "assistant_knowledge_url",
     "assistant_knowledge_grpc_port",
     "assistant_knowledge_api_key",
+    "assistant_knowledge_ca_cert",
 )
 # What ApsaraDB for Redis' console hands out (any PEM does here: the text is only carried, not parsed).
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBsTCCAVegAwIBAgIUTESTONLY\n-----END CERTIFICATE-----\n"
@@ -126,6 +127,9 @@ def test_assistant_hosts_use_the_managed_redis_over_tls_and_the_one_knowledge_ba
         assert v["assistant_redis_password"] == secrets["redis_password"], host
         assert (v["assistant_knowledge_store"], v["assistant_knowledge_url"]) == ("weaviate", kb["url"]), host
         assert v["assistant_knowledge_api_key"] == secrets["weaviate_api_key"], host
+        # The data host's TLS link (ADR 0120): https://, verified against the internal CA the hand-off signs with.
+        assert kb["url"].startswith("https://") and kb["url"].endswith(":8082"), kb
+        assert v["assistant_knowledge_ca_cert"].strip() == secrets["internal_ca_cert_pem"].strip(), host
 
     host, v = sorted(resolved.items())[0]
     settings = host_settings(v, tmp_path / "config", monkeypatch)
@@ -137,6 +141,7 @@ def test_assistant_hosts_use_the_managed_redis_over_tls_and_the_one_knowledge_ba
     assert settings.engine.ca_file is None, "no model server CA given: the system trust store"
     store = settings.knowledge.store
     assert (store.name, store.url, store.grpc_port) == ("weaviate", kb["url"], 50051)
+    assert store.ca_file == tmp_path / "config" / "knowledge-ca.pem", "the role writes the CA next to assistant.yaml"
     assert store.api_key is not None and store.api_key.get_secret_value() == secrets["weaviate_api_key"]
     written = (tmp_path / "config" / "assistant.yaml").read_text()
     assert secrets["redis_password"] not in written and secrets["weaviate_api_key"] not in written

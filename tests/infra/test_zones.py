@@ -134,10 +134,10 @@ def test_one_knowledge_base_for_every_assistant_host(
     [data_a] = primary
     kb = _inventory_vars(run)["ai_assistant_knowledge"]
     assert kb["store"] == "weaviate"
-    assert kb["url"] == f"http://{data_a.outputs['privateIp']}:8081" and kb["grpc_port"] == 50051
+    assert kb["url"] == f"https://{data_a.outputs['privateIp']}:8082" and kb["grpc_port"] == 50051
     # Both Weaviate ports reach the data hosts from the assistant hosts (HTTP and gRPC), whatever the zone.
     opened = ports_between(run, cloud, to="data", src="assistant")
-    assert {8081, 50051} <= opened
+    assert {8082, 50051} <= opened
     env = unwrap(run.of("command:local:Command")[0].inputs["environment"])
     assert json.loads(env["AI_ASSISTANT_SECRET_VARS"])["weaviate_api_key"], "the KB key travels as a secret"
 
@@ -159,7 +159,7 @@ def test_failover_moves_the_knowledge_base_to_the_standby_zone(cloud: str) -> No
         for r in run.of(INSTANCE[cloud])
         if r.props["tags"]["ai-assistant:role"] == "data" and r.props["tags"]["ai-assistant:zone"] == standby
     ]
-    assert _inventory_vars(run)["ai_assistant_knowledge"]["url"] == f"http://{data_b.outputs['privateIp']}:8081"
+    assert _inventory_vars(run)["ai_assistant_knowledge"]["url"] == f"https://{data_b.outputs['privateIp']}:8082"
 
 
 def _drawing() -> str:

@@ -753,10 +753,10 @@ def test_no_secret_in_ansible_output_even_when_preflight_fails(tmp_path: Path, v
     assert not leaked, f"secret values printed at {verbosity}: {leaked}"
 
 
-def test_preflight_refuses_a_model_server_ca_for_a_plain_http_engine(tmp_path: Path) -> None:
+def test_preflight_refuses_a_ca_for_a_plain_http_model_server_or_weaviate(tmp_path: Path) -> None:
     """The assistant role's preflight (real ansible-playbook, check mode, --tags assistant_preflight: the asserts
-    only) with a model server CA: an http:// engine URL stops with one line (the service would refuse engine.ca_file
-    too), an https:// one passes."""
+    only) with a model server CA or a Weaviate CA: an http:// URL stops with one line (the service would refuse
+    engine.ca_file and knowledge.store.ca_file too), an https:// one passes."""
     wheel = tmp_path / "ai_assistant-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"")
     common = {
@@ -766,21 +766,32 @@ def test_preflight_refuses_a_model_server_ca_for_a_plain_http_engine(tmp_path: P
         "assistant_install_dir": str(tmp_path / "install"),
         "assistant_config_dir": str(tmp_path / "config"),
         "assistant_redis_password": "r3dis",  # pragma: allowlist secret
-        "assistant_engine_ca_cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
     }
-    cases = {"http": "http://10.0.2.15:8089/v1", "https": "https://10.0.2.15/v1"}
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    engine = {"assistant_engine_ca_cert": pem}
+    knowledge = {
+        "assistant_knowledge_ca_cert": pem,
+        "assistant_knowledge_store": "weaviate",
+        "assistant_knowledge_api_key": "k3y",  # pragma: allowlist secret
+    }
+    cases = {
+        "http": engine | {"assistant_engine_base_url": "http://10.0.2.15:8089/v1"},
+        "https": engine | {"assistant_engine_base_url": "https://10.0.2.15/v1"},
+        "kb-http": knowledge | {"assistant_knowledge_url": "http://10.0.2.16:8082"},
+        "kb-https": knowledge | {"assistant_knowledge_url": "https://10.0.2.16:8082"},
+    }
     tag = ["assistant_preflight"]
     tasks = [
         {
             "name": f"case {name}",
             "block": [
                 {"ansible.builtin.include_role": {"name": "assistant"},
-                 "vars": {**common, "assistant_engine_base_url": url}, "tags": tag},
+                 "vars": {**common, **case}, "tags": tag},
                 {"ansible.builtin.debug": {"msg": f"case {name} passed"}, "tags": tag},
             ],
             "rescue": [{"ansible.builtin.debug": {"msg": f"case {name} stopped"}, "tags": tag}],
         }
-        for name, url in cases.items()
+        for name, case in cases.items()
     ]  # fmt: skip
     play = [{"hosts": "localhost", "gather_facts": False, "become": False, "tasks": tasks}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
@@ -808,6 +819,9 @@ def test_preflight_refuses_a_model_server_ca_for_a_plain_http_engine(tmp_path: P
     assert "case http stopped" in out and "case http passed" not in out, out[-4000:]
     assert "assistant_engine_ca_cert: only used with an https:// assistant_engine_base_url" in out, out[-4000:]
     assert "case https passed" in out and "case https stopped" not in out, out[-4000:]
+    assert "case kb-http stopped" in out and "case kb-http passed" not in out, out[-4000:]
+    assert "assistant_knowledge_ca_cert: only used with an https:// assistant_knowledge_url" in out, out[-4000:]
+    assert "case kb-https passed" in out and "case kb-https stopped" not in out, out[-4000:]
 
 
 def test_the_tier_reaches_the_units_and_the_service_settings(tmp_path: Path) -> None:
