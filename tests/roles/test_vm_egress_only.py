@@ -16,15 +16,22 @@ hand-off's internal CA (`engine.ca_file`), as an assistant host calls a GPU host
 engine back (llama.cpp on loopback) and runs the link play again without the `inference` group: the model link goes,
 the link instance stays for the log host's journal link (the VM is its own log host, test_vm_hardening.py).
 
-Stand-in, because the Bot API cannot be reached here: tests/connectors/standin.py's Telegram server (getUpdates,
-sendMessage) on the runner's loopback, which the guest reaches as 10.0.2.2 through slirp. Everything else is real: the
-roles, nftables, systemd, the assistant, Redis and llama.cpp in the VM.
+The same link play runs with Weaviate switched on (`ai_assistant_weaviate_enabled`, which the inventory leaves off: no
+Weaviate image can be had here), so site.yml's data play also puts Weaviate's REST and gRPC links on the private
+address, as on a data host; a stand-in of Weaviate's surface listens where Weaviate would, and the assistant's own
+knowledge store code, from the deployed venv, crosses both links, verifying them against the internal CA.
+
+Stand-ins, because the Bot API cannot be reached here and no Weaviate can run: tests/connectors/standin.py's Telegram
+server (getUpdates, sendMessage) on the runner's loopback, which the guest reaches as 10.0.2.2 through slirp, and
+tests/knowledge/weaviate_standin.py in the guest. Everything else is real: the roles, nftables, systemd, the assistant,
+Redis and llama.cpp in the VM.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -128,7 +135,16 @@ def egress_only(
     ca_before = stack_ca.read_bytes()
     try:
         start = time.monotonic()
-        linked = test_vm.play(SITE, "--tags", "link_tls", "-i", str(as_gpu_host), name="link-tls")
+        linked = test_vm.play(
+            SITE,
+            "--tags",
+            "link_tls",
+            "-i",
+            str(as_gpu_host),
+            "-e",
+            "ai_assistant_weaviate_enabled=true",
+            name="link-tls",
+        )
         TIMINGS["link-tls play"] = time.monotonic() - start
         assert linked.rc == 0 and linked.failed == 0, f"the link play failed (log {linked.log}):\n{linked.tail()}"
         # The tls role signed with the stack's CA as it is: replacing it would break every chain that names it.
@@ -150,7 +166,7 @@ def egress_only(
         TIMINGS["egress-only restore"] = time.monotonic() - start
         platform.stop()
         # The link instance stays: it also carries the log host's journal link (the VM is its own log host). Without
-        # the inference group its model link goes, and the private address's 8089 with it.
+        # the inference group its model link goes, and the private address's 8089 with it; Weaviate's with the switch.
         start = time.monotonic()
         unlinked = test_vm.play(SITE, "--tags", "link_tls", name="link-tls-restore")
         TIMINGS["link-tls restore"] = time.monotonic() - start
@@ -264,3 +280,74 @@ def test_the_answer_crosses_the_tls_link(test_vm: TestVM, egress_only: PlatformS
     assert test_vm.ssh(f"curl -sS -m 20 http://{address}:8089/v1/models", timeout=60).returncode == 52  # empty reply
     assert test_vm.ssh(f"curl -sS -m 20 {url}", timeout=60).returncode == 60  # not in the system trust store
     assert test_vm.ssh(f"curl -sS -m 20 --tls-max 1.2 --cacert {ca} {url}", timeout=60).returncode == 35
+
+
+# Run by the deployed venv's Python as root: the stand-in where Weaviate would listen (loopback, plain: REST on
+# weaviate_port 8082, gRPC on Weaviate's own 50052), then the store through the data play's links on the private
+# address (8082 and 50051) with the internal CA, then the two ways in that must fail. One JSON line out.
+GUEST_KNOWLEDGE = """
+import json, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, "/root")
+from weaviate_standin import StandIn
+from ai_assistant.knowledge.errors import StoreError
+from ai_assistant.knowledge.stores.weaviate import WeaviateStore
+
+route = subprocess.run(["ip", "-4", "-o", "route", "get", "192.0.2.1"], capture_output=True, text=True).stdout
+address = route.split(" src ")[1].split()[0]
+standin = StandIn("vm-key", http_port=8082, grpc_port=50052).start()
+out = {}
+store = WeaviateStore(f"https://{address}:8082", 384, "m", api_key="vm-key", grpc_port=50051,
+                      ca_file=Path("/etc/ssl/ai-assistant/internal-ca.crt"), timeout=60)
+store.close()
+out["seen"] = {"http": list(standin.seen.http), "grpc": list(standin.seen.grpc), "refused": standin.seen.refused}
+for case, url in (("no_ca_file", f"https://{address}:8082"), ("plain", f"http://{address}:8082")):
+    try:
+        WeaviateStore(url, 384, "m", api_key="vm-key", grpc_port=50051, timeout=60).close()
+        out[case] = "connected"
+    except StoreError as exc:
+        out[case] = str(exc)
+out["seen_after"] = len(standin.seen.http) + len(standin.seen.grpc)
+print(json.dumps(out))
+"""
+
+
+def test_the_knowledge_store_crosses_the_data_hosts_links(test_vm: TestVM, egress_only: PlatformStandIn) -> None:
+    """Issue 23 item 4, Weaviate's row: REST and gRPC through link_tls (TLS 1.3, the internal CA's certificate for the
+    private address), verified by the store's own code against the CA file the assistant role writes; a client that
+    does not trust the internal CA, or speaks plaintext, gets nothing through."""
+    ssh = ["ssh", "-F", str(test_vm.ssh_config), "testvm"]
+    standin = (REPO / "tests/knowledge/weaviate_standin.py").read_text()
+    put = subprocess.run([*ssh, "cat > /root/weaviate_standin.py"], input=standin, capture_output=True, text=True)
+    assert put.returncode == 0, put.stderr
+    ran = subprocess.run(
+        [*ssh, "timeout 240 /opt/ai-assistant/venv/bin/python -"],
+        input=GUEST_KNOWLEDGE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    out = json.loads(ran.stdout.strip().splitlines()[-1])
+    seen = out["seen"]
+    # Through the links: the version and the collections over REST, the health check over gRPC, each with the key.
+    assert seen["http"][0] == "GET /v1/meta" and "POST /v1/schema" in seen["http"], seen
+    assert seen["grpc"] == ["Health"] and seen["refused"] == [], seen
+    assert "the server's TLS certificate is not trusted" in out["no_ca_file"], out["no_ca_file"]
+    assert out["plain"].startswith("weaviate at http://") and "cannot connect" in out["plain"], out["plain"]
+    # Neither failed attempt reached the stand-in.
+    assert out["seen_after"] == len(seen["http"]) + len(seen["grpc"]), out
+    # Each connection is a line in the link's journal when it closes: both links, TLS 1.3.
+    lines: list[str] = []
+
+    def logged() -> bool:
+        journal = test_vm.ssh("journalctl -t link_tls --since=-10min --no-pager -o cat").stdout
+        lines[:] = [line for line in journal.splitlines() if "tls=TLSv1.3" in line]
+        return all(any(f"port={port} " in line for line in lines) for port in (8082, 50051))
+
+    wait_until(logged, 60, "the link's journal lines of the knowledge store's connections", 3)
+    # Weaviate's ports on the private address are the link's; the service's own are on loopback (REST) or not
+    # opened by the firewall (gRPC).
+    address = test_vm.ssh("ip -4 -o route get 192.0.2.1").stdout.split(" src ")[1].split()[0]
+    listening = test_vm.ssh("ss -Hltn 'sport = :8082 or sport = :50051'").stdout
+    assert f"{address}:8082" in listening and f"{address}:50051" in listening, listening
