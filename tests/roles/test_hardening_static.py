@@ -3,6 +3,7 @@ what docs/hardening.md claims; tests/roles/test_vm_hardening.py proves the same 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -138,16 +139,19 @@ def test_sshd_accepts_the_drop_in(tmp_path: Path) -> None:
     assert subprocess.run([sshd, "-t", "-f", str(bad)], capture_output=True, timeout=60).returncode != 0
 
 
-# --- AppArmor: the service's profile (roles/assistant templates/apparmor-ai-assistant.j2) ----------------------------
+# --- AppArmor: the service's profile (roles/apparmor_profile with roles/assistant's __assistant_apparmor_rules) -------
 
 ASSISTANT = yaml.safe_load((REPO / "roles/assistant/defaults/main.yml").read_text(encoding="utf-8"))
 
 
+def _assistant_profile(extra: dict[str, object] | None = None) -> str:
+    return render_service_profile("ai-assistant", extra)[1]
+
+
 def _profile_rules(extra: dict[str, object] | None = None) -> list[tuple[str, str]]:
     """(path, permissions) of every file rule in the rendered profile, `owner` and `deny` rules included."""
-    text = render("assistant", "apparmor-ai-assistant.j2", extra or {})
     rules = []
-    for line in text.splitlines():
+    for line in _assistant_profile(extra).splitlines():
         m = re.match(r'^\s*(?:owner\s+|deny\s+)?("/[^"]+"|/\S+|@\{\w+\}\S*)\s+([rwakmlix]+),\s*$', line)
         if m:
             rules.append((m.group(1).strip('"'), m.group(2)))
@@ -171,39 +175,48 @@ def test_the_service_profile_writes_only_its_state_and_runs_no_program() -> None
 
 
 def test_the_service_profile_mode_and_extra_rules_follow_the_variables() -> None:
-    enforce = render("assistant", "apparmor-ai-assistant.j2", {})
-    assert "profile ai-assistant flags=(attach_disconnected) {" in enforce
-    complain = render(
-        "assistant",
-        "apparmor-ai-assistant.j2",
-        {"assistant_apparmor_mode": "complain", "assistant_apparmor_extra_rules": ["/srv/models/** r,", "/srv/x r"]},
+    enforce = _assistant_profile()
+    assert "\nprofile ai-assistant flags=(attach_disconnected) {\n" in enforce
+    complain = _assistant_profile(
+        {"assistant_apparmor_mode": "complain", "assistant_apparmor_extra_rules": ["/srv/models/** r,", "/srv/x r"]}
     )
-    assert "profile ai-assistant flags=(attach_disconnected,complain) {" in complain
+    assert "\nprofile ai-assistant flags=(attach_disconnected,complain) {\n" in complain
+    assert "  # assistant_apparmor_extra_rules: " in complain
     assert "  /srv/models/** r,\n" in complain and "  /srv/x r,\n" in complain
+    assert ",," not in complain and complain.rstrip().endswith("}")
 
 
-def test_the_unit_names_the_profile_only_when_the_role_loads_it() -> None:
+def test_the_service_profile_is_loaded_before_the_unit_that_names_it_without_a_drop_in() -> None:
+    """The assistant's own unit names the profile (AppArmorProfile=, only when the role loads it), so the shared role
+    is included with no units (no drop-in, no restart handler) as unit.yml's first task, before the unit is written."""
     assert "\nAppArmorProfile=ai-assistant\n" in render("assistant", "ai-assistant.service.j2", {})
     off = render("assistant", "ai-assistant.service.j2", {"assistant_apparmor_enabled": False})
     assert "AppArmorProfile" not in off
+    tasks = yaml.safe_load((REPO / "roles/assistant/tasks/unit.yml").read_text(encoding="utf-8"))
+    first, unit = tasks[0], tasks[1]
+    assert first.get("ansible.builtin.include_role", {}).get("name") == "apparmor_profile", first
+    assert unit["ansible.builtin.template"]["src"] == "ai-assistant.service.j2", unit
+    include_vars = first["vars"]
+    assert include_vars["apparmor_profile_units"] == [] and "apparmor_profile_restart_handler" not in include_vars
+    assert include_vars["apparmor_profile_enabled"] == "{{ __assistant_apparmor }}"
+    # The container method runs under podman's profile: the role removes the ai-assistant one there.
+    container = render_service_profile("ai-assistant", {"assistant_install_method": "container"})[0]
+    assert container["apparmor_profile_enabled"] is False
+    assert (
+        "apparmor_assistant" in first["tags"]
+        and "apparmor_assistant" in first["ansible.builtin.include_role"]["apply"]["tags"]
+    )
 
 
 def test_apparmor_parser_accepts_the_service_profile(tmp_path: Path) -> None:
-    """Debian 12's parser compiles the rendered profile (the role validates it the same way before installing it), and
-    refuses a broken one, so the check is not vacuous."""
-    parser = shutil.which("apparmor_parser") or next(
-        (p for p in ("/sbin/apparmor_parser", "/usr/sbin/apparmor_parser") if Path(p).exists()), None
-    )
-    if parser is None or not Path("/etc/apparmor.d/tunables/global").exists():
-        pytest.skip("apparmor_parser is missing (make bootstrap installs it); the VM converge validates the profile")
+    """Debian 12's parser compiles the rendered profile in both modes (the role validates it the same way before
+    installing it)."""
+    parser = _parser()
     for name, extra in (("default", {}), ("complain", {"assistant_apparmor_mode": "complain"})):
         profile = tmp_path / name
-        profile.write_text(render("assistant", "apparmor-ai-assistant.j2", extra))
+        profile.write_text(_assistant_profile(extra))
         done = subprocess.run([parser, "-Q", "-K", str(profile)], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{name}: {done.stderr}"
-    bad = tmp_path / "bad"
-    bad.write_text(render("assistant", "apparmor-ai-assistant.j2", {"assistant_apparmor_extra_rules": ["/srv rq"]}))
-    assert subprocess.run([parser, "-Q", "-K", str(bad)], capture_output=True, timeout=120).returncode != 0
 
 
 # --- AppArmor: every other service's profile (roles/apparmor_profile, the rules in each calling role's vars) ---------
@@ -262,6 +275,9 @@ def apparmor_includes() -> dict[str, tuple[str, str, dict[str, object]]]:
             spec = task.get("ansible.builtin.include_role")
             if isinstance(spec, dict) and spec.get("name") == "apparmor_profile":
                 name = str(task["vars"]["apparmor_profile_name"])
+                # A name from the role's vars (the assistant's, which its unit template names too).
+                if m := re.fullmatch(r"\{\{ (\w+) \}\}", name):
+                    name = str(_role_vars(path.parts[-3])[m.group(1)])
                 assert name not in found, f"two includes write the {name} profile"
                 found[name] = (path.parts[-3], str(task.get("name")), dict(task["vars"]))
     return found
@@ -307,18 +323,23 @@ def render_service_profile(name: str, extra: dict[str, object] | None = None) ->
 
 def test_every_service_includes_the_profile_role_with_its_own_switch_mode_and_extra_rules() -> None:
     found = apparmor_includes()
-    assert sorted(found) == sorted(SERVICE_PROFILES), sorted(found)
-    for name, (role, prefix, _, _) in SERVICE_PROFILES.items():
+    assert sorted(found) == sorted([*SERVICE_PROFILES, "ai-assistant"]), sorted(found)
+    for name, (role, prefix, _, _) in [*SERVICE_PROFILES.items(), ("ai-assistant", ("assistant", "assistant", {}, {}))]:
         where, task, include_vars = found[name]
         assert where == role, f"{name} is included by roles/{where}, not roles/{role}"
-        switch = "prometheus" if prefix == "prometheus_blackbox" else prefix
-        assert f"{switch}_apparmor_enabled" in str(include_vars["apparmor_profile_enabled"]), (name, include_vars)
-        assert str(include_vars["apparmor_profile_mode"]) == f"{{{{ {switch}_apparmor_mode }}}}", (name, include_vars)
-        assert f"{prefix}_apparmor_extra_rules" in str(include_vars["apparmor_profile_rules"]), (name, include_vars)
-        # Enforce by default: the complain-mode VM run's records are in the rules (ADR 0119).
-        assert _role_vars(role)[f"{switch}_apparmor_mode"] == "enforce", f"roles/{role}: {switch}_apparmor_mode"
-        assert include_vars["apparmor_profile_units"] == [f"{name}.service"], (name, include_vars)
         assert task.endswith(f"| apparmor_{task.rsplit('apparmor_', 1)[-1]}"), task
+        # Each caller's extra rules go in apparmor_profile_extra_rules, so a wrong one is reported by its name.
+        assert include_vars["apparmor_profile_rules"] == f"{{{{ __{prefix}_apparmor_rules }}}}", (name, include_vars)
+        assert include_vars["apparmor_profile_extra_rules"] == f"{{{{ {prefix}_apparmor_extra_rules }}}}", name
+        assert include_vars["apparmor_profile_extra_rules_name"] == f"{prefix}_apparmor_extra_rules", name
+        switch = "prometheus" if prefix == "prometheus_blackbox" else prefix
+        assert str(include_vars["apparmor_profile_mode"]) == f"{{{{ {switch}_apparmor_mode }}}}", (name, include_vars)
+        # Enforce by default: the complain-mode VM run's records are in the rules (ADR 0119; the assistant's, ADR 0118).
+        assert _role_vars(role)[f"{switch}_apparmor_mode"] == "enforce", f"roles/{role}: {switch}_apparmor_mode"
+        if name == "ai-assistant":
+            continue  # its switch and units: test_the_service_profile_is_loaded_before_the_unit_that_names_it_...
+        assert f"{switch}_apparmor_enabled" in str(include_vars["apparmor_profile_enabled"]), (name, include_vars)
+        assert include_vars["apparmor_profile_units"] == [f"{name}.service"], (name, include_vars)
 
 
 @pytest.mark.parametrize("name", sorted(SERVICE_PROFILES))
@@ -344,7 +365,10 @@ def test_the_extra_rules_and_complain_reach_the_profile() -> None:
         {"redis_apparmor_mode": "complain", "redis_apparmor_extra_rules": ["/srv/tls/** r,", "/srv/x r"]},
     )
     assert "\nprofile redis-server flags=(attach_disconnected,complain) {\n" in text
-    assert "  /srv/tls/** r,\n" in text and "  /srv/x r,\n" in text
+    # After the role's own rules, under a comment naming the variable they came from.
+    assert "  # redis_apparmor_extra_rules: this deployment's own rules" in text
+    assert text.index("  # redis_apparmor_extra_rules") < text.index("  /srv/tls/** r,\n") < text.index("  /srv/x r,\n")
+    assert "redis_apparmor_extra_rules" not in render_service_profile("redis-server")[1]
     # Abstractions are written as they are: an include takes no comma.
     assert "  include <abstractions/nameservice>\n" in text
 
@@ -391,3 +415,112 @@ def test_apparmor_parser_accepts_every_service_profile(name: str, tmp_path: Path
         profile.write_text(render_service_profile(name, {f"{switch}_apparmor_mode": mode})[1])
         done = subprocess.run([parser, "-Q", "-K", str(profile)], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"{name} ({mode}): {done.stderr}"
+
+
+# --- AppArmor: a wrong <role>_apparmor_extra_rules entry -----------------------------------------------------------
+
+WRONG_RULE = "/etc/foo rwz"  # z is no permission
+ALL_PROFILES = sorted([*SERVICE_PROFILES, "ai-assistant"])
+
+
+def _extra_rules_variable(name: str) -> str:
+    prefix = "assistant" if name == "ai-assistant" else SERVICE_PROFILES[name][1]
+    return f"{prefix}_apparmor_extra_rules"
+
+
+@pytest.mark.parametrize("name", ALL_PROFILES)
+def test_apparmor_parser_refuses_a_wrong_extra_rule_naming_its_line(name: str, tmp_path: Path) -> None:
+    """Each profile as roles/apparmor_profile renders it with a wrong extra rule after a good one: the parser (the
+    template's validate, -Q -K) refuses it, and its message gives the rule's line."""
+    parser = _parser()
+    text = render_service_profile(name, {_extra_rules_variable(name): ["/srv/ok r", WRONG_RULE]})[1]
+    profile = tmp_path / name
+    profile.write_text(text)
+    done = subprocess.run([parser, "-Q", "-K", str(profile)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, f"{name}: the parser accepted {WRONG_RULE!r}"
+    m = re.search(r"at line (\d+): (.*)", done.stderr)
+    assert m, f"{name}: no line in the parser's message: {done.stderr}"
+    assert text.splitlines()[int(m.group(1)) - 1] == f"  {WRONG_RULE},", (m.group(0), text)
+    assert "unexpected TOK_ID, expecting TOK_MODE" in m.group(2), done.stderr
+
+
+def test_the_role_stops_on_a_wrong_extra_rule_with_one_line_naming_the_variable(tmp_path: Path) -> None:
+    """The real roles/apparmor_profile in --check on localhost (nothing written, the parser reads the profile from
+    stdin): a wrong extra rule stops the run before the kernel is even asked, with one line naming the calling role's
+    variable, the rule and the parser's reason; a rule merge error (no line) gives the parser's lines; a good rule
+    passes the check."""
+    from tests.roles.test_static import VENV_BIN, ansible_env
+
+    _parser()
+    passed = render_service_profile("redis-server")[0]
+    # Plain values (the templated ones carry Ansible's tags), the units left out: nothing to attach in --check.
+    include = {
+        k: v
+        for k, v in json.loads(json.dumps(passed)).items()
+        if k not in ("apparmor_profile_extra_rules", "apparmor_profile_units", "apparmor_profile_restart_handler")
+    }
+    cases = {
+        "wrong": ["/srv/ok r", WRONG_RULE],
+        "merge": ["/usr/bin/foo ix", "/usr/bin/foo ux"],
+        "good": ["/srv/ok r"],
+    }
+    tasks = [
+        {
+            "name": case,
+            "block": [
+                {
+                    "name": f"{case}: include",
+                    "ansible.builtin.include_role": {"name": "apparmor_profile"},
+                    "vars": {**include, "apparmor_profile_extra_rules": extra, "apparmor_profile_units": []},
+                },
+                {"name": f"{case}: not refused", "ansible.builtin.set_fact": {f"result_{case}": "NOT REFUSED"}},
+            ],
+            "rescue": [
+                {
+                    "name": f"{case}: record",
+                    "ansible.builtin.set_fact": {f"result_{case}": "{{ ansible_failed_result.msg | default('') }}"},
+                }
+            ],
+        }
+        for case, extra in cases.items()
+    ]
+    out = tmp_path / "results.json"
+    tasks.append(
+        {
+            "name": "write",
+            "ansible.builtin.copy": {
+                "content": "{{ {" + ", ".join(f"'{c}': result_{c}" for c in cases) + "} | to_json }}",
+                "dest": str(out),
+            },
+            "check_mode": False,
+        }
+    )
+    play = [{"name": "wrong extra rules", "hosts": "localhost", "gather_facts": False, "become": False, "tasks": tasks}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", "--check", "play.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**ansible_env(), "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
+        timeout=300,
+    )
+    assert out.exists(), proc.stdout[-4000:] + proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    if "apt" in results["wrong"].lower() and "apparmor_parser" not in results["wrong"]:
+        pytest.skip(f"apt cannot run in --check here: {results['wrong']}")
+    text = render_service_profile("redis-server", {"redis_apparmor_extra_rules": cases["wrong"]})[1]
+    line = text.splitlines().index(f"  {WRONG_RULE},") + 1
+    assert results["wrong"] == (
+        f"redis_apparmor_extra_rules: apparmor_parser refuses the redis-server profile with these rules at line {line}"
+        f" ({WRONG_RULE},): syntax error, unexpected TOK_ID, expecting TOK_MODE"
+    ), results
+    assert (
+        results["merge"].startswith(
+            "redis_apparmor_extra_rules: apparmor_parser refuses the redis-server profile with these rules: "
+        )
+        and "conflicting x modifiers" in results["merge"]
+        and "\n" not in results["merge"]
+    ), results
+    # Past the check: on a host without AppArmor in the kernel (a container) the next assert stops it.
+    assert results["good"] == "NOT REFUSED" or results["good"].startswith("AppArmor is off"), results

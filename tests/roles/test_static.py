@@ -356,6 +356,26 @@ def _mismatched_tls_pair() -> tuple[str, str]:
 _TLS_CERT, _TLS_OTHER_KEY = _mismatched_tls_pair()
 
 BAD_INPUT: dict[str, tuple[str, dict[str, Any], str]] = {
+    "apparmor-profile-bad-name": (
+        "apparmor_profile",
+        {"apparmor_profile_name": "../x", "apparmor_profile_rules": [], "apparmor_profile_units": []},
+        "apparmor_profile_name: letters, digits, . _ - only (it is also the file name), got ../x",
+    ),
+    "apparmor-profile-units-without-handler": (
+        "apparmor_profile",
+        {"apparmor_profile_name": "x", "apparmor_profile_rules": [], "apparmor_profile_units": ["x.service"]},
+        "apparmor_profile_restart_handler: required with apparmor_profile_units",
+    ),
+    "apparmor-profile-bad-unit": (
+        "apparmor_profile",
+        {
+            "apparmor_profile_name": "x",
+            "apparmor_profile_rules": [],
+            "apparmor_profile_units": ["x.service", "y.socket"],
+            "apparmor_profile_restart_handler": "Restart x",
+        },
+        "apparmor_profile_units: each a name.service, got y.socket",
+    ),
     "firewall-no-admin": ("firewall", {"firewall_admin_cidrs": []}, "firewall_admin_cidrs is empty"),
     "firewall-bad-cidr": (
         "firewall",
