@@ -232,7 +232,8 @@ def test_the_gpu_hosts_model_server_is_reached_over_tls_checked_against_the_inte
 
 def test_the_log_host_fronts_journal_remote_with_mutual_tls_for_every_host(stack_run: Get, tmp_path: Path) -> None:
     # One log host (the monitoring host, a data host): its link carries the journal with client verification, and its
-    # firewall admits that port from every host of the estate; the other data host has neither.
+    # firewall admits that port from every host of the estate; the other data host has neither. Both front their
+    # Weaviate (REST, and gRPC with h2 to Weaviate's own port: ADR 0120), reachable from the assistant hosts only.
     run = stack_run("aws", "standard")
     children = yaml.safe_load(handoff(run)[0])["all"]["children"]
     [monitor] = children["monitoring"]["hosts"]
@@ -243,16 +244,22 @@ def test_the_log_host_fronts_journal_remote_with_mutual_tls_for_every_host(stack
         if h
     }
     data = resolve(run, tmp_path / "d", ("ai_assistant_log_host", "link_tls_links", "firewall_extra_rules"), "data")
+    assistants = {f"{h['ansible_host']}/32" for h in children["assistant"]["hosts"].values()}
     assert len(data) == 2 and monitor in data, sorted(data)
     for host, v in data.items():
         assert v["ai_assistant_log_host"] == monitor, host
         opened = {cidr for r in v["firewall_extra_rules"] if int(r["port"]) == 19532 for cidr in r["cidrs"]}
         links = [(link["name"], int(link["port"]), link.get("verify_client")) for link in v["link_tls_links"]]
+        weaviate = [("weaviate", 8082, None), ("weaviate-grpc", 50051, None)]
+        grpc = next(link for link in v["link_tls_links"] if link["name"] == "weaviate-grpc")
+        assert (int(grpc["upstream_port"]), grpc["alpn"]) == (50052, ["h2"]), grpc
+        weaviate_open = {int(r["port"]) for r in v["firewall_extra_rules"] if set(r["cidrs"]) == assistants}
+        assert {8082, 50051} <= weaviate_open and 50052 not in weaviate_open, host
         if host == monitor:
-            assert links == [("journal", 19532, True)], host
+            assert links == [*weaviate, ("journal", 19532, True)], host
             assert opened == estate, host
         else:
-            assert links == [] and opened == set(), host
+            assert links == weaviate and opened == set(), host
 
 
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
