@@ -63,6 +63,12 @@ def resolve(
     wheel.parent.mkdir()
     wheel.write_bytes(b"stand-in: only its name is read")
     files = write_handoff_files(unwrap(cmd.inputs["environment"]), work / "handoff", wheel=wheel, wheelhouse=work)
+    return _probe(work, role_vars, hosts, ["-i", str(files.inventory), "-e", f"@{files.secret_vars}"])
+
+
+def _probe(work: Path, role_vars: tuple[str, ...], hosts: str, args: list[str]) -> dict[str, dict[str, Any]]:
+    """`role_vars` for every host of `hosts` as ansible-playbook resolves them, with `args` (inventory, -e) from
+    `work`, which holds a copy of playbooks/."""
     probe = [
         {
             "hosts": hosts,
@@ -81,7 +87,7 @@ def resolve(
         "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
         "ANSIBLE_NOCOLOR": "1",
     }
-    cmd_line = [str(VENV_BIN / "ansible-playbook"), "-i", str(files.inventory), "-e", f"@{files.secret_vars}"]
+    cmd_line = [str(VENV_BIN / "ansible-playbook"), *args]
     proc = subprocess.run(
         [*cmd_line, "playbooks/probe.yml"], cwd=work, env=env, capture_output=True, text=True, timeout=300, check=False
     )
@@ -185,6 +191,46 @@ def test_without_infra_the_hosts_keep_the_data_hosts_redis_and_their_embedded_st
     assert settings.store.redis_url.get_secret_value() == "redis://ai-assistant:r3dis@127.0.0.1:6379/0"
     assert settings.knowledge.store.name == "embedded" and settings.knowledge.store.api_key is None
     assert settings.engine.ca_file is None
+
+
+def test_a_separate_data_hosts_own_redis_is_reached_over_its_tls_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-written inventory (no infra, so no managed Redis) with the data host apart: its Redis stays on loopback
+    behind its link (issue 23 item 4), and the assistant host connects with rediss:// to the data host's address,
+    verified against the internal CA; the single-host layout keeps plain redis:// on loopback (the test above)."""
+    from tests.pki import make_ca
+
+    shutil.copytree(ROOT / "playbooks", tmp_path / "playbooks", ignore=shutil.ignore_patterns("inventory"))
+    ca_dir = tmp_path / "internal-ca"
+    ca_dir.mkdir()
+    ca = make_ca(ca_dir, "internal CA")
+    ca.pem.rename(ca_dir / "ca.crt")
+    inventory = {
+        "all": {
+            "children": {
+                "assistant": {"hosts": {"a1": {"ansible_host": "10.0.1.11"}}},
+                "data": {"hosts": {"d1": {"ansible_host": "10.0.1.21"}}},
+            }
+        }
+    }
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
+    args = ["-i", "inventory.yml", "-e", f"tls_internal_ca_dir={ca_dir}", "-e", "redis_password=r3dis"]
+    assistant_vars = (
+        "assistant_redis_host",
+        "assistant_redis_tls",
+        "assistant_redis_ca_cert",
+        "assistant_redis_password",
+    )
+    a1 = _probe(tmp_path, assistant_vars, "assistant", args)["a1"]
+    assert (a1["assistant_redis_host"], a1["assistant_redis_tls"]) == ("10.0.1.21", True), a1
+    assert a1["assistant_redis_ca_cert"].strip() == (ca_dir / "ca.crt").read_text().strip()
+    [links] = [v["link_tls_links"] for v in _probe(tmp_path, ("link_tls_links",), "data", args).values()]
+    redis = [link for link in links if link["name"] == "redis"]
+    assert [int(link["port"]) for link in redis] == [6379] and "upstream_port" not in redis[0], links
+    settings = host_settings(a1, tmp_path / "config", monkeypatch)
+    assert settings.store.redis_url.get_secret_value() == "rediss://ai-assistant:r3dis@10.0.1.21:6379/0"
+    assert settings.store.redis_ca_file == tmp_path / "config" / "redis-ca.pem"
 
 
 @pytest.mark.parametrize(("handed_over", "runs"), [({"host": "r.example", "tls": True}, False), (None, True)])

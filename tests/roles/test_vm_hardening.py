@@ -538,6 +538,68 @@ echo "own: $(curl -sS -m 20 -o /dev/null -w '%{{http_code}}' --cacert {TLS_DIR}/
     ), link[-2000:]
 
 
+# --- Redis between hosts ------------------------------------------------------------------------------------------
+# The VM is its own data host, and its inventory has no managed Redis: site.yml's data play puts link_tls in front of
+# its Redis on the private address, as on a data host that assistant hosts elsewhere reach (issue 23 item 4). Its own
+# assistant keeps loopback. The service's own store code, as the service user with its secrets, crosses the link.
+REDIS_OVER_THE_LINK = """
+import asyncio, json, sys
+from pathlib import Path
+from ai_assistant.settings import load_settings
+from ai_assistant.store.redis import RedisStore
+
+async def attempt(url, ca):
+    store = RedisStore(url, ca)
+    try:
+        await asyncio.wait_for(store.ping(), 30)
+        return "connected"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        await store.close()
+
+async def main():
+    url = load_settings().store.redis_url.get_secret_value()
+    assert url.startswith("redis://") and "@127.0.0.1:" in url, "the VM's own assistant uses loopback"
+    plain = url.replace("@127.0.0.1:", "@" + sys.argv[1] + ":")
+    linked = plain.replace("redis://", "rediss://", 1)
+    ca = Path("/etc/ssl/ai-assistant/internal-ca.crt")
+    print(json.dumps({"link": await attempt(linked, ca), "plain": await attempt(plain, None),
+                      "no_ca": await attempt(linked, None)}))
+
+asyncio.run(main())
+"""
+
+
+def test_redis_is_reached_from_other_hosts_only_through_its_tls_link(test_vm: TestVM, host: Any) -> None:
+    address = host.check_output("ip -4 -o route get 192.0.2.1").split(" src ")[1].split()[0]
+    listening = sorted(line.split()[3] for line in host.run("ss -Hltn4 'sport = :6379'").stdout.splitlines())
+    assert listening == sorted(["127.0.0.1:6379", f"{address}:6379"]), listening
+    assert "redis-server" in host.run("ss -Hltnp 'src 127.0.0.1 and sport = :6379'").stdout
+    assert "nginx" in host.run(f"ss -Hltnp 'src {address} and sport = :6379'").stdout, "not the link on the address"
+    command = (
+        "runuser -u ai-assistant -- sh -c 'set -a; . /etc/ai-assistant/secrets.env; set +a; "
+        "export AI_ASSISTANT_CONFIG_DIR=/etc/ai-assistant AI_ASSISTANT_DATA_DIR=/data/state; "
+        f"exec timeout 200 /opt/ai-assistant/venv/bin/python - {address}'"
+    )
+    done = subprocess.run(
+        ["ssh", "-F", str(test_vm.ssh_config), "testvm", command],
+        input=REDIS_OVER_THE_LINK,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    # TLS 1.3 with the internal CA's certificate for the address, the ACL user's password inside it.
+    assert out["link"] == "connected", out
+    # No plaintext path from another host, and no trust but the internal CA's.
+    assert out["plain"] != "connected" and out["no_ca"] != "connected", out
+    assert "certificate verify failed" in out["no_ca"].lower() or "not trusted" in out["no_ca"], out
+    link = host.run("journalctl -t link_tls --since=-10min --no-pager -o cat").stdout
+    assert any("port=6379 " in line and "tls=TLSv1.3" in line for line in link.splitlines()), link[-2000:]
+
+
 def test_the_upload_resumes_after_the_log_host_was_away(host: Any) -> None:
     """What the role's retry settings exist for: Debian's unit gives up after five quick failures. The line written
     while the log host is down arrives once it is back, exactly once."""
