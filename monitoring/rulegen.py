@@ -591,6 +591,50 @@ def host_file() -> RuleFile:
             " host runs the old, unpatched code.",
             for_="7d",
         ),
+        # roles/base's daily AIDE check (CIS 6.3.2) publishes how it ended. A warning, not a page: every unattended
+        # upgrade changes watched files (/usr/bin, /boot, /etc) and is reported until the next converge accepts it
+        # (ADR 0117), so most differences are routine. It fires after the check and stays until a check finds none.
+        Alert(
+            "FileIntegrityDifferences",
+            "node_aide_check_differences == 1",
+            "warning",
+            "The daily AIDE check on {{ $labels.instance }} found watched files that differ from the baseline",
+            "Files under the watched paths were added, removed or changed since the last converge took the baseline."
+            " An unattended upgrade explains its packages' files; anything else was changed outside Ansible. The"
+            " report is in the host's journal (journalctl -u ai-assistant-aide-check).",
+        ),
+        Alert(
+            "FileIntegrityCheckFailed",
+            "node_aide_check_failed == 1",
+            "warning",
+            "The daily AIDE check on {{ $labels.instance }} could not compare the watched files",
+            "aide ended with an error of its own (14 and above: configuration, database, I/O) or was killed; until a"
+            " check completes, changes to the watched files go unreported.",
+        ),
+        # The timer is daily with up to an hour's random delay, and catches up after a host was off (Persistent=true):
+        # more than 50 hours means two checks in a row did not finish.
+        Alert(
+            "FileIntegrityCheckStale",
+            "time() - node_aide_check_timestamp_seconds > 50 * 3600",
+            "warning",
+            "No AIDE check has finished on {{ $labels.instance }} for {{ $value | humanizeDuration }}",
+            "The daily check of the watched files has not finished for more than 50 hours: its timer is stopped, or"
+            " the check hangs or never reaches its end.",
+        ),
+        # roles/journal_upload writes the time of every failed upload (the uploader exits, and systemd starts it again
+        # after journal_upload_retry_seconds, 30 s). A failure within the last 5 minutes, held for 15 minutes, is an
+        # outage: the window covers the retry interval plus a connection attempt to an unreachable log host, which the
+        # kernel gives up after about 2 minutes. One failure (a restart killed while it finished a transfer) passes.
+        Alert(
+            "LogShippingFailing",
+            "time() - node_journal_upload_last_failure_timestamp_seconds < 300",
+            "warning",
+            "{{ $labels.instance }} cannot ship its journal to the log host",
+            "journal-upload has failed again and again for 15 minutes. The entries wait in the host's own journal and"
+            " are sent from the saved cursor once the log host takes them again; until then they exist on this host"
+            " only.",
+            for_="15m",
+        ),
     )
     return RuleFile("host", JOB_NODE, recs, alerts)
 

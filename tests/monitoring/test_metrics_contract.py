@@ -88,6 +88,21 @@ def exporters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
             render("base", "reboot-required-metric.j2", {"base_reboot_required_textfile_dir": str(textfile)})
         )
         subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=60)
+        # The AIDE check's and journal-upload's ExecStopPost scripts (FileIntegrity*, LogShippingFailing), with what
+        # systemd passes them after a check that found differences and after a failed upload.
+        for role, template, dir_var, env in (
+            (
+                "base",
+                "aide-check-metric.j2",
+                "base_integrity_textfile_dir",
+                {"EXIT_CODE": "exited", "EXIT_STATUS": "1"},
+            ),
+            ("journal_upload", "failure-metric.j2", "journal_upload_textfile_dir", {"SERVICE_RESULT": "exit-code"}),
+        ):
+            script = work / template.removesuffix(".j2")
+            script.write_text(render(role, template, {dir_var: str(textfile)}))
+            env = {"PATH": "/usr/bin:/bin", **env}
+            subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=60, env=env)
         daemons.start(
             "prometheus-node-exporter",
             f"--web.listen-address=127.0.0.1:{ports['node']}",
@@ -230,6 +245,14 @@ def test_the_service_exports_what_monitoring_expects(exporters: dict[str, str]) 
 def test_node_exporter_reads_the_backup_textfile(exporters: dict[str, str]) -> None:
     assert 'ai_assistant_backup_last_success_timestamp_seconds{target="sqlite"} 1.7e+09' in exporters["node"]
     assert 'ai_assistant_backup_last_run_success{target="sqlite"} 1' in exporters["node"]
+
+
+def test_node_exporter_reads_the_aide_and_journal_upload_textfiles(exporters: dict[str, str]) -> None:
+    page = exporters["node"]
+    for line in ("node_aide_check_differences 1", "node_aide_check_failed 0", "node_journal_upload_failures_total 1"):
+        assert re.search(rf"^{line}$", page, re.M), f"{line!r} is not on node_exporter's page"
+    for name in ("node_aide_check_timestamp_seconds", "node_journal_upload_last_failure_timestamp_seconds"):
+        assert re.search(rf"^{name} \d", page, re.M), f"{name} is not on node_exporter's page"
 
 
 def test_blackbox_reports_certificate_expiry(exporters: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,153 @@ def test_sshd_accepts_the_drop_in(tmp_path: Path) -> None:
         render("base", "sshd-hardening.conf.j2", {"base_ssh_ciphers": ["nonesuch-cipher"]}) + f"HostKey {key}\n"
     )
     assert subprocess.run([sshd, "-t", "-f", str(bad)], capture_output=True, timeout=60).returncode != 0
+
+
+# --- the AIDE check's and journal-upload's metrics (node_exporter's textfile collector) ------------------------------
+
+JOURNAL_UPLOAD = yaml.safe_load((REPO / "roles/journal_upload/defaults/main.yml").read_text(encoding="utf-8"))
+HOST_RULES = REPO / "monitoring/prometheus/rules/host.rules.yml"
+# What systemd hands an ExecStopPost= command besides these (systemd.exec(5)); the scripts must need nothing more.
+STOP_POST_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def _task_dest(role: str, tasks_file: str, template: str) -> str:
+    """Where the role's tasks install `template`: the path the unit's ExecStopPost= must name."""
+    tasks = yaml.safe_load((REPO / f"roles/{role}/tasks/{tasks_file}").read_text(encoding="utf-8"))
+    flat = [t for task in tasks for t in task.get("block", [task])]
+    return next(
+        t["ansible.builtin.template"]["dest"]
+        for t in flat
+        if t.get("ansible.builtin.template", {}).get("src") == template
+    )
+
+
+def _stop_post(unit: str) -> list[str]:
+    return [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStopPost=")]
+
+
+def _textfile_values(path: Path) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def _run_metric_script(script: Path, env: dict[str, str]) -> None:
+    done = subprocess.run(["sh", str(script)], env=STOP_POST_ENV | env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{script.name} with {env}: rc={done.returncode} {done.stderr}"
+
+
+def test_the_metric_scripts_write_to_node_exporters_textfile_directory() -> None:
+    node_exporter = yaml.safe_load((REPO / "roles/node_exporter/defaults/main.yml").read_text(encoding="utf-8"))
+    directory = node_exporter["node_exporter_textfile_directory"]
+    assert BASE["base_integrity_textfile_dir"] == directory
+    assert JOURNAL_UPLOAD["journal_upload_textfile_dir"] == directory
+    rules = yaml.safe_load(HOST_RULES.read_text(encoding="utf-8"))["groups"][0]["rules"]
+    exprs = {r["alert"]: r["expr"] for r in rules if "alert" in r}
+    assert exprs["FileIntegrityDifferences"] == "node_aide_check_differences == 1", exprs
+    assert exprs["FileIntegrityCheckFailed"] == "node_aide_check_failed == 1", exprs
+    assert "node_aide_check_timestamp_seconds" in exprs["FileIntegrityCheckStale"], exprs
+    assert "node_journal_upload_last_failure_timestamp_seconds" in exprs["LogShippingFailing"], exprs
+
+
+def test_the_aide_check_unit_publishes_its_outcome_after_every_run() -> None:
+    """`-+`: as root outside the unit's sandbox, and a metric that cannot be written leaves the check's result alone."""
+    dest = _task_dest("base", "integrity.yml", "aide-check-metric.j2")
+    assert _stop_post(render("base", "aide-check.service.j2", {})) == [f"-+{dest}"]
+    assert _stop_post(render("base", "aide-check.service.j2", {"base_integrity_metric": False})) == []
+
+
+@pytest.mark.parametrize(
+    ("env", "differences", "failed"),
+    [
+        ({"SERVICE_RESULT": "success", "EXIT_CODE": "exited", "EXIT_STATUS": "0"}, "0", "0"),
+        ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "1"}, "1", "0"),
+        ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "7"}, "1", "0"),
+        ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "17"}, "0", "1"),
+        ({"SERVICE_RESULT": "exit-code", "EXIT_CODE": "exited", "EXIT_STATUS": "18"}, "0", "1"),
+        ({"SERVICE_RESULT": "success", "EXIT_CODE": "killed", "EXIT_STATUS": "TERM"}, "0", "1"),
+        ({"SERVICE_RESULT": "timeout", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}, "0", "1"),
+        ({"SERVICE_RESULT": "resources"}, "0", "1"),
+    ],
+    ids=["clean", "added", "all-kinds", "config-error", "io-error", "stopped", "timeout", "not-started"],
+)
+def test_the_aide_metric_script_reads_how_the_check_ended(
+    tmp_path: Path, env: dict[str, str], differences: str, failed: str
+) -> None:
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    script = tmp_path / "aide-check-metric"
+    script.write_text(render("base", "aide-check-metric.j2", {"base_integrity_textfile_dir": str(textfile)}))
+    before = int(time.time())
+    _run_metric_script(script, env)
+    prom = textfile / "aide_check.prom"
+    values = _textfile_values(prom)
+    assert (values.get("node_aide_check_differences"), values.get("node_aide_check_failed")) == (differences, failed), (
+        env,
+        values,
+    )
+    assert before <= int(values["node_aide_check_timestamp_seconds"]) <= time.time() + 1, values
+    assert prom.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in textfile.iterdir()) == ["aide_check.prom"], "the temporary file was left behind"
+
+
+def test_the_metric_scripts_write_nothing_without_node_exporters_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "no-node-exporter"
+    for role, template, variable, env in (
+        ("base", "aide-check-metric.j2", "base_integrity_textfile_dir", {"EXIT_CODE": "exited", "EXIT_STATUS": "1"}),
+        ("journal_upload", "failure-metric.j2", "journal_upload_textfile_dir", {"SERVICE_RESULT": "exit-code"}),
+    ):
+        script = tmp_path / template
+        script.write_text(render(role, template, {variable: str(missing)}))
+        _run_metric_script(script, env)
+    assert not missing.exists()
+
+
+def test_the_journal_upload_drop_in_publishes_every_failed_stop() -> None:
+    dest = _task_dest("journal_upload", "main.yml", "failure-metric.j2")
+    url = {"journal_upload_url": "https://10.0.3.10:19532"}
+    assert _stop_post(render("journal_upload", "service-override.conf.j2", url)) == [f"-+{dest}"]
+    off = render("journal_upload", "service-override.conf.j2", url | {"journal_upload_failure_metric": False})
+    assert _stop_post(off) == []
+
+
+def test_the_failure_metric_counts_failed_stops_and_ignores_clean_ones(tmp_path: Path) -> None:
+    """The role's restart handler, `systemctl stop` and shutdown end the uploader with SIGTERM, which systemd counts as
+    success: nothing is written. A failed upload (exit-code), a stop killed after TimeoutStopSec (timeout) and a start
+    that could not begin (resources) each count once, on top of the previous file's count."""
+    textfile = tmp_path / "textfile"
+    textfile.mkdir()
+    script = tmp_path / "journal-upload-failure-metric"
+    script.write_text(render("journal_upload", "failure-metric.j2", {"journal_upload_textfile_dir": str(textfile)}))
+    prom = textfile / "journal_upload.prom"
+    _run_metric_script(script, {"SERVICE_RESULT": "success", "EXIT_CODE": "killed", "EXIT_STATUS": "TERM"})
+    assert not prom.exists(), "a clean stop wrote a failure"
+    seen = []
+    for result in ("exit-code", "timeout", "success", "resources"):
+        before = int(time.time())
+        _run_metric_script(script, {"SERVICE_RESULT": result, "EXIT_CODE": "exited", "EXIT_STATUS": "1"})
+        values = _textfile_values(prom)
+        seen.append((result, values["node_journal_upload_failures_total"]))
+        if result != "success":
+            assert before <= int(values["node_journal_upload_last_failure_timestamp_seconds"]) <= time.time() + 1
+    assert seen == [("exit-code", "1"), ("timeout", "2"), ("success", "2"), ("resources", "3")], seen
+    assert prom.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in textfile.iterdir()) == ["journal_upload.prom"], "the temporary file was left behind"
+    # A damaged count starts again from 1 instead of stopping the script (Prometheus reads it as a counter reset).
+    prom.write_text("node_journal_upload_failures_total garbage\n")
+    _run_metric_script(script, {"SERVICE_RESULT": "exit-code"})
+    assert _textfile_values(prom)["node_journal_upload_failures_total"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("role", "template"), [("base", "aide-check-metric.j2"), ("journal_upload", "failure-metric.j2")]
+)
+def test_the_metric_scripts_are_shellcheck_clean(role: str, template: str, tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed here")
+    script = tmp_path / template
+    script.write_text(render(role, template, {}))
+    done = subprocess.run([shellcheck, "--shell=sh", str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout
 
 
 # --- AppArmor: the service's profile (roles/apparmor_profile with roles/assistant's __assistant_apparmor_rules) -------

@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(1800, func_only=True)]
 SITE = REPO / "playbooks/site.yml"
 BASE_DEFAULTS: dict[str, Any] = yaml.safe_load((REPO / "roles/base/defaults/main.yml").read_text(encoding="utf-8"))
 TEXTFILE = Path(BASE_DEFAULTS["base_reboot_required_textfile_dir"]) / "reboot_required.prom"
+AIDE_TEXTFILE = Path(BASE_DEFAULTS["base_integrity_textfile_dir"]) / "aide_check.prom"
+UPLOAD_DEFAULTS: dict[str, Any] = yaml.safe_load(
+    (REPO / "roles/journal_upload/defaults/main.yml").read_text(encoding="utf-8")
+)
+UPLOAD_TEXTFILE = Path(UPLOAD_DEFAULTS["journal_upload_textfile_dir"]) / "journal_upload.prom"
 
 
 # Runs in the guest: reads the system's pwquality configuration and checks the password given as its argument.
@@ -479,6 +485,25 @@ def test_reboot_required_metric_follows_debians_marker(host: Any) -> None:
     assert "node_reboot_required 0" in host.file(str(TEXTFILE)).content_string
 
 
+def _samples(text: str, prefix: str) -> dict[str, float]:
+    return {name: float(value) for name, value in re.findall(rf"^({prefix}\w*) (\S+)$", text, re.M)}
+
+
+def textfile_and_node_exporter(
+    host: Any, path: Path, prefix: str, done: Callable[[dict[str, float], dict[str, float]], bool], timeout: float = 60
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The samples named prefix* in a textfile and on node_exporter's page (one command per look), once
+    done(file, served) holds or after `timeout`: the caller's assertions then say what was there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = host.run(f"cat {path}; echo '#--'; curl -s http://127.0.0.1:9100/metrics | grep '^{prefix}'").stdout
+        file_text, _, served_text = out.partition("#--\n")
+        file, served = _samples(file_text, prefix), _samples(served_text, prefix)
+        if done(file, served) or time.monotonic() > deadline:
+            return file, served
+        time.sleep(2)
+
+
 # --- central logs ---------------------------------------------------------------------------------------------------
 # The VM is its own log host (the monitoring group): its journal-upload posts to the link on its private address
 # (roles/link_tls, mutual TLS with the hand-off's internal CA) in front of journal-remote on loopback, as any other
@@ -602,10 +627,14 @@ def test_redis_is_reached_from_other_hosts_only_through_its_tls_link(test_vm: Te
 
 def test_the_upload_resumes_after_the_log_host_was_away(host: Any) -> None:
     """What the role's retry settings exist for: Debian's unit gives up after five quick failures. The line written
-    while the log host is down arrives once it is back, exactly once."""
+    while the log host is down arrives once it is back, exactly once. Each failed upload during the outage writes its
+    time and count into node_exporter's textfile directory (the drop-in's ExecStopPost; alert LogShippingFailing)."""
     tag = f"logaway-{int(time.time() * 1000)}"
     units = "systemd-journal-remote.socket systemd-journal-remote.service"
-    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    # The guest's clock and the failure count before the outage (no file before the first failure ever).
+    now, _, before = host.run(f"date '+%s %Y-%m-%d %H:%M:%S'; cat {UPLOAD_TEXTFILE}").stdout.partition("\n")
+    epoch, since = int(now.split(" ", 1)[0]), now.split(" ", 1)[1]
+    failures_before = _samples(before, "node_journal_upload_").get("node_journal_upload_failures_total", 0)
     restarts = int(host.check_output("systemctl show -p NRestarts --value systemd-journal-upload"))
     try:
         assert host.run(f"systemctl stop {units}").rc == 0
@@ -617,8 +646,25 @@ def test_the_upload_resumes_after_the_log_host_was_away(host: Any) -> None:
             interval=3,
         )
         time.sleep(35)  # past one retry interval (journal_upload_retry_seconds: 30): it must still be retrying
+        # Read while the log host is still away: a failure of the outage, written and served.
+        file, served = textfile_and_node_exporter(
+            host,
+            UPLOAD_TEXTFILE,
+            "node_journal_upload_",
+            lambda f, s: s.get("node_journal_upload_last_failure_timestamp_seconds", 0) >= epoch,
+            timeout=30,
+        )
     finally:
         assert host.run(f"systemctl start {units}").rc == 0
+    stamp = file.get("node_journal_upload_last_failure_timestamp_seconds", 0)
+    assert stamp >= epoch, f"no failure written during the outage (since {epoch}): {UPLOAD_TEXTFILE} holds {file}"
+    assert file.get("node_journal_upload_failures_total", 0) > failures_before, (
+        f"the failure count did not grow from {failures_before}: {file}"
+    )
+    # Not equal to the file's: the next retry may have failed between the two reads.
+    assert served.get("node_journal_upload_last_failure_timestamp_seconds", 0) >= epoch, (
+        f"node_exporter serves {served} (the file holds {file})"
+    )
     wait_until(lambda: _remote_lines(host, tag), 180, f"the {tag} line after the log host came back", interval=3)
     time.sleep(5)
     assert _remote_lines(host, tag) == ["written-while-away"]
@@ -680,11 +726,15 @@ def test_the_daily_aide_check_reports_a_planted_file_and_nothing_else(
     by itself (a log, state, a lock), which base_integrity_excludes must leave out. One check run proves both (each
     hashes every watched file: 45-90 s under emulation)."""
     planted = f"/usr/local/sbin/aide-planted-{int(time.time())}"
-    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    epoch, since = host.check_output("date '+%s %Y-%m-%d %H:%M:%S'").split(" ", 1)
     unit = "ai-assistant-aide-check.service"
+    # The metric as the test found it (or none), put back afterwards: the planted file is gone again by then, and a
+    # difference left on node_exporter would fire FileIntegrityDifferences for the rest of the suite.
+    saved = f"{AIDE_TEXTFILE}.before-test"
     try:
         start = time.monotonic()
         run = test_vm.ssh(
+            f"rm -f {saved}; [ ! -e {AIDE_TEXTFILE} ] || cp -p {AIDE_TEXTFILE} {saved}; "
             f"printf '#!/bin/sh\\n' > {planted} && chmod 0755 {planted} && systemctl start {unit}; "
             f"echo start-rc=$?; systemctl show -P ExecMainStatus {unit}",
             timeout=AIDE_TIMEOUT_S,
@@ -692,8 +742,15 @@ def test_the_daily_aide_check_reports_a_planted_file_and_nothing_else(
         TIMINGS["aide check unit"] = time.monotonic() - start
         journal = f"journalctl -u {unit} --since '{since}' -o cat --no-pager"
         wait_until(lambda: "Changed entries" in host.run(journal).stdout, 30, "the check's summary in the journal", 2)
+        # The unit's ExecStopPost published the outcome, and node_exporter serves it (what the alerts read).
+        file, served = textfile_and_node_exporter(
+            host,
+            AIDE_TEXTFILE,
+            "node_aide_check_",
+            lambda f, s: s.get("node_aide_check_timestamp_seconds", 0) >= int(epoch),
+        )
     finally:
-        host.run(f"rm -f {planted}")
+        host.run(f"rm -f {planted}; if [ -e {saved} ]; then mv {saved} {AIDE_TEXTFILE}; else rm -f {AIDE_TEXTFILE}; fi")
     lines = run.stdout.split()
     # aide --check exits with 1 (added) or'ed with 2 and 4 for other differences; the unit fails with it.
     assert "start-rc=0" not in lines and int(lines[-1]) == 1, (run.stdout, run.stderr)
@@ -702,6 +759,10 @@ def test_the_daily_aide_check_reports_a_planted_file_and_nothing_else(
     files = [line for line in aide_report_lines(report) if re.match(r"^[fdl][-+ .!=<>a-zA-Z]*: /", line)]
     assert summary == {"Added": 1, "Removed": 0, "Changed": 0}, aide_report_lines(report)[:60]
     assert len(files) == 1 and files[0].startswith("f+") and files[0].endswith(f": {planted}"), files
+    outcome = {k: file.get(f"node_aide_check_{k}") for k in ("differences", "failed")}
+    assert outcome == {"differences": 1, "failed": 0}, f"{AIDE_TEXTFILE} after the check (from {epoch}): {file}"
+    assert file.get("node_aide_check_timestamp_seconds", 0) >= int(epoch), f"not this check's: {file}"
+    assert served == file, f"node_exporter serves {served}, the file holds {file}"
 
 
 def test_the_daily_aide_check_is_scheduled(host: Any) -> None:
