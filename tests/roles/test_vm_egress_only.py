@@ -295,15 +295,16 @@ from ai_assistant.knowledge.stores.weaviate import WeaviateStore
 
 route = subprocess.run(["ip", "-4", "-o", "route", "get", "192.0.2.1"], capture_output=True, text=True).stdout
 address = route.split(" src ")[1].split()[0]
-standin = StandIn("vm-key", http_port=8082, grpc_port=50052).start()
+KEY = "vm-key"  # pragma: allowlist secret
+standin = StandIn(KEY, http_port=8082, grpc_port=50052).start()
 out = {}
-store = WeaviateStore(f"https://{address}:8082", 384, "m", api_key="vm-key", grpc_port=50051,
+store = WeaviateStore(f"https://{address}:8082", 384, "m", api_key=KEY, grpc_port=50051,
                       ca_file=Path("/etc/ssl/ai-assistant/internal-ca.crt"), timeout=60)
 store.close()
 out["seen"] = {"http": list(standin.seen.http), "grpc": list(standin.seen.grpc), "refused": standin.seen.refused}
 for case, url in (("no_ca_file", f"https://{address}:8082"), ("plain", f"http://{address}:8082")):
     try:
-        WeaviateStore(url, 384, "m", api_key="vm-key", grpc_port=50051, timeout=60).close()
+        WeaviateStore(url, 384, "m", api_key=KEY, grpc_port=50051, timeout=60).close()
         out[case] = "connected"
     except StoreError as exc:
         out[case] = str(exc)
