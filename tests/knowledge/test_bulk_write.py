@@ -177,13 +177,42 @@ def test_insert_threads_never_put_two_chunks_of_a_document_side_by_side(monkeypa
     assert _insert_threads([], cores=2) == 1
 
 
+def test_insert_threads_take_only_the_cores_other_processes_leave_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(now, busy seconds of all cores, this process's CPU seconds) as /proc/stat and the process report them."""
+    samples = iter(
+        [
+            (0.0, 0.0, 0.0),  # at open
+            (10.0, 19.0, 18.5),  # this process busy on both cores, others 0.05 of a core: both cores
+            (20.0, 37.0, 27.5),  # others busy on 0.9 of a core: one
+            (20.05, 37.1, 27.5),  # too short to tell: the last answer
+            (30.0, 47.0, 36.5),  # others 0.1: both again
+            None,  # /proc/stat unreadable: every core
+        ]
+    )
+    monkeypatch.setattr(embedded, "_cpu_seconds", lambda: next(samples))
+    monkeypatch.setattr(embedded.os, "sched_getaffinity", lambda pid: {0, 1})
+    idle = embedded.IdleCores()
+    assert [idle() for _ in range(5)] == [2, 1, 1, 2, 2]
+    monkeypatch.setattr(embedded, "_cpu_seconds", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(embedded.os, "sched_getaffinity", lambda pid: {0})
+    assert embedded.IdleCores()() == 1, "pinned to one core"
+
+
+def test_the_processor_counters_are_read_where_the_service_runs() -> None:
+    sample = embedded._cpu_seconds()
+    if sample is None:
+        pytest.skip("no /proc/stat here: every core counts as idle")
+    now, busy, own = sample
+    assert now > 0 and busy > 0 and own > 0
+
+
 def test_near_duplicates_written_in_one_parallel_batch_keep_their_recall(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ingest of a folder of policies: every cluster a document, all in one batch on two threads (the shipped
     settings otherwise); recall as test_near_duplicates.py asks of the one-document-at-a-time path. Without the
     relinking of unreachable vectors, 2 of 60 such builds were below 0.96 here; with it, 180 gave 0.9993-1.0000."""
-    monkeypatch.setattr(embedded, "_cores", lambda: 2)
+    monkeypatch.setattr(embedded.IdleCores, "__call__", lambda self: 2)
     chosen: list[int] = []
     real = embedded._insert_threads
 

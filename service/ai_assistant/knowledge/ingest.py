@@ -31,11 +31,11 @@ PIPELINE_VERSION = "2"
 # Chunks of several small documents are embedded together up to this many (memory stays ~100 KB of text).
 GROUP_CHUNKS = 128
 
-# Embedded documents are written to the store together (one transaction and one index add in the embedded store, on
-# all cores from 1,024 chunks: docs/benchmarks.md, "Parallel insert of a batch of documents") up to this many chunks,
-# or once the batch has taken WRITE_AFTER_SECONDS to gather. With the model on CPU (~7 chunks/s) a group takes longer
-# than that to embed, so every group is written as soon as it is embedded, as before; with a fast embedder (TEI on a
-# GPU, precomputed vectors) the batches grow, and a crash loses at most that much embedding work.
+# Embedded documents are written to the store together, up to this many chunks or once the batch has taken
+# WRITE_AFTER_SECONDS to gather: one transaction and one index add in the embedded store, on the idle cores from 1,024
+# chunks (docs/benchmarks.md, "Parallel insert of a batch of documents"). With the model on CPU (~7 chunks/s) a group
+# takes longer than that to embed, so every group is written as soon as it is embedded, as before; with a fast embedder
+# (TEI on a GPU, precomputed vectors) the batches grow, and a crash loses at most that much embedding work.
 WRITE_CHUNKS = 4096
 WRITE_AFTER_SECONDS = 2.0
 

@@ -88,6 +88,7 @@ class EmbeddedStore:
         self.directory = directory
         self.dim = dim
         self._lock = threading.RLock()
+        self._idle_cores = IdleCores()
         self._index_path = directory / "index.usearch"
         self._generation_path = directory / "index.generation"
         self._connectivity, self._expansion_add = connectivity, expansion_add
@@ -206,7 +207,8 @@ class EmbeddedStore:
         while rows := cursor.fetchmany(_REBUILD_BATCH):
             keys = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            _add(index, keys, vectors, [len(list(run)) for _, run in itertools.groupby(r[2] for r in rows)])
+            sizes = [len(list(run)) for _, run in itertools.groupby(r[2] for r in rows)]
+            _add(index, keys, vectors, sizes, self._idle_cores())
         if len(index):
             log.info("rebuilt knowledge index: %d chunks in %.1f s", len(index), time.perf_counter() - started)
         self._loaded_generation = self._generation()
@@ -284,7 +286,8 @@ class EmbeddedStore:
                 self._index.remove(np.asarray(old_keys, dtype=np.uint64))
             if new_keys:
                 vectors = matrices[0] if len(matrices) == 1 else np.vstack(matrices)
-                _add(self._index, np.asarray(new_keys, dtype=np.uint64), vectors, [len(m) for m in matrices])
+                keys = np.asarray(new_keys, dtype=np.uint64)
+                _add(self._index, keys, vectors, [len(m) for m in matrices], self._idle_cores())
             self._loaded_generation = generation
             self._dirty = True
 
@@ -393,10 +396,10 @@ class EmbeddedStore:
                 self._db.close()
 
 
-def _add(index: Index, keys: Keys, vectors: Vector, sizes: list[int]) -> None:
-    """Add a batch of documents' chunks (`sizes`: chunks per document, in order) to the index, on as many threads as
-    `_insert_threads` allows; after a parallel add, vectors that no search reaches are linked again on one thread."""
-    threads = _insert_threads(sizes, _cores())
+def _add(index: Index, keys: Keys, vectors: Vector, sizes: list[int], cores: int) -> None:
+    """Add a batch of documents' chunks (`sizes`: chunks per document, in order) to the index, on as many of `cores`
+    as `_insert_threads` allows; after a parallel add, vectors that no search reaches are linked again on one thread."""
+    threads = _insert_threads(sizes, cores)
     index.add(keys, vectors, threads=threads)
     if threads > 1:
         relinked = _relink_unreachable(index, keys, vectors, threads)
@@ -424,9 +427,41 @@ def _relink_unreachable(index: Index, keys: Keys, vectors: Vector, threads: int)
     return int(missing.sum())
 
 
-def _cores() -> int:
-    """The cores this process may run on (a service pinned to one core gets one insert thread)."""
-    return len(os.sched_getaffinity(0))
+class IdleCores:
+    """The cores this process may run on that other processes left idle since the last call: insert threads for the
+    next add. usearch's threads wait for each other's node locks by spinning, so a thread that shares its core with a
+    busy process holds up the others: with a VM busy on one of two cores, a build of 100k embedding-like chunks on two
+    threads ran at 648 vectors/s and 114 CPU s, on one at 1,416 and 61 (docs/benchmarks.md, "Parallel insert of a
+    batch of documents"). Measured from /proc/stat (all cores' busy time, steal included) less this process's own CPU
+    time; where /proc/stat cannot be read, every core counts as idle."""
+
+    def __init__(self) -> None:
+        self._cores = len(os.sched_getaffinity(0))  # a service pinned to one core gets one insert thread
+        self._last = _cpu_seconds()
+        self._idle = self._cores
+
+    def __call__(self) -> int:
+        now = _cpu_seconds()
+        if now is None or self._last is None:
+            return self._cores
+        wall = now[0] - self._last[0]
+        if wall >= 0.1:  # shorter intervals are mostly clock ticks: keep the last answer
+            others = (now[1] - self._last[1] - (now[2] - self._last[2])) / wall
+            self._idle = max(1, min(self._cores, self._cores - int(others + 0.5)))
+            self._last = now
+        return self._idle
+
+
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(now, seconds all cores were busy, this process's CPU seconds), or None without a readable /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already inside user and nice)
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
 
 
 def _insert_threads(sizes: list[int], cores: int) -> int:
