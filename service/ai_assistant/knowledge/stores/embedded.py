@@ -63,8 +63,10 @@ _RERANK_FACTOR = 4
 _PARALLEL_MIN = 1024
 
 # The search breadth at which a parallel add's vectors are looked for (see _relink_unreachable): a vector that no search
-# reaches is not found at any breadth, and a narrow search costs a fraction of the add.
-_SELF_CHECK_BREADTH = 16
+# reaches is not found at any breadth, and a narrow search costs a fraction of the add. At 100k embedding-like chunks
+# after a two-thread add of 32.5 s (idle): breadth 10 took 6.5 s and flagged 130 vectors, 16 took 8.2 s and 27, 64
+# took 28.5 s and 5; re-adding a vector on one thread costs about 0.6 ms.
+_SELF_CHECK_BREADTH = 10
 
 # Rows per batch when the index is rebuilt from SQLite: a million chunks' vectors read at once would need their 1.5 GB
 # twice over (rows, then the joined buffer) on top of the index.
