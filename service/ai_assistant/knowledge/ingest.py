@@ -1,4 +1,4 @@
-"""Ingestion: files or uploads -> parse -> chunk -> embed -> store, one document at a time, each replaced atomically.
+"""Ingestion: files or uploads -> parse -> chunk -> embed -> store; each document is replaced atomically.
 
 A file whose bytes (and the pipeline that turns them into chunks) did not change is skipped without parsing or
 embedding. A file that cannot be read or parsed is reported on one line and skipped; what is stored stays as it was.
@@ -21,7 +21,7 @@ from .embedders import Embedder
 from .errors import KnowledgeError, ParseError
 from .parsers import parse
 from .settings import KnowledgeSettings
-from .stores.base import Chunk, DocumentRecord, VectorStore, doc_id_for
+from .stores.base import Chunk, DocumentRecord, Replacement, ReplacesMany, Vector, VectorStore, doc_id_for
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,14 @@ PIPELINE_VERSION = "2"
 
 # Chunks of several small documents are embedded together up to this many (memory stays ~100 KB of text).
 GROUP_CHUNKS = 128
+
+# Embedded documents are written to the store together, up to this many chunks or once the batch has taken
+# WRITE_AFTER_SECONDS to gather: one transaction and one index add in the embedded store, on the idle cores from 1,024
+# chunks (docs/benchmarks.md, "Parallel insert of a batch of documents"). With the model on CPU (~7 chunks/s) a group
+# takes longer than that to embed, so every group is written as soon as it is embedded, as before; with a fast embedder
+# (TEI on a GPU, precomputed vectors) the batches grow, and a crash loses at most that much embedding work.
+WRITE_CHUNKS = 4096
+WRITE_AFTER_SECONDS = 2.0
 
 Status = Literal["added", "updated", "unchanged", "skipped", "failed"]
 ProgressCallback = Callable[[str, int, int], None]  # (source, chunks embedded so far, chunks in this document)
@@ -153,33 +161,48 @@ class Ingestor:
 
     def commit(self, group: list[Prepared], progress: ProgressCallback | None = None) -> list[Outcome]:
         """Embed the chunks of several documents in shared batches (small documents alone would leave the model's
-        threads idle), then store each document in its own transaction."""
+        threads idle), then store them (`write`)."""
+        try:
+            vectors = self.embed(group, progress)
+        except KnowledgeError as exc:
+            return _failed(group, exc)
+        return self.write(group, vectors)
+
+    def embed(self, group: list[Prepared], progress: ProgressCallback | None = None) -> Vector:
+        """The vectors of every chunk of `group`, in order; raises KnowledgeError when the embedder fails."""
         texts = [embedding_text(c) for doc in group for c in doc.chunks]
         label = group[0].record.source + (f" (+{len(group) - 1} more)" if len(group) > 1 else "")
         batch = self.settings.embedder.batch_size
-        try:
-            parts = []
-            for start in range(0, len(texts), batch):
-                parts.append(self.embedder.embed_passages(texts[start : start + batch]))
-                if progress:
-                    progress(label, min(start + batch, len(texts)), len(texts))
-            vectors = np.vstack(parts)
-        except KnowledgeError as exc:
-            return [
-                Outcome(d.record.source, "failed", d.record.doc_id, reason=f"{d.record.source}: {exc}") for d in group
-            ]
-        outcomes = []
+        parts = []
+        for start in range(0, len(texts), batch):
+            parts.append(self.embedder.embed_passages(texts[start : start + batch]))
+            if progress:
+                progress(label, min(start + batch, len(texts)), len(texts))
+        return np.vstack(parts)
+
+    def write(self, group: list[Prepared], vectors: Vector) -> list[Outcome]:
+        """Store each document of `group` with its rows of `vectors`: all in one step where the store can
+        (`ReplacesMany`), else one by one. If the one step fails, each document is tried on its own, so that a
+        document the store refuses fails alone, as it does one by one."""
+        replacements = []
         offset = 0
         for doc in group:
-            n = len(doc.chunks)
+            replacements.append(Replacement(doc.record, doc.chunks, vectors[offset : offset + len(doc.chunks)]))
+            offset += len(doc.chunks)
+        if len(replacements) > 1 and isinstance(self.store, ReplacesMany):
             try:
-                self.store.replace_document(doc.record, doc.chunks, vectors[offset : offset + n])
-                status: Status = "updated" if doc.replaces else "added"
-                outcomes.append(Outcome(doc.record.source, status, doc.record.doc_id, n))
+                self.store.replace_documents(replacements)
+                return [_stored(doc) for doc in group]
+            except KnowledgeError as exc:
+                log.warning("knowledge ingest: writing %d documents together failed (%s); one by one", len(group), exc)
+        outcomes = []
+        for doc, replacement in zip(group, replacements, strict=True):
+            try:
+                self.store.replace_document(replacement.record, replacement.chunks, replacement.vectors)
+                outcomes.append(_stored(doc))
             except KnowledgeError as exc:
                 reason = f"{doc.record.source}: {exc}"
                 outcomes.append(Outcome(doc.record.source, "failed", doc.record.doc_id, reason=reason))
-            offset += n
         return outcomes
 
     def ingest_bytes(
@@ -207,16 +230,44 @@ class Ingestor:
     ) -> IngestReport:
         report = IngestReport()
         slots: list[Outcome | None] = []
-        group: list[tuple[int, Prepared]] = []
+        group: list[tuple[int, Prepared]] = []  # parsed, waiting for the embedder
         group_chunks = 0
+        embedded: list[tuple[int, Prepared]] = []  # embedded, waiting to be written together
+        embedded_vectors: list[Vector] = []
+        embedded_chunks = 0
+        gathering_since = 0.0  # when the first of `embedded` began embedding
 
-        def commit_group() -> None:
-            nonlocal group_chunks
-            if group:
-                for (slot, _), outcome in zip(group, self.commit([p for _, p in group], progress), strict=True):
+        def write_embedded() -> None:
+            nonlocal embedded_chunks
+            if embedded:
+                outcomes = self.write([p for _, p in embedded], np.vstack(embedded_vectors))
+                for (slot, _), outcome in zip(embedded, outcomes, strict=True):
                     slots[slot] = outcome
-                group.clear()
-                group_chunks = 0
+                embedded.clear()
+                embedded_vectors.clear()
+                embedded_chunks = 0
+
+        def embed_group() -> None:
+            nonlocal group_chunks, embedded_chunks, gathering_since
+            if not group:
+                return
+            docs = [p for _, p in group]
+            started = time.monotonic()
+            try:
+                vectors = self.embed(docs, progress)
+            except KnowledgeError as exc:
+                for (slot, _), outcome in zip(group, _failed(docs, exc), strict=True):
+                    slots[slot] = outcome
+            else:
+                if not embedded:
+                    gathering_since = started
+                embedded.extend(group)
+                embedded_vectors.append(vectors)
+                embedded_chunks += group_chunks
+                if embedded_chunks >= WRITE_CHUNKS or time.monotonic() - gathering_since >= WRITE_AFTER_SECONDS:
+                    write_embedded()
+            group.clear()
+            group_chunks = 0
 
         for file in files:
             if on_file:
@@ -236,8 +287,9 @@ class Ingestor:
             group.append((len(slots) - 1, prepared))
             group_chunks += len(prepared.chunks)
             if group_chunks >= GROUP_CHUNKS:
-                commit_group()
-        commit_group()
+                embed_group()
+        embed_group()
+        write_embedded()
         for outcome in slots:
             assert outcome is not None
             if outcome.status in ("skipped", "failed"):
@@ -245,3 +297,11 @@ class Ingestor:
             report.outcomes.append(outcome)
         self.store.flush()
         return report
+
+
+def _stored(doc: Prepared) -> Outcome:
+    return Outcome(doc.record.source, "updated" if doc.replaces else "added", doc.record.doc_id, len(doc.chunks))
+
+
+def _failed(group: list[Prepared], exc: KnowledgeError) -> list[Outcome]:
+    return [Outcome(d.record.source, "failed", d.record.doc_id, reason=f"{d.record.source}: {exc}") for d in group]

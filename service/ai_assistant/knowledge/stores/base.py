@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -56,6 +57,15 @@ class Hit:
     score: float  # cosine similarity in [-1, 1], comparable across stores
 
 
+@dataclass(frozen=True)
+class Replacement:
+    """A document's new version: its record, its chunks and their vectors (row i embeds chunks[i])."""
+
+    record: DocumentRecord
+    chunks: list[Chunk]
+    vectors: Vector
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Synchronous on purpose: `KnowledgeBase` runs every call in a worker thread, so stores stay simple."""
@@ -88,6 +98,18 @@ class VectorStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReplacesMany(Protocol):
+    """A store that writes several documents in one step (the embedded store: one transaction and one index add).
+    Optional, so that a store from an entry point without it still works: the ingestor then writes each document
+    with `replace_document`."""
+
+    def replace_documents(self, replacements: Sequence[Replacement]) -> None:
+        """`replace_document` for each, as one change: readers see all the old versions or all the new ones. A doc_id
+        given twice ends as its last version, as if they had been written one after the other."""
+        ...
 
 
 def as_matrix(vectors: Vector, dim: int, what: str) -> Vector:

@@ -9,19 +9,22 @@ commit and the index save) means the index is rebuilt from the vectors kept in S
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import StoreError
 from ..settings import KnowledgeSettings, VectorDType, VectorStoreSettings
 from ._libstdcxx import share_system_libstdcxx
-from .base import Chunk, DocumentRecord, Hit, Vector, as_matrix, state_dir
+from .base import Chunk, DocumentRecord, Hit, Replacement, Vector, as_matrix, state_dir
 
 # Before usearch loads, or its private libstdc++ and the system's disagree on std::locale and the next C++ library
 # to load (onnxruntime, for OCR) segfaults: see _libstdcxx.py.
@@ -29,6 +32,8 @@ share_system_libstdcxx()
 from usearch.index import Index  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+Keys = npt.NDArray[np.uint64]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +59,15 @@ _SHIPPED = VectorStoreSettings()
 # top-10, 4x candidates re-scored 0.03% (docs/benchmarks.md, "Quantised vectors").
 _RERANK_FACTOR = 4
 
+# The smallest batch of documents whose chunks are inserted on several threads (see _insert_threads).
+_PARALLEL_MIN = 1024
+
+# The search breadth at which a parallel add's vectors are looked for (see _relink_unreachable): a vector that no search
+# reaches is not found at any breadth, and a narrow search costs a fraction of the add. At 100k embedding-like chunks
+# after a two-thread add of 32.5 s (idle): breadth 10 took 6.5 s and flagged 130 vectors, 16 took 8.2 s and 27, 64
+# took 28.5 s and 5; re-adding a vector on one thread costs about 0.6 ms.
+_SELF_CHECK_BREADTH = 10
+
 # Rows per batch when the index is rebuilt from SQLite: a million chunks' vectors read at once would need their 1.5 GB
 # twice over (rows, then the joined buffer) on top of the index.
 _REBUILD_BATCH = 8192
@@ -76,6 +90,7 @@ class EmbeddedStore:
         self.directory = directory
         self.dim = dim
         self._lock = threading.RLock()
+        self._idle_cores = IdleCores()
         self._index_path = directory / "index.usearch"
         self._generation_path = directory / "index.generation"
         self._connectivity, self._expansion_add = connectivity, expansion_add
@@ -189,13 +204,13 @@ class EmbeddedStore:
     def _rebuild(self) -> Index:
         index = self._new_index()
         started = time.perf_counter()
-        cursor = self._db.execute("SELECT key, vector FROM chunks ORDER BY key")
+        # Key order is write order, so each document's chunks are a run of rows.
+        cursor = self._db.execute("SELECT key, vector, doc_id FROM chunks ORDER BY key")
         while rows := cursor.fetchmany(_REBUILD_BATCH):
             keys = np.fromiter((r[0] for r in rows), dtype=np.uint64, count=len(rows))
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            # All cores here (a repair of the whole index, rare): recall can be slightly below an index built
-            # document by document (see replace_document), traded for a rebuild that takes half the time.
-            index.add(keys, vectors)
+            sizes = [len(list(run)) for _, run in itertools.groupby(r[2] for r in rows)]
+            _add(index, keys, vectors, sizes, self._idle_cores())
         if len(index):
             log.info("rebuilt knowledge index: %d chunks in %.1f s", len(index), time.perf_counter() - started)
         self._loaded_generation = self._generation()
@@ -230,25 +245,37 @@ class EmbeddedStore:
         return [DocumentRecord(*r) for r in rows]
 
     def replace_document(self, doc: DocumentRecord, chunks: list[Chunk], vectors: Vector) -> None:
-        matrix = as_matrix(vectors, self.dim, doc.source)
-        if len(chunks) != len(matrix):
-            raise ValueError(f"{doc.source}: {len(chunks)} chunks but {len(matrix)} vectors")
+        self.replace_documents([Replacement(doc, chunks, vectors)])
+
+    def replace_documents(self, replacements: Sequence[Replacement]) -> None:
+        """Several documents in one transaction (the bulk path: `kb ingest` of a folder, an upload of several files),
+        then their chunks in one index add, on several threads when the batch is large (`_insert_threads`)."""
+        # A doc_id given twice ends as its last version (its first would be deleted inside the transaction, after
+        # its keys were taken for the index).
+        latest = list({r.record.doc_id: r for r in replacements}.values())
+        matrices = [as_matrix(r.vectors, self.dim, r.record.source) for r in latest]
+        for r, matrix in zip(latest, matrices, strict=True):
+            if len(r.chunks) != len(matrix):
+                raise ValueError(f"{r.record.source}: {len(r.chunks)} chunks but {len(matrix)} vectors")
         with self._lock:
             db = self._db
+            old_keys: list[int] = []
+            new_keys: list[int] = []
             try:
                 db.execute("BEGIN IMMEDIATE")
                 self._catch_up(writing=True)
-                old_keys = [r[0] for r in db.execute("SELECT key FROM chunks WHERE doc_id = ?", (doc.doc_id,))]
-                db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc.doc_id,))
-                db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _doc_row(doc))
-                new_keys = []
-                for chunk, vector in zip(chunks, matrix, strict=True):
-                    cur = db.execute(
-                        "INSERT INTO chunks (doc_id, position, title, source, url, heading, text, content_hash, vector)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (*_chunk_row(chunk), vector.tobytes()),
-                    )
-                    new_keys.append(cur.lastrowid)
+                for r, matrix in zip(latest, matrices, strict=True):
+                    doc_id = r.record.doc_id
+                    old_keys += [row[0] for row in db.execute("SELECT key FROM chunks WHERE doc_id = ?", (doc_id,))]
+                    db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+                    db.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _doc_row(r.record))
+                    for chunk, vector in zip(r.chunks, matrix, strict=True):
+                        cur = db.execute(
+                            "INSERT INTO chunks (doc_id, position, title, source, url, heading, text, content_hash,"
+                            " vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (*_chunk_row(chunk), vector.tobytes()),
+                        )
+                        new_keys.append(cur.lastrowid)  # type: ignore[arg-type]  # an INSERT always sets it
                 db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
                 generation = self._generation()
                 db.execute("COMMIT")
@@ -260,11 +287,9 @@ class EmbeddedStore:
             if old_keys:
                 self._index.remove(np.asarray(old_keys, dtype=np.uint64))
             if new_keys:
-                # One thread: usearch's parallel insert links a batch's members concurrently and leaves some of a
-                # tight cluster unreachable. On tests/knowledge/test_near_duplicates.py's corpus recall@10 varied
-                # 0.92-0.99 from run to run with all cores and is 1.00 every run with one; a document's chunks are a
-                # small batch, so the cost is small (the embedding model, not this, bounds ingestion).
-                self._index.add(np.asarray(new_keys, dtype=np.uint64), matrix, threads=1)
+                vectors = matrices[0] if len(matrices) == 1 else np.vstack(matrices)
+                keys = np.asarray(new_keys, dtype=np.uint64)
+                _add(self._index, keys, vectors, [len(m) for m in matrices], self._idle_cores())
             self._loaded_generation = generation
             self._dirty = True
 
@@ -371,6 +396,98 @@ class EmbeddedStore:
                 self.flush()
             finally:
                 self._db.close()
+
+
+def _add(index: Index, keys: Keys, vectors: Vector, sizes: list[int], cores: int) -> None:
+    """Add a batch of documents' chunks (`sizes`: chunks per document, in order) to the index, on as many of `cores`
+    as `_insert_threads` allows; after a parallel add, vectors that no search reaches are linked again on one thread."""
+    threads = _insert_threads(sizes, cores)
+    index.add(keys, vectors, threads=threads)
+    if threads > 1:
+        relinked = _relink_unreachable(index, keys, vectors, threads)
+        if relinked:
+            log.debug("knowledge index: %d of %d vectors added again on one thread", relinked, len(keys))
+
+
+def _relink_unreachable(index: Index, keys: Keys, vectors: Vector, threads: int) -> int:
+    """usearch's parallel add can leave a vector that no search reaches (unum-cloud/USearch#735, open: a node whose
+    upper level is linked while its level 0 is still empty dead-ends another thread's insertion, which is left with one
+    link that the neighbour heuristic later drops). Every vector of the batch is searched for, narrowly; one whose own
+    key is not among the 10 found is removed and added again on one thread. On tests/knowledge/test_near_duplicates.py's
+    corpus, written in one two-thread add, 2 of 60 builds fell to recall@10 0.947 and 0.956 without this and 180 gave
+    1.0000 with it (docs/benchmarks.md, "Parallel insert of a batch of documents"). Returns how many it added again."""
+    breadth = index.expansion_search
+    index.expansion_search = _SELF_CHECK_BREADTH  # type: ignore[misc]  # writable at runtime, read-only in the stub
+    try:
+        found = np.asarray(index.search(vectors, 10, threads=threads).keys).reshape(len(keys), -1)
+    finally:
+        index.expansion_search = breadth  # type: ignore[misc]
+    missing = ~(found == keys[:, None]).any(axis=1)
+    if missing.any():
+        index.remove(keys[missing])
+        index.add(keys[missing], vectors[missing], threads=1)
+    return int(missing.sum())
+
+
+class IdleCores:
+    """The cores this process may run on that other processes left idle since the last call: insert threads for the
+    next add. usearch's threads wait for each other's node locks by spinning, so a thread that shares its core with a
+    busy process holds up the others: with a VM busy on one of two cores, a build of 100k embedding-like chunks on two
+    threads ran at 648 vectors/s and 114 CPU s, on one at 1,416 and 61 (docs/benchmarks.md, "Parallel insert of a
+    batch of documents"). Measured from /proc/stat (all cores' busy time, steal included) less this process's own CPU
+    time; where /proc/stat cannot be read, every core counts as idle."""
+
+    def __init__(self) -> None:
+        # A service pinned to one core gets one insert thread (no sched_getaffinity outside Linux: every core).
+        affinity = getattr(os, "sched_getaffinity", None)
+        self._cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+        self._last = _cpu_seconds()
+        self._idle = self._cores
+
+    def __call__(self) -> int:
+        now = _cpu_seconds()
+        if now is None or self._last is None:
+            return self._cores
+        wall = now[0] - self._last[0]
+        if wall >= 0.1:  # shorter intervals are mostly clock ticks: keep the last answer
+            others = (now[1] - self._last[1] - (now[2] - self._last[2])) / wall
+            self._idle = max(1, min(self._cores, self._cores - int(others + 0.5)))
+            self._last = now
+        return self._idle
+
+
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(now, seconds all cores were busy, this process's CPU seconds), or None without a readable /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal (guest time is already inside user and nice)
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def _insert_threads(sizes: list[int], cores: int) -> int:
+    """Insert threads for one index add of documents with these chunk counts, in this order.
+
+    usearch splits an add of n vectors among t threads in contiguous ranges of ceil(n / t) and runs the ranges side by
+    side. When no document is longer than a range, a document lies in one range, or at the end of one and the start of
+    the next (inserted at opposite ends of the add), so two chunks of one document, often near-duplicates of each other,
+    are not linked at the same moment. That matters: members of a tight cluster inserted side by side do not see each
+    other while they are linked; on tests/knowledge/test_near_duplicates.py's corpus, one cluster per add on two
+    threads, recall@10 was 0.980-1.000 against 1.000 every time on one (docs/benchmarks.md, "Parallel insert of a batch
+    of documents"). Below _PARALLEL_MIN vectors a batch stays on one thread: neighbouring documents (versions of one
+    policy, ingested side by side) would be a short range apart, and the gain is small there.
+    """
+    n = sum(sizes)
+    if n < _PARALLEL_MIN or not sizes:
+        return 1
+    longest = max(sizes)
+    for threads in range(cores, 1, -1):
+        if longest <= -(-n // threads):
+            return threads
+    return 1
 
 
 def _doc_row(doc: DocumentRecord) -> tuple[str, str, str, str, str, int, int, float]:
