@@ -192,6 +192,27 @@ class TestVM:
             ["ssh", "-F", str(self.ssh_config), "testvm", command], capture_output=True, text=True, timeout=timeout
         )
 
+    def python(self, script: str, *argv: str, user: str | None = "ai-assistant", timeout: int = 240) -> str:
+        """The deployed venv's Python running `script` (on stdin) with `argv`; its stdout. As the service user (the
+        default) with the service's environment: secrets.env and the config and data directories. As root where
+        `user` is None, in root's home (for a file a test put there). `timeout` bounds it inside the guest too, so
+        a hung script cannot keep the shared ssh connection busy after the test has failed."""
+        run = f"exec timeout {timeout} /opt/ai-assistant/venv/bin/python - {' '.join(argv)}"
+        if user is not None:
+            run = (
+                f"runuser -u {user} -- sh -c 'set -a; . /etc/ai-assistant/secrets.env; set +a; "
+                f"export AI_ASSISTANT_CONFIG_DIR=/etc/ai-assistant AI_ASSISTANT_DATA_DIR=/data/state; {run}'"
+            )
+        done = subprocess.run(
+            ["ssh", "-F", str(self.ssh_config), "testvm", run],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 60,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
     def _mitogen_localhost(self) -> Path:
         """The controller as an explicit inventory host for Mitogen's plays. Mitogen runs a task delegated to
         localhost with the *inventory host's* `ansible_become` (the hand-off sets it for the admin user), so the

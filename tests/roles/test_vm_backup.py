@@ -83,26 +83,8 @@ asyncio.run(main())
 """
 
 
-def guest_python(test_vm: TestVM, script: str, *argv: str) -> str:
-    """The service's own code as the service user, with its environment (secrets.env), the script on stdin."""
-    command = (
-        "runuser -u ai-assistant -- sh -c 'set -a; . /etc/ai-assistant/secrets.env; set +a; "
-        "export AI_ASSISTANT_CONFIG_DIR=/etc/ai-assistant AI_ASSISTANT_DATA_DIR=/data/state; "
-        "exec /opt/ai-assistant/venv/bin/python - " + " ".join(argv) + "'"
-    )
-    done = subprocess.run(
-        ["ssh", "-F", str(test_vm.ssh_config), "testvm", command],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def history(test_vm: TestVM) -> list[list[str]]:
-    return list(json.loads(guest_python(test_vm, HISTORY).strip().splitlines()[-1]))
+    return list(json.loads(test_vm.python(HISTORY).strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +231,7 @@ def test_backup_timer_and_restore_drill(
     outage = time.monotonic()
     run(test_vm, "systemctl stop ai-assistant")
     queued = f"bk-{uuid.uuid4().hex[:8]}"
-    guest_python(test_vm, ENQUEUE, queued, CHAT)
+    test_vm.python(ENQUEUE, queued, CHAT)
     history_before = history(test_vm)
     assert history_before, "the answered message left conversation memory"
 

@@ -602,20 +602,8 @@ def test_redis_is_reached_from_other_hosts_only_through_its_tls_link(test_vm: Te
     assert listening == sorted(["127.0.0.1:6379", f"{address}:6379"]), listening
     assert "redis-server" in host.run("ss -Hltnp 'src 127.0.0.1 and sport = :6379'").stdout
     assert "nginx" in host.run(f"ss -Hltnp 'src {address} and sport = :6379'").stdout, "not the link on the address"
-    command = (
-        "runuser -u ai-assistant -- sh -c 'set -a; . /etc/ai-assistant/secrets.env; set +a; "
-        "export AI_ASSISTANT_CONFIG_DIR=/etc/ai-assistant AI_ASSISTANT_DATA_DIR=/data/state; "
-        f"exec timeout 200 /opt/ai-assistant/venv/bin/python - {address}'"
-    )
-    done = subprocess.run(
-        ["ssh", "-F", str(test_vm.ssh_config), "testvm", command],
-        input=REDIS_OVER_THE_LINK,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    ran = test_vm.python(REDIS_OVER_THE_LINK, address, timeout=200)
+    out = json.loads(ran.strip().splitlines()[-1])
     # TLS 1.3 with the internal CA's certificate for the address, the ACL user's password inside it.
     assert out["link"] == "connected", out
     # No plaintext path from another host, and no trust but the internal CA's.
