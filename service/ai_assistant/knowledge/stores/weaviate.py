@@ -338,18 +338,13 @@ def _cause(exc: BaseException, grpc_port: int) -> str:
     current: BaseException | None = exc
     while current is not None:
         if isinstance(current, grpc.RpcError) and hasattr(current, "details"):
-            details = _first_line_of(str(current.details()))
+            details = _first_line(current.details())
             hint = f"; check {CA_KEY}" if "CERTIFICATE_VERIFY_FAILED" in details else ""
             return f"gRPC port {grpc_port}: {details}{hint}"
         current = current.__cause__
     return f"{type(exc).__name__}: {_first_line(exc)}"
 
 
-def _first_line_of(text: str) -> str:
-    text = text.strip()
+def _first_line(said: BaseException | str) -> str:
+    text = str(said).strip()
     return text.splitlines()[0] if text else "no detail"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
