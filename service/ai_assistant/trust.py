@@ -50,6 +50,7 @@ def untrusted(exc: BaseException, ca_file: Path | None) -> str | None:
     refused = refused_certificate(exc)
     if refused is None:
         return None
-    trust = f"the CA in {ca_file}" if ca_file is not None else "the system trust store"
+    # Not "the system's": HTTP clients (httpx) verify against certifi's bundle, Redis against the system's.
+    trust = f"the CA in {ca_file}" if ca_file is not None else "the default trust store"
     reason = refused.verify_message or refused.reason or "verification failed"
     return f"the server's TLS certificate is not trusted by {trust} ({reason})"

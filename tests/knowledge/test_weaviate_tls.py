@@ -89,7 +89,7 @@ def test_both_channels_are_verified_against_the_ca_file_and_carry_the_key(weavia
     [
         ("foreign_", "ca", "unable to get local issuer certificate"),  # signed by another CA
         ("wrong_name_", "ca", "IP address mismatch"),  # the internal CA's, for another host
-        ("", None, "the system trust store"),  # no ca_file: the internal CA is trusted nowhere else
+        ("", None, "the default trust store"),  # no ca_file: the internal CA is trusted nowhere else
         ("", "other_ca", "unable to get local issuer certificate"),
     ],
 )

@@ -166,7 +166,7 @@ async def test_without_a_ca_file_the_system_trust_store_refuses_the_private_ca(
 ) -> None:
     engine = HFInferenceEngine(engine_settings(settings_for(tmp_path, https_engine.base_url, None)))
     before = len(https_engine.handshakes)
-    with pytest.raises(EngineUnavailable, match="not trusted by the system trust store") as caught:
+    with pytest.raises(EngineUnavailable, match="not trusted by the default trust store") as caught:
         await engine.chat([ChatTurn("user", "hi")])
     assert not caught.value.transient
     assert len(https_engine.handshakes) - before == 1

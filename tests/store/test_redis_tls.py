@@ -157,7 +157,7 @@ async def test_a_secrets_reload_reconnects_with_the_same_verification(
 
 
 async def test_without_a_ca_file_the_system_store_is_used_and_does_not_trust_a_private_ca(port: int) -> None:
-    with pytest.raises(ConfigError, match="not trusted by the system trust store"):
+    with pytest.raises(ConfigError, match="not trusted by the default trust store"):
         await check_tls(url(port), None)
 
 
