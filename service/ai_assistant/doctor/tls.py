@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
+
 from ..connectors.base import Connector
 from ..settings import Settings
 from .clock import HTTP_TIMEOUT
@@ -27,7 +29,7 @@ def tls_targets(
     settings: Settings, connectors: Iterable[Connector], engine_context: ssl.SSLContext | None = None
 ) -> dict[tuple[str, int], tuple[str, ssl.SSLContext | None]]:
     """Every https endpoint the configuration names -> (what it is, the context it is verified with: the engine's CA
-    for the engine, None for the system trust store)."""
+    for the engine, None for the default trust store)."""
     urls: list[tuple[str, str | None, ssl.SSLContext | None]] = [("engine", settings.engine.base_url, engine_context)]
     for c in connectors:
         url = getattr(c, "api_base", None) or c.config.api_base or _DEFAULT_BASES.get(c.platform)
@@ -60,9 +62,10 @@ def _expiry_check(name: str, what: str, not_before: float, not_after: float) -> 
 
 
 async def tls_endpoint_check(host: str, port: int, label: str, context: ssl.SSLContext | None = None) -> Check:
-    """The certificate's days left; `context` verifies it (default: the system trust store)."""
+    """The certificate's days left; `context` verifies it. By default as the clients that call these endpoints do:
+    httpx's trust store (certifi's bundle), not the system's, so the doctor cannot pass what a connector refuses."""
     name = f"tls {host}:{port}"
-    context = context or ssl.create_default_context()
+    context = context or httpx.create_ssl_context()
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=context, server_hostname=host), HTTP_TIMEOUT.read

@@ -60,7 +60,7 @@ def engine_settings(settings: Settings) -> EngineSettings:
 
 def engine_tls(engine: EngineSettings) -> ssl.SSLContext | None:
     """The context that verifies an https `base_url` against `ca_file`; None without one (the HTTP library's own,
-    which verifies against the system trust store). A CA file with a plain http:// URL is refused: it would suggest an
+    which verifies against certifi's bundle). A CA file with a plain http:// URL is refused: it would suggest an
     encryption that is not there."""
     if engine.ca_file is None:
         return None

@@ -132,7 +132,7 @@ def _httpx2_ssl() -> ssl.SSLContext:
 
 
 def httpx_verify(engine: EngineSettings) -> ssl.SSLContext:
-    """What an httpx client talking to the engine verifies with: the engine's CA, else the system trust store."""
+    """What an httpx client talking to the engine verifies with: the engine's CA, else certifi's bundle."""
     return engine_tls(engine) or _httpx_ssl()
 
 
