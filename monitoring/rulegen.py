@@ -621,6 +621,19 @@ def host_file() -> RuleFile:
             "The daily check of the watched files has not finished for more than 50 hours: its timer is stopped, or"
             " the check hangs or never reaches its end.",
         ),
+        # roles/base declares node_aide_check_enabled at the end of every converge where the check runs and publishes;
+        # the check's own metric appears after its first run (within 25 hours of the converge). Stale covers a host
+        # whose check finished once; this one a host where none ever did.
+        Alert(
+            "FileIntegrityCheckNeverRan",
+            "node_aide_check_enabled == 1 unless on(instance) node_aide_check_timestamp_seconds",
+            "warning",
+            "The daily AIDE check on {{ $labels.instance }} has never published an outcome",
+            "The host was converged with the daily check of the watched files, but for 50 hours no check has"
+            " published how it ended: its timer never fired, the check never finished, or its metric script failed"
+            " (journalctl -u ai-assistant-aide-check). Until one does, changes to the watched files go unreported.",
+            for_="50h",
+        ),
         # roles/journal_upload writes the time of every failed upload (the uploader exits, and systemd starts it again
         # after journal_upload_retry_seconds, 30 s). A failure within the last 5 minutes, held for 15 minutes, is an
         # outage: the window covers the retry interval plus a connection attempt to an unreachable log host, which the

@@ -103,6 +103,8 @@ def exporters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
             script.write_text(render(role, template, {dir_var: str(textfile)}))
             env = {"PATH": "/usr/bin:/bin", **env}
             subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=60, env=env)
+        # The declaration the last play of a converge writes beside them (FileIntegrityCheckNeverRan).
+        (textfile / "aide_enabled.prom").write_text(render("base", "aide-enabled.prom.j2", {}))
         daemons.start(
             "prometheus-node-exporter",
             f"--web.listen-address=127.0.0.1:{ports['node']}",
@@ -249,7 +251,12 @@ def test_node_exporter_reads_the_backup_textfile(exporters: dict[str, str]) -> N
 
 def test_node_exporter_reads_the_aide_and_journal_upload_textfiles(exporters: dict[str, str]) -> None:
     page = exporters["node"]
-    for line in ("node_aide_check_differences 1", "node_aide_check_failed 0", "node_journal_upload_failures_total 1"):
+    for line in (
+        "node_aide_check_differences 1",
+        "node_aide_check_failed 0",
+        "node_aide_check_enabled 1",
+        "node_journal_upload_failures_total 1",
+    ):
         assert re.search(rf"^{line}$", page, re.M), f"{line!r} is not on node_exporter's page"
     for name in ("node_aide_check_timestamp_seconds", "node_journal_upload_last_failure_timestamp_seconds"):
         assert re.search(rf"^{name} \d", page, re.M), f"{name} is not on node_exporter's page"

@@ -760,6 +760,11 @@ def test_the_daily_aide_check_is_scheduled(host: Any) -> None:
         "systemctl is-active ai-assistant-aide-check.timer"
     ).stdout.split()
     assert out == ["enabled", "masked", "active"], out
+    # The converge's last play declared the check, and node_exporter serves it (FileIntegrityCheckNeverRan reads it).
+    file, served = textfile_and_node_exporter(
+        host, AIDE_TEXTFILE.with_name("aide_enabled.prom"), "node_aide_check_enabled", lambda f, s: bool(s)
+    )
+    assert file == served == {"node_aide_check_enabled": 1}, (file, served)
 
 
 # --- certificates ---------------------------------------------------------------------------------------------------
