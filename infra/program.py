@@ -41,6 +41,11 @@ def _plain_vars(conf: InfraConfig, dep: Deployment) -> dict[str, Any]:
         # primary zone's data host; its API key travels as the secret weaviate_api_key).
         "ai_assistant_redis": _redis_vars(conf, dep),
         "ai_assistant_knowledge": _knowledge_vars(conf, dep),
+        # With autoscaling, a host a scaling group starts after this run is in no inventory, so no per-host address
+        # can admit it: the data and GPU hosts' firewalls admit the subnets the groups start hosts in
+        # (playbooks/group_vars/all.yml). Those subnets hold the data and GPU hosts too; the security groups, which
+        # admit members of the assistant group only on those ports, keep it to assistant hosts.
+        "ai_assistant_autoscaled_cidrs": list(dep.private_cidrs) if conf.autoscaling else [],
         "ai_assistant_egress_ip": dep.egress_ip,
         "ai_assistant_egress_ips": dep.egress_ips,
         # Egress-only (ingress none): no load balancer, so the firewall opens 443 to none of its subnets

@@ -308,6 +308,41 @@ def test_the_log_host_fronts_journal_remote_with_mutual_tls_for_every_host(stack
             assert links == weaviate and opened == set(), host
 
 
+# Where the scaling groups start assistant hosts, per cloud: the group's type, its subnet input, the subnet's type.
+SCALING = {
+    "aws": ("aws:autoscaling/group:Group", "vpcZoneIdentifiers", "aws:ec2/subnet:Subnet"),
+    "alicloud": ("alicloud:ess/scalingGroup:ScalingGroup", "vswitchIds", "alicloud:vpc/switch:Switch"),
+}
+
+
+@pytest.mark.parametrize("cloud", ["aws", "alicloud"])
+def test_assistant_hosts_a_scaling_group_starts_later_reach_the_data_and_gpu_hosts(
+    scaled_run: Get, stack_run: Get, cloud: str, tmp_path: Path
+) -> None:
+    # An autoscaled stack's static inventory lists no assistant host, and a host a group starts after the hand-off's
+    # run is in no inventory at all: the data hosts' links (Weaviate, REST and gRPC) and the GPU hosts' model link
+    # must admit the subnets the groups start hosts in, or that host's knowledge and answers fail. (The security
+    # groups, which admit members of the assistant group only, keep it to assistant hosts: tests/infra/test_network*.)
+    run = scaled_run(cloud, "standard")
+    children = yaml.safe_load(handoff(run)[0])["all"]["children"]
+    assert not children["assistant"].get("hosts"), "autoscaled: the groups' hosts come from the dynamic inventory"
+    group_type, subnet_input, subnet_type = SCALING[cloud]
+    subnet_ids = {i for g in run.of(group_type) for i in g.inputs[subnet_input]}
+    started_in = {s.inputs["cidrBlock"] for s in run.of(subnet_type) if s.id in subnet_ids}
+    assert len(started_in) == 2, "one private subnet per zone"
+    data = resolve(run, tmp_path / "d", ("firewall_extra_rules",), "data")
+    gpu = resolve(run, tmp_path / "i", ("firewall_extra_rules",), "inference")
+    assert data and gpu
+    for host, v in [*data.items(), *gpu.items()]:
+        rules = [r for r in v["firewall_extra_rules"] if "from the assistant hosts" in r["comment"]]
+        assert {int(r["port"]) for r in rules} == ({8089} if host in gpu else {6379, 8082, 50051}), host
+        for r in rules:
+            assert set(r["cidrs"]) == started_in, (host, r)
+    # Fixed hosts: their own addresses only, as before.
+    fixed = resolve(stack_run(cloud, "standard"), tmp_path / "f", ("ai_assistant_autoscaled_cidrs",), "data")
+    assert {h: v["ai_assistant_autoscaled_cidrs"] for h, v in fixed.items()} == dict.fromkeys(fixed, []), fixed
+
+
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
 def test_no_playbook_group_vars_file_overrides_what_the_stack_sets(stack_run: Get, cloud: str) -> None:
     # Ansible ranks playbooks/group_vars above the inventory's own group variables (its `all` vars included): a default
