@@ -214,6 +214,9 @@ def onboot(test_vm: TestVM, moto: str) -> dict[str, Any]:
     started = time.monotonic()
     done = test_vm.ssh(command, timeout=3000)
     _timed("on-boot: boot script (guest)", started)
+    # The booted host and the log host are one VM here. The boot converge, whose host is not the log host, turned the
+    # receiving socket off (roles/journal_upload, as on every sender); the log host's own converge turns it on.
+    _as_root(test_vm, "systemctl enable --now systemd-journal-remote.socket")
     log = test_vm.workdir / "onboot.log"
     log.write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     print(f"\non-boot log: {log}")
