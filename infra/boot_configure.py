@@ -424,10 +424,13 @@ def _group(name: str) -> str:
     return name.replace("-", "_").replace(".", "_")
 
 
-def sign_host_certificate(values: dict[str, Any], domains: list[str], days: int) -> tuple[str, str]:
+def sign_host_certificate(
+    values: dict[str, Any], domains: list[str], days: int, client: bool = False
+) -> tuple[str, str]:
     """A key and a certificate for this host's names, signed with the issuing CA from the secret (the root key never
-    leaves the controller). Returns (chain: leaf then issuing CA, key), both PEM. Runs in the artifact's venv, whose
-    ansible-core brings `cryptography`."""
+    leaves the controller): for a server (nginx), or with `client` for a client that proves who it is to an internal
+    server (journal-upload to the log host). Returns (chain: leaf then issuing CA, key), both PEM. Runs in the
+    artifact's venv, whose ansible-core brings `cryptography`."""
     import datetime
 
     from cryptography import x509
@@ -451,7 +454,10 @@ def sign_host_certificate(values: dict[str, Any], domains: list[str], days: int)
         .not_valid_after(min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
+            critical=False,
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -487,20 +493,34 @@ def prepare_play(root: Path, conf: dict[str, str], values: dict[str, Any], priva
     all_vars = dict(inventory["all"].get("vars") or {})
     for group in ("assistant", f"color_{conf['color']}", f"zone_{_group(conf['zone'])}"):
         all_vars |= children.get(group, {}).get("vars") or {}
+    issuing = isinstance(values.get(ISSUING_KEY), str) and isinstance(values.get(ISSUING_CERT), str)
+    domains = list(all_vars.get("tls_domains") or [])
     if all_vars.get("tls_mode") == "internal_ca":
         # The tls role signs internal certificates on the controller with the root key, which is not here: this host
-        # signs its own with the issuing CA and installs it as the role's `provided` certificate.
-        if not isinstance(values.get(ISSUING_KEY), str) or not isinstance(values.get(ISSUING_CERT), str):
+        # signs its own with the issuing CA and installs it as the role's `provided` certificate. As this host's own
+        # variables, not extra vars: those would outrank the journal play's certificate below as well.
+        if not issuing:
             raise BootError(f"secret {conf['secret_id']}: {ISSUING_KEY} and {ISSUING_CERT} are required")
-        chain, key = sign_host_certificate(values, list(all_vars.get("tls_domains") or []), 397)
-        play_vars |= {"tls_mode": "provided", "tls_provided_certificate": chain, "tls_provided_private_key": key}
-    # No journal shipping from here yet (playbooks/monitoring.yml): its client certificate is signed with the root key,
-    # which stays on the controller, and the issuing CA above may name the service's domain only.
-    play_vars["ai_assistant_log_shipping"] = False
-    if isinstance(values.get(ROOT_CERT), str):
-        # What the playbooks verify internal links against (the GPU hosts' model server, playbooks/group_vars/all.yml),
-        # read on the controller elsewhere; public, but it comes with the secret.
-        play_vars["ai_assistant_internal_ca_cert"] = values[ROOT_CERT]
+        chain, key = sign_host_certificate(values, domains, 397)
+        inventory["all"]["children"]["assistant"]["hosts"]["localhost"] |= {
+            "tls_mode": "provided",
+            "tls_provided_certificate": chain,
+            "tls_provided_private_key": key,
+        }
+    root_cert = values.get(ROOT_CERT)
+    if isinstance(root_cert, str):
+        # What the playbooks verify internal links against (the GPU hosts' model server, the log host;
+        # playbooks/group_vars/all.yml), read on the controller elsewhere; public, but it comes with the secret.
+        play_vars["ai_assistant_internal_ca_cert"] = root_cert
+    # The journal to the log host (site.yml's import of playbooks/monitoring.yml), whose link admits clients with a
+    # certificate chained to the root: signed here with the issuing CA for the service's name (the only name it may
+    # sign), whatever serves the site. Without the issuing CA or the root, that play would make a CA of its own on this
+    # host: no shipping then.
+    ships = issuing and isinstance(root_cert, str) and bool(domains)
+    if ships:
+        chain, key = sign_host_certificate(values, domains[:1], 397, client=True)
+        play_vars |= {"ai_assistant_journal_certificate": chain, "ai_assistant_journal_private_key": key}
+    play_vars["ai_assistant_log_shipping"] = ships
     _write_private(private / "inventory.yml", yaml.safe_dump(inventory, sort_keys=False, width=1000))
     _write_private(private / "vars.json", json.dumps(play_vars))
     return ["-i", str(private / "inventory.yml"), "-e", f"@{private / 'vars.json'}"]

@@ -316,7 +316,7 @@ SCALING = {
 
 
 @pytest.mark.parametrize("cloud", ["aws", "alicloud"])
-def test_assistant_hosts_a_scaling_group_starts_later_reach_the_data_and_gpu_hosts(
+def test_assistant_hosts_a_scaling_group_starts_later_reach_the_data_gpu_and_log_hosts(
     scaled_run: Get, stack_run: Get, cloud: str, tmp_path: Path
 ) -> None:
     # An autoscaled stack's static inventory lists no assistant host, and a host a group starts after the hand-off's
@@ -338,6 +338,10 @@ def test_assistant_hosts_a_scaling_group_starts_later_reach_the_data_and_gpu_hos
         assert {int(r["port"]) for r in rules} == ({8089} if host in gpu else {6379, 8082, 50051}), host
         for r in rules:
             assert set(r["cidrs"]) == started_in, (host, r)
+    # The log host takes their journals too (infra/boot_configure.py ships it with the host's own certificate).
+    [monitor] = children["monitoring"]["hosts"]
+    journal = [r for r in data[monitor]["firewall_extra_rules"] if int(r["port"]) == 19532]
+    assert journal and started_in <= set(journal[0]["cidrs"]), journal
     # Fixed hosts: their own addresses only, as before.
     fixed = resolve(stack_run(cloud, "standard"), tmp_path / "f", ("ai_assistant_autoscaled_cidrs",), "data")
     assert fixed and all(v["ai_assistant_autoscaled_cidrs"] == [] for v in fixed.values()), fixed

@@ -179,11 +179,11 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root_key": root_key, "root_cert": root_cert, "key": issuing_key, "cert": cert, "dir": d}
 
 
-def _verify(ca: dict[str, Any], chain: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+def _verify(ca: dict[str, Any], chain: str, tmp: Path, *options: str) -> subprocess.CompletedProcess[str]:
     leaf, _, _ = chain.partition("-----END CERTIFICATE-----\n")
     (tmp / "leaf.pem").write_text(leaf + "-----END CERTIFICATE-----\n")
     (tmp / "chain.pem").write_text(ca["cert"])
-    cmd = ["openssl", "verify", "-CAfile", str(ca["dir"] / "root.pem"), "-untrusted", str(tmp / "chain.pem")]
+    cmd = ["openssl", "verify", *options, "-CAfile", str(ca["dir"] / "root.pem"), "-untrusted", str(tmp / "chain.pem")]
     return subprocess.run([*cmd, str(tmp / "leaf.pem")], capture_output=True, text=True)
 
 
@@ -199,6 +199,12 @@ def test_a_host_signs_a_certificate_for_the_assistants_name_that_chains_to_the_r
     chain, key = boot.sign_host_certificate({boot.ISSUING_KEY: ca["key"], boot.ISSUING_CERT: ca["cert"]}, [DOMAIN], 397)
     done = _verify(ca, chain, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+    # nginx's certificate serves; the one journal-upload presents to the log host's link only proves a client.
+    values = {boot.ISSUING_KEY: ca["key"], boot.ISSUING_CERT: ca["cert"]}
+    client, _ = boot.sign_host_certificate(values, [DOMAIN], 397, client=True)
+    for cert, purpose, ok in ((chain, "sslserver", True), (client, "sslclient", True), (client, "sslserver", False)):
+        done = _verify(ca, cert, tmp_path, "-purpose", purpose)
+        assert (done.returncode == 0) == ok, (purpose, done.stdout + done.stderr)
     assert chain.count("BEGIN CERTIFICATE") == 2 and chain.endswith(ca["cert"])  # nginx serves leaf + issuing CA
     assert "PRIVATE KEY" in key
 
@@ -394,6 +400,34 @@ def test_the_artifact_refuses_a_controller_without_ansible_core_wheels(tmp_path:
     (tmp_path / "none").mkdir()
     with pytest.raises(HandoffError, match="ansible-core wheels: none in"):
         _artifact(tmp_path, tmp_path / "none")
+
+
+def test_a_host_with_its_own_certificate_ships_its_journal_with_it(ca: dict[str, Any], tmp_path: Path) -> None:
+    """internal_ca in force: the certificate the host signs is also journal-upload's (the tls role in monitoring.yml's
+    journal play takes the same extra vars), and the root it verifies the log host against comes with it."""
+    (tmp_path / "inventory.yml").write_text(_inventory("internal_ca"))
+    (tmp_path / "manifest.json").write_text(json.dumps({"wheel": "service/x.whl", "wheelhouse": "wheelhouse"}))
+    private = tmp_path / "private"
+    private.mkdir()
+    conf = json.loads(_config(tmp_path).read_text())
+    values = {boot.ISSUING_KEY: ca["key"], boot.ISSUING_CERT: ca["cert"], boot.ROOT_CERT: ca["root_cert"]}
+    boot.prepare_play(tmp_path, conf, values, private)
+    play_vars = json.loads((private / "vars.json").read_text())
+    assert play_vars["ai_assistant_log_shipping"] is True
+    assert play_vars["ai_assistant_internal_ca_cert"] == ca["root_cert"]
+    journal = play_vars["ai_assistant_journal_certificate"]
+    assert _verify(ca, journal, tmp_path, "-purpose", "sslclient").returncode == 0
+    assert "PRIVATE KEY" in play_vars["ai_assistant_journal_private_key"]
+    # The site certificate is this host's own variable, below the journal play's (extra vars would outrank both).
+    own = yaml.safe_load((private / "inventory.yml").read_text())["all"]["children"]["assistant"]["hosts"]["localhost"]
+    assert own["tls_mode"] == "provided" and "tls_mode" not in play_vars and "tls_provided_certificate" not in play_vars
+    assert _verify(ca, own["tls_provided_certificate"], tmp_path, "-purpose", "sslserver").returncode == 0
+    assert oct((private / "inventory.yml").stat().st_mode & 0o777) == "0o600"
+    # Without the root in the secret nothing could verify the log host: no shipping, rather than a CA of its own.
+    (tmp_path / "p2").mkdir()
+    boot.prepare_play(tmp_path, conf, {k: v for k, v in values.items() if k != boot.ROOT_CERT}, tmp_path / "p2")
+    play_vars = json.loads((tmp_path / "p2" / "vars.json").read_text())
+    assert play_vars["ai_assistant_log_shipping"] is False and "ai_assistant_journal_certificate" not in play_vars
 
 
 def test_a_group_that_sets_another_tls_mode_gets_no_self_signed_certificate(ca: dict[str, Any], tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ from typing import Any
 import boto3
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.helpers import message, moto_server, signed_generic_request, wait_until
 from tests.roles.conftest import REPO, TIMINGS, TestVM
@@ -91,10 +93,13 @@ def _push(test_vm: TestVM, src: Path, dest: str, *names: str) -> None:
     assert pack.wait(60) == 0 and unpack.returncode == 0, f"copy to {dest}: {unpack.stderr.decode()[-1000:]}"
 
 
-def _artifact_inventory(test_vm: TestVM) -> tuple[str, dict[str, str]]:
+def _artifact_inventory(test_vm: TestVM, address: str) -> tuple[str, dict[str, str]]:
     """The hand-off's inventory as the artifact carries it for a host the group adds: the VM's harness overrides
     (what a cloud cannot give a VM) move from the folded host to the assistant group, which the new host joins; the
-    connection variables stay with the folded host. Returns (inventory YAML, the host's colour and zone)."""
+    connection variables stay with the folded host, whose address becomes its private one, as a cloud's inventory
+    has it (the harness reaches the VM on a port forwarded to the runner's loopback, which inside the guest is the
+    guest's own: the data host's Redis link and the log host's link listen on the private address). Returns
+    (inventory YAML, the host's colour and zone)."""
     doc = yaml.safe_load(test_vm.inventory.read_text())
     assistant = doc["all"]["children"]["assistant"]
     own = dict(assistant["hosts"]["testvm"])
@@ -102,6 +107,7 @@ def _artifact_inventory(test_vm: TestVM) -> tuple[str, dict[str, str]]:
     where = {"color": own.pop("ai_assistant_color"), "zone": own.pop("ai_assistant_zone")}
     assistant["hosts"]["testvm"] = {
         **connection,
+        "ansible_host": address,
         "ai_assistant_color": where["color"],
         "ai_assistant_zone": where["zone"],
     }
@@ -115,7 +121,7 @@ def onboot(test_vm: TestVM, moto: str) -> dict[str, Any]:
     from airgap.build import controller_wheels
     from infra import cloudinit
     from infra.handoff import build_onboot_artifact, publish_onboot
-    from infra.secrets import NOT_FOR_ONBOOT
+    from infra.secrets import issuing_ca_cert, onboot_secret
 
     os.environ.update(KEYS)
     bundle = _bundle(test_vm)
@@ -123,7 +129,8 @@ def onboot(test_vm: TestVM, moto: str) -> dict[str, Any]:
     work.mkdir(exist_ok=True)
 
     started = time.monotonic()
-    inventory, where = _artifact_inventory(test_vm)
+    address = test_vm.ssh("ip -4 -o route get 192.0.2.1").stdout.split(" src ")[1].split()[0]
+    inventory, where = _artifact_inventory(test_vm, address)
     artifact, digest = build_onboot_artifact(
         REPO,
         work / "artifact",
@@ -135,7 +142,21 @@ def onboot(test_vm: TestVM, moto: str) -> dict[str, Any]:
     boto3.client("s3", endpoint_url=moto).create_bucket(Bucket=BUCKET)
     publish_onboot(artifact, digest, bucket=BUCKET, prefix=cloudinit.ONBOOT_PREFIX, region=REGION, endpoint_url=moto)
     given = json.loads(Path(test_vm.play_args[test_vm.play_args.index("-e") + 1].removeprefix("@")).read_text())
-    secret = {k: v for k, v in given.items() if k not in NOT_FOR_ONBOOT and k != "tls_internal_ca_dir"}
+    # What the stack's on-boot secret holds (infra.secrets.onboot_secret): the hand-off's secret variables with the
+    # internal CA's certificate, and an issuing CA the root signed for the service's name (InternalSecrets.issuing_ca).
+    ca_dir = Path(given["tls_internal_ca_dir"])
+    root_key, root_cert = (ca_dir / "ca.key").read_text(), (ca_dir / "ca.crt").read_text()
+    issuing_key = (
+        ec.generate_private_key(ec.SECP384R1())
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
+    domain = yaml.safe_load(inventory)["all"]["vars"]["tls_domains"][0]
+    secret = onboot_secret(
+        {**{k: v for k, v in given.items() if k != "tls_internal_ca_dir"}, "internal_ca_cert_pem": root_cert},
+        issuing_key,
+        issuing_ca_cert(root_key, root_cert, issuing_key, domain),
+    )
     boto3.client("secretsmanager", endpoint_url=moto).create_secret(Name=SECRET_ID, SecretString=json.dumps(secret))
     _timed("on-boot: publish (runner)", started)
 
@@ -193,13 +214,17 @@ def onboot(test_vm: TestVM, moto: str) -> dict[str, Any]:
     started = time.monotonic()
     done = test_vm.ssh(command, timeout=3000)
     _timed("on-boot: boot script (guest)", started)
+    # The booted host and the log host are one VM here. The boot converge, whose host is not the log host, turned the
+    # receiving socket off (roles/journal_upload, as on every sender); the log host's own converge turns it on.
+    _as_root(test_vm, "systemctl enable --now systemd-journal-remote.socket")
     log = test_vm.workdir / "onboot.log"
     log.write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     print(f"\non-boot log: {log}")
     m = RECAP.search(done.stdout)
     changed = [line for line in done.stdout.splitlines() if line.startswith("changed:")]
     return {"rc": done.returncode, "recap": m.groups() if m else None, "log": log, "out": done.stdout,
-            "err": done.stderr, "changed": changed, "secret": secret}  # fmt: skip
+            "err": done.stderr, "changed": changed, "secret": secret, "address": address,
+            "domain": domain}  # fmt: skip
 
 
 def test_the_boot_script_converges_the_host_with_the_same_roles(onboot: dict[str, Any]) -> None:
@@ -239,3 +264,49 @@ def test_the_assistant_answers_a_signed_message_after_the_boot_converge(
     assert r.status_code == 200
     replies = wait_until(lambda: test_vm.receiver.for_event(event_id), 600, f"the reply to {event_id}", interval=1)
     assert replies[0]["text"].strip()
+
+
+def test_the_host_ships_its_journal_with_the_certificate_it_signed(onboot: dict[str, Any], test_vm: TestVM) -> None:
+    """CIS 6.1.2.1 on a host no controller configured: journal-upload presents a client certificate the host signed
+    with the issuing CA for the service's name (the only name that CA may sign), the log host's link verifies it
+    against the root (leaf, issuing CA, root: ssl_verify_depth 2), and a line written after the boot arrives. The VM
+    is its own log host, as in test_vm_hardening.py."""
+    assert onboot["rc"] == 0
+    tls, port, address = "/etc/ssl/ai-assistant", 19532, onboot["address"]
+    from infra.secrets import ISSUING_CA_NAME
+
+    cert = test_vm.ssh(f"openssl x509 -noout -subject -issuer -ext extendedKeyUsage -in {tls}/journal-upload.crt")
+    assert cert.returncode == 0, cert.stderr
+    assert f"subject=CN = {onboot['domain']}" in cert.stdout and ISSUING_CA_NAME in cert.stdout, cert.stdout
+    assert "TLS Web Client Authentication" in cert.stdout and "Server" not in cert.stdout, cert.stdout
+    # The root it verifies the log host with, from the secret (internal_ca mode copies it from the controller).
+    assert test_vm.ssh(f"cat {tls}/internal-ca.crt").stdout.strip() == onboot["secret"]["internal_ca_cert_pem"].strip()
+    unit = test_vm.ssh("systemctl show -p ExecStart --value systemd-journal-upload").stdout
+    assert f"--url=https://{address}:{port}" in unit, unit
+    tag = f"onboot-log-{int(time.time() * 1000)}"
+    assert test_vm.ssh(f"logger -t {tag} shipped-from-a-booted-host").returncode == 0
+
+    def remote() -> list[str]:
+        out = test_vm.ssh(f"journalctl -D /var/log/journal/remote -t {tag} --output=cat --no-pager").stdout
+        return [line for line in out.splitlines() if line.strip()]
+
+    wait_until(remote, 180, f"the {tag} line on the log host", interval=3)
+    assert remote() == ["shipped-from-a-booted-host"]
+    # The link logs a connection when it closes; the upload's stays open while it follows the journal, so a probe
+    # with the same certificate and key shows the subject nginx verified through the issuing CA.
+    probe = test_vm.ssh(
+        f"curl -sS -m 20 -o /dev/null -w '%{{http_code}}' --cacert {tls}/internal-ca.crt "
+        f"--cert {tls}/journal-upload.crt --key {tls}/journal-upload.key https://{address}:{port}/"
+    )
+    assert probe.returncode == 0 and probe.stdout != "000", (probe.stdout, probe.stderr)
+    link = wait_until(
+        lambda: [
+            line
+            for line in test_vm.ssh("journalctl -t link_tls --since=-10min --no-pager -o cat").stdout.splitlines()
+            if f"port={port}" in line and f'client="CN={onboot["domain"]}"' in line and "verify=SUCCESS" in line
+        ],
+        30,
+        "the link's line for the booted host's certificate",
+        interval=2,
+    )
+    assert link
