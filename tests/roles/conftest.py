@@ -192,6 +192,13 @@ class TestVM:
             ["ssh", "-F", str(self.ssh_config), "testvm", command], capture_output=True, text=True, timeout=timeout
         )
 
+    def private_address(self) -> str:
+        """The guest's private IPv4 address (the source of its default route), where its links listen: what a
+        cloud inventory's `ansible_host` would be (the harness reaches the guest on a forwarded loopback port)."""
+        route = self.ssh("ip -4 -o route get 192.0.2.1")
+        assert route.returncode == 0, route.stderr
+        return route.stdout.split(" src ")[1].split()[0]
+
     def python(self, script: str, *argv: str, user: str | None = "ai-assistant", timeout: int = 240) -> str:
         """The deployed venv's Python running `script` (on stdin) with `argv`; its stdout. As the service user (the
         default) with the service's environment: secrets.env and the config and data directories. As root where

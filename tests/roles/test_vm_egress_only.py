@@ -172,7 +172,7 @@ def egress_only(
         TIMINGS["link-tls restore"] = time.monotonic() - start
         assert back.rc == 0 and back.failed == 0, f"restoring the VM failed (log {back.log}):\n{back.tail()}"
         assert unlinked.rc == 0 and unlinked.failed == 0, f"the link restore failed (log {unlinked.log})"
-        address = test_vm.ssh("ip -4 -o route get 192.0.2.1").stdout.split(" src ")[1].split()[0]
+        address = test_vm.private_address()
         wait_until(
             lambda: f"{address}:8089" not in test_vm.ssh("ss -Hltn 'sport = :8089'").stdout,
             60,
@@ -254,7 +254,7 @@ def test_egress_drop_policy_allows_the_list_and_logs_the_rest(
 
 
 def test_the_answer_crosses_the_tls_link(test_vm: TestVM, egress_only: PlatformStandIn) -> None:
-    address = test_vm.ssh("ip -4 -o route get 192.0.2.1").stdout.split(" src ")[1].split()[0]
+    address = test_vm.private_address()
     # The answer of the test above went through the link: its connections are in the link's journal (one line each,
     # written when a connection closes), TLS 1.3, a request in and an answer out. Read before this test's own probes.
     journal = test_vm.ssh("journalctl -t link_tls --since=-60min --no-pager -o cat").stdout
@@ -341,6 +341,6 @@ def test_the_knowledge_store_crosses_the_data_hosts_links(test_vm: TestVM, egres
     wait_until(logged, 60, "the link's journal lines of the knowledge store's connections", 3)
     # Weaviate's ports on the private address are the link's; the service's own are on loopback (REST) or not
     # opened by the firewall (gRPC).
-    address = test_vm.ssh("ip -4 -o route get 192.0.2.1").stdout.split(" src ")[1].split()[0]
+    address = test_vm.private_address()
     listening = test_vm.ssh("ss -Hltn 'sport = :8082 or sport = :50051'").stdout
     assert f"{address}:8082" in listening and f"{address}:50051" in listening, listening

@@ -518,8 +518,8 @@ def _remote_lines(host: Any, tag: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.strip()]
 
 
-def test_the_journal_reaches_the_log_host_over_mutual_tls(host: Any) -> None:
-    address = host.check_output("ip -4 -o route get 192.0.2.1").split(" src ")[1].split()[0]
+def test_the_journal_reaches_the_log_host_over_mutual_tls(test_vm: TestVM, host: Any) -> None:
+    address = test_vm.private_address()
     assert f"--url=https://{address}:{LOG_PORT}" in host.check_output(
         "systemctl show -p ExecStart --value systemd-journal-upload"
     ), "journal-upload does not post to the link on the private address"
@@ -597,7 +597,7 @@ asyncio.run(main())
 
 
 def test_redis_is_reached_from_other_hosts_only_through_its_tls_link(test_vm: TestVM, host: Any) -> None:
-    address = host.check_output("ip -4 -o route get 192.0.2.1").split(" src ")[1].split()[0]
+    address = test_vm.private_address()
     listening = sorted(line.split()[3] for line in host.run("ss -Hltn4 'sport = :6379'").stdout.splitlines())
     assert listening == sorted(["127.0.0.1:6379", f"{address}:6379"]), listening
     assert "redis-server" in host.run("ss -Hltnp 'src 127.0.0.1 and sport = :6379'").stdout

@@ -129,7 +129,7 @@ def onboot(test_vm: TestVM, moto: str) -> dict[str, Any]:
     work.mkdir(exist_ok=True)
 
     started = time.monotonic()
-    address = test_vm.ssh("ip -4 -o route get 192.0.2.1").stdout.split(" src ")[1].split()[0]
+    address = test_vm.private_address()
     inventory, where = _artifact_inventory(test_vm, address)
     artifact, digest = build_onboot_artifact(
         REPO,
